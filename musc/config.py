@@ -1,0 +1,130 @@
+"""One typed, validated run configuration.
+
+Defaults are the paper's (MUSC_SPEC.md, "Default configuration"). Every invalid value raises
+``ConfigError`` with a one-line message that names the field.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_K_LISTS = {"mvtec_ad": (1, 2, 3), "btad": (1, 2, 3), "folder": (1, 2, 3), "visa": (1, 8, 9)}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class MuscConfig:
+    backbone: str = "ViT-L-14-336"
+    pretrained: str = "openai"
+    image_size: int = 518
+    layers: tuple[int, ...] = (5, 11, 17, 23)
+    r_list: tuple[int, ...] = (1, 3, 5)
+    topmin_min: float = 0.0
+    topmin_max: float = 0.3
+    k_list: tuple[int, ...] | None = None
+    divide_num: int = 1
+    seed: int = 42
+    batch_size: int = 4
+    block_size: int = 16
+    device: str = "auto"
+    quick_gelu: str = "auto"
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("layers", "r_list", "k_list"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, tuple):
+                object.__setattr__(self, name, _as_int_tuple(name, value))
+        _check_int("image_size", self.image_size, minimum=1)
+        _check_int("divide_num", self.divide_num, minimum=1)
+        _check_int("batch_size", self.batch_size, minimum=1)
+        _check_int("block_size", self.block_size, minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+        if not self.layers:
+            raise ConfigError("layers: must name at least one block")
+        if any(layer < 0 for layer in self.layers):
+            raise ConfigError(f"layers: block indices are 0-based and >= 0, got {list(self.layers)}")
+        if not self.r_list:
+            raise ConfigError("r_list: must hold at least one aggregation degree")
+        if any(r < 1 or r % 2 == 0 for r in self.r_list):
+            raise ConfigError(f"r_list: degrees must be odd and >= 1, got {list(self.r_list)}")
+        if not 0.0 <= float(self.topmin_min) < float(self.topmin_max) <= 1.0:
+            raise ConfigError(
+                f"topmin_max: need 0 <= topmin_min < topmin_max <= 1, got "
+                f"topmin_min={self.topmin_min}, topmin_max={self.topmin_max}")
+        if self.k_list is not None and (not self.k_list or any(k < 0 for k in self.k_list)):
+            raise ConfigError(f"k_list: must be non-negative window sizes, got {self.k_list}")
+        if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
+            raise ConfigError(f"device: expected 'auto', 'cpu' or 'cuda[:n]', got {self.device!r}")
+        if self.quick_gelu not in ("auto", "true", "false"):
+            raise ConfigError(f"quick_gelu: expected 'auto', 'true' or 'false', got {self.quick_gelu!r}")
+        if self.threshold is not None and not isinstance(self.threshold, (int, float)):
+            raise ConfigError(f"threshold: expected a number, got {self.threshold!r}")
+        if not isinstance(self.backbone, str) or not self.backbone:
+            raise ConfigError("backbone: expected an open_clip model name or a JSON config path")
+
+    def k_list_for(self, dataset: str) -> tuple[int, ...]:
+        """RsCIN window sizes: the configured ones, else the paper's per dataset."""
+        return self.k_list if self.k_list is not None else DEFAULT_K_LISTS.get(dataset, (1, 2, 3))
+
+    def replace(self, **changes: Any) -> "MuscConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
+                for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "configuration") -> "MuscConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ConfigError(f"{source}: {error}") from None
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "MuscConfig":
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read the configuration file ({error.strerror})") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of field names to values")
+        return cls.from_dict(values, source=str(path))
+
+    def digest_fields(self, *names: str) -> str:
+        """A stable JSON string of the named fields, for cache keys."""
+        return json.dumps({n: self.to_dict()[n] for n in names}, sort_keys=True)
+
+
+def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
+    if isinstance(value, str):
+        value = [v for v in value.replace(" ", "").split(",") if v]
+    try:
+        items = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected a list of integers, got {value!r}") from None
+    if any(isinstance(v, float) and not float(v).is_integer() for v in value):
+        raise ConfigError(f"{name}: expected integers, got {value!r}")
+    return items
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if value < minimum:
+        raise ConfigError(f"{name}: must be >= {minimum}, got {value}")

@@ -1,0 +1,128 @@
+"""Image- and pixel-level metrics (MUSC_SPEC.md section 7).
+
+``compute_metrics`` returns what the reference's ``compute_metrics`` returns (fractions; 0 where a
+metric is undefined because only one class is present), plus the MVTec/anomalib AUPRO.
+"""
+from __future__ import annotations
+
+import numpy as np
+from skimage.measure import label as label_components
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
+
+METRIC_NAMES = ("image_auroc", "image_f1max", "image_ap",
+                "pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro", "pixel_aupro_mvtec")
+PRO_FPR_LIMIT = 0.3
+PRO_THRESHOLDS = 200
+
+
+def f1_max(labels, scores) -> float:
+    """Max over the precision-recall curve of 2PR/(P+R), ignoring points where P+R = 0."""
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = 2 * precision * recall / (precision + recall)
+    return float(np.max(f1[np.isfinite(f1)]))
+
+
+def _binary_metrics(labels, scores) -> tuple[float, float, float]:
+    """(AUROC, F1-max, AP), or zeros when only one class is present (as the reference)."""
+    labels = np.asarray(labels).ravel()
+    scores = np.asarray(scores).ravel()
+    if labels.min() == labels.max():
+        return 0.0, 0.0, 0.0
+    return (float(roc_auc_score(labels, scores)), f1_max(labels, scores),
+            float(average_precision_score(labels, scores)))
+
+
+def _region_pixels(masks: np.ndarray, maps: np.ndarray) -> list[np.ndarray]:
+    """Map values of every connected region (8-connected) of every image's mask."""
+    regions = []
+    for mask, anomaly_map in zip(masks, maps):
+        labelled = label_components(mask.astype(np.uint8))
+        order = np.argsort(labelled.ravel(), kind="stable")
+        sorted_labels = labelled.ravel()[order]
+        bounds = np.searchsorted(sorted_labels, np.arange(1, labelled.max() + 2))
+        values = anomaly_map.ravel()[order]
+        regions.extend(values[bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1))
+    return regions
+
+
+def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The reference's PRO curve: 200 thresholds over [min, max), FPR and PRO at each.
+
+    masks, maps: (N, S, S). B = map > threshold; PRO = mean over regions of |B & region|/|region|;
+    FPR = |B & normal| / |normal|, over all pixels.
+    """
+    masks = np.asarray(masks).astype(bool)
+    maps = np.asarray(maps, dtype=np.float64)
+    low, high = maps.min(), maps.max()
+    thresholds = np.arange(low, high, (high - low) / PRO_THRESHOLDS)
+    normal = np.sort(maps[~masks])
+    fpr = (normal.size - np.searchsorted(normal, thresholds, side="right")) / normal.size
+    overlaps = []
+    for values in _region_pixels(masks, maps):
+        values = np.sort(values)
+        overlaps.append((values.size - np.searchsorted(values, thresholds, side="right")) / values.size)
+    pro = np.mean(overlaps, axis=0)
+    return thresholds, fpr, pro
+
+
+def aupro_reference(masks, maps) -> float:
+    """AUPRO as the reference computes it: FPR < 0.3 kept, min-max rescaled to [0, 1], trapezoid."""
+    _, fpr, pro = pro_curve(masks, maps)
+    kept = fpr < PRO_FPR_LIMIT
+    fpr, pro = fpr[kept], pro[kept]
+    fpr = (fpr - fpr.min()) / (fpr.max() - fpr.min())
+    return float(auc(fpr, pro))
+
+
+def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT) -> float:
+    """AUPRO as MVTec AD and anomalib define it: every distinct threshold, the curve interpolated at
+    FPR = fpr_limit, the area divided by fpr_limit."""
+    masks = np.asarray(masks).astype(bool)
+    maps = np.asarray(maps, dtype=np.float64)
+    regions = [label_components(m.astype(np.uint8)) for m in masks]
+    n_regions = sum(int(r.max()) for r in regions)
+    weights = np.zeros(maps.shape, dtype=np.float64)
+    for image, labelled in enumerate(regions):
+        sizes = np.bincount(labelled.ravel())
+        inside = labelled > 0
+        weights[image][inside] = 1.0 / (sizes[labelled[inside]] * n_regions)
+    order = np.argsort(-maps.ravel(), kind="stable")
+    values = maps.ravel()[order]
+    pro = np.cumsum(weights.ravel()[order])
+    fpr = np.cumsum(~masks.ravel()[order]) / np.count_nonzero(~masks)
+    last_of_tie = np.r_[np.nonzero(np.diff(values))[0], values.size - 1]
+    fpr = np.r_[0.0, fpr[last_of_tie]]
+    pro = np.r_[0.0, pro[last_of_tie]]
+    below = fpr <= fpr_limit
+    fpr_kept, pro_kept = fpr[below], pro[below]
+    if fpr_kept[-1] < fpr_limit and below.sum() < fpr.size:
+        nxt = below.sum()
+        pro_at_limit = np.interp(fpr_limit, fpr[nxt - 1:nxt + 1], pro[nxt - 1:nxt + 1])
+        fpr_kept, pro_kept = np.r_[fpr_kept, fpr_limit], np.r_[pro_kept, pro_at_limit]
+    return float(np.trapezoid(pro_kept, fpr_kept) / fpr_limit)
+
+
+def compute_metrics(gt_sp, pr_sp, gt_px, pr_px) -> dict[str, float]:
+    """The seven reference metrics and the MVTec-style AUPRO, as fractions.
+
+    gt_sp, pr_sp: (N,) image labels and scores; gt_px: (N, [1,] S, S) binary masks; pr_px: maps
+    of the same shape.
+    """
+    gt_sp = np.asarray(gt_sp).ravel()
+    pr_sp = np.asarray(pr_sp, dtype=np.float64).ravel()
+    if gt_sp.shape != pr_sp.shape:
+        raise ValueError(f"pr_sp: {pr_sp.shape[0]} image scores for {gt_sp.shape[0]} labels")
+    gt_px = np.asarray(gt_px).astype(np.int32)
+    pr_px = np.asarray(pr_px, dtype=np.float64)
+    if gt_px.shape != pr_px.shape:
+        raise ValueError(f"pr_px: shape {pr_px.shape} does not match gt_px {gt_px.shape}")
+    image = _binary_metrics(gt_sp, pr_sp)
+    pixel = _binary_metrics(gt_px, pr_px)
+    if gt_px.sum() == 0:
+        aupro, aupro_std = 0.0, 0.0
+    else:
+        masks = gt_px.reshape(-1, *gt_px.shape[-2:])
+        maps = pr_px.reshape(masks.shape)
+        aupro, aupro_std = aupro_reference(masks, maps), aupro_mvtec(masks, maps)
+    return dict(zip(METRIC_NAMES, (*image, *pixel, aupro, aupro_std)))

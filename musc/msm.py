@@ -1,0 +1,130 @@
+"""MSM: mutual scoring of unlabeled images (MUSC_SPEC.md section 4).
+
+Every patch p of image i gets one vote per other image j: its nearest Euclidean distance to any
+patch of j. Its score is the mean of its smallest votes (ranks ``int((N-1)*topmin_min)`` to
+``int((N-1)*topmin_max)``).
+
+The work is done in tiles of image blocks (I, J) with I <= J. One matrix product per tile gives
+the squared distances between every patch of block I and every patch of block J, and that one
+matrix yields both directions: its row minima are I's votes against J, its column minima J's
+votes against I. Memory per tile is ``block_size**2 * L**2`` floats, whatever N is.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+
+def msm_rank_window(n_images: int, topmin_min: float = 0.0, topmin_max: float = 0.3) -> tuple[int, int]:
+    """The 0-based rank window [k_min, k_max) of the sorted votes that is averaged.
+
+    The reference uses k_max = int((N-1)*topmin_max), which is 0 for N <= 4 and makes every score
+    NaN. We clamp k_max to at least 1 (identical for N >= 5; a documented deviation below).
+    """
+    if n_images < 2:
+        raise ValueError(f"mutual scoring needs at least 2 images, got {n_images}")
+    k_max = max(1, int((n_images - 1) * topmin_max))
+    k_min = min(int((n_images - 1) * topmin_min), k_max - 1)
+    return k_min, k_max
+
+
+def image_blocks(n_images: int, block_size: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges of consecutive images, block_size at most each."""
+    if block_size < 1:
+        raise ValueError(f"block_size: must be >= 1, got {block_size}")
+    return [(start, min(start + block_size, n_images)) for start in range(0, n_images, block_size)]
+
+
+def tile_pairs(n_blocks: int) -> Iterator[tuple[int, int]]:
+    """Block index pairs (I, J) with I <= J: each pair of images is computed once."""
+    for first in range(n_blocks):
+        for second in range(first, n_blocks):
+            yield first, second
+
+
+def _augmented(features: torch.Tensor, left: bool) -> torch.Tensor:
+    """Rows [-2x, |x|^2, 1] (left) or [y, 1, |y|^2] (right): their product is |x - y|^2."""
+    squared_norm = features.pow(2).sum(-1, keepdim=True)
+    ones = torch.ones_like(squared_norm)
+    if left:
+        return torch.cat([-2.0 * features, squared_norm, ones], dim=-1)
+    return torch.cat([features, ones, squared_norm], dim=-1)
+
+
+def tile_minima(block_a: torch.Tensor, block_b: torch.Tensor, same_block: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest-patch distances between two image blocks, both directions.
+
+    block_a: (A, L, C), block_b: (B, L, C), float32. Returns (a_votes (A, B, L), b_votes (B, A, L)):
+    a_votes[i, j, p] = min_q |a_i[p] - b_j[q]|. With ``same_block`` the two blocks are the same
+    images, and an image's votes against itself are set to +inf.
+    """
+    n_a, n_patches, _ = block_a.shape
+    n_b = block_b.shape[0]
+    left = _augmented(block_a.reshape(n_a * n_patches, -1), left=True)
+    right = _augmented(block_b.reshape(n_b * n_patches, -1), left=False)
+    squared = (left @ right.T).view(n_a, n_patches, n_b, n_patches)
+    a_votes = squared.amin(dim=3).permute(0, 2, 1)
+    b_votes = squared.amin(dim=1).permute(1, 0, 2)
+    a_votes = a_votes.clamp_min_(0).sqrt_()
+    b_votes = b_votes.clamp_min_(0).sqrt_()
+    if same_block:
+        eye = torch.eye(n_a, dtype=torch.bool, device=a_votes.device)
+        a_votes = a_votes.masked_fill(eye[:, :, None], float("inf"))
+        b_votes = b_votes.masked_fill(eye[:, :, None], float("inf"))
+    return a_votes.contiguous(), b_votes.contiguous()
+
+
+def reduce_votes(votes: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
+    """(A, N, L) votes (self-votes +inf) -> (A, L) float64: mean of ranks [k_min, k_max)."""
+    smallest = torch.topk(votes, k_max, dim=1, largest=False, sorted=True).values
+    return smallest[:, k_min:k_max].double().mean(dim=1)
+
+
+def mutual_scores(Z, topmin_min: float = 0.0, topmin_max: float = 0.3, block_size: int | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """MSM patch scores of one layer and degree: Z (N, L, C) L2-normalised -> (N, L) float64.
+
+    ``block_size`` (images per tile side) bounds the tile memory; the scores do not depend on it.
+    ``progress(done, total)`` is called after each tile.
+    """
+    Z = torch.as_tensor(Z)
+    if Z.ndim != 3:
+        raise ValueError(f"Z: expected shape (N, L, C), got {tuple(Z.shape)}")
+    Z = Z.float()
+    n_images, n_patches, _ = Z.shape
+    k_min, k_max = msm_rank_window(n_images, topmin_min, topmin_max)
+    blocks = image_blocks(n_images, block_size or n_images)
+    votes = torch.empty((n_images, n_images, n_patches), dtype=torch.float32, device=Z.device)
+    pairs = list(tile_pairs(len(blocks)))
+    for done, (first, second) in enumerate(pairs, start=1):
+        (a0, a1), (b0, b1) = blocks[first], blocks[second]
+        a_votes, b_votes = tile_minima(Z[a0:a1], Z[b0:b1], same_block=first == second)
+        votes[a0:a1, b0:b1] = a_votes
+        votes[b0:b1, a0:a1] = b_votes
+        if progress is not None:
+            progress(done, len(pairs))
+    scores = torch.empty((n_images, n_patches), dtype=torch.float64, device=Z.device)
+    for start, stop in blocks:
+        scores[start:stop] = reduce_votes(votes[start:stop], k_min, k_max)
+    return scores
+
+
+def reference_mutual_scores(Z, topmin_min: float = 0.0, topmin_max: float = 0.3) -> torch.Tensor:
+    """The straightforward per-image formulation of the reference, for benchmarks and tests.
+
+    Each image against all others with ``torch.cdist``: every pair is computed twice and an
+    (L, (N-1)L) distance matrix is held per image.
+    """
+    Z = torch.as_tensor(Z).float()
+    n_images, n_patches, _ = Z.shape
+    k_min, k_max = msm_rank_window(n_images, topmin_min, topmin_max)
+    scores = torch.empty((n_images, n_patches), dtype=torch.float64)
+    for i in range(n_images):
+        others = torch.cat([Z[:i], Z[i + 1:]]).reshape(-1, Z.shape[-1])
+        distances = torch.cdist(Z[i], others).view(n_patches, n_images - 1, n_patches)
+        nearest = distances.amin(dim=2)
+        ranked = torch.sort(nearest, dim=1).values
+        scores[i] = ranked[:, k_min:k_max].double().mean(dim=1)
+    return scores
