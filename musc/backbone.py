@@ -1,0 +1,267 @@
+"""Backbones: patch tokens of chosen blocks and one image embedding per image (MUSC_SPEC.md s.2).
+
+Two families:
+
+* CLIP (open_clip), the paper's: ``model`` is an open_clip model name (``ViT-L-14-336``) or the
+  path of an open_clip JSON model config. Built to reproduce the reference tokens exactly: GELU
+  unless the OpenAI weights run at their native size (then QuickGELU), the positional embedding
+  resized bicubically without antialias, eval mode, squash resize.
+* DINO / DINOv2 through timm: ``model`` = ``timm:<name>`` (e.g. ``timm:vit_small_patch14_dinov2``).
+
+``pretrained`` is an open_clip tag (needs the model hub), a local checkpoint file (loaded with
+``weights_only``: no pickle code runs), or ``none`` (seeded random weights, for tests and demos).
+"""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .config import ConfigError
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TIMM_PREFIX = "timm:"
+RANDOM_WEIGHTS = ("", "none", "random")
+
+
+def backbone_family(model: str) -> str:
+    return "timm" if str(model).startswith(TIMM_PREFIX) else "clip"
+
+
+def preprocess(pil_image: Image.Image, image_size: int, family: str = "clip") -> torch.Tensor:
+    """The reference transform: squash to S x S (bicubic for CLIP, bilinear for DINO), [0, 1], normalise."""
+    image = pil_image.convert("RGB")
+    if family == "clip":
+        resized = image.resize((image_size, image_size), Image.BICUBIC)
+        mean, std = OPENAI_MEAN, OPENAI_STD
+    else:
+        resized = image.resize((image_size, image_size), Image.BILINEAR)
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    array = torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return (array - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def resize_positional_embedding(pos_embed: torch.Tensor, grid: int, prefix_tokens: int = 1) -> torch.Tensor:
+    """The reference resize: prefix rows kept, the square grid resized bicubically, no antialias."""
+    prefix, rows = pos_embed[:prefix_tokens], pos_embed[prefix_tokens:]
+    old = math.isqrt(rows.shape[0])
+    if old == grid:
+        return pos_embed
+    square = rows.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
+    resized = F.interpolate(square, size=(grid, grid), mode="bicubic", align_corners=False, antialias=False)
+    rows = resized.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(pos_embed.dtype)
+    return torch.cat([prefix, rows], dim=0)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's tensors, loaded safely (weights only / safetensors). ConfigError if it is none."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure means "not a checkpoint we can read"
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"pretrained: {path} is not a readable checkpoint file ({reason[:160]})") from None
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"pretrained: {path} holds no state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+@dataclass
+class Backbone:
+    """A loaded backbone: ``extract(images)`` -> (tokens per layer (B, 1+L, C), embeddings (B, D))."""
+
+    model: torch.nn.Module
+    family: str
+    name: str
+    image_size: int
+    patch_size: int
+    layers: tuple[int, ...]
+    device: torch.device
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    def preprocess(self, pil_image: Image.Image) -> torch.Tensor:
+        return preprocess(pil_image, self.image_size, self.family)
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        images = torch.as_tensor(images).to(self.device)
+        expected = (3, self.image_size, self.image_size)
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(f"images: expected shape (B, {', '.join(map(str, expected))}), got {tuple(images.shape)}")
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.device.type == "cuda"):
+            if self.family == "clip":
+                out = self.model.visual.forward_intermediates(
+                    images, indices=list(self.layers), output_fmt="NLC", output_extra_tokens=True)
+                tokens = [torch.cat([p, t], dim=1)
+                          for p, t in zip(out["image_intermediates_prefix"], out["image_intermediates"])]
+                embedding = out["image_features"]
+            else:
+                tokens, embedding = self._extract_timm(images)
+            embedding = embedding / embedding.norm(dim=-1, keepdim=True)
+        return [t.cpu() for t in tokens], embedding.cpu()
+
+    def _extract_timm(self, images):
+        final, intermediates = self.model.forward_intermediates(
+            images, indices=list(self.layers), return_prefix_tokens=True, norm=True, output_fmt="NLC")
+        tokens = []
+        for spatial, prefix in intermediates:
+            if spatial.ndim == 4:
+                spatial = spatial.flatten(2).transpose(1, 2)
+            cls = prefix[:, :1] if prefix is not None and prefix.shape[1] else torch.zeros_like(spatial[:, :1])
+            tokens.append(torch.cat([cls, spatial], dim=1))
+        pooled = self.model.forward_head(final, pre_logits=True)
+        return tokens, pooled
+
+    def describe(self) -> dict[str, Any]:
+        return {"family": self.family, "name": self.name, "image_size": self.image_size,
+                "patch_size": self.patch_size, "grid": self.grid, "layers": list(self.layers),
+                "device": str(self.device)}
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: {device!r} asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def _clip_config(model: str) -> tuple[str, dict[str, Any]]:
+    import open_clip
+    path = Path(model)
+    if path.suffix == ".json":
+        try:
+            config = json.loads(path.read_text())
+        except OSError as error:
+            raise ConfigError(f"backbone: cannot read model config {path} ({error.strerror})") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"backbone: {path} is not valid JSON ({error.msg}, line {error.lineno})") from None
+        if not isinstance(config, dict) or "vision_cfg" not in config:
+            raise ConfigError(f"backbone: {path} is not an open_clip model config (no 'vision_cfg')")
+        return path.stem, config
+    config = open_clip.get_model_config(model)
+    if config is None:
+        raise ConfigError(f"backbone: unknown open_clip model {model!r} (see open_clip.list_models(), "
+                          f"or pass a JSON model config file)")
+    return model, config
+
+
+def _checkpoint_for_tag(name: str, tag: str) -> Path:
+    import open_clip
+    from open_clip.pretrained import download_pretrained
+    tag_config = open_clip.get_pretrained_cfg(name, tag)
+    if not tag_config:
+        raise ConfigError(f"pretrained: {tag!r} is neither a checkpoint file nor an open_clip tag of {name!r} "
+                          f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'})")
+    try:
+        return Path(download_pretrained(tag_config))
+    except Exception as error:  # noqa: BLE001
+        raise ConfigError(f"pretrained: could not fetch the weights of tag {tag!r} ({type(error).__name__}); "
+                          f"offline, pass a local checkpoint file instead") from None
+
+
+def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
+                  pos_key: str, grid: int, prefix_tokens: int, required_prefix: str) -> None:
+    if pos_key in state:
+        state[pos_key] = resize_positional_embedding(state[pos_key].squeeze(0), grid, prefix_tokens)
+        if model.state_dict()[pos_key].ndim == 3:
+            state[pos_key] = state[pos_key].unsqueeze(0)
+    own = model.state_dict()
+    missing = [k for k in own if k.startswith(required_prefix) and k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ConfigError(f"pretrained: {source} does not fit this backbone ({what})")
+    wrong = [k for k, v in state.items() if tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        raise ConfigError(f"pretrained: {source} does not fit this backbone (shape of {wrong[0]} "
+                          f"{tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)})")
+    model.load_state_dict(state, strict=False)
+
+
+def _check_geometry(image_size: int, patch_size: int, layers, n_blocks: int) -> None:
+    if image_size % patch_size:
+        raise ConfigError(f"image_size: {image_size} is not a multiple of the patch size {patch_size}")
+    bad = [layer for layer in layers if not 0 <= layer < n_blocks]
+    if bad:
+        raise ConfigError(f"layers: block {bad[0]} is out of range; this backbone has blocks 0..{n_blocks - 1}")
+
+
+def load_backbone(model: str, pretrained: str | None, image_size: int, layers, device: str = "auto",
+                  seed: int = 0, quick_gelu: str = "auto") -> Backbone:
+    """Build a backbone ready to ``extract`` tokens of ``layers`` (0-based blocks) at ``image_size``."""
+    import open_clip
+    layers = tuple(int(layer) for layer in layers)
+    target = _resolve_device(device)
+    pretrained = "none" if pretrained is None else str(pretrained)
+    random_weights = pretrained.lower() in RANDOM_WEIGHTS
+    if random_weights:
+        warnings.warn("pretrained=none: the backbone has seeded random weights; results on real images "
+                      "are meaningless", stacklevel=2)
+    elif not Path(pretrained).is_file() and (Path(pretrained).suffix or "/" in pretrained):
+        raise ConfigError(f"pretrained: checkpoint file {pretrained} does not exist")
+    torch.manual_seed(seed)
+    if backbone_family(model) == "timm":
+        return _load_timm(model, pretrained, random_weights, image_size, layers, target)
+
+    name, config = _clip_config(model)
+    vision = dict(config["vision_cfg"])
+    native_size = vision.get("image_size", 224)
+    patch_size = vision.get("patch_size", 16)
+    _check_geometry(image_size, patch_size, layers, vision.get("layers", 12))
+    if quick_gelu == "auto":
+        use_quick_gelu = bool(config.get("quick_gelu", False)) or (
+            pretrained == "openai" and image_size == native_size)
+    else:
+        use_quick_gelu = quick_gelu == "true"
+    vision["image_size"] = image_size
+    config = {**config, "vision_cfg": vision, "quick_gelu": use_quick_gelu}
+    config.pop("custom_text", None)
+    network = open_clip.CLIP(**config)
+    if not random_weights:
+        checkpoint = Path(pretrained) if Path(pretrained).is_file() else _checkpoint_for_tag(name, pretrained)
+        state = load_state_dict_file(checkpoint)
+        _load_weights(network, state, str(checkpoint), "visual.positional_embedding",
+                      image_size // patch_size, 1, "visual.")
+    network.eval().to(target)
+    return Backbone(network, "clip", name, image_size, patch_size, layers, target)
+
+
+def _load_timm(model: str, pretrained: str, random_weights: bool, image_size: int, layers, target) -> Backbone:
+    import timm
+    name = model[len(TIMM_PREFIX):]
+    try:
+        network = timm.create_model(name, pretrained=False, img_size=image_size, num_classes=0)
+    except RuntimeError as error:
+        raise ConfigError(f"backbone: unknown timm model {name!r} ({str(error).splitlines()[0][:120]})") from None
+    patch_size = network.patch_embed.patch_size[0]
+    _check_geometry(image_size, patch_size, layers, len(network.blocks))
+    if not random_weights:
+        if not Path(pretrained).is_file():
+            raise ConfigError(f"pretrained: timm backbones load local checkpoint files only, got {pretrained!r}")
+        state = load_state_dict_file(pretrained)
+        _load_weights(network, state, pretrained, "pos_embed", image_size // patch_size,
+                      network.num_prefix_tokens, "")
+    network.eval().to(target)
+    return Backbone(network, "timm", name, image_size, patch_size, layers, target)
