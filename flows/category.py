@@ -1,0 +1,36 @@
+"""The MuSc graph for one category, in one function."""
+from __future__ import annotations
+
+import math
+
+from prefect import flow
+
+from musc import MuscConfig
+from musc.store import open_artifact
+from tasks import aggregate_task, classify_task, evaluate_task, extract_task, score_task
+
+
+@flow(name="musc-category", log_prints=True)
+def category_flow(dataset: str, root: str, category: str, config: dict | None = None,
+                  artifacts: str = "artifacts") -> dict:
+    """extract -> (aggregate -> score) per r -> classify -> evaluate. Returns the artifact refs and
+    the metrics (None where they could not be computed)."""
+    cfg = MuscConfig.from_dict(config or {})
+    config = cfg.to_dict()
+    extracted = extract_task(dataset, root, category, config, artifacts)
+    scores = []
+    for r in cfg.r_list:
+        aggregated = aggregate_task(extracted, r)
+        scores.append(score_task(aggregated, extracted, cfg.topmin_min, cfg.topmin_max, cfg.divide_num,
+                                 cfg.seed, cfg.block_size))
+    classified = classify_task(extracted, scores, list(cfg.k_list_for(dataset)))
+    evaluated = evaluate_task(extracted, classified, cfg.threshold)
+    result = open_artifact(evaluated["path"], "evaluate", evaluated["digest"]).attrs
+    return {"category": category, "extract": extracted, "scores": scores, "classify": classified,
+            "evaluate": evaluated, "metrics": _metrics(result["metrics"]), "outputs": result["outputs"]}
+
+
+def _metrics(stored: str) -> dict:
+    import json
+    return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
+            for k, v in json.loads(stored).items()}

@@ -1,0 +1,42 @@
+"""A whole dataset: each category as a subflow, then the metrics table and report across them."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from musc import MuscConfig, report
+from musc.data import MASK_RULES, list_categories
+
+from .category import category_flow
+
+
+@flow(name="musc-dataset", log_prints=True)
+def dataset_flow(dataset: str, root: str, categories: list[str] | None = None, config: dict | None = None,
+                 artifacts: str = "artifacts") -> dict:
+    cfg = MuscConfig.from_dict(config or {})
+    categories = categories or list_categories(dataset, root)
+    results = {name: category_flow(dataset, root, name, cfg.to_dict(), artifacts) for name in categories}
+    table = report.metrics_table(
+        {name: {k: (math.nan if v is None else v) for k, v in r["metrics"].items()} for name, r in results.items()},
+        {}, cfg.image_size, MASK_RULES[dataset])
+    folder = Path(artifacts) / dataset / "_report"
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "metrics.csv")
+    (folder / "metrics.md").write_text(report.table_markdown(table))
+    figures = {"metrics per category": report.save_metric_bars(table, folder / "metrics_bars.png")}
+    category_reports = {name: str(Path(r["outputs"]) / "report.md") for name, r in results.items()}
+    summary = report.write_report(folder, f"MuSc results: {dataset}", table, figures, None, category_reports, None)
+    publish(dataset, table, summary)
+    return {"categories": results, "report": str(summary), "table": str(folder / "metrics.csv")}
+
+
+def publish(dataset: str, table, summary: Path) -> None:
+    """The metrics as a Prefect table artifact and the report as a markdown artifact (UI: Artifacts)."""
+    key = "musc-" + "".join(c if c.isalnum() else "-" for c in dataset.lower())
+    rows = table.reset_index().astype(object).where(table.reset_index().notna(), None).to_dict(orient="records")
+    create_table_artifact(key=f"{key}-metrics", table=rows, description=f"MuSc metrics (x100), {dataset}")
+    create_markdown_artifact(key=f"{key}-report", markdown=summary.read_text(),
+                             description=f"MuSc run report: {summary}")

@@ -1,0 +1,22 @@
+"""The demo: a generated MVTec-style dataset scored end to end with a small seeded backbone."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow
+
+from musc.synthetic import make_dataset
+
+from .dataset import dataset_flow
+
+DEMO_BACKBONE = str(Path(__file__).resolve().parents[1] / "configs" / "demo_vit.json")
+DEMO_CONFIG = {"backbone": DEMO_BACKBONE, "pretrained": "none", "image_size": 128, "layers": [0, 1, 2, 3],
+               "batch_size": 8, "device": "cpu"}
+
+
+@flow(name="musc-demo", log_prints=True)
+def demo_flow(data: str = "demo_data", artifacts: str = "artifacts", seed: int = 0) -> dict:
+    root = Path(data)
+    if not (root / "fabric" / "test").is_dir():
+        make_dataset(root, seed=seed)
+    return dataset_flow("mvtec_ad", str(root), None, DEMO_CONFIG, artifacts)

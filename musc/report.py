@@ -1,0 +1,223 @@
+"""Results a person can read: metrics tables, per-image results, thresholds, figures, a report.
+
+Pure functions of arrays and paths (pandas, matplotlib); no stage is recomputed here.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .metrics import METRIC_NAMES, compute_metrics, f1_max
+
+IMAGE_METRICS = METRIC_NAMES[:3]
+PIXEL_METRICS = METRIC_NAMES[3:]
+MAD_SCALE = 1.4826  # makes the median absolute deviation estimate sigma for normal data
+ROBUST_Z = 3.5
+
+
+def evaluate_arrays(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
+                    has_mask: np.ndarray) -> tuple[dict[str, float], dict[str, str]]:
+    """Metrics that can be computed, NaN for the others, and a note saying why each is missing.
+
+    labels: (N,) with -1 for unknown. Pixel metrics use the normal images and the anomalous
+    images that have a mask (an anomalous image without a mask would count as all-normal).
+    """
+    metrics = {name: math.nan for name in METRIC_NAMES}
+    notes: dict[str, str] = {}
+    labels = np.asarray(labels)
+    if (labels < 0).any():
+        notes["image"] = "labels unknown"
+    elif labels.min() == labels.max():
+        notes["image"] = "only one class in the labels"
+    usable = (labels == 0) | ((labels == 1) & has_mask)
+    if not has_mask.any():
+        notes["pixel"] = "no ground-truth masks"
+    elif (labels < 0).any():
+        notes["pixel"] = "labels unknown"
+    computed = compute_metrics(np.where(labels < 0, 0, labels), scores,
+                               masks[usable] if "pixel" not in notes else np.zeros((1, 1, 1)),
+                               maps[usable] if "pixel" not in notes else np.zeros((1, 1, 1)))
+    for name in IMAGE_METRICS if "image" not in notes else ():
+        metrics[name] = computed[name]
+    for name in PIXEL_METRICS if "pixel" not in notes else ():
+        metrics[name] = computed[name]
+    return metrics, notes
+
+
+def f1_optimal_threshold(labels, scores) -> float:
+    """The image-score threshold at the F1-max point (scores >= threshold are flagged)."""
+    from sklearn.metrics import precision_recall_curve
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = 2 * precision[:-1] * recall[:-1] / (precision[:-1] + recall[:-1])
+    f1 = np.where(np.isfinite(f1), f1, -1)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def robust_threshold(scores) -> float:
+    """Unsupervised threshold: median + 3.5 robust standard deviations (MAD), the usual outlier rule
+    (Iglewicz and Hoaglin). It assumes most images of a batch are normal."""
+    scores = np.asarray(scores, dtype=np.float64)
+    median = np.median(scores)
+    mad = np.median(np.abs(scores - median)) * MAD_SCALE
+    return float(median + ROBUST_Z * mad)
+
+
+def choose_threshold(labels, scores, fixed: float | None = None) -> tuple[float, str]:
+    """(threshold, rule): fixed if given, else F1-optimal with both classes, else robust outlier rule."""
+    labels = np.asarray(labels)
+    if fixed is not None:
+        return float(fixed), "fixed (config)"
+    if (labels >= 0).all() and labels.min() != labels.max():
+        return f1_optimal_threshold(labels, scores), "F1-optimal on the labels"
+    return robust_threshold(scores), f"median + {ROBUST_Z} x MAD (unsupervised)"
+
+
+def per_image_table(names: Sequence[str], paths: Sequence[str], defect_types: Sequence[str], labels,
+                    raw, rscin, threshold: float, overlay_paths: Sequence[str] | None = None) -> pd.DataFrame:
+    rscin = np.asarray(rscin, dtype=np.float64)
+    span = rscin.max() - rscin.min()
+    return pd.DataFrame({
+        "path": list(paths), "name": list(names), "defect_type": list(defect_types),
+        "label": pd.array([None if int(v) < 0 else int(v) for v in labels], dtype="Int64"),
+        "score_raw": np.asarray(raw, dtype=np.float64), "score_rscin": rscin,
+        "score_norm": (rscin - rscin.min()) / span if span > 0 else np.zeros_like(rscin),
+        "decision": np.where(rscin >= threshold, "anomalous", "normal"),
+        "map_png": list(overlay_paths) if overlay_paths is not None else [""] * len(rscin),
+    })
+
+
+def metrics_table(rows: dict[str, dict[str, float]], notes: dict[str, dict[str, str]],
+                  image_size: int, mask_rule: str) -> pd.DataFrame:
+    """One row per category plus the unweighted mean, x100, with the settings beside each row."""
+    table = pd.DataFrame.from_dict(rows, orient="index")[list(METRIC_NAMES)] * 100
+    if len(table) > 1:
+        table.loc["mean"] = table.mean(axis=0, skipna=False)
+    table["image_size"] = image_size
+    table["mask_binarisation"] = mask_rule
+    table["not_computed"] = [
+        "; ".join(f"{k}: {v}" for k, v in notes.get(index, {}).items()) for index in table.index]
+    table.index.name = "category"
+    return table
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    shown = table.copy()
+    for name in METRIC_NAMES:
+        shown[name] = shown[name].map(lambda v: "n/a" if pd.isna(v) else f"{v:.2f}")
+    header = "| " + " | ".join([shown.index.name or "", *shown.columns]) + " |"
+    rule = "|" + "---|" * (len(shown.columns) + 1)
+    lines = [header, rule] + ["| " + " | ".join([str(i), *map(str, row)]) + " |"
+                              for i, row in zip(shown.index, shown.itertuples(index=False))]
+    return "\n".join(lines) + "\n"
+
+
+# Figures ------------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: str | Path, mask: np.ndarray | None = None,
+                 vmin: float | None = None, vmax: float | None = None, title: str = "") -> str:
+    """Image | heat map over the image (ground-truth contour when known)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3.2))
+    axes[0].imshow(image)
+    axes[0].set_title("image", fontsize=8)
+    axes[1].imshow(image)
+    heat = axes[1].imshow(anomaly_map, cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
+    if mask is not None and mask.any():
+        axes[1].contour(mask, levels=[0.5], colors="white", linewidths=1)
+    axes[1].set_title(title or "anomaly map", fontsize=8)
+    for axis in axes:
+        axis.axis("off")
+    fig.colorbar(heat, ax=axes[1], fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return str(path)
+
+
+def save_curves(labels, scores, path: str | Path, title: str) -> str:
+    """ROC and PR curves side by side."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+    plt = _pyplot()
+    fig, (roc_axis, pr_axis) = plt.subplots(1, 2, figsize=(7, 3.2))
+    fpr, tpr, _ = roc_curve(labels, scores)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    roc_axis.plot(fpr, tpr)
+    roc_axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+    roc_axis.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title} ROC")
+    pr_axis.plot(recall, precision)
+    pr_axis.set(xlabel="recall", ylabel="precision", title=f"{title} PR (F1-max {f1_max(labels, scores):.3f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return str(path)
+
+
+def save_histograms(labels, raw, rscin, path: str | Path) -> str:
+    """Image scores of normal vs anomalous images, before and after RsCIN."""
+    plt = _pyplot()
+    labels = np.asarray(labels)
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+    for axis, scores, title in ((axes[0], raw, "raw (max of map)"), (axes[1], rscin, "after RsCIN")):
+        scores = np.asarray(scores, dtype=np.float64)
+        if (labels >= 0).all():
+            axis.hist(scores[labels == 0], bins=20, alpha=0.6, label="normal")
+            axis.hist(scores[labels == 1], bins=20, alpha=0.6, label="anomalous")
+            axis.legend(fontsize=7)
+        else:
+            axis.hist(scores, bins=20, alpha=0.8, label="all (labels unknown)")
+        axis.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return str(path)
+
+
+def save_metric_bars(table: pd.DataFrame, path: str | Path) -> str:
+    """Per-category bar chart of the metrics of a dataset run."""
+    plt = _pyplot()
+    shown = table[list(METRIC_NAMES)].drop(index="mean", errors="ignore")
+    fig, axis = plt.subplots(figsize=(max(6, 1.2 * len(shown)), 3.5))
+    shown.plot.bar(ax=axis, width=0.85)
+    axis.set_ylabel("x100")
+    axis.legend(fontsize=6, ncol=4)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return str(path)
+
+
+def write_report(folder: str | Path, title: str, table: pd.DataFrame, figures: dict[str, str],
+                 per_image_csv: str | None, artifacts: dict[str, str], threshold: dict[str, Any] | None) -> Path:
+    """A Markdown report linking the table, figures and artifacts (paths relative to the report)."""
+    folder = Path(folder)
+    lines = [f"# {title}", "", "## Metrics (x100)", "", table_markdown(table)]
+    if threshold:
+        lines += ["## Threshold", "", f"{threshold['value']:.6g} ({threshold['rule']})", ""]
+    if per_image_csv:
+        lines += ["## Per-image results", "", f"[{Path(per_image_csv).name}]({_relative(per_image_csv, folder)})", ""]
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{name}]({_relative(path, folder)})" for name, path in figures.items()] + [""]
+    lines += ["## Artifacts", ""] + [f"- {stage}: `{path}`" for stage, path in artifacts.items()] + [""]
+    report = folder / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def _relative(path: str | Path, folder: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)

@@ -1,0 +1,284 @@
+"""The HDF5 artifact format.
+
+An artifact is ``<key>.h5`` plus its manifest ``<key>.json`` (the file's SHA-256 and size). The
+HDF5 file carries attributes: schema version, stage, the full stage config (JSON), the digests
+of its inputs, the code version, the creation time, and ``complete`` written last.
+
+Writes are atomic: a temporary file in the same folder, fsync, rename; the manifest is written
+the same way after the rename. A reader trusts an artifact only when the manifest exists, the
+digest matches, and the completion flag and schema version are right.
+
+Long stages write parts (one small artifact per batch or tile) into ``<key>.parts/``; a rerun
+after a crash keeps the complete parts and the final merge removes the folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import h5py
+import numpy as np
+
+SCHEMA_VERSION = 1
+STAGES = ("extract", "aggregate", "score", "classify", "evaluate")
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, partial, corrupt or foreign; the message names the file."""
+
+
+def artifact_path(root: str | Path, dataset: str, category: str, stage: str, key: str) -> Path:
+    if stage not in STAGES:
+        raise ValueError(f"stage: unknown stage {stage!r}")
+    return Path(root) / dataset / category / stage / f"{key}.h5"
+
+
+def manifest_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def parts_dir(path: str | Path) -> Path:
+    return Path(path).with_suffix(".parts")
+
+
+def stable_hash(*items: Any, length: int = 16) -> str:
+    """A short hex key of JSON-serialisable items (sorted keys: the same inputs, the same key)."""
+    text = json.dumps(items, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _write_value(group: h5py.Group, name: str, value: Any) -> None:
+    if isinstance(value, Mapping):
+        sub = group.create_group(name)
+        for child, child_value in value.items():
+            _write_value(sub, child, child_value)
+        return
+    array = np.asarray(value)
+    if array.dtype.kind in "US" or (array.dtype == object):
+        group.create_dataset(name, data=np.asarray(value, dtype=object), dtype=h5py.string_dtype())
+    else:
+        group.create_dataset(name, data=array)
+
+
+def write_artifact(path: str | Path, stage: str, config: Mapping[str, Any], inputs: Mapping[str, str],
+                   arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None,
+                   code_version: str = "", fill: Callable[[h5py.File], None] | None = None) -> str:
+    """Write an artifact atomically; returns its digest (SHA-256 of the HDF5 file).
+
+    ``fill(file)``, when given, streams further datasets into the open file (for arrays too large
+    to hold in memory at once)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w") as f:
+            for name, value in arrays.items():
+                _write_value(f, name, value)
+            if fill is not None:
+                fill(f)
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["stage"] = stage
+            f.attrs["config"] = json.dumps(dict(config), sort_keys=True, default=str)
+            f.attrs["inputs"] = json.dumps(dict(inputs), sort_keys=True)
+            f.attrs["code_version"] = code_version
+            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            for name, value in (attrs or {}).items():
+                f.attrs[name] = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
+            f.attrs["complete"] = True
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        digest = file_sha256(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    _write_atomic_bytes(manifest_path(path), json.dumps(
+        {"sha256": digest, "size": path.stat().st_size, "stage": stage}).encode())
+    return digest
+
+
+@dataclass
+class Artifact:
+    path: Path
+    digest: str
+    stage: str
+    config: dict[str, Any]
+    inputs: dict[str, str]
+    attrs: dict[str, Any]
+
+    def read(self, name: str, index: Any = ()) -> np.ndarray:
+        with h5py.File(self.path, "r") as f:
+            if name not in f:
+                raise ArtifactError(f"{self.path}: has no dataset {name!r}")
+            value = f[name][index]
+        if isinstance(value, np.ndarray) and value.dtype == object:
+            return np.array([v.decode() if isinstance(v, bytes) else v for v in value.ravel()],
+                            dtype=object).reshape(value.shape)
+        return value
+
+    def has(self, name: str) -> bool:
+        with h5py.File(self.path, "r") as f:
+            return name in f
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        with h5py.File(self.path, "r") as f:
+            return f[name].shape
+
+
+def verify(path: str | Path, stage: str | None = None) -> str:
+    """The artifact's digest if it is complete and intact; ArtifactError saying why otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: artifact does not exist")
+    manifest = manifest_path(path)
+    try:
+        recorded = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise ArtifactError(f"{path}: no valid manifest {manifest.name} (partial write?)") from None
+    if path.stat().st_size != recorded.get("size"):
+        raise ArtifactError(f"{path}: size {path.stat().st_size} differs from the manifest's {recorded.get('size')} (truncated?)")
+    digest = file_sha256(path)
+    if digest != recorded.get("sha256"):
+        raise ArtifactError(f"{path}: digest mismatch (corrupt file)")
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = dict(f.attrs)
+    except OSError as error:
+        raise ArtifactError(f"{path}: not a readable HDF5 file ({error})") from None
+    if not attrs.get("complete"):
+        raise ArtifactError(f"{path}: incomplete artifact (no completion flag)")
+    if attrs.get("schema_version") != SCHEMA_VERSION:
+        raise ArtifactError(f"{path}: schema version {attrs.get('schema_version')} is not {SCHEMA_VERSION}")
+    if stage is not None and attrs.get("stage") != stage:
+        raise ArtifactError(f"{path}: a {attrs.get('stage')!r} artifact, expected {stage!r}")
+    return digest
+
+
+def open_artifact(path: str | Path, stage: str | None = None, digest: str | None = None) -> Artifact:
+    """Validate and open an artifact; with ``digest``, also check it is the one expected."""
+    actual = verify(path, stage)
+    if digest is not None and actual != digest:
+        raise ArtifactError(f"{path}: digest {actual[:12]} is not the expected {digest[:12]} (replaced since?)")
+    with h5py.File(path, "r") as f:
+        attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+    return Artifact(Path(path), actual, attrs["stage"], json.loads(attrs["config"]),
+                    json.loads(attrs["inputs"]), attrs)
+
+
+def valid_digest(path: str | Path, stage: str | None = None) -> str | None:
+    try:
+        return verify(path, stage)
+    except ArtifactError:
+        return None
+
+
+def remove_artifact(path: str | Path) -> None:
+    for victim in (Path(path), manifest_path(path)):
+        victim.unlink(missing_ok=True)
+
+
+# Parts: the unit of resumable progress inside a long stage -------------------------------------
+
+def part_path(path: str | Path, name: str) -> Path:
+    return parts_dir(path) / f"{name}.h5"
+
+
+def write_part(path: str | Path, name: str, arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> None:
+    folder = parts_dir(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_artifact(folder / f"{name}.h5", "part", {}, {}, arrays, attrs)
+
+
+def read_part(path: str | Path, name: str) -> dict[str, Any] | None:
+    """A complete part's arrays and attributes, or None (missing, partial or corrupt: redo it)."""
+    target = part_path(path, name)
+    if valid_digest(target) is None:
+        return None
+    with h5py.File(target, "r") as f:
+        data = {k: f[k][()] for k in f.keys()}
+        data.update({f"attr:{k}": v for k, v in f.attrs.items()})
+    return data
+
+
+def clear_parts(path: str | Path) -> None:
+    shutil.rmtree(parts_dir(path), ignore_errors=True)
+
+
+def clear_temporary_files(folder: str | Path) -> None:
+    """Remove temporary files that a killed writer left in a stage folder."""
+    for leftover in Path(folder).glob(".*.tmp-*"):
+        leftover.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def artifact_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive inter-process lock for computing one artifact (two runs never do it twice)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(f".{path.name}.lock")
+    with open(lock, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def describe(path: str | Path) -> dict[str, Any]:
+    """What an artifact holds: stage, config, provenance, datasets with shapes and dtypes."""
+    path = Path(path)
+    try:
+        digest = verify(path)
+        status = "complete, digest verified"
+    except ArtifactError as error:
+        digest, status = None, str(error)
+    datasets: dict[str, str] = {}
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+            f.visititems(lambda name, obj: datasets.__setitem__(name, f"{obj.shape} {obj.dtype}")
+                         if isinstance(obj, h5py.Dataset) else None)
+    except OSError as error:
+        raise ArtifactError(f"{path}: not a readable HDF5 file ({error})") from None
+    for key in ("config", "inputs"):
+        if isinstance(attrs.get(key), str):
+            attrs[key] = json.loads(attrs[key])
+    return {"path": str(path), "status": status, "digest": digest, "attrs": attrs, "datasets": datasets}

@@ -1,0 +1,67 @@
+"""What every stage task shares: the cache key, the file check, the lock, the Prefect task.
+
+A stage's artifact lives at a path whose name is the stage's cache key (its config, its input
+digests, its code version). The Prefect cache key is derived from the same path plus the digest
+of the artifact found there, and is None when no valid artifact exists: so Prefect's cache and
+the file check always agree. A deleted or corrupt artifact is rebuilt, and, since its digest
+changes, so is everything downstream of it.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+from prefect import get_run_logger, task
+from prefect.exceptions import MissingContextError
+
+from musc import store
+from musc.store import artifact_lock, remove_artifact, stable_hash, valid_digest
+
+Ref = dict[str, str]  # {"stage", "path", "digest"}: what tasks pass to each other
+
+
+def logger() -> logging.Logger | logging.LoggerAdapter:
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("musc")
+
+
+def stage_folder(ref_path: str | Path, stage: str) -> Path:
+    """The folder of ``stage`` beside an upstream artifact (same dataset and category)."""
+    return Path(ref_path).parents[1] / stage
+
+
+def ensure_artifact(stage: str, path: Path, build: Callable[[Path], None]) -> Ref:
+    """Return the artifact at ``path`` if valid, else build it (under a lock: never twice at once)."""
+    digest = valid_digest(path, stage)
+    if digest is None:
+        with artifact_lock(path):
+            digest = valid_digest(path, stage)  # another run may have built it while we waited
+            if digest is None:
+                if path.exists():
+                    logger().warning(f"{stage}: {path} is partial or corrupt; rebuilding it")
+                remove_artifact(path)
+                logger().info(f"{stage}: computing {path}")
+                build(path)
+                store.clear_temporary_files(path.parent)
+                digest = store.verify(path, stage)
+        return {"stage": stage, "path": str(path), "digest": digest}
+    logger().info(f"{stage}: reusing {path}")
+    return {"stage": stage, "path": str(path), "digest": digest}
+
+
+def stage_task(stage: str, plan: Callable[..., Path]) -> Callable[[Callable], Any]:
+    """Decorate ``fn(**params) -> Ref`` as a cached Prefect task; ``plan(**params)`` gives its path."""
+
+    def cache_key(_context: Any, parameters: dict[str, Any]) -> str | None:
+        path = plan(**parameters)
+        digest = valid_digest(path, stage)
+        return None if digest is None else f"musc-{stage}-{stable_hash(str(path.resolve()), digest, length=32)}"
+
+    def decorate(fn: Callable) -> Any:
+        return task(name=stage, cache_key_fn=cache_key, persist_result=True, result_serializer="json",
+                    cache_expiration=None, retries=0)(fn)
+
+    return decorate
