@@ -221,3 +221,60 @@ def _relative(path: str | Path, folder: Path) -> str:
         return str(Path(path).resolve().relative_to(folder.resolve()))
     except ValueError:
         return str(path)
+
+
+# The evaluate stage's outputs, from its two input artifacts ---------------------------------------
+
+def render_overlays(folder: Path, paths, names, maps, masks, has_mask, scores, normalisation: str) -> list[str]:
+    """One PNG per image: the image and its anomaly map, whole-set ('set') or per-image scaling."""
+    from .data import UnreadableImage, load_image
+    low, high = (float(maps.min()), float(maps.max())) if normalisation == "set" else (None, None)
+    size = maps.shape[-1]
+    written = []
+    for index, (path, name) in enumerate(zip(paths, names)):
+        target = folder / (str(name).replace("/", "__").rsplit(".", 1)[0] + ".png")
+        try:
+            image = np.asarray(load_image(path).resize((size, size)))
+        except UnreadableImage:
+            image = np.zeros((size, size, 3), dtype=np.uint8)
+        save_overlay(image, maps[index], target, masks[index] if has_mask[index] else None, low, high,
+                     title=f"{name}  score {scores[index]:.4f}")
+        written.append(str(target))
+    return written
+
+
+def write_outputs(extract, classify, folder: str | Path, threshold: float | None = None, overlays: str = "set",
+                  evaluate_path: str = "") -> dict[str, Any]:
+    """Metrics, threshold, per-image CSV, metrics CSV/Markdown, figures and report.md in ``folder``,
+    from an extract and a classify artifact (``musc.store.Artifact``). Returns what was decided."""
+    folder = Path(folder)
+    labels, has_mask = extract.read("labels"), extract.read("has_mask")
+    maps, masks = classify.read("maps"), extract.read("masks")
+    raw, scores = classify.read("image_scores_raw"), classify.read("image_scores")
+    names, paths, defects = extract.read("names"), extract.read("paths"), extract.read("defect_types")
+    metrics, notes = evaluate_arrays(labels, scores, masks, maps, has_mask)
+    value, rule = choose_threshold(labels, scores, threshold)
+    category = extract.config["category"]
+
+    (folder / "overlays").mkdir(parents=True, exist_ok=True)
+    overlay_paths = render_overlays(folder / "overlays", paths, names, maps, masks, has_mask, scores, overlays)
+    per_image = per_image_table(names, paths, defects, labels, raw, scores, value, overlay_paths)
+    per_image.to_csv(folder / "per_image.csv", index=False)
+    table = metrics_table({category: metrics}, {category: notes}, int(extract.config["image_size"]),
+                          extract.attrs.get("mask_rule", ""))
+    table.to_csv(folder / "metrics.csv")
+    (folder / "metrics.md").write_text(table_markdown(table))
+    figures = {"score histograms": save_histograms(labels, raw, scores, folder / "histograms.png")}
+    if "image" not in notes:
+        figures["image ROC/PR"] = save_curves(labels, scores, folder / "curves_image.png", "image")
+    if "pixel" not in notes:
+        usable = (labels == 0) | has_mask
+        figures["pixel ROC/PR"] = save_curves(masks[usable].ravel(), maps[usable].ravel(),
+                                              folder / "curves_pixel.png", "pixel")
+    write_report(folder, f"MuSc results: {extract.config['dataset']} / {category}", table, figures,
+                 str(folder / "per_image.csv"),
+                 {"extract": str(extract.path), "classify": str(classify.path), "evaluate": evaluate_path},
+                 {"value": value, "rule": rule})
+    return {"metrics": metrics, "notes": notes, "threshold": value, "rule": rule,
+            "ranking": np.argsort(-np.asarray(scores)).astype(np.int64),
+            "decisions": (np.asarray(scores) >= value).astype(np.int8)}

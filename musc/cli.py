@@ -1,0 +1,187 @@
+"""The ``musc`` command.
+
+Errors in the input (configuration, dataset, artifact) print one line naming the field or file
+and exit with status 2; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import ConfigError, MuscConfig
+from .data import DATASETS, DatasetError, UnreadableImage
+from .store import ArtifactError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="MuSc zero-shot anomaly detection as a Prefect workflow with HDF5 artifacts.")
+console = Console(stderr=True)
+USER_ERRORS = (ConfigError, DatasetError, ArtifactError, UnreadableImage, FileNotFoundError)
+state = {"debug": False}
+
+
+@app.callback()
+def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    state["debug"] = debug
+
+
+def _prefect_environment() -> None:
+    """Serverless (ephemeral) Prefect unless PREFECT_API_URL names a server; no telemetry."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+def _fail(error: BaseException) -> None:
+    if state["debug"]:
+        raise error
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _run_guarded(fn, *args, **kwargs):
+    try:
+        return fn(*args, **kwargs)
+    except USER_ERRORS as error:
+        _fail(error)
+    except Exception as error:  # noqa: BLE001 - unexpected: one line, traceback with --debug
+        if state["debug"]:
+            raise
+        console.print(f"[bold red]error:[/] {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                      " (rerun with --debug for the traceback)", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
+
+
+def _int_list(value: Optional[str], field: str) -> Optional[List[int]]:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{field}: expected comma-separated integers, got {value!r}") from None
+
+
+def _print_metrics(result: dict) -> None:
+    table = Table(title="MuSc metrics (x100)")
+    names = ["image_auroc", "image_f1max", "image_ap", "pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro"]
+    table.add_column("category")
+    for name in names:
+        table.add_column(name.replace("_", " "), justify="right")
+    for category, outcome in result["categories"].items():
+        metrics = outcome["metrics"]
+        table.add_row(category, *("n/a" if metrics.get(n) is None else f"{metrics[n] * 100:.2f}" for n in names))
+    Console().print(table)
+    Console().print(f"report: {result['report']}")
+
+
+@app.command()
+def demo(data: Path = typer.Option(Path("demo_data"), help="Where the synthetic dataset is generated."),
+         artifacts: Path = typer.Option(Path("artifacts"), help="Artifact root."),
+         seed: int = typer.Option(0, help="Seed of the generated dataset.")) -> None:
+    """Generate a small synthetic MVTec-style dataset and run the whole flow on it, offline."""
+    _prefect_environment()
+    warnings.filterwarnings("ignore", message="pretrained=none")
+
+    def go():
+        from flows import demo_flow
+        return demo_flow(str(data), str(artifacts), seed)
+    _print_metrics(_run_guarded(go))
+
+
+@app.command()
+def run(dataset: str = typer.Option(..., help=f"Dataset layout: {', '.join(DATASETS)}."),
+        root: Path = typer.Option(..., help="Dataset root folder."),
+        category: Optional[List[str]] = typer.Option(None, help="Category (repeat for several); default all."),
+        backbone: Optional[str] = typer.Option(None, help="open_clip model name, JSON config, or timm:<name>."),
+        pretrained: Optional[str] = typer.Option(None, help="open_clip tag, checkpoint file, or none."),
+        image_size: Optional[int] = typer.Option(None, help="Image size S (a multiple of the patch size)."),
+        layers: Optional[str] = typer.Option(None, help="0-based blocks, e.g. 5,11,17,23."),
+        r_list: Optional[str] = typer.Option(None, help="Aggregation degrees, e.g. 1,3,5."),
+        k_list: Optional[str] = typer.Option(None, help="RsCIN window sizes; default per dataset."),
+        device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+        artifacts: Path = typer.Option(Path("artifacts"), help="Artifact root."),
+        config: Optional[Path] = typer.Option(None, help="YAML run configuration (flags override it).")) -> None:
+    """Score a dataset: extract, aggregate, score, classify, evaluate; reuses what is already done."""
+    _prefect_environment()
+
+    def go():
+        if dataset not in DATASETS:
+            raise DatasetError(f"dataset: unknown layout {dataset!r} (known: {', '.join(DATASETS)})")
+        if not root.is_dir():
+            raise DatasetError(f"root: dataset folder {root} does not exist")
+        cfg = MuscConfig.from_yaml(config) if config else MuscConfig()
+        overrides = {"backbone": backbone, "pretrained": pretrained, "image_size": image_size,
+                     "layers": _int_list(layers, "layers"), "r_list": _int_list(r_list, "r_list"),
+                     "k_list": _int_list(k_list, "k_list"), "device": device}
+        cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
+        _preflight(cfg)
+        from flows import dataset_flow
+        return dataset_flow(dataset, str(root), list(category) if category else None, cfg.to_dict(), str(artifacts))
+    _print_metrics(_run_guarded(go))
+
+
+def _preflight(cfg: MuscConfig) -> None:
+    """Reject a bad backbone configuration before any work starts (the field is named)."""
+    from .backbone import load_backbone
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, cfg.layers, cfg.device, cfg.seed, cfg.quick_gelu)
+
+
+@app.command()
+def inspect(path: Path = typer.Argument(..., help="An artifact (.h5)."),
+            top: int = typer.Option(5, help="For evaluate artifacts: how many most anomalous images to list.")) -> None:
+    """What an artifact holds: stage, config, provenance, datasets; metrics for evaluate artifacts."""
+    from .store import describe, open_artifact
+
+    def go():
+        if not path.is_file():
+            raise ArtifactError(f"{path}: no such artifact")
+        info = describe(path)
+        out = Console()
+        attrs = info["attrs"]
+        out.print(f"[bold]{path}[/]  stage: {attrs.get('stage')}  ({info['status']})")
+        out.print(f"digest: {info['digest']}  code: {attrs.get('code_version')}  created: {attrs.get('created')}")
+        out.print("config: " + json.dumps(attrs.get("config"), sort_keys=True))
+        out.print("inputs: " + json.dumps(attrs.get("inputs"), sort_keys=True)[:400])
+        table = Table("dataset", "shape dtype")
+        for name, shape in info["datasets"].items():
+            table.add_row(name, shape)
+        out.print(table)
+        if attrs.get("stage") == "evaluate" and info["digest"]:
+            artifact = open_artifact(path, "evaluate")
+            metrics = json.loads(attrs["metrics"])
+            out.print("metrics (x100): " + ", ".join(
+                f"{k} {'n/a' if v is None else f'{v * 100:.2f}'}" for k, v in metrics.items()))
+            out.print(f"threshold: {attrs['threshold']:.6g} ({attrs['threshold_rule']})")
+            from .rebuild import input_path
+            names = open_artifact(input_path(path, "extract")).read("names")
+            import pandas as pd
+            per_image = pd.read_csv(Path(attrs["outputs"]) / "per_image.csv")
+            ranking = artifact.read("ranking")[:top]
+            out.print(f"top {len(ranking)} most anomalous:")
+            for rank, index in enumerate(ranking, start=1):
+                row = per_image.iloc[int(index)]
+                out.print(f"  {rank}. {names[index]}  score {row['score_rscin']:.4f}  {row['decision']}")
+    _run_guarded(go)
+
+
+@app.command("report")
+def report_command(path: Path = typer.Argument(..., help="An evaluate artifact, or a folder holding them.")) -> None:
+    """Rebuild figures and reports from artifacts alone, without recomputing any stage."""
+    def go():
+        from .rebuild import rebuild_reports
+        for written in rebuild_reports(path):
+            Console().print(f"report: {written}")
+    _run_guarded(go)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run the demo: a synthetic dataset scored end to end, offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+exec .venv/bin/musc demo "$@"
