@@ -20,7 +20,7 @@ from musc.backbone import load_backbone
 from musc.config import ConfigError
 from musc.data import UnreadableImage, load_category, load_image, load_mask
 
-from .stage import Ref, ensure_artifact, logger, stage_task
+from .stage import Ref, ensure_artifact, fault_point, logger, stage_task
 from .versions import code_version
 
 BACKBONE_FIELDS = ("backbone", "pretrained", "image_size", "layers", "quick_gelu", "seed")
@@ -97,6 +97,7 @@ def build_extract(path: Path, dataset: str, root: str, category: str, config: di
         store.write_part(path, name, arrays or {"indices": np.zeros(0, dtype=np.int64)},
                          attrs={"skipped": json.dumps(batch_skipped)})
         done_images += len(indices)
+        fault_point("extract", number + 1)
         rate = done_images / max(time.perf_counter() - started, 1e-9)
         log.info(f"extract: batch {number + 1}/{len(batches)} ({rate:.1f} images/s)")
 

@@ -18,7 +18,7 @@ from musc import store
 from musc.data import Sample, subsets
 from musc.msm import image_blocks, msm_rank_window, reduce_votes, tile_minima, tile_pairs
 
-from .stage import Ref, ensure_artifact, logger, stage_folder, stage_task
+from .stage import Ref, ensure_artifact, fault_point, logger, stage_folder, stage_task
 from .versions import code_version
 
 
@@ -61,6 +61,7 @@ def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, top
                 votes = [tile_minima(block_a[l], block_b[l], same_block=first == second) for l in range(n_layers)]
                 store.write_part(path, name, {"a_votes": torch.stack([v[0] for v in votes]).numpy(),
                                               "b_votes": torch.stack([v[1] for v in votes]).numpy()})
+                fault_point("score", done)
                 elapsed = time.perf_counter() - started
                 log.info(f"score: subset {subset_number + 1}, tile {done}/{len(pairs)} ({elapsed:.1f}s)")
             for first, block in enumerate(blocks):

@@ -9,6 +9,8 @@ changes, so is everything downstream of it.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 from pathlib import Path
 from typing import Any, Callable
 
@@ -65,3 +67,11 @@ def stage_task(stage: str, plan: Callable[..., Path]) -> Callable[[Callable], An
                     cache_expiration=None, retries=0)(fn)
 
     return decorate
+
+
+def fault_point(stage: str, parts_done: int) -> None:
+    """Crash-test hook: with MUSC_FAULT="<stage>:<n>" the process kills itself (SIGKILL, as a
+    crash or an OOM kill would) once it has written n parts of that stage. Unset in normal use."""
+    wanted = os.environ.get("MUSC_FAULT", "")
+    if wanted == f"{stage}:{parts_done}":
+        os.kill(os.getpid(), signal.SIGKILL)

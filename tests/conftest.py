@@ -20,3 +20,30 @@ def reference():
         f.visititems(lambda name, obj: data.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
         data["attrs"] = dict(f.attrs)
     return data
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_BACKBONE = str(ROOT / "configs" / "demo_vit.json")
+TINY_CONFIG = {"backbone": DEMO_BACKBONE, "pretrained": "none", "image_size": 64, "layers": [0, 1, 2, 3],
+               "batch_size": 4, "block_size": 4, "device": "cpu", "r_list": [1, 3]}
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One Prefect (ephemeral, temporary database) for the whole session."""
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
+    from prefect.testing.utilities import prefect_test_harness
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory):
+    from musc.synthetic import make_dataset
+    return make_dataset(tmp_path_factory.mktemp("data"), n_good=6, n_per_defect=2, size=64, seed=1,
+                        categories=("fabric",))
+
+
+def snapshot(root):
+    """Identity of every artifact file under root: a rewritten file gets a new inode/mtime."""
+    return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in Path(root).rglob("*.h5") if ".parts" not in str(p)}

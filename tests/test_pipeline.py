@@ -1,0 +1,165 @@
+"""The staged Prefect pipeline: caching, selective reruns, corruption, crash and resume."""
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY_CONFIG, snapshot
+from musc import store
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def run_category(data, artifacts, **changes):
+    from flows import category_flow
+    return category_flow("mvtec_ad", str(data), "fabric", {**TINY_CONFIG, **changes}, str(artifacts))
+
+
+def stage_files(snap, stage):
+    return {k: v for k, v in snap.items() if f"/{stage}/" in k}
+
+
+def read_all(ref):
+    artifact = store.open_artifact(ref["path"])
+    out = {}
+    import h5py
+    with h5py.File(artifact.path) as f:
+        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+def assert_same_arrays(a, b):
+    assert set(a) == set(b)
+    for name in a:
+        if a[name].dtype.kind in "fiub":
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        else:
+            assert list(a[name]) == list(b[name]), name
+
+
+@pytest.fixture(scope="module")
+def reference_run(tiny_dataset, tmp_path_factory):
+    artifacts = tmp_path_factory.mktemp("reference_artifacts")
+    return run_category(tiny_dataset, artifacts), artifacts
+
+
+def test_outputs_layout_and_metrics(reference_run):
+    result, artifacts = reference_run
+    for stage in ("extract", "classify", "evaluate"):
+        path = Path(result[stage]["path"])
+        assert path.parent == artifacts / "mvtec_ad" / "fabric" / stage
+        assert store.verify(path, stage) == result[stage]["digest"]
+    assert len(result["scores"]) == 2
+    assert result["metrics"]["pixel_auroc"] > 0.8
+    outputs = Path(result["outputs"])
+    for name in ("per_image.csv", "metrics.csv", "metrics.md", "report.md", "histograms.png"):
+        assert (outputs / name).stat().st_size > 0
+    assert not list(artifacts.rglob("*.parts")) and not list(artifacts.rglob(".*.tmp-*"))
+
+
+def test_second_run_recomputes_nothing(tiny_dataset, tmp_path):
+    run_category(tiny_dataset, tmp_path)
+    before = snapshot(tmp_path)
+    run_category(tiny_dataset, tmp_path)
+    run_category(tiny_dataset, tmp_path)  # the third run is answered by Prefect's cache
+    assert snapshot(tmp_path) == before
+
+
+def test_changing_r_list_reruns_only_the_new_degree(tiny_dataset, tmp_path):
+    run_category(tiny_dataset, tmp_path, r_list=[1, 3])
+    before = snapshot(tmp_path)
+    run_category(tiny_dataset, tmp_path, r_list=[1, 3, 5])
+    after = snapshot(tmp_path)
+    for stage in ("extract", "aggregate", "score"):
+        assert all(after[k] == v for k, v in stage_files(before, stage).items()), stage
+    for stage in ("aggregate", "score", "classify", "evaluate"):
+        assert len(stage_files(after, stage)) == len(stage_files(before, stage)) + 1, stage
+
+
+def test_deleting_score_reruns_score_classify_evaluate_only(tiny_dataset, tmp_path):
+    first = run_category(tiny_dataset, tmp_path)
+    before = snapshot(tmp_path)
+    victim = Path(first["scores"][0]["path"])
+    store.remove_artifact(victim)
+    second = run_category(tiny_dataset, tmp_path)
+    after = snapshot(tmp_path)
+    for stage in ("extract", "aggregate"):
+        assert stage_files(after, stage) == stage_files(before, stage), stage
+    other_score = str(Path(first["scores"][1]["path"]).relative_to(tmp_path))
+    assert after[other_score] == before[other_score]
+    assert second["scores"][0]["path"] == str(victim) and victim.exists()
+    assert second["classify"]["path"] != first["classify"]["path"]
+    assert second["evaluate"]["path"] != first["evaluate"]["path"]
+    assert_same_arrays(read_all(first["classify"]), read_all(second["classify"]))
+
+
+def test_corrupt_artifact_is_detected_and_rebuilt(tiny_dataset, tmp_path):
+    first = run_category(tiny_dataset, tmp_path)
+    aggregated = store.open_artifact(first["scores"][0]["path"]).inputs["aggregate"]
+    path = next(p for p in (tmp_path / "mvtec_ad/fabric/aggregate").glob("*.h5") if store.valid_digest(p) == aggregated)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(store.ArtifactError, match="digest mismatch"):
+        store.verify(path)
+    second = run_category(tiny_dataset, tmp_path)
+    assert store.valid_digest(path) is not None
+    np.testing.assert_array_equal(read_all(first["scores"][0])["scores"], read_all(second["scores"][0])["scores"])
+
+
+def crash_run(data, artifacts, fault, tmp_path):
+    """Run the flow in a child process that kills itself (SIGKILL) at the fault point."""
+    code = ("import sys; sys.path.insert(0, %r); from flows import category_flow; "
+            "category_flow('mvtec_ad', %r, 'fabric', %s, %r)" % (str(ROOT), str(data), json.dumps(TINY_CONFIG),
+                                                                  str(artifacts)))
+    env = {**os.environ, "MUSC_FAULT": fault, "PREFECT_HOME": str(tmp_path / "child_prefect"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = tmp_path / "child.log"
+    with open(log, "w") as output:
+        # its own process group, so that the Prefect server it started dies with it
+        child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=output, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
+        try:
+            returncode = child.wait(timeout=300)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL, log.read_text()[-2000:]
+
+
+@pytest.mark.parametrize("fault,stage,parts", [("extract:2", "extract", 2), ("score:3", "score", 3)])
+def test_killed_run_resumes_to_identical_artifacts(tiny_dataset, reference_run, tmp_path, monkeypatch,
+                                                   fault, stage, parts):
+    artifacts = tmp_path / "artifacts"
+    crash_run(tiny_dataset, artifacts, fault, tmp_path)
+    partial = list((artifacts / "mvtec_ad/fabric" / stage).glob("*.parts/*.h5"))
+    assert len(partial) == parts
+    assert not list((artifacts / "mvtec_ad/fabric" / stage).glob("*.h5"))
+
+    import tasks.extract
+    import tasks.score
+    calls = {"batches": 0, "tiles": 0}
+    real_batch, real_tile = tasks.extract._extract_batch, tasks.score.tile_minima
+    monkeypatch.setattr(tasks.extract, "_extract_batch",
+                        lambda *a: (calls.__setitem__("batches", calls["batches"] + 1), real_batch(*a))[1])
+    monkeypatch.setattr(tasks.score, "tile_minima",
+                        lambda *a, **k: (calls.__setitem__("tiles", calls["tiles"] + 1), real_tile(*a, **k))[1])
+    resumed = run_category(tiny_dataset, artifacts)
+    reference, _ = reference_run
+    n_layers, n_tiles_per_degree, n_batches = 4, 6, 3
+    if stage == "extract":
+        assert calls["batches"] == n_batches - parts
+    else:
+        assert calls["tiles"] == n_layers * (2 * n_tiles_per_degree - parts)
+    for name in ("extract", "classify"):
+        assert_same_arrays(read_all(reference[name]), read_all(resumed[name]))
+    for ours, theirs in zip(reference["scores"], resumed["scores"]):
+        assert_same_arrays(read_all(ours), read_all(theirs))
+    assert not list(artifacts.rglob("*.parts")) and not list(artifacts.rglob(".*.tmp-*"))
