@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from prefect import flow
 
@@ -17,6 +18,7 @@ def category_flow(dataset: str, root: str, category: str, config: dict | None = 
     the metrics (None where they could not be computed)."""
     cfg = MuscConfig.from_dict(config or {})
     config = cfg.to_dict()
+    root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
     extracted = extract_task(dataset, root, category, config, artifacts)
     scores = []
     for r in cfg.r_list:

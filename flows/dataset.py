@@ -17,6 +17,7 @@ from .category import category_flow
 def dataset_flow(dataset: str, root: str, categories: list[str] | None = None, config: dict | None = None,
                  artifacts: str = "artifacts") -> dict:
     cfg = MuscConfig.from_dict(config or {})
+    root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
     categories = categories or list_categories(dataset, root)
     results = {name: category_flow(dataset, root, name, cfg.to_dict(), artifacts) for name in categories}
     table = report.metrics_table(

@@ -128,7 +128,7 @@ def _mvtec_style_samples(root: Path, category: str | None, normal: str) -> list[
             samples.append(Sample(str(_inside(root, image, "image")), f"{defect}/{image.name}", defect, label, mask))
     if missing_masks:
         warnings.warn(f"category {category!r}: {len(missing_masks)} anomalous image(s) have no mask "
-                      f"(first: {missing_masks[0]}); pixel metrics treat them as all-normal", stacklevel=3)
+                      f"(first: {missing_masks[0]}); pixel metrics leave them out", stacklevel=3)
     return samples
 
 

@@ -1,0 +1,107 @@
+"""The `musc` command end to end: the demo, a run on real MVTec AD images, inspect, report, errors."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import DEMO_BACKBONE, REAL_DATA, ROOT
+
+
+def musc(*args, cwd, timeout=600):
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(Path(cwd) / ".prefect"),
+           "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([sys.executable, "-m", "musc.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("demo")
+    result = musc("demo", cwd=cwd)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return cwd, result
+
+
+def test_demo_reaches_its_pixel_auroc(demo_run):
+    cwd, result = demo_run
+    table = pd.read_csv(cwd / "artifacts/mvtec_ad/_report/metrics.csv", index_col="category")
+    assert set(table.index) == {"fabric", "washer", "mean"}
+    assert (table["pixel_auroc"] > 90).all(), table["pixel_auroc"]
+    assert "MuSc metrics" in result.stdout and "washer" in result.stdout
+
+
+def test_demo_overlays_and_figures_exist(demo_run):
+    cwd, _ = demo_run
+    evaluate = next((cwd / "artifacts/mvtec_ad/fabric/evaluate").glob("*/"))
+    per_image = pd.read_csv(evaluate / "per_image.csv")
+    assert len(per_image) == 26 and set(per_image["decision"]) <= {"normal", "anomalous"}
+    assert all(Path(p).stat().st_size > 1000 for p in per_image["map_png"])
+    for figure in ("histograms.png", "curves_image.png", "curves_pixel.png"):
+        assert (evaluate / figure).stat().st_size > 1000
+    assert (cwd / "artifacts/mvtec_ad/_report/metrics_bars.png").stat().st_size > 1000
+
+
+def test_inspect_prints_stage_config_metrics_and_top_images(demo_run):
+    cwd, _ = demo_run
+    artifact = next((cwd / "artifacts/mvtec_ad/fabric/evaluate").glob("*.h5"))
+    result = musc("inspect", artifact, "--top", "3", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert "stage: evaluate" in result.stdout and "digest verified" in result.stdout
+    assert "pixel_auroc" in result.stdout and "top 3 most anomalous" in result.stdout
+    extract = next((cwd / "artifacts/mvtec_ad/fabric/extract").glob("*.h5"))
+    result = musc("inspect", extract, cwd=cwd)
+    assert "tokens" in result.stdout and "(4, 26, 257, 96)" in result.stdout
+
+
+def test_report_is_rebuilt_from_artifacts_alone(demo_run):
+    cwd, _ = demo_run
+    evaluate = next((cwd / "artifacts/mvtec_ad/fabric/evaluate").glob("*/"))
+    for name in ("report.md", "per_image.csv", "histograms.png"):
+        (evaluate / name).unlink()
+    result = musc("report", cwd / "artifacts", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert (evaluate / "report.md").read_text().startswith("# MuSc results")
+    assert (evaluate / "histograms.png").stat().st_size > 1000
+
+
+def test_run_on_real_mvtec_bottle_reports_image_metrics(tmp_path):
+    if not (REAL_DATA / "bottle").is_dir():
+        pytest.fail(f"real data missing: {REAL_DATA}")
+    result = musc("run", "--dataset", "mvtec_ad", "--root", REAL_DATA, "--category", "bottle",
+                  "--backbone", DEMO_BACKBONE, "--pretrained", "none", "--image-size", "128",
+                  "--layers", "0,1,2,3", "--artifacts", tmp_path / "artifacts", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "artifacts/mvtec_ad/_report/metrics.csv", index_col="category")
+    assert 0 <= table.loc["bottle", "image_auroc"] <= 100
+    assert pd.isna(table.loc["bottle", "pixel_auroc"])  # no masks: not computed, not zero
+    assert "n/a" in result.stdout
+    per_image = pd.read_csv(next((tmp_path / "artifacts/mvtec_ad/bottle/evaluate").glob("*/per_image.csv")))
+    assert len(per_image) == 65 and per_image["label"].sum() == 45
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--dataset", "mvtec_ad", "--root", "/no/such/folder"], "root: dataset folder"),
+    (["run", "--dataset", "kitti", "--root", "."], "dataset: unknown layout"),
+    (["inspect", "missing.h5"], "missing.h5: no such artifact"),
+])
+def test_bad_input_gives_one_line_without_traceback(tmp_path, args, message):
+    result = musc(*args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_bad_configuration_is_rejected_before_any_work(tmp_path):
+    (tmp_path / "data/cat/test/good").mkdir(parents=True)
+    for layers, message in (("0,99", "layers: block 99 is out of range"),):
+        result = musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
+                      "--pretrained", "none", "--image-size", "128", "--layers", layers, cwd=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, result.stderr
+    result = musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
+                  "--pretrained", "none", "--image-size", "100", cwd=tmp_path)
+    assert "image_size: 100 is not a multiple of the patch size 8" in result.stderr
+    assert not (tmp_path / "artifacts").exists()

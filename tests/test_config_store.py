@@ -1,0 +1,99 @@
+"""Run configuration validation and the artifact format."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from musc import MuscConfig, store
+from musc.config import ConfigError
+
+
+def test_defaults_are_the_papers():
+    cfg = MuscConfig()
+    assert (cfg.backbone, cfg.pretrained, cfg.image_size) == ("ViT-L-14-336", "openai", 518)
+    assert cfg.layers == (5, 11, 17, 23) and cfg.r_list == (1, 3, 5)
+    assert (cfg.topmin_min, cfg.topmin_max, cfg.divide_num) == (0.0, 0.3, 1)
+    assert cfg.k_list_for("mvtec_ad") == (1, 2, 3) and cfg.k_list_for("visa") == (1, 8, 9)
+    assert cfg.k_list_for("btad") == (1, 2, 3)
+
+
+def test_yaml_round_trip(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("image_size: 336\nr_list: [1, 3]\nk_list: [1, 8, 9]\n")
+    cfg = MuscConfig.from_yaml(path)
+    assert cfg.image_size == 336 and cfg.r_list == (1, 3) and cfg.k_list_for("mvtec_ad") == (1, 8, 9)
+    assert MuscConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("values,field", [
+    ({"r_list": []}, "r_list"), ({"r_list": [2]}, "r_list"), ({"topmin_max": 1.5}, "topmin_max"),
+    ({"topmin_max": 0}, "topmin_max"), ({"image_size": "big"}, "image_size"), ({"layers": []}, "layers"),
+    ({"layers": [-1]}, "layers"), ({"device": "tpu"}, "device"), ({"batch_size": 0}, "batch_size"),
+    ({"colour": "red"}, "configuration"), ({"k_list": [-1]}, "k_list"),
+])
+def test_invalid_values_name_the_field(values, field):
+    with pytest.raises(ConfigError, match=f"^{field}"):
+        MuscConfig.from_dict(values)
+
+
+def test_bad_yaml_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("r_list: [1, 3\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        MuscConfig.from_yaml(path)
+    path.write_text("- just a list\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        MuscConfig.from_yaml(path)
+
+
+def write_sample(path):
+    return store.write_artifact(path, "score", {"r": 1}, {"aggregate": "abc"},
+                                {"scores": np.arange(12.0).reshape(3, 4), "names": ["a", "b", "c"]},
+                                code_version="test")
+
+
+def test_artifact_round_trip_and_provenance(tmp_path):
+    path = tmp_path / "score" / "k.h5"
+    digest = write_sample(path)
+    artifact = store.open_artifact(path, "score", digest)
+    assert artifact.config == {"r": 1} and artifact.inputs == {"aggregate": "abc"}
+    np.testing.assert_array_equal(artifact.read("scores"), np.arange(12.0).reshape(3, 4))
+    assert list(artifact.read("names")) == ["a", "b", "c"]
+    assert artifact.attrs["complete"] and artifact.attrs["schema_version"] == store.SCHEMA_VERSION
+    assert json.loads(store.manifest_path(path).read_text())["sha256"] == digest == store.file_sha256(path)
+    assert not list(path.parent.glob(".*tmp*"))
+    assert store.describe(path)["datasets"]["scores"].startswith("(3, 4)")
+
+
+def test_reader_refuses_partial_foreign_or_corrupt_files(tmp_path):
+    path = tmp_path / "k.h5"
+    write_sample(path)
+    with pytest.raises(store.ArtifactError, match="expected 'extract'"):
+        store.open_artifact(path, "extract")
+    with pytest.raises(store.ArtifactError, match="is not the expected"):
+        store.open_artifact(path, "score", digest="0" * 64)
+    truncated = path.read_bytes()[:-10]
+    path.write_bytes(truncated)
+    with pytest.raises(store.ArtifactError, match="truncated"):
+        store.verify(path)
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = 1
+    with pytest.raises(store.ArtifactError, match="no valid manifest"):
+        store.verify(foreign)
+    assert store.valid_digest(tmp_path / "missing.h5") is None
+
+
+def test_a_failed_write_leaves_the_previous_artifact_intact(tmp_path, monkeypatch):
+    path = tmp_path / "k.h5"
+    digest = write_sample(path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(store, "file_sha256", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        write_sample(path)
+    monkeypatch.undo()
+    assert store.verify(path, "score") == digest
+    assert not list(tmp_path.glob(".*tmp*"))
