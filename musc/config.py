@@ -33,7 +33,7 @@ class MuscConfig:
     divide_num: int = 1
     seed: int = 42
     batch_size: int = 4
-    block_size: int = 16
+    block_size: int = 8
     device: str = "auto"
     quick_gelu: str = "auto"
     threshold: float | None = None

@@ -52,27 +52,49 @@ def _augmented(features: torch.Tensor, left: bool) -> torch.Tensor:
     return torch.cat([features, ones, squared_norm], dim=-1)
 
 
+def _pair_minima(left: torch.Tensor, right: torch.Tensor, n_a: int, n_b: int, n_patches: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared-distance minima of every patch of A vs each image of B and vice versa."""
+    squared = (left @ right.T).view(n_a, n_patches, n_b, n_patches)
+    return squared.amin(dim=3).permute(0, 2, 1), squared.amin(dim=1).permute(1, 0, 2)
+
+
+def _fill_diagonal_block(left, right, votes, start, stop, n_patches) -> None:
+    """Votes among images [start, stop) of one block, each pair once: split the block in halves,
+    score the two halves against each other as one rectangle, recurse into each half."""
+    if stop - start < 2:
+        return
+    middle = (start + stop) // 2
+    rows = slice(start * n_patches, middle * n_patches)
+    cols = slice(middle * n_patches, stop * n_patches)
+    forward, backward = _pair_minima(left[rows], right[cols], middle - start, stop - middle, n_patches)
+    votes[start:middle, middle:stop] = forward
+    votes[middle:stop, start:middle] = backward
+    _fill_diagonal_block(left, right, votes, start, middle, n_patches)
+    _fill_diagonal_block(left, right, votes, middle, stop, n_patches)
+
+
 def tile_minima(block_a: torch.Tensor, block_b: torch.Tensor, same_block: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest-patch distances between two image blocks, both directions.
 
     block_a: (A, L, C), block_b: (B, L, C), float32. Returns (a_votes (A, B, L), b_votes (B, A, L)):
     a_votes[i, j, p] = min_q |a_i[p] - b_j[q]|. With ``same_block`` the two blocks are the same
-    images, and an image's votes against itself are set to +inf.
+    images: each pair is then computed once (halves against each other, recursively), and an image's
+    votes against itself are +inf.
     """
     n_a, n_patches, _ = block_a.shape
     n_b = block_b.shape[0]
     left = _augmented(block_a.reshape(n_a * n_patches, -1), left=True)
     right = _augmented(block_b.reshape(n_b * n_patches, -1), left=False)
-    squared = (left @ right.T).view(n_a, n_patches, n_b, n_patches)
-    a_votes = squared.amin(dim=3).permute(0, 2, 1)
-    b_votes = squared.amin(dim=1).permute(1, 0, 2)
-    a_votes = a_votes.clamp_min_(0).sqrt_()
-    b_votes = b_votes.clamp_min_(0).sqrt_()
-    if same_block:
-        eye = torch.eye(n_a, dtype=torch.bool, device=a_votes.device)
-        a_votes = a_votes.masked_fill(eye[:, :, None], float("inf"))
-        b_votes = b_votes.masked_fill(eye[:, :, None], float("inf"))
+    if not same_block:
+        a_votes, b_votes = _pair_minima(left, right, n_a, n_b, n_patches)
+    else:
+        a_votes = torch.full((n_a, n_a, n_patches), float("inf"), dtype=left.dtype, device=left.device)
+        _fill_diagonal_block(left, right, a_votes, 0, n_a, n_patches)
+        b_votes = a_votes
+    a_votes = a_votes.clamp_min(0).sqrt_()
+    b_votes = a_votes if same_block else b_votes.clamp_min(0).sqrt_()
     return a_votes.contiguous(), b_votes.contiguous()
 
 
