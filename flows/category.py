@@ -7,6 +7,8 @@ from pathlib import Path
 from prefect import flow
 
 from musc import MuscConfig
+from musc.config import ConfigError
+from musc.data import load_category
 from musc.store import open_artifact
 from tasks import aggregate_task, classify_task, evaluate_task, extract_task, score_task
 
@@ -19,6 +21,7 @@ def category_flow(dataset: str, root: str, category: str, config: dict | None = 
     cfg = MuscConfig.from_dict(config or {})
     config = cfg.to_dict()
     root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
+    check_inputs(dataset, root, category, cfg)
     extracted = extract_task(dataset, root, category, config, artifacts)
     scores = []
     for r in cfg.r_list:
@@ -30,6 +33,16 @@ def category_flow(dataset: str, root: str, category: str, config: dict | None = 
     result = open_artifact(evaluated["path"], "evaluate", evaluated["digest"]).attrs
     return {"category": category, "extract": extracted, "scores": scores, "classify": classified,
             "evaluate": evaluated, "metrics": _metrics(result["metrics"]), "outputs": result["outputs"]}
+
+
+def check_inputs(dataset: str, root: str, category: str, cfg: MuscConfig) -> None:
+    """Reject what would fail late (too few images for MuSc or for RsCIN's k) before any work."""
+    n_images = len(load_category(dataset, root, category).samples)
+    if n_images < 2:
+        raise ConfigError(f"category {category!r}: {n_images} image(s); MuSc needs at least 2")
+    too_large = [k for k in cfg.k_list_for(dataset) if k > n_images]
+    if too_large:
+        raise ConfigError(f"k_list: window size {too_large[0]} is larger than the {n_images} images of {category!r}")
 
 
 def _metrics(stored: str) -> dict:

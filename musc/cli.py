@@ -123,7 +123,14 @@ def run(dataset: str = typer.Option(..., help=f"Dataset layout: {', '.join(DATAS
         cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
         _preflight(cfg)
         from flows import dataset_flow
-        return dataset_flow(dataset, str(root), list(category) if category else None, cfg.to_dict(), str(artifacts))
+        from flows.category import check_inputs
+        from .data import list_categories
+        chosen = list(category) if category else list_categories(dataset, root)
+        if not chosen:
+            raise DatasetError(f"root: no {dataset} categories found under {root}")
+        for name in chosen:
+            check_inputs(dataset, str(root), name, cfg)
+        return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts))
     _print_metrics(_run_guarded(go))
 
 

@@ -199,10 +199,13 @@ def save_metric_bars(table: pd.DataFrame, path: str | Path) -> str:
 
 
 def write_report(folder: str | Path, title: str, table: pd.DataFrame, figures: dict[str, str],
-                 per_image_csv: str | None, artifacts: dict[str, str], threshold: dict[str, Any] | None) -> Path:
+                 per_image_csv: str | None, artifacts: dict[str, str], threshold: dict[str, Any] | None,
+                 skipped: Sequence[str] = ()) -> Path:
     """A Markdown report linking the table, figures and artifacts (paths relative to the report)."""
     folder = Path(folder)
     lines = [f"# {title}", "", "## Metrics (x100)", "", table_markdown(table)]
+    if len(skipped):
+        lines += ["## Skipped images (unreadable)", ""] + [f"- {message}" for message in skipped] + [""]
     if threshold:
         lines += ["## Threshold", "", f"{threshold['value']:.6g} ({threshold['rule']})", ""]
     if per_image_csv:
@@ -274,7 +277,7 @@ def write_outputs(extract, classify, folder: str | Path, threshold: float | None
     write_report(folder, f"MuSc results: {extract.config['dataset']} / {category}", table, figures,
                  str(folder / "per_image.csv"),
                  {"extract": str(extract.path), "classify": str(classify.path), "evaluate": evaluate_path},
-                 {"value": value, "rule": rule})
+                 {"value": value, "rule": rule}, list(extract.read("skipped")))
     return {"metrics": metrics, "notes": notes, "threshold": value, "rule": rule,
             "ranking": np.argsort(-np.asarray(scores)).astype(np.int64),
             "decisions": (np.asarray(scores) >= value).astype(np.int8)}
