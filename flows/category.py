@@ -9,11 +9,14 @@ from prefect import flow
 from musc import MuscConfig
 from musc.config import ConfigError
 from musc.data import load_category
-from musc.store import open_artifact
-from tasks import aggregate_task, classify_task, evaluate_task, extract_task, score_task
+from musc.store import open_artifact, valid_digest
+from tasks import (aggregate_task, all_tiles, classify_task, evaluate_task, extract_task, plan_score, score_task,
+                   score_tile_task)
+
+from .runners import task_runner
 
 
-@flow(name="musc-category", log_prints=True)
+@flow(name="musc-category", log_prints=True, task_runner=task_runner())
 def category_flow(dataset: str, root: str, category: str, config: dict | None = None,
                   artifacts: str = "artifacts") -> dict:
     """extract -> (aggregate -> score) per r -> classify -> evaluate. Returns the artifact refs and
@@ -23,16 +26,23 @@ def category_flow(dataset: str, root: str, category: str, config: dict | None = 
     root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
     check_inputs(dataset, root, category, cfg)
     extracted = extract_task(dataset, root, category, config, artifacts)
-    scores = []
-    for r in cfg.r_list:
-        aggregated = aggregate_task(extracted, r)
-        scores.append(score_task(aggregated, extracted, cfg.topmin_min, cfg.topmin_max, cfg.divide_num,
-                                 cfg.seed, cfg.block_size))
+    scores = [score_degree(aggregate_task(extracted, r), extracted, cfg) for r in cfg.r_list]
     classified = classify_task(extracted, scores, list(cfg.k_list_for(dataset)))
     evaluated = evaluate_task(extracted, classified, cfg.threshold)
     result = open_artifact(evaluated["path"], "evaluate", evaluated["digest"]).attrs
     return {"category": category, "extract": extracted, "scores": scores, "classify": classified,
             "evaluate": evaluated, "metrics": _metrics(result["metrics"]), "outputs": result["outputs"]}
+
+
+def score_degree(aggregated: dict, extracted: dict, cfg: MuscConfig) -> dict:
+    """MSM of one degree: its tiles as tasks on the flow's task runner, then the reduction."""
+    stage = (aggregated, extracted, cfg.topmin_min, cfg.topmin_max, cfg.divide_num, cfg.seed, cfg.block_size)
+    if valid_digest(plan_score(*stage), "score") is None:
+        tiles = [score_tile_task.submit(*stage, subset, first, second, cfg.device)
+                 for subset, first, second in all_tiles(extracted, cfg.divide_num, cfg.seed, cfg.block_size)]
+        for tile in tiles:
+            tile.result()
+    return score_task(*stage, cfg.device)
 
 
 def check_inputs(dataset: str, root: str, category: str, cfg: MuscConfig) -> None:

@@ -11,15 +11,19 @@ from musc import MuscConfig, report
 from musc.data import MASK_RULES, list_categories
 
 from .category import category_flow
+from .runners import task_runner
 
 
 @flow(name="musc-dataset", log_prints=True)
 def dataset_flow(dataset: str, root: str, categories: list[str] | None = None, config: dict | None = None,
-                 artifacts: str = "artifacts") -> dict:
+                 artifacts: str = "artifacts", dask: str | None = None) -> dict:
+    """Every category (default: all found) as a subflow; ``dask``: None (local threads), "local"
+    (a LocalCluster for the run) or a scheduler address for the tile tasks."""
     cfg = MuscConfig.from_dict(config or {})
     root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
     categories = categories or list_categories(dataset, root)
-    results = {name: category_flow(dataset, root, name, cfg.to_dict(), artifacts) for name in categories}
+    run_category = category_flow.with_options(task_runner=task_runner(dask)) if dask else category_flow
+    results = {name: run_category(dataset, root, name, cfg.to_dict(), artifacts) for name in categories}
     table = report.metrics_table(
         {name: {k: (math.nan if v is None else v) for k, v in r["metrics"].items()} for name, r in results.items()},
         {}, cfg.image_size, MASK_RULES[dataset])

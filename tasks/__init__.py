@@ -4,6 +4,6 @@ from .aggregate import aggregate_task
 from .classify import classify_task
 from .evaluate import evaluate_task
 from .extract import extract_task
-from .score import score_task
+from .score import all_tiles, plan_score, score_task, score_tile_task
 
 __all__ = ["extract_task", "aggregate_task", "score_task", "classify_task", "evaluate_task"]

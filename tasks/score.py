@@ -1,9 +1,11 @@
 """Stage 3, score (one per degree r): MSM patch scores of every layer, tile by tile.
 
 Within each subset (divide_num), image blocks (I, J) with I <= J are scored once for both
-directions; each tile's nearest-patch votes are written as a part, so a crash loses at most one
-tile and finished tiles are never recomputed. The reduction then takes, block by block, the mean
-of each patch's smallest votes.
+directions. Each tile is its own Prefect task (threads by default, Dask workers when the flow is
+given a Dask cluster) and writes its nearest-patch votes to its own part file, so a crash loses at
+most one tile and finished tiles are never recomputed. The score task then reduces, block by
+block, each patch's votes to the mean of its smallest ones; memory stays bounded by the block
+size whatever N is, except for the final (layers, N, L) scores.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+from prefect import task
 
 from musc import store
 from musc.data import Sample, subsets
@@ -23,57 +26,81 @@ from .versions import code_version
 
 
 def plan_score(aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float, divide_num: int, seed: int,
-               block_size: int) -> Path:
+               block_size: int, device: str = "cpu") -> Path:
+    # block_size and device change how the work is cut and where it runs, not the scores
     key = store.stable_hash(code_version("score"), aggregate["digest"], extract["digest"], float(topmin_min),
                             float(topmin_max), int(divide_num), int(seed) if divide_num > 1 else None)
     return stage_folder(aggregate["path"], "score") / f"{key}.h5"
 
 
-def _subset_indices(extract: Ref, divide_num: int, seed: int) -> list[np.ndarray]:
-    source = store.open_artifact(extract["path"], "extract", extract["digest"])
-    paths = source.read("paths")
+def subset_blocks(extract: Ref, divide_num: int, seed: int, block_size: int) -> list[list[np.ndarray]]:
+    """For each subset, its image blocks (sorted original indices)."""
+    paths = store.open_artifact(extract["path"], "extract", extract["digest"]).read("paths")
     samples = [Sample(str(p), "", "", None, None) for p in paths]
-    return [np.sort(np.asarray(s, dtype=np.int64)) for s in subsets(samples, int(divide_num), int(seed))]
+    result = []
+    for members in subsets(samples, int(divide_num), int(seed)):
+        members = np.sort(np.asarray(members, dtype=np.int64))
+        result.append([members[a:b] for a, b in image_blocks(members.size, int(block_size))])
+    return result
 
 
-def _load_block(features: h5py.Dataset, indices: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(features[:, indices])  # (layers, B, L, C)
+def tile_name(block_size: int, subset: int, first: int, second: int) -> str:
+    return f"tile_b{block_size}_s{subset}_{first:04d}_{second:04d}"
+
+
+def compute_tile(path: Path, aggregate: Ref, blocks: list[np.ndarray], block_size: int, subset: int,
+                 first: int, second: int, device: str = "cpu") -> bool:
+    """Votes of one tile, written as a part; False when the part was already there."""
+    name = tile_name(block_size, subset, first, second)
+    if store.read_part(path, name) is not None:
+        return False
+    target = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else
+                          device if device.startswith("cuda") else "cpu")
+    with h5py.File(aggregate["path"], "r") as f:
+        block_a = torch.from_numpy(f["features"][:, blocks[first]]).to(target)
+        block_b = block_a if first == second else torch.from_numpy(f["features"][:, blocks[second]]).to(target)
+    votes = [tile_minima(block_a[layer], block_b[layer], same_block=first == second)
+             for layer in range(block_a.shape[0])]
+    store.write_part(path, name, {"a_votes": torch.stack([v[0] for v in votes]).cpu().numpy(),
+                                  "b_votes": torch.stack([v[1] for v in votes]).cpu().numpy()})
+    fault_point("score", len(list(store.parts_dir(path).glob("tile_*.h5"))))
+    return True
+
+
+@task(name="score-tile", retries=1)
+def score_tile_task(aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float, divide_num: int, seed: int,
+                    block_size: int, subset: int, first: int, second: int, device: str = "cpu") -> bool:
+    path = plan_score(aggregate, extract, topmin_min, topmin_max, divide_num, seed, block_size)
+    blocks = subset_blocks(extract, divide_num, seed, block_size)[subset]
+    return compute_tile(path, aggregate, blocks, block_size, subset, first, second, device)
+
+
+def all_tiles(extract: Ref, divide_num: int, seed: int, block_size: int) -> list[tuple[int, int, int]]:
+    return [(subset, first, second)
+            for subset, blocks in enumerate(subset_blocks(extract, divide_num, seed, block_size))
+            for first, second in tile_pairs(len(blocks))]
 
 
 def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float,
-                divide_num: int, seed: int, block_size: int) -> None:
+                divide_num: int, seed: int, block_size: int, device: str = "cpu") -> None:
     log = logger()
     source = store.open_artifact(aggregate["path"], "aggregate", aggregate["digest"])
     n_layers, n_images, n_patches, _ = source.shape("features")
     scores = np.full((n_layers, n_images, n_patches), np.nan)
-    with h5py.File(source.path, "r") as f:
-        features = f["features"]
-        for subset_number, members in enumerate(_subset_indices(extract, divide_num, seed)):
-            k_min, k_max = msm_rank_window(members.size, topmin_min, topmin_max)
-            blocks = [members[a:b] for a, b in image_blocks(members.size, block_size)]
-            pairs = list(tile_pairs(len(blocks)))
-            started = time.perf_counter()
-            for done, (first, second) in enumerate(pairs, start=1):
-                name = f"tile_b{block_size}_s{subset_number}_{first:04d}_{second:04d}"
-                if store.read_part(path, name) is not None:
-                    continue
-                block_a, block_b = _load_block(features, blocks[first]), _load_block(features, blocks[second])
-                votes = [tile_minima(block_a[l], block_b[l], same_block=first == second) for l in range(n_layers)]
-                store.write_part(path, name, {"a_votes": torch.stack([v[0] for v in votes]).numpy(),
-                                              "b_votes": torch.stack([v[1] for v in votes]).numpy()})
-                fault_point("score", done)
-                elapsed = time.perf_counter() - started
-                log.info(f"score: subset {subset_number + 1}, tile {done}/{len(pairs)} ({elapsed:.1f}s)")
-            for first, block in enumerate(blocks):
-                row = []
-                for second in range(len(blocks)):
-                    if first <= second:
-                        row.append(store.read_part(path, f"tile_b{block_size}_s{subset_number}_{first:04d}_{second:04d}")["a_votes"])
-                    else:
-                        row.append(store.read_part(path, f"tile_b{block_size}_s{subset_number}_{second:04d}_{first:04d}")["b_votes"])
-                votes = torch.from_numpy(np.concatenate(row, axis=2))  # (layers, A, n_subset, L)
-                for layer in range(n_layers):
-                    scores[layer, block] = reduce_votes(votes[layer], k_min, k_max).numpy()
+    for subset, blocks in enumerate(subset_blocks(extract, divide_num, seed, block_size)):
+        pairs = list(tile_pairs(len(blocks)))
+        started = time.perf_counter()
+        for done, (first, second) in enumerate(pairs, start=1):  # tiles that tile tasks did not do
+            if compute_tile(path, aggregate, blocks, block_size, subset, first, second, device):
+                log.info(f"score: subset {subset + 1}, tile {done}/{len(pairs)} ({time.perf_counter() - started:.1f}s)")
+        k_min, k_max = msm_rank_window(sum(b.size for b in blocks), topmin_min, topmin_max)
+        for first, block in enumerate(blocks):
+            row = [store.read_part(path, tile_name(block_size, subset, first, second))["a_votes"] if first <= second
+                   else store.read_part(path, tile_name(block_size, subset, second, first))["b_votes"]
+                   for second in range(len(blocks))]
+            votes = torch.from_numpy(np.concatenate(row, axis=2))  # (layers, A, n_subset, L)
+            for layer in range(n_layers):
+                scores[layer, block] = reduce_votes(votes[layer], k_min, k_max).numpy()
     store.write_artifact(path, "score",
                          {"topmin_min": topmin_min, "topmin_max": topmin_max, "divide_num": divide_num, "seed": seed},
                          {"aggregate": aggregate["digest"], "extract": extract["digest"]},
@@ -83,7 +110,7 @@ def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, top
 
 @stage_task("score", plan_score)
 def score_task(aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float, divide_num: int, seed: int,
-               block_size: int) -> Ref:
+               block_size: int, device: str = "cpu") -> Ref:
     path = plan_score(aggregate, extract, topmin_min, topmin_max, divide_num, seed, block_size)
     return ensure_artifact("score", path, lambda p: build_score(p, aggregate, extract, topmin_min, topmin_max,
-                                                                 divide_num, seed, block_size))
+                                                                 divide_num, seed, block_size, device))

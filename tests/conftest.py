@@ -47,3 +47,40 @@ def snapshot(root):
     """Identity of every artifact file under root: a rewritten file gets a new inode/mtime."""
     return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns)
             for p in Path(root).rglob("*.h5") if ".parts" not in str(p)}
+
+
+def run_category(data, artifacts, **changes):
+    from flows import category_flow
+    return category_flow("mvtec_ad", str(data), "fabric", {**TINY_CONFIG, **changes}, str(artifacts))
+
+
+def stage_files(snap, stage):
+    return {k: v for k, v in snap.items() if f"/{stage}/" in k}
+
+
+def read_all(ref):
+    """Every dataset of an artifact, by name."""
+    import h5py
+    from musc import store
+    artifact = store.open_artifact(ref["path"])
+    out = {}
+    with h5py.File(artifact.path) as f:
+        f.visititems(lambda n, o: out.__setitem__(n, o[()]) if isinstance(o, h5py.Dataset) else None)
+    return out
+
+
+def assert_same_arrays(a, b):
+    import numpy as np
+    assert set(a) == set(b)
+    for name in a:
+        if a[name].dtype.kind in "fiub":
+            np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+        else:
+            assert list(a[name]) == list(b[name]), name
+
+
+@pytest.fixture(scope="session")
+def reference_run(prefect_harness, tiny_dataset, tmp_path_factory):
+    """One uninterrupted local run of the tiny dataset, to compare other runs against."""
+    artifacts = tmp_path_factory.mktemp("reference_artifacts")
+    return run_category(tiny_dataset, artifacts), artifacts

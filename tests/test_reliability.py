@@ -9,16 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_CONFIG
+from conftest import ROOT, TINY_CONFIG, run_category
 from musc import store
 from musc.config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-def run_category(data, artifacts, **changes):
-    from flows import category_flow
-    return category_flow("mvtec_ad", str(data), "fabric", {**TINY_CONFIG, **changes}, str(artifacts))
 
 
 def test_unreadable_images_are_skipped_listed_and_reported(tiny_dataset, tmp_path):
