@@ -28,7 +28,7 @@ def category_flow(dataset: str, root: str, category: str, config: dict | None = 
     extracted = extract_task(dataset, root, category, config, artifacts)
     scores = [score_degree(aggregate_task(extracted, r), extracted, cfg) for r in cfg.r_list]
     classified = classify_task(extracted, scores, list(cfg.k_list_for(dataset)))
-    evaluated = evaluate_task(extracted, classified, cfg.threshold)
+    evaluated = evaluate_task(extracted, classified, cfg.threshold, cfg.overlay_normalisation, cfg.pixel_threshold)
     result = open_artifact(evaluated["path"], "evaluate", evaluated["digest"]).attrs
     return {"category": category, "extract": extracted, "scores": scores, "classify": classified,
             "evaluate": evaluated, "metrics": _metrics(result["metrics"]), "outputs": result["outputs"]}

@@ -107,7 +107,8 @@ def run(dataset: str = typer.Option(..., help=f"Dataset layout: {', '.join(DATAS
         k_list: Optional[str] = typer.Option(None, help="RsCIN window sizes; default per dataset."),
         device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
         artifacts: Path = typer.Option(Path("artifacts"), help="Artifact root."),
-        config: Optional[Path] = typer.Option(None, help="YAML run configuration (flags override it).")) -> None:
+        config: Optional[Path] = typer.Option(None, help="YAML run configuration (flags override it)."),
+        dask: Optional[str] = typer.Option(None, help="Run MSM tiles on Dask: 'local' or tcp://host:8786.")) -> None:
     """Score a dataset: extract, aggregate, score, classify, evaluate; reuses what is already done."""
     _prefect_environment()
 
@@ -130,7 +131,7 @@ def run(dataset: str = typer.Option(..., help=f"Dataset layout: {', '.join(DATAS
             raise DatasetError(f"root: no {dataset} categories found under {root}")
         for name in chosen:
             check_inputs(dataset, str(root), name, cfg)
-        return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts))
+        return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts), dask)
     _print_metrics(_run_guarded(go))
 
 

@@ -37,6 +37,8 @@ class MuscConfig:
     device: str = "auto"
     quick_gelu: str = "auto"
     threshold: float | None = None
+    pixel_threshold: float | None = None
+    overlay_normalisation: str = "set"
 
     def __post_init__(self) -> None:
         for name in ("layers", "r_list", "k_list"):
@@ -66,8 +68,12 @@ class MuscConfig:
             raise ConfigError(f"device: expected 'auto', 'cpu' or 'cuda[:n]', got {self.device!r}")
         if self.quick_gelu not in ("auto", "true", "false"):
             raise ConfigError(f"quick_gelu: expected 'auto', 'true' or 'false', got {self.quick_gelu!r}")
-        if self.threshold is not None and not isinstance(self.threshold, (int, float)):
-            raise ConfigError(f"threshold: expected a number, got {self.threshold!r}")
+        for name in ("threshold", "pixel_threshold"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if self.overlay_normalisation not in ("set", "image"):
+            raise ConfigError(f"overlay_normalisation: expected 'set' or 'image', got {self.overlay_normalisation!r}")
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ConfigError("backbone: expected an open_clip model name or a JSON config path")
 

@@ -28,7 +28,8 @@ def rebuild_reports(path: str | Path) -> list[Path]:
         classify = open_artifact(find_input(target, "classify", evaluation.inputs["classify"]), "classify")
         folder = Path(evaluation.attrs["outputs"])
         config = evaluation.config
-        write_outputs(extract, classify, folder, config.get("threshold"), config.get("overlays", "set"), str(target))
+        write_outputs(extract, classify, folder, config.get("threshold"), config.get("overlays", "set"), str(target),
+                      config.get("pixel_threshold"))
         written.append(folder / "report.md")
     return written
 

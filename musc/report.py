@@ -77,6 +77,33 @@ def choose_threshold(labels, scores, fixed: float | None = None) -> tuple[float,
     return robust_threshold(scores), f"median + {ROBUST_Z} x MAD (unsupervised)"
 
 
+def choose_pixel_threshold(labels, masks, maps, has_mask, raw_scores, fixed: float | None = None
+                           ) -> tuple[float, str]:
+    """Pixel threshold for binary defect masks: fixed if given; F1-optimal on the pixels when masks
+    exist; else the robust outlier rule on the raw image scores (the maxima of the maps), so that
+    only images flagged as outliers get defect pixels."""
+    labels = np.asarray(labels)
+    if fixed is not None:
+        return float(fixed), "fixed (config)"
+    usable = (labels == 0) | np.asarray(has_mask, dtype=bool)
+    if np.asarray(has_mask).any() and (labels >= 0).all() and usable.any():
+        sample = slice(None, None, max(1, int(np.asarray(maps)[usable].size // 2_000_000)))
+        return (f1_optimal_threshold(np.asarray(masks)[usable].ravel()[sample], np.asarray(maps)[usable].ravel()[sample]),
+                "F1-optimal on the mask pixels")
+    return robust_threshold(raw_scores), f"median + {ROBUST_Z} x MAD of the raw image scores (unsupervised)"
+
+
+def save_binary_masks(folder: Path, names, maps, threshold: float) -> list[str]:
+    """One PNG per image: pixels whose map value reaches the threshold are white."""
+    from PIL import Image
+    written = []
+    for name, anomaly_map in zip(names, maps):
+        target = folder / (str(name).replace("/", "__").rsplit(".", 1)[0] + ".png")
+        Image.fromarray(((anomaly_map >= threshold) * 255).astype(np.uint8), mode="L").save(target)
+        written.append(str(target))
+    return written
+
+
 def per_image_table(names: Sequence[str], paths: Sequence[str], defect_types: Sequence[str], labels,
                     raw, rscin, threshold: float, overlay_paths: Sequence[str] | None = None) -> pd.DataFrame:
     rscin = np.asarray(rscin, dtype=np.float64)
@@ -207,7 +234,10 @@ def write_report(folder: str | Path, title: str, table: pd.DataFrame, figures: d
     if len(skipped):
         lines += ["## Skipped images (unreadable)", ""] + [f"- {message}" for message in skipped] + [""]
     if threshold:
-        lines += ["## Threshold", "", f"{threshold['value']:.6g} ({threshold['rule']})", ""]
+        lines += ["## Thresholds", "", f"- image score: {threshold['value']:.6g} ({threshold['rule']})"]
+        if "pixel_value" in threshold:
+            lines += [f"- anomaly map (binary masks): {threshold['pixel_value']:.6g} ({threshold['pixel_rule']})"]
+        lines += [""]
     if per_image_csv:
         lines += ["## Per-image results", "", f"[{Path(per_image_csv).name}]({_relative(per_image_csv, folder)})", ""]
     if figures:
@@ -247,7 +277,7 @@ def render_overlays(folder: Path, paths, names, maps, masks, has_mask, scores, n
 
 
 def write_outputs(extract, classify, folder: str | Path, threshold: float | None = None, overlays: str = "set",
-                  evaluate_path: str = "") -> dict[str, Any]:
+                  evaluate_path: str = "", pixel_threshold: float | None = None) -> dict[str, Any]:
     """Metrics, threshold, per-image CSV, metrics CSV/Markdown, figures and report.md in ``folder``,
     from an extract and a classify artifact (``musc.store.Artifact``). Returns what was decided."""
     folder = Path(folder)
@@ -257,11 +287,16 @@ def write_outputs(extract, classify, folder: str | Path, threshold: float | None
     names, paths, defects = extract.read("names"), extract.read("paths"), extract.read("defect_types")
     metrics, notes = evaluate_arrays(labels, scores, masks, maps, has_mask)
     value, rule = choose_threshold(labels, scores, threshold)
+    pixel_value, pixel_rule = choose_pixel_threshold(labels, masks, maps, has_mask, raw, pixel_threshold)
     category = extract.config["category"]
 
-    (folder / "overlays").mkdir(parents=True, exist_ok=True)
+    for sub in ("overlays", "binary_masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
     overlay_paths = render_overlays(folder / "overlays", paths, names, maps, masks, has_mask, scores, overlays)
+    mask_paths = save_binary_masks(folder / "binary_masks", names, maps, pixel_value)
     per_image = per_image_table(names, paths, defects, labels, raw, scores, value, overlay_paths)
+    per_image["defect_pixels"] = [(m >= pixel_value).sum() for m in maps]
+    per_image["mask_png"] = mask_paths
     per_image.to_csv(folder / "per_image.csv", index=False)
     table = metrics_table({category: metrics}, {category: notes}, int(extract.config["image_size"]),
                           extract.attrs.get("mask_rule", ""))
@@ -277,7 +312,9 @@ def write_outputs(extract, classify, folder: str | Path, threshold: float | None
     write_report(folder, f"MuSc results: {extract.config['dataset']} / {category}", table, figures,
                  str(folder / "per_image.csv"),
                  {"extract": str(extract.path), "classify": str(classify.path), "evaluate": evaluate_path},
-                 {"value": value, "rule": rule}, list(extract.read("skipped")))
+                 {"value": value, "rule": rule, "pixel_value": pixel_value, "pixel_rule": pixel_rule},
+                 list(extract.read("skipped")))
     return {"metrics": metrics, "notes": notes, "threshold": value, "rule": rule,
+            "pixel_threshold": pixel_value, "pixel_rule": pixel_rule,
             "ranking": np.argsort(-np.asarray(scores)).astype(np.int64),
             "decisions": (np.asarray(scores) >= value).astype(np.int8)}

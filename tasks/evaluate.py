@@ -14,8 +14,10 @@ from .stage import Ref, ensure_artifact, logger, stage_folder, stage_task
 from .versions import code_version
 
 
-def plan_evaluate(extract: Ref, classify: Ref, threshold: float | None, overlays: str) -> Path:
-    key = store.stable_hash(code_version("evaluate"), extract["digest"], classify["digest"], threshold, overlays)
+def plan_evaluate(extract: Ref, classify: Ref, threshold: float | None, overlays: str,
+                  pixel_threshold: float | None = None) -> Path:
+    key = store.stable_hash(code_version("evaluate"), extract["digest"], classify["digest"], threshold, overlays,
+                            pixel_threshold)
     return stage_folder(extract["path"], "evaluate") / f"{key}.h5"
 
 
@@ -24,19 +26,21 @@ def outputs_folder(path: str | Path) -> Path:
     return Path(path).with_suffix("")
 
 
-def build_evaluate(path: Path, extract: Ref, classify: Ref, threshold: float | None, overlays: str) -> None:
+def build_evaluate(path: Path, extract: Ref, classify: Ref, threshold: float | None, overlays: str,
+                   pixel_threshold: float | None = None) -> None:
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
     classified = store.open_artifact(classify["path"], "classify", classify["digest"])
     outcome = report.write_outputs(source, classified, outputs_folder(path), threshold, overlays,
-                                   evaluate_path=str(path))
+                                   evaluate_path=str(path), pixel_threshold=pixel_threshold)
     metrics = outcome["metrics"]
     store.write_artifact(
-        path, "evaluate", {"threshold": threshold, "overlays": overlays},
+        path, "evaluate", {"threshold": threshold, "overlays": overlays, "pixel_threshold": pixel_threshold},
         {"extract": extract["digest"], "classify": classify["digest"]},
         {"metrics": {k: np.float64(v) for k, v in metrics.items()}, "ranking": outcome["ranking"],
          "decisions": outcome["decisions"]},
         attrs={"metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()}, "notes": outcome["notes"],
                "threshold": outcome["threshold"], "threshold_rule": outcome["rule"],
+               "pixel_threshold": outcome["pixel_threshold"], "pixel_threshold_rule": outcome["pixel_rule"],
                "category": source.config["category"], "dataset": source.config["dataset"],
                "outputs": str(outputs_folder(path))},
         code_version=code_version("evaluate"))
@@ -47,6 +51,7 @@ def build_evaluate(path: Path, extract: Ref, classify: Ref, threshold: float | N
 
 
 @stage_task("evaluate", plan_evaluate)
-def evaluate_task(extract: Ref, classify: Ref, threshold: float | None = None, overlays: str = "set") -> Ref:
-    return ensure_artifact("evaluate", plan_evaluate(extract, classify, threshold, overlays),
-                           lambda p: build_evaluate(p, extract, classify, threshold, overlays))
+def evaluate_task(extract: Ref, classify: Ref, threshold: float | None = None, overlays: str = "set",
+                  pixel_threshold: float | None = None) -> Ref:
+    return ensure_artifact("evaluate", plan_evaluate(extract, classify, threshold, overlays, pixel_threshold),
+                           lambda p: build_evaluate(p, extract, classify, threshold, overlays, pixel_threshold))

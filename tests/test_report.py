@@ -1,0 +1,104 @@
+"""The evaluate stage's outputs: tables against metrics computed directly, thresholds, figures,
+rebuilding reports from artifacts alone, the Prefect artifacts."""
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import f1_score
+
+import musc
+from conftest import TINY_CONFIG
+from musc import report, store
+from musc.rebuild import rebuild_reports
+
+
+def test_f1_optimal_threshold_on_constructed_scores():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 0, 1])
+    scores = np.array([0.1, 0.2, 0.25, 0.3, 0.5, 0.6, 0.7, 0.65, 0.9])
+    threshold = report.f1_optimal_threshold(labels, scores)
+    best = max(f1_score(labels, scores >= t) for t in scores)
+    assert f1_score(labels, scores >= threshold) == pytest.approx(best)
+    assert threshold == 0.5  # flags 0.5, 0.6, 0.65, 0.7, 0.9: F1 = 8/9, the best cut
+    separable = report.f1_optimal_threshold([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
+    assert separable == 0.8
+
+
+def test_robust_threshold_flags_outliers_only():
+    scores = np.array([10.0, 10.5, 9.5, 10.2, 9.8, 10.1, 30.0])
+    threshold = report.robust_threshold(scores)
+    median, mad = 10.1, np.median(np.abs(scores - 10.1)) * 1.4826
+    assert threshold == pytest.approx(median + 3.5 * mad)
+    assert (scores >= threshold).tolist() == [False] * 6 + [True]
+
+
+def test_threshold_rule_choice():
+    assert report.choose_threshold([0, 1], [0.2, 0.9], fixed=0.5) == (0.5, "fixed (config)")
+    assert report.choose_threshold([0, 1, 1], [0.1, 0.8, 0.9])[1].startswith("F1-optimal")
+    assert "unsupervised" in report.choose_threshold([-1, -1, -1], [0.1, 0.2, 0.3])[1]
+    assert "unsupervised" in report.choose_threshold([0, 0, 0], [0.1, 0.2, 0.3])[1]
+
+
+def test_tables_match_metrics_computed_directly(reference_run):
+    result, _ = reference_run
+    extract = store.open_artifact(result["extract"]["path"])
+    classify = store.open_artifact(result["classify"]["path"])
+    labels, scores = extract.read("labels"), classify.read("image_scores")
+    direct = musc.compute_metrics(labels, scores, extract.read("masks"), classify.read("maps"))
+    outputs = Path(result["outputs"])
+    table = pd.read_csv(outputs / "metrics.csv", index_col="category")
+    for name, value in direct.items():
+        assert table.loc["fabric", name] == pytest.approx(value * 100, abs=1e-9), name
+    assert table.loc["fabric", "image_size"] == TINY_CONFIG["image_size"]
+    assert table.loc["fabric", "mask_binarisation"] == "truncate"
+    markdown = (outputs / "metrics.md").read_text()
+    assert f"{direct['pixel_auroc'] * 100:.2f}" in markdown and f"{direct['image_ap'] * 100:.2f}" in markdown
+
+    per_image = pd.read_csv(outputs / "per_image.csv")
+    assert list(per_image.columns[:9]) == ["path", "name", "defect_type", "label", "score_raw", "score_rscin",
+                                           "score_norm", "decision", "map_png"]
+    np.testing.assert_allclose(per_image["score_rscin"], scores, rtol=1e-12)
+    np.testing.assert_allclose(per_image["score_raw"], classify.read("image_scores_raw"), rtol=1e-12)
+    assert per_image["label"].tolist() == labels.tolist()
+    evaluation = store.open_artifact(result["evaluate"]["path"]).attrs
+    flagged = per_image["decision"] == "anomalous"
+    assert (per_image.loc[flagged, "score_rscin"] >= evaluation["threshold"]).all()
+    assert (per_image.loc[~flagged, "score_rscin"] < evaluation["threshold"]).all()
+    assert per_image["score_norm"].min() == 0 and per_image["score_norm"].max() == 1
+    for column in ("map_png", "mask_png"):
+        assert all(Path(p).stat().st_size > 0 for p in per_image[column])
+
+
+def test_metrics_that_cannot_be_computed_are_not_zero():
+    labels = np.array([-1, -1, -1])
+    metrics, notes = report.evaluate_arrays(labels, np.array([0.1, 0.5, 0.2]), np.zeros((3, 4, 4)),
+                                            np.random.rand(3, 4, 4), np.zeros(3, bool))
+    assert all(np.isnan(v) for v in metrics.values())
+    assert notes == {"image": "labels unknown", "pixel": "no ground-truth masks"}
+    table = report.metrics_table({"x": metrics}, {"x": notes}, 64, "truncate")
+    assert "n/a" in report.table_markdown(table) and "labels unknown" in table.loc["x", "not_computed"]
+
+
+def test_report_rebuilds_from_artifacts_without_a_backbone(reference_run, monkeypatch):
+    result, artifacts = reference_run
+    outputs = Path(result["outputs"])
+    for name in ("report.md", "metrics.csv", "curves_pixel.png"):
+        (outputs / name).unlink()
+    for module in ("open_clip", "timm", "musc.backbone"):
+        monkeypatch.setitem(sys.modules, module, None)  # any import of a backbone would now fail
+    written = rebuild_reports(artifacts)
+    assert outputs / "report.md" in written
+    assert (outputs / "curves_pixel.png").stat().st_size > 0 and (outputs / "metrics.csv").exists()
+
+
+def test_dataset_flow_publishes_prefect_artifacts(prefect_harness, tiny_dataset, tmp_path):
+    from prefect.artifacts import Artifact
+    from flows import dataset_flow
+    result = dataset_flow("mvtec_ad", str(tiny_dataset), ["fabric"], TINY_CONFIG, str(tmp_path))
+    table = Artifact.get("musc-mvtec-ad-metrics")
+    assert table is not None and table.type == "table" and "pixel_auroc" in str(table.data)
+    markdown = Artifact.get("musc-mvtec-ad-report")
+    assert markdown.type == "markdown" and "MuSc results" in markdown.data
+    assert Path(result["report"]).is_file() and Path(result["table"]).is_file()
+    assert (tmp_path / "mvtec_ad/_report/metrics_bars.png").stat().st_size > 0
