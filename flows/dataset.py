@@ -16,10 +16,12 @@ from .runners import task_runner
 
 @flow(name="musc-dataset", log_prints=True)
 def dataset_flow(dataset: str, root: str, categories: list[str] | None = None, config: dict | None = None,
-                 artifacts: str = "artifacts", dask: str | None = None) -> dict:
+                 artifacts: str = "artifacts", dask: str | None = None, config_file: str | None = None) -> dict:
     """Every category (default: all found) as a subflow; ``dask``: None (local threads), "local"
-    (a LocalCluster for the run) or a scheduler address for the tile tasks."""
-    cfg = MuscConfig.from_dict(config or {})
+    (a LocalCluster for the run) or a scheduler address for the tile tasks. ``config_file``: a YAML
+    run configuration, which the fields of ``config`` override."""
+    base = MuscConfig.from_yaml(config_file).to_dict() if config_file else {}
+    cfg = MuscConfig.from_dict({**base, **(config or {})})
     root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
     categories = categories or list_categories(dataset, root)
     run_category = category_flow.with_options(task_runner=task_runner(dask)) if dask else category_flow

@@ -21,7 +21,7 @@ from musc import store
 from musc.data import Sample, subsets
 from musc.msm import image_blocks, msm_rank_window, reduce_votes, tile_minima, tile_pairs
 
-from .stage import Ref, ensure_artifact, fault_point, logger, stage_folder, stage_task
+from .stage import Ref, ensure_artifact, fail_once_point, fault_point, logger, stage_folder, stage_task
 from .versions import code_version
 
 
@@ -111,6 +111,7 @@ def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, top
 @stage_task("score", plan_score)
 def score_task(aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float, divide_num: int, seed: int,
                block_size: int, device: str = "cpu") -> Ref:
+    fail_once_point("score")
     path = plan_score(aggregate, extract, topmin_min, topmin_max, divide_num, seed, block_size)
     return ensure_artifact("score", path, lambda p: build_score(p, aggregate, extract, topmin_min, topmin_max,
                                                                  divide_num, seed, block_size, device))

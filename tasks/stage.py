@@ -75,3 +75,12 @@ def fault_point(stage: str, parts_done: int) -> None:
     wanted_stage, _, wanted_parts = os.environ.get("MUSC_FAULT", "").partition(":")
     if wanted_stage == stage and wanted_parts.isdigit() and parts_done >= int(wanted_parts):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fail_once_point(stage: str) -> None:
+    """Failure-test hook: with MUSC_FAIL_ONCE="<stage>:<marker file>", the stage fails while the
+    marker file exists, and removes it: the next try (a retry of the flow run) goes through."""
+    wanted_stage, _, marker = os.environ.get("MUSC_FAIL_ONCE", "").partition(":")
+    if wanted_stage == stage and marker and os.path.exists(marker):
+        os.unlink(marker)
+        raise RuntimeError(f"{stage}: injected failure (MUSC_FAIL_ONCE)")
