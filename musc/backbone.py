@@ -35,6 +35,24 @@ TIMM_PREFIX = "timm:"
 RANDOM_WEIGHTS = ("", "none", "random")
 
 
+BACKBONE_FIELDS = ("backbone", "pretrained", "image_size", "layers", "quick_gelu", "seed")
+
+
+def backbone_settings(config: dict) -> dict:
+    """What decides the extracted tokens: the backbone fields of a run configuration, the precision
+    the device implies, and the content digest of any local model or checkpoint file."""
+    from .config import MuscConfig
+    from .store import file_digest
+    cfg = MuscConfig.from_dict(config)
+    chosen = {name: cfg.to_dict()[name] for name in BACKBONE_FIELDS}
+    on_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    chosen["precision"] = "fp16-autocast" if on_cuda else "fp32"
+    for name in ("backbone", "pretrained"):
+        if Path(chosen[name]).is_file():  # a local file: its content decides, not its name
+            chosen[f"{name}_sha256"] = file_digest(chosen[name])
+    return chosen
+
+
 def backbone_family(model: str) -> str:
     return "timm" if str(model).startswith(TIMM_PREFIX) else "clip"
 

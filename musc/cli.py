@@ -191,5 +191,38 @@ def report_command(path: Path = typer.Argument(..., help="An evaluate artifact, 
     _run_guarded(go)
 
 
+pool_app = typer.Typer(help="A reference pool of earlier images, for scoring new images one at a time.")
+app.add_typer(pool_app, name="pool")
+
+
+@pool_app.command("add")
+def pool_add(pool: Path = typer.Option(..., help="The pool file (.h5); created if missing."),
+             run: Path = typer.Argument(..., help="A category folder of a run (artifacts/<dataset>/<category>) "
+                                                  "or its evaluate artifact."),
+             include_anomalous: bool = typer.Option(False, help="Also add images judged anomalous."),
+             max_images: int = typer.Option(200, help="Pool size bound; the oldest images leave first.")) -> None:
+    """Add the LNAMD features of a scored batch to the pool."""
+    def go():
+        from .newbatch import add_run_to_pool
+        added, size = add_run_to_pool(pool, run, include_anomalous, max_images)
+        Console().print(f"added {added} image(s); the pool holds {size}: {pool}")
+    _run_guarded(go)
+
+
+@app.command("score-new")
+def score_new(pool: Path = typer.Option(..., help="The pool file (musc pool add)."),
+              images: List[Path] = typer.Argument(..., help="Image files to score."),
+              out: Path = typer.Option(Path("score_new"), help="Where maps (PNG, .npy) and scores.json go."),
+              device: str = typer.Option("auto", help="auto, cpu or cuda.")) -> None:
+    """Score new images against the pool plus each other (one image is enough)."""
+    def go():
+        from .newbatch import score_new_images
+        if not pool.is_file():
+            raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
+        for result in score_new_images(pool, images, out, device):
+            Console().print(f"{result['image']}: score {result['score']:.4f}  map {result['map_png']}")
+    _run_guarded(go)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())

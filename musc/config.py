@@ -39,6 +39,7 @@ class MuscConfig:
     threshold: float | None = None
     pixel_threshold: float | None = None
     overlay_normalisation: str = "set"
+    aligned_radius: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("layers", "r_list", "k_list"):
@@ -72,6 +73,8 @@ class MuscConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if self.aligned_radius is not None:
+            _check_int("aligned_radius", self.aligned_radius, minimum=0)
         if self.overlay_normalisation not in ("set", "image"):
             raise ConfigError(f"overlay_normalisation: expected 'set' or 'image', got {self.overlay_normalisation!r}")
         if not isinstance(self.backbone, str) or not self.backbone:

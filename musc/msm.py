@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import math
+
 import torch
 
 
@@ -74,7 +76,7 @@ def _fill_diagonal_block(left, right, votes, start, stop, n_patches) -> None:
     _fill_diagonal_block(left, right, votes, middle, stop, n_patches)
 
 
-def tile_minima(block_a: torch.Tensor, block_b: torch.Tensor, same_block: bool = False
+def tile_minima(block_a: torch.Tensor, block_b: torch.Tensor, same_block: bool = False, radius: int | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest-patch distances between two image blocks, both directions.
 
@@ -85,6 +87,14 @@ def tile_minima(block_a: torch.Tensor, block_b: torch.Tensor, same_block: bool =
     """
     n_a, n_patches, _ = block_a.shape
     n_b = block_b.shape[0]
+    if radius is not None:
+        a_votes = aligned_minima(block_a, block_b, radius)
+        b_votes = a_votes if same_block else aligned_minima(block_b, block_a, radius)
+        if same_block:
+            a_votes = a_votes.masked_fill(torch.eye(n_a, dtype=torch.bool, device=a_votes.device)[:, :, None],
+                                          float("inf"))
+            b_votes = a_votes
+        return a_votes.contiguous(), b_votes.contiguous()
     left = _augmented(block_a.reshape(n_a * n_patches, -1), left=True)
     right = _augmented(block_b.reshape(n_b * n_patches, -1), left=False)
     if not same_block:
@@ -98,6 +108,27 @@ def tile_minima(block_a: torch.Tensor, block_b: torch.Tensor, same_block: bool =
     return a_votes.contiguous(), b_votes.contiguous()
 
 
+def aligned_minima(block_a: torch.Tensor, block_b: torch.Tensor, radius: int) -> torch.Tensor:
+    """Same-position votes for aligned parts: a_votes[i, j, p] = min |a_i[p] - b_j[q]| over the
+    patches q of b_j within ``radius`` grid steps of p (rows and columns). (A, B, L)."""
+    n_a, n_patches, channels = block_a.shape
+    n_b = block_b.shape[0]
+    side = math.isqrt(n_patches)
+    grid_b = block_b.reshape(n_b, side, side, channels)
+    norms_a = block_a.pow(2).sum(-1)  # (A, L)
+    best = torch.full((n_a, n_b, n_patches), float("inf"), dtype=block_a.dtype, device=block_a.device)
+    for dy in range(-radius, radius + 1):
+        for dx in range(-radius, radius + 1):
+            shifted = torch.roll(grid_b, shifts=(-dy, -dx), dims=(1, 2)).reshape(n_b, n_patches, channels)
+            rows = torch.arange(side, device=block_a.device)
+            valid = ((rows + dy >= 0) & (rows + dy < side))[:, None] & ((rows + dx >= 0) & (rows + dx < side))[None, :]
+            squared = (norms_a[:, None, :] + shifted.pow(2).sum(-1)[None, :, :]
+                       - 2 * torch.einsum("apc,bpc->abp", block_a, shifted))
+            squared = squared.masked_fill(~valid.reshape(1, 1, n_patches), float("inf"))
+            best = torch.minimum(best, squared)
+    return best.clamp_min(0).sqrt()
+
+
 def reduce_votes(votes: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
     """(A, N, L) votes (self-votes +inf) -> (A, L) float64: mean of ranks [k_min, k_max)."""
     smallest = torch.topk(votes, k_max, dim=1, largest=False, sorted=True).values
@@ -105,11 +136,13 @@ def reduce_votes(votes: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
 
 
 def mutual_scores(Z, topmin_min: float = 0.0, topmin_max: float = 0.3, block_size: int | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                  progress: Callable[[int, int], None] | None = None, radius: int | None = None) -> torch.Tensor:
     """MSM patch scores of one layer and degree: Z (N, L, C) L2-normalised -> (N, L) float64.
 
     ``block_size`` (images per tile side) bounds the tile memory; the scores do not depend on it.
-    ``progress(done, total)`` is called after each tile.
+    ``progress(done, total)`` is called after each tile. ``radius``: aligned-parts option, compare
+    each patch only with patches within that many grid steps of its position (None: all patches,
+    as the paper).
     """
     Z = torch.as_tensor(Z)
     if Z.ndim != 3:
@@ -122,7 +155,7 @@ def mutual_scores(Z, topmin_min: float = 0.0, topmin_max: float = 0.3, block_siz
     pairs = list(tile_pairs(len(blocks)))
     for done, (first, second) in enumerate(pairs, start=1):
         (a0, a1), (b0, b1) = blocks[first], blocks[second]
-        a_votes, b_votes = tile_minima(Z[a0:a1], Z[b0:b1], same_block=first == second)
+        a_votes, b_votes = tile_minima(Z[a0:a1], Z[b0:b1], same_block=first == second, radius=radius)
         votes[a0:a1, b0:b1] = a_votes
         votes[b0:b1, a0:a1] = b_votes
         if progress is not None:

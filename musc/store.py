@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -62,6 +63,17 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: handle.read(1 << 22), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=65536)
+def _cached_file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file, cached while its size and modification time stay the same."""
+    stat = os.stat(path)
+    return _cached_file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 def _fsync_dir(folder: Path) -> None:

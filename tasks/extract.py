@@ -5,9 +5,7 @@ Unreadable images are skipped with a warning and listed in the artifact.
 """
 from __future__ import annotations
 
-import functools
 import json
-import os
 import time
 from pathlib import Path
 
@@ -16,45 +14,20 @@ import numpy as np
 import torch
 
 from musc import MuscConfig, store
-from musc.backbone import load_backbone
+from musc.backbone import backbone_settings, load_backbone
 from musc.config import ConfigError
 from musc.data import UnreadableImage, load_category, load_image, load_mask
+from musc.store import file_digest
 
 from .stage import Ref, ensure_artifact, fault_point, logger, stage_task
 from .versions import code_version
-
-BACKBONE_FIELDS = ("backbone", "pretrained", "image_size", "layers", "quick_gelu", "seed")
-
-
-@functools.lru_cache(maxsize=65536)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    return store.file_sha256(path)
-
-
-def file_digest(path: str | Path) -> str:
-    stat = os.stat(path)
-    return _file_digest(str(path), stat.st_size, stat.st_mtime_ns)
-
-
-def _device_kind(device: str) -> str:
-    return "cuda" if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()) else "cpu"
-
-
-def extract_config(config: dict) -> dict:
-    cfg = MuscConfig.from_dict(config)
-    chosen = {name: cfg.to_dict()[name] for name in BACKBONE_FIELDS}
-    chosen["precision"] = "fp16-autocast" if _device_kind(cfg.device) == "cuda" else "fp32"
-    for name in ("backbone", "pretrained"):
-        if Path(chosen[name]).is_file():  # a local file: its content decides, not its name
-            chosen[f"{name}_sha256"] = file_digest(chosen[name])
-    return chosen
 
 
 def plan_extract(dataset: str, root: str, category: str, config: dict, artifacts: str) -> Path:
     samples = load_category(dataset, root, category).samples
     images = [(s.name, file_digest(s.path), s.label, file_digest(s.mask_path) if s.mask_path else None)
               for s in samples]
-    key = store.stable_hash(code_version("extract"), dataset, category, extract_config(config), images)
+    key = store.stable_hash(code_version("extract"), dataset, category, backbone_settings(config), images)
     return store.artifact_path(artifacts, dataset, category, "extract", key)
 
 
@@ -127,7 +100,7 @@ def build_extract(path: Path, dataset: str, root: str, category: str, config: di
 
     labels = np.array([-1 if s.label is None else s.label for s in chosen], dtype=np.int64)
     store.write_artifact(
-        path, "extract", {"dataset": dataset, "root": str(root), "category": category, **extract_config(config)},
+        path, "extract", {"dataset": dataset, "root": str(root), "category": category, **backbone_settings(config)},
         inputs={s.name: file_digest(s.path) for s in chosen},
         arrays={"names": [s.name for s in chosen], "paths": [s.path for s in chosen],
                 "defect_types": [s.defect_type for s in chosen], "labels": labels, "has_mask": has_mask,

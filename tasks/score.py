@@ -26,10 +26,11 @@ from .versions import code_version
 
 
 def plan_score(aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float, divide_num: int, seed: int,
-               block_size: int, device: str = "cpu") -> Path:
+               block_size: int, device: str = "cpu", radius: int | None = None) -> Path:
     # block_size and device change how the work is cut and where it runs, not the scores
     key = store.stable_hash(code_version("score"), aggregate["digest"], extract["digest"], float(topmin_min),
-                            float(topmin_max), int(divide_num), int(seed) if divide_num > 1 else None)
+                            float(topmin_max), int(divide_num), int(seed) if divide_num > 1 else None,
+                            *([] if radius is None else [{"aligned_radius": int(radius)}]))
     return stage_folder(aggregate["path"], "score") / f"{key}.h5"
 
 
@@ -49,7 +50,7 @@ def tile_name(block_size: int, subset: int, first: int, second: int) -> str:
 
 
 def compute_tile(path: Path, aggregate: Ref, blocks: list[np.ndarray], block_size: int, subset: int,
-                 first: int, second: int, device: str = "cpu") -> bool:
+                 first: int, second: int, device: str = "cpu", radius: int | None = None) -> bool:
     """Votes of one tile, written as a part; False when the part was already there."""
     name = tile_name(block_size, subset, first, second)
     if store.read_part(path, name) is not None:
@@ -59,7 +60,7 @@ def compute_tile(path: Path, aggregate: Ref, blocks: list[np.ndarray], block_siz
     with h5py.File(aggregate["path"], "r") as f:
         block_a = torch.from_numpy(f["features"][:, blocks[first]]).to(target)
         block_b = block_a if first == second else torch.from_numpy(f["features"][:, blocks[second]]).to(target)
-    votes = [tile_minima(block_a[layer], block_b[layer], same_block=first == second)
+    votes = [tile_minima(block_a[layer], block_b[layer], same_block=first == second, radius=radius)
              for layer in range(block_a.shape[0])]
     store.write_part(path, name, {"a_votes": torch.stack([v[0] for v in votes]).cpu().numpy(),
                                   "b_votes": torch.stack([v[1] for v in votes]).cpu().numpy()})
@@ -69,10 +70,11 @@ def compute_tile(path: Path, aggregate: Ref, blocks: list[np.ndarray], block_siz
 
 @task(name="score-tile", retries=1)
 def score_tile_task(aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float, divide_num: int, seed: int,
-                    block_size: int, subset: int, first: int, second: int, device: str = "cpu") -> bool:
-    path = plan_score(aggregate, extract, topmin_min, topmin_max, divide_num, seed, block_size)
+                    block_size: int, subset: int, first: int, second: int, device: str = "cpu",
+                    radius: int | None = None) -> bool:
+    path = plan_score(aggregate, extract, topmin_min, topmin_max, divide_num, seed, block_size, device, radius)
     blocks = subset_blocks(extract, divide_num, seed, block_size)[subset]
-    return compute_tile(path, aggregate, blocks, block_size, subset, first, second, device)
+    return compute_tile(path, aggregate, blocks, block_size, subset, first, second, device, radius)
 
 
 def all_tiles(extract: Ref, divide_num: int, seed: int, block_size: int) -> list[tuple[int, int, int]]:
@@ -82,7 +84,7 @@ def all_tiles(extract: Ref, divide_num: int, seed: int, block_size: int) -> list
 
 
 def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float,
-                divide_num: int, seed: int, block_size: int, device: str = "cpu") -> None:
+                divide_num: int, seed: int, block_size: int, device: str = "cpu", radius: int | None = None) -> None:
     log = logger()
     source = store.open_artifact(aggregate["path"], "aggregate", aggregate["digest"])
     n_layers, n_images, n_patches, _ = source.shape("features")
@@ -91,7 +93,7 @@ def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, top
         pairs = list(tile_pairs(len(blocks)))
         started = time.perf_counter()
         for done, (first, second) in enumerate(pairs, start=1):  # tiles that tile tasks did not do
-            if compute_tile(path, aggregate, blocks, block_size, subset, first, second, device):
+            if compute_tile(path, aggregate, blocks, block_size, subset, first, second, device, radius):
                 log.info(f"score: subset {subset + 1}, tile {done}/{len(pairs)} ({time.perf_counter() - started:.1f}s)")
         k_min, k_max = msm_rank_window(sum(b.size for b in blocks), topmin_min, topmin_max)
         for first, block in enumerate(blocks):
@@ -102,7 +104,8 @@ def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, top
             for layer in range(n_layers):
                 scores[layer, block] = reduce_votes(votes[layer], k_min, k_max).numpy()
     store.write_artifact(path, "score",
-                         {"topmin_min": topmin_min, "topmin_max": topmin_max, "divide_num": divide_num, "seed": seed},
+                         {"topmin_min": topmin_min, "topmin_max": topmin_max, "divide_num": divide_num, "seed": seed,
+                          "aligned_radius": radius},
                          {"aggregate": aggregate["digest"], "extract": extract["digest"]},
                          {"scores": scores}, code_version=code_version("score"))
     store.clear_parts(path)
@@ -110,8 +113,8 @@ def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, top
 
 @stage_task("score", plan_score)
 def score_task(aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float, divide_num: int, seed: int,
-               block_size: int, device: str = "cpu") -> Ref:
+               block_size: int, device: str = "cpu", radius: int | None = None) -> Ref:
     fail_once_point("score")
-    path = plan_score(aggregate, extract, topmin_min, topmin_max, divide_num, seed, block_size)
+    path = plan_score(aggregate, extract, topmin_min, topmin_max, divide_num, seed, block_size, device, radius)
     return ensure_artifact("score", path, lambda p: build_score(p, aggregate, extract, topmin_min, topmin_max,
-                                                                 divide_num, seed, block_size, device))
+                                                                 divide_num, seed, block_size, device, radius))
