@@ -6,4 +6,5 @@ from .evaluate import evaluate_task
 from .extract import extract_task
 from .score import all_tiles, plan_score, score_task, score_tile_task
 
-__all__ = ["extract_task", "aggregate_task", "score_task", "classify_task", "evaluate_task"]
+__all__ = ["extract_task", "aggregate_task", "score_tile_task", "score_task", "classify_task", "evaluate_task",
+           "all_tiles", "plan_score"]

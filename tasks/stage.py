@@ -51,6 +51,7 @@ def ensure_artifact(stage: str, path: Path, build: Callable[[Path], None]) -> Re
                 digest = store.verify(path, stage)
         return {"stage": stage, "path": str(path), "digest": digest}
     logger().info(f"{stage}: reusing {path}")
+    store.clear_parts(path)  # parts a concurrent run may have left: the artifact is complete
     return {"stage": stage, "path": str(path), "digest": digest}
 
 

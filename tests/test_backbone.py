@@ -1,6 +1,5 @@
 """load_backbone against a plain open_clip forward with the reference settings (MUSC_SPEC.md 2.5)."""
 import functools
-import json
 from pathlib import Path
 
 import numpy as np

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import DEMO_BACKBONE, REAL_DATA, ROOT
+from conftest import DEMO_BACKBONE, REAL_DATA
 
 
 def musc(*args, cwd, timeout=600):

@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,7 +70,7 @@ def test_pool_is_bounded_oldest_first():
 
 
 def test_pool_add_and_score_new_from_the_command_line(prefect_harness, tiny_dataset, tmp_path):
-    result = run_category(tiny_dataset, tmp_path / "artifacts")
+    run_category(tiny_dataset, tmp_path / "artifacts")
     pool_file = tmp_path / "pool.h5"
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     added = subprocess.run([sys.executable, "-m", "musc.cli", "pool", "add", "--pool", str(pool_file),
