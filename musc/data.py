@@ -116,7 +116,13 @@ def _mvtec_style_samples(root: Path, category: str | None, normal: str) -> list[
     for type_dir in sorted(p for p in test.iterdir() if p.is_dir()):
         defect = type_dir.name
         masks_dir = root / category / "ground_truth" / defect
-        for image in _images_in(type_dir):
+        images = _images_in(type_dir)
+        stems = [p.stem for p in images]
+        shared = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if shared:
+            warnings.warn(f"category {category!r}: images in {defect}/ share a name ({', '.join(shared[:3])}) "
+                          f"and so their mask", stacklevel=3)
+        for image in images:
             label = 0 if defect == normal else 1
             mask = None
             if label:

@@ -255,10 +255,13 @@ def clear_parts(path: str | Path) -> None:
     shutil.rmtree(parts_dir(path), ignore_errors=True)
 
 
-def clear_temporary_files(folder: str | Path) -> None:
-    """Remove temporary files that a killed writer left in a stage folder."""
-    for leftover in Path(folder).glob(".*.tmp-*"):
-        leftover.unlink(missing_ok=True)
+def clear_temporary_files(path: str | Path) -> None:
+    """Remove the temporary files a killed writer left for this artifact (call under its lock:
+    then nobody else is writing them)."""
+    path = Path(path)
+    for name in (path.name, manifest_path(path).name):
+        for leftover in path.parent.glob(f".{name}.tmp-*"):
+            leftover.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -8,7 +8,7 @@ import torch
 
 from musc import aggregate, store
 
-from .stage import Ref, ensure_artifact, stage_folder, stage_task
+from .stage import Ref, ensure_artifact, fault_point, stage_folder, stage_task
 from .versions import code_version
 
 IMAGES_PER_CHUNK = 16
@@ -31,6 +31,7 @@ def build_aggregate(path: Path, extract: Ref, r: int) -> None:
                 stop = min(start + IMAGES_PER_CHUNK, n_images)
                 tokens = torch.from_numpy(source.read("tokens", (layer, slice(start, stop))))
                 features[layer, start:stop] = aggregate(tokens, int(r)).numpy()
+            fault_point("aggregate", layer + 1)
 
     store.write_artifact(path, "aggregate", {"r": int(r)}, {"extract": extract["digest"]}, {},
                          code_version=code_version("aggregate"), fill=fill)

@@ -9,7 +9,7 @@ import numpy as np
 
 from musc import rescore, store, upsample_maps
 
-from .stage import Ref, ensure_artifact, stage_folder, stage_task
+from .stage import Ref, ensure_artifact, fault_point, stage_folder, stage_task
 from .versions import code_version
 
 IMAGES_PER_CHUNK = 32
@@ -35,6 +35,7 @@ def build_classify(path: Path, extract: Ref, scores: list[Ref], k_list: list[int
             chunk = upsample_maps(patch_map[start:start + IMAGES_PER_CHUNK], image_size).numpy()
             maps[start:start + chunk.shape[0]] = chunk
             raw[start:start + chunk.shape[0]] = chunk.reshape(chunk.shape[0], -1).max(axis=1)
+        fault_point("classify", 1)
         f.create_dataset("image_scores_raw", data=raw)
         f.create_dataset("image_scores", data=rescore(raw, source.read("embeddings"), k_list))
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from musc import report, store
 
-from .stage import Ref, ensure_artifact, logger, stage_folder, stage_task
+from .stage import Ref, ensure_artifact, fault_point, logger, stage_folder, stage_task
 from .versions import code_version
 
 
@@ -33,6 +33,7 @@ def build_evaluate(path: Path, extract: Ref, classify: Ref, threshold: float | N
     outcome = report.write_outputs(source, classified, outputs_folder(path), threshold, overlays,
                                    evaluate_path=str(path), pixel_threshold=pixel_threshold)
     metrics = outcome["metrics"]
+    fault_point("evaluate", 1)
     store.write_artifact(
         path, "evaluate", {"threshold": threshold, "overlays": overlays, "pixel_threshold": pixel_threshold},
         {"extract": extract["digest"], "classify": classify["digest"]},

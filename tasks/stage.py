@@ -45,9 +45,9 @@ def ensure_artifact(stage: str, path: Path, build: Callable[[Path], None]) -> Re
                 if path.exists():
                     logger().warning(f"{stage}: {path} is partial or corrupt; rebuilding it")
                 remove_artifact(path)
+                store.clear_temporary_files(path)
                 logger().info(f"{stage}: computing {path}")
                 build(path)
-                store.clear_temporary_files(path.parent)
                 digest = store.verify(path, stage)
         return {"stage": stage, "path": str(path), "digest": digest}
     logger().info(f"{stage}: reusing {path}")

@@ -135,3 +135,23 @@ def test_timm_dino_backbone_from_checkpoint(tmp_path):
     torch.testing.assert_close(tokens[1][:, 1:], expected[1][0], atol=1e-6, rtol=0)
     torch.testing.assert_close(tokens[1][:, :1], expected[1][1], atol=1e-6, rtol=0)
     torch.testing.assert_close(embedding.norm(dim=-1), torch.ones(2))
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("this code must never run",))
+
+
+def test_a_pickle_with_code_is_never_executed(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"visual.conv1.weight": torch.zeros(1), "payload": _Payload()}, path)
+    with pytest.raises(ConfigError, match="^pretrained: .*not a readable checkpoint"):
+        musc.load_backbone(str(TINY), str(path), 32, [1], device="cpu")
+    assert "must never run" not in capsys.readouterr().out
+
+
+def test_task_results_are_json_not_pickle():
+    import tasks
+    for stage_task in (tasks.extract_task, tasks.aggregate_task, tasks.score_task, tasks.classify_task,
+                       tasks.evaluate_task):
+        assert stage_task.result_serializer == "json" and stage_task.persist_result

@@ -165,3 +165,40 @@ def test_subsets_partition_stratified_and_seeded(mvtec):
         assert sorted(samples[i].defect_type for i in part) == ["burn", "crack", "good"]
     assert parts == subsets(samples, 2, seed=42)
     assert subsets(samples, 1, seed=0) == [list(range(len(samples)))]
+
+
+def test_palette_cmyk_and_tiny_images_are_converted(tmp_path):
+    from musc.backbone import preprocess
+    palette = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P")
+    palette.save(tmp_path / "palette.png")
+    Image.new("CMYK", (10, 10), (0, 255, 0, 0)).save(tmp_path / "cmyk.jpg")
+    save(tmp_path / "tiny.png", np.full((3, 3, 3), 200, np.uint8))  # smaller than one patch
+    for name in ("palette.png", "cmyk.jpg", "tiny.png"):
+        image = load_image(tmp_path / name)
+        assert image.mode == "RGB"
+        assert preprocess(image, 32).shape == (3, 32, 32)
+
+
+def test_huge_image_is_refused_without_decoding(tmp_path):
+    import struct
+    import zlib
+    header = struct.pack(">IIBBBBB", 40000, 40000, 8, 2, 0, 0, 0)  # 1.6 gigapixels, RGB
+    chunk = lambda kind, data: (struct.pack(">I", len(data)) + kind + data
+                                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    path = tmp_path / "huge.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
+    with pytest.raises(UnreadableImage, match="huge.png: unreadable image"):
+        load_image(path)
+
+
+def test_missing_masks_and_duplicate_names_warn(tmp_path):
+    rng = np.random.default_rng(4)
+    for name in ("000.png", "000.jpg", "001.png"):
+        save(tmp_path / "cat/test/crack" / name, rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    save(tmp_path / "cat/ground_truth/crack/000_mask.png", np.full((8, 8), 255, np.uint8))
+    with pytest.warns(UserWarning) as caught:
+        category = load_category("mvtec_ad", tmp_path, "cat")
+    messages = " ".join(str(w.message) for w in caught)
+    assert "1 anomalous image(s) have no mask" in messages and "crack/001.png" in messages
+    assert "share a name" in messages and "000" in messages
+    assert len(category.samples) == 3

@@ -131,3 +131,17 @@ def test_killed_run_resumes_to_identical_artifacts(tiny_dataset, reference_run, 
     for ours, theirs in zip(reference["scores"], resumed["scores"]):
         assert_same_arrays(read_all(ours), read_all(theirs))
     assert not list(artifacts.rglob("*.parts")) and not list(artifacts.rglob(".*.tmp-*"))
+
+
+@pytest.mark.parametrize("stage", ["aggregate", "classify", "evaluate"])
+def test_kill_during_a_single_write_stage_leaves_nothing_trusted(tiny_dataset, reference_run, tmp_path, stage):
+    """Killed while writing: no artifact of that stage is trusted, the rerun completes, equals an
+    uninterrupted run, and leaves no temporary file."""
+    artifacts = tmp_path / "artifacts"
+    crash_run(tiny_dataset, artifacts, f"{stage}:1", tmp_path)
+    assert not [p for p in (artifacts / "mvtec_ad/fabric" / stage).glob("*.h5") if store.valid_digest(p)]
+    resumed = run_category(tiny_dataset, artifacts)
+    reference, _ = reference_run
+    assert_same_arrays(read_all(reference["classify"]), read_all(resumed["classify"]))
+    assert resumed["metrics"] == reference["metrics"]
+    assert not list(artifacts.rglob(".*.tmp-*"))
