@@ -6,6 +6,7 @@ and exit with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import warnings
@@ -36,6 +37,39 @@ def _prefect_environment() -> None:
     """Serverless (ephemeral) Prefect unless PREFECT_API_URL names a server; no telemetry."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+
+
+class _TracebacksToFile(logging.Filter):
+    """Keep tracebacks off the terminal: the full record goes to a log file, the console gets the
+    one-line message (``--debug`` leaves the console as it is)."""
+
+    def __init__(self, log_file: Path):
+        super().__init__()
+        self.log_file = log_file
+        self.handler: logging.Handler | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info or record.exc_text:
+            if self.handler is None:
+                self.log_file.parent.mkdir(parents=True, exist_ok=True)
+                self.handler = logging.FileHandler(self.log_file)
+                self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            self.handler.handle(record)
+            record.msg = f"{record.getMessage().splitlines()[0]} (traceback in {self.log_file})"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+def _route_tracebacks(log_file: Path) -> None:
+    if state["debug"]:
+        return
+    from prefect.logging.configuration import setup_logging
+    setup_logging()  # Prefect's console handlers exist from here on (later set-ups are incremental)
+    trap = _TracebacksToFile(log_file.resolve())
+    for logger in (logging.getLogger(), logging.getLogger("prefect._internal")):
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.addFilter(trap)
 
 
 def _fail(error: BaseException) -> None:
@@ -90,6 +124,7 @@ def demo(data: Path = typer.Option(Path("demo_data"), help="Where the synthetic 
     warnings.filterwarnings("ignore", message="pretrained=none")
 
     def go():
+        _route_tracebacks(artifacts / "musc-errors.log")
         from flows import demo_flow
         return demo_flow(str(data), str(artifacts), seed)
     _print_metrics(_run_guarded(go))
@@ -123,6 +158,7 @@ def run(dataset: str = typer.Option(..., help=f"Dataset layout: {', '.join(DATAS
                      "k_list": _int_list(k_list, "k_list"), "device": device}
         cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
         _preflight(cfg)
+        _route_tracebacks(artifacts / "musc-errors.log")
         from flows import dataset_flow
         from flows.category import check_inputs
         from .data import list_categories

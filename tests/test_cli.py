@@ -105,3 +105,17 @@ def test_bad_configuration_is_rejected_before_any_work(tmp_path):
                   "--pretrained", "none", "--image-size", "100", cwd=tmp_path)
     assert "image_size: 100 is not a multiple of the patch size 8" in result.stderr
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_failure_inside_the_flow_keeps_the_traceback_off_the_terminal(tmp_path):
+    good = tmp_path / "data/cat/test/good"
+    good.mkdir(parents=True)
+    for name in ("a.png", "b.png", "c.png"):
+        (good / name).write_text("not an image")
+    result = musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
+                  "--pretrained", "none", "--image-size", "64", "--layers", "0,1", "--artifacts",
+                  tmp_path / "artifacts", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "error: category 'cat': only 0 readable image(s)" in result.stderr
+    assert "Traceback" in (tmp_path / "artifacts/musc-errors.log").read_text()
