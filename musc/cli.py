@@ -148,25 +148,21 @@ def run(dataset: str = typer.Option(..., help=f"Dataset layout: {', '.join(DATAS
     _prefect_environment()
 
     def go():
-        if dataset not in DATASETS:
-            raise DatasetError(f"dataset: unknown layout {dataset!r} (known: {', '.join(DATASETS)})")
-        if not root.is_dir():
-            raise DatasetError(f"root: dataset folder {root} does not exist")
+        from .data import list_categories
+        chosen = list(category) if category else list_categories(dataset, root)
+        if not chosen:
+            raise DatasetError(f"root: no {dataset} categories found under {root}")
         cfg = MuscConfig.from_yaml(config) if config else MuscConfig()
         overrides = {"backbone": backbone, "pretrained": pretrained, "image_size": image_size,
                      "layers": _int_list(layers, "layers"), "r_list": _int_list(r_list, "r_list"),
                      "k_list": _int_list(k_list, "k_list"), "device": device}
         cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
         _preflight(cfg)
-        _route_tracebacks(artifacts / "musc-errors.log")
         from flows import dataset_flow
         from flows.category import check_inputs
-        from .data import list_categories
-        chosen = list(category) if category else list_categories(dataset, root)
-        if not chosen:
-            raise DatasetError(f"root: no {dataset} categories found under {root}")
         for name in chosen:
             check_inputs(dataset, str(root), name, cfg)
+        _route_tracebacks(artifacts / "musc-errors.log")
         return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts), dask)
     _print_metrics(_run_guarded(go))
 
