@@ -240,13 +240,14 @@ def write_part(path: str | Path, name: str, arrays: Mapping[str, Any], attrs: Ma
     write_artifact(folder / f"{name}.h5", "part", {}, {}, arrays, attrs)
 
 
-def read_part(path: str | Path, name: str) -> dict[str, Any] | None:
-    """A complete part's arrays and attributes, or None (missing, partial or corrupt: redo it)."""
+def read_part(path: str | Path, name: str, only: tuple[str, ...] | None = None) -> dict[str, Any] | None:
+    """A complete part's arrays (all, or ``only`` those) and attributes, or None (missing, partial
+    or corrupt: redo it)."""
     target = part_path(path, name)
     if valid_digest(target) is None:
         return None
     with h5py.File(target, "r") as f:
-        data = {k: f[k][()] for k in f.keys()}
+        data = {k: f[k][()] for k in (only or f.keys())}
         data.update({f"attr:{k}": v for k, v in f.attrs.items()})
     return data
 

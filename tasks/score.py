@@ -53,7 +53,7 @@ def compute_tile(path: Path, aggregate: Ref, blocks: list[np.ndarray], block_siz
                  first: int, second: int, device: str = "cpu", radius: int | None = None) -> bool:
     """Votes of one tile, written as a part; False when the part was already there."""
     name = tile_name(block_size, subset, first, second)
-    if store.read_part(path, name) is not None:
+    if store.valid_digest(store.part_path(path, name)) is not None:
         return False
     target = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else
                           device if device.startswith("cuda") else "cpu")
@@ -97,8 +97,9 @@ def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, top
                 log.info(f"score: subset {subset + 1}, tile {done}/{len(pairs)} ({time.perf_counter() - started:.1f}s)")
         k_min, k_max = msm_rank_window(sum(b.size for b in blocks), topmin_min, topmin_max)
         for first, block in enumerate(blocks):
-            row = [store.read_part(path, tile_name(block_size, subset, first, second))["a_votes"] if first <= second
-                   else store.read_part(path, tile_name(block_size, subset, second, first))["b_votes"]
+            row = [store.read_part(path, tile_name(block_size, subset, first, second), ("a_votes",))["a_votes"]
+                   if first <= second else
+                   store.read_part(path, tile_name(block_size, subset, second, first), ("b_votes",))["b_votes"]
                    for second in range(len(blocks))]
             votes = torch.from_numpy(np.concatenate(row, axis=2))  # (layers, A, n_subset, L)
             for layer in range(n_layers):
