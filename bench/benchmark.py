@@ -12,6 +12,7 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -137,6 +138,7 @@ def _measure_score_stage(n: int, patches: int, channels: int, block: int, queue)
     build_score(folder / "score" / "s.h5", {"path": str(aggregate_path), "digest": digest},
                 {"path": str(extract_path), "digest": extract_digest}, 0.0, 0.3, 1, 0, block)
     seconds = time.perf_counter() - start
+    shutil.rmtree(folder, ignore_errors=True)
     queue.put({"seconds": seconds, "peak_mb": _peak_rss_mb()})
 
 
