@@ -64,7 +64,7 @@ def compute_tile(path: Path, aggregate: Ref, blocks: list[np.ndarray], block_siz
              for layer in range(block_a.shape[0])]
     store.write_part(path, name, {"a_votes": torch.stack([v[0] for v in votes]).cpu().numpy(),
                                   "b_votes": torch.stack([v[1] for v in votes]).cpu().numpy()})
-    fault_point("score", len(list(store.parts_dir(path).glob("tile_*.h5"))))
+    fault_point("score", len(list(store.parts_dir(path).glob("tile_*.json"))))  # manifests: complete parts
     return True
 
 
