@@ -246,7 +246,20 @@ def write_report(folder: str | Path, title: str, table: pd.DataFrame, figures: d
     lines += ["## Artifacts", ""] + [f"- {stage}: `{path}`" for stage, path in artifacts.items()] + [""]
     report = folder / "report.md"
     report.write_text("\n".join(lines))
+    write_html(report)
     return report
+
+
+def write_html(markdown_file: Path) -> Path:
+    """report.html beside report.md: the same content, viewable in a browser with its figures."""
+    import markdown
+    body = markdown.markdown(markdown_file.read_text(), extensions=["tables"])
+    page = markdown_file.with_suffix(".html")
+    page.write_text("<!doctype html><html><head><meta charset='utf-8'><title>MuSc report</title><style>"
+                    "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+                    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}"
+                    f"</style></head><body>{body}</body></html>")
+    return page
 
 
 def _relative(path: str | Path, folder: Path) -> str:
