@@ -1,6 +1,7 @@
 """The MuSc graph for one category, in one function."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -56,6 +57,5 @@ def check_inputs(dataset: str, root: str, category: str, cfg: MuscConfig) -> Non
 
 
 def _metrics(stored: str) -> dict:
-    import json
     return {k: (None if v is None or (isinstance(v, float) and math.isnan(v)) else v)
             for k, v in json.loads(stored).items()}

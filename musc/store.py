@@ -188,7 +188,7 @@ def verify(path: str | Path, stage: str | None = None) -> str:
         raise ArtifactError(f"{path}: no valid manifest {manifest.name} (partial write?)") from None
     if path.stat().st_size != recorded.get("size"):
         raise ArtifactError(f"{path}: size {path.stat().st_size} differs from the manifest's {recorded.get('size')} (truncated?)")
-    digest = file_sha256(path)
+    digest = file_digest(path)  # cached while size and modification time are unchanged
     if digest != recorded.get("sha256"):
         raise ArtifactError(f"{path}: digest mismatch (corrupt file)")
     try:

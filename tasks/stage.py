@@ -38,7 +38,10 @@ def stage_folder(ref_path: str | Path, stage: str) -> Path:
 def ensure_artifact(stage: str, path: Path, build: Callable[[Path], None]) -> Ref:
     """Return the artifact at ``path`` if valid, else build it (under a lock: never twice at once)."""
     digest = valid_digest(path, stage)
-    if digest is None:
+    if digest is not None:
+        logger().info(f"{stage}: reusing {path}")
+        store.clear_parts(path)  # parts a concurrent run may have left: the artifact is complete
+    else:
         with artifact_lock(path):
             digest = valid_digest(path, stage)  # another run may have built it while we waited
             if digest is None:
@@ -49,9 +52,6 @@ def ensure_artifact(stage: str, path: Path, build: Callable[[Path], None]) -> Re
                 logger().info(f"{stage}: computing {path}")
                 build(path)
                 digest = store.verify(path, stage)
-        return {"stage": stage, "path": str(path), "digest": digest}
-    logger().info(f"{stage}: reusing {path}")
-    store.clear_parts(path)  # parts a concurrent run may have left: the artifact is complete
     return {"stage": stage, "path": str(path), "digest": digest}
 
 
