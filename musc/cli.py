@@ -105,7 +105,7 @@ def _int_list(value: Optional[str], field: str) -> Optional[List[int]]:
 def _print_metrics(result: dict) -> None:
     table = Table(title="MuSc metrics (x100)")
     names = ["image_auroc", "image_f1max", "image_ap", "pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro"]
-    table.add_column("category")
+    table.add_column("category", no_wrap=True, min_width=8)
     for name in names:
         table.add_column(name.replace("_", " "), justify="right")
     for category, outcome in result["categories"].items():
