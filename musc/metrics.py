@@ -103,21 +103,21 @@ def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT) -> float:
     return float(np.trapezoid(pro_kept, fpr_kept) / fpr_limit)
 
 
-def compute_metrics(gt_sp, pr_sp, gt_px, pr_px) -> dict[str, float]:
-    """The seven reference metrics and the MVTec-style AUPRO, as fractions.
-
-    gt_sp, pr_sp: (N,) image labels and scores; gt_px: (N, [1,] S, S) binary masks; pr_px: maps
-    of the same shape.
-    """
+def image_metrics(gt_sp, pr_sp) -> dict[str, float]:
+    """Image AUROC, F1-max and AP (fractions; zeros with one class, as the reference)."""
     gt_sp = np.asarray(gt_sp).ravel()
     pr_sp = np.asarray(pr_sp, dtype=np.float64).ravel()
     if gt_sp.shape != pr_sp.shape:
         raise ValueError(f"pr_sp: {pr_sp.shape[0]} image scores for {gt_sp.shape[0]} labels")
+    return dict(zip(METRIC_NAMES[:3], _binary_metrics(gt_sp, pr_sp)))
+
+
+def pixel_metrics(gt_px, pr_px) -> dict[str, float]:
+    """Pixel AUROC, F1-max, AP, the reference AUPRO and the MVTec AUPRO (zeros without defects)."""
     gt_px = np.asarray(gt_px).astype(np.int32)
     pr_px = np.asarray(pr_px, dtype=np.float64)
     if gt_px.shape != pr_px.shape:
         raise ValueError(f"pr_px: shape {pr_px.shape} does not match gt_px {gt_px.shape}")
-    image = _binary_metrics(gt_sp, pr_sp)
     pixel = _binary_metrics(gt_px, pr_px)
     if gt_px.sum() == 0:
         aupro, aupro_std = 0.0, 0.0
@@ -125,4 +125,13 @@ def compute_metrics(gt_sp, pr_sp, gt_px, pr_px) -> dict[str, float]:
         masks = gt_px.reshape(-1, *gt_px.shape[-2:])
         maps = pr_px.reshape(masks.shape)
         aupro, aupro_std = aupro_reference(masks, maps), aupro_mvtec(masks, maps)
-    return dict(zip(METRIC_NAMES, (*image, *pixel, aupro, aupro_std)))
+    return dict(zip(METRIC_NAMES[3:], (*pixel, aupro, aupro_std)))
+
+
+def compute_metrics(gt_sp, pr_sp, gt_px, pr_px) -> dict[str, float]:
+    """The seven reference metrics and the MVTec-style AUPRO, as fractions.
+
+    gt_sp, pr_sp: (N,) image labels and scores; gt_px: (N, [1,] S, S) binary masks; pr_px: maps
+    of the same shape.
+    """
+    return {**image_metrics(gt_sp, pr_sp), **pixel_metrics(gt_px, pr_px)}

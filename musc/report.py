@@ -11,10 +11,8 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from .metrics import METRIC_NAMES, compute_metrics, f1_max
+from .metrics import METRIC_NAMES, f1_max, image_metrics, pixel_metrics
 
-IMAGE_METRICS = METRIC_NAMES[:3]
-PIXEL_METRICS = METRIC_NAMES[3:]
 MAD_SCALE = 1.4826  # makes the median absolute deviation estimate sigma for normal data
 ROBUST_Z = 3.5
 
@@ -38,13 +36,10 @@ def evaluate_arrays(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, m
         notes["pixel"] = "no ground-truth masks"
     elif (labels < 0).any():
         notes["pixel"] = "labels unknown"
-    computed = compute_metrics(np.where(labels < 0, 0, labels), scores,
-                               masks[usable] if "pixel" not in notes else np.zeros((1, 1, 1)),
-                               maps[usable] if "pixel" not in notes else np.zeros((1, 1, 1)))
-    for name in IMAGE_METRICS if "image" not in notes else ():
-        metrics[name] = computed[name]
-    for name in PIXEL_METRICS if "pixel" not in notes else ():
-        metrics[name] = computed[name]
+    if "image" not in notes:
+        metrics.update(image_metrics(labels, scores))
+    if "pixel" not in notes:
+        metrics.update(pixel_metrics(masks[usable], maps[usable]))
     return metrics, notes
 
 

@@ -49,7 +49,7 @@ def tile_name(block_size: int, subset: int, first: int, second: int) -> str:
     return f"tile_b{block_size}_s{subset}_{first:04d}_{second:04d}"
 
 
-def compute_tile(path: Path, aggregate: Ref, blocks: list[np.ndarray], block_size: int, subset: int,
+def compute_tile(path: Path, aggregate: Ref, images_a, images_b, block_size: int, subset: int,
                  first: int, second: int, device: str = "cpu", radius: int | None = None) -> bool:
     """Votes of one tile, written as a part; False when the part was already there."""
     name = tile_name(block_size, subset, first, second)
@@ -58,8 +58,8 @@ def compute_tile(path: Path, aggregate: Ref, blocks: list[np.ndarray], block_siz
     target = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else
                           device if device.startswith("cuda") else "cpu")
     with h5py.File(aggregate["path"], "r") as f:
-        block_a = torch.from_numpy(f["features"][:, blocks[first]]).to(target)
-        block_b = block_a if first == second else torch.from_numpy(f["features"][:, blocks[second]]).to(target)
+        block_a = torch.from_numpy(f["features"][:, np.asarray(images_a)]).to(target)
+        block_b = block_a if first == second else torch.from_numpy(f["features"][:, np.asarray(images_b)]).to(target)
     votes = [tile_minima(block_a[layer], block_b[layer], same_block=first == second, radius=radius)
              for layer in range(block_a.shape[0])]
     store.write_part(path, name, {"a_votes": torch.stack([v[0] for v in votes]).cpu().numpy(),
@@ -70,15 +70,15 @@ def compute_tile(path: Path, aggregate: Ref, blocks: list[np.ndarray], block_siz
 
 @task(name="score-tile", retries=1)
 def score_tile_task(aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float, divide_num: int, seed: int,
-                    block_size: int, subset: int, first: int, second: int, device: str = "cpu",
-                    radius: int | None = None) -> bool:
+                    block_size: int, subset: int, first: int, second: int, images_a: list[int], images_b: list[int],
+                    device: str = "cpu", radius: int | None = None) -> bool:
     path = plan_score(aggregate, extract, topmin_min, topmin_max, divide_num, seed, block_size, device, radius)
-    blocks = subset_blocks(extract, divide_num, seed, block_size)[subset]
-    return compute_tile(path, aggregate, blocks, block_size, subset, first, second, device, radius)
+    return compute_tile(path, aggregate, images_a, images_b, block_size, subset, first, second, device, radius)
 
 
-def all_tiles(extract: Ref, divide_num: int, seed: int, block_size: int) -> list[tuple[int, int, int]]:
-    return [(subset, first, second)
+def all_tiles(extract: Ref, divide_num: int, seed: int, block_size: int) -> list[tuple]:
+    """Every tile to score: (subset, first block, second block, images of each block)."""
+    return [(subset, first, second, blocks[first].tolist(), blocks[second].tolist())
             for subset, blocks in enumerate(subset_blocks(extract, divide_num, seed, block_size))
             for first, second in tile_pairs(len(blocks))]
 
@@ -93,7 +93,8 @@ def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, top
         pairs = list(tile_pairs(len(blocks)))
         started = time.perf_counter()
         for done, (first, second) in enumerate(pairs, start=1):  # tiles that tile tasks did not do
-            if compute_tile(path, aggregate, blocks, block_size, subset, first, second, device, radius):
+            if compute_tile(path, aggregate, blocks[first], blocks[second], block_size, subset, first, second,
+                            device, radius):
                 log.info(f"score: subset {subset + 1}, tile {done}/{len(pairs)} ({time.perf_counter() - started:.1f}s)")
         k_min, k_max = msm_rank_window(sum(b.size for b in blocks), topmin_min, topmin_max)
         for first, block in enumerate(blocks):
