@@ -56,17 +56,53 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _measure_msm(kind: str, n: int, patches: int, channels: int, block: int, repeats: int, queue) -> None:
+REAL_IMAGES = ROOT.parent / "shared" / "data" / "real" / "bottle" / "test"
+
+
+def msm_features(source: str, n: int, patches: int, channels: int) -> torch.Tensor:
+    """MSM input (N, L, C): L2-normalised Gaussian features, or LNAMD features (r = 3, last block)
+    of real MVTec AD bottle images through the seeded demo backbone (patch 8, so L = patches)."""
+    if source == "random":
+        torch.manual_seed(0)
+        return F.normalize(torch.randn(n, patches, channels), dim=-1)
+    import warnings
+    from PIL import Image
+    from musc import aggregate
+    from musc.backbone import load_backbone, preprocess
+    size = 8 * int(patches ** 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_backbone(str(ROOT / "configs" / "demo_vit.json"), "none", size, [3], device="cpu")
+    images = [preprocess(Image.open(p).convert("RGB"), size) for p in sorted(REAL_IMAGES.glob("*/*.png"))[:n]]
+    with torch.no_grad():
+        tokens, _ = model.extract(torch.stack(images))
+    return aggregate(tokens[0], 3)
+
+
+def _measure_msm(kind: str, source: str, n: int, patches: int, channels: int, block: int, repeats: int,
+                 queue) -> None:
     from musc.msm import mutual_scores, reference_mutual_scores
-    torch.manual_seed(0)
-    features = F.normalize(torch.randn(n, patches, channels), dim=-1)
-    if kind == "tiled":
-        seconds = best_of(lambda: mutual_scores(features, block_size=block), repeats)
-        scores = mutual_scores(features, block_size=block)
+    from musc.screening import BlockScreen
+    features = msm_features(source, n, patches, channels)
+    parts = {"screened": 0, "fp32": 0, "candidates": 0, "segments": 0}
+    screen = BlockScreen.minima
+
+    def counted(self, a0, a1, b0, b1):
+        before = self.candidates
+        result = screen(self, a0, a1, b0, b1)
+        parts["fp32" if result is None else "screened"] += 1
+        if result is not None:
+            parts["segments"] += 2 * (a1 - a0) * (b1 - b0) * self.n_patches
+            parts["candidates"] += self.candidates - before
+        return result
+    BlockScreen.minima = counted
+    if kind == "reference":
+        compute = lambda: reference_mutual_scores(features)  # noqa: E731
     else:
-        seconds = best_of(lambda: reference_mutual_scores(features), repeats)
-        scores = reference_mutual_scores(features)
-    queue.put({"seconds": seconds, "peak_mb": _peak_rss_mb(), "scores": scores.numpy()})
+        compute = lambda: mutual_scores(features, block_size=block, precision=kind)  # noqa: E731
+    seconds = best_of(compute, repeats)
+    scores = compute()
+    queue.put({"seconds": seconds, "peak_mb": _peak_rss_mb(), "scores": scores.numpy(), "parts": parts})
 
 
 def _in_fresh_process(target, *args):
@@ -79,17 +115,26 @@ def _in_fresh_process(target, *args):
     return result
 
 
-def bench_msm(n: int, patches: int, channels: int, block: int, repeats: int, rate: float) -> dict:
-    tiled = _in_fresh_process(_measure_msm, "tiled", n, patches, channels, block, repeats)
-    reference = _in_fresh_process(_measure_msm, "reference", n, patches, channels, block, repeats)
+def bench_msm(n: int, patches: int, channels: int, block: int, repeats: int, rate: float, source: str = "random"
+              ) -> dict:
+    runs = {kind: _in_fresh_process(_measure_msm, kind, source, n, patches, channels, block, repeats)
+            for kind in ("fp32", "bf16", "reference")}
+    tiled, screened, reference = runs["fp32"], runs["bf16"], runs["reference"]
+    channels = int(msm_features(source, 1, patches, channels).shape[-1]) if source != "random" else channels
     flops = n * (n - 1) / 2 * patches * patches * 2 * channels  # each pair once
-    return {"N": n, "L": patches, "C": channels, "block_size": block,
-            "tiled_s": tiled["seconds"], "reference_s": reference["seconds"],
+    parts = screened["parts"]
+    return {"source": source, "N": n, "L": patches, "C": channels, "block_size": block,
+            "tiled_s": tiled["seconds"], "bf16_s": screened["seconds"], "reference_s": reference["seconds"],
             "speedup": reference["seconds"] / tiled["seconds"],
+            "bf16_speedup": reference["seconds"] / screened["seconds"],
             "max_abs_diff": float(abs(tiled["scores"] - reference["scores"]).max()),
+            "bf16_max_abs_diff": float(abs(screened["scores"] - reference["scores"]).max()),
+            "bf16_parts_screened": parts["screened"], "bf16_parts_fp32": parts["fp32"],
+            "bf16_candidates_per_segment": parts["candidates"] / parts["segments"] if parts["segments"] else None,
             "tiled_gflops": flops / tiled["seconds"] / 1e9,
             "fraction_of_matmul_rate": flops / tiled["seconds"] / 1e9 / rate,
-            "tiled_peak_mb": tiled["peak_mb"], "reference_peak_mb": reference["peak_mb"]}
+            "tiled_peak_mb": tiled["peak_mb"], "bf16_peak_mb": screened["peak_mb"],
+            "reference_peak_mb": reference["peak_mb"]}
 
 
 def bench_lnamd(n: int, patches: int, channels: int, r: int, repeats: int) -> dict:
@@ -169,6 +214,8 @@ def main() -> None:
     rate = matmul_rate(depth=args.channels)
     results = {"threads": torch.get_num_threads(), "fp32_matmul_gflops": rate,
                "msm": bench_msm(args.n, patches, args.channels, args.block_size, args.repeats, rate),
+               "msm_real": (bench_msm(args.n, patches, args.channels, args.block_size, args.repeats, rate, "bottle")
+                            if REAL_IMAGES.is_dir() else None),
                "lnamd": bench_lnamd(args.n, patches, args.channels, 5, args.repeats),
                "extraction": bench_extraction(args.backbone, args.image_size,
                                               [int(v) for v in args.layers.split(",")], 8, args.repeats)}
@@ -186,6 +233,13 @@ def main() -> None:
     print(f"      tiled rate {msm['tiled_gflops']:.1f} GFLOP/s = {msm['fraction_of_matmul_rate']:.2f} of the "
           f"fp32 matmul rate; peak memory (whole process) tiled {msm['tiled_peak_mb']:.0f} MB, "
           f"reference {msm['reference_peak_mb']:.0f} MB")
+    for row in filter(None, (msm, results["msm_real"])):
+        screened = (f"{row['bf16_parts_screened']} of {row['bf16_parts_screened'] + row['bf16_parts_fp32']} parts "
+                    "screened" + (f", {row['bf16_candidates_per_segment']:.2f} candidates per segment"
+                                  if row["bf16_candidates_per_segment"] is not None else ""))
+        print(f"MSM bf16-screened, {row['source']} features (C={row['C']}): {row['bf16_s']:.3f}s vs fp32 tiled "
+              f"{row['tiled_s']:.3f}s ({row['tiled_s'] / row['bf16_s']:.2f}x) and reference {row['reference_s']:.3f}s "
+              f"-> {row['bf16_speedup']:.2f}x faster; max |diff| {row['bf16_max_abs_diff']:.2e}; {screened}")
     print(f"LNAMD N={lnamd['N']} r={lnamd['r']}: avg-pool {lnamd['pool_s'] * 1e3:.1f} ms, unfold "
           f"{lnamd['unfold_s'] * 1e3:.1f} ms -> {lnamd['speedup']:.1f}x faster; max |diff| {lnamd['max_abs_diff']:.2e}")
     print(f"extraction: {extraction['backbone']} at {extraction['image_size']} px on {extraction['device']}: "

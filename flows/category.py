@@ -39,11 +39,11 @@ def score_degree(aggregated: dict, extracted: dict, cfg: MuscConfig) -> dict:
     """MSM of one degree: its tiles as tasks on the flow's task runner, then the reduction."""
     stage = (aggregated, extracted, cfg.topmin_min, cfg.topmin_max, cfg.divide_num, cfg.seed, cfg.block_size)
     if valid_digest(plan_score(*stage, cfg.device, cfg.aligned_radius), "score") is None:
-        tiles = [score_tile_task.submit(*stage, *tile, cfg.device, cfg.aligned_radius)
+        tiles = [score_tile_task.submit(*stage, *tile, cfg.device, cfg.aligned_radius, cfg.msm_precision)
                  for tile in all_tiles(extracted, cfg.divide_num, cfg.seed, cfg.block_size)]
         for tile in tiles:
             tile.result()
-    return score_task(*stage, cfg.device, cfg.aligned_radius)
+    return score_task(*stage, cfg.device, cfg.aligned_radius, cfg.msm_precision)
 
 
 def check_inputs(dataset: str, root: str, category: str, cfg: MuscConfig) -> None:

@@ -40,6 +40,7 @@ class MuscConfig:
     pixel_threshold: float | None = None
     overlay_normalisation: str = "set"
     aligned_radius: int | None = None
+    msm_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("layers", "r_list", "k_list"):
@@ -75,6 +76,8 @@ class MuscConfig:
                 raise ConfigError(f"{name}: expected a number, got {value!r}")
         if self.aligned_radius is not None:
             _check_int("aligned_radius", self.aligned_radius, minimum=0)
+        if self.msm_precision not in ("fp32", "bf16"):
+            raise ConfigError(f"msm_precision: expected 'fp32' or 'bf16', got {self.msm_precision!r}")
         if self.overlay_normalisation not in ("set", "image"):
             raise ConfigError(f"overlay_normalisation: expected 'set' or 'image', got {self.overlay_normalisation!r}")
         if not isinstance(self.backbone, str) or not self.backbone:

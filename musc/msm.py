@@ -11,9 +11,10 @@ votes against I. Memory per tile is ``block_size**2 * L**2`` floats, whatever N 
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator
-
+import functools
 import math
+import warnings
+from typing import Callable, Iterator
 
 import torch
 
@@ -54,6 +55,15 @@ def _augmented(features: torch.Tensor, left: bool) -> torch.Tensor:
     return torch.cat([features, ones, squared_norm], dim=-1)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"msm_precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def _pair_minima(left: torch.Tensor, right: torch.Tensor, n_a: int, n_b: int, n_patches: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared-distance minima of every patch of A vs each image of B and vice versa."""
@@ -61,29 +71,66 @@ def _pair_minima(left: torch.Tensor, right: torch.Tensor, n_a: int, n_b: int, n_
     return squared.amin(dim=3).permute(0, 2, 1), squared.amin(dim=1).permute(1, 0, 2)
 
 
-def _fill_diagonal_block(left, right, votes, start, stop, n_patches) -> None:
+def _minima_between(block_a: torch.Tensor, block_b: torch.Tensor, precision: str
+                    ) -> Callable[[int, int, int, int], tuple[torch.Tensor, torch.Tensor]]:
+    """A function (a0, a1, b0, b1) -> squared-distance minima between images [a0, a1) of block A and
+    [b0, b1) of block B, both directions: (forward (A', B', L), backward (B', A', L)).
+
+    fp32: one augmented matrix product. bf16: screened in bf16 and recomputed exactly in fp32
+    (musc/screening.py), on the CPU; a part whose screen leaves too many candidates, a tile on
+    another device or one with non-finite features is computed in fp32.
+    """
+    n_patches = block_a.shape[1]
+
+    @functools.cache
+    def augmented():
+        return (_augmented(block_a.reshape(-1, block_a.shape[-1]), left=True),
+                _augmented(block_b.reshape(-1, block_b.shape[-1]), left=False))
+
+    def exact(a0, a1, b0, b1):
+        left, right = augmented()
+        return _pair_minima(left[a0 * n_patches:a1 * n_patches], right[b0 * n_patches:b1 * n_patches],
+                            a1 - a0, b1 - b0, n_patches)
+
+    if (check_precision(precision) == "fp32" or block_a.device.type != "cpu"
+            or not all(torch.isfinite(torch.stack(torch.aminmax(block))).all() for block in (block_a, block_b))):
+        return exact
+    from musc.screening import BlockScreen, ScreeningUnavailable, native_bf16
+    try:
+        screen = BlockScreen(block_a, block_b)
+    except ScreeningUnavailable as error:
+        warnings.warn(f"{error}; computing in fp32 instead (same scores)", stacklevel=3)
+        return exact
+    if not native_bf16():
+        warnings.warn("msm_precision: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 screening is "
+                      "likely slower than fp32; the scores are the same either way", stacklevel=3)
+
+    def screened(a0, a1, b0, b1):
+        return screen.minima(a0, a1, b0, b1) or exact(a0, a1, b0, b1)
+    return screened
+
+
+def _fill_diagonal_block(minima, votes, start, stop) -> None:
     """Votes among images [start, stop) of one block, each pair once: split the block in halves,
     score the two halves against each other as one rectangle, recurse into each half."""
     if stop - start < 2:
         return
     middle = (start + stop) // 2
-    rows = slice(start * n_patches, middle * n_patches)
-    cols = slice(middle * n_patches, stop * n_patches)
-    forward, backward = _pair_minima(left[rows], right[cols], middle - start, stop - middle, n_patches)
+    forward, backward = minima(start, middle, middle, stop)
     votes[start:middle, middle:stop] = forward
     votes[middle:stop, start:middle] = backward
-    _fill_diagonal_block(left, right, votes, start, middle, n_patches)
-    _fill_diagonal_block(left, right, votes, middle, stop, n_patches)
+    _fill_diagonal_block(minima, votes, start, middle)
+    _fill_diagonal_block(minima, votes, middle, stop)
 
 
-def tile_minima(block_a: torch.Tensor, block_b: torch.Tensor, same_block: bool = False, radius: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def tile_minima(block_a: torch.Tensor, block_b: torch.Tensor, same_block: bool = False, radius: int | None = None,
+                precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest-patch distances between two image blocks, both directions.
 
     block_a: (A, L, C), block_b: (B, L, C), float32. Returns (a_votes (A, B, L), b_votes (B, A, L)):
     a_votes[i, j, p] = min_q |a_i[p] - b_j[q]|. With ``same_block`` the two blocks are the same
     images: each pair is then computed once (halves against each other, recursively), and an image's
-    votes against itself are +inf.
+    votes against itself are +inf. ``precision``: "fp32" or "bf16" (screened, same result).
     """
     n_a, n_patches, _ = block_a.shape
     n_b = block_b.shape[0]
@@ -95,13 +142,12 @@ def tile_minima(block_a: torch.Tensor, block_b: torch.Tensor, same_block: bool =
                                           float("inf"))
             b_votes = a_votes
         return a_votes.contiguous(), b_votes.contiguous()
-    left = _augmented(block_a.reshape(n_a * n_patches, -1), left=True)
-    right = _augmented(block_b.reshape(n_b * n_patches, -1), left=False)
+    minima = _minima_between(block_a, block_b, precision)
     if not same_block:
-        a_votes, b_votes = _pair_minima(left, right, n_a, n_b, n_patches)
+        a_votes, b_votes = minima(0, n_a, 0, n_b)
     else:
-        a_votes = torch.full((n_a, n_a, n_patches), float("inf"), dtype=left.dtype, device=left.device)
-        _fill_diagonal_block(left, right, a_votes, 0, n_a, n_patches)
+        a_votes = torch.full((n_a, n_a, n_patches), float("inf"), dtype=block_a.dtype, device=block_a.device)
+        _fill_diagonal_block(minima, a_votes, 0, n_a)
         b_votes = a_votes
     a_votes = a_votes.clamp_min(0).sqrt_()
     b_votes = a_votes if same_block else b_votes.clamp_min(0).sqrt_()
@@ -136,14 +182,17 @@ def reduce_votes(votes: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
 
 
 def mutual_scores(Z, topmin_min: float = 0.0, topmin_max: float = 0.3, block_size: int | None = None,
-                  progress: Callable[[int, int], None] | None = None, radius: int | None = None) -> torch.Tensor:
+                  progress: Callable[[int, int], None] | None = None, radius: int | None = None,
+                  precision: str = "fp32") -> torch.Tensor:
     """MSM patch scores of one layer and degree: Z (N, L, C) L2-normalised -> (N, L) float64.
 
     ``block_size`` (images per tile side) bounds the tile memory; the scores do not depend on it.
     ``progress(done, total)`` is called after each tile. ``radius``: aligned-parts option, compare
     each patch only with patches within that many grid steps of its position (None: all patches,
-    as the paper).
+    as the paper). ``precision``: "fp32", or "bf16" to screen in bf16 and recompute the nearest
+    candidates in fp32 (the same scores, faster on CPUs with AVX512-BF16 or AMX; musc/screening.py).
     """
+    check_precision(precision)
     Z = torch.as_tensor(Z)
     if Z.ndim != 3:
         raise ValueError(f"Z: expected shape (N, L, C), got {tuple(Z.shape)}")
@@ -155,7 +204,8 @@ def mutual_scores(Z, topmin_min: float = 0.0, topmin_max: float = 0.3, block_siz
     pairs = list(tile_pairs(len(blocks)))
     for done, (first, second) in enumerate(pairs, start=1):
         (a0, a1), (b0, b1) = blocks[first], blocks[second]
-        a_votes, b_votes = tile_minima(Z[a0:a1], Z[b0:b1], same_block=first == second, radius=radius)
+        a_votes, b_votes = tile_minima(Z[a0:a1], Z[b0:b1], same_block=first == second, radius=radius,
+                                       precision=precision)
         votes[a0:a1, b0:b1] = a_votes
         votes[b0:b1, a0:a1] = b_votes
         if progress is not None:

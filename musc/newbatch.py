@@ -82,7 +82,7 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     tokens, _ = backbone.extract(torch.stack([backbone.preprocess(image) for image in loaded]))
     new = {r: [aggregate(layer, r) for layer in tokens] for r in pool.features}
     maps, scores = pool_maps(new, {r: pool.layers(r) for r in pool.features}, cfg.image_size,
-                             cfg.topmin_min, cfg.topmin_max)
+                             cfg.topmin_min, cfg.topmin_max, cfg.aligned_radius, cfg.msm_precision)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []

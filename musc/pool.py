@@ -26,32 +26,35 @@ from .store import ArtifactError, open_artifact, write_artifact
 DEFAULT_MAX_IMAGES = 200
 
 
-def pool_votes(new: torch.Tensor, pool: torch.Tensor, radius: int | None = None) -> torch.Tensor:
+def pool_votes(new: torch.Tensor, pool: torch.Tensor, radius: int | None = None, precision: str = "fp32"
+               ) -> torch.Tensor:
     """Votes of each new image against every pool image and every other new image: (M, P + M, L)."""
-    against_pool, _ = tile_minima(new, pool, radius=radius)
-    among_new, _ = tile_minima(new, new, same_block=True, radius=radius)
+    against_pool, _ = tile_minima(new, pool, radius=radius, precision=precision)
+    among_new, _ = tile_minima(new, new, same_block=True, radius=radius, precision=precision)
     return torch.cat([against_pool, among_new], dim=1)
 
 
 def score_against_pool(new_layers: Sequence[torch.Tensor], pool_layers: Sequence[torch.Tensor],
-                       topmin_min: float = 0.0, topmin_max: float = 0.3, radius: int | None = None) -> torch.Tensor:
+                       topmin_min: float = 0.0, topmin_max: float = 0.3, radius: int | None = None,
+                       precision: str = "fp32") -> torch.Tensor:
     """Mean over layers of the MSM scores of the new images (M, L) against pool + each other.
 
     new_layers / pool_layers: per layer, L2-normalised LNAMD features (M, L, C) / (P, L, C).
     """
     per_layer = []
     for new, pool in zip(new_layers, pool_layers):
-        votes = pool_votes(new.float(), pool.float(), radius)
+        votes = pool_votes(new.float(), pool.float(), radius, precision)
         k_min, k_max = msm_rank_window(new.shape[0] + pool.shape[0], topmin_min, topmin_max)
         per_layer.append(reduce_votes(votes, k_min, k_max))
     return torch.stack(per_layer).mean(dim=0)
 
 
 def pool_maps(new_by_degree: dict[int, Sequence[torch.Tensor]], pool_by_degree: dict[int, Sequence[torch.Tensor]],
-              image_size: int, topmin_min: float = 0.0, topmin_max: float = 0.3, radius: int | None = None
-              ) -> tuple[np.ndarray, np.ndarray]:
+              image_size: int, topmin_min: float = 0.0, topmin_max: float = 0.3, radius: int | None = None,
+              precision: str = "fp32") -> tuple[np.ndarray, np.ndarray]:
     """Anomaly maps (M, S, S) and image scores (M,) of new images against a pool, over all degrees."""
-    patch_map = torch.stack([score_against_pool(new_by_degree[r], pool_by_degree[r], topmin_min, topmin_max, radius)
+    patch_map = torch.stack([score_against_pool(new_by_degree[r], pool_by_degree[r], topmin_min, topmin_max, radius,
+                                                precision)
                              for r in sorted(new_by_degree)]).mean(dim=0)
     maps = upsample_maps(patch_map, image_size).numpy()
     return maps, maps.reshape(maps.shape[0], -1).max(axis=1)

@@ -26,8 +26,8 @@ from .versions import code_version
 
 
 def plan_score(aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float, divide_num: int, seed: int,
-               block_size: int, device: str = "cpu", radius: int | None = None) -> Path:
-    # block_size and device change how the work is cut and where it runs, not the scores
+               block_size: int, device: str = "cpu", radius: int | None = None, precision: str = "fp32") -> Path:
+    # block_size, device and precision (bf16 screening is exact) change how the work is done, not the scores
     key = store.stable_hash(code_version("score"), aggregate["digest"], extract["digest"], float(topmin_min),
                             float(topmin_max), int(divide_num), int(seed) if divide_num > 1 else None,
                             *([] if radius is None else [{"aligned_radius": int(radius)}]))
@@ -50,7 +50,8 @@ def tile_name(block_size: int, subset: int, first: int, second: int) -> str:
 
 
 def compute_tile(path: Path, aggregate: Ref, images_a, images_b, block_size: int, subset: int,
-                 first: int, second: int, device: str = "cpu", radius: int | None = None) -> bool:
+                 first: int, second: int, device: str = "cpu", radius: int | None = None,
+                 precision: str = "fp32") -> bool:
     """Votes of one tile, written as a part; False when the part was already there."""
     name = tile_name(block_size, subset, first, second)
     if store.valid_digest(store.part_path(path, name)) is not None:
@@ -60,7 +61,8 @@ def compute_tile(path: Path, aggregate: Ref, images_a, images_b, block_size: int
     with h5py.File(aggregate["path"], "r") as f:
         block_a = torch.from_numpy(f["features"][:, np.asarray(images_a)]).to(target)
         block_b = block_a if first == second else torch.from_numpy(f["features"][:, np.asarray(images_b)]).to(target)
-    votes = [tile_minima(block_a[layer], block_b[layer], same_block=first == second, radius=radius)
+    votes = [tile_minima(block_a[layer], block_b[layer], same_block=first == second, radius=radius,
+                         precision=precision)
              for layer in range(block_a.shape[0])]
     store.write_part(path, name, {"a_votes": torch.stack([v[0] for v in votes]).cpu().numpy(),
                                   "b_votes": torch.stack([v[1] for v in votes]).cpu().numpy()})
@@ -71,9 +73,10 @@ def compute_tile(path: Path, aggregate: Ref, images_a, images_b, block_size: int
 @task(name="score-tile", retries=1)
 def score_tile_task(aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float, divide_num: int, seed: int,
                     block_size: int, subset: int, first: int, second: int, images_a: list[int], images_b: list[int],
-                    device: str = "cpu", radius: int | None = None) -> bool:
+                    device: str = "cpu", radius: int | None = None, precision: str = "fp32") -> bool:
     path = plan_score(aggregate, extract, topmin_min, topmin_max, divide_num, seed, block_size, device, radius)
-    return compute_tile(path, aggregate, images_a, images_b, block_size, subset, first, second, device, radius)
+    return compute_tile(path, aggregate, images_a, images_b, block_size, subset, first, second, device, radius,
+                        precision)
 
 
 def all_tiles(extract: Ref, divide_num: int, seed: int, block_size: int) -> list[tuple]:
@@ -84,7 +87,8 @@ def all_tiles(extract: Ref, divide_num: int, seed: int, block_size: int) -> list
 
 
 def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float,
-                divide_num: int, seed: int, block_size: int, device: str = "cpu", radius: int | None = None) -> None:
+                divide_num: int, seed: int, block_size: int, device: str = "cpu", radius: int | None = None,
+                precision: str = "fp32") -> None:
     log = logger()
     source = store.open_artifact(aggregate["path"], "aggregate", aggregate["digest"])
     n_layers, n_images, n_patches, _ = source.shape("features")
@@ -94,7 +98,7 @@ def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, top
         started = time.perf_counter()
         for done, (first, second) in enumerate(pairs, start=1):  # tiles that tile tasks did not do
             if compute_tile(path, aggregate, blocks[first], blocks[second], block_size, subset, first, second,
-                            device, radius):
+                            device, radius, precision):
                 log.info(f"score: subset {subset + 1}, tile {done}/{len(pairs)} ({time.perf_counter() - started:.1f}s)")
         k_min, k_max = msm_rank_window(sum(b.size for b in blocks), topmin_min, topmin_max)
         for first, block in enumerate(blocks):
@@ -107,7 +111,7 @@ def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, top
                 scores[layer, block] = reduce_votes(votes[layer], k_min, k_max).numpy()
     store.write_artifact(path, "score",
                          {"topmin_min": topmin_min, "topmin_max": topmin_max, "divide_num": divide_num, "seed": seed,
-                          "aligned_radius": radius},
+                          "aligned_radius": radius, "msm_precision": precision},
                          {"aggregate": aggregate["digest"], "extract": extract["digest"]},
                          {"scores": scores}, code_version=code_version("score"))
     store.clear_parts(path)
@@ -115,8 +119,9 @@ def build_score(path: Path, aggregate: Ref, extract: Ref, topmin_min: float, top
 
 @stage_task("score", plan_score)
 def score_task(aggregate: Ref, extract: Ref, topmin_min: float, topmin_max: float, divide_num: int, seed: int,
-               block_size: int, device: str = "cpu", radius: int | None = None) -> Ref:
+               block_size: int, device: str = "cpu", radius: int | None = None, precision: str = "fp32") -> Ref:
     fail_once_point("score")
     path = plan_score(aggregate, extract, topmin_min, topmin_max, divide_num, seed, block_size, device, radius)
     return ensure_artifact("score", path, lambda p: build_score(p, aggregate, extract, topmin_min, topmin_max,
-                                                                 divide_num, seed, block_size, device, radius))
+                                                                 divide_num, seed, block_size, device, radius,
+                                                                 precision))

@@ -30,7 +30,7 @@ def test_yaml_round_trip(tmp_path):
     ({"r_list": []}, "r_list"), ({"r_list": [2]}, "r_list"), ({"topmin_max": 1.5}, "topmin_max"),
     ({"topmin_max": 0}, "topmin_max"), ({"image_size": "big"}, "image_size"), ({"layers": []}, "layers"),
     ({"layers": [-1]}, "layers"), ({"device": "tpu"}, "device"), ({"batch_size": 0}, "batch_size"),
-    ({"colour": "red"}, "configuration"), ({"k_list": [-1]}, "k_list"),
+    ({"colour": "red"}, "configuration"), ({"k_list": [-1]}, "k_list"), ({"msm_precision": "fp16"}, "msm_precision"),
 ])
 def test_invalid_values_name_the_field(values, field):
     with pytest.raises(ConfigError, match=f"^{field}"):

@@ -32,12 +32,14 @@ def test_aggregate_is_l2_normalised_lnamd(reference, r):
 
 
 @pytest.mark.parametrize("r", R_LIST)
-@pytest.mark.parametrize("block_size", [None, 3, 4])
-def test_msm_per_layer_matches_reference(reference, r, block_size):
+@pytest.mark.parametrize("block_size,precision", [(None, "fp32"), (3, "fp32"), (4, "fp32"), (4, "bf16")])
+def test_msm_per_layer_matches_reference(reference, r, block_size, precision, monkeypatch):
+    from musc import screening
+    monkeypatch.setattr(screening, "FALLBACK_FRACTION", 1.0)  # screen even these small tiles
     means = []
     for layer in range(4):
         scores = musc.mutual_scores(musc.aggregate(tokens_of(reference, layer), r), 0.0, 0.3,
-                                    block_size=block_size)
+                                    block_size=block_size, precision=precision)
         assert scores.dtype == torch.float64 and scores.shape == (10, 81)
         np.testing.assert_allclose(scores.numpy(), reference[f"msm/r{r}_layer{layer}"], atol=TOL, rtol=0)
         means.append(scores)

@@ -145,3 +145,16 @@ def test_kill_during_a_single_write_stage_leaves_nothing_trusted(tiny_dataset, r
     assert_same_arrays(read_all(reference["classify"]), read_all(resumed["classify"]))
     assert resumed["metrics"] == reference["metrics"]
     assert not list(artifacts.rglob(".*.tmp-*"))
+
+
+def test_bf16_screened_run_matches_fp32_and_shares_its_artifacts(tiny_dataset, reference_run, tmp_path):
+    reference, reference_artifacts = reference_run
+    screened = run_category(tiny_dataset, tmp_path, msm_precision="bf16")
+    for ours, theirs in zip(screened["scores"], reference["scores"], strict=True):
+        np.testing.assert_allclose(read_all(ours)["scores"], read_all(theirs)["scores"], atol=1e-6, rtol=0)
+        assert json.loads(store.open_artifact(ours["path"]).attrs["config"])["msm_precision"] == "bf16"
+    assert screened["metrics"] == pytest.approx(reference["metrics"], abs=1e-6, nan_ok=True)
+    # the screening is exact, so it does not change what a cached artifact stands for
+    before = snapshot(reference_artifacts)
+    run_category(tiny_dataset, reference_artifacts, msm_precision="bf16")
+    assert snapshot(reference_artifacts) == before
