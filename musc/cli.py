@@ -141,6 +141,7 @@ def run(dataset: str = typer.Option(..., help=f"Dataset layout: {', '.join(DATAS
         r_list: Optional[str] = typer.Option(None, help="Aggregation degrees, e.g. 1,3,5."),
         k_list: Optional[str] = typer.Option(None, help="RsCIN window sizes; default per dataset."),
         device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
+        msm_precision: Optional[str] = typer.Option(None, help="fp32, or bf16: screened in bf16, the same scores."),
         artifacts: Path = typer.Option(Path("artifacts"), help="Artifact root."),
         config: Optional[Path] = typer.Option(None, help="YAML run configuration (flags override it)."),
         dask: Optional[str] = typer.Option(None, help="Run MSM tiles on Dask: 'local' or tcp://host:8786.")) -> None:
@@ -155,7 +156,7 @@ def run(dataset: str = typer.Option(..., help=f"Dataset layout: {', '.join(DATAS
         cfg = MuscConfig.from_yaml(config) if config else MuscConfig()
         overrides = {"backbone": backbone, "pretrained": pretrained, "image_size": image_size,
                      "layers": _int_list(layers, "layers"), "r_list": _int_list(r_list, "r_list"),
-                     "k_list": _int_list(k_list, "k_list"), "device": device}
+                     "k_list": _int_list(k_list, "k_list"), "device": device, "msm_precision": msm_precision}
         cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
         _preflight(cfg)
         from flows import dataset_flow
@@ -168,11 +169,18 @@ def run(dataset: str = typer.Option(..., help=f"Dataset layout: {', '.join(DATAS
 
 
 def _preflight(cfg: MuscConfig) -> None:
-    """Reject a bad backbone configuration before any work starts (the field is named)."""
+    """Reject a bad backbone configuration before any work starts (the field is named); say early
+    when the bf16 screen cannot be built (MSM then runs in fp32, with the same scores)."""
     from .backbone import load_backbone
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         load_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, cfg.layers, cfg.device, cfg.seed, cfg.quick_gelu)
+    if cfg.msm_precision == "bf16":
+        from .screening import ScreeningUnavailable, kernels
+        try:
+            kernels()
+        except ScreeningUnavailable as error:
+            Console(stderr=True).print(f"warning: {error}; MSM runs in fp32 (the same scores)", highlight=False)
 
 
 @app.command()

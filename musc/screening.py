@@ -65,6 +65,18 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("MUSC_KERNEL_CACHE") or Path.home() / ".cache" / "musc-flow")
 
 
+def _build(compiler: str, built: Path, library: Path) -> None:
+    try:
+        result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", str(built), str(KERNEL_SOURCE)],
+                                capture_output=True, text=True)
+    except OSError as error:
+        raise ScreeningUnavailable(f"msm_precision: cannot run the C compiler {compiler!r} ({error.strerror})") from None
+    if result.returncode != 0:
+        detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
+        raise ScreeningUnavailable(f"msm_precision: building {KERNEL_SOURCE.name} with {compiler} failed ({detail})")
+    os.replace(built, library)  # atomic: concurrent builders each publish a whole library
+
+
 @functools.lru_cache(maxsize=None)
 def kernels() -> ctypes.CDLL:
     """The compiled screening kernels, built on first use and cached per source, compiler and CPU."""
@@ -78,20 +90,13 @@ def kernels() -> ctypes.CDLL:
     folder = _cache_dir()
     library = folder / f"musc-screen-{key}.so"
     if not library.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder) as scratch:
-            built = Path(scratch) / library.name
-            try:
-                result = subprocess.run([compiler, *COMPILE_FLAGS, "-o", str(built), str(KERNEL_SOURCE)],
-                                        capture_output=True, text=True)
-            except OSError as error:
-                raise ScreeningUnavailable(f"msm_precision: cannot run the C compiler {compiler!r} "
-                                           f"({error.strerror})") from None
-            if result.returncode != 0:
-                detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.returncode}"
-                raise ScreeningUnavailable(f"msm_precision: building {KERNEL_SOURCE.name} with {compiler} failed "
-                                           f"({detail})")
-            os.replace(built, library)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder) as scratch:
+                _build(compiler, Path(scratch) / library.name, library)
+        except OSError as error:
+            raise ScreeningUnavailable(f"msm_precision: cannot write the kernel cache {folder} ({error.strerror}); "
+                                       "set MUSC_KERNEL_CACHE to a writable folder") from None
     lib = ctypes.CDLL(str(library))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.musc_segment_maxima.argtypes = [ptr, i64, i64, ptr, ptr]
@@ -136,6 +141,25 @@ class ScreenBound:
         return (maxima - tau - 2.0 ** -20 * (maxima.abs() + tau)).contiguous()
 
 
+@functools.lru_cache(maxsize=None)
+def check_bf16_matmul(channels: int) -> None:
+    """The bound assumes what oneDNN and PyTorch's CPU kernels do: fp32 accumulation and one rounding
+    to bf16 at the end. Check it once per width on products built to make errors add up (positive
+    entries, products near 0.5 where the final rounding is relatively largest)."""
+    generator = torch.Generator().manual_seed(0)
+    X = torch.rand(64, channels, generator=generator) + 0.5
+    X = X / X.norm(dim=-1, keepdim=True)
+    Y = torch.cat([X.flip(0), torch.randn(64, channels, generator=generator)])
+    Y = Y / Y.norm(dim=-1, keepdim=True) * torch.linspace(0.5, 1.5, Y.shape[0])[:, None]
+    X16, Y16 = X.bfloat16(), Y.bfloat16()
+    bound = ScreenBound.for_blocks(X, X16, Y, Y16)
+    screened = (X16 @ Y16.T).double()
+    error = (screened - X.double() @ Y.double().T).abs()
+    if not (error <= bound.absolute + bound.relative * screened.abs()).all():
+        raise ScreeningUnavailable("msm_precision: this PyTorch's bf16 matmul is less accurate than the "
+                                   "screen's error bound assumes (fp32 accumulation)")
+
+
 def _pointer(t: torch.Tensor) -> int:
     return t.data_ptr()
 
@@ -152,6 +176,7 @@ class BlockScreen:
     def __init__(self, block_a: torch.Tensor, block_b: torch.Tensor):
         self.lib = kernels()
         self.n_patches, self.channels = block_a.shape[1], block_a.shape[2]
+        check_bf16_matmul(self.channels)
         self.X = block_a.reshape(-1, self.channels).float().contiguous()
         self.Y = block_b.reshape(-1, self.channels).float().contiguous()
         self.X16, self.Y16 = self.X.bfloat16(), self.Y.bfloat16()
@@ -160,7 +185,6 @@ class BlockScreen:
         self.bound = ScreenBound.for_blocks(self.X, self.X16, self.Y, self.Y16)
         self.threads = max(1, torch.get_num_threads())
         self.candidates = 0
-        self.screened_entries = 0
         self.fallbacks = 0
 
     def _spread(self, norms: torch.Tensor) -> float:
@@ -200,7 +224,6 @@ class BlockScreen:
                 _pointer(self.x_norm[(a0 + i) * L:(a0 + i + 1) * L]), _pointer(y_norm), self.channels,
                 _pointer(row_min[i * L:(i + 1) * L]), _pointer(col_min[i]), limit)
                 for k, i in enumerate(images)])
-            self.screened_entries += S.numel()
             if min(counts) < 0:
                 self.fallbacks += 1
                 return None
@@ -219,6 +242,6 @@ def _run(jobs: list) -> list:
     global _pool
     if len(jobs) == 1:
         return [jobs[0]()]
-    if _pool is None or _pool._max_workers < len(jobs):
-        _pool = ThreadPoolExecutor(max(len(jobs), torch.get_num_threads()), thread_name_prefix="musc-screen")
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max(2, torch.get_num_threads()), thread_name_prefix="musc-screen")
     return list(_pool.map(lambda job: job(), jobs))

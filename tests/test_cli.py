@@ -73,7 +73,7 @@ def test_run_on_real_mvtec_bottle_reports_image_metrics(tmp_path):
         pytest.fail(f"real data missing: {REAL_DATA}")
     result = musc("run", "--dataset", "mvtec_ad", "--root", REAL_DATA, "--category", "bottle",
                   "--backbone", DEMO_BACKBONE, "--pretrained", "none", "--image-size", "128",
-                  "--layers", "0,1,2,3", "--artifacts", tmp_path / "artifacts", cwd=tmp_path)
+                  "--layers", "0,1,2,3", "--msm-precision", "bf16", "--artifacts", tmp_path / "artifacts", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "artifacts/mvtec_ad/_report/metrics.csv", index_col="category")
     assert 0 <= table.loc["bottle", "image_auroc"] <= 100
@@ -97,9 +97,10 @@ def test_bad_input_gives_one_line_without_traceback(tmp_path, args, message):
 
 def test_bad_configuration_is_rejected_before_any_work(tmp_path):
     (tmp_path / "data/cat/test/good").mkdir(parents=True)
-    for layers, message in (("0,99", "layers: block 99 is out of range"),):
+    for flags, message in ((["--layers", "0,99"], "layers: block 99 is out of range"),
+                           (["--msm-precision", "fp16"], "msm_precision: expected 'fp32' or 'bf16'")):
         result = musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
-                      "--pretrained", "none", "--image-size", "128", "--layers", layers, cwd=tmp_path)
+                      "--pretrained", "none", "--image-size", "128", *flags, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, result.stderr
     result = musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
                   "--pretrained", "none", "--image-size", "100", cwd=tmp_path)

@@ -196,3 +196,30 @@ def test_kernels_are_built_once_and_reused(kernel_cache):
     screening.kernels.cache_clear()
     screening.kernels()
     assert libraries[0].stat().st_mtime_ns == built
+
+
+def test_a_matmul_outside_the_bound_disables_the_screen(monkeypatch):
+    """If this PyTorch's bf16 matmul were less accurate than the bound assumes, MSM must not trust it."""
+    monkeypatch.setattr(ScreenBound, "for_blocks", classmethod(lambda cls, *blocks: cls(absolute=0.0, relative=0.0)))
+    screening.check_bf16_matmul.cache_clear()
+    try:
+        with pytest.raises(screening.ScreeningUnavailable, match="^msm_precision: this PyTorch's bf16 matmul"):
+            screening.check_bf16_matmul(48)
+        Z = unit(6, 16, 48, seed=18)
+        with pytest.warns(UserWarning, match="computing in fp32 instead"):
+            scores = musc.mutual_scores(Z, precision="bf16")
+    finally:
+        screening.check_bf16_matmul.cache_clear()
+    np.testing.assert_array_equal(scores.numpy(), musc.mutual_scores(Z).numpy())
+
+
+def test_an_unwritable_kernel_cache_is_named(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("MUSC_KERNEL_CACHE", str(blocker / "cache"))
+    screening.kernels.cache_clear()
+    try:
+        with pytest.raises(screening.ScreeningUnavailable, match="^msm_precision: cannot write the kernel cache"):
+            screening.kernels()
+    finally:
+        screening.kernels.cache_clear()
