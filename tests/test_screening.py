@@ -164,29 +164,36 @@ def test_unknown_precision_names_the_field():
         musc.mutual_scores(unit(5, 9, 8), precision="fp16")
 
 
-def test_without_a_compiler_bf16_warns_and_computes_fp32(tmp_path, monkeypatch):
-    monkeypatch.setenv("MUSC_KERNEL_CACHE", str(tmp_path))
-    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+@pytest.fixture
+def fresh_kernels(tmp_path, monkeypatch):
+    """An empty kernel cache in tmp_path/cache, for tests that break the build on purpose."""
+    monkeypatch.setenv("MUSC_KERNEL_CACHE", str(tmp_path / "cache"))
     screening.kernels.cache_clear()
+    yield tmp_path / "cache"
+    screening.kernels.cache_clear()
+
+
+def test_without_a_compiler_bf16_warns_and_computes_fp32(fresh_kernels, monkeypatch):
+    monkeypatch.setenv("CC", str(fresh_kernels / "no-such-cc"))
     Z = unit(6, 16, 8, seed=17)
-    try:
-        with pytest.warns(UserWarning, match="msm_precision: cannot run the C compiler"):
-            scores = musc.mutual_scores(Z, precision="bf16")
-    finally:
-        screening.kernels.cache_clear()
+    with pytest.warns(UserWarning, match="msm_precision: cannot run the C compiler"):
+        scores = musc.mutual_scores(Z, precision="bf16")
     np.testing.assert_array_equal(scores.numpy(), musc.mutual_scores(Z).numpy())
 
 
-def test_a_failing_build_is_reported_and_leaves_no_library(tmp_path, monkeypatch):
-    monkeypatch.setenv("MUSC_KERNEL_CACHE", str(tmp_path))
+def test_a_failing_build_is_reported_and_leaves_no_library(fresh_kernels, monkeypatch):
     monkeypatch.setenv("CC", "false")
-    screening.kernels.cache_clear()
-    try:
-        with pytest.raises(screening.ScreeningUnavailable, match="^msm_precision: building screen.c"):
-            screening.kernels()
-    finally:
-        screening.kernels.cache_clear()
-    assert not list(tmp_path.rglob("*.so"))
+    with pytest.raises(screening.ScreeningUnavailable, match="^msm_precision: building screen.c"):
+        screening.kernels()
+    assert not list(fresh_kernels.rglob("*.so"))
+
+
+def test_an_unwritable_kernel_cache_is_named(fresh_kernels, monkeypatch):
+    blocker = fresh_kernels.parent / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("MUSC_KERNEL_CACHE", str(blocker / "cache"))
+    with pytest.raises(screening.ScreeningUnavailable, match="^msm_precision: cannot write the kernel cache"):
+        screening.kernels()
 
 
 def test_kernels_are_built_once_and_reused(kernel_cache):
@@ -211,15 +218,3 @@ def test_a_matmul_outside_the_bound_disables_the_screen(monkeypatch):
     finally:
         screening.check_bf16_matmul.cache_clear()
     np.testing.assert_array_equal(scores.numpy(), musc.mutual_scores(Z).numpy())
-
-
-def test_an_unwritable_kernel_cache_is_named(tmp_path, monkeypatch):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("")
-    monkeypatch.setenv("MUSC_KERNEL_CACHE", str(blocker / "cache"))
-    screening.kernels.cache_clear()
-    try:
-        with pytest.raises(screening.ScreeningUnavailable, match="^msm_precision: cannot write the kernel cache"):
-            screening.kernels()
-    finally:
-        screening.kernels.cache_clear()
