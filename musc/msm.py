@@ -105,8 +105,16 @@ def _minima_between(block_a: torch.Tensor, block_b: torch.Tensor, precision: str
         warnings.warn("msm_precision: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 screening is "
                       "likely slower than fp32; the scores are the same either way", stacklevel=3)
 
+    warned = []
+
     def screened(a0, a1, b0, b1):
-        return screen.minima(a0, a1, b0, b1) or exact(a0, a1, b0, b1)
+        result = screen.minima(a0, a1, b0, b1)
+        if result is None and not warned:
+            warned.append(True)  # once per tile; Python shows it once per process
+            warnings.warn("msm_precision: bf16 screening found too many near-identical patches (uniform areas) "
+                          "and computes such tiles in fp32: the same scores, no faster than msm_precision: fp32",
+                          stacklevel=2)
+        return result or exact(a0, a1, b0, b1)
     return screened
 
 
