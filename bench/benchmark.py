@@ -102,7 +102,8 @@ def _measure_msm(kind: str, source: str, n: int, patches: int, channels: int, bl
         compute = lambda: mutual_scores(features, block_size=block, precision=kind)  # noqa: E731
     seconds = best_of(compute, repeats)
     scores = compute()
-    queue.put({"seconds": seconds, "peak_mb": _peak_rss_mb(), "scores": scores.numpy(), "parts": parts})
+    queue.put({"seconds": seconds, "peak_mb": _peak_rss_mb(), "scores": scores.numpy(), "parts": parts,
+               "channels": int(features.shape[-1])})
 
 
 def _in_fresh_process(target, *args):
@@ -120,7 +121,7 @@ def bench_msm(n: int, patches: int, channels: int, block: int, repeats: int, rat
     runs = {kind: _in_fresh_process(_measure_msm, kind, source, n, patches, channels, block, repeats)
             for kind in ("fp32", "bf16", "reference")}
     tiled, screened, reference = runs["fp32"], runs["bf16"], runs["reference"]
-    channels = int(msm_features(source, 1, patches, channels).shape[-1]) if source != "random" else channels
+    channels = tiled["channels"]  # the real features have the backbone's width
     flops = n * (n - 1) / 2 * patches * patches * 2 * channels  # each pair once
     parts = screened["parts"]
     return {"source": source, "N": n, "L": patches, "C": channels, "block_size": block,

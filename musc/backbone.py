@@ -157,7 +157,8 @@ class Backbone:
                 "device": str(self.device)}
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
+    """'auto' (CUDA when present), 'cpu', or 'cuda[:n]' (which must exist)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
@@ -231,7 +232,7 @@ def load_backbone(model: str, pretrained: str | None, image_size: int, layers, d
     """Build a backbone ready to ``extract`` tokens of ``layers`` (0-based blocks) at ``image_size``."""
     import open_clip
     layers = tuple(int(layer) for layer in layers)
-    target = _resolve_device(device)
+    target = resolve_device(device)
     pretrained = "none" if pretrained is None else str(pretrained)
     random_weights = pretrained.lower() in RANDOM_WEIGHTS
     if random_weights:

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from .config import ConfigError, MuscConfig
 from .data import DATASETS, DatasetError, UnreadableImage
+from .metrics import METRIC_NAMES
 from .store import ArtifactError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -75,9 +76,12 @@ def _route_tracebacks(log_file: Path) -> None:
 def _fail(error: BaseException) -> None:
     if state["debug"]:
         raise error
-    message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {_first_line(error) or type(error).__name__}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else ""
 
 
 def _run_guarded(fn, *args, **kwargs):
@@ -88,7 +92,7 @@ def _run_guarded(fn, *args, **kwargs):
     except Exception as error:  # noqa: BLE001 - unexpected: one line, traceback with --debug
         if state["debug"]:
             raise
-        console.print(f"[bold red]error:[/] {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        console.print(f"[bold red]error:[/] {type(error).__name__}: {_first_line(error)}"
                       " (rerun with --debug for the traceback)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
 
@@ -104,7 +108,7 @@ def _int_list(value: Optional[str], field: str) -> Optional[List[int]]:
 
 def _print_metrics(result: dict) -> None:
     table = Table(title="MuSc metrics (x100)")
-    names = ["image_auroc", "image_f1max", "image_ap", "pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro"]
+    names = [name for name in METRIC_NAMES if name != "pixel_aupro_mvtec"]  # the reference's seven
     table.add_column("category", no_wrap=True, min_width=8)
     for name in names:
         table.add_column(name.replace("_", " "), justify="right")
@@ -180,7 +184,7 @@ def _preflight(cfg: MuscConfig) -> None:
         try:
             kernels()
         except ScreeningUnavailable as error:
-            Console(stderr=True).print(f"warning: {error}; MSM runs in fp32 (the same scores)", highlight=False)
+            console.print(f"warning: {error}; MSM runs in fp32 (the same scores)", highlight=False)
 
 
 @app.command()

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from .msm import check_precision
+
 DEFAULT_K_LISTS = {"mvtec_ad": (1, 2, 3), "btad": (1, 2, 3), "folder": (1, 2, 3), "visa": (1, 8, 9)}
 
 
@@ -76,8 +78,10 @@ class MuscConfig:
                 raise ConfigError(f"{name}: expected a number, got {value!r}")
         if self.aligned_radius is not None:
             _check_int("aligned_radius", self.aligned_radius, minimum=0)
-        if self.msm_precision not in ("fp32", "bf16"):
-            raise ConfigError(f"msm_precision: expected 'fp32' or 'bf16', got {self.msm_precision!r}")
+        try:
+            check_precision(self.msm_precision)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
         if self.overlay_normalisation not in ("set", "image"):
             raise ConfigError(f"overlay_normalisation: expected 'set' or 'image', got {self.overlay_normalisation!r}")
         if not isinstance(self.backbone, str) or not self.backbone:

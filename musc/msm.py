@@ -60,7 +60,7 @@ PRECISIONS = ("fp32", "bf16")
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"msm_precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise ValueError(f"msm_precision: expected {' or '.join(map(repr, PRECISIONS))}, got {precision!r}")
     return precision
 
 
@@ -144,12 +144,10 @@ def tile_minima(block_a: torch.Tensor, block_b: torch.Tensor, same_block: bool =
     n_b = block_b.shape[0]
     if radius is not None:
         a_votes = aligned_minima(block_a, block_b, radius)
-        b_votes = a_votes if same_block else aligned_minima(block_b, block_a, radius)
-        if same_block:
-            a_votes = a_votes.masked_fill(torch.eye(n_a, dtype=torch.bool, device=a_votes.device)[:, :, None],
-                                          float("inf"))
-            b_votes = a_votes
-        return a_votes.contiguous(), b_votes.contiguous()
+        if not same_block:
+            return a_votes, aligned_minima(block_b, block_a, radius)
+        a_votes = a_votes.masked_fill(torch.eye(n_a, dtype=torch.bool, device=a_votes.device)[:, :, None], float("inf"))
+        return a_votes, a_votes
     minima = _minima_between(block_a, block_b, precision)
     if not same_block:
         a_votes, b_votes = minima(0, n_a, 0, n_b)
@@ -170,13 +168,15 @@ def aligned_minima(block_a: torch.Tensor, block_b: torch.Tensor, radius: int) ->
     side = math.isqrt(n_patches)
     grid_b = block_b.reshape(n_b, side, side, channels)
     norms_a = block_a.pow(2).sum(-1)  # (A, L)
+    norms_b = grid_b.pow(2).sum(-1)   # (B, side, side)
+    rows = torch.arange(side, device=block_a.device)
     best = torch.full((n_a, n_b, n_patches), float("inf"), dtype=block_a.dtype, device=block_a.device)
     for dy in range(-radius, radius + 1):
         for dx in range(-radius, radius + 1):
             shifted = torch.roll(grid_b, shifts=(-dy, -dx), dims=(1, 2)).reshape(n_b, n_patches, channels)
-            rows = torch.arange(side, device=block_a.device)
+            shifted_norms = torch.roll(norms_b, shifts=(-dy, -dx), dims=(1, 2)).reshape(n_b, n_patches)
             valid = ((rows + dy >= 0) & (rows + dy < side))[:, None] & ((rows + dx >= 0) & (rows + dx < side))[None, :]
-            squared = (norms_a[:, None, :] + shifted.pow(2).sum(-1)[None, :, :]
+            squared = (norms_a[:, None, :] + shifted_norms[None, :, :]
                        - 2 * torch.einsum("apc,bpc->abp", block_a, shifted))
             squared = squared.masked_fill(~valid.reshape(1, 1, n_patches), float("inf"))
             best = torch.minimum(best, squared)

@@ -61,11 +61,10 @@ def add_run_to_pool(pool_path: str | Path, run: str | Path, include_anomalous: b
 def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: str | Path,
                      device: str = "auto") -> list[dict]:
     """Maps and scores of new images against the pool; writes one overlay PNG and a JSON summary."""
-    from .backbone import load_backbone
+    from .backbone import BACKBONE_FIELDS, load_backbone
     pool = Pool.load(pool_path)
     settings = pool.settings
-    cfg = MuscConfig.from_dict({k: settings[k] for k in ("backbone", "pretrained", "image_size", "layers",
-                                                         "quick_gelu", "seed")})
+    cfg = MuscConfig.from_dict({k: settings[k] for k in BACKBONE_FIELDS})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         backbone = load_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, cfg.layers, device, cfg.seed,
@@ -81,8 +80,7 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
         raise UnreadableImage("score-new: none of the images could be read")
     tokens, _ = backbone.extract(torch.stack([backbone.preprocess(image) for image in loaded]))
     new = {r: [aggregate(layer, r) for layer in tokens] for r in pool.features}
-    maps, scores = pool_maps(new, {r: pool.layers(r) for r in pool.features}, cfg.image_size,
-                             cfg.topmin_min, cfg.topmin_max, cfg.aligned_radius, cfg.msm_precision)
+    maps, scores = pool_maps(new, {r: pool.layers(r) for r in pool.features}, cfg.image_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []

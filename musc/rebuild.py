@@ -1,7 +1,6 @@
 """Rebuild reports from artifacts alone (``musc report``): no backbone, no stage recomputed."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .report import write_outputs
@@ -35,5 +34,4 @@ def rebuild_reports(path: str | Path) -> list[Path]:
 
 
 def input_path(artifact_path: str | Path, stage: str) -> Path:
-    inputs = json.loads(open_artifact(artifact_path).attrs["inputs"])
-    return find_input(Path(artifact_path), stage, inputs[stage])
+    return find_input(Path(artifact_path), stage, open_artifact(artifact_path).inputs[stage])

@@ -88,12 +88,17 @@ def choose_pixel_threshold(labels, masks, maps, has_mask, raw_scores, fixed: flo
     return robust_threshold(raw_scores), f"median + {ROBUST_Z} x MAD of the raw image scores (unsupervised)"
 
 
+def _png_name(image_name: str) -> str:
+    """'crack/000.png' -> 'crack__000.png': one flat folder of per-image figures."""
+    return str(image_name).replace("/", "__").rsplit(".", 1)[0] + ".png"
+
+
 def save_binary_masks(folder: Path, names, maps, threshold: float) -> list[str]:
     """One PNG per image: pixels whose map value reaches the threshold are white."""
     from PIL import Image
     written = []
     for name, anomaly_map in zip(names, maps):
-        target = folder / (str(name).replace("/", "__").rsplit(".", 1)[0] + ".png")
+        target = folder / _png_name(name)
         Image.fromarray(((anomaly_map >= threshold) * 255).astype(np.uint8), mode="L").save(target)
         written.append(str(target))
     return written
@@ -273,7 +278,7 @@ def render_overlays(folder: Path, paths, names, maps, masks, has_mask, scores, n
     size = maps.shape[-1]
     written = []
     for index, (path, name) in enumerate(zip(paths, names)):
-        target = folder / (str(name).replace("/", "__").rsplit(".", 1)[0] + ".png")
+        target = folder / _png_name(name)
         try:
             image = np.asarray(load_image(path).resize((size, size)))
         except UnreadableImage:

@@ -11,6 +11,14 @@
 #define CHUNK 16
 #define INF __builtin_inff()
 
+static inline float bf16_to_float(uint16_t word)
+{
+    uint32_t bits = (uint32_t)word << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
@@ -58,14 +66,6 @@ static inline float dot(const float *x, const float *y, int64_t n)
 #else
 
 typedef struct { float v[CHUNK]; } lanes_t;
-
-static inline float bf16_to_float(uint16_t word)
-{
-    uint32_t bits = (uint32_t)word << 16;
-    float value;
-    memcpy(&value, &bits, sizeof value);
-    return value;
-}
 
 static inline lanes_t lanes_init(void)
 {
@@ -120,14 +120,6 @@ static inline float dot(const float *x, const float *y, int64_t n)
 
 #endif
 
-static inline float scalar(uint16_t word)
-{
-    uint32_t bits = (uint32_t)word << 16;
-    float value;
-    memcpy(&value, &bits, sizeof value);
-    return value;
-}
-
 /* Maximum of every row segment (row_max: L x n_b) and column segment (col_max: n_b * L). */
 void musc_segment_maxima(const uint16_t *S, int64_t n_b, int64_t L, float *restrict row_max,
                          float *restrict col_max)
@@ -146,7 +138,7 @@ void musc_segment_maxima(const uint16_t *S, int64_t n_b, int64_t L, float *restr
                 lanes = chunk_max(segment + c, column + c, lanes);
             float best = lanes_max(lanes);
             for (; c < L; c++) {
-                const float v = scalar(segment[c]);
+                const float v = bf16_to_float(segment[c]);
                 best = v > best ? v : best;
                 column[c] = v > column[c] ? v : column[c];
             }
@@ -181,7 +173,7 @@ int64_t musc_candidate_minima(const uint16_t *S, int64_t n_b, int64_t L, const f
                 } else {
                     bits = 0;
                     for (int64_t c = start; c < (j + 1) * L; c++) {
-                        const float v = scalar(row[c]);
+                        const float v = bf16_to_float(row[c]);
                         bits |= (uint32_t)(v >= floor_j) << (c - start) | (uint32_t)(v >= col_floor[c]) << (c - start + 16);
                     }
                 }

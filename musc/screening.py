@@ -45,6 +45,7 @@ class ScreeningUnavailable(RuntimeError):
     """The bf16 screening kernels cannot be built on this machine."""
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_flags() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -160,10 +161,6 @@ def check_bf16_matmul(channels: int) -> None:
                                    "screen's error bound assumes (fp32 accumulation)")
 
 
-def _pointer(t: torch.Tensor) -> int:
-    return t.data_ptr()
-
-
 class BlockScreen:
     """Exact nearest-patch squared distances between sub-blocks of two image blocks, bf16-screened.
 
@@ -199,9 +196,9 @@ class BlockScreen:
         rows_b = slice(b0 * L, b1 * L)
         Y16, Y = self.Y16[rows_b], self.Y[rows_b]
         y_norm = self.y_norm[rows_b]
-        row_spread = self._spread(y_norm)
-        col_spread = self._spread(self.x_norm[a0 * L:a1 * L])
-        row_min = torch.empty((n_a * L, n_b), dtype=torch.float32)
+        X, x_norm = self.X.view(-1, L, self.channels)[a0:a1], self.x_norm.view(-1, L)[a0:a1]
+        row_spread, col_spread = self._spread(y_norm), self._spread(x_norm)
+        row_min = torch.empty((n_a, L, n_b), dtype=torch.float32)
         col_min = torch.empty((n_a, n_b * L), dtype=torch.float32)
         limit = int(FALLBACK_FRACTION * L * n_b * L) + 1
         found = 0
@@ -209,29 +206,25 @@ class BlockScreen:
         # between the two sweeps.
         for first in range(0, n_a, self.threads):
             images = range(first, min(first + self.threads, n_a))
-            S = self.X16[(a0 + first) * L:(a0 + images.stop) * L] @ Y16.T
-            row_max = torch.empty((len(images) * L, n_b), dtype=torch.float32)
+            S = (self.X16[(a0 + first) * L:(a0 + images.stop) * L] @ Y16.T).view(len(images), L, n_b * L)
+            row_max = torch.empty((len(images), L, n_b), dtype=torch.float32)
             col_max = torch.empty((len(images), n_b * L), dtype=torch.float32)
-            _run([functools.partial(self.lib.musc_segment_maxima, _pointer(S[k * L:(k + 1) * L]), n_b, L,
-                                    _pointer(row_max[k * L:(k + 1) * L]), _pointer(col_max[k]))
+            _run([functools.partial(self.lib.musc_segment_maxima, S[k].data_ptr(), n_b, L,
+                                    row_max[k].data_ptr(), col_max[k].data_ptr())
                   for k in range(len(images))])
             row_floor = self.bound.floor(row_max, row_spread)
             col_floor = self.bound.floor(col_max, col_spread)
             counts = _run([functools.partial(
-                self.lib.musc_candidate_minima, _pointer(S[k * L:(k + 1) * L]), n_b, L,
-                _pointer(row_floor[k * L:(k + 1) * L]), _pointer(col_floor[k]),
-                _pointer(self.X[(a0 + i) * L:(a0 + i + 1) * L]), _pointer(Y),
-                _pointer(self.x_norm[(a0 + i) * L:(a0 + i + 1) * L]), _pointer(y_norm), self.channels,
-                _pointer(row_min[i * L:(i + 1) * L]), _pointer(col_min[i]), limit)
+                self.lib.musc_candidate_minima, S[k].data_ptr(), n_b, L, row_floor[k].data_ptr(),
+                col_floor[k].data_ptr(), X[i].data_ptr(), Y.data_ptr(), x_norm[i].data_ptr(), y_norm.data_ptr(),
+                self.channels, row_min[i].data_ptr(), col_min[i].data_ptr(), limit)
                 for k, i in enumerate(images)])
             if min(counts) < 0:
                 self.fallbacks += 1
                 return None
             found += sum(counts)
         self.candidates += found
-        forward = row_min.view(n_a, L, n_b).permute(0, 2, 1)
-        backward = col_min.view(n_a, n_b, L).permute(1, 0, 2)
-        return forward, backward
+        return row_min.permute(0, 2, 1), col_min.view(n_a, n_b, L).permute(1, 0, 2)
 
 
 _pool: ThreadPoolExecutor | None = None

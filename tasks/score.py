@@ -18,6 +18,7 @@ import torch
 from prefect import task
 
 from musc import store
+from musc.backbone import resolve_device
 from musc.data import Sample, subsets
 from musc.msm import image_blocks, msm_rank_window, reduce_votes, tile_minima, tile_pairs
 
@@ -56,8 +57,7 @@ def compute_tile(path: Path, aggregate: Ref, images_a, images_b, block_size: int
     name = tile_name(block_size, subset, first, second)
     if store.valid_digest(store.part_path(path, name)) is not None:
         return False
-    target = torch.device("cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else
-                          device if device.startswith("cuda") else "cpu")
+    target = resolve_device(device)
     with h5py.File(aggregate["path"], "r") as f:
         block_a = torch.from_numpy(f["features"][:, np.asarray(images_a)]).to(target)
         block_b = block_a if first == second else torch.from_numpy(f["features"][:, np.asarray(images_b)]).to(target)

@@ -219,3 +219,13 @@ def test_a_matmul_outside_the_bound_disables_the_screen(monkeypatch):
     finally:
         screening.check_bf16_matmul.cache_clear()
     np.testing.assert_array_equal(scores.numpy(), musc.mutual_scores(Z).numpy())
+
+
+def test_the_portable_kernels_give_the_same_minima(fresh_kernels, monkeypatch, always_screen):
+    """Built without -march=native (no AVX-512: the plain-C chunks), the kernels agree with fp32 too."""
+    monkeypatch.setattr(screening, "COMPILE_FLAGS", ("-O2", "-shared", "-fPIC"))
+    block_a, block_b = unit(3, 50, 40, seed=19), unit(2, 50, 40, seed=20)
+    (fa, fb), (sa, sb) = exact_and_screened(block_a, block_b)
+    torch.testing.assert_close(sa, fa, atol=1e-6, rtol=0)
+    torch.testing.assert_close(sb, fb, atol=1e-6, rtol=0)
+    assert always_screen and len(list(fresh_kernels.glob("musc-screen-*.so"))) == 1
