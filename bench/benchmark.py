@@ -68,7 +68,7 @@ def msm_features(source: str, n: int, patches: int, channels: int) -> torch.Tens
     import warnings
     from PIL import Image
     from musc import aggregate
-    from musc.backbone import load_backbone, preprocess
+    from musc.inputs.backbones import load_backbone, preprocess
     size = 8 * int(patches ** 0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -81,8 +81,8 @@ def msm_features(source: str, n: int, patches: int, channels: int) -> torch.Tens
 
 def _measure_msm(kind: str, source: str, n: int, patches: int, channels: int, block: int, repeats: int,
                  queue) -> None:
-    from musc.msm import mutual_scores, reference_mutual_scores
-    from musc.screening import BlockScreen
+    from musc.method.msm import mutual_scores, reference_mutual_scores
+    from musc.method.screening import BlockScreen
     features = msm_features(source, n, patches, channels)
     parts = {"screened": 0, "fp32": 0, "candidates": 0, "segments": 0}
     screen = BlockScreen.minima
@@ -139,7 +139,7 @@ def bench_msm(n: int, patches: int, channels: int, block: int, repeats: int, rat
 
 
 def bench_lnamd(n: int, patches: int, channels: int, r: int, repeats: int) -> dict:
-    from musc.lnamd import layer_norm_average
+    from musc.method.lnamd import layer_norm_average
     torch.manual_seed(0)
     tokens = torch.randn(n, 1 + patches, channels)
     with torch.no_grad():
@@ -152,7 +152,7 @@ def bench_lnamd(n: int, patches: int, channels: int, r: int, repeats: int) -> di
 
 def bench_extraction(backbone: str, image_size: int, layers: list[int], batch: int, repeats: int) -> dict:
     import warnings
-    from musc.backbone import load_backbone
+    from musc.inputs.backbones import load_backbone
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load_backbone(backbone, "none", image_size, layers, device="auto")
@@ -165,7 +165,7 @@ def bench_extraction(backbone: str, image_size: int, layers: list[int], batch: i
 def _measure_score_stage(n: int, patches: int, channels: int, block: int, queue) -> None:
     """The out-of-core score stage (tiles on disk) on synthetic features: time and peak memory."""
     import numpy as np
-    from musc import store
+    from musc import MuscConfig, store
     from tasks.score import build_score
     folder = Path(tempfile.mkdtemp(prefix="musc-bench-"))
     generator = np.random.default_rng(0)
@@ -179,10 +179,15 @@ def _measure_score_stage(n: int, patches: int, channels: int, block: int, queue)
             features[0, start:start + chunk.shape[0]] = chunk / np.linalg.norm(chunk, axis=-1, keepdims=True)
     digest = store.write_artifact(aggregate_path, "aggregate", {}, {}, {}, fill=fill)
     extract_path = folder / "extract" / "e.h5"
-    extract_digest = store.write_artifact(extract_path, "extract", {}, {}, {"paths": [f"x/{i}.png" for i in range(n)]})
+    names = [f"x/{i}.png" for i in range(n)]  # the score stage reads only the image list of the extract
+    extract_digest = store.write_artifact(extract_path, "extract", {}, {}, {
+        "paths": names, "names": names, "defect_types": ["x"] * n, "labels": np.zeros(n, np.int64),
+        "has_mask": np.zeros(n, bool), "skipped": np.zeros(0, dtype=object), "tokens": np.zeros((1, n, 1, 1)),
+        "embeddings": np.zeros((n, 1)), "masks": np.zeros((n, 1, 1), np.uint8)})
+    settings = MuscConfig(block_size=block, device="cpu").score
     start = time.perf_counter()
     build_score(folder / "score" / "s.h5", {"path": str(aggregate_path), "digest": digest},
-                {"path": str(extract_path), "digest": extract_digest}, 0.0, 0.3, 1, 0, block)
+                {"path": str(extract_path), "digest": extract_digest}, settings)
     seconds = time.perf_counter() - start
     shutil.rmtree(folder, ignore_errors=True)
     queue.put({"seconds": seconds, "peak_mb": _peak_rss_mb()})

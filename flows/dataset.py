@@ -1,14 +1,15 @@
 """A whole dataset: each category as a subflow, then the metrics table and report across them."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from musc import MuscConfig, report
-from musc.data import MASK_RULES, list_categories
+from musc.inputs.config import MuscConfig
+from musc.inputs.datasets import MASK_RULES, list_categories
+from musc.outputs import figures, reports
+from musc.outputs.evaluation import metrics_from_json
 
 from .category import category_flow
 from .runners import task_runner
@@ -26,16 +27,15 @@ def dataset_flow(dataset: str, root: str, categories: list[str] | None = None, c
     categories = categories or list_categories(dataset, root)
     run_category = category_flow.with_options(task_runner=task_runner(dask)) if dask else category_flow
     results = {name: run_category(dataset, root, name, cfg.to_dict(), artifacts) for name in categories}
-    table = report.metrics_table(
-        {name: {k: (math.nan if v is None else v) for k, v in r["metrics"].items()} for name, r in results.items()},
-        {}, cfg.image_size, MASK_RULES[dataset])
+    table = reports.metrics_table({name: metrics_from_json(r["metrics"]) for name, r in results.items()},
+                                  {}, cfg.image_size, MASK_RULES[dataset])
     folder = Path(artifacts) / dataset / "_report"
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / "metrics.csv")
-    (folder / "metrics.md").write_text(report.table_markdown(table))
-    figures = {"metrics per category": report.save_metric_bars(table, folder / "metrics_bars.png")}
+    (folder / "metrics.md").write_text(reports.table_markdown(table))
+    shown = {"metrics per category": figures.save_metric_bars(table, folder / "metrics_bars.png")}
     category_reports = {name: str(Path(r["outputs"]) / "report.md") for name, r in results.items()}
-    summary = report.write_report(folder, f"MuSc results: {dataset}", table, figures, None, category_reports, None)
+    summary = reports.write_report(folder, f"MuSc results: {dataset}", table, shown, None, category_reports, None)
     publish(dataset, table, summary)
     return {"categories": results, "report": str(summary), "table": str(folder / "metrics.csv")}
 

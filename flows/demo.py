@@ -5,7 +5,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from musc.synthetic import make_dataset
+from musc.inputs.synthetic import make_dataset
 
 from .dataset import dataset_flow
 

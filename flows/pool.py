@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from musc.data import IMAGE_SUFFIXES
-from musc.newbatch import score_new_images
+from musc.inputs.datasets import IMAGE_SUFFIXES
+from musc.reference_pool import score_new_images
 
 
 @task(name="score-new")

@@ -6,10 +6,11 @@ from pathlib import Path
 import h5py
 import torch
 
-from musc import aggregate, store
+from musc import store
+from musc.method.lnamd import aggregate
 
-from .stage import Ref, ensure_artifact, fault_point, stage_folder, stage_task
-from .versions import code_version
+from .faults import fault_point
+from .stage import Plan, Ref, code_version, stage_folder, stage_task
 
 IMAGES_PER_CHUNK = 16
 
@@ -37,6 +38,6 @@ def build_aggregate(path: Path, extract: Ref, r: int) -> None:
                          code_version=code_version("aggregate"), fill=fill)
 
 
-@stage_task("aggregate", plan_aggregate)
-def aggregate_task(extract: Ref, r: int) -> Ref:
-    return ensure_artifact("aggregate", plan_aggregate(extract, r), lambda p: build_aggregate(p, extract, r))
+@stage_task("aggregate")
+def aggregate_task(extract: Ref, r: int) -> Plan:
+    return plan_aggregate(extract, r), lambda p: build_aggregate(p, extract, r)

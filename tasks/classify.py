@@ -7,10 +7,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from musc import rescore, store, upsample_maps
+from musc import store
+from musc.method.maps import combine_patch_scores, image_scores_from_maps, upsample_maps
+from musc.method.rscin import rescore
 
-from .stage import Ref, ensure_artifact, fault_point, stage_folder, stage_task
-from .versions import code_version
+from .faults import fault_point
+from .stage import Plan, Ref, code_version, stage_folder, stage_task
 
 IMAGES_PER_CHUNK = 32
 
@@ -24,17 +26,17 @@ def plan_classify(extract: Ref, scores: list[Ref], k_list: list[int]) -> Path:
 def build_classify(path: Path, extract: Ref, scores: list[Ref], k_list: list[int]) -> None:
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
     image_size = int(source.config["image_size"])
-    per_degree = [store.open_artifact(s["path"], "score", s["digest"]).read("scores").mean(axis=0) for s in scores]
-    patch_map = np.mean(per_degree, axis=0)
+    patch_map = combine_patch_scores([store.open_artifact(s["path"], "score", s["digest"]).read("scores")
+                                      for s in scores]).numpy()
     raw = np.empty(patch_map.shape[0])
 
     def fill(f: h5py.File) -> None:
         maps = f.create_dataset("maps", shape=(patch_map.shape[0], image_size, image_size), dtype="float64",
                                 chunks=(1, image_size, image_size))
         for start in range(0, patch_map.shape[0], IMAGES_PER_CHUNK):
-            chunk = upsample_maps(patch_map[start:start + IMAGES_PER_CHUNK], image_size).numpy()
-            maps[start:start + chunk.shape[0]] = chunk
-            raw[start:start + chunk.shape[0]] = chunk.reshape(chunk.shape[0], -1).max(axis=1)
+            chunk = upsample_maps(patch_map[start:start + IMAGES_PER_CHUNK], image_size)
+            maps[start:start + chunk.shape[0]] = chunk.numpy()
+            raw[start:start + chunk.shape[0]] = image_scores_from_maps(chunk)
         fault_point("classify", 1)
         f.create_dataset("image_scores_raw", data=raw)
         f.create_dataset("image_scores", data=rescore(raw, source.read("embeddings"), k_list))
@@ -44,7 +46,6 @@ def build_classify(path: Path, extract: Ref, scores: list[Ref], k_list: list[int
                          {"patch_map": patch_map}, code_version=code_version("classify"), fill=fill)
 
 
-@stage_task("classify", plan_classify)
-def classify_task(extract: Ref, scores: list[Ref], k_list: list[int]) -> Ref:
-    return ensure_artifact("classify", plan_classify(extract, scores, k_list),
-                           lambda p: build_classify(p, extract, scores, k_list))
+@stage_task("classify")
+def classify_task(extract: Ref, scores: list[Ref], k_list: list[int]) -> Plan:
+    return plan_classify(extract, scores, k_list), lambda p: build_classify(p, extract, scores, k_list)

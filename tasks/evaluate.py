@@ -1,5 +1,5 @@
-"""Stage 5, evaluate: metrics (where labels and masks allow), threshold, per-image results,
-figures and a report, beside the evaluate artifact."""
+"""Stage 5, evaluate: metrics (where labels and masks allow), thresholds, decisions, and the
+per-image results, figures and report in the folder beside the evaluate artifact."""
 from __future__ import annotations
 
 import json
@@ -8,51 +8,41 @@ from pathlib import Path
 
 import numpy as np
 
-from musc import report, store
+from musc import store
+from musc.inputs.config import EvaluateSettings
+from musc.outputs.evaluation import evaluate
+from musc.outputs.rebuild import outputs_folder
+from musc.outputs.reports import write_outputs
 
-from .stage import Ref, ensure_artifact, fault_point, logger, stage_folder, stage_task
-from .versions import code_version
+from .faults import fault_point
+from .stage import Plan, Ref, code_version, logger, stage_folder, stage_task
 
 
-def plan_evaluate(extract: Ref, classify: Ref, threshold: float | None, overlays: str,
-                  pixel_threshold: float | None = None) -> Path:
-    key = store.stable_hash(code_version("evaluate"), extract["digest"], classify["digest"], threshold, overlays,
-                            pixel_threshold)
+def plan_evaluate(extract: Ref, classify: Ref, settings: EvaluateSettings) -> Path:
+    key = store.stable_hash(code_version("evaluate"), extract["digest"], classify["digest"], *settings.key())
     return stage_folder(extract["path"], "evaluate") / f"{key}.h5"
 
 
-def outputs_folder(path: str | Path) -> Path:
-    """Where the evaluate artifact's CSV, Markdown and figures live: a folder beside it."""
-    return Path(path).with_suffix("")
-
-
-def build_evaluate(path: Path, extract: Ref, classify: Ref, threshold: float | None, overlays: str,
-                   pixel_threshold: float | None = None) -> None:
+def build_evaluate(path: Path, extract: Ref, classify: Ref, settings: EvaluateSettings) -> None:
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
     classified = store.open_artifact(classify["path"], "classify", classify["digest"])
-    outcome = report.write_outputs(source, classified, outputs_folder(path), threshold, overlays,
-                                   evaluate_path=str(path), pixel_threshold=pixel_threshold)
-    metrics = outcome["metrics"]
+    decided = evaluate(source, classified, settings.threshold, settings.pixel_threshold)
+    write_outputs(source, classified, decided, outputs_folder(path), settings.overlays, str(path))
     fault_point("evaluate", 1)
     store.write_artifact(
-        path, "evaluate", {"threshold": threshold, "overlays": overlays, "pixel_threshold": pixel_threshold},
+        path, "evaluate",
+        {"threshold": settings.threshold, "overlays": settings.overlays, "pixel_threshold": settings.pixel_threshold},
         {"extract": extract["digest"], "classify": classify["digest"]},
-        {"metrics": {k: np.float64(v) for k, v in metrics.items()}, "ranking": outcome["ranking"],
-         "decisions": outcome["decisions"]},
-        attrs={"metrics": {k: (None if math.isnan(v) else v) for k, v in metrics.items()}, "notes": outcome["notes"],
-               "threshold": outcome["threshold"], "threshold_rule": outcome["rule"],
-               "pixel_threshold": outcome["pixel_threshold"], "pixel_threshold_rule": outcome["pixel_rule"],
-               "category": source.config["category"], "dataset": source.config["dataset"],
+        {"metrics": {k: np.float64(v) for k, v in decided.metrics.items()}, "ranking": decided.ranking,
+         "decisions": decided.decisions},
+        attrs={**decided.summary(), "category": source.config["category"], "dataset": source.config["dataset"],
                "outputs": str(outputs_folder(path))},
         code_version=code_version("evaluate"))
-    shown = ", ".join(f"{k} {v * 100:.2f}" for k, v in metrics.items() if not math.isnan(v)) or "none"
-    notes = outcome["notes"]
+    shown = ", ".join(f"{k} {v * 100:.2f}" for k, v in decided.metrics.items() if not math.isnan(v)) or "none"
     logger().info(f"evaluate {source.config['category']}: {shown}"
-                  + (f" (not computed: {json.dumps(notes)})" if notes else ""))
+                  + (f" (not computed: {json.dumps(decided.notes)})" if decided.notes else ""))
 
 
-@stage_task("evaluate", plan_evaluate)
-def evaluate_task(extract: Ref, classify: Ref, threshold: float | None = None, overlays: str = "set",
-                  pixel_threshold: float | None = None) -> Ref:
-    return ensure_artifact("evaluate", plan_evaluate(extract, classify, threshold, overlays, pixel_threshold),
-                           lambda p: build_evaluate(p, extract, classify, threshold, overlays, pixel_threshold))
+@stage_task("evaluate")
+def evaluate_task(extract: Ref, classify: Ref, settings: EvaluateSettings) -> Plan:
+    return plan_evaluate(extract, classify, settings), lambda p: build_evaluate(p, extract, classify, settings)

@@ -1,26 +1,29 @@
-"""What every stage task shares: the cache key, the file check, the lock, the Prefect task.
+"""What every stage task shares: one cache mechanism, with the artifact on disk as the truth.
 
-A stage's artifact lives at a path whose name is the stage's cache key (its config, its input
-digests, its code version). The Prefect cache key is derived from the same path plus the digest
-of the artifact found there, and is None when no valid artifact exists: so Prefect's cache and
-the file check always agree. A deleted or corrupt artifact is rebuilt, and, since its digest
-changes, so is everything downstream of it.
+A stage's artifact lives at a path whose name is the stage's cache key (its settings, its input
+digests, its code version). A task plans that path, and builds the artifact only when no valid one
+is there (under a lock: two runs never build it twice). A reused artifact ends the task in the
+state Prefect calls Cached, so the UI shows what was reused. Prefect's own result cache is off:
+task results are small references ({stage, path, digest}), never pickles, and a deleted or
+corrupt artifact is rebuilt, with everything downstream of it (its digest changes).
 """
 from __future__ import annotations
 
+import functools
 import logging
-import os
-import signal
 from pathlib import Path
 from typing import Any, Callable
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
+from prefect.states import Completed
 
 from musc import store
-from musc.store import artifact_lock, remove_artifact, stable_hash, valid_digest
+from musc.store.schema import stage_schema
 
 Ref = dict[str, str]  # {"stage", "path", "digest"}: what tasks pass to each other
+Plan = tuple[Path, Callable[[Path], None]]  # a stage's artifact path, and how to build it there
 
 
 def logger() -> logging.Logger | logging.LoggerAdapter:
@@ -30,58 +33,47 @@ def logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("musc")
 
 
+def code_version(stage: str) -> str:
+    return stage_schema(stage).code_version
+
+
 def stage_folder(ref_path: str | Path, stage: str) -> Path:
     """The folder of ``stage`` beside an upstream artifact (same dataset and category)."""
     return Path(ref_path).parents[1] / stage
 
 
-def ensure_artifact(stage: str, path: Path, build: Callable[[Path], None]) -> Ref:
-    """Return the artifact at ``path`` if valid, else build it (under a lock: never twice at once)."""
-    digest = valid_digest(path, stage)
-    if digest is not None:
+def ensure_artifact(stage: str, path: Path, build: Callable[[Path], None]) -> tuple[Ref, bool]:
+    """(reference, reused): the artifact at ``path`` if valid, else built there under a lock."""
+    digest = store.valid_digest(path, stage)
+    reused = digest is not None
+    if reused:
         logger().info(f"{stage}: reusing {path}")
         store.clear_parts(path)  # parts a concurrent run may have left: the artifact is complete
     else:
-        with artifact_lock(path):
-            digest = valid_digest(path, stage)  # another run may have built it while we waited
-            if digest is None:
+        with store.artifact_lock(path):
+            digest = store.valid_digest(path, stage)  # another run may have built it while we waited
+            reused = digest is not None
+            if not reused:
                 if path.exists():
                     logger().warning(f"{stage}: {path} is partial or corrupt; rebuilding it")
-                remove_artifact(path)
+                store.remove_artifact(path)
                 store.clear_temporary_files(path)
                 logger().info(f"{stage}: computing {path}")
                 build(path)
                 digest = store.verify(path, stage)
-    return {"stage": stage, "path": str(path), "digest": digest}
+    return {"stage": stage, "path": str(path), "digest": digest}, reused
 
 
-def stage_task(stage: str, plan: Callable[..., Path]) -> Callable[[Callable], Any]:
-    """Decorate ``fn(**params) -> Ref`` as a cached Prefect task; ``plan(**params)`` gives its path."""
+def stage_task(stage: str, **options: Any) -> Callable[[Callable[..., Plan]], Any]:
+    """Make ``plan_fn(**params) -> (path, build)`` a Prefect task returning the artifact's Ref."""
 
-    def cache_key(_context: Any, parameters: dict[str, Any]) -> str | None:
-        path = plan(**parameters)
-        digest = valid_digest(path, stage)
-        return None if digest is None else f"musc-{stage}-{stable_hash(str(path.resolve()), digest, length=32)}"
+    def decorate(plan_fn: Callable[..., Plan]) -> Any:
+        @functools.wraps(plan_fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            path, build = plan_fn(*args, **kwargs)
+            ref, reused = ensure_artifact(stage, path, build)
+            return Completed(data=ref, name="Cached", message=f"reused {path}") if reused else ref
 
-    def decorate(fn: Callable) -> Any:
-        return task(name=stage, cache_key_fn=cache_key, persist_result=True, result_serializer="json",
-                    cache_expiration=None, retries=0)(fn)
+        return task(name=stage, cache_policy=NO_CACHE, persist_result=False, **options)(run)
 
     return decorate
-
-
-def fault_point(stage: str, parts_done: int) -> None:
-    """Crash-test hook: with MUSC_FAULT="<stage>:<n>" the process kills itself (SIGKILL, as a
-    crash or an OOM kill would) once n parts of that stage exist. Unset in normal use."""
-    wanted_stage, _, wanted_parts = os.environ.get("MUSC_FAULT", "").partition(":")
-    if wanted_stage == stage and wanted_parts.isdigit() and parts_done >= int(wanted_parts):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def fail_once_point(stage: str) -> None:
-    """Failure-test hook: with MUSC_FAIL_ONCE="<stage>:<marker file>", the stage fails while the
-    marker file exists, and removes it: the next try (a retry of the flow run) goes through."""
-    wanted_stage, _, marker = os.environ.get("MUSC_FAIL_ONCE", "").partition(":")
-    if wanted_stage == stage and marker and os.path.exists(marker):
-        os.unlink(marker)
-        raise RuntimeError(f"{stage}: injected failure (MUSC_FAIL_ONCE)")

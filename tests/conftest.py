@@ -38,7 +38,7 @@ def prefect_harness(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory):
-    from musc.synthetic import make_dataset
+    from musc.inputs.synthetic import make_dataset
     return make_dataset(tmp_path_factory.mktemp("data"), n_good=6, n_per_defect=2, size=64, seed=1,
                         categories=("fabric",))
 

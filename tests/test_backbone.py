@@ -1,4 +1,4 @@
-"""load_backbone against a plain open_clip forward with the reference settings (MUSC_SPEC.md 2.5)."""
+"""load_backbone against a plain open_clip forward with the reference settings (docs/METHOD.md section 2)."""
 import functools
 from pathlib import Path
 
@@ -10,7 +10,7 @@ from open_clip import factory as oc_factory, model as oc_model
 from PIL import Image
 
 import musc
-from musc.config import ConfigError
+from musc.inputs.config import ConfigError
 
 TINY = Path(__file__).parent / "data" / "tiny_clip.json"
 LAYERS = [2, 5, 8, 11]
@@ -150,8 +150,8 @@ def test_a_pickle_with_code_is_never_executed(tmp_path, capsys):
     assert "must never run" not in capsys.readouterr().out
 
 
-def test_task_results_are_json_not_pickle():
+def test_task_results_are_never_persisted_so_never_unpickled():
     import tasks
     for stage_task in (tasks.extract_task, tasks.aggregate_task, tasks.score_task, tasks.classify_task,
-                       tasks.evaluate_task):
-        assert stage_task.result_serializer == "json" and stage_task.persist_result
+                       tasks.evaluate_task, tasks.score_tile_task):
+        assert stage_task.persist_result is False

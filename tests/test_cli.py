@@ -14,7 +14,7 @@ def musc(*args, cwd, timeout=600):
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(Path(cwd) / ".prefect"),
            "COLUMNS": "200"}
     env.pop("PREFECT_API_URL", None)
-    return subprocess.run([sys.executable, "-m", "musc.cli", *map(str, args)], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

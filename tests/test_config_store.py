@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from musc import MuscConfig, store
-from musc.config import ConfigError
+from musc.inputs.config import ConfigError
 
 
 def test_defaults_are_the_papers():
@@ -48,22 +48,41 @@ def test_bad_yaml_names_the_file(tmp_path):
 
 
 def write_sample(path):
-    return store.write_artifact(path, "score", {"r": 1}, {"aggregate": "abc"},
-                                {"scores": np.arange(12.0).reshape(3, 4), "names": ["a", "b", "c"]},
-                                code_version="test")
+    return store.write_artifact(path, "pool", {"r": 1}, {"aggregate": "abc"},
+                                {"features_r1": np.arange(12.0).reshape(3, 4), "names": ["a", "b", "c"],
+                                 "added": np.zeros(3)}, code_version="test")
 
 
 def test_artifact_round_trip_and_provenance(tmp_path):
     path = tmp_path / "score" / "k.h5"
     digest = write_sample(path)
-    artifact = store.open_artifact(path, "score", digest)
+    artifact = store.open_artifact(path, "pool", digest)
     assert artifact.config == {"r": 1} and artifact.inputs == {"aggregate": "abc"}
-    np.testing.assert_array_equal(artifact.read("scores"), np.arange(12.0).reshape(3, 4))
+    np.testing.assert_array_equal(artifact.read("features_r1"), np.arange(12.0).reshape(3, 4))
     assert list(artifact.read("names")) == ["a", "b", "c"]
     assert artifact.attrs["complete"] and artifact.attrs["schema_version"] == store.SCHEMA_VERSION
     assert json.loads(store.manifest_path(path).read_text())["sha256"] == digest == store.file_sha256(path)
     assert not list(path.parent.glob(".*tmp*"))
-    assert store.describe(path)["datasets"]["scores"].startswith("(3, 4)")
+    assert store.describe(path)["datasets"]["features_r1"].startswith("(3, 4)")
+    assert "degree r" in store.describe(path)["meanings"]["features_r1"]  # from the schema
+
+
+def test_the_schema_guards_writers_and_readers(tmp_path):
+    with pytest.raises(ValueError, match="'extra' is not declared for stage 'score'"):
+        store.write_artifact(tmp_path / "a.h5", "score", {}, {}, {"scores": np.zeros(2), "extra": np.zeros(2)})
+    with pytest.raises(ValueError, match="stage 'score' needs dataset 'scores'"):
+        store.write_artifact(tmp_path / "b.h5", "score", {}, {}, {})
+    assert not list(tmp_path.iterdir())  # nothing half-written stays
+    store.write_artifact(tmp_path / "c.h5", "score", {}, {}, {"scores": np.zeros(2)})
+    with pytest.raises(store.ArtifactError, match="'score_s' is not a dataset of score artifacts"):
+        store.open_artifact(tmp_path / "c.h5").read("score_s")
+
+
+def test_the_artifact_format_document_is_generated_from_the_schema():
+    from conftest import ROOT
+    from musc.store import schema
+    assert (ROOT / "docs" / "ARTIFACTS.md").read_text() == schema.markdown(), \
+        "regenerate it: python -m musc.store.schema > docs/ARTIFACTS.md"
 
 
 def test_reader_refuses_partial_foreign_or_corrupt_files(tmp_path):
@@ -72,7 +91,7 @@ def test_reader_refuses_partial_foreign_or_corrupt_files(tmp_path):
     with pytest.raises(store.ArtifactError, match="expected 'extract'"):
         store.open_artifact(path, "extract")
     with pytest.raises(store.ArtifactError, match="is not the expected"):
-        store.open_artifact(path, "score", digest="0" * 64)
+        store.open_artifact(path, "pool", digest="0" * 64)
     truncated = path.read_bytes()[:-10]
     path.write_bytes(truncated)
     with pytest.raises(store.ArtifactError, match="truncated"):
@@ -91,9 +110,9 @@ def test_a_failed_write_leaves_the_previous_artifact_intact(tmp_path, monkeypatc
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(store, "file_sha256", disk_full)
+    monkeypatch.setattr(store.files, "file_sha256", disk_full)
     with pytest.raises(OSError, match="No space left"):
         write_sample(path)
     monkeypatch.undo()
-    assert store.verify(path, "score") == digest
+    assert store.verify(path, "pool") == digest
     assert not list(tmp_path.glob(".*tmp*"))

@@ -1,9 +1,9 @@
-"""Dataset layouts, image and mask reading (MUSC_SPEC.md section 1)."""
+"""Dataset layouts, image and mask reading (docs/METHOD.md section 1)."""
 import numpy as np
 import pytest
 from PIL import Image
 
-from musc.data import (DatasetError, UnreadableImage, list_categories, load_category, load_image, load_mask,
+from musc.inputs.datasets import (DatasetError, UnreadableImage, list_categories, load_category, load_image, load_mask,
                        subsets)
 
 
@@ -168,7 +168,7 @@ def test_subsets_partition_stratified_and_seeded(mvtec):
 
 
 def test_palette_cmyk_and_tiny_images_are_converted(tmp_path):
-    from musc.backbone import preprocess
+    from musc.inputs.backbones import preprocess
     palette = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P")
     palette.save(tmp_path / "palette.png")
     Image.new("CMYK", (10, 10), (0, 255, 0, 0)).save(tmp_path / "cmyk.jpg")

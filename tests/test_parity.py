@@ -1,10 +1,10 @@
-"""Every step of the method against the reference implementation's outputs (MUSC_SPEC.md s.10)."""
+"""Every step of the method against the reference implementation's outputs (../shared/fixtures)."""
 import numpy as np
 import pytest
 import torch
 
 import musc
-from musc.metrics import METRIC_NAMES, aupro_reference, pro_curve
+from musc.method.metrics import METRIC_NAMES, aupro_reference, pro_curve
 
 TOL = 1e-5
 R_LIST = (1, 3, 5)
@@ -35,7 +35,7 @@ def test_aggregate_is_l2_normalised_lnamd(reference, r):
 @pytest.mark.parametrize("r", R_LIST)
 @pytest.mark.parametrize("block_size,precision", [(None, "fp32"), (3, "fp32"), (4, "fp32"), (4, "bf16")])
 def test_msm_per_layer_matches_reference(reference, r, block_size, precision, monkeypatch):
-    from musc import screening
+    from musc.method import screening
     monkeypatch.setattr(screening, "FALLBACK_FRACTION", 2.0)  # screen even these small tiles (<= 2 per entry)
     means = []
     for layer in range(4):

@@ -11,10 +11,10 @@ from sklearn.metrics import roc_auc_score
 
 import musc
 from conftest import DEMO_BACKBONE, TINY_CONFIG, run_category
-from musc.data import load_category, load_image, load_mask
-from musc.msm import reference_mutual_scores
-from musc.pool import Pool, pool_maps
-from musc.synthetic import make_dataset
+from musc.inputs.datasets import load_category, load_image, load_mask
+from musc.method.msm import reference_mutual_scores
+from musc.reference_pool import Pool, pool_maps
+from musc.inputs.synthetic import make_dataset
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +53,8 @@ def test_pool_votes_equal_batch_scoring(demo_features):
     _, tokens, _, _ = demo_features
     features = musc.aggregate(tokens[0][:9], 3)
     batch = musc.mutual_scores(features)
-    from musc.pool import score_against_pool
-    alone = score_against_pool([features[8:]], [features[:8]])
+    from musc.reference_pool import score_against_pool
+    alone = score_against_pool([features[8:]], [features[:8]])[0]  # the one layer
     np.testing.assert_allclose(alone.numpy(), batch[8:].numpy(), atol=1e-6)
 
 
@@ -73,13 +73,13 @@ def test_pool_add_and_score_new_from_the_command_line(prefect_harness, tiny_data
     run_category(tiny_dataset, tmp_path / "artifacts")
     pool_file = tmp_path / "pool.h5"
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    added = subprocess.run([sys.executable, "-m", "musc.cli", "pool", "add", "--pool", str(pool_file),
+    added = subprocess.run([sys.executable, "-m", "flows.cli", "pool", "add", "--pool", str(pool_file),
                             str(tmp_path / "artifacts/mvtec_ad/fabric")], capture_output=True, text=True, env=env)
     assert added.returncode == 0, added.stderr
     pool = Pool.load(pool_file)
     assert 0 < len(pool) <= 12 and set(pool.features) == set(TINY_CONFIG["r_list"])
     image = next((tiny_dataset / "fabric/test/hole").glob("*.png"))
-    scored = subprocess.run([sys.executable, "-m", "musc.cli", "score-new", "--pool", str(pool_file), str(image),
+    scored = subprocess.run([sys.executable, "-m", "flows.cli", "score-new", "--pool", str(pool_file), str(image),
                              "--out", str(tmp_path / "new")], capture_output=True, text=True, env=env)
     assert scored.returncode == 0, scored.stderr
     assert f"{image}: score" in scored.stdout

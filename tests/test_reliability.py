@@ -11,7 +11,8 @@ import pytest
 
 from conftest import ROOT, TINY_CONFIG, run_category
 from musc import store
-from musc.config import ConfigError
+from musc.inputs.config import ConfigError
+from musc.inputs.datasets import DatasetError
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -35,14 +36,14 @@ def test_unreadable_images_are_skipped_listed_and_reported(tiny_dataset, tmp_pat
 
 
 def test_fewer_than_two_images_is_a_clear_error(tmp_path):
-    from musc.synthetic import make_dataset
+    from musc.inputs.synthetic import make_dataset
     data = make_dataset(tmp_path / "data", n_good=1, n_per_defect=0, size=32, categories=("fabric",))
-    with pytest.raises(ConfigError, match="needs at least 2"):
+    with pytest.raises(DatasetError, match="needs at least 2"):
         run_category(data, tmp_path / "artifacts")
 
 
 def test_k_larger_than_n_is_rejected_before_any_work(tiny_dataset, tmp_path):
-    with pytest.raises(ConfigError, match="^k_list: window size 40"):
+    with pytest.raises(DatasetError, match="^k_list: window size 40"):
         run_category(tiny_dataset, tmp_path / "artifacts", k_list=[1, 40])
     assert not (tmp_path / "artifacts").exists()
 

@@ -10,34 +10,35 @@ from sklearn.metrics import f1_score
 
 import musc
 from conftest import TINY_CONFIG
-from musc import report, store
-from musc.rebuild import rebuild_reports
+from musc import store
+from musc.outputs import evaluation, reports
+from musc.outputs.rebuild import rebuild_reports
 
 
 def test_f1_optimal_threshold_on_constructed_scores():
     labels = np.array([0, 0, 0, 0, 1, 1, 1, 0, 1])
     scores = np.array([0.1, 0.2, 0.25, 0.3, 0.5, 0.6, 0.7, 0.65, 0.9])
-    threshold = report.f1_optimal_threshold(labels, scores)
+    threshold = evaluation.f1_optimal_threshold(labels, scores)
     best = max(f1_score(labels, scores >= t) for t in scores)
     assert f1_score(labels, scores >= threshold) == pytest.approx(best)
     assert threshold == 0.5  # flags 0.5, 0.6, 0.65, 0.7, 0.9: F1 = 8/9, the best cut
-    separable = report.f1_optimal_threshold([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
+    separable = evaluation.f1_optimal_threshold([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9])
     assert separable == 0.8
 
 
 def test_robust_threshold_flags_outliers_only():
     scores = np.array([10.0, 10.5, 9.5, 10.2, 9.8, 10.1, 30.0])
-    threshold = report.robust_threshold(scores)
+    threshold = evaluation.robust_threshold(scores)
     median, mad = 10.1, np.median(np.abs(scores - 10.1)) * 1.4826
     assert threshold == pytest.approx(median + 3.5 * mad)
     assert (scores >= threshold).tolist() == [False] * 6 + [True]
 
 
 def test_threshold_rule_choice():
-    assert report.choose_threshold([0, 1], [0.2, 0.9], fixed=0.5) == (0.5, "fixed (config)")
-    assert report.choose_threshold([0, 1, 1], [0.1, 0.8, 0.9])[1].startswith("F1-optimal")
-    assert "unsupervised" in report.choose_threshold([-1, -1, -1], [0.1, 0.2, 0.3])[1]
-    assert "unsupervised" in report.choose_threshold([0, 0, 0], [0.1, 0.2, 0.3])[1]
+    assert evaluation.choose_threshold([0, 1], [0.2, 0.9], fixed=0.5) == (0.5, "fixed (config)")
+    assert evaluation.choose_threshold([0, 1, 1], [0.1, 0.8, 0.9])[1].startswith("F1-optimal")
+    assert "unsupervised" in evaluation.choose_threshold([-1, -1, -1], [0.1, 0.2, 0.3])[1]
+    assert "unsupervised" in evaluation.choose_threshold([0, 0, 0], [0.1, 0.2, 0.3])[1]
 
 
 def test_tables_match_metrics_computed_directly(reference_run):
@@ -72,12 +73,12 @@ def test_tables_match_metrics_computed_directly(reference_run):
 
 def test_metrics_that_cannot_be_computed_are_not_zero():
     labels = np.array([-1, -1, -1])
-    metrics, notes = report.evaluate_arrays(labels, np.array([0.1, 0.5, 0.2]), np.zeros((3, 4, 4)),
+    metrics, notes = evaluation.evaluate_arrays(labels, np.array([0.1, 0.5, 0.2]), np.zeros((3, 4, 4)),
                                             np.random.rand(3, 4, 4), np.zeros(3, bool))
     assert all(np.isnan(v) for v in metrics.values())
     assert notes == {"image": "labels unknown", "pixel": "no ground-truth masks"}
-    table = report.metrics_table({"x": metrics}, {"x": notes}, 64, "truncate")
-    assert "n/a" in report.table_markdown(table) and "labels unknown" in table.loc["x", "not_computed"]
+    table = reports.metrics_table({"x": metrics}, {"x": notes}, 64, "truncate")
+    assert "n/a" in reports.table_markdown(table) and "labels unknown" in table.loc["x", "not_computed"]
 
 
 def test_report_rebuilds_from_artifacts_without_a_backbone(reference_run, monkeypatch):
@@ -85,7 +86,7 @@ def test_report_rebuilds_from_artifacts_without_a_backbone(reference_run, monkey
     outputs = Path(result["outputs"])
     for name in ("report.md", "metrics.csv", "curves_pixel.png"):
         (outputs / name).unlink()
-    for module in ("open_clip", "timm", "musc.backbone"):
+    for module in ("open_clip", "timm", "musc.inputs.backbones"):
         monkeypatch.setitem(sys.modules, module, None)  # any import of a backbone would now fail
     written = rebuild_reports(artifacts)
     assert outputs / "report.md" in written

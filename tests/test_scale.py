@@ -5,7 +5,7 @@ import torch
 
 import musc
 from conftest import TINY_CONFIG, assert_same_arrays, read_all
-from musc.msm import reference_mutual_scores
+from musc.method.msm import reference_mutual_scores
 
 
 @pytest.mark.parametrize("n_images", [7, 13])

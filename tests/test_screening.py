@@ -5,10 +5,10 @@ import torch
 import torch.nn.functional as F
 
 import musc
-from musc import screening
-from musc.msm import _minima_between, tile_minima
-from musc.pool import score_against_pool
-from musc.screening import BlockScreen, ScreenBound
+from musc.method import screening
+from musc.method.msm import _minima_between, tile_minima
+from musc.reference_pool import score_against_pool
+from musc.method.screening import BlockScreen, ScreenBound
 
 
 @pytest.fixture(scope="module", autouse=True)

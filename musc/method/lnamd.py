@@ -1,4 +1,4 @@
-"""LNAMD: layer-normalised, r x r neighbourhood-averaged patch features (MUSC_SPEC.md section 3).
+"""LNAMD: layer-normalised, r x r neighbourhood-averaged patch features (docs/METHOD.md section 3).
 
 One LayerNorm over each image's whole (C, g, g) token map, then an r x r mean with zero padding
 counted in the divisor, then L2 normalisation over channels. The reference builds the average with

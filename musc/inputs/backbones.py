@@ -1,4 +1,4 @@
-"""Backbones: patch tokens of chosen blocks and one image embedding per image (MUSC_SPEC.md s.2).
+"""Backbones: patch tokens of chosen blocks and one image embedding per image (docs/METHOD.md section 2).
 
 Two families:
 
@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .config import ConfigError
+from ..store.files import file_digest
+from .config import ConfigError, ExtractSettings
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -35,17 +36,11 @@ TIMM_PREFIX = "timm:"
 RANDOM_WEIGHTS = ("", "none", "random")
 
 
-BACKBONE_FIELDS = ("backbone", "pretrained", "image_size", "layers", "quick_gelu", "seed")
-
-
-def backbone_settings(config: dict) -> dict:
-    """What decides the extracted tokens: the backbone fields of a run configuration, the precision
-    the device implies, and the content digest of any local model or checkpoint file."""
-    from .config import MuscConfig
-    from .store import file_digest
-    cfg = MuscConfig.from_dict(config)
-    chosen = {name: cfg.to_dict()[name] for name in BACKBONE_FIELDS}
-    on_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+def backbone_settings(settings: ExtractSettings) -> dict:
+    """What decides the extracted tokens: the backbone fields of the settings, the precision the
+    device implies, and the content digest of any local model or checkpoint file."""
+    chosen = settings.token_fields()
+    on_cuda = settings.device.startswith("cuda") or (settings.device == "auto" and torch.cuda.is_available())
     chosen["precision"] = "fp16-autocast" if on_cuda else "fp32"
     for name in ("backbone", "pretrained"):
         if Path(chosen[name]).is_file():  # a local file: its content decides, not its name
@@ -225,6 +220,12 @@ def _check_geometry(image_size: int, patch_size: int, layers, n_blocks: int) -> 
     bad = [layer for layer in layers if not 0 <= layer < n_blocks]
     if bad:
         raise ConfigError(f"layers: block {bad[0]} is out of range; this backbone has blocks 0..{n_blocks - 1}")
+
+
+def backbone_for(settings: ExtractSettings, device: str | None = None) -> Backbone:
+    """The backbone a run's extract settings describe (``device`` overrides theirs)."""
+    return load_backbone(settings.backbone, settings.pretrained, settings.image_size, settings.layers,
+                         device or settings.device, settings.seed, settings.quick_gelu)
 
 
 def load_backbone(model: str, pretrained: str | None, image_size: int, layers, device: str = "auto",

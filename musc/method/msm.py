@@ -1,4 +1,4 @@
-"""MSM: mutual scoring of unlabeled images (MUSC_SPEC.md section 4).
+"""MSM: mutual scoring of unlabeled images (docs/METHOD.md section 4).
 
 Every patch p of image i gets one vote per other image j: its nearest Euclidean distance to any
 patch of j. Its score is the mean of its smallest votes (ranks ``int((N-1)*topmin_min)`` to
@@ -18,6 +18,8 @@ from typing import Callable, Iterator
 
 import torch
 
+from .checks import check_image_count
+
 
 def msm_rank_window(n_images: int, topmin_min: float = 0.0, topmin_max: float = 0.3) -> tuple[int, int]:
     """The 0-based rank window [k_min, k_max) of the sorted votes that is averaged.
@@ -25,8 +27,7 @@ def msm_rank_window(n_images: int, topmin_min: float = 0.0, topmin_max: float = 
     The reference uses k_max = int((N-1)*topmin_max), which is 0 for N <= 4 and makes every score
     NaN. We clamp k_max to at least 1 (identical for N >= 5; a documented deviation below).
     """
-    if n_images < 2:
-        raise ValueError(f"mutual scoring needs at least 2 images, got {n_images}")
+    check_image_count(n_images)
     k_max = max(1, int((n_images - 1) * topmin_max))
     k_min = min(int((n_images - 1) * topmin_min), k_max - 1)
     return k_min, k_max
@@ -77,7 +78,7 @@ def _minima_between(block_a: torch.Tensor, block_b: torch.Tensor, precision: str
     [b0, b1) of block B, both directions: (forward (A', B', L), backward (B', A', L)).
 
     fp32: one augmented matrix product. bf16: screened in bf16 and recomputed exactly in fp32
-    (musc/screening.py), on the CPU; a part whose screen leaves too many candidates, a tile on
+    (musc/method/screening.py), on the CPU; a part whose screen leaves too many candidates, a tile on
     another device or one with non-finite features is computed in fp32.
     """
     n_patches = block_a.shape[1]
@@ -95,7 +96,7 @@ def _minima_between(block_a: torch.Tensor, block_b: torch.Tensor, precision: str
     if (check_precision(precision) == "fp32" or block_a.device.type != "cpu"
             or not all(torch.isfinite(torch.stack(torch.aminmax(block))).all() for block in (block_a, block_b))):
         return exact
-    from musc.screening import BlockScreen, ScreeningUnavailable, native_bf16
+    from .screening import BlockScreen, ScreeningUnavailable, native_bf16
     try:
         screen = BlockScreen(block_a, block_b)
     except ScreeningUnavailable as error:

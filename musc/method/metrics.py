@@ -1,4 +1,4 @@
-"""Image- and pixel-level metrics (MUSC_SPEC.md section 7).
+"""Image- and pixel-level metrics (docs/METHOD.md section 7).
 
 ``compute_metrics`` returns what the reference's ``compute_metrics`` returns (fractions; 0 where a
 metric is undefined because only one class is present), plus the MVTec/anomalib AUPRO.

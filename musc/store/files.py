@@ -29,8 +29,7 @@ from typing import Any, Callable, Iterator, Mapping
 import h5py
 import numpy as np
 
-SCHEMA_VERSION = 1
-STAGES = ("extract", "aggregate", "score", "classify", "evaluate")
+from .schema import SCHEMA_VERSION, STAGES, stage_schema
 
 
 class ArtifactError(RuntimeError):
@@ -38,8 +37,7 @@ class ArtifactError(RuntimeError):
 
 
 def artifact_path(root: str | Path, dataset: str, category: str, stage: str, key: str) -> Path:
-    if stage not in STAGES:
-        raise ValueError(f"stage: unknown stage {stage!r}")
+    stage_schema(stage)
     return Path(root) / dataset / category / stage / f"{key}.h5"
 
 
@@ -127,6 +125,7 @@ def write_artifact(path: str | Path, stage: str, config: Mapping[str, Any], inpu
                 _write_value(f, name, value)
             if fill is not None:
                 fill(f)
+            stage_schema(stage).check_names(list(f.keys()), path)
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["stage"] = stage
             f.attrs["config"] = json.dumps(dict(config), sort_keys=True, default=str)
@@ -158,6 +157,8 @@ class Artifact:
     attrs: dict[str, Any]
 
     def read(self, name: str, index: Any = ()) -> np.ndarray:
+        if stage_schema(self.stage).field(name) is None and not stage_schema(self.stage).open_datasets:
+            raise ArtifactError(f"{self.path}: {name!r} is not a dataset of {self.stage} artifacts")
         with h5py.File(self.path, "r") as f:
             if name not in f:
                 raise ArtifactError(f"{self.path}: has no dataset {name!r}")
@@ -167,18 +168,44 @@ class Artifact:
                             dtype=object).reshape(value.shape)
         return value
 
-    def has(self, name: str) -> bool:
-        with h5py.File(self.path, "r") as f:
-            return name in f
-
     def shape(self, name: str) -> tuple[int, ...]:
         with h5py.File(self.path, "r") as f:
             return f[name].shape
 
 
+_verified: dict[str, tuple[tuple[int, int, int, int], str, str]] = {}
+_verified_lock = threading.Lock()
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when a file or its manifest is rewritten: inode, size, mtime of both."""
+    try:
+        data, manifest = path.stat(), manifest_path(path).stat()
+    except OSError:
+        return None
+    return data.st_ino, data.st_size, data.st_mtime_ns, manifest.st_mtime_ns
+
+
 def verify(path: str | Path, stage: str | None = None) -> str:
-    """The artifact's digest if it is complete and intact; ArtifactError saying why otherwise."""
+    """The artifact's digest if it is complete and intact; ArtifactError saying why otherwise.
+
+    A file verified before in this process and unchanged since (same inode, size, modification
+    times) is not read again."""
     path = Path(path)
+    identity = _identity(path)
+    remembered = _verified.get(str(path))
+    if identity is not None and remembered is not None and remembered[0] == identity:
+        if stage is not None and remembered[2] != stage:
+            raise ArtifactError(f"{path}: a {remembered[2]!r} artifact, expected {stage!r}")
+        return remembered[1]
+    digest, found_stage = _verify_file(path, stage)
+    if identity is not None:
+        with _verified_lock:
+            _verified[str(path)] = (identity, digest, found_stage)
+    return digest
+
+
+def _verify_file(path: Path, stage: str | None) -> tuple[str, str]:
     if not path.is_file():
         raise ArtifactError(f"{path}: artifact does not exist")
     manifest = manifest_path(path)
@@ -202,7 +229,7 @@ def verify(path: str | Path, stage: str | None = None) -> str:
         raise ArtifactError(f"{path}: schema version {attrs.get('schema_version')} is not {SCHEMA_VERSION}")
     if stage is not None and attrs.get("stage") != stage:
         raise ArtifactError(f"{path}: a {attrs.get('stage')!r} artifact, expected {stage!r}")
-    return digest
+    return digest, str(attrs.get("stage"))
 
 
 def open_artifact(path: str | Path, stage: str | None = None, digest: str | None = None) -> Artifact:
@@ -298,4 +325,8 @@ def describe(path: str | Path) -> dict[str, Any]:
     for key in ("config", "inputs"):
         if isinstance(attrs.get(key), str):
             attrs[key] = json.loads(attrs[key])
-    return {"path": str(path), "status": status, "digest": digest, "attrs": attrs, "datasets": datasets}
+    schema = STAGES.get(str(attrs.get("stage")))
+    meanings = {name: (field.meaning if schema and (field := schema.field(name)) else "")
+                for name in datasets}
+    return {"path": str(path), "status": status, "digest": digest, "attrs": attrs, "datasets": datasets,
+            "meanings": meanings}

@@ -1,19 +1,18 @@
-"""One typed, validated run configuration.
+"""One typed, validated run configuration, and the settings objects each stage takes from it.
 
-Defaults are the paper's (MUSC_SPEC.md, "Default configuration"). Every invalid value raises
-``ConfigError`` with a one-line message that names the field.
+Defaults are the paper's (docs/METHOD.md section 8). Every invalid value raises ``ConfigError``
+with a one-line message that names the field.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .msm import check_precision
+from ..method.msm import check_precision
 
 DEFAULT_K_LISTS = {"mvtec_ad": (1, 2, 3), "btad": (1, 2, 3), "folder": (1, 2, 3), "visa": (1, 8, 9)}
 
@@ -122,9 +121,73 @@ class MuscConfig:
             raise ConfigError(f"{path}: expected a mapping of field names to values")
         return cls.from_dict(values, source=str(path))
 
-    def digest_fields(self, *names: str) -> str:
-        """A stable JSON string of the named fields, for cache keys."""
-        return json.dumps({n: self.to_dict()[n] for n in names}, sort_keys=True)
+    @property
+    def extract(self) -> "ExtractSettings":
+        return ExtractSettings(self.backbone, self.pretrained, self.image_size, self.layers, self.quick_gelu,
+                               self.seed, self.device, self.batch_size)
+
+    @property
+    def score(self) -> "ScoreSettings":
+        return ScoreSettings(float(self.topmin_min), float(self.topmin_max), self.divide_num, self.seed,
+                             self.aligned_radius, self.block_size, self.device, self.msm_precision)
+
+    @property
+    def evaluate(self) -> "EvaluateSettings":
+        return EvaluateSettings(self.threshold, self.pixel_threshold, self.overlay_normalisation)
+
+
+@dataclass(frozen=True)
+class ExtractSettings:
+    """What the extract stage needs: the backbone and how to run it."""
+    backbone: str
+    pretrained: str
+    image_size: int
+    layers: tuple[int, ...]
+    quick_gelu: str
+    seed: int
+    device: str
+    batch_size: int
+
+    # The fields that decide the tokens (device and batch size only decide how fast).
+    TOKEN_FIELDS = ("backbone", "pretrained", "image_size", "layers", "quick_gelu", "seed")
+
+    def token_fields(self) -> dict[str, Any]:
+        return {name: (list(v) if isinstance(v := getattr(self, name), tuple) else v) for name in self.TOKEN_FIELDS}
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What the score stage needs. Only ``key()`` decides the scores; block size, device and
+    precision (the bf16 screen is exact) decide how the work is done."""
+    topmin_min: float
+    topmin_max: float
+    divide_num: int
+    seed: int
+    aligned_radius: int | None
+    block_size: int
+    device: str
+    msm_precision: str
+
+    def key(self) -> list[Any]:
+        return [self.topmin_min, self.topmin_max, int(self.divide_num),
+                int(self.seed) if self.divide_num > 1 else None,
+                *([] if self.aligned_radius is None else [{"aligned_radius": int(self.aligned_radius)}])]
+
+    def recorded(self) -> dict[str, Any]:
+        """What the score artifact records of its settings."""
+        return {"topmin_min": self.topmin_min, "topmin_max": self.topmin_max, "divide_num": self.divide_num,
+                "seed": self.seed, "aligned_radius": self.aligned_radius, "msm_precision": self.msm_precision}
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """What the evaluate stage needs: fixed thresholds (None: chosen from the data) and overlays."""
+    threshold: float | None
+    pixel_threshold: float | None
+    overlays: str
+
+    def key(self) -> list[Any]:
+        return [self.threshold, self.overlays, self.pixel_threshold]
 
 
 def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:

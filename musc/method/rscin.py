@@ -1,10 +1,12 @@
-"""RsCIN: re-scoring with the constrained image-level neighbourhood (MUSC_SPEC.md section 6)."""
+"""RsCIN: re-scoring with the constrained image-level neighbourhood (docs/METHOD.md section 6)."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import numpy as np
 import torch
+
+from .checks import check_image_count
 
 
 def rescore(scores, embeddings, k_list: Sequence[int]) -> np.ndarray:
@@ -24,9 +26,7 @@ def rescore(scores, embeddings, k_list: Sequence[int]) -> np.ndarray:
     n_images = scores.shape[0]
     if embeddings.ndim != 2 or embeddings.shape[0] != n_images:
         raise ValueError(f"embeddings: expected shape ({n_images}, D), got {embeddings.shape}")
-    too_large = [k for k in k_list if k > n_images]
-    if too_large:
-        raise ValueError(f"k_list: window size {too_large[0]} is larger than the number of images ({n_images})")
+    check_image_count(n_images, k_list)
 
     span = scores.max() - scores.min()
     # The reference divides by zero here (all scores equal); we return all-zero normalised scores.

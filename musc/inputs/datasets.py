@@ -1,4 +1,4 @@
-"""Datasets: which images a category has, their labels and masks (MUSC_SPEC.md section 1).
+"""Datasets: which images a category has, their labels and masks (docs/METHOD.md section 1).
 
 Layouts: MVTec AD, VisA (split csv), BTAD, and a plain folder of images. Image order follows the
 reference: defect types sorted by name, file names sorted within each type.
@@ -10,14 +10,17 @@ import random
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
+from ..method.checks import TooFewImages, check_image_count
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DATASETS = ("mvtec_ad", "visa", "btad", "folder")
 NORMAL_FOLDERS = {"mvtec_ad": "good", "btad": "ok"}
-# How a resized mask becomes binary (MUSC_SPEC.md 1.3): MVTec AD and BTAD truncate (only 255
+# How a resized mask becomes binary (docs/METHOD.md 1.3): MVTec AD and BTAD truncate (only 255
 # survives, eroding edges); VisA keeps every non-zero pixel (dilating edges).
 MASK_RULES = {"mvtec_ad": "truncate", "btad": "truncate", "visa": "nonzero", "folder": "nonzero"}
 
@@ -50,9 +53,13 @@ class Category:
     def mask_rule(self) -> str:
         return MASK_RULES[self.dataset]
 
-    @property
-    def has_labels(self) -> bool:
-        return all(s.label is not None for s in self.samples)
+    def check_size(self, k_list: Sequence[int] = (), divide_num: int = 1, seed: int = 0) -> None:
+        """DatasetError (naming the category) unless its images suffice for the method's settings."""
+        sizes = [len(members) for members in subsets(self.samples, divide_num, seed)] if divide_num > 1 else []
+        try:
+            check_image_count(len(self.samples), k_list, sizes)
+        except TooFewImages as error:
+            raise DatasetError(f"{error} (category {self.name!r})") from None
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -210,7 +217,7 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 def load_mask(path: str | Path | None, image_size: int, rule: str) -> np.ndarray:
-    """A ground-truth mask as (S, S) uint8 {0, 1}, binarised per dataset (MUSC_SPEC.md 1.3)."""
+    """A ground-truth mask as (S, S) uint8 {0, 1}, binarised per dataset (docs/METHOD.md 1.3)."""
     if path is None:
         return np.zeros((image_size, image_size), dtype=np.uint8)
     try:
@@ -234,7 +241,7 @@ def load_mask(path: str | Path | None, image_size: int, rule: str) -> np.ndarray
 
 
 def subsets(samples, divide_num: int, seed: int) -> list[list[int]]:
-    """Indices of each subset (MUSC_SPEC.md 1.4): stratified by defect type, same shuffle each time."""
+    """Indices of each subset (docs/METHOD.md 1.4): stratified by defect type, same shuffle each time."""
     if divide_num == 1:
         return [list(range(len(samples)))]
     groups: dict[str, list[int]] = {}

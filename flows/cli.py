@@ -1,10 +1,11 @@
-"""The ``musc`` command.
+"""The ``musc`` command: launches the flows, inspects artifacts, rebuilds reports, runs the pool.
 
 Errors in the input (configuration, dataset, artifact) print one line naming the field or file
 and exit with status 2; ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -17,10 +18,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import ConfigError, MuscConfig
-from .data import DATASETS, DatasetError, UnreadableImage
-from .metrics import METRIC_NAMES
-from .store import ArtifactError
+from musc.inputs.config import ConfigError, MuscConfig
+from musc.inputs.datasets import DATASETS, DatasetError, UnreadableImage
+from musc.method.metrics import METRIC_NAMES
+from musc.store import ArtifactError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="MuSc zero-shot anomaly detection as a Prefect workflow with HDF5 artifacts.")
@@ -129,58 +130,80 @@ def demo(data: Path = typer.Option(Path("demo_data"), help="Where the synthetic 
 
     def go():
         _route_tracebacks(artifacts / "musc-errors.log")
-        from flows import demo_flow
+        from .demo import demo_flow
         return demo_flow(str(data), str(artifacts), seed)
     _print_metrics(_run_guarded(go))
 
 
-@app.command()
-def run(dataset: str = typer.Option(..., help=f"Dataset layout: {', '.join(DATASETS)}."),
-        root: Path = typer.Option(..., help="Dataset root folder."),
-        category: Optional[List[str]] = typer.Option(None, help="Category (repeat for several); default all."),
-        backbone: Optional[str] = typer.Option(None, help="open_clip model name, JSON config, or timm:<name>."),
-        pretrained: Optional[str] = typer.Option(None, help="open_clip tag, checkpoint file, or none."),
-        image_size: Optional[int] = typer.Option(None, help="Image size S (a multiple of the patch size)."),
-        layers: Optional[str] = typer.Option(None, help="0-based blocks, e.g. 5,11,17,23."),
-        r_list: Optional[str] = typer.Option(None, help="Aggregation degrees, e.g. 1,3,5."),
-        k_list: Optional[str] = typer.Option(None, help="RsCIN window sizes; default per dataset."),
-        device: Optional[str] = typer.Option(None, help="auto, cpu or cuda."),
-        msm_precision: Optional[str] = typer.Option(None, help="fp32, or bf16: screened in bf16, the same scores."),
-        artifacts: Path = typer.Option(Path("artifacts"), help="Artifact root."),
-        config: Optional[Path] = typer.Option(None, help="YAML run configuration (flags override it)."),
-        dask: Optional[str] = typer.Option(None, help="Run MSM tiles on Dask: 'local' or tcp://host:8786.")) -> None:
+# musc run: every configuration field has a flag; one table says which, so adding a field is one line.
+RUN_FLAGS = (  # (configuration field, value type, help)
+    ("backbone", str, "open_clip model name, JSON config, or timm:<name>."),
+    ("pretrained", str, "open_clip tag, checkpoint file, or none."),
+    ("image_size", int, "Image size S (a multiple of the patch size)."),
+    ("layers", "ints", "0-based blocks, e.g. 5,11,17,23."),
+    ("r_list", "ints", "Aggregation degrees, e.g. 1,3,5."),
+    ("k_list", "ints", "RsCIN window sizes; default per dataset."),
+    ("device", str, "auto, cpu or cuda."),
+    ("msm_precision", str, "fp32, or bf16: screened in bf16, the same scores."),
+)
+
+
+def _with_run_options(fn):
+    """Give ``fn(**options)`` the signature typer reads: the fixed options plus one per RUN_FLAGS row."""
+    fixed = [
+        ("dataset", str, typer.Option(..., help=f"Dataset layout: {', '.join(DATASETS)}.")),
+        ("root", Path, typer.Option(..., help="Dataset root folder.")),
+        ("category", Optional[List[str]], typer.Option(None, help="Category (repeat for several); default all.")),
+    ]
+    flags = [(field, Optional[int if kind is int else str], typer.Option(None, help=text))
+             for field, kind, text in RUN_FLAGS]
+    rest = [
+        ("artifacts", Path, typer.Option(Path("artifacts"), help="Artifact root.")),
+        ("config", Optional[Path], typer.Option(None, help="YAML run configuration (flags override it).")),
+        ("dask", Optional[str], typer.Option(None, help="Run MSM tiles on Dask: 'local' or tcp://host:8786.")),
+    ]
+    parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+                  for name, kind, default in fixed + flags + rest]
+    fn.__signature__ = inspect.Signature(parameters, return_annotation=None)
+    fn.__annotations__ = {p.name: p.annotation for p in parameters}
+    return fn
+
+
+@app.command("run")
+@_with_run_options
+def run(**options) -> None:
     """Score a dataset: extract, aggregate, score, classify, evaluate; reuses what is already done."""
     _prefect_environment()
+    dataset, root, artifacts = options["dataset"], options["root"], options["artifacts"]
 
     def go():
-        from .data import list_categories
-        chosen = list(category) if category else list_categories(dataset, root)
+        from musc.inputs.datasets import list_categories
+        chosen = list(options["category"] or []) or list_categories(dataset, root)
         if not chosen:
             raise DatasetError(f"root: no {dataset} categories found under {root}")
-        cfg = MuscConfig.from_yaml(config) if config else MuscConfig()
-        overrides = {"backbone": backbone, "pretrained": pretrained, "image_size": image_size,
-                     "layers": _int_list(layers, "layers"), "r_list": _int_list(r_list, "r_list"),
-                     "k_list": _int_list(k_list, "k_list"), "device": device, "msm_precision": msm_precision}
+        cfg = MuscConfig.from_yaml(options["config"]) if options["config"] else MuscConfig()
+        overrides = {field: _int_list(options[field], field) if kind == "ints" else options[field]
+                     for field, kind, _ in RUN_FLAGS}
         cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
         _preflight(cfg)
-        from flows import dataset_flow
-        from flows.category import check_inputs
+        from .category import checked_category
+        from .dataset import dataset_flow
         for name in chosen:
-            check_inputs(dataset, str(root), name, cfg)
+            checked_category(dataset, str(root), name, cfg)
         _route_tracebacks(artifacts / "musc-errors.log")
-        return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts), dask)
+        return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts), options["dask"])
     _print_metrics(_run_guarded(go))
 
 
 def _preflight(cfg: MuscConfig) -> None:
     """Reject a bad backbone configuration before any work starts (the field is named); say early
     when the bf16 screen cannot be built (MSM then runs in fp32, with the same scores)."""
-    from .backbone import load_backbone
+    from musc.inputs.backbones import backbone_for
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        load_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, cfg.layers, cfg.device, cfg.seed, cfg.quick_gelu)
+        backbone_for(cfg.extract)
     if cfg.msm_precision == "bf16":
-        from .screening import ScreeningUnavailable, kernels
+        from musc.method.screening import ScreeningUnavailable, kernels
         try:
             kernels()
         except ScreeningUnavailable as error:
@@ -191,7 +214,7 @@ def _preflight(cfg: MuscConfig) -> None:
 def inspect(path: Path = typer.Argument(..., help="An artifact (.h5)."),
             top: int = typer.Option(5, help="For evaluate artifacts: how many most anomalous images to list.")) -> None:
     """What an artifact holds: stage, config, provenance, datasets; metrics for evaluate artifacts."""
-    from .store import describe, open_artifact
+    from musc.store import describe, open_artifact
 
     def go():
         if not path.is_file():
@@ -203,9 +226,9 @@ def inspect(path: Path = typer.Argument(..., help="An artifact (.h5)."),
         out.print(f"digest: {info['digest']}  code: {attrs.get('code_version')}  created: {attrs.get('created')}")
         out.print("config: " + json.dumps(attrs.get("config"), sort_keys=True))
         out.print("inputs: " + json.dumps(attrs.get("inputs"), sort_keys=True)[:400])
-        table = Table("dataset", "shape dtype")
+        table = Table("dataset", "shape dtype", "meaning")
         for name, shape in info["datasets"].items():
-            table.add_row(name, shape)
+            table.add_row(name, shape, info["meanings"].get(name, ""))
         out.print(table)
         if attrs.get("stage") == "evaluate" and info["digest"]:
             artifact = open_artifact(path, "evaluate")
@@ -213,7 +236,7 @@ def inspect(path: Path = typer.Argument(..., help="An artifact (.h5)."),
             out.print("metrics (x100): " + ", ".join(
                 f"{k} {'n/a' if v is None else f'{v * 100:.2f}'}" for k, v in metrics.items()))
             out.print(f"threshold: {attrs['threshold']:.6g} ({attrs['threshold_rule']})")
-            from .rebuild import input_path
+            from musc.outputs.rebuild import input_path
             names = open_artifact(input_path(path, "extract")).read("names")
             import pandas as pd
             per_image = pd.read_csv(Path(attrs["outputs"]) / "per_image.csv")
@@ -229,7 +252,7 @@ def inspect(path: Path = typer.Argument(..., help="An artifact (.h5)."),
 def report_command(path: Path = typer.Argument(..., help="An evaluate artifact, or a folder holding them.")) -> None:
     """Rebuild figures and reports from artifacts alone, without recomputing any stage."""
     def go():
-        from .rebuild import rebuild_reports
+        from musc.outputs.rebuild import rebuild_reports
         for written in rebuild_reports(path):
             Console().print(f"report: {written}")
     _run_guarded(go)
@@ -247,7 +270,7 @@ def pool_add(pool: Path = typer.Option(..., help="The pool file (.h5); created i
              max_images: int = typer.Option(200, help="Pool size bound; the oldest images leave first.")) -> None:
     """Add the LNAMD features of a scored batch to the pool."""
     def go():
-        from .newbatch import add_run_to_pool
+        from musc.reference_pool import add_run_to_pool
         added, size = add_run_to_pool(pool, run, include_anomalous, max_images)
         Console().print(f"added {added} image(s); the pool holds {size}: {pool}")
     _run_guarded(go)
@@ -260,7 +283,7 @@ def score_new(pool: Path = typer.Option(..., help="The pool file (musc pool add)
               device: str = typer.Option("auto", help="auto, cpu or cuda.")) -> None:
     """Score new images against the pool plus each other (one image is enough)."""
     def go():
-        from .newbatch import score_new_images
+        from musc.reference_pool import score_new_images
         if not pool.is_file():
             raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
         for result in score_new_images(pool, images, out, device):

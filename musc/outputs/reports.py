@@ -1,0 +1,121 @@
+"""Reports a person reads: metrics tables (CSV, Markdown), report.md and report.html, and the
+category outputs of the evaluate stage (per-image CSV, figures) written from its artifacts."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..method.metrics import METRIC_NAMES
+from . import figures
+from .evaluation import Evaluation, pixel_usable
+
+
+def metrics_table(rows: dict[str, dict[str, float]], notes: dict[str, dict[str, str]],
+                  image_size: int, mask_rule: str) -> pd.DataFrame:
+    """One row per category plus the unweighted mean, x100, with the settings beside each row."""
+    table = pd.DataFrame.from_dict(rows, orient="index")[list(METRIC_NAMES)] * 100
+    if len(table) > 1:
+        table.loc["mean"] = table.mean(axis=0, skipna=False)
+    table["image_size"] = image_size
+    table["mask_binarisation"] = mask_rule
+    table["not_computed"] = [
+        "; ".join(f"{k}: {v}" for k, v in notes.get(index, {}).items()) for index in table.index]
+    table.index.name = "category"
+    return table
+
+
+def table_markdown(table: pd.DataFrame) -> str:
+    shown = table.copy()
+    for name in METRIC_NAMES:
+        shown[name] = shown[name].map(lambda v: "n/a" if pd.isna(v) else f"{v:.2f}")
+    header = "| " + " | ".join([shown.index.name or "", *shown.columns]) + " |"
+    rule = "|" + "---|" * (len(shown.columns) + 1)
+    lines = [header, rule] + ["| " + " | ".join([str(i), *map(str, row)]) + " |"
+                              for i, row in zip(shown.index, shown.itertuples(index=False))]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(folder: str | Path, title: str, table: pd.DataFrame, figures: dict[str, str],
+                 per_image_csv: str | None, artifacts: dict[str, str], threshold: dict[str, Any] | None,
+                 skipped: Sequence[str] = ()) -> Path:
+    """A Markdown report linking the table, figures and artifacts (paths relative to the report)."""
+    folder = Path(folder)
+    lines = [f"# {title}", "", "## Metrics (x100)", "", table_markdown(table)]
+    if len(skipped):
+        lines += ["## Skipped images (unreadable)", ""] + [f"- {message}" for message in skipped] + [""]
+    if threshold:
+        lines += ["## Thresholds", "", f"- image score: {threshold['value']:.6g} ({threshold['rule']})"]
+        if "pixel_value" in threshold:
+            lines += [f"- anomaly map (binary masks): {threshold['pixel_value']:.6g} ({threshold['pixel_rule']})"]
+        lines += [""]
+    if per_image_csv:
+        lines += ["## Per-image results", "", f"[{Path(per_image_csv).name}]({_relative(per_image_csv, folder)})", ""]
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{name}]({_relative(path, folder)})" for name, path in figures.items()] + [""]
+    lines += ["## Artifacts", ""] + [f"- {stage}: `{path}`" for stage, path in artifacts.items()] + [""]
+    report = folder / "report.md"
+    report.write_text("\n".join(lines))
+    write_html(report)
+    return report
+
+
+def write_html(markdown_file: Path) -> Path:
+    """report.html beside report.md: the same content, viewable in a browser with its figures."""
+    import markdown
+    body = markdown.markdown(markdown_file.read_text(), extensions=["tables"])
+    page = markdown_file.with_suffix(".html")
+    page.write_text("<!doctype html><html><head><meta charset='utf-8'><title>MuSc report</title><style>"
+                    "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+                    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}"
+                    f"</style></head><body>{body}</body></html>")
+    return page
+
+
+def _relative(path: str | Path, folder: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(folder.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def write_outputs(extract, classify, evaluation: Evaluation, folder: str | Path, overlays: str = "set",
+                  evaluate_path: str = "") -> Path:
+    """Per-image CSV, metrics CSV/Markdown, figures and report.md in ``folder``, from an extract and a
+    classify artifact and what the evaluation decided. Returns the report's path."""
+    folder = Path(folder)
+    labels, has_mask = extract.read("labels"), extract.read("has_mask")
+    maps, masks = classify.read("maps"), extract.read("masks")
+    raw, scores = classify.read("image_scores_raw"), classify.read("image_scores")
+    names, paths = extract.read("names"), extract.read("paths")
+    category = extract.config["category"]
+    notes = evaluation.notes
+
+    for sub in ("overlays", "binary_masks"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    per_image = evaluation.per_image.copy()
+    per_image.insert(per_image.columns.get_loc("decision") + 1, "map_png",
+                     figures.render_overlays(folder / "overlays", paths, names, maps, masks, has_mask, scores, overlays))
+    per_image["mask_png"] = figures.save_binary_masks(folder / "binary_masks", names, maps,
+                                                      evaluation.pixel_threshold)
+    per_image.to_csv(folder / "per_image.csv", index=False)
+    table = metrics_table({category: evaluation.metrics}, {category: notes}, int(extract.config["image_size"]),
+                          extract.attrs.get("mask_rule", ""))
+    table.to_csv(folder / "metrics.csv")
+    (folder / "metrics.md").write_text(table_markdown(table))
+    shown = {"score histograms": figures.save_histograms(labels, raw, scores, folder / "histograms.png")}
+    if "image" not in notes:
+        shown["image ROC/PR"] = figures.save_curves(labels, scores, folder / "curves_image.png", "image")
+    if "pixel" not in notes:
+        usable = pixel_usable(labels, has_mask)
+        shown["pixel ROC/PR"] = figures.save_curves(masks[usable].ravel(), maps[usable].ravel(),
+                                                    folder / "curves_pixel.png", "pixel")
+    return write_report(folder, f"MuSc results: {extract.config['dataset']} / {category}", table, shown,
+                        str(folder / "per_image.csv"),
+                        {"extract": str(extract.path), "classify": str(classify.path), "evaluate": evaluate_path},
+                        {"value": evaluation.threshold, "rule": evaluation.rule,
+                         "pixel_value": evaluation.pixel_threshold, "pixel_rule": evaluation.pixel_rule},
+                        list(extract.read("skipped")))

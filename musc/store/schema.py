@@ -1,0 +1,152 @@
+"""The artifact format, declared once: for each stage, its HDF5 datasets (meaning, dtype, shape)
+and attributes, and the version of the code that writes it.
+
+The writer (``write_artifact``) refuses a dataset that is not declared here and checks that every
+required one is present; ``Artifact.read`` refuses names that are not declared; ``musc inspect``
+prints the meanings; docs/ARTIFACTS.md is generated from this module (a test keeps them equal:
+``python -m musc.store.schema > docs/ARTIFACTS.md``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+PACKAGE_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str            # "<r>" stands for a number (pool: one dataset per degree)
+    dtype: str
+    shape: str
+    meaning: str
+    required: bool = True
+
+    def matches(self, name: str) -> bool:
+        return re.fullmatch(re.escape(self.name).replace(re.escape("<r>"), r"\d+"), name) is not None
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    version: str         # bump when a change to the stage's code changes its output
+    meaning: str
+    datasets: tuple[Field, ...] = ()
+    attrs: tuple[Field, ...] = ()
+    open_datasets: bool = False  # parts hold whatever their stage puts in them
+
+    @property
+    def code_version(self) -> str:
+        return f"musc-{PACKAGE_VERSION}/{self.name}-{self.version}"
+
+    def field(self, name: str) -> Field | None:
+        top = name.split("/", 1)[0]
+        return next((f for f in self.datasets if f.matches(top)), None)
+
+    def check_names(self, names, path) -> None:
+        """Every dataset declared, every required one present (ValueError naming the file)."""
+        if self.open_datasets:
+            return
+        undeclared = sorted(n for n in names if self.field(n) is None)
+        if undeclared:
+            raise ValueError(f"{path}: dataset {undeclared[0]!r} is not declared for stage {self.name!r} "
+                             f"(musc/store/schema.py)")
+        missing = [f.name for f in self.datasets if f.required and "<r>" not in f.name
+                   and not any(f.matches(n) for n in names)]
+        if missing:
+            raise ValueError(f"{path}: stage {self.name!r} needs dataset {missing[0]!r}")
+
+
+COMMON_ATTRS = (
+    Field("schema_version", "int", "", "version of this format (artifacts of another version are rebuilt)"),
+    Field("stage", "str", "", "the stage that wrote the file"),
+    Field("config", "JSON", "", "the stage's settings"),
+    Field("inputs", "JSON", "", "digests (SHA-256) of the inputs: upstream artifacts or image files"),
+    Field("code_version", "str", "", "package and stage code version (part of the cache key)"),
+    Field("created", "str", "", "creation time, ISO 8601"),
+    Field("complete", "bool", "", "written last: a file without it is a partial write"),
+)
+
+STAGES: dict[str, Stage] = {s.name: s for s in (
+    Stage("extract", "1", "patch tokens and image embeddings of every readable image", datasets=(
+        Field("tokens", "float32", "(layers, N, 1+L, C)", "tokens of each chosen block; index 0 is the class token"),
+        Field("embeddings", "float32", "(N, D)", "L2-normalised image embeddings (RsCIN's similarity)"),
+        Field("masks", "uint8", "(N, S, S)", "ground-truth masks resized to S and binarised (0/1; zeros if none)"),
+        Field("names", "str", "(N,)", "image names relative to the category folder"),
+        Field("paths", "str", "(N,)", "absolute image paths"),
+        Field("defect_types", "str", "(N,)", "defect folder of each image ('good' for normal MVTec images)"),
+        Field("labels", "int64", "(N,)", "1 anomalous, 0 normal, -1 unknown"),
+        Field("has_mask", "bool", "(N,)", "whether a ground-truth mask exists"),
+        Field("skipped", "str", "(n_skipped,)", "unreadable files that were left out, with the reason"),
+    ), attrs=(
+        Field("backbone", "str", "", "the backbone as loaded (model, weights, blocks, patch size)"),
+        Field("mask_rule", "str", "", "how resized masks were binarised: truncate or nonzero"),
+        Field("n_skipped", "int", "", "number of unreadable files left out"),
+    )),
+    Stage("aggregate", "1", "LNAMD features of one degree r", datasets=(
+        Field("features", "float32", "(layers, N, L, C)", "LayerNorm, r x r neighbourhood mean, L2 normalisation"),
+    )),
+    Stage("score", "1", "MSM patch scores of one degree r", datasets=(
+        Field("scores", "float64", "(layers, N, L)", "mean of each patch's smallest nearest-patch distances to "
+                                                     "the other images"),
+    )),
+    Stage("classify", "1", "anomaly maps and image scores", datasets=(
+        Field("patch_map", "float64", "(N, L)", "patch scores averaged over layers and degrees"),
+        Field("maps", "float64", "(N, S, S)", "anomaly maps: the patch map upsampled bilinearly to S"),
+        Field("image_scores_raw", "float64", "(N,)", "maximum of each map"),
+        Field("image_scores", "float32|float64", "(N,)", "image scores after RsCIN (the final scores)"),
+    )),
+    Stage("evaluate", "1", "metrics, thresholds and decisions (reports in the folder beside it)", datasets=(
+        Field("metrics", "group of float64", "()", "each metric as a fraction; NaN where not computed"),
+        Field("ranking", "int64", "(N,)", "image indices, most anomalous first"),
+        Field("decisions", "int8", "(N,)", "1 anomalous, 0 normal, at the image threshold"),
+    ), attrs=(
+        Field("metrics", "JSON", "", "the metrics, null where not computed"),
+        Field("notes", "JSON", "", "why a metric group was not computed"),
+        Field("threshold", "float", "", "image-score threshold"),
+        Field("threshold_rule", "str", "", "how the image threshold was chosen"),
+        Field("pixel_threshold", "float", "", "anomaly-map threshold of the binary masks"),
+        Field("pixel_threshold_rule", "str", "", "how the pixel threshold was chosen"),
+        Field("category", "str", "", "category name"),
+        Field("dataset", "str", "", "dataset layout"),
+        Field("outputs", "str", "", "the folder of reports and figures when written"),
+    )),
+    Stage("pool", "1", "a reference pool: LNAMD features of earlier images", datasets=(
+        Field("features_r<r>", "float32", "(layers, P, L, C)", "LNAMD features of degree r of the pool images"),
+        Field("names", "str", "(P,)", "category/name of each pool image"),
+        Field("added", "float64", "(P,)", "when each image was added (Unix time)"),
+    )),
+    Stage("part", "1", "one batch or tile of a long stage, kept for resuming", open_datasets=True),
+)}
+
+
+def stage_schema(stage: str) -> Stage:
+    try:
+        return STAGES[stage]
+    except KeyError:
+        raise ValueError(f"stage: unknown stage {stage!r} (known: {', '.join(STAGES)})") from None
+
+
+def markdown() -> str:
+    """The format as a Markdown document (docs/ARTIFACTS.md)."""
+    lines = ["# Artifact format", "",
+             f"Generated from `musc/store/schema.py` (schema version {SCHEMA_VERSION}); do not edit by hand.", "",
+             "Every artifact is `<stage>/<key>.h5` with a manifest `<key>.json` (SHA-256 and size). "
+             "Shapes: N images, L patches per image, C channels, S image size, P pool images.", "",
+             "## Attributes of every artifact", "", "| attribute | type | meaning |", "|---|---|---|"]
+    lines += [f"| `{f.name}` | {f.dtype} | {f.meaning} |" for f in COMMON_ATTRS]
+    for stage in STAGES.values():
+        if stage.open_datasets:
+            continue
+        lines += ["", f"## {stage.name}: {stage.meaning}", "", "| dataset | dtype | shape | meaning |",
+                  "|---|---|---|---|"]
+        lines += [f"| `{f.name}` | {f.dtype} | {f.shape} | {f.meaning} |" for f in stage.datasets]
+        if stage.attrs:
+            lines += ["", "| attribute | type | meaning |", "|---|---|---|"]
+            lines += [f"| `{f.name}` | {f.dtype} | {f.meaning} |" for f in stage.attrs]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(markdown(), end="")
