@@ -30,12 +30,27 @@ def test_outputs_layout_and_metrics(reference_run):
     assert not list(artifacts.rglob("*.parts")) and not list(artifacts.rglob(".*.tmp-*"))
 
 
-def test_second_run_recomputes_nothing(tiny_dataset, tmp_path):
+def test_second_run_recomputes_nothing_and_reads_each_artifact_once(tiny_dataset, tmp_path, monkeypatch):
     run_category(tiny_dataset, tmp_path)
     before = snapshot(tmp_path)
-    run_category(tiny_dataset, tmp_path)
-    run_category(tiny_dataset, tmp_path)  # the third run is answered by Prefect's cache
+    store.files._verified.clear()  # as in a new process
+    reads = []
+    original = store.files._verify_file
+    monkeypatch.setattr(store.files, "_verify_file", lambda path, stage: reads.append(path) or original(path, stage))
+    from flows import category_flow
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    state = category_flow("mvtec_ad", str(tiny_dataset), "fabric", TINY_CONFIG, str(tmp_path), return_state=True)
+    result = state.result()
     assert snapshot(tmp_path) == before
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
+    assert sorted(r.name.split("-")[0] for r in task_runs) == sorted(["extract", "aggregate", "aggregate", "score", "score",
+                                                                       "classify", "evaluate"])
+    assert {r.state.name for r in task_runs} == {"Cached"}  # what the UI shows for a reused stage
+    stages = [result["extract"], *result["scores"], result["classify"], result["evaluate"]]
+    assert sorted(map(str, reads)) == sorted({ref["path"] for ref in stages} | {
+        str(p) for p in tmp_path.rglob("aggregate/*.h5")}), "each artifact is read and hashed once per run"
 
 
 def test_changing_r_list_reruns_only_the_new_degree(tiny_dataset, tmp_path):
