@@ -293,7 +293,7 @@ def pool_info(pool: Path = typer.Argument(..., help="The pool file (.h5)."),
         if not pool.is_file():
             raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
         info = PoolFile(pool).info()
-        settings, out = info["settings"], Console()
+        settings, out = info["settings"], Console(soft_wrap=True)
         out.print(f"[bold]{pool}[/]: {info['images']} image(s) of category {settings['category']!r} "
                   f"(at most {info['max_images']}), features (L, C) = {tuple(info['feature_shape'])}")
         out.print("features: " + json.dumps(settings["features"], sort_keys=True))
@@ -330,8 +330,9 @@ def score_new(pool: Path = typer.Option(..., help="The pool file (musc pool add)
             raise ConfigError(f"--false-alarm-rate: must be in [0, 1), got {false_alarm_rate}")
         result = score_new_images(pool, images, out, DecisionRule(threshold, false_alarm_rate), device)
         for row in result["rows"]:
-            Console().print(f"{row['path']}: score {row['score']:.4f}  {row['decision']}  map {row['map_png']}")
-        Console().print(f"threshold {result['threshold']:.6g} ({result['rule']}); scores: {Path(out) / 'scores.csv'}")
+            Console(soft_wrap=True).print(f"{row['path']}: score {row['score']:.4f}  {row['decision']}  "
+                                          f"map {row['map_png']}")
+        Console(soft_wrap=True).print(f"threshold {result['threshold']:.6g} ({result['rule']}); scores: {Path(out) / 'scores.csv'}")
     _run_guarded(go)
 
 
