@@ -2,8 +2,6 @@
 decisions, maps, the memory-bounded reader; the aligned-parts option."""
 import os
 import shutil
-import subprocess
-import sys
 import warnings
 
 import numpy as np
@@ -145,9 +143,12 @@ def test_map_names_are_distinct_whatever_the_file_names(tmp_path):
 
 
 def cli(*args):
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    """The musc command, in this process (output and exit status as on a terminal)."""
+    from typer.testing import CliRunner
+    from flows.cli import app
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    result.returncode = result.exit_code
+    return result
 
 
 NON_DEFAULT = {"topmin_min": 0.1, "topmin_max": 0.6, "aligned_radius": 1}
