@@ -92,6 +92,9 @@ class PoolFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         artifact = open_artifact(self.path, "pool")
+        if artifact.attrs.get("code_version") != stage_schema("pool").code_version:
+            raise PoolError(f"{self.path}: a pool written by another version of musc-flow "
+                            f"({artifact.attrs.get('code_version') or 'unknown'}); rebuild it with musc pool add")
         self.digest = artifact.digest
         self.settings = PoolSettings.from_config(artifact.config["settings"])
         self.max_images = int(artifact.config["max_images"])
@@ -139,9 +142,10 @@ def leave_one_out_scores(read: Callable[[int, int], Callable[[int, int], torch.T
 
 
 def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images], max_images: int,
-               inputs: dict[str, str]) -> int:
+               inputs: dict[str, str], calibrate: bool = True) -> int:
     """Write the pool made of ``parts`` in order (oldest first), keeping the newest ``max_images``;
-    streamed image by image, then calibrated. Returns the number of images kept."""
+    streamed image by image, then calibrated (leave-one-out scores; ``calibrate=False`` leaves them
+    empty: a fixed threshold is then needed). Returns the number of images kept."""
     if max_images < 1:
         raise PoolError(f"max_images: must be at least 1, got {max_images}")
     owners = [(part, index) for part in parts for index in range(len(part))][-max_images:]
@@ -164,7 +168,7 @@ def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images]
 
         def reader(r: int, layer: int) -> Callable[[int, int], torch.Tensor]:
             return lambda a, b: torch.from_numpy(f[f"features_r{r}"][layer, a:b])
-        f.create_dataset("self_scores", data=leave_one_out_scores(reader, len(owners), settings))
+        f.create_dataset("self_scores", data=leave_one_out_scores(reader, len(owners) if calibrate else 0, settings))
 
     write_artifact(path, "pool", {"settings": settings.to_config(), "max_images": int(max_images)}, inputs,
                    {"names": np.array([p.names[i] for p, i in owners] or [], dtype=object),
