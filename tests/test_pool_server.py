@@ -114,4 +114,19 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     payload = events[0]["payload"]
     assert payload["day"] == day and payload["count"] == 3 and payload["anomalous"] == len(anomalous)
     assert sorted(p["path"] for p in payload["anomalous_parts"]) == sorted(anomalous["path"])
+    assert events[0]["resource"]["prefect.resource.id"] == "musc.pool.line3"
     assert events[0]["resource"]["musc.anomalous"] == ("true" if len(anomalous) else "false")
+
+
+def test_the_readme_automation_matches_the_event():
+    """configs/automation-daily.yaml is a valid Prefect automation whose trigger takes the daily
+    event of a day with anomalous parts, and not one without."""
+    import yaml
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.events.schemas.events import Resource
+    automation = AutomationCore.model_validate(yaml.safe_load((ROOT / "configs/automation-daily.yaml").read_text())
+                                               ["automations"][0])
+    resource = {"prefect.resource.id": "musc.pool.line3", "musc.day": "2026-11-27"}
+    assert automation.trigger.expect == {"musc.daily.scored"}
+    assert automation.trigger.match.includes([Resource.model_validate({**resource, "musc.anomalous": "true"})])
+    assert not automation.trigger.match.includes([Resource.model_validate({**resource, "musc.anomalous": "false"})])
