@@ -40,12 +40,21 @@ def make_pool(path: Path, args) -> None:
                args.pool_images, {}, calibrate=False)
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss it does not carry over the
+    parent's peak across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def score(path: str, n_new: int, block: int) -> dict:
     """Score n_new random images against the pool exactly as score_new_images does after extraction."""
     import torch
     from musc.reference_pool import PoolFile
     from musc.reference_pool.scoring import in_memory, mutual_votes, patch_scores
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = peak_rss_mb()
     started = time.perf_counter()
     pool = PoolFile(path)
     verified = time.perf_counter() - started
@@ -56,7 +65,7 @@ def score(path: str, n_new: int, block: int) -> dict:
         for layer in range(len(pool.settings.layers)):
             new = torch.nn.functional.normalize(torch.randn(n_new, n_patches, channels, generator=generator), dim=-1)
             patch_scores(mutual_votes(in_memory(new), n_new, pool.reader(r, layer), len(pool), rule), rule)
-    return {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    return {"peak_rss_mb": peak_rss_mb(),
             "after_imports_mb": baseline, "seconds": time.perf_counter() - started, "verify_seconds": verified}
 
 
