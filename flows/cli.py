@@ -267,27 +267,72 @@ def pool_add(pool: Path = typer.Option(..., help="The pool file (.h5); created i
              run: Path = typer.Argument(..., help="A category folder of a run (artifacts/<dataset>/<category>) "
                                                   "or its evaluate artifact."),
              include_anomalous: bool = typer.Option(False, help="Also add images judged anomalous."),
-             max_images: int = typer.Option(200, help="Pool size bound; the oldest images leave first.")) -> None:
-    """Add the LNAMD features of a scored batch to the pool."""
+             max_images: Optional[int] = typer.Option(None, help="Pool size bound (default: the pool's, else 200); "
+                                                                 "the oldest images leave first.")) -> None:
+    """Add the LNAMD features of a scored batch to the pool (one category, one set of settings, each run once)."""
     def go():
         from musc.reference_pool import add_run_to_pool
+        if max_images is not None and max_images < 1:
+            raise ConfigError(f"--max-images: must be at least 1, got {max_images}")
         added, size = add_run_to_pool(pool, run, include_anomalous, max_images)
         Console().print(f"added {added} image(s); the pool holds {size}: {pool}")
+        if size == 0:
+            Console().print("the pool is empty: this run had no image judged normal (--include-anomalous adds all)")
+    _run_guarded(go)
+
+
+@pool_app.command("info")
+def pool_info(pool: Path = typer.Argument(..., help="The pool file (.h5)."),
+              false_alarm_rate: float = typer.Option(0.01, help="Show the threshold calibrated at this rate.")) -> None:
+    """What a pool holds: category, settings, images, calibration."""
+    def go():
+        import time as _time
+
+        import numpy as np
+        from musc.reference_pool import PoolFile, calibrated_threshold
+        if not pool.is_file():
+            raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
+        info = PoolFile(pool).info()
+        settings, out = info["settings"], Console(soft_wrap=True)
+        out.print(f"[bold]{pool}[/]: {info['images']} image(s) of category {settings['category']!r} "
+                  f"(at most {info['max_images']}), features (L, C) = {tuple(info['feature_shape'])}")
+        out.print("features: " + json.dumps(settings["features"], sort_keys=True))
+        out.print(f"scoring: r_list {settings['r_list']}, topmin {settings['topmin_min']}-{settings['topmin_max']}, "
+                  f"aligned_radius {settings['aligned_radius']}, msm_precision {settings['msm_precision']}")
+        if info["images"]:
+            stamp = lambda t: _time.strftime("%Y-%m-%d %H:%M", _time.gmtime(t))  # noqa: E731
+            out.print(f"added between {stamp(info['oldest'])} and {stamp(info['newest'])} UTC")
+        if len(info["self_scores"]):
+            scores = info["self_scores"]
+            out.print(f"leave-one-out scores: min {scores.min():.4f}, median {float(np.median(scores)):.4f}, "
+                      f"max {scores.max():.4f}; threshold at false-alarm rate {false_alarm_rate:g}: "
+                      f"{calibrated_threshold(scores, false_alarm_rate):.6g}")
+        else:
+            out.print("no calibration yet (fewer than 2 images): score-new needs --threshold")
     _run_guarded(go)
 
 
 @app.command("score-new")
 def score_new(pool: Path = typer.Option(..., help="The pool file (musc pool add)."),
               images: List[Path] = typer.Argument(..., help="Image files to score."),
-              out: Path = typer.Option(Path("score_new"), help="Where maps (PNG, .npy) and scores.json go."),
+              out: Path = typer.Option(Path("score_new"), help="Where scores.csv and maps/ go."),
+              threshold: Optional[float] = typer.Option(None, help="Fixed image-score threshold (default: "
+                                                                   "calibrated on the pool)."),
+              false_alarm_rate: float = typer.Option(0.01, help="Calibrated threshold: the fraction of the pool's "
+                                                               "own leave-one-out scores allowed to reach it."),
               device: str = typer.Option("auto", help="auto, cpu or cuda.")) -> None:
-    """Score new images against the pool plus each other (one image is enough)."""
+    """Score new images against the pool plus each other (one image is enough); decide normal/anomalous."""
     def go():
-        from musc.reference_pool import score_new_images
+        from musc.reference_pool import DecisionRule, score_new_images
         if not pool.is_file():
             raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
-        for result in score_new_images(pool, images, out, device):
-            Console().print(f"{result['image']}: score {result['score']:.4f}  map {result['map_png']}")
+        if not 0 <= false_alarm_rate < 1:
+            raise ConfigError(f"--false-alarm-rate: must be in [0, 1), got {false_alarm_rate}")
+        result = score_new_images(pool, images, out, DecisionRule(threshold, false_alarm_rate), device)
+        for row in result["rows"]:
+            Console(soft_wrap=True).print(f"{row['path']}: score {row['score']:.4f}  {row['decision']}  "
+                                          f"map {row['map_png']}")
+        Console(soft_wrap=True).print(f"threshold {result['threshold']:.6g} ({result['rule']}); scores: {Path(out) / 'scores.csv'}")
     _run_guarded(go)
 
 

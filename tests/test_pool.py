@@ -1,20 +1,26 @@
-"""Scoring new images against a reference pool; the aligned-parts option."""
+"""The reference pool: what it records and refuses, new images scored as inside the pooled batch,
+decisions, maps, the memory-bounded reader; the aligned-parts option."""
 import os
-import subprocess
-import sys
+import shutil
 import warnings
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
 import musc
 from conftest import DEMO_BACKBONE, TINY_CONFIG, run_category
+from musc import store
 from musc.inputs.datasets import load_category, load_image, load_mask
-from musc.method.msm import reference_mutual_scores
-from musc.reference_pool import Pool, pool_maps
 from musc.inputs.synthetic import make_dataset
+from musc.method.maps import anomaly_maps
+from musc.method.msm import reference_mutual_scores
+from musc.reference_pool import (DecisionRule, Images, PoolError, PoolFile, PoolSettings, calibrated_threshold,
+                                 map_names, score_against_pool, write_pool)
+from musc.reference_pool.pool import check_addition
+from musc.reference_pool.scoring import MsmRule, in_memory, mutual_votes, patch_scores
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +43,9 @@ def test_single_image_against_pool_matches_full_batch(demo_features):
     compared = 0
     for target in np.flatnonzero(labels)[:6]:
         pool_indices = [i for i in range(len(labels)) if i != target][:20]  # 20 earlier images
-        new = {r: [musc.aggregate(t[[target]], r) for t in tokens] for r in (1, 3, 5)}
-        pool = {r: [musc.aggregate(t[pool_indices], r) for t in tokens] for r in (1, 3, 5)}
-        maps, scores = pool_maps(new, pool, 128)
+        new = [[musc.aggregate(t[[target]], r) for t in tokens] for r in (1, 3, 5)]
+        pool = [[musc.aggregate(t[pool_indices], r) for t in tokens] for r in (1, 3, 5)]
+        maps, scores = anomaly_maps([score_against_pool(n, p) for n, p in zip(new, pool)], 128)
         alone = roc_auc_score(masks[target].ravel(), maps[0].ravel())
         in_batch = roc_auc_score(masks[target].ravel(), full["maps"][target].ravel())
         assert abs(alone - in_batch) <= 0.02, (target, alone, in_batch)
@@ -48,44 +54,159 @@ def test_single_image_against_pool_matches_full_batch(demo_features):
     assert compared == 6
 
 
-def test_pool_votes_equal_batch_scoring(demo_features):
-    """Scored against a pool, an image gets exactly the scores it would get in one batch with it."""
+@pytest.mark.parametrize("rule", [MsmRule(), MsmRule(0.1, 0.6, 1, block_size=2)])
+def test_pool_votes_read_block_by_block_equal_batch_scoring(demo_features, rule):
+    """New images against a pool read in blocks of 2 get exactly the batch's scores (mutual_scores,
+    the batch's function), for default and non-default window and aligned radius."""
     _, tokens, _, _ = demo_features
-    features = musc.aggregate(tokens[0][:9], 3)
-    batch = musc.mutual_scores(features)
-    from musc.reference_pool import score_against_pool
-    alone = score_against_pool([features[8:]], [features[:8]])[0]  # the one layer
+    features = musc.aggregate(tokens[0][:11], 3)
+    batch = musc.mutual_scores(features, rule.topmin_min, rule.topmin_max, radius=rule.aligned_radius)
+    reads = []
+
+    def pool(start, stop):
+        reads.append(stop - start)
+        return features[:8][start:stop]
+    new = features[8:]
+    alone = patch_scores(mutual_votes(in_memory(new), 3, pool, 8, rule), rule)
     np.testing.assert_allclose(alone.numpy(), batch[8:].numpy(), atol=1e-6)
+    assert max(reads) <= rule.block_size
 
 
-def test_pool_is_bounded_oldest_first():
+def fake_images(names, features, digests=None):
+    """Images for a pool from in-memory features {r: (layers, n, L, C)}."""
+    return Images(list(names), list(digests or names), np.arange(len(names), dtype=float),
+                  lambda r, layer, idx: features[r][layer, np.sort(idx)], features[1].shape[2:])
+
+
+def test_pool_is_bounded_oldest_first_and_calibrated_on_itself(tmp_path):
+    """The pool keeps the newest max_images; its leave-one-out scores are the image scores the batch
+    path gives the pool's images scored as one batch."""
+    torch.manual_seed(0)
+    features = {r: torch.nn.functional.normalize(torch.randn(2, 6, 16, 8), dim=-1).numpy() for r in (1, 3)}
+    settings = PoolSettings("fabric", {"image_size": 32, "layers": [0, 1]}, (1, 3))
+    path = tmp_path / "pool.h5"
+    assert write_pool(path, settings, [fake_images("abc", {r: f[:, :3] for r, f in features.items()})], 5, {}) == 3
+    first = PoolFile(path)
+    assert write_pool(path, settings, [first.images(), fake_images("def", {r: f[:, 3:] for r, f in features.items()})],
+                      5, {}) == 5
+    pool = PoolFile(path)
+    assert pool.names == list("bcdef") and pool.digests == list("bcdef") and pool.max_images == 5
+    kept = {r: torch.from_numpy(f[:, 1:]) for r, f in features.items()}
+    np.testing.assert_array_equal(pool.reader(3, 1)(0, 5).numpy(), kept[3][1].numpy())
+    batch = [torch.stack([musc.mutual_scores(kept[r][layer]) for layer in range(2)]) for r in (1, 3)]
+    np.testing.assert_allclose(pool.self_scores, anomaly_maps(batch, 32)[1], atol=1e-6)
+
+
+def test_decision_rule_calibrated_at_the_false_alarm_rate():
+    scores = np.random.default_rng(0).permutation(np.arange(1.0, 101.0))
+    for rate, flagged in ((0.05, 5), (0.2, 20), (0.001, 0), (0.0, 0)):
+        threshold = calibrated_threshold(scores, rate)
+        assert (scores >= threshold).sum() == flagged, rate
+        assert threshold > np.sort(scores)[-flagged - 1]
+    with pytest.raises(ValueError, match="false_alarm_rate"):
+        calibrated_threshold(scores, 1.0)
+    assert DecisionRule(threshold=0.5).apply(None) == (0.5, "fixed")
+
+
+def test_pool_refuses_other_categories_settings_and_duplicates(tmp_path):
     features = {1: np.zeros((1, 3, 4, 2), np.float32)}
-    pool = Pool({}, [], np.zeros(0), {"a": 1}, max_images=5)
-    pool.add(features, ["a", "b", "c"], {"a": 1})
-    pool.add(features, ["d", "e", "f"], {"a": 1})
-    assert pool.names == ["b", "c", "d", "e", "f"] and pool.features[1].shape[1] == 5
-    from musc.store import ArtifactError
-    with pytest.raises(ArtifactError, match="other settings"):
-        pool.add(features, ["g"], {"a": 2})
+    settings = PoolSettings("fabric", {"image_size": 32, "layers": [0], "backbone": "b"}, (1,), 0.0, 0.3, None)
+    write_pool(tmp_path / "pool.h5", settings, [fake_images("abc", features, ["d1", "d2", "d3"])], 10, {})
+    pool = PoolFile(tmp_path / "pool.h5")
+    new = fake_images(["x"], {1: features[1][:, :1]}, ["d9"])
+    check_addition(pool, settings, new)  # the same settings, new content: accepted
+    refusals = {
+        "category 'fabric'": (PoolSettings("washer", settings.features, (1,)), new),
+        r"image_size: 64 \(the pool: 32\)": (PoolSettings("fabric", {**settings.features, "image_size": 64}, (1,)), new),
+        "backbone": (PoolSettings("fabric", {**settings.features, "backbone": "other"}, (1,)), new),
+        r"aligned_radius: 1 \(the pool: None\)": (PoolSettings("fabric", settings.features, (1,), 0.0, 0.3, 1), new),
+        r"topmin_max: 0.5": (PoolSettings("fabric", settings.features, (1,), 0.0, 0.5), new),
+        r"r_list": (PoolSettings("fabric", settings.features, (1, 3)), new),
+        "already in the pool": (settings, fake_images(["y", "z"], {1: features[1][:, :2]}, ["d7", "d2"])),
+        "features of shape": (settings, fake_images(["x"], {1: np.zeros((1, 1, 9, 2), np.float32)}, ["d8"])),
+    }
+    for message, (other, images) in refusals.items():
+        with pytest.raises(PoolError, match=message) as refused:
+            check_addition(pool, other, images)
+        assert "\n" not in str(refused.value)
+    # bf16 screening gives the fp32 scores: a run screened in bf16 is not "other settings"
+    check_addition(pool, PoolSettings("fabric", settings.features, (1,), msm_precision="bf16"), new)
+    with pytest.raises(PoolError, match="max_images"):
+        write_pool(tmp_path / "other.h5", settings, [], 0, {})
 
 
-def test_pool_add_and_score_new_from_the_command_line(prefect_harness, tiny_dataset, tmp_path):
-    run_category(tiny_dataset, tmp_path / "artifacts")
+def test_map_names_are_distinct_whatever_the_file_names(tmp_path):
+    paths = [tmp_path / "day1/part.png", tmp_path / "day2/part.png", tmp_path / "day2/sub/part.png"]
+    assert map_names(paths) == ["day1__part", "day2__part", "day2__sub__part"]
+    both = map_names([tmp_path / "a/part.png", tmp_path / "a/part.jpg"])
+    assert len(set(both)) == 2
+
+
+def cli(*args):
+    """The musc command, in this process (output and exit status as on a terminal)."""
+    from typer.testing import CliRunner
+    from flows.cli import app
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    result.returncode = result.exit_code
+    return result
+
+
+NON_DEFAULT = {"topmin_min": 0.1, "topmin_max": 0.6, "aligned_radius": 1}
+
+
+def test_score_new_equals_the_batch_for_non_default_settings(prefect_harness, tiny_dataset, tmp_path):
+    """A batch scored whole, and the same batch less two images pooled: the two images scored new
+    against the pool get the whole batch's scores and maps (window 0.1-0.6, aligned radius 1).
+    The two share a file name (000.png) in different folders: two maps. The pool refuses the run a
+    second time, a run holding its images, and --max-images 0; an empty pool is explained."""
+    full = run_category(tiny_dataset, tmp_path / "full", **NON_DEFAULT)
+    part = tmp_path / "part"
+    shutil.copytree(tiny_dataset, part)
+    new = [tiny_dataset / "fabric/test/good/000.png", tiny_dataset / "fabric/test/hole/000.png"]
+    for image in new:
+        (part / image.relative_to(tiny_dataset)).unlink()
+    pooled = run_category(part, tmp_path / "part_artifacts", **NON_DEFAULT)
     pool_file = tmp_path / "pool.h5"
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    added = subprocess.run([sys.executable, "-m", "flows.cli", "pool", "add", "--pool", str(pool_file),
-                            str(tmp_path / "artifacts/mvtec_ad/fabric")], capture_output=True, text=True, env=env)
+    added = cli("pool", "add", "--pool", pool_file, "--include-anomalous", tmp_path / "part_artifacts/mvtec_ad/fabric")
     assert added.returncode == 0, added.stderr
-    pool = Pool.load(pool_file)
-    assert 0 < len(pool) <= 12 and set(pool.features) == set(TINY_CONFIG["r_list"])
-    image = next((tiny_dataset / "fabric/test/hole").glob("*.png"))
-    scored = subprocess.run([sys.executable, "-m", "flows.cli", "score-new", "--pool", str(pool_file), str(image),
-                             "--out", str(tmp_path / "new")], capture_output=True, text=True, env=env)
+    pool = PoolFile(pool_file)
+    batch_names = list(store.open_artifact(full["extract"]["path"]).read("names"))
+    assert len(pool) == len(batch_names) - 2
+    assert pool.settings.aligned_radius == 1 and pool.settings.topmin_min == 0.1 and pool.settings.topmin_max == 0.6
+    # calibration: the pool's leave-one-out scores are the pooled run's own batch scores
+    np.testing.assert_allclose(pool.self_scores, store.open_artifact(pooled["classify"]["path"]).read("image_scores_raw"),
+                               atol=1e-5)
+
+    scored = cli("score-new", "--pool", pool_file, *new, "--out", tmp_path / "new")
     assert scored.returncode == 0, scored.stderr
-    assert f"{image}: score" in scored.stdout
-    assert (tmp_path / "new" / f"{image.stem}_map.png").stat().st_size > 1000
-    anomaly_map = np.load(tmp_path / "new" / f"{image.stem}_map.npy")
-    assert anomaly_map.shape == (TINY_CONFIG["image_size"],) * 2
+    table = pd.read_csv(tmp_path / "new/scores.csv")
+    assert list(table.columns) == ["path", "score", "decision", "map_png"] and len(table) == 2
+    classified = store.open_artifact(full["classify"]["path"])
+    at = [batch_names.index(str(p.relative_to(tiny_dataset / "fabric/test"))) for p in new]
+    np.testing.assert_allclose(table["score"], classified.read("image_scores_raw")[at], atol=1e-5)
+    assert len(set(table["map_png"])) == 2
+    for row, index in zip(table.itertuples(), at):
+        assert os.path.getsize(row.map_png) > 1000
+        np.testing.assert_allclose(np.load(row.map_png.replace(".png", ".npy")), classified.read("maps")[index],
+                                   atol=1e-5)
+    threshold = calibrated_threshold(pool.self_scores, 0.01)
+    assert threshold > pool.self_scores.max()  # 10 pool images, 1%: no pool image would be flagged
+    assert list(table["decision"]) == ["anomalous" if s >= threshold else "normal" for s in table["score"]]
+    fixed = cli("score-new", "--pool", pool_file, new[1], "--threshold", "0", "--out", tmp_path / "fixed")
+    assert fixed.returncode == 0 and "anomalous" in fixed.stdout
+
+    info = cli("pool", "info", pool_file)
+    assert info.returncode == 0 and "category 'fabric'" in info.stdout and f"{len(pool)} image(s)" in info.stdout
+    for args, message in ((["--include-anomalous", tmp_path / "part_artifacts/mvtec_ad/fabric"], "already in the pool"),
+                          ([tmp_path / "full/mvtec_ad/fabric"], "already in the pool"),
+                          (["--max-images", "0", tmp_path / "full/mvtec_ad/fabric"], "--max-images")):
+        refused = cli("pool", "add", "--pool", pool_file, *args)
+        assert refused.returncode == 2 and message in refused.stderr and refused.stderr.count("\n") == 1, refused.stderr
+    assert PoolFile(pool_file).digest == pool.digest  # untouched
+
+    write_pool(tmp_path / "empty.h5", pool.settings, [], 10, {})
+    empty = cli("score-new", "--pool", tmp_path / "empty.h5", new[0])
+    assert empty.returncode == 2 and "the pool is empty" in empty.stderr
 
 
 def test_aligned_scoring_restricts_the_neighbourhood():
@@ -97,10 +218,3 @@ def test_aligned_scoring_restricts_the_neighbourhood():
     assert (narrow >= wide - 1e-6).all() and (narrow > wide + 1e-4).any()
     np.testing.assert_allclose(musc.mutual_scores(features, radius=1, block_size=3).numpy(), narrow.numpy(),
                                atol=1e-6)
-
-
-def test_aligned_option_runs_in_the_pipeline(prefect_harness, tiny_dataset, tmp_path):
-    result = run_category(tiny_dataset, tmp_path, aligned_radius=1)
-    from musc import store
-    assert store.open_artifact(result["scores"][0]["path"]).config["aligned_radius"] == 1
-    assert result["metrics"]["pixel_auroc"] > 0.5

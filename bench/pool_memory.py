@@ -1,0 +1,105 @@
+"""Peak resident memory of scoring new images against a large reference pool.
+
+Writes a synthetic pool file (random L2-normalised features, P images of L patches and C channels,
+for the given layers and degrees), then scores M new images against it in a fresh process with the
+pool service's own scoring path (musc.reference_pool: blocks of pool images read from the HDF5
+file, votes by musc.method.msm) and prints that process's peak RSS and time.
+
+    python bench/pool_memory.py                                  # 200 images, L=1369, C=1024, 1 layer, 1 degree
+    python bench/pool_memory.py --layers 4 --degrees 3           # the paper's full settings (13 GB pool file)
+
+Backbone extraction is left out (no weights offline): new images are random features too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def make_pool(path: Path, args) -> None:
+    from musc.reference_pool import Images, PoolSettings, write_pool
+    rng = np.random.default_rng(0)
+
+    def read(r, layer, indices):
+        block = rng.standard_normal((len(indices), args.patches, args.channels), dtype=np.float32)
+        return block / np.linalg.norm(block, axis=-1, keepdims=True)
+    degrees = tuple(range(1, 2 * args.degrees, 2))
+    settings = PoolSettings("synthetic", {"image_size": 518, "layers": list(range(args.layers))}, degrees)
+    names = [f"synthetic/{i:04d}" for i in range(args.pool_images)]
+    write_pool(path, settings, [Images(names, names, np.zeros(len(names)), read, (args.patches, args.channels))],
+               args.pool_images, {}, calibrate=False)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; unlike ru_maxrss it does not carry over the
+    parent's peak across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def score(path: str, n_new: int, block: int) -> dict:
+    """Score n_new random images against the pool exactly as score_new_images does after extraction."""
+    import torch
+    from musc.reference_pool import PoolFile
+    from musc.reference_pool.scoring import in_memory, mutual_votes, patch_scores
+    baseline = peak_rss_mb()
+    started = time.perf_counter()
+    pool = PoolFile(path)
+    verified = time.perf_counter() - started
+    rule = pool.settings.rule(block)
+    n_patches, channels = pool.feature_shape
+    generator = torch.Generator().manual_seed(1)
+    for r in pool.settings.r_list:
+        for layer in range(len(pool.settings.layers)):
+            new = torch.nn.functional.normalize(torch.randn(n_new, n_patches, channels, generator=generator), dim=-1)
+            patch_scores(mutual_votes(in_memory(new), n_new, pool.reader(r, layer), len(pool), rule), rule)
+    return {"peak_rss_mb": peak_rss_mb(),
+            "after_imports_mb": baseline, "seconds": time.perf_counter() - started, "verify_seconds": verified}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool-images", type=int, default=200)
+    parser.add_argument("--patches", type=int, default=1369)
+    parser.add_argument("--channels", type=int, default=1024)
+    parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--degrees", type=int, default=1)
+    parser.add_argument("--new", type=int, default=4, help="new images scored together")
+    parser.add_argument("--block", type=int, default=8, help="pool images read per block")
+    parser.add_argument("--dir", default=None, help="where the pool file is written (default: a temporary folder)")
+    parser.add_argument("--score-only", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.score_only:
+        print(json.dumps(score(args.score_only, args.new, args.block)))
+        return
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        path = Path(folder) / "pool.h5"
+        started = time.perf_counter()
+        make_pool(path, args)
+        size = path.stat().st_size / 2**30
+        print(f"pool: {args.pool_images} images, L={args.patches}, C={args.channels}, {args.layers} layer(s), "
+              f"{args.degrees} degree(s): {size:.2f} GiB file, written in {time.perf_counter() - started:.0f} s")
+        done = subprocess.run([sys.executable, __file__, "--score-only", str(path), "--new", str(args.new),
+                               "--block", str(args.block)], capture_output=True, text=True, check=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"scoring {args.new} new image(s) against it (block {args.block}): peak RSS {result['peak_rss_mb']:.0f} MB "
+          f"({result['after_imports_mb']:.0f} MB after imports), {result['seconds']:.0f} s "
+          f"(of which {result['verify_seconds']:.0f} s verifying the pool's SHA-256)")
+    print(f"the whole pool would be {size * 1024:.0f} MB in memory; peak RSS is "
+          f"{result['peak_rss_mb'] / (size * 1024):.2f} of it")
+
+
+if __name__ == "__main__":
+    main()

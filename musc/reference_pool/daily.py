@@ -1,0 +1,105 @@
+"""A production day: its summary, the history of days kept beside the pool, the trend plot, heat-map
+thumbnails and the day's report. Plain files; the daily-folder flow (flows/pool.py) publishes them
+to Prefect."""
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..outputs.figures import _pyplot
+from ..outputs.reports import write_html
+
+HISTORY_COLUMNS = ("day", "count", "anomalous", "anomalous_rate", "score_q50", "score_q90", "score_q99",
+                   "score_max", "threshold", "pool_size")
+
+
+def history_path(pool_path: str | Path) -> Path:
+    """The history of daily summaries, beside the pool: <pool>.history.csv."""
+    pool_path = Path(pool_path)
+    return pool_path.with_name(pool_path.stem + ".history.csv")
+
+
+def day_summary(day: str, rows: Sequence[dict], threshold: float, pool_size: int) -> dict[str, Any]:
+    scores = np.array([row["score"] for row in rows], dtype=np.float64)
+    anomalous = sum(row["decision"] == "anomalous" for row in rows)
+    return {"day": day, "count": len(rows), "anomalous": int(anomalous),
+            "anomalous_rate": anomalous / len(rows) if rows else 0.0,
+            **{f"score_q{int(q * 100)}": float(np.quantile(scores, q)) if rows else float("nan")
+               for q in (0.5, 0.9, 0.99)},
+            "score_max": float(scores.max()) if rows else float("nan"), "threshold": float(threshold),
+            "pool_size": int(pool_size)}
+
+
+def append_history(path: str | Path, summary: dict[str, Any]) -> pd.DataFrame:
+    """Add the day's summary to the history (a rerun of a day replaces that day's row); sorted by day."""
+    path = Path(path)
+    history = pd.read_csv(path, dtype={"day": str}) if path.is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
+    history = history[history["day"] != summary["day"]]
+    row = pd.DataFrame([summary], columns=HISTORY_COLUMNS)
+    history = row if history.empty else pd.concat([history, row], ignore_index=True)
+    history = history.sort_values("day").reset_index(drop=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    history.to_csv(tmp, index=False)
+    tmp.replace(path)
+    return history
+
+
+def plot_trends(history: pd.DataFrame, path: str | Path) -> str:
+    """Daily anomalous rate (left) and score quantiles with the threshold (right)."""
+    plt = _pyplot()
+    days = list(history["day"])
+    fig, (rate, scores) = plt.subplots(1, 2, figsize=(9, 3.2))
+    rate.plot(days, history["anomalous_rate"] * 100, marker="o")
+    rate.set_ylabel("anomalous parts (%)")
+    rate.set_title("daily anomalous rate", fontsize=9)
+    for column, style in (("score_q50", "-o"), ("score_q90", "-s"), ("score_q99", "-^"), ("threshold", "--")):
+        scores.plot(days, history[column], style, label=column.replace("score_", ""))
+    scores.set_title("daily score quantiles", fontsize=9)
+    scores.legend(fontsize=7)
+    for axis in (rate, scores):
+        axis.tick_params(axis="x", labelrotation=45, labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return str(path)
+
+
+def thumbnail(anomaly_map: np.ndarray, size: int = 64, vmax: float | None = None) -> str:
+    """A small heat-map PNG as a data URI (for Markdown where the UI shows it)."""
+    from PIL import Image
+    plt = _pyplot()
+    values = np.asarray(anomaly_map, dtype=np.float64)
+    top = vmax if vmax is not None else (values.max() or 1.0)
+    rgba = plt.get_cmap("jet")(np.clip(values / top, 0, 1))
+    picture = Image.fromarray((rgba[..., :3] * 255).astype(np.uint8)).resize((size, size))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def ordered(rows: Sequence[dict]) -> list[dict]:
+    """Anomalous parts first, then by score, highest first."""
+    return sorted(rows, key=lambda row: (row["decision"] != "anomalous", -row["score"]))
+
+
+def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence[dict], rule: str,
+                     trend_png: str) -> Path:
+    """report.md (+ report.html) in the day's output folder: the counts, the trend plot, the parts."""
+    folder = Path(folder)
+    lines = [f"# Parts of {summary['day']}", "",
+             f"{summary['count']} part(s) scored against a pool of {summary['pool_size']}; "
+             f"**{summary['anomalous']} anomalous** (threshold {summary['threshold']:.6g}, {rule}).", "",
+             "## Trend", "", f"![trend]({Path(trend_png).name})", "",
+             "## Parts (anomalous first)", "", "| path | score | decision | map |", "|---|---|---|---|"]
+    for row in ordered(rows):
+        relative = Path(row["map_png"]).relative_to(folder) if Path(row["map_png"]).is_relative_to(folder) else row["map_png"]
+        lines.append(f"| {row['path']} | {row['score']:.4f} | {row['decision']} | ![map]({relative}) |")
+    report = folder / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    write_html(report)
+    return report

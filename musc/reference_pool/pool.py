@@ -1,0 +1,202 @@
+"""The pool file: a first-class artifact (stage ``pool`` in musc/store/schema.py).
+
+It holds the LNAMD features of earlier images, per degree (layers, P, L, C), chunked one image and
+layer at a time so that scoring reads it block by block; the name and content digest (SHA-256) of
+each image and when it was added; the leave-one-out score of each pool image against the rest of
+the pool (the calibration of the decision threshold); and, in its config, what every image in it
+was made with (``PoolSettings``): category, backbone and feature settings, image size, layers,
+degrees, scoring settings. Images made otherwise are refused, never mixed in.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from ..store import ArtifactError, open_artifact, write_artifact
+from ..store.schema import stage_schema
+from .scoring import MsmRule, image_scores, mutual_votes, patch_scores
+
+DEFAULT_MAX_IMAGES = 200
+
+
+class PoolError(ArtifactError):
+    """A pool refuses an operation; one line saying why."""
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """What the pool's images were made and scored with; new images are extracted and scored the same way."""
+    category: str
+    features: dict[str, Any]          # the extract stage's backbone settings (backbone, weights, image_size, layers, ...)
+    r_list: tuple[int, ...]
+    topmin_min: float = 0.0
+    topmin_max: float = 0.3
+    aligned_radius: int | None = None
+    msm_precision: str = "fp32"       # how, not what: the bf16 screen gives the fp32 scores; not compared
+    COMPARED = ("category", "features", "r_list", "topmin_min", "topmin_max", "aligned_radius")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.features["image_size"])
+
+    @property
+    def layers(self) -> list[int]:
+        return [int(layer) for layer in self.features["layers"]]
+
+    def rule(self, block_size: int = 8) -> MsmRule:
+        return MsmRule(self.topmin_min, self.topmin_max, self.aligned_radius, self.msm_precision, block_size)
+
+    def to_config(self) -> dict[str, Any]:
+        return {**asdict(self), "r_list": [int(r) for r in self.r_list]}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "PoolSettings":
+        return cls(**{**config, "r_list": tuple(int(r) for r in config["r_list"])})
+
+    def differences(self, other: "PoolSettings") -> list[str]:
+        """'field: theirs (the pool: ours)' for every compared setting that differs."""
+        found = []
+        for name in self.COMPARED:
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if name == "features":
+                found += [f"{key}: {theirs.get(key)!r} (the pool: {mine.get(key)!r})"
+                          for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
+            elif mine != theirs:
+                found.append(f"{name}: {theirs!r} (the pool: {mine!r})")
+        return found
+
+
+@dataclass
+class Images:
+    """Images to put in a pool: names, content digests, when added, and a reader of their features
+    ``read(r, layer, indices) -> (n, L, C)``."""
+    names: list[str]
+    digests: list[str]
+    added: np.ndarray
+    read: Callable[[int, int, np.ndarray], np.ndarray]
+    shape: tuple[int, int] = field(default=(0, 0))  # (L, C)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+class PoolFile:
+    """A pool artifact opened for reading (digest verified once); features are read block by block."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        artifact = open_artifact(self.path, "pool")
+        if artifact.attrs.get("code_version") != stage_schema("pool").code_version:
+            raise PoolError(f"{self.path}: a pool written by another version of musc-flow "
+                            f"({artifact.attrs.get('code_version') or 'unknown'}); rebuild it with musc pool add")
+        self.digest = artifact.digest
+        self.settings = PoolSettings.from_config(artifact.config["settings"])
+        self.max_images = int(artifact.config["max_images"])
+        self.names = [str(n) for n in artifact.read("names")]
+        self.digests = [str(d) for d in artifact.read("digests")]
+        self.added = artifact.read("added")
+        self.self_scores = artifact.read("self_scores")
+        with h5py.File(self.path, "r") as f:
+            self.feature_shape = tuple(f[f"features_r{self.settings.r_list[0]}"].shape[2:])
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def reader(self, r: int, layer: int) -> Callable[[int, int], torch.Tensor]:
+        def read(start: int, stop: int) -> torch.Tensor:
+            with h5py.File(self.path, "r") as f:
+                return torch.from_numpy(f[f"features_r{r}"][layer, start:stop])
+        return read
+
+    def images(self) -> Images:
+        def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
+            with h5py.File(self.path, "r") as f:
+                return f[f"features_r{r}"][layer, np.sort(indices)]
+        return Images(self.names, self.digests, self.added, read, self.feature_shape)
+
+    def info(self) -> dict[str, Any]:
+        return {"path": str(self.path), "images": len(self), "max_images": self.max_images,
+                "settings": self.settings.to_config(), "feature_shape": list(self.feature_shape),
+                "oldest": float(self.added.min()) if len(self) else None,
+                "newest": float(self.added.max()) if len(self) else None,
+                "self_scores": self.self_scores}
+
+
+def leave_one_out_scores(read: Callable[[int, int], Callable[[int, int], torch.Tensor]], n_images: int,
+                         settings: PoolSettings) -> np.ndarray:
+    """Each pool image's score against the rest of the pool (the pool scored as one batch), read
+    block by block: the pool's own score distribution, which calibrates the decision threshold."""
+    if n_images < 2:
+        return np.zeros(0)
+    rule = settings.rule()
+    per_degree = [torch.stack([patch_scores(mutual_votes(read(r, layer), n_images, read(r, layer), 0, rule), rule)
+                               for layer in range(len(settings.layers))])
+                  for r in settings.r_list]
+    return image_scores(per_degree, settings.image_size)
+
+
+def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images], max_images: int,
+               inputs: dict[str, str], calibrate: bool = True) -> int:
+    """Write the pool made of ``parts`` in order (oldest first), keeping the newest ``max_images``;
+    streamed image by image, then calibrated (leave-one-out scores; ``calibrate=False`` leaves them
+    empty: a fixed threshold is then needed). Returns the number of images kept."""
+    if max_images < 1:
+        raise PoolError(f"max_images: must be at least 1, got {max_images}")
+    owners = [(part, index) for part in parts for index in range(len(part))][-max_images:]
+    n_layers = len(settings.layers)
+    n_patches, channels = next((p.shape for p in parts if p.shape != (0, 0)), (0, 0))
+
+    def fill(f: h5py.File) -> None:
+        for r in settings.r_list:
+            name = f"features_r{r}"
+            target = f.create_dataset(name, shape=(n_layers, len(owners), n_patches, channels), dtype="float32",
+                                      chunks=(1, 1, n_patches, channels) if owners and n_patches else None)
+            for layer in range(n_layers):
+                start = 0
+                for part in parts:
+                    chosen = np.array([i for p, i in owners if p is part], dtype=np.int64)
+                    for offset in range(0, chosen.size, 16):
+                        indices = chosen[offset:offset + 16]
+                        target[layer, start:start + indices.size] = part.read(r, layer, indices)
+                        start += indices.size
+
+        def reader(r: int, layer: int) -> Callable[[int, int], torch.Tensor]:
+            return lambda a, b: torch.from_numpy(f[f"features_r{r}"][layer, a:b])
+        f.create_dataset("self_scores", data=leave_one_out_scores(reader, len(owners) if calibrate else 0, settings))
+
+    write_artifact(path, "pool", {"settings": settings.to_config(), "max_images": int(max_images)}, inputs,
+                   {"names": np.array([p.names[i] for p, i in owners] or [], dtype=object),
+                    "digests": np.array([p.digests[i] for p, i in owners] or [], dtype=object),
+                    "added": np.array([p.added[i] for p, i in owners], dtype=np.float64)},
+                   code_version=stage_schema("pool").code_version, fill=fill)
+    return len(owners)
+
+
+def check_addition(pool: PoolFile | None, settings: PoolSettings, images: Images) -> None:
+    """Refuse (one line) images of another category, other settings, or already in the pool."""
+    if pool is None:
+        return
+    if pool.settings.category != settings.category:
+        raise PoolError(f"{pool.path}: the pool holds category {pool.settings.category!r}; this run is "
+                        f"{settings.category!r} (one pool per category)")
+    changed = pool.settings.differences(settings)
+    if changed:
+        raise PoolError(f"{pool.path}: this run was made with other settings than the pool's: {'; '.join(changed)}")
+    if len(pool) and images.shape != (0, 0) and tuple(images.shape) != tuple(pool.feature_shape):
+        raise PoolError(f"{pool.path}: features of shape {tuple(images.shape)} (L, C) differ from the pool's "
+                        f"{tuple(pool.feature_shape)}")
+    already = set(pool.digests)
+    repeated = [name for name, digest in zip(images.names, images.digests) if digest in already]
+    if repeated:
+        raise PoolError(f"{pool.path}: {len(repeated)} of these images are already in the pool (same content, "
+                        f"e.g. {repeated[0]}); a run is added once")
+
+
+def now(count: int) -> np.ndarray:
+    return np.full(count, time.time())

@@ -1,0 +1,179 @@
+"""The pool service: fill a pool from scored runs (``musc pool add``), score new images against it
+(``musc score-new``, the daily-folder flow) and decide normal or anomalous."""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..inputs.config import ExtractSettings
+from ..inputs.datasets import UnreadableImage, load_image
+from ..method.lnamd import aggregate
+from ..method.maps import anomaly_maps
+from ..outputs.evaluation import decisions
+from ..outputs.figures import save_overlay
+from ..outputs.rebuild import find_input
+from ..store import ArtifactError, open_artifact
+from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
+from .scoring import MsmRule, calibrated_threshold, in_memory, mutual_votes, patch_scores
+
+RUN_FIELDS = ("dataset", "root", "category")
+DEFAULT_FALSE_ALARM_RATE = 0.01
+SCORES_CSV_COLUMNS = ("path", "score", "decision", "map_png")
+
+
+def evaluation_in(path: str | Path) -> Path:
+    """An evaluate artifact, or the newest one under a category folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    candidates = sorted(path.glob("evaluate/*.h5"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ArtifactError(f"{path}: no evaluate artifact here (give a category folder of a run, or the .h5)")
+    return candidates[-1]
+
+
+def run_images(run: str | Path, include_anomalous: bool = False) -> tuple[PoolSettings, Images, str]:
+    """What a scored run would put in a pool: its settings, its images (normal-judged ones unless
+    ``include_anomalous``) with their features, and the run's evaluate digest."""
+    evaluate_path = evaluation_in(run)
+    evaluation = open_artifact(evaluate_path, "evaluate")
+    classify_path = find_input(evaluate_path, "classify", evaluation.inputs["classify"])
+    classify = open_artifact(classify_path, "classify")
+    extract = open_artifact(find_input(evaluate_path, "extract", evaluation.inputs["extract"]), "extract")
+    names = [str(n) for n in extract.read("names")]
+    keep = np.ones(len(names), bool) if include_anomalous else evaluation.read("decisions") == 0
+    aggregates, scoring = {}, None
+    for name, digest in classify.inputs.items():
+        if name.startswith("score_"):
+            score_path = find_input(classify_path, "score", digest)
+            score = open_artifact(score_path, "score")
+            scoring = score.config
+            aggregate_path = find_input(score_path, "aggregate", score.inputs["aggregate"])
+            aggregates[int(open_artifact(aggregate_path, "aggregate").config["r"])] = aggregate_path
+    if int(scoring.get("divide_num", 1)) > 1:
+        raise PoolError(f"{evaluate_path}: this run scored its images in {scoring['divide_num']} subsets "
+                        "(divide_num); a pool reproduces whole-batch scoring only")
+    settings = PoolSettings(str(extract.config["category"]),
+                            {k: v for k, v in extract.config.items() if k not in RUN_FIELDS},
+                            tuple(sorted(aggregates)), float(scoring["topmin_min"]), float(scoring["topmin_max"]),
+                            scoring.get("aligned_radius"), str(scoring.get("msm_precision", "fp32")))
+    chosen = np.flatnonzero(keep)
+
+    def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
+        return open_artifact(aggregates[r], "aggregate").read("features", (layer, chosen[np.sort(indices)]))
+    shape = tuple(open_artifact(aggregates[settings.r_list[0]], "aggregate").shape("features")[2:])
+    images = Images([f"{settings.category}/{names[i]}" for i in chosen],
+                    [extract.inputs[names[i]] for i in chosen], now(chosen.size), read, shape)
+    return settings, images, evaluation.digest
+
+
+def add_run_to_pool(pool_path: str | Path, run: str | Path, include_anomalous: bool = False,
+                    max_images: int | None = None) -> tuple[int, int]:
+    """Append a scored run's images to the pool (created if missing); returns (added, pool size).
+    Refused, with one line: another category, other settings, images already in the pool."""
+    if max_images is not None and max_images < 1:
+        raise PoolError(f"max_images: must be at least 1, got {max_images}")
+    settings, images, digest = run_images(run, include_anomalous)
+    pool = PoolFile(pool_path) if Path(pool_path).exists() else None
+    check_addition(pool, settings, images)
+    bound = max_images or (pool.max_images if pool else DEFAULT_MAX_IMAGES)
+    if pool is not None:  # the pool's own record of how it scores (precision) stays
+        settings = pool.settings
+    size = write_pool(pool_path, settings, ([pool.images()] if pool else []) + [images], bound,
+                      {"last_run": digest})
+    return len(images), size
+
+
+@dataclass(frozen=True)
+class DecisionRule:
+    """A fixed threshold, or one calibrated on the pool at a false-alarm rate (see ``calibrated_threshold``)."""
+    threshold: float | None = None
+    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+
+    def apply(self, pool: PoolFile) -> tuple[float, str]:
+        if self.threshold is not None:
+            return float(self.threshold), "fixed"
+        if not len(pool.self_scores):
+            raise PoolError(f"{pool.path}: a calibrated threshold needs a pool of at least 2 images "
+                            f"(it has {len(pool)}); add runs or give a fixed threshold")
+        return (calibrated_threshold(pool.self_scores, self.false_alarm_rate),
+                f"calibrated on the pool: at most {self.false_alarm_rate:g} of its {len(pool)} images' "
+                "leave-one-out scores reach it")
+
+
+def map_names(paths: Sequence[str | Path]) -> list[str]:
+    """One distinct file stem per image whatever the names: the path relative to the images' common
+    folder, '/' as '__' ('day1/part.png' -> 'day1__part'); the suffix is kept where stems collide."""
+    resolved = [Path(p).resolve() for p in paths]
+    base = Path(os.path.commonpath([p.parent for p in resolved])) if resolved else Path()
+    relative = [p.relative_to(base) for p in resolved]
+    stems = [str(r.with_suffix("")).replace(os.sep, "__") for r in relative]
+    if len(set(stems)) == len(stems):
+        return stems
+    return [str(r).replace(os.sep, "__").replace(".", "_") for r in relative]
+
+
+def _extract(pool: PoolFile, images: Sequence[str | Path], device: str) -> tuple[list[str], list, list[torch.Tensor]]:
+    from ..inputs.backbones import backbone_for
+    features = pool.settings.features
+    settings = ExtractSettings(**{k: (tuple(features[k]) if k == "layers" else features[k])
+                                  for k in ExtractSettings.TOKEN_FIELDS}, device=device, batch_size=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = backbone_for(settings)
+    loaded, names = [], []
+    for image in dict.fromkeys(str(i) for i in images):  # each file once
+        try:
+            loaded.append(load_image(image))
+            names.append(image)
+        except UnreadableImage as error:
+            warnings.warn(str(error), stacklevel=2)
+    if not loaded:
+        raise UnreadableImage("score-new: none of the images could be read")
+    batches = [backbone.extract(torch.stack([backbone.preprocess(i) for i in loaded[s:s + 4]]))[0]
+               for s in range(0, len(loaded), 4)]
+    return names, loaded, [torch.cat([b[layer] for b in batches]) for layer in range(len(batches[0]))]
+
+
+def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: str | Path,
+                     rule: DecisionRule = DecisionRule(), device: str = "auto") -> dict[str, Any]:
+    """Score new images against the pool plus each other, as one batch with the pool's settings;
+    decide; write ``scores.csv`` (path, score, decision, map_png) and one map per image in ``out``.
+    Returns {"rows": [...], "threshold", "rule", "pool_size", "maps": {path: map}}."""
+    pool = PoolFile(pool_path)
+    if not len(pool):
+        raise PoolError(f"{pool_path}: the pool is empty; add a scored run first (musc pool add)")
+    threshold, rule_text = rule.apply(pool)
+    names, loaded, tokens = _extract(pool, images, device)
+    settings = pool.settings
+    msm = settings.rule()
+    per_degree = []
+    for r in settings.r_list:
+        layers = []
+        for layer, layer_tokens in enumerate(tokens):
+            new = aggregate(layer_tokens, r)
+            layers.append(patch_scores(mutual_votes(in_memory(new), new.shape[0], pool.reader(r, layer), len(pool),
+                                                    msm), msm))
+        per_degree.append(torch.stack(layers))
+    maps, scores = anomaly_maps(per_degree, settings.image_size)
+    flags = decisions(scores, threshold)
+    out = Path(out)
+    (out / "maps").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, stem, image, anomaly_map, score, flag in zip(names, map_names(names), loaded, maps, scores, flags):
+        target = out / "maps" / f"{stem}.png"
+        picture = np.asarray(image.resize((settings.image_size, settings.image_size)))
+        verdict = "anomalous" if flag else "normal"
+        save_overlay(picture, anomaly_map, target, title=f"{Path(name).name}  score {score:.4f}  {verdict}")
+        np.save(target.with_suffix(".npy"), anomaly_map.astype(np.float32))
+        rows.append({"path": name, "score": float(score), "decision": verdict, "map_png": str(target)})
+    pd.DataFrame(rows, columns=list(SCORES_CSV_COLUMNS)).to_csv(out / "scores.csv", index=False)
+    return {"rows": rows, "threshold": threshold, "rule": rule_text, "pool_size": len(pool),
+            "maps": dict(zip(names, maps))}

@@ -1,0 +1,133 @@
+"""The daily-folder deployment on a real Prefect server: a run scheduled at 23:30 the day before,
+failing once and retried after midnight, scores that day's folder; its table artifact, heat-map
+thumbnails and event are read back through the server's API. Marked slow (about a minute)."""
+import json
+import os
+import signal
+import subprocess
+import time
+import warnings
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import musc
+from conftest import ROOT, TINY_CONFIG
+from musc.inputs.backbones import backbone_settings
+from musc.inputs.config import MuscConfig
+from musc.inputs.datasets import load_image
+from musc.reference_pool import Images, PoolSettings, write_pool
+from test_server import PREFECT, prefect, server, wait_for  # noqa: F401  (server is a fixture)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pool_file(tiny_dataset, tmp_path_factory):
+    """A pool of the good images, extracted and aggregated as a run with TINY_CONFIG would."""
+    cfg = MuscConfig.from_dict({**TINY_CONFIG})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = musc.load_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, cfg.layers, device="cpu")
+    paths = sorted((tiny_dataset / "fabric/test/good").glob("*.png"))[1:]
+    tokens, _ = backbone.extract(torch.stack([backbone.preprocess(load_image(p)) for p in paths]))
+    features = {r: np.stack([musc.aggregate(t, r).numpy() for t in tokens]) for r in cfg.r_list}
+    settings = PoolSettings("fabric", backbone_settings(cfg.extract), tuple(cfg.r_list))
+    path = tmp_path_factory.mktemp("pool") / "line3.h5"
+    write_pool(path, settings, [Images([p.name for p in paths], [p.name for p in paths], np.zeros(len(paths)),
+                                       lambda r, layer, idx: features[r][layer, np.sort(idx)],
+                                       features[1].shape[2:])], 50, {})
+    return path
+
+
+@pytest.fixture(scope="module")
+def worker(server, tmp_path_factory):  # noqa: F811
+    prefect(server, "work-pool", "create", "musc-pool", "--type", "process")
+    prefect(server, "deploy", "--name", "daily-folder")
+    marker = tmp_path_factory.mktemp("fail") / "fail-daily-once"
+    env = {**server["env"], "MUSC_FAIL_ONCE": f"daily:{marker}"}
+    process = subprocess.Popen([PREFECT, "worker", "start", "--pool", "musc-pool"], cwd=ROOT, env=env,
+                               stdout=open(server["home"] / "worker.log", "w"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    yield {"marker": marker}
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(timeout=60)
+
+
+def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server, worker, pool_file,  # noqa: F811
+                                                                          tiny_dataset, tmp_path):
+    api = server["api"]
+    today = datetime.now(timezone.utc)
+    scheduled = (today - timedelta(days=1)).replace(hour=23, minute=30, second=0, microsecond=0)
+    day, next_day = scheduled.strftime("%Y-%m-%d"), today.strftime("%Y-%m-%d")
+    root = tmp_path / "incoming"
+    for folder, images in ((day, ["good/000.png", "hole/000.png", "stain/001.png"]), (next_day, ["good/000.png"])):
+        (root / folder).mkdir(parents=True)
+        for image in images:
+            (root / folder / image.replace("/", "_")).write_bytes((tiny_dataset / "fabric/test" / image).read_bytes())
+
+    worker["marker"].write_text("fail the first try")
+    deployment = httpx.post(f"{api}/deployments/filter",
+                            json={"deployments": {"name": {"any_": ["daily-folder"]}}}).json()[0]
+    created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={
+        "parameters": {"pool": str(pool_file), "root": str(root), "threshold": 0.7},  # between good and defects
+        "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": scheduled.isoformat()}}})
+    created.raise_for_status()
+    flow_run = created.json()["id"]
+    run = wait_for(server, flow_run, {"COMPLETED", "FAILED", "CRASHED"})
+    assert run["state"]["type"] == "FAILED" and not worker["marker"].exists(), \
+        (server["home"] / "worker.log").read_text()[-3000:]
+    prefect(server, "flow-run", "retry", flow_run)  # now, after midnight of the scheduled day
+    run = wait_for(server, flow_run, {"COMPLETED", "FAILED", "CRASHED"})
+    assert run["state"]["type"] == "COMPLETED", (server["home"] / "worker.log").read_text()[-3000:]
+    assert run["run_count"] >= 2
+
+    table = pd.read_csv(root / day / "musc/scores.csv")  # that day's folder, not today's
+    assert sorted(table["path"]) == sorted(str(p) for p in (root / day).glob("*.png"))
+    assert not (root / next_day / "musc").exists()
+    assert (root / day / "musc/report.md").read_text().count("![") >= 4  # trend plot and three maps
+    history = pd.read_csv(pool_file.with_name("line3.history.csv"), dtype={"day": str})
+    assert list(history["day"]) == [day] and history["count"][0] == 3
+    anomalous = table[table["decision"] == "anomalous"]
+    assert 0 < len(anomalous) < 3  # parts of both kinds: the order below means something
+
+    artifacts = {a["key"]: a for a in httpx.post(f"{api}/artifacts/filter", json={
+        "artifacts": {"key": {"any_": ["musc-daily-line3", "musc-daily-line3-maps"]}}}).json()}
+    rows = artifacts["musc-daily-line3"]["data"]
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert artifacts["musc-daily-line3"]["type"] == "table" and len(rows) == 3
+    decisions = [row["decision"] for row in rows]
+    assert decisions == sorted(decisions)  # "anomalous" < "normal": anomalous parts first
+    assert artifacts["musc-daily-line3-maps"]["data"].count("data:image/png;base64,") == 3
+
+    events = []
+    for _ in range(30):
+        events = httpx.post(f"{api}/events/filter", json={
+            "filter": {"event": {"name": ["musc.daily.scored"]}}}).json()["events"]
+        if events:
+            break
+        time.sleep(1)
+    assert len(events) == 1, events
+    payload = events[0]["payload"]
+    assert payload["day"] == day and payload["count"] == 3 and payload["anomalous"] == len(anomalous)
+    assert sorted(p["path"] for p in payload["anomalous_parts"]) == sorted(anomalous["path"])
+    assert events[0]["resource"]["prefect.resource.id"] == "musc.pool.line3"
+    assert events[0]["resource"]["musc.anomalous"] == ("true" if len(anomalous) else "false")
+
+
+def test_the_readme_automation_matches_the_event():
+    """configs/automation-daily.yaml is a valid Prefect automation whose trigger takes the daily
+    event of a day with anomalous parts, and not one without."""
+    import yaml
+    from prefect.events.schemas.automations import AutomationCore
+    from prefect.events.schemas.events import Resource
+    automation = AutomationCore.model_validate(yaml.safe_load((ROOT / "configs/automation-daily.yaml").read_text())
+                                               ["automations"][0])
+    resource = {"prefect.resource.id": "musc.pool.line3", "musc.day": "2026-11-27"}
+    assert automation.trigger.expect == {"musc.daily.scored"}
+    assert automation.trigger.match.includes([Resource.model_validate({**resource, "musc.anomalous": "true"})])
+    assert not automation.trigger.match.includes([Resource.model_validate({**resource, "musc.anomalous": "false"})])
