@@ -50,7 +50,8 @@ def test_bad_yaml_names_the_file(tmp_path):
 def write_sample(path):
     return store.write_artifact(path, "pool", {"r": 1}, {"aggregate": "abc"},
                                 {"features_r1": np.arange(12.0).reshape(3, 4), "names": ["a", "b", "c"],
-                                 "added": np.zeros(3)}, code_version="test")
+                                 "digests": ["0", "1", "2"], "added": np.zeros(3), "self_scores": np.zeros(3)},
+                                code_version="test")
 
 
 def test_artifact_round_trip_and_provenance(tmp_path):

@@ -118,12 +118,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("features_r<r>", "float32", "(layers, P, L, C)", "LNAMD features of degree r of the pool images "
                                                                "(chunks of one image and layer: read block by block)"),
         Field("names", "str", "(P,)", "category/name of each pool image"),
-        Field("digests", "str", "(P,)", "SHA-256 of each pool image's file (a run is added once); pool "
-                                        "version 2 on", required=False),
+        Field("digests", "str", "(P,)", "SHA-256 of each pool image's file (a run is added once)"),
         Field("added", "float64", "(P,)", "when each image was added (Unix time)"),
         Field("self_scores", "float64", "(P,) or (0,)", "each pool image's score against the rest of the pool "
-                                                        "(calibrates the threshold; empty below 2 images); pool "
-                                                        "version 2 on", required=False),
+                                                        "(calibrates the threshold; empty below 2 images)"),
     )),
     Stage("part", "1", "one batch or tile of a long stage, kept for resuming", open_datasets=True),
 )}
