@@ -119,7 +119,7 @@ def per_image_html(per_image: pd.DataFrame, items: Sequence[Entry], folder: Path
         for column in PER_IMAGE_COLUMNS:
             value = values[column]
             if isinstance(value, float):
-                cells.append(f"<td class='num' data-value='{value!r}'>{value:.4f}</td>")
+                cells.append(f"<td class='num' data-value='{float(value)!r}'>{value:.4f}</td>")
             elif column in ("rank", "defect_pixels"):
                 cells.append(f"<td class='num'>{esc(value)}</td>")
             else:
