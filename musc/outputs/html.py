@@ -20,7 +20,7 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 table.sortable th{cursor:pointer;background:#f3f3f3;user-select:none}
 table.sortable th[data-dir=asc]:after{content:" \\25B2"}table.sortable th[data-dir=desc]:after{content:" \\25BC"}
 tr.miss td{background:#fde8e8}
-.figures img{max-width:100%;margin:4px 0}
+.figures{display:flex;flex-wrap:wrap;gap:8px}.figures figure{margin:0}.figures img{max-width:100%}
 .gallery{display:flex;flex-wrap:wrap;gap:8px}
 .card{margin:0;border:2px solid #ccc;border-radius:4px;padding:4px;font-size:.8em;width:194px}
 .card.anomalous{border-color:#e8a33d}.card.miss{border-color:#d22;background:#fde8e8}
@@ -156,7 +156,7 @@ def category_page(folder: Path, title: str, table: pd.DataFrame, figures: dict[s
 
 
 def dataset_index(folder: Path, title: str, table: pd.DataFrame, figures: dict[str, str],
-                  categories: dict[str, str], shown: int = 6) -> Path:
+                  categories: dict[str, str], shown: int = 5) -> Path:
     """index.html of a dataset run: the metrics, the bar chart, and per category a link to its
     report and its most anomalous images."""
     from .gallery import read_per_image
@@ -169,6 +169,10 @@ def dataset_index(folder: Path, title: str, table: pd.DataFrame, figures: dict[s
         body.append(f"<h2>{esc(name)}</h2><p><a href='{esc(report)}'>report</a> · {len(items)} images, "
                     f"{sum(e.decision == 'anomalous' for e in items)} judged anomalous, {missed} misclassified. "
                     f"Highest scores:</p>" + gallery_html(items[:shown], folder))
+        wrong = [e for e in items if e.misclassified]
+        if wrong:
+            body.append(f"<p>Misclassified ({len(wrong)}{', first ' + str(shown) if len(wrong) > shown else ''}):</p>"
+                        + gallery_html(wrong[:shown], folder))
     target = folder / "index.html"
     target.write_text(page(title, "".join(body)))
     return target
