@@ -172,6 +172,8 @@ def test_the_run_the_user_started_shows_rounded_metrics_and_its_report(demo, dri
 
     images = report["data"].count("data:image/png;base64,")
     assert images >= 1 + 2 * (1 + 2)  # bar chart; per category: curves and at least two thumbnails
+    print(f"run report: {len(report['data']) / 1e6:.2f} MB, {images} images")
+    assert len(report["data"]) < 1_500_000  # small embedded PNGs
     browser.open_artifact(driver, base, report["id"], min_images=images)
     assert browser.broken_images(driver) == []
     assert len(browser.image_states(driver)) == images
@@ -194,6 +196,7 @@ def test_each_category_subflow_carries_its_table_and_gallery(demo, driver, tmp_p
         assert [r["category"] for r in rows] == [category]
         assert all(re.fullmatch(r"\d{1,3}\.\d{2}|n/a", v) for k, v in rows[0].items() if k != "category"), rows
         images = report["data"].count("data:image/png;base64,")
+        print(f"{category} report: {len(report['data']) / 1e6:.2f} MB, {images} images")
         browser.open_artifact(driver, base, report["id"], min_images=images)
         assert images >= 6 and browser.broken_images(driver) == []
         assert "/evaluate/" in report["data"] and ".h5`" in report["data"]  # the HDF5 artifacts behind it
