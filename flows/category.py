@@ -7,11 +7,11 @@ from pathlib import Path
 from prefect import flow
 from prefect.futures import as_completed
 
-from musc import store
+from musc import progress, store
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import Category, load_category
 from musc.outputs import published
-from musc.progress import TRACKER, Job
+from musc.progress import Job
 from tasks import aggregate_task, all_tiles, classify_task, evaluate_task, extract_task, plan_score, score_task
 from tasks import score_tile_task
 from tasks.publish import artifact_key, publish
@@ -26,17 +26,19 @@ def category_flow(dataset: str, root: str, category: str, config: dict | None = 
     artifact refs and the metrics (None where they could not be computed). Each stage is one
     progress job (terminal bar, Prefect progress artifact for extract and score); the metrics and
     the report are published on this run's Artifacts tab."""
+    # progress.TRACKER, not TRACKER: a Dask task runner pickles this function by value, with the
+    # globals it names, and a module travels by reference (the tracker holds a lock)
     cfg = MuscConfig.from_dict(config or {})
     images = checked_category(dataset, str(Path(root).resolve()), category, cfg)
     # .submit().result(): a stage that reuses its artifact ends Cached, and its future gives the reference
-    with TRACKER.job(category, "extract", len(images.samples), "images", dataset) as job:
+    with progress.TRACKER.job(category, "extract", len(images.samples), "images", dataset) as job:
         extracted = finished(job, [lambda: extract_task.submit(images, cfg.extract, str(Path(artifacts).resolve()))])[0]
-    with TRACKER.job(category, "aggregate", len(cfg.r_list), "degrees", dataset) as job:
+    with progress.TRACKER.job(category, "aggregate", len(cfg.r_list), "degrees", dataset) as job:
         aggregated = finished(job, [lambda r=r: aggregate_task.submit(extracted, r) for r in cfg.r_list], counted=True)
     scores = score_degrees(aggregated, extracted, cfg, dataset)
-    with TRACKER.job(category, "classify", 1, "step", dataset) as job:
+    with progress.TRACKER.job(category, "classify", 1, "step", dataset) as job:
         classified = finished(job, [lambda: classify_task.submit(extracted, scores, list(cfg.k_list_for(dataset)))])[0]
-    with TRACKER.job(category, "evaluate", 1, "step", dataset) as job:
+    with progress.TRACKER.job(category, "evaluate", 1, "step", dataset) as job:
         evaluated = finished(job, [lambda: evaluate_task.submit(extracted, classified, cfg.evaluate)])[0]
     result = store.open_artifact(evaluated["path"], "evaluate", evaluated["digest"]).attrs
     refs = {"extract": extracted, "scores": scores, "classify": classified, "evaluate": evaluated}
@@ -68,7 +70,7 @@ def score_degrees(aggregated: list[dict], extracted: dict, cfg: MuscConfig, data
         if store.valid_digest(path, "score") is None:
             todo += [(degree, str(path), tile) for tile in all_tiles(extracted, settings)]
     category = store.open_artifact(extracted["path"], "extract", extracted["digest"]).config["category"]
-    with TRACKER.job(category, "score", len(todo), "tiles", dataset) as job:
+    with progress.TRACKER.job(category, "score", len(todo), "tiles", dataset) as job:
         for tile in as_completed([score_tile_task.submit(*item, settings) for item in todo]):
             tile.result()
             job.advance()
