@@ -124,7 +124,7 @@ class _TerminalProgress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
         self.progress = Progress(
             TextColumn("{task.description:<20}"), BarColumn(bar_width=24),
-            TextColumn("{task.completed:>4.0f}/{task.total:<4.0f} {task.fields[unit]:<7}"),
+            TextColumn("{task.fields[count]:<16}"),
             TextColumn("{task.fields[rate]:>15}"), TimeRemainingColumn(elapsed_when_finished=True),
             TextColumn("{task.fields[note]}"), console=out, refresh_per_second=4)
         self.rows: dict[int, int] = {}
@@ -132,18 +132,22 @@ class _TerminalProgress:
     def update(self, job, event: str) -> None:
         if event == "start":
             self.rows[id(job)] = self.progress.add_task(f"{job.label} {job.stage}", total=max(job.total, 1),
-                                                        unit=job.unit, rate="", note="")
+                                                        count=self._count(job), rate="", note="")
             return
         row = self.rows.get(id(job))
         if row is None:
             return
         rate = f"{job.rate:.1f} {job.unit}/s" if job.rate and job.unit not in ("step", "degrees") else ""
         if event == "end":
-            done = job.total if job.note in ("", "reused") else job.done
-            self.progress.update(row, completed=max(done, 0), total=max(job.total, 1), rate=rate, note=job.note)
+            done = max(job.total, 1) if job.note in ("", "reused") else job.done
+            self.progress.update(row, completed=done, count=self._count(job), rate=rate, note=job.note)
             self.progress.stop_task(row)
         else:
-            self.progress.update(row, completed=job.done, rate=rate)
+            self.progress.update(row, completed=job.done, count=self._count(job), rate=rate)
+
+    @staticmethod
+    def _count(job) -> str:
+        return "" if job.note == "reused" else f"{min(job.done, job.total):>4}/{job.total:<4} {job.unit}"
 
     def __enter__(self):
         from musc.progress import TRACKER

@@ -37,7 +37,7 @@ def unavailable() -> str | None:
         return "selenium is not installed (pip install -e '.[test]')"
     for path, package in ((CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")):
         if not os.access(path, os.X_OK):
-            return f"{path} missing: install Debian's {package} (scripts/setup.sh does, as root)"
+            return f"{path} missing: install Debian's {package} (scripts/test.sh does, as root)"
     return None
 
 # JS snippets -------------------------------------------------------------------------------
