@@ -38,6 +38,7 @@ def main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on e
 def _prefect_environment() -> None:
     """Serverless (ephemeral) Prefect unless PREFECT_API_URL names a server; no telemetry."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")  # the client's telemetry notice and telemetry, off
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 
@@ -107,6 +108,76 @@ def _int_list(value: Optional[str], field: str) -> Optional[List[int]]:
         raise ConfigError(f"{field}: expected comma-separated integers, got {value!r}") from None
 
 
+class _QuietConsole(logging.Filter):
+    """Drops Prefect's per-task INFO lines from the terminal (warnings and errors still show); the
+    progress bars say what happens. The records still reach a Prefect server's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+
+class _TerminalProgress:
+    """A rich progress bar per stage and category (rate, time left, then the time it took), fed
+    by ``musc.progress.TRACKER``; the bars stay on the screen as the summary of each stage."""
+
+    def __init__(self, out: Console):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+        self.progress = Progress(
+            TextColumn("{task.description:<20}"), BarColumn(bar_width=24),
+            TextColumn("{task.fields[count]:<16}"),
+            TextColumn("{task.fields[rate]:>15}"), TimeRemainingColumn(elapsed_when_finished=True),
+            TextColumn("{task.fields[note]}"), console=out, refresh_per_second=4)
+        self.rows: dict[int, int] = {}
+
+    def update(self, job, event: str) -> None:
+        if event == "start":
+            self.rows[id(job)] = self.progress.add_task(f"{job.label} {job.stage}", total=max(job.total, 1),
+                                                        count=self._count(job), rate="", note="")
+            return
+        row = self.rows.get(id(job))
+        if row is None:
+            return
+        rate = f"{job.rate:.1f} {job.unit}/s" if job.rate and job.unit not in ("step", "degrees") else ""
+        if event == "end":
+            done = max(job.total, 1) if job.note in ("", "reused") else job.done
+            self.progress.update(row, completed=done, count=self._count(job), rate=rate, note=job.note)
+            self.progress.stop_task(row)
+        else:
+            self.progress.update(row, completed=job.done, count=self._count(job), rate=rate)
+
+    @staticmethod
+    def _count(job) -> str:
+        return "" if job.note == "reused" else f"{min(job.done, job.total):>4}/{job.total:<4} {job.unit}"
+
+    def __enter__(self):
+        from musc.progress import TRACKER
+        self.progress.start()
+        TRACKER.add_listener(self)
+        return self
+
+    def __exit__(self, *exc):
+        from musc.progress import TRACKER
+        TRACKER.remove_listener(self)
+        self.progress.stop()
+
+
+def _run_output(verbose: bool):
+    """In a terminal: progress bars, and Prefect's INFO lines off the screen (``--verbose`` keeps
+    them, without bars). Not a terminal (CI, a log file): Prefect's lines as they are."""
+    import contextlib
+    out = Console()
+    if verbose or not out.is_terminal:
+        return contextlib.nullcontext()
+    from prefect.logging.configuration import setup_logging
+    setup_logging()
+    quiet = _QuietConsole()
+    for name in ("", "uvicorn", "fastapi"):
+        for handler in logging.getLogger(name or None).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.addFilter(quiet)
+    return _TerminalProgress(out)
+
+
 def _print_metrics(result: dict) -> None:
     table = Table(title="MuSc metrics (x100)")
     names = [name for name in METRIC_NAMES if name != "pixel_aupro_mvtec"]  # the reference's seven
@@ -123,7 +194,9 @@ def _print_metrics(result: dict) -> None:
 @app.command()
 def demo(data: Path = typer.Option(Path("demo_data"), help="Where the synthetic dataset is generated."),
          artifacts: Path = typer.Option(Path("artifacts"), help="Artifact root."),
-         seed: int = typer.Option(0, help="Seed of the generated dataset.")) -> None:
+         seed: int = typer.Option(0, help="Seed of the generated dataset."),
+         verbose: bool = typer.Option(False, "--verbose", help="Prefect's per-task lines instead of progress bars.")
+         ) -> None:
     """Generate a small synthetic MVTec-style dataset and run the whole flow on it, offline."""
     _prefect_environment()
     warnings.filterwarnings("ignore", message="pretrained=none")
@@ -131,7 +204,8 @@ def demo(data: Path = typer.Option(Path("demo_data"), help="Where the synthetic 
     def go():
         _route_tracebacks(artifacts / "musc-errors.log")
         from .demo import demo_flow
-        return demo_flow(str(data), str(artifacts), seed)
+        with _run_output(verbose):
+            return demo_flow(str(data), str(artifacts), seed)
     _print_metrics(_run_guarded(go))
 
 
@@ -161,6 +235,7 @@ def _with_run_options(fn):
         ("artifacts", Path, typer.Option(Path("artifacts"), help="Artifact root.")),
         ("config", Optional[Path], typer.Option(None, help="YAML run configuration (flags override it).")),
         ("dask", Optional[str], typer.Option(None, help="Run MSM tiles on Dask: 'local' or tcp://host:8786.")),
+        ("verbose", bool, typer.Option(False, "--verbose", help="Prefect's per-task lines instead of progress bars.")),
     ]
     parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
                   for name, kind, default in fixed + flags + rest]
@@ -191,7 +266,8 @@ def run(**options) -> None:
         for name in chosen:
             checked_category(dataset, str(root), name, cfg)
         _route_tracebacks(artifacts / "musc-errors.log")
-        return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts), options["dask"])
+        with _run_output(options["verbose"]):
+            return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts), options["dask"])
     _print_metrics(_run_guarded(go))
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import MASK_RULES, list_categories
-from musc.outputs import figures, reports
+from musc.outputs import published, reports
 from musc.outputs.evaluation import metrics_from_json
+from tasks.publish import artifact_key, publish
 
 from .category import category_flow
 from .runners import task_runner
@@ -30,20 +30,19 @@ def dataset_flow(dataset: str, root: str, categories: list[str] | None = None, c
     table = reports.metrics_table({name: metrics_from_json(r["metrics"]) for name, r in results.items()},
                                   {}, cfg.image_size, MASK_RULES[dataset])
     folder = Path(artifacts) / dataset / "_report"
-    folder.mkdir(parents=True, exist_ok=True)
-    table.to_csv(folder / "metrics.csv")
-    (folder / "metrics.md").write_text(reports.table_markdown(table))
-    shown = {"metrics per category": figures.save_metric_bars(table, folder / "metrics_bars.png")}
-    category_reports = {name: str(Path(r["outputs"]) / "report.md") for name, r in results.items()}
-    summary = reports.write_report(folder, f"MuSc results: {dataset}", table, shown, None, category_reports, None)
-    publish(dataset, table, summary)
-    return {"categories": results, "report": str(summary), "table": str(folder / "metrics.csv")}
+    index = reports.write_dataset_report(folder, dataset, table, {name: r["outputs"] for name, r in results.items()})
+    publish_dataset(dataset, folder, table, results)
+    return {"categories": results, "report": str(index), "table": str(folder / "metrics.csv")}
 
 
-def publish(dataset: str, table, summary: Path) -> None:
-    """The metrics as a Prefect table artifact and the report as a markdown artifact (UI: Artifacts)."""
-    key = "musc-" + "".join(c if c.isalnum() else "-" for c in dataset.lower())
-    rows = table.reset_index().astype(object).where(table.reset_index().notna(), None).to_dict(orient="records")
-    create_table_artifact(key=f"{key}-metrics", table=rows, description=f"MuSc metrics (x100), {dataset}")
-    create_markdown_artifact(key=f"{key}-report", markdown=summary.read_text(),
-                             description=f"MuSc run report: {summary}")
+def publish_dataset(dataset: str, folder: Path, table, results: dict) -> None:
+    """The metrics table (2 decimals) and the run's report (figures and galleries embedded as small
+    PNGs, the HDF5 paths) on the run the user started (``musc demo``, ``musc run``, a deployment's
+    run), so they are on its Artifacts tab even when this flow is a subflow."""
+    artifacts = {name: {"extract": r["extract"]["path"], "classify": r["classify"]["path"],
+                        "evaluate": r["evaluate"]["path"]} for name, r in results.items()}
+    content = published.dataset_content(folder, dataset, table, {n: r["outputs"] for n, r in results.items()},
+                                        artifacts)
+    key = artifact_key(dataset)
+    publish("table", f"{key}-metrics", content.rows, content.table_description)
+    publish("markdown", f"{key}-report", content.markdown, f"MuSc run report, {dataset}: {folder / 'index.html'}")

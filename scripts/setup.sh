@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-if ! .venv/bin/python -c "import musc, prefect, open_clip, pytest" 2>/dev/null; then
+if ! .venv/bin/python -c "import musc, prefect, open_clip, pytest, selenium" 2>/dev/null; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e ".[test,dask]"
 fi
+

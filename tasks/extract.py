@@ -18,6 +18,7 @@ from musc.inputs.backbones import backbone_for, backbone_settings
 from musc.inputs.config import ExtractSettings
 from musc.inputs.datasets import Category, DatasetError, UnreadableImage, load_image, load_mask
 from musc.method.checks import MIN_IMAGES
+from musc.progress import TRACKER
 
 from .faults import fault_point
 from .stage import Plan, code_version, logger, stage_task
@@ -55,11 +56,14 @@ def build_extract(path: Path, category: Category, settings: ExtractSettings) -> 
     batches = [list(range(i, min(i + batch_size, len(samples)))) for i in range(0, len(samples), batch_size)]
     skipped: list[str] = []
     started, done_images = time.perf_counter(), 0
+    # the flow opened this job (terminal bar, Prefect progress artifact); alone, the task opens it
+    job = TRACKER.job(category.name, "extract", len(samples), "images", category.dataset)
     for number, indices in enumerate(batches):
         name = f"batch_{number:05d}"
         part = store.read_part(path, name)
         if part is not None:
             skipped.extend(json.loads(part.get("attr:skipped", "[]")))
+            job.advance(len(indices))
             continue
         arrays, batch_skipped = _extract_batch(backbone, category, indices, settings.image_size)
         for message in batch_skipped:
@@ -68,6 +72,7 @@ def build_extract(path: Path, category: Category, settings: ExtractSettings) -> 
         store.write_part(path, name, arrays or {"indices": np.zeros(0, dtype=np.int64)},
                          attrs={"skipped": json.dumps(batch_skipped)})
         done_images += len(indices)
+        job.advance(len(indices))
         fault_point("extract", number + 1)
         rate = done_images / max(time.perf_counter() - started, 1e-9)
         log.info(f"extract: batch {number + 1}/{len(batches)} ({rate:.1f} images/s)")
@@ -109,6 +114,7 @@ def build_extract(path: Path, category: Category, settings: ExtractSettings) -> 
         attrs={"backbone": backbone.describe(), "mask_rule": category.mask_rule, "n_skipped": len(skipped)},
         code_version=code_version("extract"), fill=fill)
     store.clear_parts(path)
+    job.finish()
     log.info(f"extract: {kept.size} images, {len(skipped)} skipped -> {path}")
 
 

@@ -24,6 +24,7 @@ from musc.inputs.backbones import resolve_device
 from musc.inputs.config import ScoreSettings
 from musc.inputs.datasets import Sample, subsets
 from musc.method.msm import image_blocks, msm_rank_window, reduce_votes, tile_minima, tile_pairs
+from musc.progress import TRACKER
 
 from .faults import fail_once_point, fault_point
 from .stage import Plan, Ref, code_version, logger, stage_folder, stage_task
@@ -101,9 +102,17 @@ def build_score(path: Path, aggregate: Ref, extract: Ref, settings: ScoreSetting
     block_size = settings.block_size
     tiles = all_tiles(extract, settings)
     started = time.perf_counter()
-    for done, tile in enumerate(tiles, start=1):  # the tiles that tile tasks did not do
-        if compute_tile(path, aggregate, tile, settings):
-            log.info(f"score: tile {done}/{len(tiles)} ({time.perf_counter() - started:.1f}s)")
+    missing = [t for t in tiles if store.valid_digest(store.part_path(path, t.part_name(block_size))) is None]
+    if missing:  # the tiles that tile tasks did not do (score_task alone, or a tile lost meanwhile)
+        config = store.open_artifact(extract["path"], "extract", extract["digest"]).config
+        opened = TRACKER.find(config["category"], "score") is None  # else the flow's job, it closes it
+        job = TRACKER.job(config["category"], "score", len(missing), "tiles", config["dataset"])
+        for done, tile in enumerate(missing, start=1):
+            compute_tile(path, aggregate, tile, settings)
+            job.advance()
+            log.info(f"score: tile {done}/{len(missing)} ({time.perf_counter() - started:.1f}s)")
+        if opened:
+            job.finish()
     for subset, blocks in enumerate(subset_blocks(extract, settings)):
         k_min, k_max = msm_rank_window(sum(b.size for b in blocks), settings.topmin_min, settings.topmin_max)
         for first, block in enumerate(blocks):

@@ -12,6 +12,7 @@ import musc
 from conftest import TINY_CONFIG
 from musc import store
 from musc.outputs import evaluation, reports
+from musc.method.metrics import METRIC_NAMES
 from musc.outputs.rebuild import rebuild_reports
 
 
@@ -91,7 +92,7 @@ def test_report_rebuilds_from_artifacts_without_a_backbone(reference_run, monkey
     written = rebuild_reports(artifacts)
     assert outputs / "report.md" in written
     html = (outputs / "report.html").read_text()
-    assert "<table>" in html and "curves_pixel.png" in html
+    assert "<table class='metrics'>" in html and "curves_pixel.png" in html and "thumbs/" in html
     assert (outputs / "curves_pixel.png").stat().st_size > 0 and (outputs / "metrics.csv").exists()
 
 
@@ -100,8 +101,72 @@ def test_dataset_flow_publishes_prefect_artifacts(prefect_harness, tiny_dataset,
     from flows import dataset_flow
     result = dataset_flow("mvtec_ad", str(tiny_dataset), ["fabric"], TINY_CONFIG, str(tmp_path))
     table = Artifact.get("musc-mvtec-ad-metrics")
-    assert table is not None and table.type == "table" and "pixel_auroc" in str(table.data)
+    assert table is not None and table.type == "table" and "P-AUROC" in str(table.data)
     markdown = Artifact.get("musc-mvtec-ad-report")
     assert markdown.type == "markdown" and "MuSc results" in markdown.data
-    assert Path(result["report"]).is_file() and Path(result["table"]).is_file()
+    assert "data:image/png;base64," in markdown.data and "](metrics_bars.png)" not in markdown.data
+    category = Artifact.get("musc-mvtec-ad-fabric-report")
+    assert category.type == "markdown" and "/evaluate/" in category.data  # the HDF5 paths behind it
+    assert Path(result["report"]).name == "index.html" and Path(result["table"]).is_file()
     assert (tmp_path / "mvtec_ad/_report/metrics_bars.png").stat().st_size > 0
+
+
+def test_ui_table_values_are_strings_with_two_decimals():
+    from musc.outputs import published
+    table = reports.metrics_table({"a": {n: 1 / 3 for n in METRIC_NAMES}, "b": {n: float("nan") for n in METRIC_NAMES}},
+                                  {}, 64, "truncate")
+    rows = published.metric_rows(table)
+    assert [r["category"] for r in rows] == ["a", "b", "mean"]
+    assert rows[0]["I-AUROC"] == "33.33" and rows[1]["P-AUPRO"] == "n/a" and rows[2]["I-AP"] == "n/a"
+    assert len(rows[0]) == 1 + len(METRIC_NAMES)  # narrow: no settings columns (they are in the description)
+
+
+def test_gallery_is_worst_first_and_marks_misclassified_images():
+    from musc.outputs import gallery
+    per_image = pd.DataFrame({"name": ["a", "b", "c", "d"], "defect_type": ["good", "crack", "good", "x"],
+                              "label": pd.array([0, 1, 0, None], dtype="Int64"), "score_rscin": [0.2, 0.1, 0.9, 0.5],
+                              "decision": ["normal", "normal", "anomalous", "anomalous"]})
+    items = gallery.entries(per_image)
+    assert [e.name for e in items] == ["c", "d", "a", "b"] and [e.rank for e in items] == [1, 2, 3, 4]
+    assert {e.name for e in items if e.misclassified} == {"c", "b"}  # d: truth unknown
+    assert items[3].truth == "anomalous (crack)" and items[1].truth == "unknown"
+
+
+def test_heat_thumbnail_shows_the_image_and_its_map():
+    from musc.outputs import gallery
+    image = np.full((32, 32, 3), 100, np.uint8)
+    heat = np.zeros((16, 16))
+    heat[4:8, 4:8] = 1.0
+    mask = np.zeros((16, 16), bool)
+    mask[4:8, 4:8] = True
+    thumb = np.asarray(gallery.heat_thumbnail(image, heat, 0.0, 1.0, mask, size=32))
+    assert thumb.shape == (32, 66, 3)
+    assert (thumb[:, :32] == 100).all()  # the picture as it is
+    assert thumb[:, 34:].std() > 10  # the heat map over it, with the outline
+
+
+def test_progress_jobs_rate_eta_and_throttled_prefect_updates(monkeypatch):
+    from musc.progress import Throttle, Tracker
+    from tasks import publish
+    clock = iter([0.0, 0.5, 1.0, 2.5, 3.0, 5.0])
+    throttle = Throttle(2.0, clock=lambda: next(clock))
+    assert [throttle.ready() for _ in range(6)] == [True, False, False, True, False, True]
+
+    sent = []
+    listener = publish.PrefectProgress(interval=3600)
+    monkeypatch.setattr(listener, "_create", lambda job: listener.artifacts.__setitem__(id(job), ("id", Throttle(3600))))
+    monkeypatch.setattr(publish.PrefectProgress, "_send", staticmethod(lambda i, job: sent.append(job.percent)))
+    tracker = Tracker()
+    tracker.add_listener(listener)
+    with tracker.job("fabric", "extract", 10, "images", "mvtec_ad") as job:
+        assert tracker.job("fabric", "extract", 10, "images") is job  # code further down finds the same job
+        for _ in range(10):
+            job.advance()
+        assert job.rate > 0 and job.eta == 0
+    assert sent == [10.0, 100.0]  # the first update, then throttled until the end
+    assert "10/10 images" in publish.describe(job) and "done in" in publish.describe(job)
+    assert tracker.find("fabric", "extract") is None
+    with pytest.raises(RuntimeError), tracker.job("fabric", "score", 4, "tiles") as failing:
+        raise RuntimeError("boom")
+    assert failing.note == "failed"
+    assert publish.artifact_key("mvtec_ad", "fabric", "extract", "progress") == "musc-mvtec-ad-fabric-extract-progress"

@@ -72,19 +72,26 @@ def save_curves(labels, scores, path: str | Path, title: str) -> str:
     return str(path)
 
 
-def save_histograms(labels, raw, rscin, path: str | Path) -> str:
-    """Image scores of normal vs anomalous images, before and after RsCIN."""
+def save_histograms(labels, raw, rscin, path: str | Path, threshold: float | None = None,
+                    pixel_threshold: float | None = None) -> str:
+    """Image scores of normal vs anomalous images, before and after RsCIN, with the thresholds
+    drawn in: the decision threshold on the final (RsCIN) scores, and on the raw scores (the maxima
+    of the maps) the pixel threshold, above which an image gets defect pixels."""
     plt = _pyplot()
     labels = np.asarray(labels)
     fig, axes = plt.subplots(1, 2, figsize=(7, 3))
-    for axis, scores, title in ((axes[0], raw, "raw (max of map)"), (axes[1], rscin, "after RsCIN")):
+    panels = ((axes[0], raw, "raw (max of map)", pixel_threshold, "pixel threshold"),
+              (axes[1], rscin, "after RsCIN", threshold, "threshold"))
+    for axis, scores, title, line, line_label in panels:
         scores = np.asarray(scores, dtype=np.float64)
         if (labels >= 0).all():
             axis.hist(scores[labels == 0], bins=20, alpha=0.6, label="normal")
             axis.hist(scores[labels == 1], bins=20, alpha=0.6, label="anomalous")
-            axis.legend(fontsize=7)
         else:
             axis.hist(scores, bins=20, alpha=0.8, label="all (labels unknown)")
+        if line is not None and np.isfinite(line):
+            axis.axvline(line, color="k", linestyle="--", linewidth=1.2, label=f"{line_label} {line:.3g}")
+        axis.legend(fontsize=7)
         axis.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from ..method.metrics import METRIC_NAMES
-from . import figures
+from . import figures, gallery, html
 from .evaluation import Evaluation, pixel_usable
 
 
@@ -47,32 +47,33 @@ def write_report(folder: str | Path, title: str, table: pd.DataFrame, figures: d
     if len(skipped):
         lines += ["## Skipped images (unreadable)", ""] + [f"- {message}" for message in skipped] + [""]
     if threshold:
-        lines += ["## Thresholds", "", f"- image score: {threshold['value']:.6g} ({threshold['rule']})"]
-        if "pixel_value" in threshold:
-            lines += [f"- anomaly map (binary masks): {threshold['pixel_value']:.6g} ({threshold['pixel_rule']})"]
-        lines += [""]
+        lines += ["## Thresholds", ""] + threshold_lines(threshold) + [""]
     if per_image_csv:
-        lines += ["## Per-image results", "", f"[{Path(per_image_csv).name}]({_relative(per_image_csv, folder)})", ""]
+        lines += ["## Per-image results", "", f"[{Path(per_image_csv).name}]({_relative(per_image_csv, folder)})",
+                  "", "Most anomalous first (image | heat map; [report.html](report.html) shows every image):", ""]
+        for entry in gallery.entries(gallery.read_per_image(folder))[:GALLERY_IN_MARKDOWN]:
+            thumb = f"![{entry.name}]({_relative(entry.thumb, folder)}) " if entry.thumb else ""
+            miss = " **misclassified**" if entry.misclassified else ""
+            lines.append(f"- {thumb}#{entry.rank} {entry.name}: score {entry.score:.4f}, {entry.decision}, "
+                         f"truth {entry.truth}{miss}")
+        lines += [""]
     if figures:
         lines += ["## Figures", ""]
         lines += [f"![{name}]({_relative(path, folder)})" for name, path in figures.items()] + [""]
     lines += ["## Artifacts", ""] + [f"- {stage}: `{path}`" for stage, path in artifacts.items()] + [""]
     report = folder / "report.md"
     report.write_text("\n".join(lines))
-    write_html(report)
     return report
 
 
-def write_html(markdown_file: Path) -> Path:
-    """report.html beside report.md: the same content, viewable in a browser with its figures."""
-    import markdown
-    body = markdown.markdown(markdown_file.read_text(), extensions=["tables"])
-    page = markdown_file.with_suffix(".html")
-    page.write_text("<!doctype html><html><head><meta charset='utf-8'><title>MuSc report</title><style>"
-                    "body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-                    "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}img{max-width:100%}"
-                    f"</style></head><body>{body}</body></html>")
-    return page
+GALLERY_IN_MARKDOWN = 12
+
+
+def threshold_lines(threshold: dict[str, Any]) -> list[str]:
+    lines = [f"- image score: {threshold['value']:.6g} ({threshold['rule']})"]
+    if "pixel_value" in threshold:
+        lines += [f"- anomaly map (binary masks): {threshold['pixel_value']:.6g} ({threshold['pixel_rule']})"]
+    return lines
 
 
 def _relative(path: str | Path, folder: Path) -> str:
@@ -84,8 +85,9 @@ def _relative(path: str | Path, folder: Path) -> str:
 
 def write_outputs(extract, classify, evaluation: Evaluation, folder: str | Path, overlays: str = "set",
                   evaluate_path: str = "") -> Path:
-    """Per-image CSV, metrics CSV/Markdown, figures and report.md in ``folder``, from an extract and a
-    classify artifact and what the evaluation decided. Returns the report's path."""
+    """Per-image CSV, metrics CSV/Markdown, figures, heat-map thumbnails, report.md and report.html
+    in ``folder``, from an extract and a classify artifact and what the evaluation decided.
+    Returns the Markdown report's path."""
     folder = Path(folder)
     labels, has_mask = extract.read("labels"), extract.read("has_mask")
     maps, masks = classify.read("maps"), extract.read("masks")
@@ -101,21 +103,41 @@ def write_outputs(extract, classify, evaluation: Evaluation, folder: str | Path,
                      figures.render_overlays(folder / "overlays", paths, names, maps, masks, has_mask, scores, overlays))
     per_image["mask_png"] = figures.save_binary_masks(folder / "binary_masks", names, maps,
                                                       evaluation.pixel_threshold)
+    per_image["thumb_png"] = gallery.write_thumbnails(folder / "thumbs", paths, names, maps, masks, has_mask, overlays)
     per_image.to_csv(folder / "per_image.csv", index=False)
     table = metrics_table({category: evaluation.metrics}, {category: notes}, int(extract.config["image_size"]),
                           extract.attrs.get("mask_rule", ""))
     table.to_csv(folder / "metrics.csv")
     (folder / "metrics.md").write_text(table_markdown(table))
-    shown = {"score histograms": figures.save_histograms(labels, raw, scores, folder / "histograms.png")}
+    shown = {"score histograms (thresholds dashed)": figures.save_histograms(
+        labels, raw, scores, folder / "histograms.png", evaluation.threshold, evaluation.pixel_threshold)}
     if "image" not in notes:
         shown["image ROC/PR"] = figures.save_curves(labels, scores, folder / "curves_image.png", "image")
     if "pixel" not in notes:
         usable = pixel_usable(labels, has_mask)
         shown["pixel ROC/PR"] = figures.save_curves(masks[usable].ravel(), maps[usable].ravel(),
                                                     folder / "curves_pixel.png", "pixel")
-    return write_report(folder, f"MuSc results: {extract.config['dataset']} / {category}", table, shown,
-                        str(folder / "per_image.csv"),
-                        {"extract": str(extract.path), "classify": str(classify.path), "evaluate": evaluate_path},
-                        {"value": evaluation.threshold, "rule": evaluation.rule,
-                         "pixel_value": evaluation.pixel_threshold, "pixel_rule": evaluation.pixel_rule},
-                        list(extract.read("skipped")))
+    title = f"MuSc results: {extract.config['dataset']} / {category}"
+    artifacts = {"extract": str(extract.path), "classify": str(classify.path), "evaluate": evaluate_path}
+    threshold = {"value": evaluation.threshold, "rule": evaluation.rule,
+                 "pixel_value": evaluation.pixel_threshold, "pixel_rule": evaluation.pixel_rule}
+    skipped = list(extract.read("skipped"))
+    report = write_report(folder, title, table, shown, str(folder / "per_image.csv"), artifacts, threshold, skipped)
+    notes_shown = [line[2:] for line in threshold_lines(threshold)] + [f"skipped (unreadable): {m}" for m in skipped]
+    html.category_page(folder, title, table, shown, notes_shown, artifacts, gallery.read_per_image(folder))
+    return report
+
+
+def write_dataset_report(folder: str | Path, dataset: str, table: pd.DataFrame,
+                         categories: dict[str, str]) -> Path:
+    """The dataset's metrics (CSV, Markdown), bar chart, report.md (linking each category's report)
+    and index.html (each category's report and most anomalous images), in ``folder``.
+    ``categories``: name -> the category's evaluate outputs folder. Returns index.html."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "metrics.csv")
+    (folder / "metrics.md").write_text(table_markdown(table))
+    shown = {"metrics per category": figures.save_metric_bars(table, folder / "metrics_bars.png")}
+    reports = {name: str(Path(outputs) / "report.md") for name, outputs in categories.items()}
+    write_report(folder, f"MuSc results: {dataset}", table, shown, None, reports, None)
+    return html.dataset_index(folder, f"MuSc results: {dataset}", table, shown, categories)

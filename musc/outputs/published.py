@@ -1,0 +1,120 @@
+"""What the Prefect UI shows of a run, built as plain data (the flows publish it; no Prefect here).
+
+The UI renders a markdown artifact in the browser, far from the worker's disk: a relative image
+link is a broken image there. So every figure travels inside the markdown as a small PNG data URI
+(scaled down and reduced to a palette: a few kB per thumbnail, tens of kB per chart), which the
+UI's markdown renderer keeps; the table artifact carries the metrics as strings rounded to two
+decimals (the UI prints numbers as they come), under short column names so that it fits a
+1400 px window without scrolling.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ..method.metrics import METRIC_NAMES
+from .gallery import Entry, data_uri, entries, read_per_image
+
+SHORT_NAMES = {"image_auroc": "I-AUROC", "image_f1max": "I-F1max", "image_ap": "I-AP",
+               "pixel_auroc": "P-AUROC", "pixel_f1max": "P-F1max", "pixel_ap": "P-AP",
+               "pixel_aupro": "P-AUPRO", "pixel_aupro_mvtec": "P-AUPRO-MVTec"}
+LEGEND = ("I- image level, P- pixel level; AUROC, F1max, AP (average precision), AUPRO (per-region overlap, "
+          "the reference's), AUPRO-MVTec (the MVTec AD definition); x100")
+FIGURE_PX = 560       # charts scaled to this width in the UI
+FIGURE_COLOURS = 64
+THUMB_COLOURS = 128
+FIGURES = {"histograms.png": "score histograms (threshold dashed)", "curves_image.png": "image ROC / PR",
+           "curves_pixel.png": "pixel ROC / PR"}
+
+
+@dataclass
+class Published:
+    rows: list[dict]           # the table artifact
+    table_description: str
+    markdown: str              # the report artifact
+
+
+def value(v) -> str:
+    return "n/a" if v is None or pd.isna(v) else f"{float(v):.2f}"
+
+
+def metric_rows(table: pd.DataFrame) -> list[dict]:
+    """One row per category (and the mean): metric values as strings with 2 decimals."""
+    return [{"category": str(index), **{SHORT_NAMES[m]: value(row[m]) for m in METRIC_NAMES}}
+            for index, row in table.iterrows()]
+
+
+def metrics_markdown(table: pd.DataFrame) -> str:
+    rows = metric_rows(table)
+    head = list(rows[0])
+    return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+                     + ["| " + " | ".join(r[h] for h in head) + " |" for r in rows]) + "\n"
+
+
+def gallery_markdown(items: Sequence[Entry]) -> str:
+    """A table: rank, thumbnail (image | heat map), name, score, decision, ground truth."""
+    if not items:
+        return "none\n"
+    lines = ["| # | image, heat map | name | score | decision | truth |", "|---|---|---|---|---|---|"]
+    for e in items:
+        thumb = f"![{e.name}]({data_uri(e.thumb, colors=THUMB_COLOURS)})" if e.thumb and Path(e.thumb).is_file() else ""
+        decision = f"**{e.decision}**" if e.decision == "anomalous" else e.decision
+        truth = e.truth + (" (**misclassified**)" if e.misclassified else "")
+        lines.append(f"| {e.rank} | {thumb} | {e.name} | {e.score:.4f} | {decision} | {truth} |")
+    return "\n".join(lines) + "\n"
+
+
+def figure_markdown(folder: Path, names: Sequence[str]) -> list[str]:
+    return [f"![{FIGURES[n]}]({data_uri(folder / n, FIGURE_PX, FIGURE_COLOURS)})\n"
+            for n in names if (folder / n).is_file()]
+
+
+def summary_line(items: Sequence[Entry]) -> str:
+    flagged = sum(e.decision == "anomalous" for e in items)
+    return (f"{len(items)} images, {flagged} judged anomalous, "
+            f"{sum(e.misclassified for e in items)} misclassified.")
+
+
+def category_content(outputs: str | Path, title: str, artifacts: dict[str, str], top: int = 8,
+                     missed: int = 8) -> Published:
+    """The Prefect artifacts of one category, from its evaluate outputs folder."""
+    folder = Path(outputs)
+    table = pd.read_csv(folder / "metrics.csv", index_col="category")
+    items = entries(read_per_image(folder))
+    wrong = [e for e in items if e.misclassified]
+    lines = [f"# MuSc: {title}", "", metrics_markdown(table), f"_{LEGEND}_", "", summary_line(items), "",
+             "## Scores and curves", "", *figure_markdown(folder, list(FIGURES)),
+             f"## Most anomalous (highest score first, {min(top, len(items))} of {len(items)})", "",
+             gallery_markdown(items[:top]),
+             f"## Misclassified ({len(wrong)})", "", gallery_markdown(wrong[:missed]),
+             "## Files", "", f"- report with every image: `{folder / 'report.html'}`",
+             *[f"- {stage}: `{path}`" for stage, path in artifacts.items()], ""]
+    size, rule = table["image_size"].iloc[0], table["mask_binarisation"].iloc[0]
+    return Published(metric_rows(table), f"MuSc metrics (x100), {title}; image size {size}, masks {rule}",
+                     "\n".join(lines))
+
+
+def dataset_content(folder: str | Path, dataset: str, table: pd.DataFrame, categories: dict[str, str],
+                    artifacts: dict[str, dict[str, str]], top: int = 4) -> Published:
+    """The Prefect artifacts of a dataset run: the metrics of every category, the bar chart, and per
+    category its image ROC/PR curves, its most anomalous and its misclassified images, its HDF5 files."""
+    folder = Path(folder)
+    lines = [f"# MuSc results: {dataset}", "", metrics_markdown(table), f"_{LEGEND}_", ""]
+    if (folder / "metrics_bars.png").is_file():
+        lines += [f"![metrics per category]({data_uri(folder / 'metrics_bars.png', FIGURE_PX, FIGURE_COLOURS)})", ""]
+    for name, outputs in categories.items():
+        items = entries(read_per_image(outputs))
+        wrong = [e for e in items if e.misclassified]
+        lines += [f"## {name}", "", summary_line(items), "", *figure_markdown(Path(outputs), ["curves_image.png"]),
+                  f"Most anomalous ({min(top, len(items))} of {len(items)}):", "", gallery_markdown(items[:top]),
+                  f"Misclassified ({len(wrong)}):", "", gallery_markdown(wrong[:top]),
+                  "HDF5 artifacts: " + ", ".join(f"{stage} `{path}`" for stage, path in artifacts.get(name, {}).items()),
+                  ""]
+    lines += ["## Files", "", f"- index of this run: `{folder / 'index.html'}`",
+              f"- metrics: `{folder / 'metrics.csv'}`", ""]
+    size, rule = table["image_size"].iloc[0], table["mask_binarisation"].iloc[0]
+    return Published(metric_rows(table), f"MuSc metrics (x100), {dataset}; image size {size}, masks {rule}",
+                     "\n".join(lines))
