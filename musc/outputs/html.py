@@ -67,6 +67,14 @@ def page(title: str, body: str) -> str:
             f"<script>{SORT_SCRIPT}</script></body></html>")
 
 
+def markdown_page(markdown_file: Path, title: str = "MuSc report") -> Path:
+    """The .html beside a Markdown report: the same content, with its figures, in a browser."""
+    import markdown
+    target = Path(markdown_file).with_suffix(".html")
+    target.write_text(page(title, markdown.markdown(Path(markdown_file).read_text(), extensions=["tables"])))
+    return target
+
+
 def metrics_html(table: pd.DataFrame) -> str:
     """The metrics (x100, 2 decimals, n/a where not computed) with the settings beside them."""
     columns = [c for c in table.columns if c != "not_computed" or table[c].astype(str).str.len().any()]

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from ..outputs.figures import _pyplot
-from ..outputs.reports import write_html
+from ..outputs.html import markdown_page
 
 HISTORY_COLUMNS = ("day", "count", "anomalous", "anomalous_rate", "score_q50", "score_q90", "score_q99",
                    "score_max", "threshold", "pool_size")
@@ -101,5 +101,5 @@ def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence
         lines.append(f"| {row['path']} | {row['score']:.4f} | {row['decision']} | ![map]({relative}) |")
     report = folder / "report.md"
     report.write_text("\n".join(lines) + "\n")
-    write_html(report)
+    markdown_page(report, f"Parts of {summary['day']}")
     return report
