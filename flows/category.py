@@ -21,9 +21,10 @@ def category_flow(dataset: str, root: str, category: str, config: dict | None = 
     """extract -> (aggregate -> score) per r -> classify -> evaluate. Returns the artifact refs and
     the metrics (None where they could not be computed)."""
     cfg = MuscConfig.from_dict(config or {})
-    images = checked_category(dataset, str(Path(root).resolve()), category, cfg)
+    artifacts = str(store.mark_artifacts_root(Path(artifacts).resolve()))
+    images = checked_category(dataset, str(Path(root).resolve()), category, cfg, artifacts)
     # .submit().result(): a stage that reuses its artifact ends Cached, and its future gives the reference
-    extracted = extract_task.submit(images, cfg.extract, str(Path(artifacts).resolve())).result()
+    extracted = extract_task.submit(images, cfg.extract, artifacts).result()
     scores = [score_degree(aggregate_task.submit(extracted, r).result(), extracted, cfg) for r in cfg.r_list]
     classified = classify_task.submit(extracted, scores, list(cfg.k_list_for(dataset))).result()
     evaluated = evaluate_task.submit(extracted, classified, cfg.evaluate).result()
@@ -43,9 +44,9 @@ def score_degree(aggregated: dict, extracted: dict, cfg: MuscConfig) -> dict:
     return score_task.submit(aggregated, extracted, settings).result()
 
 
-def checked_category(dataset: str, root: str, category: str, cfg: MuscConfig) -> Category:
-    """The category's images, after rejecting what would fail late (too few images for MuSc, for
-    a subset or for RsCIN's k) before any work."""
-    images = load_category(dataset, root, category)
+def checked_category(dataset: str, root: str, category: str, cfg: MuscConfig, artifacts: str) -> Category:
+    """The category's images (never any under the artifacts root), after rejecting what would fail
+    late (too few images for MuSc, for a subset or for RsCIN's k) before any work."""
+    images = load_category(dataset, root, category, exclude=[artifacts])
     images.check_size(cfg.k_list_for(dataset), cfg.divide_num, cfg.seed)
     return images

@@ -41,6 +41,16 @@ def _prefect_environment() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that, when it cannot be written (disk full, read-only folder), says so once
+    instead of printing a "Logging error" traceback for every record."""
+    failure: str | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        error = sys.exc_info()[1]
+        self.failure = getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
 class _TracebacksToFile(logging.Filter):
     """Keep tracebacks off the terminal: the full record goes to a log file, the console gets the
     one-line message (``--debug`` leaves the console as it is)."""
@@ -48,16 +58,29 @@ class _TracebacksToFile(logging.Filter):
     def __init__(self, log_file: Path):
         super().__init__()
         self.log_file = log_file
-        self.handler: logging.Handler | None = None
+        self.handler: _QuietFileHandler | None = None
+        self.failure: str | None = None
+
+    def _save(self, record: logging.LogRecord) -> str:
+        """Where the traceback went, or why it could not be saved (the message keeps the real cause)."""
+        if self.handler is None and self.failure is None:
+            try:
+                self.log_file.parent.mkdir(parents=True, exist_ok=True)
+                self.handler = _QuietFileHandler(self.log_file)
+                self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            except OSError as error:
+                self.failure = error.strerror or str(error)
+        if self.handler is not None:
+            self.handler.handle(record)
+            self.failure = self.failure or self.handler.failure
+        if self.failure is not None:
+            return f"traceback not saved: {self.log_file}: {self.failure}"
+        return f"traceback in {self.log_file}"
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info or record.exc_text:
-            if self.handler is None:
-                self.log_file.parent.mkdir(parents=True, exist_ok=True)
-                self.handler = logging.FileHandler(self.log_file)
-                self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            self.handler.handle(record)
-            record.msg = f"{record.getMessage().splitlines()[0]} (traceback in {self.log_file})"
+            where = self._save(record)
+            record.msg = f"{record.getMessage().splitlines()[0]} ({where})"
             record.args, record.exc_info, record.exc_text = (), None, None
         return True
 
@@ -93,9 +116,26 @@ def _run_guarded(fn, *args, **kwargs):
     except Exception as error:  # noqa: BLE001 - unexpected: one line, traceback with --debug
         if state["debug"]:
             raise
+        full = _no_space(error)
+        if full is not None:
+            _fail(full)
         console.print(f"[bold red]error:[/] {type(error).__name__}: {_first_line(error)}"
                       " (rerun with --debug for the traceback)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _no_space(error: BaseException) -> Exception | None:
+    """A disk-full error anywhere in the chain (a figure, a CSV, a log, an artifact), as one line
+    naming the folder and what to do."""
+    from musc.store.files import NO_SPACE, no_space
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            folder = Path(error.filename).parent if error.filename else state.get("artifacts", Path("."))
+            return no_space(folder)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _int_list(value: Optional[str], field: str) -> Optional[List[int]]:
@@ -129,6 +169,7 @@ def demo(data: Path = typer.Option(Path("demo_data"), help="Where the synthetic 
     warnings.filterwarnings("ignore", message="pretrained=none")
 
     def go():
+        state["artifacts"] = artifacts
         _route_tracebacks(artifacts / "musc-errors.log")
         from .demo import demo_flow
         return demo_flow(str(data), str(artifacts), seed)
@@ -178,7 +219,7 @@ def run(**options) -> None:
 
     def go():
         from musc.inputs.datasets import list_categories
-        chosen = list(options["category"] or []) or list_categories(dataset, root)
+        chosen = list(options["category"] or []) or list_categories(dataset, root, exclude=[artifacts])
         if not chosen:
             raise DatasetError(f"root: no {dataset} categories found under {root}")
         cfg = MuscConfig.from_yaml(options["config"]) if options["config"] else MuscConfig()
@@ -189,7 +230,10 @@ def run(**options) -> None:
         from .category import checked_category
         from .dataset import dataset_flow
         for name in chosen:
-            checked_category(dataset, str(root), name, cfg)
+            checked_category(dataset, str(root), name, cfg, str(artifacts))
+        from musc.store import mark_artifacts_root
+        mark_artifacts_root(artifacts)  # a read-only or full artifacts folder: said now, naming it
+        state["artifacts"] = artifacts
         _route_tracebacks(artifacts / "musc-errors.log")
         return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts), options["dask"])
     _print_metrics(_run_guarded(go))
