@@ -9,6 +9,7 @@ from prefect import flow
 from musc import store
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import Category, load_category
+from musc.outputs.rebuild import outputs_folder
 from tasks import aggregate_task, all_tiles, classify_task, evaluate_task, extract_task, plan_score, score_task
 from tasks import score_tile_task
 
@@ -21,8 +22,9 @@ def category_flow(dataset: str, root: str, category: str, config: dict | None = 
     """extract -> (aggregate -> score) per r -> classify -> evaluate. Returns the artifact refs and
     the metrics (None where they could not be computed)."""
     cfg = MuscConfig.from_dict(config or {})
-    artifacts = str(store.mark_artifacts_root(Path(artifacts).resolve()))
+    artifacts = str(Path(artifacts).resolve())
     images = checked_category(dataset, str(Path(root).resolve()), category, cfg, artifacts)
+    store.mark_artifacts_root(artifacts)  # later listings skip it, wherever it lies
     # .submit().result(): a stage that reuses its artifact ends Cached, and its future gives the reference
     extracted = extract_task.submit(images, cfg.extract, artifacts).result()
     scores = [score_degree(aggregate_task.submit(extracted, r).result(), extracted, cfg) for r in cfg.r_list]
@@ -30,7 +32,8 @@ def category_flow(dataset: str, root: str, category: str, config: dict | None = 
     evaluated = evaluate_task.submit(extracted, classified, cfg.evaluate).result()
     result = store.open_artifact(evaluated["path"], "evaluate", evaluated["digest"]).attrs
     return {"category": category, "extract": extracted, "scores": scores, "classify": classified,
-            "evaluate": evaluated, "metrics": json.loads(result["metrics"]), "outputs": result["outputs"]}
+            "evaluate": evaluated, "metrics": json.loads(result["metrics"]),
+            "outputs": str(outputs_folder(evaluated["path"]))}
 
 
 def score_degree(aggregated: dict, extracted: dict, cfg: MuscConfig) -> dict:

@@ -172,7 +172,9 @@ def demo(data: Path = typer.Option(Path("demo_data"), help="Where the synthetic 
         state["artifacts"] = artifacts
         _route_tracebacks(artifacts / "musc-errors.log")
         from .demo import demo_flow
-        return demo_flow(str(data), str(artifacts), seed)
+        from .server import temporary_server
+        with temporary_server():  # ends with this command, even after kill -9
+            return demo_flow(str(data), str(artifacts), seed)
     _print_metrics(_run_guarded(go))
 
 
@@ -235,7 +237,9 @@ def run(**options) -> None:
         mark_artifacts_root(artifacts)  # a read-only or full artifacts folder: said now, naming it
         state["artifacts"] = artifacts
         _route_tracebacks(artifacts / "musc-errors.log")
-        return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts), options["dask"])
+        from .server import temporary_server
+        with temporary_server():  # ends with this command, even after kill -9
+            return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts), options["dask"])
     _print_metrics(_run_guarded(go))
 
 
@@ -275,30 +279,76 @@ def inspect(path: Path = typer.Argument(..., help="An artifact (.h5)."),
             table.add_row(name, shape, info["meanings"].get(name, ""))
         out.print(table)
         if attrs.get("stage") == "evaluate" and info["digest"]:
-            artifact = open_artifact(path, "evaluate")
-            metrics = json.loads(attrs["metrics"])
-            out.print("metrics (x100): " + ", ".join(
-                f"{k} {'n/a' if v is None else f'{v * 100:.2f}'}" for k, v in metrics.items()))
-            out.print(f"threshold: {attrs['threshold']:.6g} ({attrs['threshold_rule']})")
-            from musc.outputs.rebuild import input_path
-            names = open_artifact(input_path(path, "extract")).read("names")
-            import pandas as pd
-            per_image = pd.read_csv(Path(attrs["outputs"]) / "per_image.csv")
-            ranking = artifact.read("ranking")[:top]
-            out.print(f"top {len(ranking)} most anomalous:")
-            for rank, index in enumerate(ranking, start=1):
-                row = per_image.iloc[int(index)]
-                out.print(f"  {rank}. {names[index]}  score {row['score_rscin']:.4f}  {row['decision']}")
+            _print_evaluation(out, path, attrs, top)
     _run_guarded(go)
+
+
+def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
+    """Metrics, threshold and the top images of an evaluate artifact, reading only what is shown
+    (the first ``top`` entries of the ranking, one name each) and only from beside the artifact."""
+    import pandas as pd
+
+    from musc.outputs.rebuild import input_path, outputs_folder
+    from musc.store import open_artifact
+    artifact = open_artifact(path, "evaluate")
+    try:
+        metrics = json.loads(attrs["metrics"])
+        threshold = float(attrs["threshold"])
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{path}: attribute 'metrics' or 'threshold' is not what an evaluate artifact holds") from None
+    out.print("metrics (x100): " + ", ".join(
+        f"{k} {'n/a' if v is None else f'{v * 100:.2f}'}" for k, v in metrics.items()))
+    out.print(f"threshold: {threshold:.6g} ({attrs.get('threshold_rule')})")
+    extract = open_artifact(input_path(path, "extract"))
+    count = extract.shape("names")[0]
+    ranking = artifact.read("ranking", slice(0, max(top, 0)))
+    per_image_file = outputs_folder(path) / "per_image.csv"
+    per_image = pd.read_csv(per_image_file) if per_image_file.is_file() else None
+    out.print(f"top {len(ranking)} most anomalous:")
+    for rank, index in enumerate(int(i) for i in ranking):
+        if not 0 <= index < count:
+            raise ArtifactError(f"{path}: its ranking names image {index}, but its run has {count} images")
+        name = extract.read("names", slice(index, index + 1))[0]
+        detail = "" if per_image is None else (f"  score {per_image.iloc[index]['score_rscin']:.4f}"
+                                               f"  {per_image.iloc[index]['decision']}")
+        out.print(f"  {rank + 1}. {name}{detail}")
 
 
 @app.command("report")
 def report_command(path: Path = typer.Argument(..., help="An evaluate artifact, or a folder holding them.")) -> None:
-    """Rebuild figures and reports from artifacts alone, without recomputing any stage."""
+    """Rebuild figures and reports from artifacts alone, without recomputing any stage. In a folder,
+    stale evaluate artifacts (an input missing or changed since) are skipped and named."""
     def go():
         from musc.outputs.rebuild import rebuild_reports
-        for written in rebuild_reports(path):
+        rebuilt = rebuild_reports(path)
+        for written in rebuilt.written:
             Console().print(f"report: {written}")
+        for stale, reason in rebuilt.skipped:
+            console.print(f"skipped (stale): {stale}: {reason.removeprefix(str(stale) + ': ')}", highlight=False,
+                          soft_wrap=True)
+        if rebuilt.skipped:
+            console.print(f"{len(rebuilt.skipped)} stale evaluate artifact(s) skipped; `musc clean {path}` "
+                          f"removes what no current run uses", highlight=False, soft_wrap=True)
+    _run_guarded(go)
+
+
+@app.command("clean")
+def clean_command(artifacts: Path = typer.Argument(..., help="An artifacts folder."),
+                  dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed.")) -> None:
+    """Remove what no current run uses: artifacts that no intact evaluate artifact reaches through
+    its recorded inputs (stale evaluations, leftovers of changed images or settings, unfinished
+    stages), with their manifests, .parts folders, report folders, locks and temporary files.
+    Do not run it while a run writes to the same folder: what is being built now is kept only
+    where its lock shows it."""
+    def go():
+        from musc.outputs.rebuild import clean_artifacts
+        removed, busy = clean_artifacts(artifacts, dry_run)
+        out = Console()
+        for victim in removed:
+            out.print(f"{'would remove' if dry_run else 'removed'}: {victim}", highlight=False, soft_wrap=True)
+        for artifact in busy:
+            out.print(f"kept (being built now): {artifact}", highlight=False, soft_wrap=True)
+        out.print(f"{len(removed)} path(s) {'would be ' if dry_run else ''}removed", highlight=False)
     _run_guarded(go)
 
 

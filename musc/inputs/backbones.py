@@ -94,6 +94,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"pretrained: {path} holds no state dict of tensors")
+    for key, value in state.items():  # NaN weights would give NaN scores only after every stage
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ConfigError(f"pretrained: {path} holds non-finite values (NaN or inf) in {key}")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -198,7 +201,12 @@ def _checkpoint_for_tag(name: str, tag: str) -> Path:
 def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
                   pos_key: str, grid: int, prefix_tokens: int, required_prefix: str) -> None:
     if pos_key in state:
-        state[pos_key] = resize_positional_embedding(state[pos_key].squeeze(0), grid, prefix_tokens)
+        rows = state[pos_key].squeeze(0)
+        side = math.isqrt(max(rows.shape[0] - prefix_tokens, 0)) if rows.ndim == 2 else 0
+        if rows.ndim != 2 or side == 0 or side * side != rows.shape[0] - prefix_tokens:
+            raise ConfigError(f"pretrained: {source} does not fit this backbone ({pos_key} of shape "
+                              f"{tuple(state[pos_key].shape)} is not {prefix_tokens} prefix row(s) plus a square grid)")
+        state[pos_key] = resize_positional_embedding(rows, grid, prefix_tokens)
         if model.state_dict()[pos_key].ndim == 3:
             state[pos_key] = state[pos_key].unsqueeze(0)
     own = model.state_dict()

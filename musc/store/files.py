@@ -304,8 +304,13 @@ def open_artifact(path: str | Path, stage: str | None = None, digest: str | None
         raise ArtifactError(f"{path}: digest {actual[:12]} is not the expected {digest[:12]} (replaced since?)")
     with h5py.File(path, "r") as f:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-    return Artifact(Path(path), actual, attrs["stage"], json.loads(attrs["config"]),
-                    json.loads(attrs["inputs"]), attrs)
+    try:
+        config, inputs = json.loads(attrs["config"]), json.loads(attrs["inputs"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise ArtifactError(f"{path}: attributes 'config' and 'inputs' must be JSON (not an artifact of ours?)") from None
+    if not isinstance(config, dict) or not isinstance(inputs, dict):
+        raise ArtifactError(f"{path}: attributes 'config' and 'inputs' must be JSON objects")
+    return Artifact(Path(path), actual, attrs["stage"], config, inputs, attrs)
 
 
 def valid_digest(path: str | Path, stage: str | None = None) -> str | None:
@@ -389,7 +394,10 @@ def describe(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: not a readable HDF5 file ({error})") from None
     for key in ("config", "inputs"):
         if isinstance(attrs.get(key), str):
-            attrs[key] = json.loads(attrs[key])
+            try:
+                attrs[key] = json.loads(attrs[key])
+            except json.JSONDecodeError:
+                raise ArtifactError(f"{path}: attribute {key!r} is not valid JSON (not an artifact of ours?)") from None
     schema = STAGES.get(str(attrs.get("stage")))
     meanings = {name: (field.meaning if schema and (field := schema.field(name)) else "")
                 for name in datasets}
