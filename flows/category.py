@@ -7,6 +7,7 @@ from pathlib import Path
 from prefect import flow
 
 from musc import store
+from musc.inputs.backbones import check_degrees
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import Category, load_category
 from musc.outputs.rebuild import outputs_folder
@@ -49,7 +50,9 @@ def score_degree(aggregated: dict, extracted: dict, cfg: MuscConfig) -> dict:
 
 def checked_category(dataset: str, root: str, category: str, cfg: MuscConfig, artifacts: str) -> Category:
     """The category's images (never any under the artifacts root), after rejecting what would fail
-    late (too few images for MuSc, for a subset or for RsCIN's k) before any work."""
+    late (a degree r beyond the patch grid, too few images for MuSc, for a subset or for RsCIN's k)
+    before any work."""
+    check_degrees(cfg.extract, cfg.r_list)
     images = load_category(dataset, root, category, exclude=[artifacts])
     images.check_size(cfg.k_list_for(dataset), cfg.divide_num, cfg.seed)
     return images

@@ -13,6 +13,7 @@ Two families:
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -228,6 +229,28 @@ def _check_geometry(image_size: int, patch_size: int, layers, n_blocks: int) -> 
     bad = [layer for layer in layers if not 0 <= layer < n_blocks]
     if bad:
         raise ConfigError(f"layers: block {bad[0]} is out of range; this backbone has blocks 0..{n_blocks - 1}")
+
+
+@functools.lru_cache(maxsize=32)
+def patch_size_of(model: str) -> int:
+    """The patch size of a backbone, from its configuration (a timm model is built, without weights)."""
+    if backbone_family(model) == "timm":
+        import timm
+        try:
+            return int(timm.create_model(model[len(TIMM_PREFIX):], pretrained=False, num_classes=0)
+                       .patch_embed.patch_size[0])
+        except RuntimeError as error:
+            raise ConfigError(f"backbone: unknown timm model {model!r} ({str(error).splitlines()[0][:120]})") from None
+    return int(_clip_config(model)[1]["vision_cfg"].get("patch_size", 16))
+
+
+def check_degrees(settings: ExtractSettings, r_list) -> None:
+    """ConfigError unless every aggregation degree r fits the patch grid (r <= image_size / patch)."""
+    grid = settings.image_size // patch_size_of(settings.backbone)
+    too_large = [r for r in r_list if r > grid]
+    if too_large:
+        raise ConfigError(f"r_list: degree {too_large[0]} is larger than the patch grid ({grid} x {grid} "
+                          f"patches at image_size {settings.image_size})")
 
 
 def backbone_for(settings: ExtractSettings, device: str | None = None) -> Backbone:

@@ -112,11 +112,12 @@ class _Excluded:
 _warned: set[str] = set()
 
 
-def _warn_once(message: str) -> None:
-    """A dataset warning once per process, however often the category is listed (the command line
-    checks it before the flow, and the flow again)."""
-    if message not in _warned:
-        _warned.add(message)
+def _warn_once(message: str, where: Path) -> None:
+    """A dataset warning once per process and dataset folder, however often the category is listed
+    (the command line checks it before the flow, and the flow again)."""
+    key = f"{Path(where).resolve()}\n{message}"
+    if key not in _warned:
+        _warned.add(key)
         warnings.warn(message, stacklevel=4)
 
 
@@ -179,7 +180,7 @@ def _mvtec_style_samples(root: Path, category: str | None, normal: str) -> list[
         shared = sorted({stem for stem in stems if stems.count(stem) > 1})
         if shared:
             _warn_once(f"category {category!r}: images in {defect}/ share a name ({', '.join(shared[:3])}) "
-                       f"and so their mask")
+                       f"and so their mask", type_dir)
         for image in images:
             label = 0 if defect == normal else 1
             mask = None
@@ -192,7 +193,7 @@ def _mvtec_style_samples(root: Path, category: str | None, normal: str) -> list[
             samples.append(Sample(str(_inside(root, image, "image")), f"{defect}/{image.name}", defect, label, mask))
     if missing_masks:
         _warn_once(f"category {category!r}: {len(missing_masks)} anomalous image(s) have no mask "
-                   f"(first: {missing_masks[0]}); pixel metrics leave them out")
+                   f"(first: {missing_masks[0]}); pixel metrics leave them out", test)
     return samples
 
 
@@ -243,7 +244,7 @@ def _folder_samples(root: Path, ours: _Excluded) -> list[Sample]:
                      if c.is_file()), None)
         label = labels.get(name)
         if label is None and labels_file.is_file():
-            _warn_once(f"{labels_file}: no label for {name}")
+            _warn_once(f"{labels_file}: no label for {name}", root)
         defect = image.parent.name if image.parent != root else ""
         samples.append(Sample(str(_inside(root, image, "image")), name, defect, label, mask))
     return samples
@@ -292,7 +293,10 @@ def _open_checked(path: str | Path, what: str) -> Image.Image:
             return converted.copy() if converted is image else converted  # usable once the file is closed
     except UnreadableImage:
         raise
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except Image.DecompressionBombError:  # Pillow refuses from the header already (above ~179 megapixels)
+        raise UnreadableImage(f"{path}: {what} of more than {limit / 1e6:g} megapixels is above the limit "
+                              f"(MUSC_MAX_IMAGE_PIXELS)") from None
+    except (OSError, ValueError, SyntaxError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UnreadableImage(f"{path}: unreadable {what} ({reason})") from None
 

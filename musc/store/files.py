@@ -353,6 +353,30 @@ def clear_parts(path: str | Path) -> None:
     shutil.rmtree(parts_dir(path), ignore_errors=True)
 
 
+def clear_orphan_parts(path: str | Path) -> list[Path]:
+    """Remove the ``.parts`` folders of the other keys in this artifact's folder that nobody is
+    building now (their lock is free): progress of a run whose inputs changed since (images
+    replaced between a crash and the rerun), never resumed. Only for stages whose parts are
+    written under the artifact's lock (extract). Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for folder in sorted(path.parent.glob("*.parts")):
+        if folder == parts_dir(path) or not folder.is_dir():
+            continue
+        lock = folder.with_name(f".{folder.stem}.h5.lock")
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # being built now
+            try:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    return removed
+
+
 def clear_temporary_files(path: str | Path) -> None:
     """Remove the temporary files a killed writer left for this artifact (call under its lock:
     then nobody else is writing them)."""
