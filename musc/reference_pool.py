@@ -29,7 +29,7 @@ from .method.maps import anomaly_maps
 from .method.msm import msm_rank_window, reduce_votes, tile_minima
 from .outputs.figures import save_overlay
 from .outputs.rebuild import find_input
-from .store import ArtifactError, open_artifact, write_artifact
+from .store import ArtifactError, mark_artifacts_root, open_artifact, write_artifact
 
 DEFAULT_MAX_IMAGES = 200
 
@@ -178,8 +178,7 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     tokens, _ = backbone.extract(torch.stack([backbone.preprocess(image) for image in loaded]))
     new = {r: [aggregate(layer, r) for layer in tokens] for r in pool.features}
     maps, scores = pool_maps(new, {r: pool.layers(r) for r in pool.features}, extract.image_size)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = mark_artifacts_root(out)  # our maps are never listed as input images later
     results = []
     for name, image, anomaly_map, score in zip(names, loaded, maps, scores):
         target = out / (Path(name).stem + "_map.png")

@@ -102,11 +102,14 @@ class _Excluded:
     def __call__(self, folder: Path) -> bool:
         return (folder / ARTIFACTS_MARKER).exists() or folder.resolve() in self.folders
 
-    def below(self, path: Path) -> bool:
-        """Whether ``path`` lies in an excluded folder (its own folder or any above it)."""
-        resolved = path.resolve()
-        return any(resolved.is_relative_to(folder) for folder in self.folders) or any(
-            (parent / ARTIFACTS_MARKER).exists() for parent in resolved.parents)
+    def below(self, path: Path, root: Path) -> bool:
+        """Whether ``path`` lies in an excluded folder below the dataset root (a dataset kept inside
+        an artifacts folder is still a dataset)."""
+        resolved, top = path.resolve(), root.resolve()
+        inside = [parent for parent in resolved.parents if parent.is_relative_to(top) and parent != top]
+        return (any(resolved.is_relative_to(folder) and folder != top and folder.is_relative_to(top)
+                    for folder in self.folders)
+                or any((parent / ARTIFACTS_MARKER).exists() for parent in inside))
 
 
 _warned: set[str] = set()
@@ -148,6 +151,10 @@ def load_category(dataset: str, root: str | Path, category: str | None = None,
     if category is not None:
         check_category_name(category)
     ours = _Excluded(exclude)
+    for folder in ours.folders:  # a folder of images inside our own outputs would take them in
+        if root.resolve() == folder or (dataset == "folder" and root.resolve().is_relative_to(folder)):
+            raise DatasetError(f"root: the dataset folder {root} lies in the artifacts folder {folder}; "
+                               f"give another artifacts folder")
     if dataset == "folder":
         samples = _folder_samples(root, ours)
         category = category or root.resolve().name or "root"
@@ -155,7 +162,7 @@ def load_category(dataset: str, root: str | Path, category: str | None = None,
         samples = _visa_samples(root, category)
     else:
         samples = _mvtec_style_samples(root, category, NORMAL_FOLDERS[dataset])
-    samples = [s for s in samples if not ours.below(Path(s.path))]
+    samples = [s for s in samples if not ours.below(Path(s.path), root)]
     if not samples:
         raise DatasetError(f"category {category!r}: no images found under {root}")
     names = [s.path for s in samples]
