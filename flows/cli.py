@@ -262,7 +262,7 @@ def _preflight(cfg: MuscConfig) -> None:
 def inspect(path: Path = typer.Argument(..., help="An artifact (.h5)."),
             top: int = typer.Option(5, help="For evaluate artifacts: how many most anomalous images to list.")) -> None:
     """What an artifact holds: stage, config, provenance, datasets; metrics for evaluate artifacts."""
-    from musc.store import describe, open_artifact
+    from musc.store import describe
 
     def go():
         if not path.is_file():
