@@ -447,5 +447,7 @@ def mark_artifacts_root(root: str | Path) -> Path:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
+        if error.errno in NO_SPACE:
+            raise no_space(root) from None
         raise ArtifactError(f"artifacts: cannot write to {root} ({error.strerror or error})") from None
     return root
