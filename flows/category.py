@@ -8,9 +8,11 @@ from prefect import flow
 from prefect.futures import as_completed
 
 from musc import progress, store
+from musc.inputs.backbones import check_degrees
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import Category, load_category
 from musc.outputs import published
+from musc.outputs.rebuild import outputs_folder
 from musc.progress import Job
 from tasks import aggregate_task, all_tiles, classify_task, evaluate_task, extract_task, plan_score, score_task
 from tasks import score_tile_task
@@ -29,10 +31,12 @@ def category_flow(dataset: str, root: str, category: str, config: dict | None = 
     # progress.TRACKER, not TRACKER: a Dask task runner pickles this function by value, with the
     # globals it names, and a module travels by reference (the tracker holds a lock)
     cfg = MuscConfig.from_dict(config or {})
-    images = checked_category(dataset, str(Path(root).resolve()), category, cfg)
+    artifacts = str(Path(artifacts).resolve())
+    images = checked_category(dataset, str(Path(root).resolve()), category, cfg, artifacts)
+    store.mark_artifacts_root(artifacts)  # later listings skip it, wherever it lies
     # .submit().result(): a stage that reuses its artifact ends Cached, and its future gives the reference
     with progress.TRACKER.job(category, "extract", len(images.samples), "images", dataset) as job:
-        extracted = finished(job, [lambda: extract_task.submit(images, cfg.extract, str(Path(artifacts).resolve()))])[0]
+        extracted = finished(job, [lambda: extract_task.submit(images, cfg.extract, artifacts)])[0]
     with progress.TRACKER.job(category, "aggregate", len(cfg.r_list), "degrees", dataset) as job:
         aggregated = finished(job, [lambda r=r: aggregate_task.submit(extracted, r) for r in cfg.r_list], counted=True)
     scores = score_degrees(aggregated, extracted, cfg, dataset)
@@ -41,9 +45,10 @@ def category_flow(dataset: str, root: str, category: str, config: dict | None = 
     with progress.TRACKER.job(category, "evaluate", 1, "step", dataset) as job:
         evaluated = finished(job, [lambda: evaluate_task.submit(extracted, classified, cfg.evaluate)])[0]
     result = store.open_artifact(evaluated["path"], "evaluate", evaluated["digest"]).attrs
+    outputs = str(outputs_folder(evaluated["path"]))
     refs = {"extract": extracted, "scores": scores, "classify": classified, "evaluate": evaluated}
-    publish_category(dataset, category, result["outputs"], refs, cfg.r_list)
-    return {"category": category, **refs, "metrics": json.loads(result["metrics"]), "outputs": result["outputs"]}
+    publish_category(dataset, category, outputs, refs, cfg.r_list)
+    return {"category": category, **refs, "metrics": json.loads(result["metrics"]), "outputs": outputs}
 
 
 def finished(job: Job, stages: list, counted: bool = False) -> list:
@@ -92,9 +97,11 @@ def publish_category(dataset: str, category: str, outputs: str, refs: dict, r_li
 
 
 
-def checked_category(dataset: str, root: str, category: str, cfg: MuscConfig) -> Category:
-    """The category's images, after rejecting what would fail late (too few images for MuSc, for
-    a subset or for RsCIN's k) before any work."""
-    images = load_category(dataset, root, category)
+def checked_category(dataset: str, root: str, category: str, cfg: MuscConfig, artifacts: str) -> Category:
+    """The category's images (never any under the artifacts root), after rejecting what would fail
+    late (a degree r beyond the patch grid, too few images for MuSc, for a subset or for RsCIN's k)
+    before any work."""
+    check_degrees(cfg.extract, cfg.r_list)
+    images = load_category(dataset, root, category, exclude=[artifacts])
     images.check_size(cfg.k_list_for(dataset), cfg.divide_num, cfg.seed)
     return images

@@ -42,6 +42,16 @@ def _prefect_environment() -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A log file that, when it cannot be written (disk full, read-only folder), says so once
+    instead of printing a "Logging error" traceback for every record."""
+    failure: str | None = None
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        error = sys.exc_info()[1]
+        self.failure = getattr(error, "strerror", None) or str(error) or type(error).__name__
+
+
 class _TracebacksToFile(logging.Filter):
     """Keep tracebacks off the terminal: the full record goes to a log file, the console gets the
     one-line message (``--debug`` leaves the console as it is)."""
@@ -49,16 +59,29 @@ class _TracebacksToFile(logging.Filter):
     def __init__(self, log_file: Path):
         super().__init__()
         self.log_file = log_file
-        self.handler: logging.Handler | None = None
+        self.handler: _QuietFileHandler | None = None
+        self.failure: str | None = None
+
+    def _save(self, record: logging.LogRecord) -> str:
+        """Where the traceback went, or why it could not be saved (the message keeps the real cause)."""
+        if self.handler is None and self.failure is None:
+            try:
+                self.log_file.parent.mkdir(parents=True, exist_ok=True)
+                self.handler = _QuietFileHandler(self.log_file)
+                self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            except OSError as error:
+                self.failure = error.strerror or str(error)
+        if self.handler is not None:
+            self.handler.handle(record)
+            self.failure = self.failure or self.handler.failure
+        if self.failure is not None:
+            return f"traceback not saved: {self.log_file}: {self.failure}"
+        return f"traceback in {self.log_file}"
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info or record.exc_text:
-            if self.handler is None:
-                self.log_file.parent.mkdir(parents=True, exist_ok=True)
-                self.handler = logging.FileHandler(self.log_file)
-                self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            self.handler.handle(record)
-            record.msg = f"{record.getMessage().splitlines()[0]} (traceback in {self.log_file})"
+            where = self._save(record)
+            record.msg = f"{record.getMessage().splitlines()[0]} ({where})"
             record.args, record.exc_info, record.exc_text = (), None, None
         return True
 
@@ -94,9 +117,26 @@ def _run_guarded(fn, *args, **kwargs):
     except Exception as error:  # noqa: BLE001 - unexpected: one line, traceback with --debug
         if state["debug"]:
             raise
+        full = _no_space(error)
+        if full is not None:
+            _fail(full)
         console.print(f"[bold red]error:[/] {type(error).__name__}: {_first_line(error)}"
                       " (rerun with --debug for the traceback)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+
+
+def _no_space(error: BaseException) -> Exception | None:
+    """A disk-full error anywhere in the chain (a figure, a CSV, a log, an artifact), as one line
+    naming the folder and what to do."""
+    from musc.store.files import NO_SPACE, no_space
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in NO_SPACE:
+            folder = Path(error.filename).parent if error.filename else state.get("artifacts", Path("."))
+            return no_space(folder)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _int_list(value: Optional[str], field: str) -> Optional[List[int]]:
@@ -202,9 +242,11 @@ def demo(data: Path = typer.Option(Path("demo_data"), help="Where the synthetic 
     warnings.filterwarnings("ignore", message="pretrained=none")
 
     def go():
+        state["artifacts"] = artifacts
         _route_tracebacks(artifacts / "musc-errors.log")
         from .demo import demo_flow
-        with _run_output(verbose):
+        from .server import temporary_server
+        with temporary_server(), _run_output(verbose):  # the server ends with this command, even after kill -9
             return demo_flow(str(data), str(artifacts), seed)
     _print_metrics(_run_guarded(go))
 
@@ -253,7 +295,7 @@ def run(**options) -> None:
 
     def go():
         from musc.inputs.datasets import list_categories
-        chosen = list(options["category"] or []) or list_categories(dataset, root)
+        chosen = list(options["category"] or []) or list_categories(dataset, root, exclude=[artifacts])
         if not chosen:
             raise DatasetError(f"root: no {dataset} categories found under {root}")
         cfg = MuscConfig.from_yaml(options["config"]) if options["config"] else MuscConfig()
@@ -264,9 +306,13 @@ def run(**options) -> None:
         from .category import checked_category
         from .dataset import dataset_flow
         for name in chosen:
-            checked_category(dataset, str(root), name, cfg)
+            checked_category(dataset, str(root), name, cfg, str(artifacts))
+        from musc.store import mark_artifacts_root
+        mark_artifacts_root(artifacts)  # a read-only or full artifacts folder: said now, naming it
+        state["artifacts"] = artifacts
         _route_tracebacks(artifacts / "musc-errors.log")
-        with _run_output(options["verbose"]):
+        from .server import temporary_server
+        with temporary_server(), _run_output(options["verbose"]):  # the server ends with this command, even after kill -9
             return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts), options["dask"])
     _print_metrics(_run_guarded(go))
 
@@ -290,7 +336,7 @@ def _preflight(cfg: MuscConfig) -> None:
 def inspect(path: Path = typer.Argument(..., help="An artifact (.h5)."),
             top: int = typer.Option(5, help="For evaluate artifacts: how many most anomalous images to list.")) -> None:
     """What an artifact holds: stage, config, provenance, datasets; metrics for evaluate artifacts."""
-    from musc.store import describe, open_artifact
+    from musc.store import describe
 
     def go():
         if not path.is_file():
@@ -307,30 +353,76 @@ def inspect(path: Path = typer.Argument(..., help="An artifact (.h5)."),
             table.add_row(name, shape, info["meanings"].get(name, ""))
         out.print(table)
         if attrs.get("stage") == "evaluate" and info["digest"]:
-            artifact = open_artifact(path, "evaluate")
-            metrics = json.loads(attrs["metrics"])
-            out.print("metrics (x100): " + ", ".join(
-                f"{k} {'n/a' if v is None else f'{v * 100:.2f}'}" for k, v in metrics.items()))
-            out.print(f"threshold: {attrs['threshold']:.6g} ({attrs['threshold_rule']})")
-            from musc.outputs.rebuild import input_path
-            names = open_artifact(input_path(path, "extract")).read("names")
-            import pandas as pd
-            per_image = pd.read_csv(Path(attrs["outputs"]) / "per_image.csv")
-            ranking = artifact.read("ranking")[:top]
-            out.print(f"top {len(ranking)} most anomalous:")
-            for rank, index in enumerate(ranking, start=1):
-                row = per_image.iloc[int(index)]
-                out.print(f"  {rank}. {names[index]}  score {row['score_rscin']:.4f}  {row['decision']}")
+            _print_evaluation(out, path, attrs, top)
     _run_guarded(go)
+
+
+def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
+    """Metrics, threshold and the top images of an evaluate artifact, reading only what is shown
+    (the first ``top`` entries of the ranking, one name each) and only from beside the artifact."""
+    import pandas as pd
+
+    from musc.outputs.rebuild import input_path, outputs_folder
+    from musc.store import open_artifact
+    artifact = open_artifact(path, "evaluate")
+    try:
+        metrics = json.loads(attrs["metrics"])
+        threshold = float(attrs["threshold"])
+    except (KeyError, TypeError, ValueError):
+        raise ArtifactError(f"{path}: attribute 'metrics' or 'threshold' is not what an evaluate artifact holds") from None
+    out.print("metrics (x100): " + ", ".join(
+        f"{k} {'n/a' if v is None else f'{v * 100:.2f}'}" for k, v in metrics.items()))
+    out.print(f"threshold: {threshold:.6g} ({attrs.get('threshold_rule')})")
+    extract = open_artifact(input_path(path, "extract"))
+    count = extract.shape("names")[0]
+    ranking = artifact.read("ranking", slice(0, max(top, 0)))
+    per_image_file = outputs_folder(path) / "per_image.csv"
+    per_image = pd.read_csv(per_image_file) if per_image_file.is_file() else None
+    out.print(f"top {len(ranking)} most anomalous:")
+    for rank, index in enumerate(int(i) for i in ranking):
+        if not 0 <= index < count:
+            raise ArtifactError(f"{path}: its ranking names image {index}, but its run has {count} images")
+        name = extract.read("names", slice(index, index + 1))[0]
+        detail = "" if per_image is None else (f"  score {per_image.iloc[index]['score_rscin']:.4f}"
+                                               f"  {per_image.iloc[index]['decision']}")
+        out.print(f"  {rank + 1}. {name}{detail}")
 
 
 @app.command("report")
 def report_command(path: Path = typer.Argument(..., help="An evaluate artifact, or a folder holding them.")) -> None:
-    """Rebuild figures and reports from artifacts alone, without recomputing any stage."""
+    """Rebuild figures and reports from artifacts alone, without recomputing any stage. In a folder,
+    stale evaluate artifacts (an input missing or changed since) are skipped and named."""
     def go():
         from musc.outputs.rebuild import rebuild_reports
-        for written in rebuild_reports(path):
+        rebuilt = rebuild_reports(path)
+        for written in rebuilt.written:
             Console().print(f"report: {written}")
+        for stale, reason in rebuilt.skipped:
+            console.print(f"skipped (stale): {stale}: {reason.removeprefix(str(stale) + ': ')}", highlight=False,
+                          soft_wrap=True)
+        if rebuilt.skipped:
+            console.print(f"{len(rebuilt.skipped)} stale evaluate artifact(s) skipped; `musc clean {path}` "
+                          f"removes what no current run uses", highlight=False, soft_wrap=True)
+    _run_guarded(go)
+
+
+@app.command("clean")
+def clean_command(artifacts: Path = typer.Argument(..., help="An artifacts folder."),
+                  dry_run: bool = typer.Option(False, "--dry-run", help="Only list what would be removed.")) -> None:
+    """Remove what no current run uses: artifacts that no intact evaluate artifact reaches through
+    its recorded inputs (stale evaluations, leftovers of changed images or settings, unfinished
+    stages), with their manifests, .parts folders, report folders, locks and temporary files.
+    Do not run it while a run writes to the same folder: what is being built now is kept only
+    where its lock shows it."""
+    def go():
+        from musc.outputs.rebuild import clean_artifacts
+        removed, busy = clean_artifacts(artifacts, dry_run)
+        out = Console()
+        for victim in removed:
+            out.print(f"{'would remove' if dry_run else 'removed'}: {victim}", highlight=False, soft_wrap=True)
+        for artifact in busy:
+            out.print(f"kept (being built now): {artifact}", highlight=False, soft_wrap=True)
+        out.print(f"{len(removed)} path(s) {'would be ' if dry_run else ''}removed", highlight=False)
     _run_guarded(go)
 
 

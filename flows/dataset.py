@@ -24,7 +24,7 @@ def dataset_flow(dataset: str, root: str, categories: list[str] | None = None, c
     base = MuscConfig.from_yaml(config_file).to_dict() if config_file else {}
     cfg = MuscConfig.from_dict({**base, **(config or {})})
     root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
-    categories = categories or list_categories(dataset, root)
+    categories = categories or list_categories(dataset, root, exclude=[artifacts])
     run_category = category_flow.with_options(task_runner=task_runner(dask)) if dask else category_flow
     results = {name: run_category(dataset, root, name, cfg.to_dict(), artifacts) for name in categories}
     table = reports.metrics_table({name: metrics_from_json(r["metrics"]) for name, r in results.items()},

@@ -114,6 +114,8 @@ def build_extract(path: Path, category: Category, settings: ExtractSettings) -> 
         attrs={"backbone": backbone.describe(), "mask_rule": category.mask_rule, "n_skipped": len(skipped)},
         code_version=code_version("extract"), fill=fill)
     store.clear_parts(path)
+    for orphan in store.clear_orphan_parts(path):
+        log.info(f"extract: removed {orphan.name}, unfinished work on images that have changed since")
     job.finish()
     log.info(f"extract: {kept.size} images, {len(skipped)} skipped -> {path}")
 

@@ -112,7 +112,7 @@ def test_a_failed_write_leaves_the_previous_artifact_intact(tmp_path, monkeypatc
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
     monkeypatch.setattr(store.files, "file_sha256", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(store.files.NoSpaceError, match="no space left on the device; free some space"):
         write_sample(path)
     monkeypatch.undo()
     assert store.verify(path, "pool") == digest

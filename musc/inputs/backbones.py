@@ -13,6 +13,7 @@ Two families:
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -94,6 +95,9 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"pretrained: {path} holds no state dict of tensors")
+    for key, value in state.items():  # NaN weights would give NaN scores only after every stage
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ConfigError(f"pretrained: {path} holds non-finite values (NaN or inf) in {key}")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -198,7 +202,12 @@ def _checkpoint_for_tag(name: str, tag: str) -> Path:
 def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
                   pos_key: str, grid: int, prefix_tokens: int, required_prefix: str) -> None:
     if pos_key in state:
-        state[pos_key] = resize_positional_embedding(state[pos_key].squeeze(0), grid, prefix_tokens)
+        rows = state[pos_key].squeeze(0)
+        side = math.isqrt(max(rows.shape[0] - prefix_tokens, 0)) if rows.ndim == 2 else 0
+        if rows.ndim != 2 or side == 0 or side * side != rows.shape[0] - prefix_tokens:
+            raise ConfigError(f"pretrained: {source} does not fit this backbone ({pos_key} of shape "
+                              f"{tuple(state[pos_key].shape)} is not {prefix_tokens} prefix row(s) plus a square grid)")
+        state[pos_key] = resize_positional_embedding(rows, grid, prefix_tokens)
         if model.state_dict()[pos_key].ndim == 3:
             state[pos_key] = state[pos_key].unsqueeze(0)
     own = model.state_dict()
@@ -220,6 +229,28 @@ def _check_geometry(image_size: int, patch_size: int, layers, n_blocks: int) -> 
     bad = [layer for layer in layers if not 0 <= layer < n_blocks]
     if bad:
         raise ConfigError(f"layers: block {bad[0]} is out of range; this backbone has blocks 0..{n_blocks - 1}")
+
+
+@functools.lru_cache(maxsize=32)
+def patch_size_of(model: str) -> int:
+    """The patch size of a backbone, from its configuration (a timm model is built, without weights)."""
+    if backbone_family(model) == "timm":
+        import timm
+        try:
+            return int(timm.create_model(model[len(TIMM_PREFIX):], pretrained=False, num_classes=0)
+                       .patch_embed.patch_size[0])
+        except RuntimeError as error:
+            raise ConfigError(f"backbone: unknown timm model {model!r} ({str(error).splitlines()[0][:120]})") from None
+    return int(_clip_config(model)[1]["vision_cfg"].get("patch_size", 16))
+
+
+def check_degrees(settings: ExtractSettings, r_list) -> None:
+    """ConfigError unless every aggregation degree r fits the patch grid (r <= image_size / patch)."""
+    grid = settings.image_size // patch_size_of(settings.backbone)
+    too_large = [r for r in r_list if r > grid]
+    if too_large:
+        raise ConfigError(f"r_list: degree {too_large[0]} is larger than the patch grid ({grid} x {grid} "
+                          f"patches at image_size {settings.image_size})")
 
 
 def backbone_for(settings: ExtractSettings, device: str | None = None) -> Backbone:

@@ -46,8 +46,13 @@ class MuscConfig:
     def __post_init__(self) -> None:
         for name in ("layers", "r_list", "k_list"):
             value = getattr(self, name)
-            if value is not None and not isinstance(value, tuple):
+            if value is not None:  # tuples too: MuscConfig(layers=(1.5,)) is as wrong as a YAML list
                 object.__setattr__(self, name, _as_int_tuple(name, value))
+        for name in ("backbone", "pretrained", "device", "quick_gelu", "overlay_normalisation", "msm_precision"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name}: expected text, got {getattr(self, name)!r}")
+        for name in ("topmin_min", "topmin_max"):
+            _check_number(name, getattr(self, name))
         _check_int("image_size", self.image_size, minimum=1)
         _check_int("divide_num", self.divide_num, minimum=1)
         _check_int("batch_size", self.batch_size, minimum=1)
@@ -72,9 +77,8 @@ class MuscConfig:
         if self.quick_gelu not in ("auto", "true", "false"):
             raise ConfigError(f"quick_gelu: expected 'auto', 'true' or 'false', got {self.quick_gelu!r}")
         for name in ("threshold", "pixel_threshold"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-                raise ConfigError(f"{name}: expected a number, got {value!r}")
+            if getattr(self, name) is not None:
+                _check_number(name, getattr(self, name))
         if self.aligned_radius is not None:
             _check_int("aligned_radius", self.aligned_radius, minimum=0)
         try:
@@ -191,15 +195,38 @@ class EvaluateSettings:
 
 
 def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
+    """Integers from a list, a tuple or "1,3,5"; 1.5, "a", true are refused (naming the field)."""
     if isinstance(value, str):
         value = [v for v in value.replace(" ", "").split(",") if v]
     try:
-        items = tuple(int(v) for v in value)
-    except (TypeError, ValueError):
+        items = list(value)
+    except TypeError:
         raise ConfigError(f"{name}: expected a list of integers, got {value!r}") from None
-    if any(isinstance(v, float) and not float(v).is_integer() for v in value):
-        raise ConfigError(f"{name}: expected integers, got {value!r}")
-    return items
+    result = []
+    for item in items:
+        if isinstance(item, str) and item.strip().lstrip("+-").isdigit():
+            item = int(item)
+        if isinstance(item, float) and item.is_integer():
+            item = int(item)
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ConfigError(f"{name}: expected a list of integers, got {value!r}")
+        result.append(item)
+    return tuple(result)
+
+
+def _check_number(name: str, value: Any) -> None:
+    """A real number, finite; YAML reads 1e-9 (no dot) as text: say how to write it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        hint = ""
+        if isinstance(value, str):
+            try:
+                float(value)
+                hint = " (YAML reads this as text: write it with a dot, e.g. 1.0e-9)"
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected a number, got {value!r}{hint}")
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(f"{name}: expected a finite number, got {value!r}")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

@@ -6,6 +6,7 @@ reference: defect types sorted by name, file names sorted within each type.
 from __future__ import annotations
 
 import csv
+import os
 import random
 import warnings
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ..method.checks import TooFewImages, check_image_count
+from ..store.files import ARTIFACTS_MARKER
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DATASETS = ("mvtec_ad", "visa", "btad", "folder")
@@ -23,6 +25,9 @@ NORMAL_FOLDERS = {"mvtec_ad": "good", "btad": "ok"}
 # How a resized mask becomes binary (docs/METHOD.md 1.3): MVTec AD and BTAD truncate (only 255
 # survives, eroding edges); VisA keeps every non-zero pixel (dilating edges).
 MASK_RULES = {"mvtec_ad": "truncate", "btad": "truncate", "visa": "nonzero", "folder": "nonzero"}
+# Images (and masks) above this many pixels are refused from their header, before decoding
+# (Pillow's own guard only starts at about 179 megapixels). MUSC_MAX_IMAGE_PIXELS overrides it.
+DEFAULT_MAX_IMAGE_PIXELS = 100_000_000
 
 
 class DatasetError(ValueError):
@@ -78,8 +83,50 @@ def _check_dataset(dataset: str) -> None:
         raise DatasetError(f"dataset: unknown layout {dataset!r} (known: {', '.join(DATASETS)})")
 
 
-def list_categories(dataset: str, root: str | Path) -> list[str]:
-    """The categories present under ``root`` for a layout."""
+def check_category_name(category: str) -> None:
+    """A category becomes a folder name under the artifacts root: one plain name, nothing that
+    leads elsewhere (``..``, separators, an absolute path)."""
+    text = str(category)
+    if (not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text
+            or Path(text).is_absolute() or text != text.strip()):
+        raise DatasetError(f"category: {text!r} is not a plain folder name (no '/', '..' or absolute paths)")
+
+
+class _Excluded:
+    """What a listing never reads as input: folders holding the artifacts marker, and the folders
+    given (the artifacts root of the run), wherever they lie below the dataset root."""
+
+    def __init__(self, exclude: Sequence[str | Path] = ()):
+        self.folders = {Path(folder).resolve() for folder in exclude if folder}
+
+    def __call__(self, folder: Path) -> bool:
+        return (folder / ARTIFACTS_MARKER).exists() or folder.resolve() in self.folders
+
+    def below(self, path: Path, root: Path) -> bool:
+        """Whether ``path`` lies in an excluded folder below the dataset root (a dataset kept inside
+        an artifacts folder is still a dataset)."""
+        resolved, top = path.resolve(), root.resolve()
+        inside = [parent for parent in resolved.parents if parent.is_relative_to(top) and parent != top]
+        return (any(resolved.is_relative_to(folder) and folder != top and folder.is_relative_to(top)
+                    for folder in self.folders)
+                or any((parent / ARTIFACTS_MARKER).exists() for parent in inside))
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str, where: Path) -> None:
+    """A dataset warning once per process and dataset folder, however often the category is listed
+    (the command line checks it before the flow, and the flow again)."""
+    key = f"{Path(where).resolve()}\n{message}"
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, stacklevel=4)
+
+
+def list_categories(dataset: str, root: str | Path, exclude: Sequence[str | Path] = ()) -> list[str]:
+    """The categories present under ``root`` for a layout (never a folder in ``exclude`` or one
+    holding the artifacts marker)."""
     _check_dataset(dataset)
     root = Path(root)
     if not root.is_dir():
@@ -88,22 +135,34 @@ def list_categories(dataset: str, root: str | Path) -> list[str]:
         return [root.resolve().name]
     if dataset == "visa":
         return sorted({row["object"] for row in _visa_rows(root)})
-    return sorted(p.name for p in root.iterdir() if (p / "test").is_dir())
+    ours = _Excluded(exclude)
+    return sorted(p.name for p in root.iterdir() if (p / "test").is_dir() and not ours(p))
 
 
-def load_category(dataset: str, root: str | Path, category: str | None = None) -> Category:
-    """All test images of one category, in the reference order."""
+def load_category(dataset: str, root: str | Path, category: str | None = None,
+                  exclude: Sequence[str | Path] = ()) -> Category:
+    """All test images of one category, in the reference order. Nothing in ``exclude`` (the run's
+    artifacts root) or in a folder holding the artifacts marker is ever listed: our outputs are
+    never read back as inputs, wherever the artifacts folder lies."""
     _check_dataset(dataset)
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"root: dataset folder {root} does not exist")
+    if category is not None:
+        check_category_name(category)
+    ours = _Excluded(exclude)
+    for folder in ours.folders:  # a folder of images inside our own outputs would take them in
+        if root.resolve() == folder or (dataset == "folder" and root.resolve().is_relative_to(folder)):
+            raise DatasetError(f"root: the dataset folder {root} lies in the artifacts folder {folder}; "
+                               f"give another artifacts folder")
     if dataset == "folder":
-        samples = _folder_samples(root)
-        category = category or root.resolve().name
+        samples = _folder_samples(root, ours)
+        category = category or root.resolve().name or "root"
     elif dataset == "visa":
         samples = _visa_samples(root, category)
     else:
         samples = _mvtec_style_samples(root, category, NORMAL_FOLDERS[dataset])
+    samples = [s for s in samples if not ours.below(Path(s.path), root)]
     if not samples:
         raise DatasetError(f"category {category!r}: no images found under {root}")
     names = [s.path for s in samples]
@@ -127,8 +186,8 @@ def _mvtec_style_samples(root: Path, category: str | None, normal: str) -> list[
         stems = [p.stem for p in images]
         shared = sorted({stem for stem in stems if stems.count(stem) > 1})
         if shared:
-            warnings.warn(f"category {category!r}: images in {defect}/ share a name ({', '.join(shared[:3])}) "
-                          f"and so their mask", stacklevel=3)
+            _warn_once(f"category {category!r}: images in {defect}/ share a name ({', '.join(shared[:3])}) "
+                       f"and so their mask", type_dir)
         for image in images:
             label = 0 if defect == normal else 1
             mask = None
@@ -140,8 +199,8 @@ def _mvtec_style_samples(root: Path, category: str | None, normal: str) -> list[
                     missing_masks.append(f"{defect}/{image.name}")
             samples.append(Sample(str(_inside(root, image, "image")), f"{defect}/{image.name}", defect, label, mask))
     if missing_masks:
-        warnings.warn(f"category {category!r}: {len(missing_masks)} anomalous image(s) have no mask "
-                      f"(first: {missing_masks[0]}); pixel metrics leave them out", stacklevel=3)
+        _warn_once(f"category {category!r}: {len(missing_masks)} anomalous image(s) have no mask "
+                   f"(first: {missing_masks[0]}); pixel metrics leave them out", test)
     return samples
 
 
@@ -169,31 +228,43 @@ def _visa_samples(root: Path, category: str | None) -> list[Sample]:
     return samples
 
 
-def _folder_samples(root: Path) -> list[Sample]:
-    """Images anywhere below root (a ``masks/`` folder excluded); labels from ``labels.csv`` when
-    present (columns image,label), masks from ``masks/<stem>.png`` or ``masks/<stem>_mask.png``."""
+def _folder_samples(root: Path, ours: _Excluded) -> list[Sample]:
+    """Images anywhere below root (a ``masks/`` folder and our own outputs excluded); labels from
+    ``labels.csv`` when present (columns image,label), masks from ``masks/<stem>.png`` or
+    ``masks/<stem>_mask.png``."""
     labels: dict[str, int] = {}
     labels_file = root / "labels.csv"
     if labels_file.is_file():
         with labels_file.open(newline="") as handle:
             for line, row in enumerate(csv.DictReader(handle), start=2):
-                try:
-                    labels[row["image"]] = int(row["label"])
-                except (KeyError, TypeError, ValueError):
-                    raise DatasetError(f"{labels_file}: line {line} needs columns image,label with label 0 or 1") from None
+                value = str(row.get("label") or "").strip()
+                if row.get("image") is None or value not in ("0", "1"):
+                    raise DatasetError(f"{labels_file}: line {line} needs columns image,label with label 0 or 1"
+                                       f"{f', got {value!r}' if value else ''}")
+                labels[row["image"]] = int(value)
     masks_dir = root / "masks"
     samples = []
-    for image in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                        and masks_dir not in p.parents):
+    for image in _folder_images(root, masks_dir, ours):
         name = image.relative_to(root).as_posix()
-        mask = next((str(c) for c in (masks_dir / f"{image.stem}.png", masks_dir / f"{image.stem}_mask.png")
+        mask = next((str(_inside(root, c, "mask")) for c in (masks_dir / f"{image.stem}.png",
+                                                              masks_dir / f"{image.stem}_mask.png")
                      if c.is_file()), None)
         label = labels.get(name)
         if label is None and labels_file.is_file():
-            warnings.warn(f"{labels_file}: no label for {name}", stacklevel=3)
+            _warn_once(f"{labels_file}: no label for {name}", root)
         defect = image.parent.name if image.parent != root else ""
         samples.append(Sample(str(_inside(root, image, "image")), name, defect, label, mask))
     return samples
+
+
+def _folder_images(root: Path, masks_dir: Path, ours: _Excluded) -> list[Path]:
+    """Image files below root, in sorted order, never entering ``masks/`` or a folder of ours."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        here = Path(folder)
+        subfolders[:] = [d for d in subfolders if here / d != masks_dir and not ours(here / d)]
+        found.extend(here / f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES and (here / f).is_file())
+    return sorted(found)
 
 
 def _to_8bit(image: Image.Image) -> Image.Image:
@@ -205,27 +276,49 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """An image as 8-bit RGB. UnreadableImage (one line, naming the file) when it cannot be decoded."""
+def max_image_pixels() -> int:
+    """The pixel limit for images and masks (MUSC_MAX_IMAGE_PIXELS, default 100 megapixels)."""
+    value = os.environ.get("MUSC_MAX_IMAGE_PIXELS", "")
+    try:
+        return int(value) if value.strip() else DEFAULT_MAX_IMAGE_PIXELS
+    except ValueError:
+        raise DatasetError(f"MUSC_MAX_IMAGE_PIXELS: expected a number of pixels, got {value!r}") from None
+
+
+def _open_checked(path: str | Path, what: str) -> Image.Image:
+    """Decode an image or mask after checking its size from the header: UnreadableImage (naming the
+    file) when it cannot be read or is above the pixel limit."""
+    limit = max_image_pixels()
     try:
         with Image.open(path) as image:
+            width, height = image.size
+            if width * height > limit:
+                raise UnreadableImage(f"{path}: {what} of {width} x {height} pixels is above the limit of "
+                                      f"{limit / 1e6:g} megapixels (MUSC_MAX_IMAGE_PIXELS)")
             image.load()
-            return _to_8bit(image).convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+            converted = _to_8bit(image)
+            return converted.copy() if converted is image else converted  # usable once the file is closed
+    except UnreadableImage:
+        raise
+    except Image.DecompressionBombError:  # Pillow refuses from the header already (above ~179 megapixels)
+        raise UnreadableImage(f"{path}: {what} of more than {limit / 1e6:g} megapixels is above the limit "
+                              f"(MUSC_MAX_IMAGE_PIXELS)") from None
+    except (OSError, ValueError, SyntaxError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UnreadableImage(f"{path}: unreadable image ({reason})") from None
+        raise UnreadableImage(f"{path}: unreadable {what} ({reason})") from None
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An image as 8-bit RGB. UnreadableImage (one line, naming the file) when it cannot be decoded
+    or is too large."""
+    return _open_checked(path, "image").convert("RGB")
 
 
 def load_mask(path: str | Path | None, image_size: int, rule: str) -> np.ndarray:
     """A ground-truth mask as (S, S) uint8 {0, 1}, binarised per dataset (docs/METHOD.md 1.3)."""
     if path is None:
         return np.zeros((image_size, image_size), dtype=np.uint8)
-    try:
-        with Image.open(path) as mask:
-            mask.load()
-            mask = _to_8bit(mask)
-    except (OSError, ValueError, SyntaxError) as error:
-        raise UnreadableImage(f"{path}: unreadable mask ({error})") from None
+    mask = _open_checked(path, "mask")
     if mask.mode == "1":  # PIL resizes mode-1 masks with nearest neighbour, as the reference would
         resized = np.asarray(mask.resize((image_size, image_size), Image.NEAREST), dtype=np.uint8)
         return (resized > 0).astype(np.uint8)

@@ -1,9 +1,20 @@
-"""Rebuild reports from artifacts alone (``musc report``): no backbone, no stage recomputed."""
+"""Rebuild reports from artifacts alone (``musc report``), and remove what no run uses
+(``musc clean``): no backbone, no stage recomputed.
+
+Every path written here is derived from the artifact's own location (the folder beside it), never
+from paths stored inside an artifact: a copied artifacts folder writes into the copy, and a
+crafted artifact cannot send writes elsewhere.
+"""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import re
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..store import ArtifactError, open_artifact, valid_digest
+from ..store import ArtifactError, STAGES, manifest_path, open_artifact, parts_dir, valid_digest
 from .evaluation import evaluate
 from .reports import write_outputs
 
@@ -25,18 +36,143 @@ def input_path(artifact_path: str | Path, stage: str) -> Path:
     return find_input(Path(artifact_path), stage, open_artifact(artifact_path).inputs[stage])
 
 
-def rebuild_reports(path: str | Path) -> list[Path]:
+@dataclass
+class Rebuilt:
+    written: list[Path] = field(default_factory=list)           # the reports written
+    skipped: list[tuple[Path, str]] = field(default_factory=list)  # stale evaluate artifacts, and why
+
+
+def rebuild_reports(path: str | Path) -> Rebuilt:
+    """Reports of one evaluate artifact (an error if it is stale), or of every current one under a
+    folder; stale ones (an input missing or changed since) are skipped and named."""
     path = Path(path)
     targets = [path] if path.is_file() else sorted(path.rglob("evaluate/*.h5"))
     if not targets:
         raise ArtifactError(f"{path}: no evaluate artifacts found")
-    written = []
+    result = Rebuilt()
     for target in targets:
-        evaluation = open_artifact(target, "evaluate")
-        extract = open_artifact(find_input(target, "extract", evaluation.inputs["extract"]), "extract")
-        classify = open_artifact(find_input(target, "classify", evaluation.inputs["classify"]), "classify")
-        config = evaluation.config
-        decided = evaluate(extract, classify, config.get("threshold"), config.get("pixel_threshold"))
-        written.append(write_outputs(extract, classify, decided, Path(evaluation.attrs["outputs"]),
-                                     config.get("overlays", "set"), str(target)))
-    return written
+        try:
+            result.written.append(rebuild_one(target))
+        except ArtifactError as error:
+            if path.is_file():
+                raise
+            result.skipped.append((target, str(error).splitlines()[0]))
+    if not result.written:
+        raise ArtifactError(f"{path}: no current evaluate artifact ({len(result.skipped)} stale: "
+                            f"{result.skipped[0][1]})")
+    return result
+
+
+def rebuild_one(target: Path) -> Path:
+    evaluation = open_artifact(target, "evaluate")
+    extract = open_artifact(find_input(target, "extract", evaluation.inputs["extract"]), "extract")
+    classify = open_artifact(find_input(target, "classify", evaluation.inputs["classify"]), "classify")
+    config = evaluation.config
+    decided = evaluate(extract, classify, config.get("threshold"), config.get("pixel_threshold"))
+    return write_outputs(extract, classify, decided, outputs_folder(target), config.get("overlays", "set"),
+                         str(target))
+
+
+# musc clean ---------------------------------------------------------------------------------------
+
+def _upstream(path: Path) -> list[Path]:
+    """The artifacts an artifact was made from (its recorded input digests, found in the sibling
+    stage folders); ArtifactError when one is missing or changed."""
+    artifact = open_artifact(path)
+    if artifact.stage == "extract":  # its inputs are images, not artifacts
+        return []
+    found = []
+    for name, digest in artifact.inputs.items():
+        stage = re.sub(r"_\d+$", "", name)  # score_0, score_1: one per degree
+        if stage in STAGES:
+            found.append(find_input(path, stage, digest))
+    return found
+
+
+def in_use(root: str | Path) -> set[Path]:
+    """Every artifact an intact run uses: each evaluate artifact whose whole chain of inputs is
+    present and valid, and that chain (classify, scores, aggregates, extract)."""
+    used: set[Path] = set()
+    for evaluation in sorted(Path(root).rglob("evaluate/*.h5")):
+        chain, todo = {evaluation}, [evaluation]
+        try:
+            while todo:
+                for upstream in _upstream(todo.pop()):
+                    if upstream not in chain:
+                        chain.add(upstream)
+                        todo.append(upstream)
+        except ArtifactError:
+            continue  # a stale evaluate artifact: neither it nor its remains are in use
+        used |= chain
+    return used
+
+
+@contextlib.contextmanager
+def _unless_busy(artifact: Path):
+    """Yields True when nobody builds this artifact now (its lock is free; held while we remove)."""
+    lock = artifact.with_name(f".{artifact.name}.lock")
+    if not lock.exists():
+        yield True
+        return
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def clean_artifacts(root: str | Path, dry_run: bool = False) -> tuple[list[Path], list[Path]]:
+    """Remove what no intact run uses (see ``in_use``) from the stage folders under ``root``: other
+    artifacts with their manifests, ``.parts`` folders, report folders, lock and temporary files.
+    Returns (removed, busy): busy ones are being built by a running command and are kept."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: no such artifacts folder")
+    used = in_use(root)
+    removed, busy = [], []
+    stage_folders = sorted(p for p in root.glob("*/*/*") if p.is_dir() and p.name in STAGES)
+    for folder in stage_folders:
+        keys = {_key_of(entry) for entry in folder.iterdir()} - {None}
+        for key in sorted(keys):
+            artifact = folder / f"{key}.h5"
+            if artifact in used:
+                continue
+            victims = [p for p in (artifact, manifest_path(artifact), parts_dir(artifact),
+                                   outputs_folder(artifact), artifact.with_name(f".{artifact.name}.lock"))
+                       if p.exists()]
+            victims += sorted(folder.glob(f".{key}.*.tmp-*"))
+            with _unless_busy(artifact) as free:
+                if not free:
+                    busy.append(artifact)
+                    continue
+                for victim in victims:
+                    removed.append(victim)
+                    if not dry_run:
+                        _remove(victim)
+    return removed, busy
+
+
+def _key_of(entry: Path) -> str | None:
+    """The artifact key an entry of a stage folder belongs to: <key>.h5, <key>.json, <key>.parts,
+    <key>/ (reports), .<key>.h5.lock, .<key>.h5.tmp-*, .<key>.json.tmp-*."""
+    name = entry.name
+    if name.startswith("."):
+        match = re.match(r"^\.(.+?)\.(h5|json)\.(lock|tmp-.*)$", name)
+        return match.group(1) if match else None
+    if entry.is_dir():
+        return name.removesuffix(".parts")
+    if entry.suffix in (".h5", ".json"):
+        return entry.stem
+    return None
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from ..method.maps import anomaly_maps
 from ..outputs.evaluation import decisions
 from ..outputs.figures import save_overlay
 from ..outputs.rebuild import find_input
-from ..store import ArtifactError, open_artifact
+from ..store import ArtifactError, mark_artifacts_root, open_artifact
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
 from .scoring import MsmRule, calibrated_threshold, in_memory, mutual_votes, patch_scores
 
@@ -164,7 +164,7 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
         per_degree.append(torch.stack(layers))
     maps, scores = anomaly_maps(per_degree, settings.image_size)
     flags = decisions(scores, threshold)
-    out = Path(out)
+    out = mark_artifacts_root(out)  # our maps are never listed as input images later
     (out / "maps").mkdir(parents=True, exist_ok=True)
     rows = []
     for name, stem, image, anomaly_map, score, flag in zip(names, map_names(names), loaded, maps, scores, flags):

@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import errno
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -36,8 +38,49 @@ class ArtifactError(RuntimeError):
     """An artifact is missing, partial, corrupt or foreign; the message names the file."""
 
 
+class NoSpaceError(ArtifactError):
+    """A write ran out of disk space (or quota); the message names the folder and what to do."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space(folder: str | Path) -> NoSpaceError:
+    return NoSpaceError(f"{folder}: no space left on the device; free some space (or give another artifacts "
+                        f"folder) and rerun: finished batches, tiles and stages are kept")
+
+
+class _Sink(io.FileIO):
+    """The file HDF5 writes through. A failed write (disk full) is remembered and its data dropped,
+    so that HDF5 itself never sees an error: a failed HDF5 close leaves the library in a state
+    that crashes the interpreter at exit (a segmentation fault). The writer checks ``failure``
+    once HDF5 has closed, and the half-written temporary file is removed."""
+    failure: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.failure is None and done < len(view):
+            try:
+                written = super().write(view[done:])
+            except OSError as error:
+                self.failure = error
+                break
+            if not written:
+                self.failure = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                break
+            done += written
+        return len(view)
+
+
 def artifact_path(root: str | Path, dataset: str, category: str, stage: str, key: str) -> Path:
+    """``<root>/<dataset>/<category>/<stage>/<key>.h5``; each part must be one plain folder name, so
+    the path never leaves the root."""
     stage_schema(stage)
+    for what, name in (("dataset", dataset), ("category", category), ("key", key)):
+        text = str(name)
+        if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+            raise ArtifactError(f"{what}: {text!r} is not a plain folder name; artifacts stay under {root}")
     return Path(root) / dataset / category / stage / f"{key}.h5"
 
 
@@ -120,31 +163,53 @@ def write_artifact(path: str | Path, stage: str, config: Mapping[str, Any], inpu
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
     try:
-        with h5py.File(tmp, "w") as f:
-            for name, value in arrays.items():
-                _write_value(f, name, value)
-            if fill is not None:
-                fill(f)
-            stage_schema(stage).check_names(list(f.keys()), path)
-            f.attrs["schema_version"] = SCHEMA_VERSION
-            f.attrs["stage"] = stage
-            f.attrs["config"] = json.dumps(dict(config), sort_keys=True, default=str)
-            f.attrs["inputs"] = json.dumps(dict(inputs), sort_keys=True)
-            f.attrs["code_version"] = code_version
-            f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-            for name, value in (attrs or {}).items():
-                f.attrs[name] = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
-            f.attrs["complete"] = True
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        with _Sink(tmp, "w+") as sink:
+            try:
+                with h5py.File(sink, "w") as f:
+                    _fill_artifact(f, path, stage, config, inputs, arrays, attrs, code_version, fill)
+            finally:
+                if sink.failure is not None:  # what HDF5 did after a dropped write does not matter
+                    if sink.failure.errno in NO_SPACE:
+                        raise no_space(path.parent) from None
+                    raise ArtifactError(f"{path}: write failed ({sink.failure.strerror or sink.failure})") from None
+            sink.flush()
+            os.fsync(sink.fileno())
         digest = file_sha256(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise no_space(path.parent) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
-    _write_atomic_bytes(manifest_path(path), json.dumps(
-        {"sha256": digest, "size": path.stat().st_size, "stage": stage}).encode())
+    try:
+        _write_atomic_bytes(manifest_path(path), json.dumps(
+            {"sha256": digest, "size": path.stat().st_size, "stage": stage}).encode())
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise no_space(path.parent) from None
+        raise
     return digest
+
+
+def _fill_artifact(f: h5py.File, path: Path, stage: str, config: Mapping[str, Any], inputs: Mapping[str, str],
+                   arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None, code_version: str,
+                   fill: Callable[[h5py.File], None] | None) -> None:
+    for name, value in arrays.items():
+        _write_value(f, name, value)
+    if fill is not None:
+        fill(f)
+    stage_schema(stage).check_names(list(f.keys()), path)
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["stage"] = stage
+    f.attrs["config"] = json.dumps(dict(config), sort_keys=True, default=str)
+    f.attrs["inputs"] = json.dumps(dict(inputs), sort_keys=True)
+    f.attrs["code_version"] = code_version
+    f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for name, value in (attrs or {}).items():
+        f.attrs[name] = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
+    f.attrs["complete"] = True
 
 
 @dataclass
@@ -239,8 +304,13 @@ def open_artifact(path: str | Path, stage: str | None = None, digest: str | None
         raise ArtifactError(f"{path}: digest {actual[:12]} is not the expected {digest[:12]} (replaced since?)")
     with h5py.File(path, "r") as f:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-    return Artifact(Path(path), actual, attrs["stage"], json.loads(attrs["config"]),
-                    json.loads(attrs["inputs"]), attrs)
+    try:
+        config, inputs = json.loads(attrs["config"]), json.loads(attrs["inputs"])
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise ArtifactError(f"{path}: attributes 'config' and 'inputs' must be JSON (not an artifact of ours?)") from None
+    if not isinstance(config, dict) or not isinstance(inputs, dict):
+        raise ArtifactError(f"{path}: attributes 'config' and 'inputs' must be JSON objects")
+    return Artifact(Path(path), actual, attrs["stage"], config, inputs, attrs)
 
 
 def valid_digest(path: str | Path, stage: str | None = None) -> str | None:
@@ -281,6 +351,30 @@ def read_part(path: str | Path, name: str, only: tuple[str, ...] | None = None) 
 
 def clear_parts(path: str | Path) -> None:
     shutil.rmtree(parts_dir(path), ignore_errors=True)
+
+
+def clear_orphan_parts(path: str | Path) -> list[Path]:
+    """Remove the ``.parts`` folders of the other keys in this artifact's folder that nobody is
+    building now (their lock is free): progress of a run whose inputs changed since (images
+    replaced between a crash and the rerun), never resumed. Only for stages whose parts are
+    written under the artifact's lock (extract). Returns what was removed."""
+    path = Path(path)
+    removed = []
+    for folder in sorted(path.parent.glob("*.parts")):
+        if folder == parts_dir(path) or not folder.is_dir():
+            continue
+        lock = folder.with_name(f".{folder.stem}.h5.lock")
+        with open(lock, "a+") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # being built now
+            try:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    return removed
 
 
 def clear_temporary_files(path: str | Path) -> None:
@@ -324,9 +418,36 @@ def describe(path: str | Path) -> dict[str, Any]:
         raise ArtifactError(f"{path}: not a readable HDF5 file ({error})") from None
     for key in ("config", "inputs"):
         if isinstance(attrs.get(key), str):
-            attrs[key] = json.loads(attrs[key])
+            try:
+                attrs[key] = json.loads(attrs[key])
+            except json.JSONDecodeError:
+                raise ArtifactError(f"{path}: attribute {key!r} is not valid JSON (not an artifact of ours?)") from None
     schema = STAGES.get(str(attrs.get("stage")))
     meanings = {name: (field.meaning if schema and (field := schema.field(name)) else "")
                 for name in datasets}
     return {"path": str(path), "status": status, "digest": digest, "attrs": attrs, "datasets": datasets,
             "meanings": meanings}
+
+
+# The artifacts root: a marker file says "written by musc", so no dataset listing reads it back ----
+
+ARTIFACTS_MARKER = ".musc-artifacts"
+
+
+def mark_artifacts_root(root: str | Path) -> Path:
+    """Create the artifacts root (if needed) with its marker file; ArtifactError naming the folder
+    when it cannot be written (read-only, no space): the real cause, before any work starts."""
+    root = Path(root)
+    marker = root / ARTIFACTS_MARKER
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not marker.is_file():
+            marker.write_text("Written by musc: artifacts and reports. Dataset listings skip this folder.\n")
+        probe = root / f".musc-write-test-{os.getpid()}-{threading.get_ident()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise no_space(root) from None
+        raise ArtifactError(f"artifacts: cannot write to {root} ({error.strerror or error})") from None
+    return root

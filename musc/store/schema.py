@@ -110,7 +110,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("pixel_threshold_rule", "str", "", "how the pixel threshold was chosen"),
         Field("category", "str", "", "category name"),
         Field("dataset", "str", "", "dataset layout"),
-        Field("outputs", "str", "", "the folder of reports and figures when written"),
+        Field("outputs", "str", "", "the folder of reports and figures when written (a record only: readers "
+                                     "use the folder beside the artifact)"),
     )),
     Stage("pool", "2", "a reference pool of one category: LNAMD features of earlier images, what they were "
                        "made and scored with (config: settings = category, backbone/feature settings with image "

@@ -1,0 +1,106 @@
+"""The temporary Prefect server of one ``musc`` command, tied to the command's life.
+
+Prefect's own temporary server is a child process that outlives a ``kill -9`` of its parent (it is
+reparented to PID 1 and keeps about 230 MB). We start the same server (Prefect's public app
+factory under uvicorn, the UI off) as our child, ask Linux to end it when its parent dies
+(``PR_SET_PDEATHSIG``), and point the command's Prefect client at it. A PREFECT_API_URL given by
+the user is used as it is.
+
+Its own log goes to an unlinked temporary file, not to the terminal: stopping a server whose
+task-run recorder still has a backlog (a run of 1,395 score tiles: the recorder writes one event
+per transaction by default) cancels that flush, and Prefect logs each cancelled flush as an
+"Error flushing events" traceback although the run succeeded. The recorder here writes in
+batches, so it keeps up; what remains at the stop is the server's business, shown only when it
+fails to start.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Iterator
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+STARTUP_SECONDS = 120
+
+
+def _die_with_parent(parent: int):
+    """For the child, between fork and exec: SIGTERM when the parent dies (also if it already has)."""
+    def arm() -> None:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+    return arm
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_healthy(process: subprocess.Popen, url: str, log) -> None:
+    import httpx
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            last = (log.read().decode(errors="replace").strip().splitlines() or [""])[-1]
+            raise RuntimeError(f"the temporary Prefect server exited with status {process.returncode} ({last})")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"the temporary Prefect server did not answer within {STARTUP_SECONDS} s")
+
+
+def _drain_clients() -> None:
+    """Send what Prefect's client still holds (logs, events) while the server is up: drained only
+    at exit, they would wait on a stopped server."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+    for worker in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            worker.drain_all(timeout=30)
+
+
+@contextlib.contextmanager
+def temporary_server() -> Iterator[str | None]:
+    """Within the block, Prefect talks to a server that ends with this process, however it ends.
+    Call it from the main thread: Linux ties the child to the thread that started it."""
+    if os.environ.get("PREFECT_API_URL") or sys.platform != "linux":
+        yield os.environ.get("PREFECT_API_URL")
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    port = _free_port()
+    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+               "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+           "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
+           "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "200"}
+    log = tempfile.TemporaryFile()
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=log,  # noqa: PLW1509 - preexec: see above
+                               preexec_fn=_die_with_parent(os.getpid()))
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        _wait_healthy(process, url, log)
+        os.environ["PREFECT_API_URL"] = url  # for child processes (Dask workers)
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        _drain_clients()
+        os.environ.pop("PREFECT_API_URL", None)
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
