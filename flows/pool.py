@@ -7,11 +7,11 @@ from pathlib import Path
 from prefect import flow, task
 
 from musc.inputs.datasets import IMAGE_SUFFIXES
-from musc.reference_pool import score_new_images
 
 
 @task(name="score-new")
 def score_new_task(pool: str, images: list[str], out: str) -> list[dict]:
+    from musc.reference_pool import score_new_images  # torch: only when scoring
     return score_new_images(pool, images, out)
 
 

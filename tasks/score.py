@@ -15,15 +15,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from musc import store
-from musc.inputs.backbones import resolve_device
 from musc.inputs.config import ScoreSettings
 from musc.inputs.datasets import Sample, subsets
-from musc.method.msm import image_blocks, msm_rank_window, reduce_votes, tile_minima, tile_pairs
+from musc.method.tiles import image_blocks, msm_rank_window, tile_pairs
 
 from .faults import fail_once_point, fault_point
 from .stage import Plan, Ref, code_version, logger, stage_folder, stage_task
@@ -74,6 +72,9 @@ def compute_tile(path: Path, aggregate: Ref, tile: Tile, settings: ScoreSettings
     name = tile.part_name(settings.block_size)
     if store.valid_digest(store.part_path(path, name)) is not None:
         return False
+    import torch
+    from musc.inputs.backbones import resolve_device
+    from musc.method.msm import tile_minima
     target = resolve_device(settings.device)
     same = tile.first == tile.second
     with h5py.File(aggregate["path"], "r") as f:
@@ -94,6 +95,8 @@ def score_tile_task(aggregate: Ref, path: str, tile: Tile, settings: ScoreSettin
 
 
 def build_score(path: Path, aggregate: Ref, extract: Ref, settings: ScoreSettings) -> None:
+    import torch
+    from musc.method.msm import reduce_votes
     log = logger()
     source = store.open_artifact(aggregate["path"], "aggregate", aggregate["digest"])
     n_layers, n_images, n_patches, _ = source.shape("features")

@@ -6,8 +6,6 @@ metric is undefined because only one class is present), plus the MVTec/anomalib 
 from __future__ import annotations
 
 import numpy as np
-from skimage.measure import label as label_components
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
 METRIC_NAMES = ("image_auroc", "image_f1max", "image_ap",
                 "pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro", "pixel_aupro_mvtec")
@@ -17,6 +15,7 @@ PRO_THRESHOLDS = 200
 
 def f1_max(labels, scores) -> float:
     """Max over the precision-recall curve of 2PR/(P+R), ignoring points where P+R = 0."""
+    from sklearn.metrics import precision_recall_curve  # sklearn loads in about a second: on first use
     precision, recall, _ = precision_recall_curve(labels, scores)
     with np.errstate(divide="ignore", invalid="ignore"):
         f1 = 2 * precision * recall / (precision + recall)
@@ -25,6 +24,7 @@ def f1_max(labels, scores) -> float:
 
 def _binary_metrics(labels, scores) -> tuple[float, float, float]:
     """(AUROC, F1-max, AP), or zeros when only one class is present (as the reference)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
     labels = np.asarray(labels).ravel()
     scores = np.asarray(scores).ravel()
     if labels.min() == labels.max():
@@ -35,6 +35,7 @@ def _binary_metrics(labels, scores) -> tuple[float, float, float]:
 
 def _region_pixels(masks: np.ndarray, maps: np.ndarray) -> list[np.ndarray]:
     """Map values of every connected region (8-connected) of every image's mask."""
+    from skimage.measure import label as label_components
     regions = []
     for mask, anomaly_map in zip(masks, maps):
         labelled = label_components(mask.astype(np.uint8))
@@ -68,6 +69,7 @@ def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def aupro_reference(masks, maps) -> float:
     """AUPRO as the reference computes it: FPR < 0.3 kept, min-max rescaled to [0, 1], trapezoid."""
+    from sklearn.metrics import auc
     _, fpr, pro = pro_curve(masks, maps)
     kept = fpr < PRO_FPR_LIMIT
     fpr, pro = fpr[kept], pro[kept]
@@ -78,6 +80,7 @@ def aupro_reference(masks, maps) -> float:
 def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT) -> float:
     """AUPRO as MVTec AD and anomalib define it: every distinct threshold, the curve interpolated at
     FPR = fpr_limit, the area divided by fpr_limit."""
+    from skimage.measure import label as label_components
     masks = np.asarray(masks).astype(bool)
     maps = np.asarray(maps, dtype=np.float64)
     regions = [label_components(m.astype(np.uint8)) for m in masks]
