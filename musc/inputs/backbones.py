@@ -111,8 +111,11 @@ class Backbone:
                 embedding = out["image_features"]
             else:
                 tokens, embedding = self._extract_timm(images)
-            embedding = embedding / embedding.norm(dim=-1, keepdim=True)
-        return [t.cpu() for t in tokens], embedding.cpu()
+        # Out of autocast in fp32: the artifact and every later stage (LNAMD, MSM, RsCIN's similarity)
+        # get fp32 values whatever the device; the embedding is normalised in fp32 (no fp16 overflow).
+        embedding = embedding.float()
+        embedding = embedding / embedding.norm(dim=-1, keepdim=True)
+        return [t.float().cpu() for t in tokens], embedding.cpu()
 
     def _extract_timm(self, images):
         final, intermediates = self.model.forward_intermediates(

@@ -160,9 +160,15 @@ def save_histograms(labels, raw, rscin, path: str | Path) -> str:
 
 
 def save_metric_bars(table, path: str | Path) -> str:
-    """Per-category bar chart of the metrics of a dataset run."""
-    plt = _pyplot()
+    """Per-category bar chart of the metrics of a dataset run; not redrawn (nor matplotlib loaded)
+    when the PNG exists and was drawn from the same table (a cached rerun)."""
+    path = Path(path)
     shown = table[list(METRIC_NAMES)].drop(index="mean", errors="ignore")
+    stamp = path.with_name(f".{path.name}.key")
+    key = hashlib.blake2b(shown.to_csv().encode(), digest_size=16).hexdigest()
+    if path.is_file() and stamp.is_file() and stamp.read_text() == key:
+        return str(path)
+    plt = _pyplot()
     fig, axis = plt.subplots(figsize=(max(6, 1.2 * len(shown)), 3.5))
     shown.plot.bar(ax=axis, width=0.85)
     axis.set_ylabel("x100")
@@ -170,6 +176,7 @@ def save_metric_bars(table, path: str | Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+    stamp.write_text(key)
     return str(path)
 
 
