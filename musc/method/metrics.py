@@ -13,24 +13,45 @@ PRO_FPR_LIMIT = 0.3
 PRO_THRESHOLDS = 200
 
 
+def ranked_counts(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds, tps, fps): one descending sort, then the cumulative true and false positives at
+    each distinct score, the points sklearn's ROC and PR curves are built from (so the same values
+    up to rounding). AUROC, AP and F1-max below all come from one such sort."""
+    labels = np.asarray(labels).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    order = np.argsort(scores)[::-1]  # the order within ties does not matter: counts are taken at their ends
+    ranked = scores[order]
+    distinct = np.r_[np.nonzero(np.diff(ranked))[0], ranked.size - 1]
+    tps = np.cumsum(labels[order] != 0, dtype=np.float64)[distinct]
+    return ranked[distinct], tps, 1.0 + distinct - tps
+
+
+def f1_from_counts(tps: np.ndarray, fps: np.ndarray) -> float:
+    """Max over the PR curve of 2PR/(P+R) = 2 tp / (tp + fp + positives), 0 at the (1, 0) end."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision, recall = tps / (tps + fps), tps / tps[-1]
+        f1 = 2 * precision * recall / (precision + recall)
+    f1 = f1[np.isfinite(f1)]
+    return float(max(f1.max(), 0.0)) if f1.size else 0.0
+
+
 def f1_max(labels, scores) -> float:
     """Max over the precision-recall curve of 2PR/(P+R), ignoring points where P+R = 0."""
-    from sklearn.metrics import precision_recall_curve  # sklearn loads in about a second: on first use
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = 2 * precision * recall / (precision + recall)
-    return float(np.max(f1[np.isfinite(f1)]))
+    _, tps, fps = ranked_counts(labels, scores)
+    return f1_from_counts(tps, fps)
 
 
 def _binary_metrics(labels, scores) -> tuple[float, float, float]:
     """(AUROC, F1-max, AP), or zeros when only one class is present (as the reference)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
     labels = np.asarray(labels).ravel()
-    scores = np.asarray(scores).ravel()
     if labels.min() == labels.max():
         return 0.0, 0.0, 0.0
-    return (float(roc_auc_score(labels, scores)), f1_max(labels, scores),
-            float(average_precision_score(labels, scores)))
+    _, tps, fps = ranked_counts(labels, scores)
+    tpr, fpr = np.r_[0.0, tps / tps[-1]], np.r_[0.0, fps / fps[-1]]
+    auroc = float(np.trapezoid(tpr, fpr))
+    precision = tps / (tps + fps)
+    average_precision = float(np.sum(np.diff(np.r_[0.0, tps / tps[-1]]) * precision))
+    return auroc, f1_from_counts(tps, fps), average_precision
 
 
 def _region_pixels(masks: np.ndarray, maps: np.ndarray) -> list[np.ndarray]:
