@@ -90,12 +90,12 @@ def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def aupro_reference(masks, maps) -> float:
     """AUPRO as the reference computes it: FPR < 0.3 kept, min-max rescaled to [0, 1], trapezoid."""
-    from sklearn.metrics import auc
     _, fpr, pro = pro_curve(masks, maps)
     kept = fpr < PRO_FPR_LIMIT
     fpr, pro = fpr[kept], pro[kept]
     fpr = (fpr - fpr.min()) / (fpr.max() - fpr.min())
-    return float(auc(fpr, pro))
+    direction = -1.0 if np.all(np.diff(fpr) <= 0) else 1.0  # as sklearn's auc: fpr falls as thresholds rise
+    return float(direction * np.trapezoid(pro, fpr))
 
 
 def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT) -> float:
