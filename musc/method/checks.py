@@ -33,5 +33,6 @@ EXACT_PRECISIONS = ("fp32", "bf16")
 
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"msm_precision: expected {', '.join(map(repr, PRECISIONS))}, got {precision!r}")
+        raise ValueError(f"msm_precision: expected 'fp32' or 'bf16' (exact), or 'bf16-fast' (not exact), "
+                         f"got {precision!r}")
     return precision
