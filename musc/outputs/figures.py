@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,7 @@ def save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: str | Path, m
     """Image | heat map over the image (ground-truth contour when known), as a PNG written atomically."""
     path = Path(path)
     scratch = path.with_name(f".{path.name}.tmp")
-    overlay_picture(image, anomaly_map, mask, vmin, vmax, title).save(scratch, format="PNG", compress_level=3)
+    overlay_picture(image, anomaly_map, mask, vmin, vmax, title).save(scratch, format="PNG", compress_level=1)
     os.replace(scratch, path)
     return str(path)
 
@@ -185,6 +186,7 @@ def save_metric_bars(table, path: str | Path) -> str:
 
 
 OVERLAY_INDEX = ".index.json"  # in the overlays folder: the key each PNG was drawn from
+OVERLAY_THREADS = 2
 
 
 def overlay_key(image_path: str, anomaly_map: np.ndarray, mask: np.ndarray | None, vmin, vmax, title: str) -> str:
@@ -218,21 +220,28 @@ def render_overlays(folder: Path, paths, names, maps, masks, has_mask, scores, n
         drawn = json.loads(index_file.read_text())
     except (OSError, ValueError):
         drawn = {}
-    keys, written = {}, []
+    keys, written, todo = {}, [], []
     for index, (path, name) in enumerate(zip(paths, names)):
         target = folder / png_name(name)
         mask = masks[index] if has_mask[index] else None
         title = f"{name}  score {scores[index]:.4f}"
         key = overlay_key(str(path), maps[index], mask, low, high, title)
         if drawn.get(target.name) != key or not target.is_file():
-            try:
-                image = np.asarray(load_image(path).resize((size, size)))
-            except UnreadableImage:
-                image = np.zeros((size, size, 3), dtype=np.uint8)
-            drawn.pop(target.name, None)
-            save_overlay(image, maps[index], target, mask, low, high, title=title)
+            todo.append((path, maps[index], target, mask, title))
         keys[target.name] = key
         written.append(str(target))
+
+    def draw(job) -> None:
+        path, anomaly_map, target, mask, title = job
+        try:
+            image = np.asarray(load_image(path).resize((size, size), reducing_gap=3.0))
+        except UnreadableImage:
+            image = np.zeros((size, size, 3), dtype=np.uint8)
+        save_overlay(image, anomaly_map, target, mask, low, high, title=title)
+
+    # Pillow decodes, resizes and encodes PNGs without the GIL: two threads use two cores
+    with ThreadPoolExecutor(max_workers=min(OVERLAY_THREADS, max(1, len(todo)))) as pool:
+        list(pool.map(draw, todo))
     scratch = index_file.with_name(index_file.name + ".tmp")
     scratch.write_text(json.dumps(keys, sort_keys=True))
     os.replace(scratch, index_file)
