@@ -13,13 +13,19 @@ PRO_FPR_LIMIT = 0.3
 PRO_THRESHOLDS = 200
 
 
-def ranked_counts(labels, scores) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def descending_order(scores) -> np.ndarray:
+    """Indices that sort the flattened scores from high to low (the order within ties does not
+    matter to anything computed from it: counts and sums are taken at the ends of ties)."""
+    return np.argsort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
+
+
+def ranked_counts(labels, scores, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(thresholds, tps, fps): one descending sort, then the cumulative true and false positives at
     each distinct score, the points sklearn's ROC and PR curves are built from (so the same values
     up to rounding). AUROC, AP and F1-max below all come from one such sort."""
     labels = np.asarray(labels).ravel()
     scores = np.asarray(scores, dtype=np.float64).ravel()
-    order = np.argsort(scores)[::-1]  # the order within ties does not matter: counts are taken at their ends
+    order = descending_order(scores) if order is None else order
     ranked = scores[order]
     distinct = np.r_[np.nonzero(np.diff(ranked))[0], ranked.size - 1]
     tps = np.cumsum(labels[order] != 0, dtype=np.float64)[distinct]
@@ -41,12 +47,12 @@ def f1_max(labels, scores) -> float:
     return f1_from_counts(tps, fps)
 
 
-def _binary_metrics(labels, scores) -> tuple[float, float, float]:
+def _binary_metrics(labels, scores, order: np.ndarray | None = None) -> tuple[float, float, float]:
     """(AUROC, F1-max, AP), or zeros when only one class is present (as the reference)."""
     labels = np.asarray(labels).ravel()
     if labels.min() == labels.max():
         return 0.0, 0.0, 0.0
-    _, tps, fps = ranked_counts(labels, scores)
+    _, tps, fps = ranked_counts(labels, scores, order)
     tpr, fpr = np.r_[0.0, tps / tps[-1]], np.r_[0.0, fps / fps[-1]]
     auroc = float(np.trapezoid(tpr, fpr))
     precision = tps / (tps + fps)
@@ -98,9 +104,9 @@ def aupro_reference(masks, maps) -> float:
     return float(direction * np.trapezoid(pro, fpr))
 
 
-def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT) -> float:
+def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT, order: np.ndarray | None = None) -> float:
     """AUPRO as MVTec AD and anomalib define it: every distinct threshold, the curve interpolated at
-    FPR = fpr_limit, the area divided by fpr_limit."""
+    FPR = fpr_limit, the area divided by fpr_limit. ``order``: ``descending_order(maps)`` if known."""
     from skimage.measure import label as label_components
     masks = np.asarray(masks).astype(bool)
     maps = np.asarray(maps, dtype=np.float64)
@@ -111,7 +117,7 @@ def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT) -> float:
         sizes = np.bincount(labelled.ravel())
         inside = labelled > 0
         weights[image][inside] = 1.0 / (sizes[labelled[inside]] * n_regions)
-    order = np.argsort(-maps.ravel(), kind="stable")
+    order = descending_order(maps) if order is None else order
     values = maps.ravel()[order]
     pro = np.cumsum(weights.ravel()[order])
     fpr = np.cumsum(~masks.ravel()[order]) / np.count_nonzero(~masks)
@@ -142,13 +148,14 @@ def pixel_metrics(gt_px, pr_px) -> dict[str, float]:
     pr_px = np.asarray(pr_px, dtype=np.float64)
     if gt_px.shape != pr_px.shape:
         raise ValueError(f"pr_px: shape {pr_px.shape} does not match gt_px {gt_px.shape}")
-    pixel = _binary_metrics(gt_px, pr_px)
+    order = descending_order(pr_px)  # one sort of the pixels for AUROC, AP, F1-max and the MVTec AUPRO
+    pixel = _binary_metrics(gt_px, pr_px, order)
     if gt_px.sum() == 0:
         aupro, aupro_std = 0.0, 0.0
     else:
         masks = gt_px.reshape(-1, *gt_px.shape[-2:])
         maps = pr_px.reshape(masks.shape)
-        aupro, aupro_std = aupro_reference(masks, maps), aupro_mvtec(masks, maps)
+        aupro, aupro_std = aupro_reference(masks, maps), aupro_mvtec(masks, maps, order=order)
     return dict(zip(METRIC_NAMES[3:], (*pixel, aupro, aupro_std)))
 
 
