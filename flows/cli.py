@@ -189,24 +189,30 @@ def run(**options) -> None:
         cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
         from .category import checked_category
         from .dataset import dataset_flow
-        categories = [checked_category(dataset, str(root), name, cfg) for name in chosen]
+        try:
+            categories = [checked_category(dataset, str(root), name, cfg) for name in chosen]
+        except Exception:
+            _preflight(cfg, None, artifacts)  # a bad configuration is reported before a bad dataset
+            raise
         _preflight(cfg, categories, artifacts)
         _route_tracebacks(artifacts / "musc-errors.log")
         return dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts), options["dask"])
     _print_metrics(_run_guarded(go))
 
 
-def _preflight(cfg: MuscConfig, categories: list, artifacts: Path) -> None:
+def _preflight(cfg: MuscConfig, categories: list | None, artifacts: Path) -> None:
     """Reject a bad backbone configuration before any work starts (the field is named); say early
     when the bf16 screen cannot be built (MSM then runs in fp32, with the same scores).
 
     The backbone is built only when some category still needs extracting: a valid extract artifact
     for every category (planned from the settings and the image digests, no model) proves the
-    configuration already worked, and a cached rerun then never loads torch or open_clip."""
+    configuration already worked, and a cached rerun then never loads torch or open_clip.
+    ``categories`` None: not known (the backbone is built)."""
     from musc import store
     from tasks.extract import plan_extract
     root = str(artifacts.resolve())
-    if any(store.valid_digest(plan_extract(c, cfg.extract, root), "extract") is None for c in categories):
+    if categories is None or any(store.valid_digest(plan_extract(c, cfg.extract, root), "extract") is None
+                                 for c in categories):
         from musc.inputs.backbones import backbone_for
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
