@@ -67,6 +67,12 @@ def all_tiles(extract: Ref, settings: ScoreSettings) -> list[Tile]:
             for first, second in tile_pairs(len(blocks))]
 
 
+def tile_minima(*args, **kwargs):
+    """musc.method.msm.tile_minima, imported when a tile is computed (torch): a cached run never is."""
+    from musc.method.msm import tile_minima as minima
+    return minima(*args, **kwargs)
+
+
 def compute_tile(path: Path, aggregate: Ref, tile: Tile, settings: ScoreSettings) -> bool:
     """Votes of one tile, written as a part; False when the part was already there."""
     name = tile.part_name(settings.block_size)
@@ -74,7 +80,6 @@ def compute_tile(path: Path, aggregate: Ref, tile: Tile, settings: ScoreSettings
         return False
     import torch
     from musc.inputs.backbones import resolve_device
-    from musc.method.msm import tile_minima
     target = resolve_device(settings.device)
     same = tile.first == tile.second
     with h5py.File(aggregate["path"], "r") as f:
