@@ -62,9 +62,19 @@ def compare(name: str, category, image_size: int, repeats: int) -> dict:
         metrics, _ = evaluate_arrays(labels, result["image_scores"], masks, result["maps"], has_mask)
         runs[precision] = {"seconds": min(times), "result": result, "metrics": metrics}
     exact, fast = runs["fp32"], runs["bf16-fast"]
+    from musc.method.lnamd import aggregate
+    from musc.method.msm import mutual_scores
+    features = aggregate(tokens[-1], 3)  # MSM alone, one layer, interleaved twice: steadier on a busy machine
+    msm = {"fp32": [], "bf16-fast": []}
+    for _ in range(2):
+        for precision in msm:
+            start = time.perf_counter()
+            mutual_scores(features, block_size=8, precision=precision)
+            msm[precision].append(time.perf_counter() - start)
     deltas = {k: (fast["metrics"][k] - exact["metrics"][k]) * 100 for k in exact["metrics"]}
     return {"set": name, "N": len(labels), "image_size": image_size,
             "fp32_s": exact["seconds"], "fast_s": fast["seconds"], "speedup": exact["seconds"] / fast["seconds"],
+            "msm_fp32_s": min(msm["fp32"]), "msm_fast_s": min(msm["bf16-fast"]),
             "max_map_diff": float(np.abs(fast["result"]["maps"] - exact["result"]["maps"]).max()),
             "map_range": float(np.ptp(exact["result"]["maps"])),
             "max_image_score_diff": float(np.abs(fast["result"]["image_scores"] - exact["result"]["image_scores"]).max()),
@@ -75,15 +85,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--sets", default="demo,real", help="which sets: demo, real or both")
     args = parser.parse_args()
     from musc.inputs.datasets import load_category
     from musc.inputs.synthetic import make_dataset
     sets = []
     with tempfile.TemporaryDirectory() as scratch:
         make_dataset(Path(scratch), seed=0)
-        for category in ("fabric", "washer"):
+        for category in ("fabric", "washer") if "demo" in args.sets else ():
             sets.append((f"demo {category}", load_category("mvtec_ad", scratch, category)))
-        if (REAL_ROOT / "bottle" / "test").is_dir():
+        if "real" in args.sets and (REAL_ROOT / "bottle" / "test").is_dir():
             sets.append(("real bottle", load_category("mvtec_ad", str(REAL_ROOT), "bottle")))
         rows = [compare(name, category, args.image_size, args.repeats) for name, category in sets]
     for row in rows:
@@ -91,6 +102,8 @@ def main() -> None:
         print(f"{row['set']} (N={row['N']}, {row['image_size']} px): fp32 {row['fp32_s']:.2f}s, bf16-fast "
               f"{row['fast_s']:.2f}s -> {row['speedup']:.2f}x; max |map diff| {row['max_map_diff']:.2e} "
               f"(map range {row['map_range']:.3f}), max |image score diff| {row['max_image_score_diff']:.2e}")
+        print(f"    MSM alone (one layer, r=3, best of 2 interleaved): fp32 {row['msm_fp32_s']:.2f}s, bf16-fast "
+              f"{row['msm_fast_s']:.2f}s -> {row['msm_fp32_s'] / row['msm_fast_s']:.2f}x")
         print(f"    metric change (points, x100): {shown}")
         print("    fp32 metrics: " + ", ".join(f"{k} {v:.2f}" for k, v in row["fp32_metrics"].items()
                                                  if not math.isnan(v)))
