@@ -74,17 +74,22 @@ def _region_pixels(masks: np.ndarray, maps: np.ndarray) -> list[np.ndarray]:
     return regions
 
 
-def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pro_curve(masks, maps, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reference's PRO curve: 200 thresholds over [min, max), FPR and PRO at each.
 
     masks, maps: (N, S, S). B = map > threshold; PRO = mean over regions of |B & region|/|region|;
-    FPR = |B & normal| / |normal|, over all pixels.
+    FPR = |B & normal| / |normal|, over all pixels. ``order``: ``descending_order(maps)`` if known
+    (then the normal pixels need no sort of their own).
     """
     masks = np.asarray(masks).astype(bool)
     maps = np.asarray(maps, dtype=np.float64)
     low, high = maps.min(), maps.max()
     thresholds = np.arange(low, high, (high - low) / PRO_THRESHOLDS)
-    normal = np.sort(maps[~masks])
+    if order is None:
+        normal = np.sort(maps[~masks])
+    else:
+        ranked = order[::-1]
+        normal = maps.ravel()[ranked[~masks.ravel()[ranked]]]
     fpr = (normal.size - np.searchsorted(normal, thresholds, side="right")) / normal.size
     overlaps = []
     for values in _region_pixels(masks, maps):
@@ -94,9 +99,9 @@ def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return thresholds, fpr, pro
 
 
-def aupro_reference(masks, maps) -> float:
+def aupro_reference(masks, maps, order: np.ndarray | None = None) -> float:
     """AUPRO as the reference computes it: FPR < 0.3 kept, min-max rescaled to [0, 1], trapezoid."""
-    _, fpr, pro = pro_curve(masks, maps)
+    _, fpr, pro = pro_curve(masks, maps, order)
     kept = fpr < PRO_FPR_LIMIT
     fpr, pro = fpr[kept], pro[kept]
     fpr = (fpr - fpr.min()) / (fpr.max() - fpr.min())
@@ -155,7 +160,7 @@ def pixel_metrics(gt_px, pr_px) -> dict[str, float]:
     else:
         masks = gt_px.reshape(-1, *gt_px.shape[-2:])
         maps = pr_px.reshape(masks.shape)
-        aupro, aupro_std = aupro_reference(masks, maps), aupro_mvtec(masks, maps, order=order)
+        aupro, aupro_std = aupro_reference(masks, maps, order), aupro_mvtec(masks, maps, order=order)
     return dict(zip(METRIC_NAMES[3:], (*pixel, aupro, aupro_std)))
 
 
