@@ -3,6 +3,10 @@
     python bench/benchmark.py                      # MSM, LNAMD, matmul rate, extraction
     python bench/benchmark.py --scaling 50,100,200 # + the out-of-core score stage at several N
 
+Other benchmarks: bench/rerun.py (a cached rerun against an empty Prefect flow), bench/evaluate.py
+(the evaluate stage), bench/fast_mode.py (msm_precision bf16-fast against fp32), bench/gpu_check.sh
+(the GPU tests and the paper's settings on a GPU).
+
 Every ratio is measured in this run on the same inputs; each measurement that reports memory
 runs in a fresh process so that its peak resident memory is its own.
 """

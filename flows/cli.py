@@ -40,6 +40,8 @@ def _prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")  # the client's telemetry notice and telemetry, off
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    # the temporary server can take longer than Prefect's 20 s to start on a busy machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
 class _QuietFileHandler(logging.FileHandler):
@@ -260,7 +262,7 @@ RUN_FLAGS = (  # (configuration field, value type, help)
     ("r_list", "ints", "Aggregation degrees, e.g. 1,3,5."),
     ("k_list", "ints", "RsCIN window sizes; default per dataset."),
     ("device", str, "auto, cpu or cuda."),
-    ("msm_precision", str, "fp32, or bf16: screened in bf16, the same scores."),
+    ("msm_precision", str, "fp32; bf16: screened in bf16, the same scores; bf16-fast: bf16 only, not exact."),
 )
 
 
@@ -302,11 +304,14 @@ def run(**options) -> None:
         overrides = {field: _int_list(options[field], field) if kind == "ints" else options[field]
                      for field, kind, _ in RUN_FLAGS}
         cfg = cfg.replace(**{k: v for k, v in overrides.items() if v is not None})
-        _preflight(cfg)
         from .category import checked_category
         from .dataset import dataset_flow
-        for name in chosen:
-            checked_category(dataset, str(root), name, cfg, str(artifacts))
+        try:
+            categories = [checked_category(dataset, str(root), name, cfg, str(artifacts)) for name in chosen]
+        except Exception:
+            _preflight(cfg, None, artifacts)  # a bad configuration is reported before a bad dataset
+            raise
+        _preflight(cfg, categories, artifacts)
         from musc.store import mark_artifacts_root
         mark_artifacts_root(artifacts)  # a read-only or full artifacts folder: said now, naming it
         state["artifacts"] = artifacts
@@ -317,13 +322,23 @@ def run(**options) -> None:
     _print_metrics(_run_guarded(go))
 
 
-def _preflight(cfg: MuscConfig) -> None:
+def _preflight(cfg: MuscConfig, categories: list | None, artifacts: Path) -> None:
     """Reject a bad backbone configuration before any work starts (the field is named); say early
-    when the bf16 screen cannot be built (MSM then runs in fp32, with the same scores)."""
-    from musc.inputs.backbones import backbone_for
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        backbone_for(cfg.extract)
+    when the bf16 screen cannot be built (MSM then runs in fp32, with the same scores).
+
+    The backbone is built only when some category still needs extracting: a valid extract artifact
+    for every category (planned from the settings and the image digests, no model) proves the
+    configuration already worked, and a cached rerun then never loads torch or open_clip.
+    ``categories`` None: not known (the backbone is built)."""
+    from musc import store
+    from tasks.extract import plan_extract
+    root = str(artifacts.resolve())
+    if categories is None or any(store.valid_digest(plan_extract(c, cfg.extract, root), "extract") is None
+                                 for c in categories):
+        from musc.inputs.backbones import backbone_for
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            backbone_for(cfg.extract)
     if cfg.msm_precision == "bf16":
         from musc.method.screening import ScreeningUnavailable, kernels
         try:

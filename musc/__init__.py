@@ -10,21 +10,21 @@ The library, in four layers (no Prefect, no flows, no tasks anywhere in this pac
 
 plus ``musc.reference_pool``, the service that scores new images against earlier ones.
 """
+import importlib
+
 from .inputs.config import ConfigError, MuscConfig
-from .method.lnamd import aggregate, layer_norm_average
-from .method.maps import image_scores_from_maps, upsample_maps
-from .method.metrics import compute_metrics
-from .method.msm import mutual_scores
-from .method.pipeline import score_images
-from .method.rscin import rescore
 from .store.schema import PACKAGE_VERSION as __version__
+
+# Loaded on first use: torch, open_clip, sklearn are slow imports that a cached rerun never needs.
+_LAZY = {"aggregate": "method.lnamd", "layer_norm_average": "method.lnamd", "upsample_maps": "method.maps",
+         "image_scores_from_maps": "method.maps", "compute_metrics": "method.metrics",
+         "mutual_scores": "method.msm", "score_images": "method.pipeline", "rescore": "method.rscin",
+         "load_backbone": "inputs.backbones", "preprocess": "inputs.backbones"}
 
 
 def __getattr__(name):
-    # The backbone pulls in open_clip and timm (slow imports): load it on first use.
-    if name in ("load_backbone", "preprocess"):
-        from .inputs import backbones
-        return getattr(backbones, name)
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
     raise AttributeError(f"module 'musc' has no attribute {name!r}")
 
 

@@ -4,10 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import h5py
-import torch
 
 from musc import store
-from musc.method.lnamd import aggregate
 
 from .faults import fault_point
 from .stage import Plan, Ref, code_version, stage_folder, stage_task
@@ -21,6 +19,8 @@ def plan_aggregate(extract: Ref, r: int) -> Path:
 
 
 def build_aggregate(path: Path, extract: Ref, r: int) -> None:
+    import torch
+    from musc.method.lnamd import aggregate
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
     n_layers, n_images, n_tokens, channels = source.shape("tokens")
 

@@ -8,8 +8,6 @@ import h5py
 import numpy as np
 
 from musc import store
-from musc.method.maps import combine_patch_scores, image_scores_from_maps, upsample_maps
-from musc.method.rscin import rescore
 
 from .faults import fault_point
 from .stage import Plan, Ref, code_version, stage_folder, stage_task
@@ -24,6 +22,8 @@ def plan_classify(extract: Ref, scores: list[Ref], k_list: list[int]) -> Path:
 
 
 def build_classify(path: Path, extract: Ref, scores: list[Ref], k_list: list[int]) -> None:
+    from musc.method.maps import combine_patch_scores, image_scores_from_maps, upsample_maps
+    from musc.method.rscin import rescore
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
     image_size = int(source.config["image_size"])
     patch_map = combine_patch_scores([store.open_artifact(s["path"], "score", s["digest"]).read("scores")

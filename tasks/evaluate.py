@@ -10,9 +10,6 @@ import numpy as np
 
 from musc import store
 from musc.inputs.config import EvaluateSettings
-from musc.outputs.evaluation import evaluate
-from musc.outputs.rebuild import outputs_folder
-from musc.outputs.reports import write_outputs
 
 from .faults import fault_point
 from .stage import Plan, Ref, code_version, logger, stage_folder, stage_task
@@ -24,6 +21,9 @@ def plan_evaluate(extract: Ref, classify: Ref, settings: EvaluateSettings) -> Pa
 
 
 def build_evaluate(path: Path, extract: Ref, classify: Ref, settings: EvaluateSettings) -> None:
+    from musc.outputs.evaluation import evaluate  # sklearn, pandas, figures: only when evaluating
+    from musc.outputs.rebuild import outputs_folder
+    from musc.outputs.reports import write_outputs
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
     classified = store.open_artifact(classify["path"], "classify", classify["digest"])
     decided = evaluate(source, classified, settings.threshold, settings.pixel_threshold)

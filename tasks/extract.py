@@ -11,10 +11,9 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 
 from musc import store
-from musc.inputs.backbones import backbone_for, backbone_settings
+from musc.inputs.backbone_spec import backbone_settings
 from musc.inputs.config import ExtractSettings
 from musc.inputs.datasets import Category, DatasetError, UnreadableImage, load_image, load_mask
 from musc.method.checks import MIN_IMAGES
@@ -33,6 +32,7 @@ def plan_extract(category: Category, settings: ExtractSettings, artifacts: str) 
 
 
 def _extract_batch(backbone, category: Category, indices, image_size):
+    import torch
     images, kept, skipped = [], [], []
     for index in indices:
         try:
@@ -49,6 +49,7 @@ def _extract_batch(backbone, category: Category, indices, image_size):
 
 
 def build_extract(path: Path, category: Category, settings: ExtractSettings) -> None:
+    from musc.inputs.backbones import backbone_for  # torch and open_clip: only when extracting
     log = logger()
     samples = category.samples
     backbone = backbone_for(settings)

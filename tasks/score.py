@@ -15,15 +15,13 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import torch
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from musc import store
-from musc.inputs.backbones import resolve_device
 from musc.inputs.config import ScoreSettings
 from musc.inputs.datasets import Sample, subsets
-from musc.method.msm import image_blocks, msm_rank_window, reduce_votes, tile_minima, tile_pairs
+from musc.method.tiles import image_blocks, msm_rank_window, tile_pairs
 from musc.progress import TRACKER
 
 from .faults import fail_once_point, fault_point
@@ -70,11 +68,19 @@ def all_tiles(extract: Ref, settings: ScoreSettings) -> list[Tile]:
             for first, second in tile_pairs(len(blocks))]
 
 
+def tile_minima(*args, **kwargs):
+    """musc.method.msm.tile_minima, imported when a tile is computed (torch): a cached run never is."""
+    from musc.method.msm import tile_minima as minima
+    return minima(*args, **kwargs)
+
+
 def compute_tile(path: Path, aggregate: Ref, tile: Tile, settings: ScoreSettings) -> bool:
     """Votes of one tile, written as a part; False when the part was already there."""
     name = tile.part_name(settings.block_size)
     if store.valid_digest(store.part_path(path, name)) is not None:
         return False
+    import torch
+    from musc.inputs.backbones import resolve_device
     target = resolve_device(settings.device)
     same = tile.first == tile.second
     with h5py.File(aggregate["path"], "r") as f:
@@ -95,6 +101,8 @@ def score_tile_task(aggregate: Ref, path: str, tile: Tile, settings: ScoreSettin
 
 
 def build_score(path: Path, aggregate: Ref, extract: Ref, settings: ScoreSettings) -> None:
+    import torch
+    from musc.method.msm import reduce_votes
     log = logger()
     source = store.open_artifact(aggregate["path"], "aggregate", aggregate["digest"])
     n_layers, n_images, n_patches, _ = source.shape("features")

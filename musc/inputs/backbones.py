@@ -26,33 +26,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..store.files import file_digest
+from .backbone_spec import RANDOM_WEIGHTS, TIMM_PREFIX, backbone_family, backbone_settings  # noqa: F401
 from .config import ConfigError, ExtractSettings
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TIMM_PREFIX = "timm:"
-RANDOM_WEIGHTS = ("", "none", "random")
-
-
-def backbone_settings(settings: ExtractSettings) -> dict:
-    """What decides the extracted tokens: the backbone fields of the settings, the precision the
-    device implies, and the content digest of any local model or checkpoint file."""
-    chosen = settings.token_fields()
-    on_cuda = settings.device.startswith("cuda") or (settings.device == "auto" and torch.cuda.is_available())
-    chosen["precision"] = "fp16-autocast" if on_cuda else "fp32"
-    for name in ("backbone", "pretrained"):
-        if Path(chosen[name]).is_file():  # a local file: its content decides, not its name
-            chosen[f"{name}_sha256"] = file_digest(chosen[name])
-    return chosen
-
-
-def backbone_family(model: str) -> str:
-    return "timm" if str(model).startswith(TIMM_PREFIX) else "clip"
-
-
 def preprocess(pil_image: Image.Image, image_size: int, family: str = "clip") -> torch.Tensor:
     """The reference transform: squash to S x S (bicubic for CLIP, bilinear for DINO), [0, 1], normalise."""
     image = pil_image.convert("RGB")
@@ -135,8 +115,11 @@ class Backbone:
                 embedding = out["image_features"]
             else:
                 tokens, embedding = self._extract_timm(images)
-            embedding = embedding / embedding.norm(dim=-1, keepdim=True)
-        return [t.cpu() for t in tokens], embedding.cpu()
+        # Out of autocast in fp32: the artifact and every later stage (LNAMD, MSM, RsCIN's similarity)
+        # get fp32 values whatever the device; the embedding is normalised in fp32 (no fp16 overflow).
+        embedding = embedding.float()
+        embedding = embedding / embedding.norm(dim=-1, keepdim=True)
+        return [t.float().cpu() for t in tokens], embedding.cpu()
 
     def _extract_timm(self, images):
         final, intermediates = self.model.forward_intermediates(

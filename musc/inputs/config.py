@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from ..method.msm import check_precision
+from ..method.checks import EXACT_PRECISIONS, check_precision
 
 DEFAULT_K_LISTS = {"mvtec_ad": (1, 2, 3), "btad": (1, 2, 3), "folder": (1, 2, 3), "visa": (1, 8, 9)}
 
@@ -161,8 +161,9 @@ class ExtractSettings:
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    """What the score stage needs. Only ``key()`` decides the scores; block size, device and
-    precision (the bf16 screen is exact) decide how the work is done."""
+    """What the score stage needs. Only ``key()`` decides the scores; block size, device and an exact
+    precision (fp32, or the bf16 screen) decide how the work is done. bf16-fast changes the scores, so
+    it enters the key (exact runs keep their keys)."""
     topmin_min: float
     topmin_max: float
     divide_num: int
@@ -175,7 +176,8 @@ class ScoreSettings:
     def key(self) -> list[Any]:
         return [self.topmin_min, self.topmin_max, int(self.divide_num),
                 int(self.seed) if self.divide_num > 1 else None,
-                *([] if self.aligned_radius is None else [{"aligned_radius": int(self.aligned_radius)}])]
+                *([] if self.aligned_radius is None else [{"aligned_radius": int(self.aligned_radius)}]),
+                *([] if self.msm_precision in EXACT_PRECISIONS else [{"msm_precision": self.msm_precision}])]
 
     def recorded(self) -> dict[str, Any]:
         """What the score artifact records of its settings."""

@@ -1,4 +1,5 @@
-"""How many images the method needs: the one check that every stage and entry point uses."""
+"""How many images the method needs, and which MSM precisions exist: the checks every stage and entry
+point uses (no torch here, so validating a configuration stays cheap)."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -22,3 +23,16 @@ def check_image_count(n_images: int, k_list: Sequence[int] = (), subset_sizes: S
     too_large = [int(k) for k in k_list if int(k) > n_images]
     if too_large:
         raise TooFewImages(f"k_list: window size {too_large[0]} is larger than the number of images ({n_images})")
+
+
+# MSM precisions (docs/METHOD.md section 4): fp32 and bf16 (screened, then exact) give the same scores;
+# bf16-fast (bf16 products, no exact refine) changes them slightly and is opt-in.
+PRECISIONS = ("fp32", "bf16", "bf16-fast")
+EXACT_PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"msm_precision: expected 'fp32' or 'bf16' (exact), or 'bf16-fast' (not exact), "
+                         f"got {precision!r}")
+    return precision

@@ -6,8 +6,6 @@ metric is undefined because only one class is present), plus the MVTec/anomalib 
 from __future__ import annotations
 
 import numpy as np
-from skimage.measure import label as label_components
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_auc_score
 
 METRIC_NAMES = ("image_auroc", "image_f1max", "image_ap",
                 "pixel_auroc", "pixel_f1max", "pixel_ap", "pixel_aupro", "pixel_aupro_mvtec")
@@ -15,26 +13,56 @@ PRO_FPR_LIMIT = 0.3
 PRO_THRESHOLDS = 200
 
 
+def descending_order(scores) -> np.ndarray:
+    """Indices that sort the flattened scores from high to low (the order within ties does not
+    matter to anything computed from it: counts and sums are taken at the ends of ties)."""
+    return np.argsort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
+
+
+def ranked_counts(labels, scores, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds, tps, fps): one descending sort, then the cumulative true and false positives at
+    each distinct score, the points sklearn's ROC and PR curves are built from (so the same values
+    up to rounding). AUROC, AP and F1-max below all come from one such sort."""
+    labels = np.asarray(labels).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    order = descending_order(scores) if order is None else order
+    ranked = scores[order]
+    distinct = np.r_[np.nonzero(np.diff(ranked))[0], ranked.size - 1]
+    tps = np.cumsum(labels[order] != 0, dtype=np.float64)[distinct]
+    return ranked[distinct], tps, 1.0 + distinct - tps
+
+
+def f1_from_counts(tps: np.ndarray, fps: np.ndarray) -> float:
+    """Max over the PR curve of 2PR/(P+R) = 2 tp / (tp + fp + positives), 0 at the (1, 0) end."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision, recall = tps / (tps + fps), tps / tps[-1]
+        f1 = 2 * precision * recall / (precision + recall)
+    f1 = f1[np.isfinite(f1)]
+    return float(max(f1.max(), 0.0)) if f1.size else 0.0
+
+
 def f1_max(labels, scores) -> float:
     """Max over the precision-recall curve of 2PR/(P+R), ignoring points where P+R = 0."""
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = 2 * precision * recall / (precision + recall)
-    return float(np.max(f1[np.isfinite(f1)]))
+    _, tps, fps = ranked_counts(labels, scores)
+    return f1_from_counts(tps, fps)
 
 
-def _binary_metrics(labels, scores) -> tuple[float, float, float]:
+def _binary_metrics(labels, scores, order: np.ndarray | None = None) -> tuple[float, float, float]:
     """(AUROC, F1-max, AP), or zeros when only one class is present (as the reference)."""
     labels = np.asarray(labels).ravel()
-    scores = np.asarray(scores).ravel()
     if labels.min() == labels.max():
         return 0.0, 0.0, 0.0
-    return (float(roc_auc_score(labels, scores)), f1_max(labels, scores),
-            float(average_precision_score(labels, scores)))
+    _, tps, fps = ranked_counts(labels, scores, order)
+    tpr, fpr = np.r_[0.0, tps / tps[-1]], np.r_[0.0, fps / fps[-1]]
+    auroc = float(np.trapezoid(tpr, fpr))
+    precision = tps / (tps + fps)
+    average_precision = float(np.sum(np.diff(np.r_[0.0, tps / tps[-1]]) * precision))
+    return auroc, f1_from_counts(tps, fps), average_precision
 
 
 def _region_pixels(masks: np.ndarray, maps: np.ndarray) -> list[np.ndarray]:
     """Map values of every connected region (8-connected) of every image's mask."""
+    from skimage.measure import label as label_components
     regions = []
     for mask, anomaly_map in zip(masks, maps):
         labelled = label_components(mask.astype(np.uint8))
@@ -46,17 +74,22 @@ def _region_pixels(masks: np.ndarray, maps: np.ndarray) -> list[np.ndarray]:
     return regions
 
 
-def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pro_curve(masks, maps, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The reference's PRO curve: 200 thresholds over [min, max), FPR and PRO at each.
 
     masks, maps: (N, S, S). B = map > threshold; PRO = mean over regions of |B & region|/|region|;
-    FPR = |B & normal| / |normal|, over all pixels.
+    FPR = |B & normal| / |normal|, over all pixels. ``order``: ``descending_order(maps)`` if known
+    (then the normal pixels need no sort of their own).
     """
     masks = np.asarray(masks).astype(bool)
     maps = np.asarray(maps, dtype=np.float64)
     low, high = maps.min(), maps.max()
     thresholds = np.arange(low, high, (high - low) / PRO_THRESHOLDS)
-    normal = np.sort(maps[~masks])
+    if order is None:
+        normal = np.sort(maps[~masks])
+    else:
+        ranked = order[::-1]
+        normal = maps.ravel()[ranked[~masks.ravel()[ranked]]]
     fpr = (normal.size - np.searchsorted(normal, thresholds, side="right")) / normal.size
     overlaps = []
     for values in _region_pixels(masks, maps):
@@ -66,18 +99,20 @@ def pro_curve(masks, maps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return thresholds, fpr, pro
 
 
-def aupro_reference(masks, maps) -> float:
+def aupro_reference(masks, maps, order: np.ndarray | None = None) -> float:
     """AUPRO as the reference computes it: FPR < 0.3 kept, min-max rescaled to [0, 1], trapezoid."""
-    _, fpr, pro = pro_curve(masks, maps)
+    _, fpr, pro = pro_curve(masks, maps, order)
     kept = fpr < PRO_FPR_LIMIT
     fpr, pro = fpr[kept], pro[kept]
     fpr = (fpr - fpr.min()) / (fpr.max() - fpr.min())
-    return float(auc(fpr, pro))
+    direction = -1.0 if np.all(np.diff(fpr) <= 0) else 1.0  # as sklearn's auc: fpr falls as thresholds rise
+    return float(direction * np.trapezoid(pro, fpr))
 
 
-def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT) -> float:
+def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT, order: np.ndarray | None = None) -> float:
     """AUPRO as MVTec AD and anomalib define it: every distinct threshold, the curve interpolated at
-    FPR = fpr_limit, the area divided by fpr_limit."""
+    FPR = fpr_limit, the area divided by fpr_limit. ``order``: ``descending_order(maps)`` if known."""
+    from skimage.measure import label as label_components
     masks = np.asarray(masks).astype(bool)
     maps = np.asarray(maps, dtype=np.float64)
     regions = [label_components(m.astype(np.uint8)) for m in masks]
@@ -87,7 +122,7 @@ def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT) -> float:
         sizes = np.bincount(labelled.ravel())
         inside = labelled > 0
         weights[image][inside] = 1.0 / (sizes[labelled[inside]] * n_regions)
-    order = np.argsort(-maps.ravel(), kind="stable")
+    order = descending_order(maps) if order is None else order
     values = maps.ravel()[order]
     pro = np.cumsum(weights.ravel()[order])
     fpr = np.cumsum(~masks.ravel()[order]) / np.count_nonzero(~masks)
@@ -118,13 +153,14 @@ def pixel_metrics(gt_px, pr_px) -> dict[str, float]:
     pr_px = np.asarray(pr_px, dtype=np.float64)
     if gt_px.shape != pr_px.shape:
         raise ValueError(f"pr_px: shape {pr_px.shape} does not match gt_px {gt_px.shape}")
-    pixel = _binary_metrics(gt_px, pr_px)
+    order = descending_order(pr_px)  # one sort of the pixels for AUROC, AP, F1-max and the MVTec AUPRO
+    pixel = _binary_metrics(gt_px, pr_px, order)
     if gt_px.sum() == 0:
         aupro, aupro_std = 0.0, 0.0
     else:
         masks = gt_px.reshape(-1, *gt_px.shape[-2:])
         maps = pr_px.reshape(masks.shape)
-        aupro, aupro_std = aupro_reference(masks, maps), aupro_mvtec(masks, maps)
+        aupro, aupro_std = aupro_reference(masks, maps, order), aupro_mvtec(masks, maps, order=order)
     return dict(zip(METRIC_NAMES[3:], (*pixel, aupro, aupro_std)))
 
 

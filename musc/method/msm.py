@@ -14,37 +14,12 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 
-from .checks import check_image_count
-
-
-def msm_rank_window(n_images: int, topmin_min: float = 0.0, topmin_max: float = 0.3) -> tuple[int, int]:
-    """The 0-based rank window [k_min, k_max) of the sorted votes that is averaged.
-
-    The reference uses k_max = int((N-1)*topmin_max), which is 0 for N <= 4 and makes every score
-    NaN. We clamp k_max to at least 1 (identical for N >= 5; a documented deviation below).
-    """
-    check_image_count(n_images)
-    k_max = max(1, int((n_images - 1) * topmin_max))
-    k_min = min(int((n_images - 1) * topmin_min), k_max - 1)
-    return k_min, k_max
-
-
-def image_blocks(n_images: int, block_size: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges of consecutive images, block_size at most each."""
-    if block_size < 1:
-        raise ValueError(f"block_size: must be >= 1, got {block_size}")
-    return [(start, min(start + block_size, n_images)) for start in range(0, n_images, block_size)]
-
-
-def tile_pairs(n_blocks: int) -> Iterator[tuple[int, int]]:
-    """Block index pairs (I, J) with I <= J: each pair of images is computed once."""
-    for first in range(n_blocks):
-        for second in range(first, n_blocks):
-            yield first, second
+from .checks import EXACT_PRECISIONS, PRECISIONS, check_precision
+from .tiles import image_blocks, msm_rank_window, tile_pairs
 
 
 def _augmented(features: torch.Tensor, left: bool) -> torch.Tensor:
@@ -56,13 +31,8 @@ def _augmented(features: torch.Tensor, left: bool) -> torch.Tensor:
     return torch.cat([features, ones, squared_norm], dim=-1)
 
 
-PRECISIONS = ("fp32", "bf16")
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise ValueError(f"msm_precision: expected {' or '.join(map(repr, PRECISIONS))}, got {precision!r}")
-    return precision
+__all__ = ["EXACT_PRECISIONS", "PRECISIONS", "check_precision", "image_blocks", "msm_rank_window", "mutual_scores",
+           "tile_minima", "tile_pairs"]
 
 
 def _pair_minima(left: torch.Tensor, right: torch.Tensor, n_a: int, n_b: int, n_patches: int
@@ -79,9 +49,12 @@ def _minima_between(block_a: torch.Tensor, block_b: torch.Tensor, precision: str
 
     fp32: one augmented matrix product. bf16: screened in bf16 and recomputed exactly in fp32
     (musc/method/screening.py), on the CPU; a part whose screen leaves too many candidates, a tile on
-    another device or one with non-finite features is computed in fp32.
+    another device or one with non-finite features is computed in fp32. bf16-fast: the same augmented
+    product with bf16 inputs (fp32 accumulation, bf16 result), no exact refine: not exact.
     """
     n_patches = block_a.shape[1]
+    if check_precision(precision) not in EXACT_PRECISIONS:
+        return _fast_minima(block_a, block_b)
 
     @functools.cache
     def augmented():
@@ -93,7 +66,7 @@ def _minima_between(block_a: torch.Tensor, block_b: torch.Tensor, precision: str
         return _pair_minima(left[a0 * n_patches:a1 * n_patches], right[b0 * n_patches:b1 * n_patches],
                             a1 - a0, b1 - b0, n_patches)
 
-    if (check_precision(precision) == "fp32" or block_a.device.type != "cpu"
+    if (precision == "fp32" or block_a.device.type != "cpu"
             or not all(torch.isfinite(torch.stack(torch.aminmax(block))).all() for block in (block_a, block_b))):
         return exact
     from .screening import BlockScreen, ScreeningUnavailable, native_bf16
@@ -119,6 +92,38 @@ def _minima_between(block_a: torch.Tensor, block_b: torch.Tensor, precision: str
     return screened
 
 
+def _fast_augmented(features: torch.Tensor, left: bool) -> torch.Tensor:
+    """bf16 rows whose product (fp32 accumulation) is |x16 - y16|^2 for the bf16-rounded x16, y16:
+    [-2 x16, hi, lo, 1, 1] and [y16, 1, 1, hi, lo], where hi + lo carries |x16|^2 (|y16|^2) to about
+    2^-16. Using the rounded vectors' own norms keeps near-identical patches near distance 0 (with the
+    exact norms, the norm change from rounding, ~2^-9, would swamp their small distances)."""
+    rounded = features.bfloat16()
+    norm = rounded.float().pow(2).sum(-1, keepdim=True)
+    high = norm.bfloat16()
+    low = (norm - high.float()).bfloat16()
+    ones = torch.ones_like(high)
+    if left:
+        return torch.cat([-2 * rounded, high, low, ones, ones], dim=-1)
+    return torch.cat([rounded, ones, ones, high, low], dim=-1)
+
+
+def _fast_minima(block_a: torch.Tensor, block_b: torch.Tensor
+                 ) -> Callable[[int, int, int, int], tuple[torch.Tensor, torch.Tensor]]:
+    """bf16-fast (opt-in, not exact): |x|^2 + |y|^2 - 2 x.y as one bf16 product (fp32 accumulation,
+    bf16 result) of the augmented bf16 rows (``_fast_augmented``), no exact refine. What moves a vote:
+    rounding the features to bf16 (8 significant bits) and the result (2^-9 of the squared distance).
+    Measured deviations are in the README (bf16-fast table)."""
+    n_patches = block_a.shape[1]
+    left = _fast_augmented(block_a.reshape(-1, block_a.shape[-1]), left=True)
+    right = _fast_augmented(block_b.reshape(-1, block_b.shape[-1]), left=False)
+
+    def fast(a0, a1, b0, b1):
+        forward, backward = _pair_minima(left[a0 * n_patches:a1 * n_patches], right[b0 * n_patches:b1 * n_patches],
+                                         a1 - a0, b1 - b0, n_patches)
+        return forward.float(), backward.float()
+    return fast
+
+
 def _fill_diagonal_block(minima, votes, start, stop) -> None:
     """Votes among images [start, stop) of one block, each pair once: split the block in halves,
     score the two halves against each other as one rectangle, recurse into each half."""
@@ -139,7 +144,8 @@ def tile_minima(block_a: torch.Tensor, block_b: torch.Tensor, same_block: bool =
     block_a: (A, L, C), block_b: (B, L, C), float32. Returns (a_votes (A, B, L), b_votes (B, A, L)):
     a_votes[i, j, p] = min_q |a_i[p] - b_j[q]|. With ``same_block`` the two blocks are the same
     images: each pair is then computed once (halves against each other, recursively), and an image's
-    votes against itself are +inf. ``precision``: "fp32" or "bf16" (screened, same result).
+    votes against itself are +inf. ``precision``: "fp32", "bf16" (screened, same result) or
+    "bf16-fast" (bf16 products, not exact).
     """
     n_a, n_patches, _ = block_a.shape
     n_b = block_b.shape[0]
@@ -199,7 +205,8 @@ def mutual_scores(Z, topmin_min: float = 0.0, topmin_max: float = 0.3, block_siz
     ``progress(done, total)`` is called after each tile. ``radius``: aligned-parts option, compare
     each patch only with patches within that many grid steps of its position (None: all patches,
     as the paper). ``precision``: "fp32", or "bf16" to screen in bf16 and recompute the nearest
-    candidates in fp32 (the same scores, faster on CPUs with AVX512-BF16 or AMX; musc/screening.py).
+    candidates in fp32 (the same scores, faster on CPUs with AVX512-BF16 or AMX; musc/screening.py),
+    or "bf16-fast": bf16 products without the exact refine (faster, slightly different scores).
     """
     check_precision(precision)
     Z = torch.as_tensor(Z)

@@ -14,17 +14,17 @@ from .rscin import rescore
 
 def score_images(layer_tokens: Sequence, embeddings, image_size: int, r_list=(1, 3, 5),
                  topmin_max: float = 0.3, k_list=(1, 2, 3), topmin_min: float = 0.0,
-                 block_size: int | None = None) -> dict[str, np.ndarray]:
+                 block_size: int | None = None, precision: str = "fp32") -> dict[str, np.ndarray]:
     """The MuSc method on one set of images.
 
     layer_tokens: list over layers of (N, 1+L, C) tokens, cls first; embeddings: (N, D)
-    L2-normalised image embeddings (or None to skip RsCIN). Returns patch_map (N, L), maps
+    L2-normalised image embeddings (or None to skip RsCIN). ``precision``: MSM's (fp32, bf16, bf16-fast). Returns patch_map (N, L), maps
     (N, S, S), image_scores_raw (N,) and image_scores (N,) (after RsCIN).
     """
     if not layer_tokens:
         raise ValueError("layer_tokens: need the tokens of at least one layer")
     per_degree = [torch.stack([mutual_scores(aggregate(torch.as_tensor(tokens), r), topmin_min, topmin_max,
-                                             block_size)
+                                             block_size, precision=precision)
                                for tokens in layer_tokens])
                   for r in r_list]
     patch_map = combine_patch_scores(per_degree)
