@@ -8,7 +8,7 @@ from prefect import flow
 from prefect.futures import as_completed
 
 from musc import progress, store
-from musc.inputs.backbones import check_degrees
+from musc.inputs.backbone_spec import check_degrees
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import Category, load_category
 from musc.outputs import published

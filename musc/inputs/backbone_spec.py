@@ -7,12 +7,15 @@ precision, fp16 autocast on CUDA, is part of the key).
 from __future__ import annotations
 
 import glob
+import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..store.files import file_digest
-from .config import ExtractSettings
+from .config import ConfigError, ExtractSettings
 
 TIMM_PREFIX = "timm:"
 RANDOM_WEIGHTS = ("", "none", "random")
@@ -42,3 +45,50 @@ def backbone_settings(settings: ExtractSettings) -> dict:
         if Path(chosen[name]).is_file():  # a local file: its content decides, not its name
             chosen[f"{name}_sha256"] = file_digest(chosen[name])
     return chosen
+
+
+def clip_config(model: str) -> tuple[str, dict[str, Any]]:
+    """(name, open_clip model config) of a model name or a JSON config file, read without importing
+    open_clip (its configs are JSON files in its package)."""
+    path = Path(model)
+    if path.suffix == ".json":
+        try:
+            config = json.loads(path.read_text())
+        except OSError as error:
+            raise ConfigError(f"backbone: cannot read model config {path} ({error.strerror})") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"backbone: {path} is not valid JSON ({error.msg}, line {error.lineno})") from None
+        if not isinstance(config, dict) or "vision_cfg" not in config:
+            raise ConfigError(f"backbone: {path} is not an open_clip model config (no 'vision_cfg')")
+        return path.stem, config
+    spec = importlib.util.find_spec("open_clip")
+    bundled = Path(next(iter(spec.submodule_search_locations))) / "model_configs" / f"{model}.json" if spec else None
+    if bundled is not None and "/" not in str(model) and bundled.is_file():
+        return model, json.loads(bundled.read_text())
+    import open_clip
+    config = open_clip.get_model_config(model)
+    if config is None:
+        raise ConfigError(f"backbone: unknown open_clip model {model!r} (see open_clip.list_models(), "
+                          f"or pass a JSON model config file)")
+    return model, config
+
+
+def patch_size_of(model: str) -> int:
+    """The patch size of a backbone, from its configuration (a timm model is built, without weights)."""
+    if backbone_family(model) == "timm":
+        import timm
+        try:
+            return int(timm.create_model(model[len(TIMM_PREFIX):], pretrained=False, num_classes=0)
+                       .patch_embed.patch_size[0])
+        except RuntimeError as error:
+            raise ConfigError(f"backbone: unknown timm model {model!r} ({str(error).splitlines()[0][:120]})") from None
+    return int(clip_config(model)[1]["vision_cfg"].get("patch_size", 16))
+
+
+def check_degrees(settings: ExtractSettings, r_list) -> None:
+    """ConfigError unless every aggregation degree r fits the patch grid (r <= image_size / patch)."""
+    grid = settings.image_size // patch_size_of(settings.backbone)
+    too_large = [r for r in r_list if r > grid]
+    if too_large:
+        raise ConfigError(f"r_list: degree {too_large[0]} is larger than the patch grid ({grid} x {grid} "
+                          f"patches at image_size {settings.image_size})")

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .backbone_spec import RANDOM_WEIGHTS, TIMM_PREFIX, backbone_family, backbone_settings  # noqa: F401
+from .backbone_spec import (RANDOM_WEIGHTS, TIMM_PREFIX, backbone_family, backbone_settings,  # noqa: F401
+                            check_degrees, clip_config, patch_size_of)
 from .config import ConfigError, ExtractSettings
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -148,26 +149,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def _clip_config(model: str) -> tuple[str, dict[str, Any]]:
-    import open_clip
-    path = Path(model)
-    if path.suffix == ".json":
-        try:
-            config = json.loads(path.read_text())
-        except OSError as error:
-            raise ConfigError(f"backbone: cannot read model config {path} ({error.strerror})") from None
-        except json.JSONDecodeError as error:
-            raise ConfigError(f"backbone: {path} is not valid JSON ({error.msg}, line {error.lineno})") from None
-        if not isinstance(config, dict) or "vision_cfg" not in config:
-            raise ConfigError(f"backbone: {path} is not an open_clip model config (no 'vision_cfg')")
-        return path.stem, config
-    config = open_clip.get_model_config(model)
-    if config is None:
-        raise ConfigError(f"backbone: unknown open_clip model {model!r} (see open_clip.list_models(), "
-                          f"or pass a JSON model config file)")
-    return model, config
-
-
 def _checkpoint_for_tag(name: str, tag: str) -> Path:
     import open_clip
     from open_clip.pretrained import download_pretrained
@@ -215,27 +196,6 @@ def _check_geometry(image_size: int, patch_size: int, layers, n_blocks: int) -> 
 
 
 @functools.lru_cache(maxsize=32)
-def patch_size_of(model: str) -> int:
-    """The patch size of a backbone, from its configuration (a timm model is built, without weights)."""
-    if backbone_family(model) == "timm":
-        import timm
-        try:
-            return int(timm.create_model(model[len(TIMM_PREFIX):], pretrained=False, num_classes=0)
-                       .patch_embed.patch_size[0])
-        except RuntimeError as error:
-            raise ConfigError(f"backbone: unknown timm model {model!r} ({str(error).splitlines()[0][:120]})") from None
-    return int(_clip_config(model)[1]["vision_cfg"].get("patch_size", 16))
-
-
-def check_degrees(settings: ExtractSettings, r_list) -> None:
-    """ConfigError unless every aggregation degree r fits the patch grid (r <= image_size / patch)."""
-    grid = settings.image_size // patch_size_of(settings.backbone)
-    too_large = [r for r in r_list if r > grid]
-    if too_large:
-        raise ConfigError(f"r_list: degree {too_large[0]} is larger than the patch grid ({grid} x {grid} "
-                          f"patches at image_size {settings.image_size})")
-
-
 def backbone_for(settings: ExtractSettings, device: str | None = None) -> Backbone:
     """The backbone a run's extract settings describe (``device`` overrides theirs)."""
     return load_backbone(settings.backbone, settings.pretrained, settings.image_size, settings.layers,
@@ -259,7 +219,7 @@ def load_backbone(model: str, pretrained: str | None, image_size: int, layers, d
     if backbone_family(model) == "timm":
         return _load_timm(model, pretrained, random_weights, image_size, layers, target)
 
-    name, config = _clip_config(model)
+    name, config = clip_config(model)
     vision = dict(config["vision_cfg"])
     native_size = vision.get("image_size", 224)
     patch_size = vision.get("patch_size", 16)

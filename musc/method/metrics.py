@@ -19,45 +19,23 @@ def descending_order(scores) -> np.ndarray:
     return np.argsort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
 
 
-def ranked_counts(labels, scores, order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(thresholds, tps, fps): one descending sort, then the cumulative true and false positives at
-    each distinct score, the points sklearn's ROC and PR curves are built from (so the same values
-    up to rounding). AUROC, AP and F1-max below all come from one such sort."""
-    labels = np.asarray(labels).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
-    order = descending_order(scores) if order is None else order
-    ranked = scores[order]
-    distinct = np.r_[np.nonzero(np.diff(ranked))[0], ranked.size - 1]
-    tps = np.cumsum(labels[order] != 0, dtype=np.float64)[distinct]
-    return ranked[distinct], tps, 1.0 + distinct - tps
-
-
-def f1_from_counts(tps: np.ndarray, fps: np.ndarray) -> float:
-    """Max over the PR curve of 2PR/(P+R) = 2 tp / (tp + fp + positives), 0 at the (1, 0) end."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision, recall = tps / (tps + fps), tps / tps[-1]
-        f1 = 2 * precision * recall / (precision + recall)
-    f1 = f1[np.isfinite(f1)]
-    return float(max(f1.max(), 0.0)) if f1.size else 0.0
-
-
 def f1_max(labels, scores) -> float:
     """Max over the precision-recall curve of 2PR/(P+R), ignoring points where P+R = 0."""
-    _, tps, fps = ranked_counts(labels, scores)
-    return f1_from_counts(tps, fps)
+    from sklearn.metrics import precision_recall_curve
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = 2 * precision * recall / (precision + recall)
+    return float(np.max(f1[np.isfinite(f1)]))
 
 
-def _binary_metrics(labels, scores, order: np.ndarray | None = None) -> tuple[float, float, float]:
-    """(AUROC, F1-max, AP), or zeros when only one class is present (as the reference)."""
+def _binary_metrics(labels, scores) -> tuple[float, float, float]:
+    """(AUROC, F1-max, AP) by scikit-learn, or zeros when only one class is present (as the reference)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
     labels = np.asarray(labels).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
     if labels.min() == labels.max():
         return 0.0, 0.0, 0.0
-    _, tps, fps = ranked_counts(labels, scores, order)
-    tpr, fpr = np.r_[0.0, tps / tps[-1]], np.r_[0.0, fps / fps[-1]]
-    auroc = float(np.trapezoid(tpr, fpr))
-    precision = tps / (tps + fps)
-    average_precision = float(np.sum(np.diff(np.r_[0.0, tps / tps[-1]]) * precision))
-    return auroc, f1_from_counts(tps, fps), average_precision
+    return float(roc_auc_score(labels, scores)), f1_max(labels, scores), float(average_precision_score(labels, scores))
 
 
 def _region_pixels(masks: np.ndarray, maps: np.ndarray) -> list[np.ndarray]:
@@ -105,8 +83,8 @@ def aupro_reference(masks, maps, order: np.ndarray | None = None) -> float:
     kept = fpr < PRO_FPR_LIMIT
     fpr, pro = fpr[kept], pro[kept]
     fpr = (fpr - fpr.min()) / (fpr.max() - fpr.min())
-    direction = -1.0 if np.all(np.diff(fpr) <= 0) else 1.0  # as sklearn's auc: fpr falls as thresholds rise
-    return float(direction * np.trapezoid(pro, fpr))
+    from sklearn.metrics import auc
+    return float(auc(fpr, pro))
 
 
 def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT, order: np.ndarray | None = None) -> float:
@@ -153,8 +131,8 @@ def pixel_metrics(gt_px, pr_px) -> dict[str, float]:
     pr_px = np.asarray(pr_px, dtype=np.float64)
     if gt_px.shape != pr_px.shape:
         raise ValueError(f"pr_px: shape {pr_px.shape} does not match gt_px {gt_px.shape}")
-    order = descending_order(pr_px)  # one sort of the pixels for AUROC, AP, F1-max and the MVTec AUPRO
-    pixel = _binary_metrics(gt_px, pr_px, order)
+    order = descending_order(pr_px)  # one sort of the pixels for both AUPROs
+    pixel = _binary_metrics(gt_px, pr_px)
     if gt_px.sum() == 0:
         aupro, aupro_std = 0.0, 0.0
     else:

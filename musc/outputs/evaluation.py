@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..method.metrics import METRIC_NAMES, image_metrics, pixel_metrics, ranked_counts
+from ..method.metrics import METRIC_NAMES, image_metrics, pixel_metrics
 
 MAD_SCALE = 1.4826  # makes the median absolute deviation estimate sigma for normal data
 ROBUST_Z = 3.5
@@ -63,13 +63,12 @@ def evaluate_arrays(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, m
 
 def f1_optimal_threshold(labels, scores) -> float:
     """The score threshold at the F1-max point (scores >= threshold are flagged)."""
-    thresholds, tps, fps = ranked_counts(labels, scores)  # sklearn's precision_recall_curve, one sort
-    kept = slice(int(np.searchsorted(tps, tps[-1])), None, -1)  # up to full recall, rising thresholds
+    from sklearn.metrics import precision_recall_curve
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
     with np.errstate(divide="ignore", invalid="ignore"):
-        precision, recall = (tps / (tps + fps))[kept], (tps / tps[-1])[kept]
-        f1 = 2 * precision * recall / (precision + recall)
+        f1 = 2 * precision[:-1] * recall[:-1] / (precision[:-1] + recall[:-1])
     f1 = np.where(np.isfinite(f1), f1, -1)
-    return float(thresholds[kept][int(np.argmax(f1))])
+    return float(thresholds[int(np.argmax(f1))])
 
 
 def robust_threshold(scores) -> float:

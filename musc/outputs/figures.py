@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..inputs.datasets import UnreadableImage, load_image
-from ..method.metrics import METRIC_NAMES, f1_from_counts, ranked_counts
+from ..method.metrics import METRIC_NAMES, f1_max
 
 
 def png_name(image_name: str) -> str:
@@ -123,14 +123,14 @@ def save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: str | Path, m
 
 
 def save_curves(labels, scores, path: str | Path, title: str) -> str:
-    """ROC and PR curves side by side, from one sort of the scores (``ranked_counts``); at most
-    about 2000 points of each curve are drawn (millions of pixels make no visible difference)."""
-    _, tps, fps = ranked_counts(labels, scores)
-    best_f1 = f1_from_counts(tps, fps)
-    shown = np.unique(np.r_[np.linspace(0, tps.size - 1, min(tps.size, 2000)).astype(np.int64), tps.size - 1])
-    tps, fps = tps[shown], fps[shown]
-    fpr, tpr = np.r_[0.0, fps / fps[-1]], np.r_[0.0, tps / tps[-1]]
-    precision, recall = np.r_[tps / (tps + fps), 1.0], np.r_[tps / tps[-1], 0.0]
+    """ROC and PR curves side by side (scikit-learn's); at most about 2000 points of each curve are
+    drawn (millions of pixels make no visible difference)."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+    fpr, tpr, _ = roc_curve(labels, scores)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    best_f1 = f1_max(labels, scores)
+    fpr, tpr = _thinned(fpr, tpr)
+    recall, precision = _thinned(recall, precision)
     plt = _pyplot()
     fig, (roc_axis, pr_axis) = plt.subplots(1, 2, figsize=(7, 3.2))
     roc_axis.plot(fpr, tpr)
@@ -142,6 +142,12 @@ def save_curves(labels, scores, path: str | Path, title: str) -> str:
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return str(path)
+
+
+def _thinned(x: np.ndarray, y: np.ndarray, points: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    """At most about ``points`` points of a curve, its ends kept."""
+    shown = np.unique(np.r_[np.linspace(0, x.size - 1, min(x.size, points)).astype(np.int64), x.size - 1])
+    return x[shown], y[shown]
 
 
 def save_histograms(labels, raw, rscin, path: str | Path, threshold: float | None = None,
