@@ -5,7 +5,7 @@ and exit with status 2; ``--debug`` shows the traceback instead.
 """
 from __future__ import annotations
 
-import inspect
+from inspect import Parameter, Signature
 import json
 import logging
 import os
@@ -281,9 +281,9 @@ def _with_run_options(fn):
         ("dask", Optional[str], typer.Option(None, help="Run MSM tiles on Dask: 'local' or tcp://host:8786.")),
         ("verbose", bool, typer.Option(False, "--verbose", help="Prefect's per-task lines instead of progress bars.")),
     ]
-    parameters = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind)
+    parameters = [Parameter(name, Parameter.KEYWORD_ONLY, default=default, annotation=kind)
                   for name, kind, default in fixed + flags + rest]
-    fn.__signature__ = inspect.Signature(parameters, return_annotation=None)
+    fn.__signature__ = Signature(parameters, return_annotation=None)
     fn.__annotations__ = {p.name: p.annotation for p in parameters}
     return fn
 

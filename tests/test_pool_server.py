@@ -2,9 +2,6 @@
 failing once and retried after midnight, scores that day's folder; its table artifact, heat-map
 thumbnails and event are read back through the server's API. Marked slow (about a minute)."""
 import json
-import os
-import signal
-import subprocess
 import time
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -17,11 +14,11 @@ import torch
 
 import musc
 from conftest import ROOT, TINY_CONFIG
-from musc.inputs.backbones import backbone_settings
+from musc.inputs.backbone_spec import backbone_settings
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import load_image
 from musc.reference_pool import Images, PoolSettings, write_pool
-from test_server import PREFECT, prefect, server, wait_for  # noqa: F401  (server is a fixture)
+from test_server import prefect, process_worker, server, wait_for  # noqa: F401  (server is a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -46,16 +43,8 @@ def pool_file(tiny_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def worker(server, tmp_path_factory):  # noqa: F811
-    prefect(server, "work-pool", "create", "musc-pool", "--type", "process")
-    prefect(server, "deploy", "--name", "daily-folder")
-    marker = tmp_path_factory.mktemp("fail") / "fail-daily-once"
-    env = {**server["env"], "MUSC_FAIL_ONCE": f"daily:{marker}"}
-    process = subprocess.Popen([PREFECT, "worker", "start", "--pool", "musc-pool"], cwd=ROOT, env=env,
-                               stdout=open(server["home"] / "worker.log", "w"), stderr=subprocess.STDOUT,
-                               start_new_session=True)
-    yield {"marker": marker}
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=60)
+    with process_worker(server, ["--name", "daily-folder"], "daily", tmp_path_factory.mktemp("fail")) as started:
+        yield started
 
 
 def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server, worker, pool_file,  # noqa: F811

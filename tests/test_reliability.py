@@ -11,7 +11,6 @@ import pytest
 
 from conftest import ROOT, TINY_CONFIG, run_category
 from musc import store
-from musc.inputs.config import ConfigError
 from musc.inputs.datasets import DatasetError
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

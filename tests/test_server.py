@@ -1,6 +1,7 @@
 """A real Prefect server on loopback: deploy from prefect.yaml, run the demo deployment through a
 process worker, read its table artifact and HDF5 artifacts through the API, and retry a failed run.
 Marked slow (about 2-3 minutes); .ci/run runs it."""
+import contextlib
 import json
 import os
 import signal
@@ -80,18 +81,28 @@ def start_run(server, deployment, **parameters):
     return response.json()["id"]
 
 
-@pytest.fixture(scope="module")
-def worker(server, tmp_path_factory):
+@contextlib.contextmanager
+def process_worker(server, deployments: list[str], failing_stage: str, folder: Path):
+    """Deploy from prefect.yaml and run a process worker on musc-pool; ``failing_stage`` fails once
+    while the yielded marker file exists (MUSC_FAIL_ONCE)."""
     prefect(server, "work-pool", "create", "musc-pool", "--type", "process")
-    prefect(server, "deploy", "--all")
-    marker = tmp_path_factory.mktemp("fail") / "fail-score-once"
-    env = {**server["env"], "MUSC_FAIL_ONCE": f"score:{marker}"}
+    prefect(server, "deploy", *deployments)
+    marker = folder / f"fail-{failing_stage}-once"
+    env = {**server["env"], "MUSC_FAIL_ONCE": f"{failing_stage}:{marker}"}
     process = subprocess.Popen([PREFECT, "worker", "start", "--pool", "musc-pool"], cwd=ROOT, env=env,
                                stdout=open(server["home"] / "worker.log", "w"), stderr=subprocess.STDOUT,
                                start_new_session=True)
-    yield {"marker": marker}
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(timeout=60)
+    try:
+        yield {"marker": marker}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def worker(server, tmp_path_factory):
+    with process_worker(server, ["--all"], "score", tmp_path_factory.mktemp("fail")) as started:
+        yield started
 
 
 def test_demo_deployment_runs_and_publishes_artifacts(server, worker, tmp_path):

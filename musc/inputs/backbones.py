@@ -14,7 +14,6 @@ Two families:
 from __future__ import annotations
 
 import functools
-import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -26,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .backbone_spec import (RANDOM_WEIGHTS, TIMM_PREFIX, backbone_family, backbone_settings,  # noqa: F401
-                            check_degrees, clip_config, patch_size_of)
+from .backbone_spec import RANDOM_WEIGHTS, TIMM_PREFIX, backbone_family, clip_config
 from .config import ConfigError, ExtractSettings
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

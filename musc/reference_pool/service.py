@@ -21,7 +21,7 @@ from ..outputs.figures import save_overlay
 from ..outputs.rebuild import find_input
 from ..store import ArtifactError, mark_artifacts_root, open_artifact
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
-from .scoring import MsmRule, calibrated_threshold, in_memory, mutual_votes, patch_scores
+from .scoring import calibrated_threshold, in_memory, mutual_votes, patch_scores
 
 RUN_FIELDS = ("dataset", "root", "category")
 DEFAULT_FALSE_ALARM_RATE = 0.01

@@ -9,7 +9,7 @@ prints the meanings; docs/ARTIFACTS.md is generated from this module (a test kee
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 SCHEMA_VERSION = 1
 PACKAGE_VERSION = "0.1.0"
