@@ -53,7 +53,7 @@ empty()
 prefect_started = time.perf_counter()
 root, artifacts, config = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
 cfg = MuscConfig.from_dict(config)
-categories = [category_module.checked_category("mvtec_ad", root, "fabric", cfg)]
+categories = [category_module.checked_category("mvtec_ad", root, "fabric", cfg, str(artifacts))]
 cli._preflight(cfg, categories, artifacts)
 preflight = time.perf_counter()
 spent = []
