@@ -12,13 +12,15 @@ from musc.inputs.backbone_spec import check_degrees
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import Category, load_category
 from musc.outputs import published
-from musc.outputs.rebuild import outputs_folder
+from musc.outputs.rebuild import outputs_folder, rebuild_one
 from musc.progress import Job
 from tasks import aggregate_task, all_tiles, classify_task, evaluate_task, extract_task, plan_score, score_task
 from tasks import score_tile_task
 from tasks.publish import artifact_key, publish
 
 from .runners import task_runner
+
+REPORT_FILES = ("metrics.csv", "per_image.csv", "report.md", "report.html")
 
 
 @flow(name="musc-category", log_prints=True, task_runner=task_runner())
@@ -46,6 +48,8 @@ def category_flow(dataset: str, root: str, category: str, config: dict | None = 
         evaluated = finished(job, [lambda: evaluate_task.submit(extracted, classified, cfg.evaluate)])[0]
     result = store.open_artifact(evaluated["path"], "evaluate", evaluated["digest"]).attrs
     outputs = str(outputs_folder(evaluated["path"]))
+    if not all((Path(outputs) / name).is_file() for name in REPORT_FILES):  # deleted since: drawn again
+        rebuild_one(Path(evaluated["path"]))
     refs = {"extract": extracted, "scores": scores, "classify": classified, "evaluate": evaluated}
     publish_category(dataset, category, outputs, refs, cfg.r_list)
     return {"category": category, **refs, "metrics": json.loads(result["metrics"]), "outputs": outputs}
@@ -73,7 +77,8 @@ def score_degrees(aggregated: list[dict], extracted: dict, cfg: MuscConfig, data
     for degree in aggregated:
         path = plan_score(degree, extracted, settings)
         if store.valid_digest(path, "score") is None:
-            todo += [(degree, str(path), tile) for tile in all_tiles(extracted, settings)]
+            todo += [(degree, str(path), tile) for tile in all_tiles(extracted, settings)
+                     if store.valid_digest(store.part_path(path, tile.part_name(settings.block_size))) is None]
     category = store.open_artifact(extracted["path"], "extract", extracted["digest"]).config["category"]
     with progress.TRACKER.job(category, "score", len(todo), "tiles", dataset) as job:
         for tile in as_completed([score_tile_task.submit(*item, settings) for item in todo]):

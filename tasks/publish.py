@@ -55,15 +55,20 @@ def root_flow_run_id() -> UUID | None:
     return run_id
 
 
-def publish(kind: str, key: str, content, description: str, on_root: bool = True) -> UUID:
-    """A 'markdown' or 'table' artifact on the run the user started (on_root) or the current run."""
+def publish(kind: str, key: str, content, description: str, on_root: bool = True) -> UUID | None:
+    """A 'markdown' or 'table' artifact on the run the user started (on_root) or the current run.
+    The results are on disk already: a Prefect API failure here is a warning, not a failed run."""
     from prefect.artifacts import MarkdownArtifact, TableArtifact
-    target = root_flow_run_id() if on_root else None
-    if kind == "markdown":
-        artifact = MarkdownArtifact(key=key, markdown=content, description=description, flow_run_id=target)
-    else:
-        artifact = TableArtifact(key=key, table=content, description=description, flow_run_id=target)
-    return artifact.create(_sync=True).id
+    try:
+        target = root_flow_run_id() if on_root else None
+        if kind == "markdown":
+            artifact = MarkdownArtifact(key=key, markdown=content, description=description, flow_run_id=target)
+        else:
+            artifact = TableArtifact(key=key, table=content, description=description, flow_run_id=target)
+        return artifact.create(_sync=True).id
+    except Exception as error:  # noqa: BLE001 - the API is beside the point of the run
+        log.warning(f"could not publish the Prefect artifact {key!r} ({type(error).__name__}: {error})")
+        return None
 
 
 class PrefectProgress:

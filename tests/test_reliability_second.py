@@ -222,7 +222,7 @@ def test_report_skips_stale_evaluate_artifacts_and_clean_removes_what_no_run_use
     shutil.copytree(artifacts, copy)
     current = sorted(copy.rglob("*.h5"))
     evaluate = next(copy.rglob("evaluate/*.h5"))
-    stale = evaluate.with_name("0000stale0000000.h5")  # an earlier run's evaluation: its classify is gone
+    stale = evaluate.with_name("00000000057a1e00.h5")  # an earlier run's evaluation: its classify is gone
     shutil.copy(evaluate, stale)
     recraft(stale, inputs=json.dumps({"extract": "0" * 64, "classify": "1" * 64}))
     shutil.copytree(evaluate.with_suffix(""), stale.with_suffix(""))
@@ -245,6 +245,35 @@ def test_report_skips_stale_evaluate_artifacts_and_clean_removes_what_no_run_use
     assert set(removed) == listed and not busy
     assert sorted(copy.rglob("*.h5")) == current and all(store.valid_digest(p) for p in current)
     assert rebuild_reports(copy).skipped == []
+
+
+def test_clean_refuses_a_folder_that_is_not_a_musc_artifacts_folder(tmp_path):
+    theirs = tmp_path / "photos" / "2026" / "score" / "holiday"
+    theirs.mkdir(parents=True)
+    with pytest.raises(store.ArtifactError, match="not a musc artifacts folder"):
+        clean_artifacts(tmp_path / "photos")
+    assert theirs.is_dir()
+
+
+def test_clean_touches_only_entries_named_by_our_keys(reference_run, tmp_path):
+    _, artifacts = reference_run
+    copy = tmp_path / "artifacts"
+    shutil.copytree(artifacts, copy)
+    mine = copy / "mvtec_ad" / "fabric" / "score" / "notes"
+    mine.mkdir()
+    removed, _ = clean_artifacts(copy)
+    assert mine.is_dir() and mine not in removed
+
+
+def test_a_rerun_draws_again_a_report_folder_deleted_since(reference_run, tiny_dataset, tmp_path):
+    result, artifacts = reference_run
+    copy = tmp_path / "artifacts"
+    shutil.copytree(artifacts, copy)
+    outputs = copy / Path(result["outputs"]).relative_to(artifacts)
+    shutil.rmtree(outputs)
+    rerun = run_category(tiny_dataset, copy)
+    assert Path(rerun["outputs"]) == outputs
+    assert (outputs / "per_image.csv").is_file() and (outputs / "report.html").is_file()
 
 
 # 6. Image size limit; masks through symlinks ------------------------------------------------------------

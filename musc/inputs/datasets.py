@@ -342,11 +342,11 @@ def subsets(samples, divide_num: int, seed: int) -> list[list[int]]:
         groups.setdefault(Path(sample.path).parent.name, []).append(index)
     result = []
     for part in range(divide_num):
-        random.seed(seed)
+        generator = random.Random(seed)  # the reference's random.seed + random.shuffle, without shared state
         chosen = []
         for members in groups.values():
             shuffled = list(members)
-            random.shuffle(shuffled)
+            generator.shuffle(shuffled)
             chosen.extend(shuffled[part::divide_num])
         result.append(chosen)
     return result

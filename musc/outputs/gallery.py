@@ -12,16 +12,10 @@ import numpy as np
 import pandas as pd
 
 from ..inputs.datasets import UnreadableImage, load_image
-from .figures import png_name
+from .figures import heat_colours, png_name
 
 THUMB_PX = 96       # each panel (image, heat map) of a thumbnail
 HEAT_ALPHA = 0.5
-
-
-def _jet() -> np.ndarray:
-    """The 'jet' colour map as a (256, 3) uint8 table (the overlays use the same map)."""
-    from matplotlib import colormaps
-    return (colormaps["jet"](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
 
 
 def _edges(mask: np.ndarray) -> np.ndarray:
@@ -35,9 +29,7 @@ def heat_thumbnail(image: np.ndarray, anomaly_map: np.ndarray, low: float, high:
                    mask: np.ndarray | None = None, size: int = THUMB_PX):
     """A PIL image: the picture | the picture under its heat map (ground-truth outline in white)."""
     from PIL import Image
-    span = high - low if high > low else 1.0
-    index = np.clip((np.asarray(anomaly_map, dtype=np.float64) - low) / span * 255, 0, 255).astype(np.uint8)
-    heat = _jet()[index]
+    heat = heat_colours(anomaly_map, low, high)
     picture = np.asarray(Image.fromarray(image).resize(heat.shape[1::-1], Image.BILINEAR), dtype=np.float64)
     blend = (picture * (1 - HEAT_ALPHA) + heat * HEAT_ALPHA).astype(np.uint8)
     if mask is not None and mask.any():
@@ -118,6 +110,11 @@ def data_uri(path: str | Path, max_width: int | None = None, colors: int | None 
             image = image.resize((max_width, round(image.height * max_width / image.width)), Image.LANCZOS)
         if colors:
             image = image.quantize(colors)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", optimize=True)
+        return png_data_uri(image)
+
+
+def png_data_uri(picture) -> str:
+    """A Pillow image as a PNG data URI (pages and Prefect markdown carry it inline)."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -8,15 +8,18 @@ crafted artifact cannot send writes elsewhere.
 from __future__ import annotations
 
 import contextlib
+import json
 import fcntl
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..store import ArtifactError, STAGES, manifest_path, open_artifact, parts_dir, valid_digest
+from ..store import ARTIFACTS_MARKER, ArtifactError, STAGES, manifest_path, open_artifact, parts_dir, valid_digest
 from .evaluation import evaluate
 from .reports import write_outputs
+
+ARTIFACT_KEY = re.compile(r"[0-9a-f]{16}")  # store.stable_hash's keys
 
 
 def outputs_folder(evaluate_path: str | Path) -> Path:
@@ -25,9 +28,14 @@ def outputs_folder(evaluate_path: str | Path) -> Path:
 
 
 def find_input(artifact_path: Path, stage: str, digest: str) -> Path:
-    """The upstream artifact (in the sibling stage folder) whose digest an artifact recorded."""
+    """The upstream artifact (in the sibling stage folder) whose digest an artifact recorded: the
+    candidate whose manifest records that digest, verified (no other file is read)."""
     for candidate in sorted((Path(artifact_path).parents[1] / stage).glob("*.h5")):
-        if valid_digest(candidate, stage) == digest:
+        try:
+            recorded = json.loads(manifest_path(candidate).read_text()).get("sha256")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if recorded == digest and valid_digest(candidate, stage) == digest:
             return candidate
     raise ArtifactError(f"{artifact_path}: its {stage} input (digest {digest[:12]}) is missing or changed")
 
@@ -133,6 +141,8 @@ def clean_artifacts(root: str | Path, dry_run: bool = False) -> tuple[list[Path]
     root = Path(root)
     if not root.is_dir():
         raise ArtifactError(f"{root}: no such artifacts folder")
+    if not (root / ARTIFACTS_MARKER).is_file():
+        raise ArtifactError(f"{root}: not a musc artifacts folder (no {ARTIFACTS_MARKER}); nothing removed")
     used = in_use(root)
     removed, busy = [], []
     stage_folders = sorted(p for p in root.glob("*/*/*") if p.is_dir() and p.name in STAGES)
@@ -163,12 +173,12 @@ def _key_of(entry: Path) -> str | None:
     name = entry.name
     if name.startswith("."):
         match = re.match(r"^\.(.+?)\.(h5|json)\.(lock|tmp-.*)$", name)
-        return match.group(1) if match else None
-    if entry.is_dir():
-        return name.removesuffix(".parts")
-    if entry.suffix in (".h5", ".json"):
-        return entry.stem
-    return None
+        key = match.group(1) if match else None
+    elif entry.is_dir():
+        key = name.removesuffix(".parts")
+    else:
+        key = entry.stem if entry.suffix in (".h5", ".json") else None
+    return key if key is not None and ARTIFACT_KEY.fullmatch(key) else None  # anything else is not ours
 
 
 def _remove(path: Path) -> None:

@@ -3,16 +3,16 @@ thumbnails and the day's report. Plain files; the daily-folder flow (flows/pool.
 to Prefect."""
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from ..outputs.figures import _pyplot
+from ..outputs.figures import _pyplot, heat_colours
+from ..outputs.gallery import png_data_uri
 from ..outputs.html import markdown_page
+from ..store import artifact_lock
 
 HISTORY_COLUMNS = ("day", "count", "anomalous", "anomalous_rate", "score_q50", "score_q90", "score_q99",
                    "score_max", "threshold", "pool_size")
@@ -38,14 +38,15 @@ def day_summary(day: str, rows: Sequence[dict], threshold: float, pool_size: int
 def append_history(path: str | Path, summary: dict[str, Any]) -> pd.DataFrame:
     """Add the day's summary to the history (a rerun of a day replaces that day's row); sorted by day."""
     path = Path(path)
-    history = pd.read_csv(path, dtype={"day": str}) if path.is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
-    history = history[history["day"] != summary["day"]]
-    row = pd.DataFrame([summary], columns=HISTORY_COLUMNS)
-    history = row if history.empty else pd.concat([history, row], ignore_index=True)
-    history = history.sort_values("day").reset_index(drop=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    history.to_csv(tmp, index=False)
-    tmp.replace(path)
+    with artifact_lock(path):  # two days' runs at once: neither loses the other's row
+        history = pd.read_csv(path, dtype={"day": str}) if path.is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
+        history = history[history["day"] != summary["day"]]
+        row = pd.DataFrame([summary], columns=HISTORY_COLUMNS)
+        history = row if history.empty else pd.concat([history, row], ignore_index=True)
+        history = history.sort_values("day").reset_index(drop=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        history.to_csv(tmp, index=False)
+        tmp.replace(path)
     return history
 
 
@@ -72,14 +73,9 @@ def plot_trends(history: pd.DataFrame, path: str | Path) -> str:
 def thumbnail(anomaly_map: np.ndarray, size: int = 64, vmax: float | None = None) -> str:
     """A small heat-map PNG as a data URI (for Markdown where the UI shows it)."""
     from PIL import Image
-    plt = _pyplot()
     values = np.asarray(anomaly_map, dtype=np.float64)
     top = vmax if vmax is not None else (values.max() or 1.0)
-    rgba = plt.get_cmap("jet")(np.clip(values / top, 0, 1))
-    picture = Image.fromarray((rgba[..., :3] * 255).astype(np.uint8)).resize((size, size))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG", optimize=True)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return png_data_uri(Image.fromarray(heat_colours(values, 0.0, top)).resize((size, size)))
 
 
 def ordered(rows: Sequence[dict]) -> list[dict]:

@@ -19,7 +19,7 @@ from ..method.maps import anomaly_maps
 from ..outputs.evaluation import decisions
 from ..outputs.figures import save_overlay
 from ..outputs.rebuild import find_input
-from ..store import ArtifactError, mark_artifacts_root, open_artifact
+from ..store import ArtifactError, artifact_lock, mark_artifacts_root, open_artifact
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
 from .scoring import calibrated_threshold, in_memory, mutual_votes, patch_scores
 
@@ -81,13 +81,14 @@ def add_run_to_pool(pool_path: str | Path, run: str | Path, include_anomalous: b
     if max_images is not None and max_images < 1:
         raise PoolError(f"max_images: must be at least 1, got {max_images}")
     settings, images, digest = run_images(run, include_anomalous)
-    pool = PoolFile(pool_path) if Path(pool_path).exists() else None
-    check_addition(pool, settings, images)
-    bound = max_images or (pool.max_images if pool else DEFAULT_MAX_IMAGES)
-    if pool is not None:  # the pool's own record of how it scores (precision) stays
-        settings = pool.settings
-    size = write_pool(pool_path, settings, ([pool.images()] if pool else []) + [images], bound,
-                      {"last_run": digest})
+    with artifact_lock(pool_path):  # two additions at once: the second waits and adds to the first's pool
+        pool = PoolFile(pool_path) if Path(pool_path).exists() else None
+        check_addition(pool, settings, images)
+        bound = max_images or (pool.max_images if pool else DEFAULT_MAX_IMAGES)
+        if pool is not None:  # the pool's own record of how it scores (precision) stays
+            settings = pool.settings
+        size = write_pool(pool_path, settings, ([pool.images()] if pool else []) + [images], bound,
+                          {"last_run": digest})
     return len(images), size
 
 
