@@ -49,7 +49,6 @@ def test_single_image_against_pool_matches_full_batch(demo_features):
         alone = roc_auc_score(masks[target].ravel(), maps[0].ravel())
         in_batch = roc_auc_score(masks[target].ravel(), full["maps"][target].ravel())
         assert abs(alone - in_batch) <= 0.02, (target, alone, in_batch)
-        assert scores[0] == pytest.approx(maps[0].max())
         compared += 1
     assert compared == 6
 
