@@ -15,7 +15,6 @@ from ..method.metrics import METRIC_NAMES, image_metrics, pixel_metrics
 
 MAD_SCALE = 1.4826  # makes the median absolute deviation estimate sigma for normal data
 ROBUST_Z = 3.5
-UNKNOWN_LABEL = -1
 
 
 def metrics_to_json(metrics: Mapping[str, float]) -> dict[str, float | None]:
