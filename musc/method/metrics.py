@@ -5,6 +5,8 @@ metric is undefined because only one class is present), plus the MVTec/anomalib 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 METRIC_NAMES = ("image_auroc", "image_f1max", "image_ap",
@@ -19,23 +21,58 @@ def descending_order(scores) -> np.ndarray:
     return np.argsort(np.asarray(scores, dtype=np.float64).ravel())[::-1]
 
 
+@dataclass(frozen=True)
+class BinaryCurves:
+    """scikit-learn's ROC and precision-recall curves of one set of labels and scores, computed once:
+    AUROC, AP and F1-max come from them (the values of roc_auc_score and average_precision_score,
+    which compute the same curves internally), and so do the ROC/PR figures."""
+    fpr: np.ndarray
+    tpr: np.ndarray
+    precision: np.ndarray
+    recall: np.ndarray
+    pr_thresholds: np.ndarray
+
+    @classmethod
+    def of(cls, labels, scores) -> "BinaryCurves":
+        from sklearn.metrics import precision_recall_curve, roc_curve
+        labels = np.asarray(labels).ravel()
+        scores = np.asarray(scores, dtype=np.float64).ravel()
+        fpr, tpr, _ = roc_curve(labels, scores)
+        precision, recall, thresholds = precision_recall_curve(labels, scores)
+        return cls(fpr, tpr, precision, recall, thresholds)
+
+    def auroc(self) -> float:
+        from sklearn.metrics import auc
+        return float(auc(self.fpr, self.tpr))
+
+    def average_precision(self) -> float:
+        """Step-wise AP, sum over thresholds of (R_n - R_n-1) P_n: average_precision_score's definition."""
+        return float(-np.sum(np.diff(self.recall) * self.precision[:-1]))
+
+    def f1_max(self) -> float:
+        """Max over the precision-recall curve of 2PR/(P+R), ignoring points where P+R = 0."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f1 = 2 * self.precision * self.recall / (self.precision + self.recall)
+        return float(np.max(f1[np.isfinite(f1)]))
+
+    def f1_optimal_threshold(self) -> float:
+        """The score threshold at the F1-max point (scores >= threshold are flagged)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            f1 = 2 * self.precision[:-1] * self.recall[:-1] / (self.precision[:-1] + self.recall[:-1])
+        return float(self.pr_thresholds[int(np.argmax(np.where(np.isfinite(f1), f1, -1)))])
+
+
 def f1_max(labels, scores) -> float:
-    """Max over the precision-recall curve of 2PR/(P+R), ignoring points where P+R = 0."""
-    from sklearn.metrics import precision_recall_curve
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = 2 * precision * recall / (precision + recall)
-    return float(np.max(f1[np.isfinite(f1)]))
+    return BinaryCurves.of(labels, scores).f1_max()
 
 
-def _binary_metrics(labels, scores) -> tuple[float, float, float]:
-    """(AUROC, F1-max, AP) by scikit-learn, or zeros when only one class is present (as the reference)."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
+def _binary_metrics(labels, scores, curves: BinaryCurves | None = None) -> tuple[float, float, float]:
+    """(AUROC, F1-max, AP), or zeros when only one class is present (as the reference)."""
     labels = np.asarray(labels).ravel()
-    scores = np.asarray(scores, dtype=np.float64).ravel()
     if labels.min() == labels.max():
         return 0.0, 0.0, 0.0
-    return float(roc_auc_score(labels, scores)), f1_max(labels, scores), float(average_precision_score(labels, scores))
+    curves = curves or BinaryCurves.of(labels, scores)
+    return curves.auroc(), curves.f1_max(), curves.average_precision()
 
 
 def _region_pixels(masks: np.ndarray, maps: np.ndarray) -> list[np.ndarray]:
@@ -116,23 +153,23 @@ def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT, order: np.ndarray
     return float(np.trapezoid(pro_kept, fpr_kept) / fpr_limit)
 
 
-def image_metrics(gt_sp, pr_sp) -> dict[str, float]:
+def image_metrics(gt_sp, pr_sp, curves: BinaryCurves | None = None) -> dict[str, float]:
     """Image AUROC, F1-max and AP (fractions; zeros with one class, as the reference)."""
     gt_sp = np.asarray(gt_sp).ravel()
     pr_sp = np.asarray(pr_sp, dtype=np.float64).ravel()
     if gt_sp.shape != pr_sp.shape:
         raise ValueError(f"pr_sp: {pr_sp.shape[0]} image scores for {gt_sp.shape[0]} labels")
-    return dict(zip(METRIC_NAMES[:3], _binary_metrics(gt_sp, pr_sp)))
+    return dict(zip(METRIC_NAMES[:3], _binary_metrics(gt_sp, pr_sp, curves)))
 
 
-def pixel_metrics(gt_px, pr_px) -> dict[str, float]:
+def pixel_metrics(gt_px, pr_px, curves: BinaryCurves | None = None) -> dict[str, float]:
     """Pixel AUROC, F1-max, AP, the reference AUPRO and the MVTec AUPRO (zeros without defects)."""
     gt_px = np.asarray(gt_px).astype(np.int32)
     pr_px = np.asarray(pr_px, dtype=np.float64)
     if gt_px.shape != pr_px.shape:
         raise ValueError(f"pr_px: shape {pr_px.shape} does not match gt_px {gt_px.shape}")
     order = descending_order(pr_px)  # one sort of the pixels for both AUPROs
-    pixel = _binary_metrics(gt_px, pr_px)
+    pixel = _binary_metrics(gt_px, pr_px, curves)
     if gt_px.sum() == 0:
         aupro, aupro_std = 0.0, 0.0
     else:

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..method.metrics import METRIC_NAMES, image_metrics, pixel_metrics
+from ..method.metrics import METRIC_NAMES, BinaryCurves, image_metrics, pixel_metrics
 
 MAD_SCALE = 1.4826  # makes the median absolute deviation estimate sigma for normal data
 ROBUST_Z = 3.5
@@ -36,11 +36,14 @@ def pixel_usable(labels, has_mask) -> np.ndarray:
 
 
 def evaluate_arrays(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
-                    has_mask: np.ndarray) -> tuple[dict[str, float], dict[str, str]]:
+                    has_mask: np.ndarray, curves: dict[str, BinaryCurves] | None = None
+                    ) -> tuple[dict[str, float], dict[str, str]]:
     """Metrics that can be computed, NaN for the others, and a note saying why each is missing.
 
-    labels: (N,) with -1 for unknown.
+    labels: (N,) with -1 for unknown. ``curves``, when given, receives the ROC/PR curves computed
+    ("image", "pixel"), for the figures.
     """
+    curves = {} if curves is None else curves
     metrics = {name: math.nan for name in METRIC_NAMES}
     notes: dict[str, str] = {}
     labels = np.asarray(labels)
@@ -53,21 +56,20 @@ def evaluate_arrays(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, m
     elif (labels < 0).any():
         notes["pixel"] = "labels unknown"
     if "image" not in notes:
-        metrics.update(image_metrics(labels, scores))
+        curves["image"] = BinaryCurves.of(labels, scores)
+        metrics.update(image_metrics(labels, scores, curves["image"]))
     if "pixel" not in notes:
         usable = pixel_usable(labels, has_mask)
-        metrics.update(pixel_metrics(masks[usable], maps[usable]))
+        gt_px, pr_px = masks[usable], maps[usable]
+        if gt_px.min() != gt_px.max():  # both kinds of pixels: else the reference's zeros, no curve
+            curves["pixel"] = BinaryCurves.of(gt_px, pr_px)
+        metrics.update(pixel_metrics(gt_px, pr_px, curves.get("pixel")))
     return metrics, notes
 
 
 def f1_optimal_threshold(labels, scores) -> float:
     """The score threshold at the F1-max point (scores >= threshold are flagged)."""
-    from sklearn.metrics import precision_recall_curve
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f1 = 2 * precision[:-1] * recall[:-1] / (precision[:-1] + recall[:-1])
-    f1 = np.where(np.isfinite(f1), f1, -1)
-    return float(thresholds[int(np.argmax(f1))])
+    return BinaryCurves.of(labels, scores).f1_optimal_threshold()
 
 
 def robust_threshold(scores) -> float:
@@ -89,19 +91,19 @@ def choose_threshold(labels, scores, fixed: float | None = None) -> tuple[float,
     return robust_threshold(scores), f"median + {ROBUST_Z} x MAD (unsupervised)"
 
 
-def choose_pixel_threshold(labels, masks, maps, has_mask, raw_scores, fixed: float | None = None
-                           ) -> tuple[float, str]:
+def choose_pixel_threshold(labels, masks, maps, has_mask, raw_scores, fixed: float | None = None,
+                           pixel_curves: BinaryCurves | None = None) -> tuple[float, str]:
     """Pixel threshold for binary defect masks: fixed if given; F1-optimal on the pixels when masks
-    exist; else the robust outlier rule on the raw image scores (the maxima of the maps), so that
-    only images flagged as outliers get defect pixels."""
+    exist (``pixel_curves``: their PR curve, if the metrics computed it already); else the robust
+    outlier rule on the raw image scores (the maxima of the maps), so that only images flagged as
+    outliers get defect pixels."""
     labels = np.asarray(labels)
     if fixed is not None:
         return float(fixed), "fixed (config)"
     usable = pixel_usable(labels, has_mask)
     if np.asarray(has_mask).any() and (labels >= 0).all() and usable.any():
-        sample = slice(None, None, max(1, int(np.asarray(maps)[usable].size // 2_000_000)))
-        return (f1_optimal_threshold(np.asarray(masks)[usable].ravel()[sample], np.asarray(maps)[usable].ravel()[sample]),
-                "F1-optimal on the mask pixels")
+        curves = pixel_curves or BinaryCurves.of(np.asarray(masks)[usable], np.asarray(maps)[usable])
+        return curves.f1_optimal_threshold(), "F1-optimal on the mask pixels"
     return robust_threshold(raw_scores), f"median + {ROBUST_Z} x MAD of the raw image scores (unsupervised)"
 
 
@@ -135,6 +137,7 @@ class Evaluation:
     ranking: np.ndarray                # image indices, most anomalous first
     decisions: np.ndarray              # 1 anomalous, 0 normal
     per_image: pd.DataFrame
+    curves: dict[str, BinaryCurves]    # ROC/PR curves of the metrics computed ("image", "pixel")
 
     def summary(self) -> dict[str, Any]:
         return {"metrics": metrics_to_json(self.metrics), "notes": self.notes, "threshold": self.threshold,
@@ -147,11 +150,13 @@ def evaluate(extract, classify, threshold: float | None = None, pixel_threshold:
     labels, has_mask = extract.read("labels"), extract.read("has_mask")
     maps, masks = classify.read("maps"), extract.read("masks")
     raw, scores = classify.read("image_scores_raw"), classify.read("image_scores")
-    metrics, notes = evaluate_arrays(labels, scores, masks, maps, has_mask)
+    curves: dict[str, BinaryCurves] = {}
+    metrics, notes = evaluate_arrays(labels, scores, masks, maps, has_mask, curves)
     value, rule = choose_threshold(labels, scores, threshold)
-    pixel_value, pixel_rule = choose_pixel_threshold(labels, masks, maps, has_mask, raw, pixel_threshold)
+    pixel_value, pixel_rule = choose_pixel_threshold(labels, masks, maps, has_mask, raw, pixel_threshold,
+                                                     curves.get("pixel"))
     per_image = per_image_table(extract.read("names"), extract.read("paths"), extract.read("defect_types"),
                                 labels, raw, scores, value)
     per_image["defect_pixels"] = [(m >= pixel_value).sum() for m in maps]
     return Evaluation(metrics, notes, value, rule, pixel_value, pixel_rule,
-                      np.argsort(-np.asarray(scores)).astype(np.int64), decisions(scores, value), per_image)
+                      np.argsort(-np.asarray(scores)).astype(np.int64), decisions(scores, value), per_image, curves)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..inputs.datasets import UnreadableImage, load_image
-from ..method.metrics import METRIC_NAMES, f1_max
+from ..method.metrics import METRIC_NAMES, BinaryCurves
 
 
 def png_name(image_name: str) -> str:
@@ -122,15 +122,12 @@ def save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: str | Path, m
     return str(path)
 
 
-def save_curves(labels, scores, path: str | Path, title: str) -> str:
-    """ROC and PR curves side by side (scikit-learn's); at most about 2000 points of each curve are
-    drawn (millions of pixels make no visible difference)."""
-    from sklearn.metrics import precision_recall_curve, roc_curve
-    fpr, tpr, _ = roc_curve(labels, scores)
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    best_f1 = f1_max(labels, scores)
-    fpr, tpr = _thinned(fpr, tpr)
-    recall, precision = _thinned(recall, precision)
+def save_curves(curves: BinaryCurves, path: str | Path, title: str) -> str:
+    """ROC and PR curves side by side (the evaluation's scikit-learn curves); at most about 2000
+    points of each curve are drawn (millions of pixels make no visible difference)."""
+    best_f1 = curves.f1_max()
+    fpr, tpr = _thinned(curves.fpr, curves.tpr)
+    recall, precision = _thinned(curves.recall, curves.precision)
     plt = _pyplot()
     fig, (roc_axis, pr_axis) = plt.subplots(1, 2, figsize=(7, 3.2))
     roc_axis.plot(fpr, tpr)

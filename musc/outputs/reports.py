@@ -9,7 +9,7 @@ import pandas as pd
 
 from ..method.metrics import METRIC_NAMES
 from . import figures, gallery, html
-from .evaluation import Evaluation, pixel_usable
+from .evaluation import Evaluation
 
 
 def metrics_table(rows: dict[str, dict[str, float]], notes: dict[str, dict[str, str]],
@@ -110,12 +110,8 @@ def write_outputs(extract, classify, evaluation: Evaluation, folder: str | Path,
     (folder / "metrics.md").write_text(table_markdown(table))
     shown = {"score histograms (thresholds dashed)": figures.save_histograms(
         labels, raw, scores, folder / "histograms.png", evaluation.threshold, evaluation.pixel_threshold)}
-    if "image" not in notes:
-        shown["image ROC/PR"] = figures.save_curves(labels, scores, folder / "curves_image.png", "image")
-    if "pixel" not in notes:
-        usable = pixel_usable(labels, has_mask)
-        shown["pixel ROC/PR"] = figures.save_curves(masks[usable].ravel(), maps[usable].ravel(),
-                                                    folder / "curves_pixel.png", "pixel")
+    for kind, curves in evaluation.curves.items():
+        shown[f"{kind} ROC/PR"] = figures.save_curves(curves, folder / f"curves_{kind}.png", kind)
     title = f"MuSc results: {extract.config['dataset']} / {category}"
     artifacts = {"extract": str(extract.path), "classify": str(classify.path), "evaluate": evaluate_path}
     threshold = {"value": evaluation.threshold, "rule": evaluation.rule,
