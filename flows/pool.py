@@ -2,13 +2,11 @@
 trend of past days, a Prefect table artifact and an event that an Automation can notify on."""
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from prefect import flow, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
@@ -17,6 +15,8 @@ from musc.reference_pool import DecisionRule, score_new_images
 from musc.reference_pool.daily import (append_history, day_summary, history_path, ordered, plot_trends, thumbnail,
                                        write_day_report)
 from tasks.faults import fail_once_point
+from tasks.publish import artifact_key
+from tasks.publish import publish as publish_artifact
 
 EVENT = "musc.daily.scored"
 THUMBNAILS = 48  # parts shown with a heat-map thumbnail in the markdown artifact, anomalous first
@@ -27,10 +27,6 @@ def run_day(timezone: str = "UTC") -> str:
     scheduled at 23:30 still scores that day), in ``timezone``."""
     from prefect.runtime import flow_run
     return flow_run.scheduled_start_time.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d")
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "pool"
 
 
 @task(name="score-day", cache_policy=NO_CACHE, persist_result=False)
@@ -46,20 +42,21 @@ def score_day_task(pool: str, images: list[str], out: str, rule: DecisionRule) -
 
 def publish(day: str, pool: str, result: dict, summary: dict, report: Path) -> None:
     """The day's table artifact, its thumbnails (markdown) and the event."""
-    key = f"musc-daily-{slug(Path(pool).stem)}"
+    name = artifact_key(Path(pool).stem).removeprefix("musc-")  # the pool's name in keys and events
+    key = artifact_key("daily", name)
     rows = ordered(result["rows"])
-    create_table_artifact(key=key, table=[{k: row[k] for k in ("path", "score", "decision", "map_png")} for row in rows],
-                          description=f"Parts of {day}: {summary['anomalous']} anomalous of {summary['count']} "
-                                      f"(threshold {summary['threshold']:.6g}); report {report}")
+    publish_artifact("table", key, [{k: row[k] for k in ("path", "score", "decision", "map_png")} for row in rows],
+                     f"Parts of {day}: {summary['anomalous']} anomalous of {summary['count']} "
+                     f"(threshold {summary['threshold']:.6g}); report {report}")
     lines = [f"# Parts of {day}: {summary['anomalous']} anomalous of {summary['count']}", "",
              "| part | score | decision | heat map |", "|---|---|---|---|"]
     lines += [f"| {row['path']} | {row['score']:.4f} | {row['decision']} | ![map]({row['thumbnail']}) |"
               for row in rows if "thumbnail" in row]
-    create_markdown_artifact(key=f"{key}-maps", markdown="\n".join(lines), description=f"heat maps of {day}")
+    publish_artifact("markdown", f"{key}-maps", "\n".join(lines), f"heat maps of {day}")
     anomalous = [{"path": row["path"], "score": row["score"], "map_png": row["map_png"]}
                  for row in rows if row["decision"] == "anomalous"]
     emit_event(event=EVENT,
-               resource={"prefect.resource.id": f"musc.pool.{slug(Path(pool).stem)}",
+               resource={"prefect.resource.id": f"musc.pool.{name}",
                          "prefect.resource.name": Path(pool).name, "musc.day": day,
                          "musc.anomalous": "true" if anomalous else "false"},
                payload={**summary, "anomalous_parts": anomalous, "report": str(report),
