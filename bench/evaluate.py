@@ -43,8 +43,7 @@ def matplotlib_overlay(image, anomaly_map, path, mask, vmin, vmax, title) -> Non
 
 def timed_parts() -> dict:
     """Accumulate the time of the evaluate stage's main parts (patched in place, for this run only)."""
-    import musc.outputs.evaluation as evaluation
-    from musc.outputs import figures
+    from musc.outputs import figures, reports
     spent: dict[str, float] = {}
 
     def wrap(module, name, label):
@@ -57,8 +56,8 @@ def timed_parts() -> dict:
             finally:
                 spent[label] = spent.get(label, 0.0) + time.perf_counter() - begin
         setattr(module, name, timed)
-    wrap(evaluation, "evaluate", "metrics and thresholds")
-    wrap(figures, "render_overlays", "overlays")
+    wrap(reports, "evaluate", "metrics and thresholds")
+    wrap(figures, "render_pictures", "overlays and thumbnails (in the background)")
     wrap(figures, "save_binary_masks", "binary masks")
     wrap(figures, "save_histograms", "histograms")
     wrap(figures, "save_curves", "ROC/PR figures")

@@ -16,7 +16,12 @@ from musc.outputs.rebuild import outputs_folder, rebuild_one
 from musc.progress import Job
 from tasks import aggregate_task, all_tiles, classify_task, evaluate_task, extract_task, plan_score, score_task
 from tasks import score_tile_task
+from tasks.aggregate import plan_aggregate
+from tasks.classify import plan_classify
+from tasks.evaluate import plan_evaluate
+from tasks.extract import plan_extract
 from tasks.publish import artifact_key, publish
+from tasks.stage import valid_ref
 
 from .runners import task_runner
 
@@ -100,6 +105,22 @@ def publish_category(dataset: str, category: str, outputs: str, refs: dict, r_li
     publish("table", f"{key}-metrics", content.rows, content.table_description, on_root=False)
     publish("markdown", f"{key}-report", content.markdown, f"MuSc report, {dataset} / {category}", on_root=False)
 
+
+
+def reused_throughout(images: Category, cfg: MuscConfig, artifacts: str) -> bool:
+    """Whether every stage of the category would reuse a valid artifact: the stages' plans walked
+    in order, as the tasks plan them, nothing built and no model loaded."""
+    extracted = valid_ref("extract", plan_extract(images, cfg.extract, artifacts))
+    if extracted is None:
+        return False
+    scores = []
+    for r in cfg.r_list:
+        aggregated = valid_ref("aggregate", plan_aggregate(extracted, r))
+        scores.append(aggregated and valid_ref("score", plan_score(aggregated, extracted, cfg.score)))
+        if scores[-1] is None:
+            return False
+    classified = valid_ref("classify", plan_classify(extracted, scores, list(cfg.k_list_for(images.dataset))))
+    return classified is not None and valid_ref("evaluate", plan_evaluate(extracted, classified, cfg.evaluate)) is not None
 
 
 def checked_category(dataset: str, root: str, category: str, cfg: MuscConfig, artifacts: str) -> Category:

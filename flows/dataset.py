@@ -1,9 +1,11 @@
 """A whole dataset: each category as a subflow, then the metrics table and report across them."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from prefect import flow
+from prefect.settings import temporary_settings
 
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import MASK_RULES, list_categories
@@ -11,7 +13,7 @@ from musc.outputs import published, reports
 from musc.outputs.evaluation import metrics_from_json
 from tasks.publish import artifact_key, publish
 
-from .category import category_flow
+from .category import category_flow, checked_category, reused_throughout
 from .runners import task_runner
 
 
@@ -26,13 +28,30 @@ def dataset_flow(dataset: str, root: str, categories: list[str] | None = None, c
     root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
     categories = categories or list_categories(dataset, root, exclude=[artifacts])
     run_category = category_flow.with_options(task_runner=task_runner(dask)) if dask else category_flow
-    results = {name: run_category(dataset, root, name, cfg.to_dict(), artifacts) for name in categories}
+    results = {}
+    for name in categories:
+        with _heartbeats_while_computing(dataset, root, name, cfg, artifacts):
+            results[name] = run_category(dataset, root, name, cfg.to_dict(), artifacts)
     table = reports.metrics_table({name: metrics_from_json(r["metrics"]) for name, r in results.items()},
                                   {}, cfg.image_size, MASK_RULES[dataset])
     folder = Path(artifacts) / dataset / "_report"
     index = reports.write_dataset_report(folder, dataset, table, {name: r["outputs"] for name, r in results.items()})
     publish_dataset(dataset, folder, table, results)
     return {"categories": results, "report": str(index), "table": str(folder / "metrics.csv")}
+
+
+@contextlib.contextmanager
+def _heartbeats_while_computing(dataset: str, root: str, category: str, cfg: MuscConfig, artifacts: str):
+    """A category run that only reuses its artifacts sends no flow-run heartbeats. Heartbeats let a
+    server mark a crashed long run; a run that ends within a second needs none, and Prefect makes
+    each flow run's end wait up to 1 s for its heartbeat thread (a second per category on every
+    cached rerun). Runs that compute keep Prefect's heartbeats."""
+    try:
+        quiet = reused_throughout(checked_category(dataset, root, category, cfg, artifacts), cfg, artifacts)
+    except Exception:  # noqa: BLE001 - the category run itself reports what is wrong
+        quiet = False
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}) if quiet else contextlib.nullcontext():
+        yield
 
 
 def publish_dataset(dataset: str, folder: Path, table, results: dict) -> None:

@@ -3,8 +3,8 @@
 Prefect's own temporary server is a child process that outlives a ``kill -9`` of its parent (it is
 reparented to PID 1 and keeps about 230 MB). We start the same server (Prefect's public app
 factory under uvicorn, the UI off) as our child, ask Linux to end it when its parent dies
-(``PR_SET_PDEATHSIG``), and point the command's Prefect client at it. A PREFECT_API_URL given by
-the user is used as it is.
+(``PR_SET_PDEATHSIG``), and point the command's Prefect client at it, with flow-run heartbeats
+off (see below). A PREFECT_API_URL given by the user is used as it is, heartbeats included.
 
 Its own log goes to an unlinked temporary file, not to the terminal: stopping a server whose
 task-run recorder still has a backlog (a run of 1,395 score tiles: the recorder writes one event
@@ -92,7 +92,9 @@ def temporary_server() -> Iterator[str | None]:
     try:
         _wait_healthy(process, url, log)
         os.environ["PREFECT_API_URL"] = url  # for child processes (Dask workers)
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        # Heartbeats let a long-lived server mark crashed runs; nothing watches them on a server that
+        # ends with the command, and each flow run's end waits up to 1 s for the heartbeat thread.
+        with temporary_settings(updates={PREFECT_API_URL: url, "flows.heartbeat_frequency": None}):
             yield url
     finally:
         _drain_clients()

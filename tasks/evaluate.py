@@ -21,17 +21,15 @@ def plan_evaluate(extract: Ref, classify: Ref, settings: EvaluateSettings) -> Pa
 
 
 def build_evaluate(path: Path, extract: Ref, classify: Ref, settings: EvaluateSettings) -> None:
-    from musc.outputs.evaluation import evaluate  # sklearn, pandas, figures: only when evaluating
     from musc.outputs.rebuild import outputs_folder
-    from musc.outputs.reports import write_outputs
+    from musc.outputs.reports import evaluate_into  # sklearn, pandas, figures: only when evaluating
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
     classified = store.open_artifact(classify["path"], "classify", classify["digest"])
-    decided = evaluate(source, classified, settings.threshold, settings.pixel_threshold)
-    write_outputs(source, classified, decided, outputs_folder(path), settings.overlays, str(path))
+    decided, _ = evaluate_into(outputs_folder(path), source, classified, settings.recorded(), str(path))
     fault_point("evaluate", 1)
     store.write_artifact(
         path, "evaluate",
-        {"threshold": settings.threshold, "overlays": settings.overlays, "pixel_threshold": settings.pixel_threshold},
+        settings.recorded(),
         {"extract": extract["digest"], "classify": classify["digest"]},
         {"metrics": {k: np.float64(v) for k, v in decided.metrics.items()}, "ranking": decided.ranking,
          "decisions": decided.decisions},

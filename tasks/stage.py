@@ -42,6 +42,12 @@ def stage_folder(ref_path: str | Path, stage: str) -> Path:
     return Path(ref_path).parents[1] / stage
 
 
+def valid_ref(stage: str, path: Path) -> Ref | None:
+    """The reference of a valid artifact at ``path``, or None (missing, partial, corrupt)."""
+    digest = store.valid_digest(path, stage)
+    return None if digest is None else {"stage": stage, "path": str(path), "digest": digest}
+
+
 def ensure_artifact(stage: str, path: Path, build: Callable[[Path], None]) -> tuple[Ref, bool]:
     """(reference, reused): the artifact at ``path`` if valid, else built there under a lock."""
     digest = store.valid_digest(path, stage)

@@ -133,13 +133,13 @@ def test_gallery_is_worst_first_and_marks_misclassified_images():
 
 
 def test_heat_thumbnail_shows_the_image_and_its_map():
-    from musc.outputs import gallery
+    from musc.outputs import figures
     image = np.full((32, 32, 3), 100, np.uint8)
     heat = np.zeros((16, 16))
     heat[4:8, 4:8] = 1.0
     mask = np.zeros((16, 16), bool)
     mask[4:8, 4:8] = True
-    thumb = np.asarray(gallery.heat_thumbnail(image, heat, 0.0, 1.0, mask, size=32))
+    thumb = np.asarray(figures.heat_thumbnail(image, heat, 0.0, 1.0, mask, size=32))
     assert thumb.shape == (32, 66, 3)
     assert (thumb[:, :32] == 100).all()  # the picture as it is
     assert thumb[:, 34:].std() > 10  # the heat map over it, with the outline

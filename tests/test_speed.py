@@ -61,9 +61,9 @@ def test_overlay_colours_are_matplotlibs_jet():
     assert np.abs(heat_colours(values, 0.0, 1.0).astype(float) - expected).max() <= 1
 
 
-def test_overlays_are_redrawn_only_when_what_they_show_changes(tmp_path):
+def test_pictures_are_redrawn_only_when_what_they_show_changes(tmp_path):
     from PIL import Image
-    from musc.outputs.figures import render_overlays
+    from musc.outputs.figures import render_pictures
     rng = np.random.default_rng(0)
     paths = []
     for i in range(3):
@@ -72,24 +72,33 @@ def test_overlays_are_redrawn_only_when_what_they_show_changes(tmp_path):
     maps = rng.random((3, 32, 32))
     masks = np.zeros((3, 32, 32), np.uint8)
     masks[1, 8:20, 8:20] = 1
-    folder = tmp_path / "overlays"
-    folder.mkdir()
+    folder = tmp_path / "outputs"
     args = (folder, [str(p) for p in paths], ["a/0.png", "a/1.png", "b/2.png"])
     rest = (masks, np.array([False, True, False]), np.array([0.1, 0.9, 0.2]), "image")
-    written = render_overlays(*args, maps, *rest)
-    assert [os.path.basename(p) for p in written] == ["a__0.png", "a__1.png", "b__2.png"]
-    with Image.open(written[1]) as picture:
+    pictures = render_pictures(*args, maps, *rest)
+    assert [os.path.relpath(p, folder) for p in pictures.overlays] == [
+        "overlays/a__0.png", "overlays/a__1.png", "overlays/b__2.png"]
+    assert [os.path.relpath(p, folder) for p in pictures.thumbs] == [
+        "thumbs/a__0.png", "thumbs/a__1.png", "thumbs/b__2.png"]
+    with Image.open(pictures.overlays[1]) as picture:
         assert picture.width > 2 * 256 and picture.height > 256
-    stamps = [os.stat(p).st_mtime_ns for p in written]
-    assert render_overlays(*args, maps, *rest) == written
-    assert [os.stat(p).st_mtime_ns for p in written] == stamps  # nothing redrawn
+    with Image.open(pictures.thumbs[1]) as thumb:
+        assert thumb.height < 128
+    every = pictures.overlays + pictures.thumbs
+
+    def redrawn(stamps):
+        return [os.stat(p).st_mtime_ns != s for p, s in zip(every, stamps)]
+    stamps = [os.stat(p).st_mtime_ns for p in every]
+    assert render_pictures(*args, maps, *rest) == pictures
+    assert not any(redrawn(stamps))
     maps[2, 0, 0] += 1.0
-    render_overlays(*args, maps, *rest)
-    changed = [os.stat(p).st_mtime_ns != s for p, s in zip(written, stamps)]
-    assert changed == [False, False, True]
-    os.remove(written[0])
-    render_overlays(*args, maps, *rest)
-    assert os.path.isfile(written[0])
+    render_pictures(*args, maps, *rest)
+    assert redrawn(stamps) == [False, False, True] * 2  # the image whose map changed: overlay and thumb
+    stamps = [os.stat(p).st_mtime_ns for p in every]
+    os.remove(pictures.thumbs[0])
+    render_pictures(*args, maps, *rest)
+    assert os.path.isfile(pictures.thumbs[0]) and redrawn(stamps)[1:3] == [False, False]
+    assert not list(folder.rglob("*.tmp"))
 
 
 def test_the_run_path_imports_no_numerical_library_until_a_stage_computes():
@@ -115,3 +124,44 @@ def test_preflight_skips_the_backbone_when_every_extract_artifact_is_valid(refer
     assert built == []
     cli._preflight(cfg.replace(image_size=128), categories, artifacts)  # no artifact for these settings
     assert len(built) == 1
+
+
+def test_only_category_runs_that_compute_send_flow_run_heartbeats(reference_run, tiny_dataset, tmp_path):
+    from prefect.settings import get_current_settings
+    from flows.category import checked_category, reused_throughout
+    from flows.dataset import _heartbeats_while_computing
+    from musc import MuscConfig
+    _, artifacts = reference_run
+    cfg = MuscConfig.from_dict(TINY_CONFIG)
+    images = checked_category("mvtec_ad", str(tiny_dataset), "fabric", cfg, str(artifacts))
+    assert reused_throughout(images, cfg, str(artifacts))
+    assert not reused_throughout(images, cfg, str(tmp_path))  # nothing there
+    assert not reused_throughout(images, cfg.replace(r_list=(1, 3, 5)), str(artifacts))  # no score for r=5
+    assert not reused_throughout(images, cfg.replace(threshold=0.5), str(artifacts))  # another evaluate
+    default = get_current_settings().flows.heartbeat_frequency
+    assert default is not None
+    with _heartbeats_while_computing("mvtec_ad", str(tiny_dataset), "fabric", cfg, str(artifacts)):
+        assert get_current_settings().flows.heartbeat_frequency is None
+    for changed, folder in ((cfg, tmp_path), (cfg.replace(r_list=(1, 3, 5)), artifacts)):
+        with _heartbeats_while_computing("mvtec_ad", str(tiny_dataset), "fabric", changed, str(folder)):
+            assert get_current_settings().flows.heartbeat_frequency == default
+    with _heartbeats_while_computing("mvtec_ad", str(tmp_path / "missing"), "fabric", cfg, str(artifacts)):
+        assert get_current_settings().flows.heartbeat_frequency == default  # the run itself reports the error
+
+
+def test_the_commands_own_server_turns_heartbeats_off_and_a_given_server_keeps_them(tmp_path):
+    code = ("from flows.server import temporary_server\n"
+            "from prefect.settings import get_current_settings as current\n"
+            "with temporary_server() as url:\n"
+            "    print(url, current().api.url == url, current().flows.heartbeat_frequency)\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "home"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    own = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert own.returncode == 0, own.stderr[-2000:]
+    url, pointed, heartbeat = own.stdout.split()
+    assert url.startswith("http://127.0.0.1:") and pointed == "True" and heartbeat == "None"
+    given = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                           env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"})
+    assert given.returncode == 0, given.stderr[-2000:]
+    assert given.stdout.split() == ["http://127.0.0.1:9/api", "True", "180"]

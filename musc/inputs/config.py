@@ -195,6 +195,10 @@ class EvaluateSettings:
     def key(self) -> list[Any]:
         return [self.threshold, self.overlays, self.pixel_threshold]
 
+    def recorded(self) -> dict[str, Any]:
+        """The evaluate artifact's config, which ``musc report`` evaluates from again."""
+        return {"threshold": self.threshold, "overlays": self.overlays, "pixel_threshold": self.pixel_threshold}
+
 
 def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
     """Integers from a list, a tuple or "1,3,5"; 1.5, "a", true are refused (naming the field)."""

@@ -33,10 +33,17 @@ class BinaryCurves:
     pr_thresholds: np.ndarray
 
     @classmethod
-    def of(cls, labels, scores) -> "BinaryCurves":
+    def of(cls, labels, scores, order: np.ndarray | None = None) -> "BinaryCurves":
+        """``order``: ``descending_order(scores)`` if known. The labels and scores are handed to
+        scikit-learn already sorted (its stable sort then finds nothing to do, and both curves share
+        our one sort); 0/1 labels travel as bytes, so that checking them is cheap too."""
         from sklearn.metrics import precision_recall_curve, roc_curve
         labels = np.asarray(labels).ravel()
         scores = np.asarray(scores, dtype=np.float64).ravel()
+        ascending = (descending_order(scores) if order is None else order)[::-1]
+        labels, scores = labels[ascending], scores[ascending]
+        if labels.size and labels.min() >= 0 and labels.max() <= 1:
+            labels = labels.astype(np.uint8, copy=False)
         fpr, tpr, _ = roc_curve(labels, scores)
         precision, recall, thresholds = precision_recall_curve(labels, scores)
         return cls(fpr, tpr, precision, recall, thresholds)
@@ -162,13 +169,17 @@ def image_metrics(gt_sp, pr_sp, curves: BinaryCurves | None = None) -> dict[str,
     return dict(zip(METRIC_NAMES[:3], _binary_metrics(gt_sp, pr_sp, curves)))
 
 
-def pixel_metrics(gt_px, pr_px, curves: BinaryCurves | None = None) -> dict[str, float]:
-    """Pixel AUROC, F1-max, AP, the reference AUPRO and the MVTec AUPRO (zeros without defects)."""
+def pixel_metrics(gt_px, pr_px, curves: BinaryCurves | None = None, order: np.ndarray | None = None
+                  ) -> dict[str, float]:
+    """Pixel AUROC, F1-max, AP, the reference AUPRO and the MVTec AUPRO (zeros without defects).
+    ``order``: ``descending_order(pr_px)`` if known (one sort of the pixels serves everything)."""
     gt_px = np.asarray(gt_px).astype(np.int32)
     pr_px = np.asarray(pr_px, dtype=np.float64)
     if gt_px.shape != pr_px.shape:
         raise ValueError(f"pr_px: shape {pr_px.shape} does not match gt_px {gt_px.shape}")
-    order = descending_order(pr_px)  # one sort of the pixels for both AUPROs
+    order = descending_order(pr_px) if order is None else order
+    if curves is None and gt_px.min() != gt_px.max():
+        curves = BinaryCurves.of(gt_px, pr_px, order)
     pixel = _binary_metrics(gt_px, pr_px, curves)
     if gt_px.sum() == 0:
         aupro, aupro_std = 0.0, 0.0

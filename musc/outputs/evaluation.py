@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..method.metrics import METRIC_NAMES, BinaryCurves, image_metrics, pixel_metrics
+from ..method.metrics import METRIC_NAMES, BinaryCurves, descending_order, image_metrics, pixel_metrics
 
 MAD_SCALE = 1.4826  # makes the median absolute deviation estimate sigma for normal data
 ROBUST_Z = 3.5
@@ -61,9 +61,10 @@ def evaluate_arrays(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, m
     if "pixel" not in notes:
         usable = pixel_usable(labels, has_mask)
         gt_px, pr_px = masks[usable], maps[usable]
+        order = descending_order(pr_px)
         if gt_px.min() != gt_px.max():  # both kinds of pixels: else the reference's zeros, no curve
-            curves["pixel"] = BinaryCurves.of(gt_px, pr_px)
-        metrics.update(pixel_metrics(gt_px, pr_px, curves.get("pixel")))
+            curves["pixel"] = BinaryCurves.of(gt_px, pr_px, order)
+        metrics.update(pixel_metrics(gt_px, pr_px, curves.get("pixel"), order))
     return metrics, notes
 
 

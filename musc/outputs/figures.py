@@ -1,4 +1,4 @@
-"""Figures: overlays of anomaly maps, binary defect masks, score histograms, ROC/PR curves,
+"""Figures: per-image overlays of anomaly maps and gallery thumbnails, binary defect masks, score histograms, ROC/PR curves,
 metric bar charts (PNG files)."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def save_binary_masks(folder: Path, names, maps, threshold: float) -> list[str]:
     return written
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -39,7 +40,7 @@ def _pyplot():
 
 
 # Overlays are drawn with numpy and Pillow, not a matplotlib figure per image (about 20x faster).
-RENDER_VERSION = "pil-1"  # part of each overlay's key: a change of the drawing redraws every overlay
+RENDER_VERSION = "pil-2"  # part of each image's picture key: a change of the drawing redraws every picture
 PANEL_MIN = 256           # smaller maps are enlarged to this many pixels per side for legibility
 # matplotlib's 'jet' colour map (its segment data), sampled once into 256 entries as imshow does
 JET_SEGMENTS = {"red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
@@ -128,7 +129,7 @@ def save_curves(curves: BinaryCurves, path: str | Path, title: str) -> str:
     best_f1 = curves.f1_max()
     fpr, tpr = _thinned(curves.fpr, curves.tpr)
     recall, precision = _thinned(curves.recall, curves.precision)
-    plt = _pyplot()
+    plt = pyplot()
     fig, (roc_axis, pr_axis) = plt.subplots(1, 2, figsize=(7, 3.2))
     roc_axis.plot(fpr, tpr)
     roc_axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
@@ -152,7 +153,7 @@ def save_histograms(labels, raw, rscin, path: str | Path, threshold: float | Non
     """Image scores of normal vs anomalous images, before and after RsCIN, with the thresholds
     drawn in: the decision threshold on the final (RsCIN) scores, and on the raw scores (the maxima
     of the maps) the pixel threshold, above which an image gets defect pixels."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = np.asarray(labels)
     fig, axes = plt.subplots(1, 2, figsize=(7, 3))
     panels = ((axes[0], raw, "raw (max of map)", pixel_threshold, "pixel threshold"),
@@ -183,7 +184,7 @@ def save_metric_bars(table, path: str | Path) -> str:
     key = hashlib.blake2b(shown.to_csv().encode(), digest_size=16).hexdigest()
     if path.is_file() and stamp.is_file() and stamp.read_text() == key:
         return str(path)
-    plt = _pyplot()
+    plt = pyplot()
     fig, axis = plt.subplots(figsize=(max(6, 1.2 * len(shown)), 3.5))
     shown.plot.bar(ax=axis, width=0.85)
     axis.set_ylabel("x100")
@@ -195,13 +196,41 @@ def save_metric_bars(table, path: str | Path) -> str:
     return str(path)
 
 
-OVERLAY_INDEX = ".index.json"  # in the overlays folder: the key each PNG was drawn from
-OVERLAY_THREADS = 2
+THUMB_PX = 96       # each panel (image, heat map) of a thumbnail
+HEAT_ALPHA = 0.5
 
 
-def overlay_key(image_path: str, anomaly_map: np.ndarray, mask: np.ndarray | None, vmin, vmax, title: str) -> str:
-    """What an overlay shows: the drawing code, the map and mask values, the scaling, the title and
-    the image file (path, size, modification time). The same key means the same PNG."""
+def _edges(mask: np.ndarray) -> np.ndarray:
+    """The boundary pixels of a binary mask (a pixel of the mask with a 4-neighbour outside it)."""
+    inside = np.pad(mask.astype(bool), 1)
+    eroded = inside[1:-1, 1:-1] & inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
+    return mask.astype(bool) & ~eroded
+
+
+def heat_thumbnail(image: np.ndarray, anomaly_map: np.ndarray, low: float, high: float,
+                   mask: np.ndarray | None = None, size: int = THUMB_PX):
+    """A PIL image: the picture | the picture under its heat map (ground-truth outline in white)."""
+    from PIL import Image
+    heat = heat_colours(anomaly_map, low, high)
+    picture = np.asarray(Image.fromarray(image).resize(heat.shape[1::-1], Image.BILINEAR), dtype=np.float64)
+    blend = (picture * (1 - HEAT_ALPHA) + heat * HEAT_ALPHA).astype(np.uint8)
+    if mask is not None and mask.any():
+        blend[_edges(mask)] = 255
+    panels = [Image.fromarray(picture.astype(np.uint8)).resize((size, size), Image.BILINEAR),
+              Image.fromarray(blend).resize((size, size), Image.BILINEAR)]
+    out = Image.new("RGB", (2 * size + 2, size), (255, 255, 255))
+    out.paste(panels[0], (0, 0))
+    out.paste(panels[1], (size + 2, 0))
+    return out
+
+
+PICTURE_INDEX = ".index.json"  # in the overlays folder: the key each image's pictures were drawn from
+PICTURE_THREADS = 2
+
+
+def picture_key(image_path: str, anomaly_map: np.ndarray, mask: np.ndarray | None, vmin, vmax, title: str) -> str:
+    """What an image's pictures show: the drawing code, the map and mask values, the scaling, the
+    title and the image file (path, size, modification time). The same key means the same PNGs."""
     digest = hashlib.blake2b(digest_size=16)
     try:
         stat = os.stat(image_path)
@@ -215,44 +244,57 @@ def overlay_key(image_path: str, anomaly_map: np.ndarray, mask: np.ndarray | Non
     return digest.hexdigest()
 
 
-def render_overlays(folder: Path, paths, names, maps, masks, has_mask, scores, normalisation: str) -> list[str]:
-    """One PNG per image: the image and its anomaly map, whole-set ('set') or per-image scaling.
+@dataclass(frozen=True)
+class Pictures:
+    """The PNGs drawn for each image, in the images' order."""
+    overlays: list[str]
+    thumbs: list[str]
 
-    Draws only what changed: an overlay whose PNG exists and whose key (``overlay_key``) equals the
-    one recorded in ``overlays/.index.json`` when it was drawn is kept as it is. So a rerun of evaluate
-    into the same folder (after a corrupt or deleted evaluate artifact, or ``musc report``) redraws
-    nothing unless the maps, masks, scaling, image files or drawing code changed."""
-    folder = Path(folder)
+
+def render_pictures(folder: Path, paths, names, maps, masks, has_mask, scores, normalisation: str) -> Pictures:
+    """Per image, an overlay (``folder/overlays``: the image and its anomaly map) and a gallery
+    thumbnail (``folder/thumbs``), with whole-set ('set') or per-image scaling; each image is
+    decoded once for both, and two threads draw (Pillow decodes, resizes and encodes without the GIL).
+
+    Draws only what changed: an image whose PNGs exist and whose key (``picture_key``) equals the
+    one recorded in ``overlays/.index.json`` when they were drawn is kept as it is. So a rerun of
+    evaluate into the same folder (after a corrupt or deleted evaluate artifact, or ``musc report``)
+    redraws nothing unless the maps, masks, scaling, image files or drawing code changed."""
+    overlays, thumbs = Path(folder) / "overlays", Path(folder) / "thumbs"
+    overlays.mkdir(parents=True, exist_ok=True)
+    thumbs.mkdir(parents=True, exist_ok=True)
     low, high = (float(maps.min()), float(maps.max())) if normalisation == "set" else (None, None)
     size = maps.shape[-1]
-    index_file = folder / OVERLAY_INDEX
+    index_file = overlays / PICTURE_INDEX
     try:
         drawn = json.loads(index_file.read_text())
     except (OSError, ValueError):
         drawn = {}
-    keys, written, todo = {}, [], []
+    keys, todo = {}, []
     for index, (path, name) in enumerate(zip(paths, names)):
-        target = folder / png_name(name)
+        file_name = png_name(name)
         mask = masks[index] if has_mask[index] else None
         title = f"{name}  score {scores[index]:.4f}"
-        key = overlay_key(str(path), maps[index], mask, low, high, title)
-        if drawn.get(target.name) != key or not target.is_file():
-            todo.append((path, maps[index], target, mask, title))
-        keys[target.name] = key
-        written.append(str(target))
+        key = picture_key(str(path), maps[index], mask, low, high, title)
+        if drawn.get(file_name) != key or not (overlays / file_name).is_file() or not (thumbs / file_name).is_file():
+            todo.append((path, maps[index], file_name, mask, title))
+        keys[file_name] = key
 
     def draw(job) -> None:
-        path, anomaly_map, target, mask, title = job
+        path, anomaly_map, file_name, mask, title = job
         try:
             image = np.asarray(load_image(path).resize((size, size), reducing_gap=3.0))
         except UnreadableImage:
             image = np.zeros((size, size, 3), dtype=np.uint8)
-        save_overlay(image, anomaly_map, target, mask, low, high, title=title)
+        save_overlay(image, anomaly_map, overlays / file_name, mask, low, high, title=title)
+        scaling = (low, high) if low is not None else (float(anomaly_map.min()), float(anomaly_map.max()))
+        scratch = thumbs / f".{file_name}.tmp"
+        heat_thumbnail(image, anomaly_map, *scaling, mask).save(scratch, format="PNG", optimize=True)
+        os.replace(scratch, thumbs / file_name)
 
-    # Pillow decodes, resizes and encodes PNGs without the GIL: two threads use two cores
-    with ThreadPoolExecutor(max_workers=min(OVERLAY_THREADS, max(1, len(todo)))) as pool:
+    with ThreadPoolExecutor(max_workers=min(PICTURE_THREADS, max(1, len(todo)))) as pool:
         list(pool.map(draw, todo))
     scratch = index_file.with_name(index_file.name + ".tmp")
     scratch.write_text(json.dumps(keys, sort_keys=True))
     os.replace(scratch, index_file)
-    return written
+    return Pictures([str(overlays / png_name(n)) for n in names], [str(thumbs / png_name(n)) for n in names])

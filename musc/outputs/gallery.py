@@ -8,57 +8,7 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-
-from ..inputs.datasets import UnreadableImage, load_image
-from .figures import heat_colours, png_name
-
-THUMB_PX = 96       # each panel (image, heat map) of a thumbnail
-HEAT_ALPHA = 0.5
-
-
-def _edges(mask: np.ndarray) -> np.ndarray:
-    """The boundary pixels of a binary mask (a pixel of the mask with a 4-neighbour outside it)."""
-    inside = np.pad(mask.astype(bool), 1)
-    eroded = inside[1:-1, 1:-1] & inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
-    return mask.astype(bool) & ~eroded
-
-
-def heat_thumbnail(image: np.ndarray, anomaly_map: np.ndarray, low: float, high: float,
-                   mask: np.ndarray | None = None, size: int = THUMB_PX):
-    """A PIL image: the picture | the picture under its heat map (ground-truth outline in white)."""
-    from PIL import Image
-    heat = heat_colours(anomaly_map, low, high)
-    picture = np.asarray(Image.fromarray(image).resize(heat.shape[1::-1], Image.BILINEAR), dtype=np.float64)
-    blend = (picture * (1 - HEAT_ALPHA) + heat * HEAT_ALPHA).astype(np.uint8)
-    if mask is not None and mask.any():
-        blend[_edges(mask)] = 255
-    panels = [Image.fromarray(picture.astype(np.uint8)).resize((size, size), Image.BILINEAR),
-              Image.fromarray(blend).resize((size, size), Image.BILINEAR)]
-    out = Image.new("RGB", (2 * size + 2, size), (255, 255, 255))
-    out.paste(panels[0], (0, 0))
-    out.paste(panels[1], (size + 2, 0))
-    return out
-
-
-def write_thumbnails(folder: Path, paths, names, maps, masks, has_mask, normalisation: str = "set") -> list[str]:
-    """One thumbnail PNG per image in ``folder`` (same file names as the overlays)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    whole = (float(np.min(maps)), float(np.max(maps)))
-    written = []
-    for index, (path, name) in enumerate(zip(paths, names)):
-        anomaly_map = maps[index]
-        low, high = whole if normalisation == "set" else (float(anomaly_map.min()), float(anomaly_map.max()))
-        try:
-            image = np.asarray(load_image(path))
-        except UnreadableImage:
-            image = np.zeros((*anomaly_map.shape, 3), dtype=np.uint8)
-        target = folder / png_name(name)
-        heat_thumbnail(image, anomaly_map, low, high, masks[index] if has_mask[index] else None).save(
-            target, optimize=True)
-        written.append(str(target))
-    return written
 
 
 @dataclass

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..store import ARTIFACTS_MARKER, ArtifactError, STAGES, manifest_path, open_artifact, parts_dir, valid_digest
-from .evaluation import evaluate
-from .reports import write_outputs
+from .reports import evaluate_into
 
 ARTIFACT_KEY = re.compile(r"[0-9a-f]{16}")  # store.stable_hash's keys
 
@@ -75,10 +74,7 @@ def rebuild_one(target: Path) -> Path:
     evaluation = open_artifact(target, "evaluate")
     extract = open_artifact(find_input(target, "extract", evaluation.inputs["extract"]), "extract")
     classify = open_artifact(find_input(target, "classify", evaluation.inputs["classify"]), "classify")
-    config = evaluation.config
-    decided = evaluate(extract, classify, config.get("threshold"), config.get("pixel_threshold"))
-    return write_outputs(extract, classify, decided, outputs_folder(target), config.get("overlays", "set"),
-                         str(target))
+    return evaluate_into(outputs_folder(target), extract, classify, evaluation.config, str(target))[1]
 
 
 # musc clean ---------------------------------------------------------------------------------------

@@ -2,14 +2,15 @@
 category outputs of the evaluate stage (per-image CSV, figures) written from its artifacts."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from ..method.metrics import METRIC_NAMES
 from . import figures, gallery, html
-from .evaluation import Evaluation
+from .evaluation import Evaluation, evaluate
 
 
 def metrics_table(rows: dict[str, dict[str, float]], notes: dict[str, dict[str, str]],
@@ -82,27 +83,44 @@ def _relative(path: str | Path, folder: Path) -> str:
         return str(path)
 
 
-def write_outputs(extract, classify, evaluation: Evaluation, folder: str | Path, overlays: str = "set",
+def evaluate_into(folder: str | Path, extract, classify, settings: Mapping[str, Any], evaluate_path: str = ""
+                  ) -> tuple[Evaluation, Path]:
+    """Evaluate a classify artifact and write every output into ``folder``: (the evaluation, the
+    Markdown report's path). ``settings``: ``threshold``, ``pixel_threshold`` (None: chosen from
+    the data) and ``overlays`` ('set' or 'image' scaling). The per-image pictures do not depend on
+    the evaluation, so they are drawn in the background while the metrics are computed."""
+    folder = Path(folder)
+    paths, names = extract.read("paths"), extract.read("names")
+    masks, has_mask = extract.read("masks"), extract.read("has_mask")
+    maps, scores = classify.read("maps"), classify.read("image_scores")
+    with ThreadPoolExecutor(max_workers=1) as background:
+        pictures = background.submit(figures.render_pictures, folder, paths, names, maps, masks, has_mask, scores,
+                                     settings.get("overlays") or "set")
+        background.submit(figures.pyplot)  # loaded meanwhile too, for the histograms and curves
+        decided = evaluate(extract, classify, settings.get("threshold"), settings.get("pixel_threshold"))
+        report = write_outputs(extract, classify, decided, folder, pictures.result(), evaluate_path)
+    return decided, report
+
+
+def write_outputs(extract, classify, evaluation: Evaluation, folder: str | Path, pictures: figures.Pictures,
                   evaluate_path: str = "") -> Path:
-    """Per-image CSV, metrics CSV/Markdown, figures, heat-map thumbnails, report.md and report.html
-    in ``folder``, from an extract and a classify artifact and what the evaluation decided.
+    """Per-image CSV, metrics CSV/Markdown, figures, report.md and report.html in ``folder``, from an
+    extract and a classify artifact, what the evaluation decided and the per-image pictures drawn.
     Returns the Markdown report's path."""
     folder = Path(folder)
-    labels, has_mask = extract.read("labels"), extract.read("has_mask")
-    maps, masks = classify.read("maps"), extract.read("masks")
+    labels = extract.read("labels")
+    maps = classify.read("maps")
     raw, scores = classify.read("image_scores_raw"), classify.read("image_scores")
-    names, paths = extract.read("names"), extract.read("paths")
+    names = extract.read("names")
     category = extract.config["category"]
     notes = evaluation.notes
 
-    for sub in ("overlays", "binary_masks"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
+    (folder / "binary_masks").mkdir(parents=True, exist_ok=True)
     per_image = evaluation.per_image.copy()
-    per_image.insert(per_image.columns.get_loc("decision") + 1, "map_png",
-                     figures.render_overlays(folder / "overlays", paths, names, maps, masks, has_mask, scores, overlays))
+    per_image.insert(per_image.columns.get_loc("decision") + 1, "map_png", pictures.overlays)
     per_image["mask_png"] = figures.save_binary_masks(folder / "binary_masks", names, maps,
                                                       evaluation.pixel_threshold)
-    per_image["thumb_png"] = gallery.write_thumbnails(folder / "thumbs", paths, names, maps, masks, has_mask, overlays)
+    per_image["thumb_png"] = pictures.thumbs
     per_image.to_csv(folder / "per_image.csv", index=False)
     table = metrics_table({category: evaluation.metrics}, {category: notes}, int(extract.config["image_size"]),
                           extract.attrs.get("mask_rule", ""))

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..outputs.figures import _pyplot, heat_colours
+from ..outputs.figures import pyplot, heat_colours
 from ..outputs.gallery import png_data_uri
 from ..outputs.html import markdown_page
 from ..store import artifact_lock
@@ -52,7 +52,7 @@ def append_history(path: str | Path, summary: dict[str, Any]) -> pd.DataFrame:
 
 def plot_trends(history: pd.DataFrame, path: str | Path) -> str:
     """Daily anomalous rate (left) and score quantiles with the threshold (right)."""
-    plt = _pyplot()
+    plt = pyplot()
     days = list(history["day"])
     fig, (rate, scores) = plt.subplots(1, 2, figsize=(9, 3.2))
     rate.plot(days, history["anomalous_rate"] * 100, marker="o")
