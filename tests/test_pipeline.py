@@ -33,7 +33,11 @@ def test_outputs_layout_and_metrics(reference_run):
 def test_second_run_recomputes_nothing_and_reads_each_artifact_once(tiny_dataset, tmp_path, monkeypatch):
     run_category(tiny_dataset, tmp_path)
     before = snapshot(tmp_path)
-    store.files._verified.clear()  # as in a new process
+    records = sorted(tmp_path.rglob(".*.h5.verified"))
+    assert len(records) == len(before)  # every artifact's check is recorded beside it
+    for record in records:
+        record.unlink()
+    store.files._verified.clear()  # as in a new process, and no record of earlier checks
     reads = []
     original = store.files._verify_file
     monkeypatch.setattr(store.files, "_verify_file", lambda path, stage: reads.append(path) or original(path, stage))
@@ -51,6 +55,20 @@ def test_second_run_recomputes_nothing_and_reads_each_artifact_once(tiny_dataset
     stages = [result["extract"], *result["scores"], result["classify"], result["evaluate"]]
     assert sorted(map(str, reads)) == sorted({ref["path"] for ref in stages} | {
         str(p) for p in tmp_path.rglob("aggregate/*.h5")}), "each artifact is read and hashed once per run"
+
+    reads.clear()
+    store.files._verified.clear()  # a later command: the records vouch for the unchanged artifacts
+    run_category(tiny_dataset, tmp_path)
+    assert reads == [] and snapshot(tmp_path) == before
+    victim = Path(result["classify"]["path"])
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))  # same size, same inode: a record of the old file must not vouch for it
+    store.files._verified.clear()
+    second = run_category(tiny_dataset, tmp_path)
+    assert str(victim) in map(str, reads)  # checked again, found corrupt, rebuilt
+    assert second["classify"]["path"] == str(victim) and second["classify"]["digest"] != result["classify"]["digest"]
+    assert store.valid_digest(victim) == second["classify"]["digest"]
 
 
 def test_changing_r_list_reruns_only_the_new_degree(tiny_dataset, tmp_path):

@@ -238,8 +238,8 @@ def test_report_skips_stale_evaluate_artifacts_and_clean_removes_what_no_run_use
     dry = musc("clean", copy, "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     listed = {Path(line.split(": ", 1)[1]) for line in dry.stdout.splitlines() if line.startswith("would remove")}
-    assert listed == {stale, store.manifest_path(stale), stale.with_suffix(""), store.parts_dir(orphan),
-                      orphan.parent / ".00000000deadbeef.h5.lock"}
+    assert listed == {stale, store.manifest_path(stale), store.verification_record(stale), stale.with_suffix(""),
+                      store.parts_dir(orphan), orphan.parent / ".00000000deadbeef.h5.lock"}
     assert stale.exists() and store.parts_dir(orphan).exists()
     removed, busy = clean_artifacts(copy)
     assert set(removed) == listed and not busy

@@ -15,7 +15,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..store import ARTIFACTS_MARKER, ArtifactError, STAGES, manifest_path, open_artifact, parts_dir, valid_digest
+from ..store import (ARTIFACTS_MARKER, ArtifactError, STAGES, manifest_path, open_artifact, parts_dir, valid_digest,
+                     verification_record)
 from .reports import evaluate_into
 
 ARTIFACT_KEY = re.compile(r"[0-9a-f]{16}")  # store.stable_hash's keys
@@ -148,7 +149,7 @@ def clean_artifacts(root: str | Path, dry_run: bool = False) -> tuple[list[Path]
             artifact = folder / f"{key}.h5"
             if artifact in used:
                 continue
-            victims = [p for p in (artifact, manifest_path(artifact), parts_dir(artifact),
+            victims = [p for p in (artifact, manifest_path(artifact), verification_record(artifact), parts_dir(artifact),
                                    outputs_folder(artifact), artifact.with_name(f".{artifact.name}.lock"))
                        if p.exists()]
             victims += sorted(folder.glob(f".{key}.*.tmp-*"))
@@ -165,10 +166,11 @@ def clean_artifacts(root: str | Path, dry_run: bool = False) -> tuple[list[Path]
 
 def _key_of(entry: Path) -> str | None:
     """The artifact key an entry of a stage folder belongs to: <key>.h5, <key>.json, <key>.parts,
-    <key>/ (reports), .<key>.h5.lock, .<key>.h5.tmp-*, .<key>.json.tmp-*."""
+    <key>/ (reports), .<key>.h5.lock, .<key>.h5.verified, .<key>.h5.tmp-*, .<key>.json.tmp-*,
+    .<key>.h5.verified.tmp-*."""
     name = entry.name
     if name.startswith("."):
-        match = re.match(r"^\.(.+?)\.(h5|json)\.(lock|tmp-.*)$", name)
+        match = re.match(r"^\.(.+?)\.(h5|json)\.(lock|verified|(?:verified\.)?tmp-.*)$", name)
         key = match.group(1) if match else None
     elif entry.is_dir():
         key = name.removesuffix(".parts")

@@ -238,35 +238,76 @@ class Artifact:
             return f[name].shape
 
 
-_verified: dict[str, tuple[tuple[int, int, int, int], str, str]] = {}
+Identity = tuple[int, ...]
+_verified: dict[str, tuple[Identity, str, str]] = {}
 _verified_lock = threading.Lock()
 
 
-def _identity(path: Path) -> tuple[int, int, int, int] | None:
-    """What changes when a file or its manifest is rewritten: inode, size, mtime of both."""
+def _identity(path: Path) -> Identity | None:
+    """What changes when a file or its manifest is written, replaced or copied: inode, size,
+    modification and status-change times of both (the status-change time cannot be set back)."""
     try:
         data, manifest = path.stat(), manifest_path(path).stat()
     except OSError:
         return None
-    return data.st_ino, data.st_size, data.st_mtime_ns, manifest.st_mtime_ns
+    return (data.st_ino, data.st_size, data.st_mtime_ns, data.st_ctime_ns,
+            manifest.st_ino, manifest.st_mtime_ns, manifest.st_ctime_ns)
+
+
+def verification_record(path: str | Path) -> Path:
+    """Beside an artifact: its identity when its SHA-256 last matched the manifest, so that a later
+    command trusts an unchanged artifact without reading it all again (GBs for a large extract)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.verified")
+
+
+def _recorded_verification(path: Path, identity: Identity) -> tuple[Identity, str, str] | None:
+    try:
+        record = json.loads(verification_record(path).read_text())
+        if record["schema_version"] == SCHEMA_VERSION and tuple(record["identity"]) == identity:
+            return identity, str(record["digest"]), str(record["stage"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _record_verification(path: Path, identity: Identity, digest: str, stage: str) -> None:
+    """Best effort and not synced: a record that is lost, torn or cannot be written (read-only or
+    full folder) only means hashing again later. Parts (verified within one command) get none."""
+    if path.parent.suffix == ".parts":
+        return
+    record = verification_record(path)
+    scratch = record.with_name(f"{record.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    try:
+        scratch.write_text(json.dumps({"identity": list(identity), "digest": digest, "stage": stage,
+                                       "schema_version": SCHEMA_VERSION}))
+        os.replace(scratch, record)
+    except OSError:
+        with contextlib.suppress(OSError):
+            scratch.unlink()
 
 
 def verify(path: str | Path, stage: str | None = None) -> str:
     """The artifact's digest if it is complete and intact; ArtifactError saying why otherwise.
 
-    A file verified before in this process and unchanged since (same inode, size, modification
-    times) is not read again."""
+    A file verified before, in this process or by an earlier one (``verification_record``), and
+    unchanged since (same inodes, sizes, modification and status-change times) is not read again."""
     path = Path(path)
     identity = _identity(path)
     remembered = _verified.get(str(path))
+    if identity is not None and (remembered is None or remembered[0] != identity):
+        remembered = _recorded_verification(path, identity)
     if identity is not None and remembered is not None and remembered[0] == identity:
+        with _verified_lock:
+            _verified[str(path)] = remembered
         if stage is not None and remembered[2] != stage:
             raise ArtifactError(f"{path}: a {remembered[2]!r} artifact, expected {stage!r}")
         return remembered[1]
     digest, found_stage = _verify_file(path, stage)
-    if identity is not None:
+    if identity is not None and _identity(path) == identity:  # unchanged while it was read
         with _verified_lock:
             _verified[str(path)] = (identity, digest, found_stage)
+        _record_verification(path, identity, digest, found_stage)
     return digest
 
 
@@ -321,7 +362,7 @@ def valid_digest(path: str | Path, stage: str | None = None) -> str | None:
 
 
 def remove_artifact(path: str | Path) -> None:
-    for victim in (Path(path), manifest_path(path)):
+    for victim in (Path(path), manifest_path(path), verification_record(path)):
         victim.unlink(missing_ok=True)
 
 

@@ -139,7 +139,10 @@ def markdown() -> str:
     """The format as a Markdown document (docs/ARTIFACTS.md)."""
     lines = ["# Artifact format", "",
              f"Generated from `musc/store/schema.py` (schema version {SCHEMA_VERSION}); do not edit by hand.", "",
-             "Every artifact is `<stage>/<key>.h5` with a manifest `<key>.json` (SHA-256 and size). "
+             "Every artifact is `<stage>/<key>.h5` with a manifest `<key>.json` (SHA-256 and size) and, once a "
+             "command has checked the SHA-256, a record `.<key>.h5.verified` of the two files' identity then "
+             "(inode, size, modification and status-change times): a later command trusts an unchanged "
+             "artifact without reading it again, and any write, replacement or copy makes it check again. "
              "Shapes: N images, L patches per image, C channels, S image size, P pool images.", "",
              "## Attributes of every artifact", "", "| attribute | type | meaning |", "|---|---|---|"]
     lines += [f"| `{f.name}` | {f.dtype} | {f.meaning} |" for f in COMMON_ATTRS]
