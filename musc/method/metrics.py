@@ -103,7 +103,7 @@ def pro_curve(masks, maps, order: np.ndarray | None = None) -> tuple[np.ndarray,
     FPR = |B & normal| / |normal|, over all pixels. ``order``: ``descending_order(maps)`` if known
     (then the normal pixels need no sort of their own).
     """
-    masks = np.asarray(masks).astype(bool)
+    masks = np.asarray(masks).astype(bool, copy=False)
     maps = np.asarray(maps, dtype=np.float64)
     low, high = maps.min(), maps.max()
     thresholds = np.arange(low, high, (high - low) / PRO_THRESHOLDS)
@@ -135,7 +135,7 @@ def aupro_mvtec(masks, maps, fpr_limit: float = PRO_FPR_LIMIT, order: np.ndarray
     """AUPRO as MVTec AD and anomalib define it: every distinct threshold, the curve interpolated at
     FPR = fpr_limit, the area divided by fpr_limit. ``order``: ``descending_order(maps)`` if known."""
     from skimage.measure import label as label_components
-    masks = np.asarray(masks).astype(bool)
+    masks = np.asarray(masks).astype(bool, copy=False)
     maps = np.asarray(maps, dtype=np.float64)
     regions = [label_components(m.astype(np.uint8)) for m in masks]
     n_regions = sum(int(r.max()) for r in regions)
@@ -173,8 +173,8 @@ def pixel_metrics(gt_px, pr_px, curves: BinaryCurves | None = None, order: np.nd
                   ) -> dict[str, float]:
     """Pixel AUROC, F1-max, AP, the reference AUPRO and the MVTec AUPRO (zeros without defects).
     ``order``: ``descending_order(pr_px)`` if known (one sort of the pixels serves everything)."""
-    gt_px = np.asarray(gt_px).astype(np.int32)
-    pr_px = np.asarray(pr_px, dtype=np.float64)
+    gt_px = np.asarray(gt_px).astype(bool, copy=False)
+    pr_px = np.asarray(pr_px, dtype=np.float64)  # converted once: every step below takes it as it is
     if gt_px.shape != pr_px.shape:
         raise ValueError(f"pr_px: shape {pr_px.shape} does not match gt_px {gt_px.shape}")
     order = descending_order(pr_px) if order is None else order

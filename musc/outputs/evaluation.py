@@ -60,7 +60,7 @@ def evaluate_arrays(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, m
         metrics.update(image_metrics(labels, scores, curves["image"]))
     if "pixel" not in notes:
         usable = pixel_usable(labels, has_mask)
-        gt_px, pr_px = masks[usable], maps[usable]
+        gt_px, pr_px = masks[usable].astype(bool, copy=False), maps[usable].astype(np.float64, copy=False)
         order = descending_order(pr_px)
         if gt_px.min() != gt_px.max():  # both kinds of pixels: else the reference's zeros, no curve
             curves["pixel"] = BinaryCurves.of(gt_px, pr_px, order)

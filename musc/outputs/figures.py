@@ -289,7 +289,7 @@ def render_pictures(folder: Path, paths, names, maps, masks, has_mask, scores, n
         save_overlay(image, anomaly_map, overlays / file_name, mask, low, high, title=title)
         scaling = (low, high) if low is not None else (float(anomaly_map.min()), float(anomaly_map.max()))
         scratch = thumbs / f".{file_name}.tmp"
-        heat_thumbnail(image, anomaly_map, *scaling, mask).save(scratch, format="PNG", optimize=True)
+        heat_thumbnail(image, anomaly_map, *scaling, mask).save(scratch, format="PNG", compress_level=6)
         os.replace(scratch, thumbs / file_name)
 
     with ThreadPoolExecutor(max_workers=min(PICTURE_THREADS, max(1, len(todo)))) as pool:
