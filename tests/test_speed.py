@@ -181,3 +181,25 @@ def test_curves_from_presorted_pixels_are_scikit_learns():
         np.testing.assert_array_equal(ours, theirs)
     assert curves.auroc() == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     assert curves.average_precision() == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
+
+
+def test_drawing_threads_import_nothing_once_the_drawing_modules_are_loaded(tmp_path):
+    """Pictures are drawn in threads while the metrics import scikit-learn: a thread that imported a
+    package at the same time could meet it half-initialised (it did: scipy, an ImportError)."""
+    code = ("import sys, numpy as np\n"
+            "from PIL import Image\n"
+            "from musc.outputs import figures\n"
+            "figures.load_drawing_modules()\n"
+            "folder = sys.argv[1]\n"
+            "Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(folder + '/a.png')\n"
+            "maps = np.random.default_rng(0).random((2, 32, 32)); masks = np.zeros((2, 32, 32), np.uint8)\n"
+            "masks[1, 4:9, 4:9] = 1\n"
+            "before = set(sys.modules)\n"
+            "figures.render_pictures(folder + '/out', [folder + '/a.png', folder + '/missing.png'], ['a.png', 'b.png'],\n"
+            "                        maps, masks, np.array([False, True]), np.array([0.1, 0.9]), 'image')\n"
+            "print(sorted(set(sys.modules) - before))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 4

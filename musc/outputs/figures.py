@@ -32,11 +32,10 @@ def save_binary_masks(folder: Path, names, maps, threshold: float) -> list[str]:
     return written
 
 
-def pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def new_figure(width: float, height: float):
+    """A matplotlib figure of its own: no pyplot (its global state, its import), nothing to close."""
+    from matplotlib.figure import Figure
+    return Figure(figsize=(width, height))
 
 
 # Overlays are drawn with numpy and Pillow, not a matplotlib figure per image (about 20x faster).
@@ -129,8 +128,8 @@ def save_curves(curves: BinaryCurves, path: str | Path, title: str) -> str:
     best_f1 = curves.f1_max()
     fpr, tpr = _thinned(curves.fpr, curves.tpr)
     recall, precision = _thinned(curves.recall, curves.precision)
-    plt = pyplot()
-    fig, (roc_axis, pr_axis) = plt.subplots(1, 2, figsize=(7, 3.2))
+    fig = new_figure(7, 3.2)
+    roc_axis, pr_axis = fig.subplots(1, 2)
     roc_axis.plot(fpr, tpr)
     roc_axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
     roc_axis.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title} ROC")
@@ -138,7 +137,6 @@ def save_curves(curves: BinaryCurves, path: str | Path, title: str) -> str:
     pr_axis.set(xlabel="recall", ylabel="precision", title=f"{title} PR (F1-max {best_f1:.3f})")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return str(path)
 
 
@@ -153,9 +151,9 @@ def save_histograms(labels, raw, rscin, path: str | Path, threshold: float | Non
     """Image scores of normal vs anomalous images, before and after RsCIN, with the thresholds
     drawn in: the decision threshold on the final (RsCIN) scores, and on the raw scores (the maxima
     of the maps) the pixel threshold, above which an image gets defect pixels."""
-    plt = pyplot()
     labels = np.asarray(labels)
-    fig, axes = plt.subplots(1, 2, figsize=(7, 3))
+    fig = new_figure(7, 3)
+    axes = fig.subplots(1, 2)
     panels = ((axes[0], raw, "raw (max of map)", pixel_threshold, "pixel threshold"),
               (axes[1], rscin, "after RsCIN", threshold, "threshold"))
     for axis, scores, title, line, line_label in panels:
@@ -171,7 +169,6 @@ def save_histograms(labels, raw, rscin, path: str | Path, threshold: float | Non
         axis.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     return str(path)
 
 
@@ -184,14 +181,13 @@ def save_metric_bars(table, path: str | Path) -> str:
     key = hashlib.blake2b(shown.to_csv().encode(), digest_size=16).hexdigest()
     if path.is_file() and stamp.is_file() and stamp.read_text() == key:
         return str(path)
-    plt = pyplot()
-    fig, axis = plt.subplots(figsize=(max(6, 1.2 * len(shown)), 3.5))
+    fig = new_figure(max(6, 1.2 * len(shown)), 3.5)
+    axis = fig.subplots()
     shown.plot.bar(ax=axis, width=0.85)
     axis.set_ylabel("x100")
     axis.legend(fontsize=6, ncol=4)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
-    plt.close(fig)
     stamp.write_text(key)
     return str(path)
 
@@ -222,6 +218,17 @@ def heat_thumbnail(image: np.ndarray, anomaly_map: np.ndarray, low: float, high:
     out.paste(panels[0], (0, 0))
     out.paste(panels[1], (size + 2, 0))
     return out
+
+
+def load_drawing_modules() -> None:
+    """Import what drawing the pictures needs, in the calling thread, before threads draw. Two
+    threads importing related packages at once can meet a half-initialised module (a scikit-learn
+    import in one thread and a scipy.ndimage import in another raised ImportError), so the
+    drawing threads import nothing themselves."""
+    import scipy.ndimage  # noqa: F401 - the contours of overlays
+    from PIL import Image, ImageDraw  # noqa: F401
+    Image.init()  # Pillow's format plugins, otherwise imported on the first save
+    _font()
 
 
 PICTURE_INDEX = ".index.json"  # in the overlays folder: the key each image's pictures were drawn from
@@ -292,6 +299,7 @@ def render_pictures(folder: Path, paths, names, maps, masks, has_mask, scores, n
         heat_thumbnail(image, anomaly_map, *scaling, mask).save(scratch, format="PNG", compress_level=6)
         os.replace(scratch, thumbs / file_name)
 
+    load_drawing_modules()
     with ThreadPoolExecutor(max_workers=min(PICTURE_THREADS, max(1, len(todo)))) as pool:
         list(pool.map(draw, todo))
     scratch = index_file.with_name(index_file.name + ".tmp")

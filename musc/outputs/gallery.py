@@ -1,6 +1,6 @@
-"""Heat-map thumbnails and the gallery a person scans: every image sorted by score, worst first,
-with its score, decision and ground truth; small PNGs that can also travel inside a page as
-data URIs (the Prefect UI cannot reach the worker's disk)."""
+"""The gallery a person scans: every image sorted by score, worst first, with its score, decision,
+ground truth and heat-map thumbnail (drawn by ``figures.render_pictures``); small PNGs that can
+also travel inside a page as data URIs (the Prefect UI cannot reach the worker's disk)."""
 from __future__ import annotations
 
 import base64

@@ -93,10 +93,10 @@ def evaluate_into(folder: str | Path, extract, classify, settings: Mapping[str, 
     paths, names = extract.read("paths"), extract.read("names")
     masks, has_mask = extract.read("masks"), extract.read("has_mask")
     maps, scores = classify.read("maps"), classify.read("image_scores")
+    figures.load_drawing_modules()  # here: the metrics' imports run meanwhile, in this thread
     with ThreadPoolExecutor(max_workers=1) as background:
         pictures = background.submit(figures.render_pictures, folder, paths, names, maps, masks, has_mask, scores,
                                      settings.get("overlays") or "set")
-        background.submit(figures.pyplot)  # loaded meanwhile too, for the histograms and curves
         decided = evaluate(extract, classify, settings.get("threshold"), settings.get("pixel_threshold"))
         report = write_outputs(extract, classify, decided, folder, pictures.result(), evaluate_path)
     return decided, report

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..outputs.figures import pyplot, heat_colours
+from ..outputs.figures import heat_colours, new_figure
 from ..outputs.gallery import png_data_uri
 from ..outputs.html import markdown_page
 from ..store import artifact_lock
@@ -52,9 +52,9 @@ def append_history(path: str | Path, summary: dict[str, Any]) -> pd.DataFrame:
 
 def plot_trends(history: pd.DataFrame, path: str | Path) -> str:
     """Daily anomalous rate (left) and score quantiles with the threshold (right)."""
-    plt = pyplot()
     days = list(history["day"])
-    fig, (rate, scores) = plt.subplots(1, 2, figsize=(9, 3.2))
+    fig = new_figure(9, 3.2)
+    rate, scores = fig.subplots(1, 2)
     rate.plot(days, history["anomalous_rate"] * 100, marker="o")
     rate.set_ylabel("anomalous parts (%)")
     rate.set_title("daily anomalous rate", fontsize=9)
@@ -66,7 +66,6 @@ def plot_trends(history: pd.DataFrame, path: str | Path) -> str:
         axis.tick_params(axis="x", labelrotation=45, labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
-    plt.close(fig)
     return str(path)
 
 
