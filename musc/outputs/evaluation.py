@@ -146,18 +146,38 @@ class Evaluation:
                 "pixel_threshold_rule": self.pixel_rule}
 
 
-def evaluate(extract, classify, threshold: float | None = None, pixel_threshold: float | None = None) -> Evaluation:
-    """Metrics, thresholds and decisions from an extract and a classify artifact."""
-    labels, has_mask = extract.read("labels"), extract.read("has_mask")
-    maps, masks = classify.read("maps"), extract.read("masks")
-    raw, scores = classify.read("image_scores_raw"), classify.read("image_scores")
+@dataclass(frozen=True)
+class EvaluationInputs:
+    """What evaluating a category reads from its extract and classify artifacts, read once and
+    shared by the metrics, the pictures and the written outputs."""
+    names: np.ndarray
+    paths: np.ndarray
+    defect_types: np.ndarray
+    labels: np.ndarray      # 1 anomalous, 0 normal, -1 unknown
+    has_mask: np.ndarray
+    masks: np.ndarray       # (N, S, S)
+    maps: np.ndarray        # (N, S, S)
+    raw: np.ndarray         # image scores before RsCIN (maxima of the maps)
+    scores: np.ndarray      # final image scores
+
+    @classmethod
+    def read(cls, extract, classify) -> "EvaluationInputs":
+        return cls(*(extract.read(name) for name in ("names", "paths", "defect_types", "labels", "has_mask",
+                                                      "masks")),
+                   *(classify.read(name) for name in ("maps", "image_scores_raw", "image_scores")))
+
+
+def evaluate(inputs: EvaluationInputs, threshold: float | None = None,
+             pixel_threshold: float | None = None) -> Evaluation:
+    """Metrics, thresholds and decisions from what an extract and a classify artifact hold."""
+    labels, has_mask, masks, maps = inputs.labels, inputs.has_mask, inputs.masks, inputs.maps
+    raw, scores = inputs.raw, inputs.scores
     curves: dict[str, BinaryCurves] = {}
     metrics, notes = evaluate_arrays(labels, scores, masks, maps, has_mask, curves)
     value, rule = choose_threshold(labels, scores, threshold)
     pixel_value, pixel_rule = choose_pixel_threshold(labels, masks, maps, has_mask, raw, pixel_threshold,
                                                      curves.get("pixel"))
-    per_image = per_image_table(extract.read("names"), extract.read("paths"), extract.read("defect_types"),
-                                labels, raw, scores, value)
+    per_image = per_image_table(inputs.names, inputs.paths, inputs.defect_types, labels, raw, scores, value)
     per_image["defect_pixels"] = [(m >= pixel_value).sum() for m in maps]
     return Evaluation(metrics, notes, value, rule, pixel_value, pixel_rule,
                       np.argsort(-np.asarray(scores)).astype(np.int64), decisions(scores, value), per_image, curves)

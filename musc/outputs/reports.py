@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..method.metrics import METRIC_NAMES
 from . import figures, gallery, html
-from .evaluation import Evaluation, evaluate
+from .evaluation import Evaluation, EvaluationInputs, evaluate
 
 
 def metrics_table(rows: dict[str, dict[str, float]], notes: dict[str, dict[str, str]],
@@ -90,28 +90,23 @@ def evaluate_into(folder: str | Path, extract, classify, settings: Mapping[str, 
     the data) and ``overlays`` ('set' or 'image' scaling). The per-image pictures do not depend on
     the evaluation, so they are drawn in the background while the metrics are computed."""
     folder = Path(folder)
-    paths, names = extract.read("paths"), extract.read("names")
-    masks, has_mask = extract.read("masks"), extract.read("has_mask")
-    maps, scores = classify.read("maps"), classify.read("image_scores")
+    inputs = EvaluationInputs.read(extract, classify)
     figures.load_drawing_modules()  # here: the metrics' imports run meanwhile, in this thread
     with ThreadPoolExecutor(max_workers=1) as background:
-        pictures = background.submit(figures.render_pictures, folder, paths, names, maps, masks, has_mask, scores,
-                                     settings.get("overlays") or "set")
-        decided = evaluate(extract, classify, settings.get("threshold"), settings.get("pixel_threshold"))
-        report = write_outputs(extract, classify, decided, folder, pictures.result(), evaluate_path)
+        pictures = background.submit(figures.render_pictures, folder, inputs.paths, inputs.names, inputs.maps,
+                                     inputs.masks, inputs.has_mask, inputs.scores, settings.get("overlays") or "set")
+        decided = evaluate(inputs, settings.get("threshold"), settings.get("pixel_threshold"))
+        report = write_outputs(extract, classify, inputs, decided, folder, pictures.result(), evaluate_path)
     return decided, report
 
 
-def write_outputs(extract, classify, evaluation: Evaluation, folder: str | Path, pictures: figures.Pictures,
-                  evaluate_path: str = "") -> Path:
+def write_outputs(extract, classify, inputs: EvaluationInputs, evaluation: Evaluation, folder: str | Path,
+                  pictures: figures.Pictures, evaluate_path: str = "") -> Path:
     """Per-image CSV, metrics CSV/Markdown, figures, report.md and report.html in ``folder``, from an
-    extract and a classify artifact, what the evaluation decided and the per-image pictures drawn.
-    Returns the Markdown report's path."""
+    extract and a classify artifact (their settings and paths), what was read from them, what the
+    evaluation decided and the per-image pictures drawn. Returns the Markdown report's path."""
     folder = Path(folder)
-    labels = extract.read("labels")
-    maps = classify.read("maps")
-    raw, scores = classify.read("image_scores_raw"), classify.read("image_scores")
-    names = extract.read("names")
+    labels, maps, raw, scores, names = inputs.labels, inputs.maps, inputs.raw, inputs.scores, inputs.names
     category = extract.config["category"]
     notes = evaluation.notes
 
