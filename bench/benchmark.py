@@ -170,7 +170,7 @@ def _measure_score_stage(n: int, patches: int, channels: int, block: int, queue)
     """The out-of-core score stage (tiles on disk) on synthetic features: time and peak memory."""
     import numpy as np
     from musc import MuscConfig, store
-    from tasks.score import build_score
+    from musc.stages import score as score_stage
     folder = Path(tempfile.mkdtemp(prefix="musc-bench-"))
     generator = np.random.default_rng(0)
     aggregate_path = folder / "aggregate" / "a.h5"
@@ -185,13 +185,14 @@ def _measure_score_stage(n: int, patches: int, channels: int, block: int, queue)
     extract_path = folder / "extract" / "e.h5"
     names = [f"x/{i}.png" for i in range(n)]  # the score stage reads only the image list of the extract
     extract_digest = store.write_artifact(extract_path, "extract", {}, {}, {
-        "paths": names, "names": names, "defect_types": ["x"] * n, "labels": np.zeros(n, np.int64),
+        "paths": names, "names": names, "digests": names, "defect_types": ["x"] * n, "labels": np.zeros(n, np.int64),
         "has_mask": np.zeros(n, bool), "skipped": np.zeros(0, dtype=object), "tokens": np.zeros((1, n, 1, 1)),
         "embeddings": np.zeros((n, 1)), "masks": np.zeros((n, 1, 1), np.uint8)})
     settings = MuscConfig(block_size=block, device="cpu").score
     start = time.perf_counter()
-    build_score(folder / "score" / "s.h5", {"path": str(aggregate_path), "digest": digest},
-                {"path": str(extract_path), "digest": extract_digest}, settings)
+    plan = score_stage.plan({"path": str(aggregate_path), "digest": digest},
+                            {"path": str(extract_path), "digest": extract_digest}, settings, 1)
+    score_stage.build(Path(plan.path), plan)
     seconds = time.perf_counter() - start
     shutil.rmtree(folder, ignore_errors=True)
     queue.put({"seconds": seconds, "peak_mb": _peak_rss_mb()})

@@ -67,23 +67,19 @@ def timed_parts() -> dict:
 def build_upstream(data: Path, artifacts: Path, image_size: int):
     from musc.inputs.config import MuscConfig
     from musc.inputs.datasets import load_category
-    from tasks.aggregate import build_aggregate, plan_aggregate
-    from tasks.classify import build_classify, plan_classify
-    from tasks.extract import build_extract, plan_extract
-    from tasks.score import build_score, plan_score
-    from tasks.stage import ensure_artifact
+    from musc.stages import STAGE_SPECS, Run, ensure, walk
     cfg = MuscConfig(backbone=str(ROOT / "configs" / "demo_vit.json"), pretrained="none", image_size=image_size,
                      layers=(0, 1, 2, 3), r_list=(1,), device="cpu", batch_size=8, msm_precision="bf16-fast")
     category = load_category("mvtec_ad", str(data), "fabric")
-    extract, _ = ensure_artifact("extract", plan_extract(category, cfg.extract, str(artifacts)),
-                                 lambda p: build_extract(p, category, cfg.extract))
-    aggregate, _ = ensure_artifact("aggregate", plan_aggregate(extract, 1), lambda p: build_aggregate(p, extract, 1))
-    score, _ = ensure_artifact("score", plan_score(aggregate, extract, cfg.score),
-                               lambda p: build_score(p, aggregate, extract, cfg.score))
-    classify, _ = ensure_artifact("classify", plan_classify(extract, [score], [1, 2, 3]),
-                                  lambda p: build_classify(p, extract, [score], [1, 2, 3]))
-    return cfg, extract, classify
+    built = {}
 
+    def upstream(spec, plans):  # every stage before evaluate, as the graph declares them; evaluate planned only
+        if spec.name == "evaluate":
+            built["evaluate"] = plans[0]
+            return None
+        return [ensure(plan)[0] for plan in plans]
+    walk(Run(category, cfg, str(artifacts)), upstream)
+    return cfg, built["evaluate"], STAGE_SPECS["evaluate"].module.build
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,25 +89,25 @@ def main() -> None:
     warnings.simplefilter("ignore")
     from musc.inputs.synthetic import make_dataset
     from musc.outputs import figures
-    from musc.outputs.rebuild import outputs_folder
-    from tasks.evaluate import build_evaluate, plan_evaluate
+    from musc.store import report_folder
     n_defect = (args.images - args.images // 3) // 3
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         make_dataset(scratch / "data", n_good=args.images - 3 * n_defect, n_per_defect=n_defect,
                      size=args.image_size, categories=("fabric",))
-        cfg, extract, classify = build_upstream(scratch / "data", scratch / "artifacts", args.image_size)
-        path = plan_evaluate(extract, classify, cfg.evaluate)
+        cfg, plan, build_evaluate = build_upstream(scratch / "data", scratch / "artifacts", args.image_size)
+        path = Path(plan.path)
+        extract, classify = plan.needs["extract"], plan.needs["classify"]
         spent = timed_parts()
         started = time.perf_counter()
-        build_evaluate(path, extract, classify, cfg.evaluate)
+        build_evaluate(path, plan)
         first = time.perf_counter() - started
         first_parts = dict(spent)
         spent.clear()
-        overlays = sorted((outputs_folder(path) / "overlays").glob("*.png"))
+        overlays = sorted((report_folder(path) / "overlays").glob("*.png"))
         path.unlink()  # as after a corrupt evaluate artifact: rebuilt into the same folder
         started = time.perf_counter()
-        build_evaluate(path, extract, classify, cfg.evaluate)
+        build_evaluate(path, plan)
         again = time.perf_counter() - started
 
         from musc import store

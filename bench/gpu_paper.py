@@ -33,12 +33,7 @@ def main() -> None:
     from musc.inputs.config import MuscConfig
     from musc.inputs.datasets import load_category
     from musc.inputs.synthetic import make_dataset
-    from tasks.aggregate import build_aggregate, plan_aggregate
-    from tasks.classify import build_classify, plan_classify
-    from tasks.evaluate import build_evaluate, plan_evaluate
-    from tasks.extract import build_extract, plan_extract
-    from tasks.score import build_score, plan_score
-    from tasks.stage import ensure_artifact
+    from musc.stages import Run, ensure, walk
 
     cfg = MuscConfig(backbone="ViT-L-14-336", pretrained="none", image_size=args.image_size, layers=(5, 11, 17, 23),
                      r_list=(1, 3, 5), device=args.device, batch_size=8, msm_precision=args.msm_precision)
@@ -64,30 +59,23 @@ def main() -> None:
     artifacts = str(scratch / "artifacts")
     times: dict[str, float] = {}
 
-    def stage(name, stage_name, path, build):
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        begin = time.perf_counter()
-        ref, reused = ensure_artifact(stage_name, path, build)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times[name] = times.get(name, 0.0) + time.perf_counter() - begin
-        print(f"  {name:<10} {(time.perf_counter() - begin) * 1e3 / n:8.1f} ms/image"
-              + ("  (reused: not a measurement)" if reused else ""), flush=True)
-        return ref
+    def timed(spec, plans):
+        """Each stage of the graph built here, timed (the stages as declared once in musc.stages)."""
+        refs = []
+        for plan in plans:
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            begin = time.perf_counter()
+            ref, reused = ensure(plan)
+            if args.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[spec.name] = times.get(spec.name, 0.0) + time.perf_counter() - begin
+            print(f"  {plan.label:<14} {(time.perf_counter() - begin) * 1e3 / n:8.1f} ms/image"
+                  + ("  (reused: not a measurement)" if reused else ""), flush=True)
+            refs.append(ref)
+        return refs
 
-    extract = stage("extract", "extract", plan_extract(category, cfg.extract, artifacts),
-                    lambda p: build_extract(p, category, cfg.extract))
-    scores = []
-    for r in cfg.r_list:
-        aggregate = stage("aggregate", "aggregate", plan_aggregate(extract, r), lambda p: build_aggregate(p, extract, r))
-        scores.append(stage("score", "score", plan_score(aggregate, extract, cfg.score),
-                            lambda p: build_score(p, aggregate, extract, cfg.score)))
-    k_list = list(cfg.k_list_for("mvtec_ad"))
-    classify = stage("classify", "classify", plan_classify(extract, scores, k_list),
-                     lambda p: build_classify(p, extract, scores, k_list))
-    stage("evaluate", "evaluate", plan_evaluate(extract, classify, cfg.evaluate),
-          lambda p: build_evaluate(p, extract, classify, cfg.evaluate))
+    walk(Run(category, cfg, artifacts), timed)
     total = sum(times.values())
     print(f"ViT-L-14-336 at {args.image_size} px, blocks 5,11,17,23, r 1,3,5, N={n}, msm_precision "
           f"{args.msm_precision}:")

@@ -49,6 +49,7 @@ prefect_imported = time.perf_counter()
 from flows import category as category_module, dataset as dataset_module
 from flows.server import temporary_server
 from musc.inputs.config import MuscConfig
+from musc.stages import Run, preflight
 imported = time.perf_counter()
 
 @flow
@@ -64,7 +65,7 @@ with temporary_server():  # as musc run: the server of this command (or PREFECT_
     cfg = MuscConfig.from_dict(config)
     began = time.perf_counter()
     categories = [category_module.checked_category("mvtec_ad", root, "fabric", cfg, str(artifacts))]
-    cli._preflight(cfg, categories, artifacts)
+    preflight(cfg, [Run(c, cfg, str(artifacts.resolve())) for c in categories])
     preflight = time.perf_counter()
     spent = []
     original = dataset_module.category_flow
@@ -77,7 +78,7 @@ with temporary_server():  # as musc run: the server of this command (or PREFECT_
             spent.append(time.perf_counter() - begin)
 
     dataset_module.category_flow = timed
-    dataset_module.dataset_flow("mvtec_ad", root, ["fabric"], cfg.to_dict(), str(artifacts))
+    dataset_module.dataset_flow("mvtec_ad", root, ["fabric"], cfg, str(artifacts), loaded=categories)
     done = time.perf_counter()
 print(json.dumps({"prefect_import": prefect_imported - start, "our_imports": imported - prefect_imported,
                   "prefect_start": prefect_started - imported, "another_empty_flow": empty_flow,

@@ -8,46 +8,60 @@ from prefect import flow
 from prefect.settings import temporary_settings
 
 from musc.inputs.config import MuscConfig
-from musc.inputs.datasets import MASK_RULES, list_categories
+from musc.inputs.datasets import MASK_RULES, Category, list_categories
 from musc.outputs import published, reports
 from musc.outputs.evaluation import metrics_from_json
+from musc.stages import Run, reused_throughout
+from musc.store import catalog
 from tasks.publish import artifact_key, publish
 
-from .category import category_flow, checked_category, reused_throughout
+from .category import category_flow, checked_category
 from .runners import task_runner
 
 
 @flow(name="musc-dataset", log_prints=True)
-def dataset_flow(dataset: str, root: str, categories: list[str] | None = None, config: dict | None = None,
-                 artifacts: str = "artifacts", dask: str | None = None, config_file: str | None = None) -> dict:
+def dataset_flow(dataset: str, root: str, categories: list[str] | None = None, config: MuscConfig | None = None,
+                 artifacts: str = "artifacts", dask: str | None = None, config_file: str | None = None,
+                 loaded: list[Category] | None = None) -> dict:
     """Every category (default: all found) as a subflow; ``dask``: None (local threads), "local"
     (a LocalCluster for the run) or a scheduler address for the tile tasks. ``config_file``: a YAML
-    run configuration, which the fields of ``config`` override."""
-    base = MuscConfig.from_yaml(config_file).to_dict() if config_file else {}
-    cfg = MuscConfig.from_dict({**base, **(config or {})})
+    run configuration, which the fields of ``config`` override. ``loaded``: the categories as the
+    command line already loaded and checked them (each category is loaded once per command)."""
+    cfg = load_config(config, config_file)
     root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
-    categories = categories or list_categories(dataset, root, exclude=[artifacts])
+    if loaded is None:
+        names = categories or list_categories(dataset, root, exclude=[artifacts])
+        loaded = [checked_category(dataset, root, name, cfg, artifacts) for name in names]
     run_category = category_flow.with_options(task_runner=task_runner(dask)) if dask else category_flow
     results = {}
-    for name in categories:
-        with _heartbeats_while_computing(dataset, root, name, cfg, artifacts):
-            results[name] = run_category(dataset, root, name, cfg.to_dict(), artifacts)
+    for images in loaded:
+        with _heartbeats_unless_reused(Run(images, cfg, artifacts)):
+            results[images.name] = run_category(dataset, root, images.name, cfg, artifacts, images)
     table = reports.metrics_table({name: metrics_from_json(r["metrics"]) for name, r in results.items()},
                                   {}, cfg.image_size, MASK_RULES[dataset])
-    folder = Path(artifacts) / dataset / "_report"
+    folder = catalog.dataset_report_folder(artifacts, dataset)
     index = reports.write_dataset_report(folder, dataset, table, {name: r["outputs"] for name, r in results.items()})
     publish_dataset(dataset, folder, table, results)
     return {"categories": results, "report": str(index), "table": str(folder / "metrics.csv")}
 
 
+def load_config(config: MuscConfig | dict | None, config_file: str | None) -> MuscConfig:
+    """The run's configuration: ``config`` (an object, or a dict of fields) over the YAML file's."""
+    if isinstance(config, MuscConfig) and not config_file:
+        return config
+    base = MuscConfig.from_yaml(config_file).to_dict() if config_file else {}
+    given = config.to_dict() if isinstance(config, MuscConfig) else dict(config or {})
+    return MuscConfig.from_dict({**base, **given})
+
+
 @contextlib.contextmanager
-def _heartbeats_while_computing(dataset: str, root: str, category: str, cfg: MuscConfig, artifacts: str):
+def _heartbeats_unless_reused(run: Run):
     """A category run that only reuses its artifacts sends no flow-run heartbeats. Heartbeats let a
     server mark a crashed long run; a run that ends within a second needs none, and Prefect makes
     each flow run's end wait up to 1 s for its heartbeat thread (a second per category on every
     cached rerun). Runs that compute keep Prefect's heartbeats."""
     try:
-        quiet = reused_throughout(checked_category(dataset, root, category, cfg, artifacts), cfg, artifacts)
+        quiet = reused_throughout(run)
     except Exception:  # noqa: BLE001 - the category run itself reports what is wrong
         quiet = False
     with temporary_settings(updates={"flows.heartbeat_frequency": None}) if quiet else contextlib.nullcontext():

@@ -14,7 +14,7 @@ from musc.inputs.datasets import IMAGE_SUFFIXES
 from musc.reference_pool import DecisionRule, score_new_images
 from musc.reference_pool.daily import (append_history, day_summary, history_path, ordered, plot_trends, thumbnail,
                                        write_day_report)
-from tasks.faults import fail_once_point
+from musc.stages.faults import fail_once_point
 from tasks.publish import artifact_key
 from tasks.publish import publish as publish_artifact
 

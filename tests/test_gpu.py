@@ -56,9 +56,10 @@ def test_msm_tiles_on_the_gpu_equal_the_cpu(precision):
 
 
 def test_score_tile_task_runs_on_the_gpu(tmp_path):
-    """The score stage's tile (tasks/score.py) with device cuda writes the CPU's votes."""
+    """The score stage's tile (musc/stages/score.py) with device cuda writes the CPU's votes."""
     from musc import MuscConfig, store
-    from tasks.score import Tile, compute_tile
+    from musc.method.tiles import Tile
+    from musc.stages import score
     torch.manual_seed(0)
     features = F.normalize(torch.randn(1, 6, 64, 32), dim=-1).numpy()
     aggregate = tmp_path / "aggregate" / "a.h5"
@@ -67,8 +68,10 @@ def test_score_tile_task_runs_on_the_gpu(tmp_path):
     votes = {}
     for device in ("cpu", "cuda"):
         path = tmp_path / device / "score" / "s.h5"
-        assert compute_tile(path, {"path": str(aggregate), "digest": digest}, tile,
-                            MuscConfig(device=device, block_size=3).score)
+        plan = score.plan({"path": str(aggregate), "digest": digest}, {"path": "", "digest": ""},
+                          MuscConfig(device=device, block_size=3).score, 1)
+        plan = type(plan)(plan.stage, plan.key, str(path), plan.label, plan.needs)
+        assert score.compute_tile(plan, tile)
         votes[device] = store.read_part(path, tile.part_name(3))
     for name in ("a_votes", "b_votes"):
         np.testing.assert_allclose(votes["cuda"][name], votes["cpu"][name], atol=1e-5, rtol=0)

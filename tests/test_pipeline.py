@@ -49,8 +49,9 @@ def test_second_run_recomputes_nothing_and_reads_each_artifact_once(tiny_dataset
     assert snapshot(tmp_path) == before
     with get_client(sync_client=True) as client:
         task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    assert sorted(r.name.split("-")[0] for r in task_runs) == sorted(["extract", "aggregate", "aggregate", "score", "score",
-                                                                       "classify", "evaluate"])
+    # task runs named by stage and degree, as the UI lists them
+    assert sorted(r.name for r in task_runs) == ["aggregate r=1", "aggregate r=3", "classify", "evaluate",
+                                                 "extract fabric", "score r=1", "score r=3"]
     assert {r.state.name for r in task_runs} == {"Cached"}  # what the UI shows for a reused stage
     stages = [result["extract"], *result["scores"], result["classify"], result["evaluate"]]
     assert sorted(map(str, reads)) == sorted({ref["path"] for ref in stages} | {
@@ -144,13 +145,12 @@ def test_killed_run_resumes_to_identical_artifacts(tiny_dataset, reference_run, 
     parts = len(partial)
     assert not list((artifacts / "mvtec_ad/fabric" / stage).glob("*.h5"))
 
-    import tasks.extract
-    import tasks.score
+    from musc.stages import extract, score
     calls = {"batches": 0, "tiles": 0}
-    real_batch, real_tile = tasks.extract._extract_batch, tasks.score.tile_minima
-    monkeypatch.setattr(tasks.extract, "_extract_batch",
+    real_batch, real_tile = extract._extract_batch, score.tile_minima
+    monkeypatch.setattr(extract, "_extract_batch",
                         lambda *a: (calls.__setitem__("batches", calls["batches"] + 1), real_batch(*a))[1])
-    monkeypatch.setattr(tasks.score, "tile_minima",
+    monkeypatch.setattr(score, "tile_minima",
                         lambda *a, **k: (calls.__setitem__("tiles", calls["tiles"] + 1), real_tile(*a, **k))[1])
     resumed = run_category(tiny_dataset, artifacts)
     reference, _ = reference_run
@@ -185,7 +185,8 @@ def test_bf16_screened_run_matches_fp32_and_shares_its_artifacts(tiny_dataset, r
     screened = run_category(tiny_dataset, tmp_path, msm_precision="bf16")
     for ours, theirs in zip(screened["scores"], reference["scores"], strict=True):
         np.testing.assert_allclose(read_all(ours)["scores"], read_all(theirs)["scores"], atol=1e-6, rtol=0)
-        assert json.loads(store.open_artifact(ours["path"]).attrs["config"])["msm_precision"] == "bf16"
+        recorded = store.open_artifact(ours["path"])
+        assert recorded.attrs["msm_precision"] == "bf16" and recorded.config["msm_precision"] == "fp32"
     assert screened["metrics"] == pytest.approx(reference["metrics"], abs=1e-6, nan_ok=True)
     # the screening is exact, so it does not change what a cached artifact stands for
     before = snapshot(reference_artifacts)

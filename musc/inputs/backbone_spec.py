@@ -38,7 +38,7 @@ def cuda_available() -> bool:
 def backbone_settings(settings: ExtractSettings) -> dict:
     """What decides the extracted tokens: the backbone fields of the settings, the precision the
     device implies, and the content digest of any local model or checkpoint file."""
-    chosen = settings.token_fields()
+    chosen = settings.recorded()
     on_cuda = settings.device.startswith("cuda") or (settings.device == "auto" and cuda_available())
     chosen["precision"] = "fp16-autocast" if on_cuda else "fp32"
     for name in ("backbone", "pretrained"):

@@ -8,9 +8,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import ConfigDict
+from pydantic import Field as PydanticField
+from pydantic.fields import FieldInfo
 
 from ..method.checks import EXACT_PRECISIONS, check_precision
 
@@ -21,27 +24,45 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
 
 
+def _about(text: str) -> FieldInfo:
+    return PydanticField(description=text)
+
+
 @dataclass(frozen=True)
 class MuscConfig:
-    backbone: str = "ViT-L-14-336"
-    pretrained: str = "openai"
-    image_size: int = 518
-    layers: tuple[int, ...] = (5, 11, 17, 23)
-    r_list: tuple[int, ...] = (1, 3, 5)
-    topmin_min: float = 0.0
-    topmin_max: float = 0.3
-    k_list: tuple[int, ...] | None = None
-    divide_num: int = 1
-    seed: int = 42
-    batch_size: int = 4
-    block_size: int = 8
-    device: str = "auto"
-    quick_gelu: str = "auto"
-    threshold: float | None = None
-    pixel_threshold: float | None = None
-    overlay_normalisation: str = "set"
-    aligned_radius: int | None = None
-    msm_precision: str = "fp32"
+    """A MuSc run's settings (the defaults are the paper's). A flow parameter: a deployment's run
+    form shows each field with its description."""
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    backbone: Annotated[str, _about("open_clip model name, path of an open_clip JSON model config, or "
+                                    "timm:<name> (DINO / DINOv2 ViTs).")] = "ViT-L-14-336"
+    pretrained: Annotated[str, _about("open_clip weights tag, a local checkpoint file (.pt/.bin/.safetensors), "
+                                      "or none (seeded random weights: tests only).")] = "openai"
+    image_size: Annotated[int, _about("Side of the square the images are resized to, in pixels (a multiple "
+                                      "of the patch size).")] = 518
+    layers: Annotated[tuple[int, ...], _about("Transformer blocks (0-based) whose patch tokens are used.")] = (
+        5, 11, 17, 23)
+    r_list: Annotated[tuple[int, ...], _about("LNAMD aggregation degrees r (odd): one aggregate and one score "
+                                              "per degree.")] = (1, 3, 5)
+    topmin_min: Annotated[float, _about("MSM: lower end of the averaged share of the sorted votes.")] = 0.0
+    topmin_max: Annotated[float, _about("MSM: upper end of the averaged share of the sorted votes.")] = 0.3
+    k_list: Annotated[tuple[int, ...] | None, _about("RsCIN window sizes (empty: the paper's per dataset).")] = None
+    divide_num: Annotated[int, _about("Score the images in this many random subsets (1: all together).")] = 1
+    seed: Annotated[int, _about("Seed of the subsets and of random backbone weights.")] = 42
+    batch_size: Annotated[int, _about("Images per extraction batch (memory, not results).")] = 4
+    block_size: Annotated[int, _about("Images per MSM tile side (memory, not results).")] = 8
+    device: Annotated[str, _about("auto, cpu or cuda[:n].")] = "auto"
+    quick_gelu: Annotated[str, _about("auto, true or false: the QuickGELU activation of OpenAI CLIP "
+                                      "weights.")] = "auto"
+    threshold: Annotated[float | None, _about("Fixed image-score threshold (empty: chosen from the data).")] = None
+    pixel_threshold: Annotated[float | None, _about("Fixed anomaly-map threshold of the binary masks "
+                                                    "(empty: chosen from the data).")] = None
+    overlay_normalisation: Annotated[str, _about("Heat-map scale of the overlays: set (comparable across "
+                                                 "images) or image.")] = "set"
+    aligned_radius: Annotated[int | None, _about("Aligned parts: compare each patch only with patches within "
+                                                 "this many grid steps (empty: all patches, as the paper).")] = None
+    msm_precision: Annotated[str, _about("fp32, bf16 (screened, the same scores) or bf16-fast (faster, not "
+                                         "exact).")] = "fp32"
 
     def __post_init__(self) -> None:
         for name in ("layers", "r_list", "k_list"):
@@ -133,71 +154,93 @@ class MuscConfig:
     @property
     def score(self) -> "ScoreSettings":
         return ScoreSettings(float(self.topmin_min), float(self.topmin_max), self.divide_num, self.seed,
-                             self.aligned_radius, self.block_size, self.device, self.msm_precision)
+                             self.aligned_radius, self.msm_precision, self.block_size, self.device)
 
     @property
     def evaluate(self) -> "EvaluateSettings":
         return EvaluateSettings(self.threshold, self.pixel_threshold, self.overlay_normalisation)
 
 
+def decides(default: Any = dataclasses.MISSING) -> Any:
+    """A setting that decides a stage's output: it enters the stage's cache key and is recorded."""
+    return dataclasses.field(default=default, metadata={"decides": True})
+
+
+def how(default: Any = dataclasses.MISSING) -> Any:
+    """A setting that decides only how the work is done (device, memory, speed): not in the key."""
+    return dataclasses.field(default=default, metadata={"decides": False})
+
+
+class StageSettings:
+    """What a stage takes from the configuration, declared once per field (``decides`` or ``how``):
+    the cache key's settings and the artifact's recorded config are both ``recorded()``, and
+    ``from_recorded`` reads them back from an artifact."""
+
+    def normalised(self) -> "StageSettings":
+        """The deciding values as they enter the key (subclasses map equivalent values to one)."""
+        return self
+
+    def recorded(self) -> dict[str, Any]:
+        chosen = self.normalised()
+        return {f.name: (list(v) if isinstance(v := getattr(chosen, f.name), tuple) else v)
+                for f in fields(self) if f.metadata.get("decides")}
+
+    def work(self) -> dict[str, Any]:
+        """The settings that only decide how the work is done."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if not f.metadata.get("decides")}
+
+    @classmethod
+    def from_recorded(cls, config: dict[str, Any], **work: Any) -> Any:
+        """The settings an artifact recorded (its ``config``), with ``work`` settings (else defaults)."""
+        values = {f.name: config[f.name] for f in fields(cls) if f.metadata.get("decides") and f.name in config}
+        values.update(work)
+        for f in fields(cls):
+            if isinstance(values.get(f.name), list):
+                values[f.name] = tuple(values[f.name])
+        return cls(**values)
+
+
 @dataclass(frozen=True)
-class ExtractSettings:
+class ExtractSettings(StageSettings):
     """What the extract stage needs: the backbone and how to run it."""
-    backbone: str
-    pretrained: str
-    image_size: int
-    layers: tuple[int, ...]
-    quick_gelu: str
-    seed: int
-    device: str
-    batch_size: int
-
-    # The fields that decide the tokens (device and batch size only decide how fast).
-    TOKEN_FIELDS = ("backbone", "pretrained", "image_size", "layers", "quick_gelu", "seed")
-
-    def token_fields(self) -> dict[str, Any]:
-        return {name: (list(v) if isinstance(v := getattr(self, name), tuple) else v) for name in self.TOKEN_FIELDS}
+    backbone: str = decides()
+    pretrained: str = decides()
+    image_size: int = decides()
+    layers: tuple[int, ...] = decides()
+    quick_gelu: str = decides("auto")
+    seed: int = decides(42)
+    device: str = how("auto")
+    batch_size: int = how(4)
 
 
 @dataclass(frozen=True)
-class ScoreSettings:
-    """What the score stage needs. Only ``key()`` decides the scores; block size, device and an exact
-    precision (fp32, or the bf16 screen) decide how the work is done. bf16-fast changes the scores, so
-    it enters the key (exact runs keep their keys)."""
-    topmin_min: float
-    topmin_max: float
-    divide_num: int
-    seed: int
-    aligned_radius: int | None
-    block_size: int
-    device: str
-    msm_precision: str
+class ScoreSettings(StageSettings):
+    """How MSM scores a set of images: the one type used by the score stage and the reference pool.
+    The exact precisions (fp32, the bf16 screen) give the same scores, so both are recorded (and
+    keyed) as fp32; bf16-fast changes the scores. The subset seed matters only with subsets (divide_num > 1)."""
+    topmin_min: float = decides(0.0)
+    topmin_max: float = decides(0.3)
+    divide_num: int = decides(1)
+    seed: int = decides(42)
+    aligned_radius: int | None = decides(None)
+    msm_precision: str = decides("fp32")
+    block_size: int = how(8)
+    device: str = how("auto")
 
-    def key(self) -> list[Any]:
-        return [self.topmin_min, self.topmin_max, int(self.divide_num),
-                int(self.seed) if self.divide_num > 1 else None,
-                *([] if self.aligned_radius is None else [{"aligned_radius": int(self.aligned_radius)}]),
-                *([] if self.msm_precision in EXACT_PRECISIONS else [{"msm_precision": self.msm_precision}])]
-
-    def recorded(self) -> dict[str, Any]:
-        """What the score artifact records of its settings."""
-        return {"topmin_min": self.topmin_min, "topmin_max": self.topmin_max, "divide_num": self.divide_num,
-                "seed": self.seed, "aligned_radius": self.aligned_radius, "msm_precision": self.msm_precision}
+    def normalised(self) -> "ScoreSettings":
+        exact = self.msm_precision in EXACT_PRECISIONS
+        return dataclasses.replace(self, topmin_min=float(self.topmin_min), topmin_max=float(self.topmin_max),
+                                   seed=int(self.seed) if int(self.divide_num) > 1 else None,
+                                   msm_precision="fp32" if exact else self.msm_precision)
 
 
 @dataclass(frozen=True)
-class EvaluateSettings:
-    """What the evaluate stage needs: fixed thresholds (None: chosen from the data) and overlays."""
-    threshold: float | None
-    pixel_threshold: float | None
-    overlays: str
-
-    def key(self) -> list[Any]:
-        return [self.threshold, self.overlays, self.pixel_threshold]
-
-    def recorded(self) -> dict[str, Any]:
-        """The evaluate artifact's config, which ``musc report`` evaluates from again."""
-        return {"threshold": self.threshold, "overlays": self.overlays, "pixel_threshold": self.pixel_threshold}
+class EvaluateSettings(StageSettings):
+    """What the evaluate stage needs: fixed thresholds (None: chosen from the data) and how overlays
+    are scaled."""
+    threshold: float | None = decides(None)
+    pixel_threshold: float | None = decides(None)
+    overlay_normalisation: str = decides("set")
 
 
 def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:

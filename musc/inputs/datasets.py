@@ -60,7 +60,7 @@ class Category:
 
     def check_size(self, k_list: Sequence[int] = (), divide_num: int = 1, seed: int = 0) -> None:
         """DatasetError (naming the category) unless its images suffice for the method's settings."""
-        sizes = [len(members) for members in subsets(self.samples, divide_num, seed)] if divide_num > 1 else []
+        sizes = [len(members) for members in subsets(subset_groups(self.samples), divide_num, seed)] if divide_num > 1 else []
         try:
             check_image_count(len(self.samples), k_list, sizes)
         except TooFewImages as error:
@@ -333,18 +333,24 @@ def load_mask(path: str | Path | None, image_size: int, rule: str) -> np.ndarray
     return binary.astype(np.uint8)
 
 
-def subsets(samples, divide_num: int, seed: int) -> list[list[int]]:
-    """Indices of each subset (docs/METHOD.md 1.4): stratified by defect type, same shuffle each time."""
+def subset_groups(samples: Sequence[Sample]) -> list[str]:
+    """What subsets are stratified by: each image's folder name (its defect type in MVTec layouts)."""
+    return [Path(sample.path).parent.name for sample in samples]
+
+
+def subsets(groups: Sequence[str], divide_num: int, seed: int) -> list[list[int]]:
+    """Indices of each subset (docs/METHOD.md 1.4), from each image's group (``subset_groups``):
+    stratified by group, the same shuffle each time."""
     if divide_num == 1:
-        return [list(range(len(samples)))]
-    groups: dict[str, list[int]] = {}
-    for index, sample in enumerate(samples):
-        groups.setdefault(Path(sample.path).parent.name, []).append(index)
+        return [list(range(len(groups)))]
+    members_of: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members_of.setdefault(group, []).append(index)
     result = []
     for part in range(divide_num):
         generator = random.Random(seed)  # the reference's random.seed + random.shuffle, without shared state
         chosen = []
-        for members in groups.values():
+        for members in members_of.values():
             shuffled = list(members)
             generator.shuffle(shuffled)
             chosen.extend(shuffled[part::divide_num])

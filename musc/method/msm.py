@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .checks import EXACT_PRECISIONS, PRECISIONS, check_precision
-from .tiles import image_blocks, msm_rank_window, tile_pairs
+from .tiles import Tile, block_row, image_blocks, msm_rank_window, set_tiles, tile_pairs
 
 
 def _augmented(features: torch.Tensor, left: bool) -> torch.Tensor:
@@ -31,8 +31,8 @@ def _augmented(features: torch.Tensor, left: bool) -> torch.Tensor:
     return torch.cat([features, ones, squared_norm], dim=-1)
 
 
-__all__ = ["EXACT_PRECISIONS", "PRECISIONS", "check_precision", "image_blocks", "msm_rank_window", "mutual_scores",
-           "tile_minima", "tile_pairs"]
+__all__ = ["EXACT_PRECISIONS", "PRECISIONS", "Tile", "block_row", "block_scores", "check_precision", "image_blocks",
+           "msm_rank_window", "mutual_scores", "set_tiles", "tile_minima", "tile_pairs"]
 
 
 def _pair_minima(left: torch.Tensor, right: torch.Tensor, n_a: int, n_b: int, n_patches: int
@@ -191,9 +191,17 @@ def aligned_minima(block_a: torch.Tensor, block_b: torch.Tensor, radius: int) ->
 
 
 def reduce_votes(votes: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
-    """(A, N, L) votes (self-votes +inf) -> (A, L) float64: mean of ranks [k_min, k_max)."""
-    smallest = torch.topk(votes, k_max, dim=1, largest=False, sorted=True).values
-    return smallest[:, k_min:k_max].double().mean(dim=1)
+    """(..., A, N, L) votes (self-votes +inf) -> (..., A, L) float64: mean of ranks [k_min, k_max)
+    along the image axis."""
+    smallest = torch.topk(votes, k_max, dim=-2, largest=False, sorted=True).values
+    return smallest[..., k_min:k_max, :].double().mean(dim=-2)
+
+
+def block_scores(first: int, n_blocks: int, votes_of: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
+                 k_min: int, k_max: int) -> torch.Tensor:
+    """Scores (..., A, L) of the images of block ``first``: its row of tile votes (``block_row``)
+    against the whole set, reduced to the mean of ranks [k_min, k_max)."""
+    return reduce_votes(torch.cat(block_row(first, n_blocks, votes_of), dim=-2), k_min, k_max)
 
 
 def mutual_scores(Z, topmin_min: float = 0.0, topmin_max: float = 0.3, block_size: int | None = None,
@@ -213,23 +221,23 @@ def mutual_scores(Z, topmin_min: float = 0.0, topmin_max: float = 0.3, block_siz
     if Z.ndim != 3:
         raise ValueError(f"Z: expected shape (N, L, C), got {tuple(Z.shape)}")
     Z = Z.float()
-    n_images, n_patches, _ = Z.shape
+    n_images = Z.shape[0]
     k_min, k_max = msm_rank_window(n_images, topmin_min, topmin_max)
-    blocks = image_blocks(n_images, block_size or n_images)
-    votes = torch.empty((n_images, n_images, n_patches), dtype=torch.float32, device=Z.device)
-    pairs = list(tile_pairs(len(blocks)))
-    for done, (first, second) in enumerate(pairs, start=1):
-        (a0, a1), (b0, b1) = blocks[first], blocks[second]
-        a_votes, b_votes = tile_minima(Z[a0:a1], Z[b0:b1], same_block=first == second, radius=radius,
-                                       precision=precision)
-        votes[a0:a1, b0:b1] = a_votes
-        votes[b0:b1, a0:a1] = b_votes
+    tiles = set_tiles([range(n_images)], block_size or n_images)
+    votes = {}
+    for done, tile in enumerate(tiles, start=1):
+        votes[tile.first, tile.second] = tile_minima(_rows(Z, tile.images_a), _rows(Z, tile.images_b),
+                                                     same_block=tile.same_block, radius=radius, precision=precision)
         if progress is not None:
-            progress(done, len(pairs))
-    scores = torch.empty((n_images, n_patches), dtype=torch.float64, device=Z.device)
-    for start, stop in blocks:
-        scores[start:stop] = reduce_votes(votes[start:stop], k_min, k_max)
-    return scores
+            progress(done, len(tiles))
+    n_blocks = max(t.second for t in tiles) + 1
+    return torch.cat([block_scores(first, n_blocks, lambda i, j: votes[i, j], k_min, k_max)
+                      for first in range(n_blocks)])
+
+
+def _rows(Z: torch.Tensor, images: tuple[int, ...]) -> torch.Tensor:
+    """The consecutive images of a block (a view, no copy)."""
+    return Z[images[0]:images[-1] + 1]
 
 
 def reference_mutual_scores(Z, topmin_min: float = 0.0, topmin_max: float = 0.3) -> torch.Tensor:

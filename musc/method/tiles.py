@@ -1,11 +1,14 @@
-"""How MSM's work is cut into tiles and which sorted votes it averages (docs/METHOD.md section 4).
+"""How MSM's work is cut into tiles, how the tiles' votes assemble into each image's row of votes,
+and which sorted votes it averages (docs/METHOD.md section 4): the one vote engine of the score
+stage, the in-memory ``mutual_scores`` and the reference pool.
 
 Plain Python, no torch: the score stage plans its tiles (and a cached rerun checks them) without
 loading the numerical libraries.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
 
 from .checks import check_image_count
 
@@ -34,3 +37,45 @@ def tile_pairs(n_blocks: int) -> Iterator[tuple[int, int]]:
     for first in range(n_blocks):
         for second in range(first, n_blocks):
             yield first, second
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Two image blocks of one set (a subset of a category, or a pool), scored against each other
+    (first <= second): one matrix product gives both blocks' votes."""
+    subset: int
+    first: int
+    second: int
+    images_a: tuple[int, ...]
+    images_b: tuple[int, ...]
+
+    @property
+    def same_block(self) -> bool:
+        return self.first == self.second
+
+    def part_name(self, block_size: int) -> str:
+        return f"tile_b{block_size}_s{self.subset}_{self.first:04d}_{self.second:04d}"
+
+
+def set_blocks(members: Sequence[int], block_size: int) -> list[tuple[int, ...]]:
+    """The image blocks of one set: its members (original indices) sorted, ``block_size`` at most each."""
+    ordered = sorted(int(m) for m in members)
+    return [tuple(ordered[a:b]) for a, b in image_blocks(len(ordered), block_size)]
+
+
+def set_tiles(sets: Sequence[Sequence[int]], block_size: int) -> list[Tile]:
+    """Every tile of every set (``sets``: the members of each subset)."""
+    tiles = []
+    for subset, members in enumerate(sets):
+        blocks = set_blocks(members, block_size)
+        tiles += [Tile(subset, first, second, blocks[first], blocks[second]) for first, second in tile_pairs(len(blocks))]
+    return tiles
+
+
+def block_row(first: int, n_blocks: int, votes_of: Callable[[int, int], tuple[Any, Any]]) -> list[Any]:
+    """The votes of block ``first`` against every block of its set, in block order: tile (first,
+    second) holds them as its first block's votes when first <= second, else tile (second, first)
+    as its second block's. ``votes_of(first, second)`` -> (a_votes, b_votes) of a tile (I <= J);
+    the caller concatenates the row along the image axis."""
+    return [votes_of(first, second)[0] if first <= second else votes_of(second, first)[1]
+            for second in range(n_blocks)]

@@ -8,40 +8,31 @@ crafted artifact cannot send writes elsewhere.
 from __future__ import annotations
 
 import contextlib
-import json
 import fcntl
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..store import (ARTIFACTS_MARKER, ArtifactError, STAGES, manifest_path, open_artifact, parts_dir, valid_digest,
-                     verification_record)
+from ..store import ARTIFACTS_MARKER, STAGES, ArtifactError, catalog, open_artifact, report_folder, valid_digest
 from .reports import evaluate_into
 
-ARTIFACT_KEY = re.compile(r"[0-9a-f]{16}")  # store.stable_hash's keys
-
-
-def outputs_folder(evaluate_path: str | Path) -> Path:
-    """Where an evaluate artifact's CSV, Markdown and figures live: the folder beside it."""
-    return Path(evaluate_path).with_suffix("")
+REPORT_FILES = ("metrics.csv", "per_image.csv", "report.md", "report.html")  # what an evaluation's folder holds
 
 
 def find_input(artifact_path: Path, stage: str, digest: str) -> Path:
     """The upstream artifact (in the sibling stage folder) whose digest an artifact recorded: the
     candidate whose manifest records that digest, verified (no other file is read)."""
-    for candidate in sorted((Path(artifact_path).parents[1] / stage).glob("*.h5")):
-        try:
-            recorded = json.loads(manifest_path(candidate).read_text()).get("sha256")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if recorded == digest and valid_digest(candidate, stage) == digest:
+    for candidate in catalog.candidates(artifact_path, stage, digest):
+        if valid_digest(candidate, stage) == digest:
             return candidate
     raise ArtifactError(f"{artifact_path}: its {stage} input (digest {digest[:12]}) is missing or changed")
 
 
-def input_path(artifact_path: str | Path, stage: str) -> Path:
-    return find_input(Path(artifact_path), stage, open_artifact(artifact_path).inputs[stage])
+def inputs_of(artifact_path: str | Path, stage: str) -> list[Path]:
+    """The artifacts of ``stage`` an artifact was made from, in role order (classify: one score
+    artifact per degree)."""
+    recorded = open_artifact(artifact_path).inputs
+    return [find_input(Path(artifact_path), stage, recorded[role]) for role in catalog.roles_of(recorded, stage)]
 
 
 @dataclass
@@ -75,7 +66,7 @@ def rebuild_one(target: Path) -> Path:
     evaluation = open_artifact(target, "evaluate")
     extract = open_artifact(find_input(target, "extract", evaluation.inputs["extract"]), "extract")
     classify = open_artifact(find_input(target, "classify", evaluation.inputs["classify"]), "classify")
-    return evaluate_into(outputs_folder(target), extract, classify, evaluation.config, str(target))[1]
+    return evaluate_into(report_folder(target), extract, classify, evaluation.config, str(target))[1]
 
 
 # musc clean ---------------------------------------------------------------------------------------
@@ -86,19 +77,15 @@ def _upstream(path: Path) -> list[Path]:
     artifact = open_artifact(path)
     if artifact.stage == "extract":  # its inputs are images, not artifacts
         return []
-    found = []
-    for name, digest in artifact.inputs.items():
-        stage = re.sub(r"_\d+$", "", name)  # score_0, score_1: one per degree
-        if stage in STAGES:
-            found.append(find_input(path, stage, digest))
-    return found
+    return [find_input(path, catalog.role_stage(role), digest) for role, digest in artifact.inputs.items()
+            if catalog.role_stage(role) in STAGES]
 
 
 def in_use(root: str | Path) -> set[Path]:
     """Every artifact an intact run uses: each evaluate artifact whose whole chain of inputs is
     present and valid, and that chain (classify, scores, aggregates, extract)."""
     used: set[Path] = set()
-    for evaluation in sorted(Path(root).rglob("evaluate/*.h5")):
+    for evaluation in catalog.evaluate_artifacts(root):
         chain, todo = {evaluation}, [evaluation]
         try:
             while todo:
@@ -115,7 +102,7 @@ def in_use(root: str | Path) -> set[Path]:
 @contextlib.contextmanager
 def _unless_busy(artifact: Path):
     """Yields True when nobody builds this artifact now (its lock is free; held while we remove)."""
-    lock = artifact.with_name(f".{artifact.name}.lock")
+    lock = catalog.lock_path(artifact)
     if not lock.exists():
         yield True
         return
@@ -142,17 +129,13 @@ def clean_artifacts(root: str | Path, dry_run: bool = False) -> tuple[list[Path]
         raise ArtifactError(f"{root}: not a musc artifacts folder (no {ARTIFACTS_MARKER}); nothing removed")
     used = in_use(root)
     removed, busy = [], []
-    stage_folders = sorted(p for p in root.glob("*/*/*") if p.is_dir() and p.name in STAGES)
-    for folder in stage_folders:
-        keys = {_key_of(entry) for entry in folder.iterdir()} - {None}
+    for folder in catalog.stage_folders(root, STAGES):
+        keys = {catalog.key_of(entry) for entry in folder.iterdir()} - {None}
         for key in sorted(keys):
             artifact = folder / f"{key}.h5"
             if artifact in used:
                 continue
-            victims = [p for p in (artifact, manifest_path(artifact), verification_record(artifact), parts_dir(artifact),
-                                   outputs_folder(artifact), artifact.with_name(f".{artifact.name}.lock"))
-                       if p.exists()]
-            victims += sorted(folder.glob(f".{key}.*.tmp-*"))
+            victims = catalog.side_files(artifact)
             with _unless_busy(artifact) as free:
                 if not free:
                     busy.append(artifact)
@@ -162,21 +145,6 @@ def clean_artifacts(root: str | Path, dry_run: bool = False) -> tuple[list[Path]
                     if not dry_run:
                         _remove(victim)
     return removed, busy
-
-
-def _key_of(entry: Path) -> str | None:
-    """The artifact key an entry of a stage folder belongs to: <key>.h5, <key>.json, <key>.parts,
-    <key>/ (reports), .<key>.h5.lock, .<key>.h5.verified, .<key>.h5.tmp-*, .<key>.json.tmp-*,
-    .<key>.h5.verified.tmp-*."""
-    name = entry.name
-    if name.startswith("."):
-        match = re.match(r"^\.(.+?)\.(h5|json)\.(lock|verified|(?:verified\.)?tmp-.*)$", name)
-        key = match.group(1) if match else None
-    elif entry.is_dir():
-        key = name.removesuffix(".parts")
-    else:
-        key = entry.stem if entry.suffix in (".h5", ".json") else None
-    return key if key is not None and ARTIFACT_KEY.fullmatch(key) else None  # anything else is not ours
 
 
 def _remove(path: Path) -> None:

@@ -16,10 +16,10 @@ first. Normal-looking earlier images are the useful ones: an anomalous image in 
 weakens the votes against the same defect.
 """
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, leave_one_out_scores, write_pool
-from .scoring import MsmRule, calibrated_threshold, mutual_votes, score_against_pool
+from .scoring import calibrated_threshold, mutual_votes, score_against_pool
 from .service import (DEFAULT_FALSE_ALARM_RATE, DecisionRule, add_run_to_pool, map_names, run_images,
                       score_new_images)
 
-__all__ = ["DEFAULT_MAX_IMAGES", "DEFAULT_FALSE_ALARM_RATE", "DecisionRule", "Images", "MsmRule", "PoolError",
+__all__ = ["DEFAULT_MAX_IMAGES", "DEFAULT_FALSE_ALARM_RATE", "DecisionRule", "Images", "PoolError",
            "PoolFile", "PoolSettings", "add_run_to_pool", "calibrated_threshold", "leave_one_out_scores",
            "map_names", "mutual_votes", "run_images", "score_against_pool", "score_new_images", "write_pool"]

@@ -10,7 +10,7 @@ degrees, scoring settings. Images made otherwise are refused, never mixed in.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -20,7 +20,8 @@ import torch
 
 from ..store import ArtifactError, open_artifact, write_artifact
 from ..store.schema import stage_schema
-from .scoring import MsmRule, image_scores, mutual_votes, patch_scores
+from ..inputs.config import ScoreSettings
+from .scoring import image_scores, mutual_votes, patch_scores
 
 DEFAULT_MAX_IMAGES = 200
 
@@ -35,11 +36,7 @@ class PoolSettings:
     category: str
     features: dict[str, Any]          # the extract stage's backbone settings (backbone, weights, image_size, layers, ...)
     r_list: tuple[int, ...]
-    topmin_min: float = 0.0
-    topmin_max: float = 0.3
-    aligned_radius: int | None = None
-    msm_precision: str = "fp32"       # how, not what: the bf16 screen gives the fp32 scores; not compared
-    COMPARED = ("category", "features", "r_list", "topmin_min", "topmin_max", "aligned_radius")
+    score: ScoreSettings = ScoreSettings()   # how its images are scored (the batch's MSM settings)
 
     @property
     def image_size(self) -> int:
@@ -49,25 +46,24 @@ class PoolSettings:
     def layers(self) -> list[int]:
         return [int(layer) for layer in self.features["layers"]]
 
-    def rule(self, block_size: int = 8) -> MsmRule:
-        return MsmRule(self.topmin_min, self.topmin_max, self.aligned_radius, self.msm_precision, block_size)
-
     def to_config(self) -> dict[str, Any]:
-        return {**asdict(self), "r_list": [int(r) for r in self.r_list]}
+        return {"category": self.category, "features": dict(self.features), "r_list": [int(r) for r in self.r_list],
+                "score": self.score.recorded()}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "PoolSettings":
-        return cls(**{**config, "r_list": tuple(int(r) for r in config["r_list"])})
+        return cls(str(config["category"]), dict(config["features"]), tuple(int(r) for r in config["r_list"]),
+                   ScoreSettings.from_recorded(config["score"]))
 
     def differences(self, other: "PoolSettings") -> list[str]:
-        """'field: theirs (the pool: ours)' for every compared setting that differs."""
+        """'field: theirs (the pool: ours)' for every setting that decides the scores and differs."""
         found = []
-        for name in self.COMPARED:
-            mine, theirs = getattr(self, name), getattr(other, name)
-            if name == "features":
-                found += [f"{key}: {theirs.get(key)!r} (the pool: {mine.get(key)!r})"
-                          for key in sorted(set(mine) | set(theirs)) if mine.get(key) != theirs.get(key)]
-            elif mine != theirs:
+        for name, mine, theirs in (("category", self.category, other.category), ("r_list", self.r_list, other.r_list),
+                                   *((f"features.{k}", self.features.get(k), other.features.get(k))
+                                     for k in sorted(set(self.features) | set(other.features))),
+                                   *((k, v, other.score.recorded().get(k)) for k, v in self.score.recorded().items()
+                                     if k not in ("divide_num", "seed"))):
+            if mine != theirs:
                 found.append(f"{name}: {theirs!r} (the pool: {mine!r})")
         return found
 
@@ -134,7 +130,7 @@ def leave_one_out_scores(read: Callable[[int, int], Callable[[int, int], torch.T
     block by block: the pool's own score distribution, which calibrates the decision threshold."""
     if n_images < 2:
         return np.zeros(0)
-    rule = settings.rule()
+    rule = settings.score
     per_degree = [torch.stack([patch_scores(mutual_votes(read(r, layer), n_images, read(r, layer), 0, rule), rule)
                                for layer in range(len(settings.layers))])
                   for r in settings.r_list]

@@ -13,58 +13,48 @@ new images' features of that layer, one pool block, one tile, and the votes of t
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from ..inputs.config import ScoreSettings
 from ..method.maps import anomaly_maps
-from ..method.msm import image_blocks, msm_rank_window, reduce_votes, tile_minima, tile_pairs
+from ..method.msm import block_row, image_blocks, msm_rank_window, reduce_votes, set_tiles, tile_minima
 
 # read(start, stop) -> (stop - start, L, C) float32 features of one layer and degree
 BlockReader = Callable[[int, int], torch.Tensor]
-DEFAULT_BLOCK = 8
 IMAGES_PER_MAP_CHUNK = 32
-
-
-@dataclass(frozen=True)
-class MsmRule:
-    """The scoring settings of the pooled batch: the same ones apply to every new image."""
-    topmin_min: float = 0.0
-    topmin_max: float = 0.3
-    aligned_radius: int | None = None
-    msm_precision: str = "fp32"
-    block_size: int = DEFAULT_BLOCK
 
 
 def in_memory(features: torch.Tensor) -> BlockReader:
     return lambda start, stop: features[start:stop].float()
 
 
-def mutual_votes(query: BlockReader, n_query: int, others: BlockReader, n_others: int, rule: MsmRule
+def mutual_votes(query: BlockReader, n_query: int, others: BlockReader, n_others: int, settings: ScoreSettings
                  ) -> torch.Tensor:
     """Votes (n_query, n_others + n_query, L) of the query images against every ``others`` image and
-    against each other (an image's vote against itself is +inf). ``others`` are read block by block."""
-    n_patches = query(0, 1).shape[1]
-    votes = torch.empty((n_query, n_others + n_query, n_patches), dtype=torch.float32)
-    mine = image_blocks(n_query, rule.block_size)
-    options = {"radius": rule.aligned_radius, "precision": rule.msm_precision}
-    for o0, o1 in image_blocks(n_others, rule.block_size):
+    against each other (an image's vote against itself is +inf): the query images' tiles among
+    themselves assembled by the batch's vote engine (``block_row``). ``others`` are read block by block."""
+    options = {"radius": settings.aligned_radius, "precision": settings.msm_precision}
+    tiles = set_tiles([range(n_query)], settings.block_size)
+    blocks = [t.images_a for t in tiles if t.same_block]
+    against_others = [[] for _ in blocks]
+    for o0, o1 in image_blocks(n_others, settings.block_size):
         block = others(o0, o1)
-        for a0, a1 in mine:
-            votes[a0:a1, o0:o1] = tile_minima(query(a0, a1), block, **options)[0]
-    for first, second in tile_pairs(len(mine)):
-        (a0, a1), (b0, b1) = mine[first], mine[second]
-        a_votes, b_votes = tile_minima(query(a0, a1), query(b0, b1), same_block=first == second, **options)
-        votes[a0:a1, n_others + b0:n_others + b1] = a_votes
-        votes[b0:b1, n_others + a0:n_others + a1] = b_votes
-    return votes
+        for index, images in enumerate(blocks):
+            against_others[index].append(tile_minima(query(images[0], images[-1] + 1), block, **options)[0])
+    among = {(t.first, t.second): tile_minima(query(t.images_a[0], t.images_a[-1] + 1),
+                                              query(t.images_b[0], t.images_b[-1] + 1),
+                                              same_block=t.same_block, **options) for t in tiles}
+    rows = [torch.cat([*against_others[first], *block_row(first, len(blocks), lambda i, j: among[i, j])], dim=1)
+            for first in range(len(blocks))]
+    return torch.cat(rows).float()
 
 
-def patch_scores(votes: torch.Tensor, rule: MsmRule) -> torch.Tensor:
+def patch_scores(votes: torch.Tensor, settings: ScoreSettings) -> torch.Tensor:
     """(n, N - 1 + ..., L) votes of images in a set of N = votes.shape[1] images -> (n, L) float64."""
-    k_min, k_max = msm_rank_window(votes.shape[1], rule.topmin_min, rule.topmin_max)
+    k_min, k_max = msm_rank_window(votes.shape[1], settings.topmin_min, settings.topmin_max)
     return reduce_votes(votes, k_min, k_max)
 
 
@@ -72,9 +62,10 @@ def score_against_pool(new_layers: Sequence[torch.Tensor], pool_layers: Sequence
                        topmin_min: float = 0.0, topmin_max: float = 0.3, radius: int | None = None,
                        precision: str = "fp32") -> torch.Tensor:
     """In-memory form: MSM scores (layers, M, L) of new images (M, L, C) against pool (P, L, C) + each other."""
-    rule = MsmRule(topmin_min, topmin_max, radius, precision)
+    settings = ScoreSettings(topmin_min=topmin_min, topmin_max=topmin_max, aligned_radius=radius,
+                             msm_precision=precision)
     return torch.stack([patch_scores(mutual_votes(in_memory(new), new.shape[0], in_memory(pool), pool.shape[0],
-                                                  rule), rule)
+                                                  settings), settings)
                         for new, pool in zip(new_layers, pool_layers)])
 
 

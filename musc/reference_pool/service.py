@@ -12,18 +12,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..inputs.config import ExtractSettings
+from ..inputs.config import ExtractSettings, ScoreSettings
 from ..inputs.datasets import UnreadableImage, load_image
 from ..method.lnamd import aggregate
 from ..method.maps import anomaly_maps
 from ..outputs.evaluation import decisions
 from ..outputs.figures import save_overlay
-from ..outputs.rebuild import find_input
+from ..outputs.rebuild import inputs_of
 from ..store import ArtifactError, artifact_lock, mark_artifacts_root, open_artifact
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
 from .scoring import calibrated_threshold, in_memory, mutual_votes, patch_scores
 
-RUN_FIELDS = ("dataset", "root", "category")
+RUN_FIELDS = ("dataset", "category")  # what the extract config says of the run, not of the features
 DEFAULT_FALSE_ALARM_RATE = 0.01
 SCORES_CSV_COLUMNS = ("path", "score", "decision", "map_png")
 
@@ -44,33 +44,28 @@ def run_images(run: str | Path, include_anomalous: bool = False) -> tuple[PoolSe
     ``include_anomalous``) with their features, and the run's evaluate digest."""
     evaluate_path = evaluation_in(run)
     evaluation = open_artifact(evaluate_path, "evaluate")
-    classify_path = find_input(evaluate_path, "classify", evaluation.inputs["classify"])
-    classify = open_artifact(classify_path, "classify")
-    extract = open_artifact(find_input(evaluate_path, "extract", evaluation.inputs["extract"]), "extract")
+    classify_path = inputs_of(evaluate_path, "classify")[0]
+    extract = open_artifact(inputs_of(evaluate_path, "extract")[0], "extract")
     names = [str(n) for n in extract.read("names")]
     keep = np.ones(len(names), bool) if include_anomalous else evaluation.read("decisions") == 0
     aggregates, scoring = {}, None
-    for name, digest in classify.inputs.items():
-        if name.startswith("score_"):
-            score_path = find_input(classify_path, "score", digest)
-            score = open_artifact(score_path, "score")
-            scoring = score.config
-            aggregate_path = find_input(score_path, "aggregate", score.inputs["aggregate"])
-            aggregates[int(open_artifact(aggregate_path, "aggregate").config["r"])] = aggregate_path
-    if int(scoring.get("divide_num", 1)) > 1:
-        raise PoolError(f"{evaluate_path}: this run scored its images in {scoring['divide_num']} subsets "
+    for score_path in inputs_of(classify_path, "score"):
+        scoring = ScoreSettings.from_recorded(open_artifact(score_path, "score").config)
+        aggregate_path = inputs_of(score_path, "aggregate")[0]
+        aggregates[int(open_artifact(aggregate_path, "aggregate").config["r"])] = aggregate_path
+    if int(scoring.divide_num) > 1:
+        raise PoolError(f"{evaluate_path}: this run scored its images in {scoring.divide_num} subsets "
                         "(divide_num); a pool reproduces whole-batch scoring only")
     settings = PoolSettings(str(extract.config["category"]),
                             {k: v for k, v in extract.config.items() if k not in RUN_FIELDS},
-                            tuple(sorted(aggregates)), float(scoring["topmin_min"]), float(scoring["topmin_max"]),
-                            scoring.get("aligned_radius"), str(scoring.get("msm_precision", "fp32")))
+                            tuple(sorted(aggregates)), scoring)
     chosen = np.flatnonzero(keep)
 
     def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
         return open_artifact(aggregates[r], "aggregate").read("features", (layer, chosen[np.sort(indices)]))
     shape = tuple(open_artifact(aggregates[settings.r_list[0]], "aggregate").shape("features")[2:])
     images = Images([f"{settings.category}/{names[i]}" for i in chosen],
-                    [extract.inputs[names[i]] for i in chosen], now(chosen.size), read, shape)
+                    [str(d) for d in extract.read("digests")[chosen]], now(chosen.size), read, shape)
     return settings, images, evaluation.digest
 
 
@@ -124,8 +119,7 @@ def map_names(paths: Sequence[str | Path]) -> list[str]:
 def _extract(pool: PoolFile, images: Sequence[str | Path], device: str) -> tuple[list[str], list, list[torch.Tensor]]:
     from ..inputs.backbones import backbone_for
     features = pool.settings.features
-    settings = ExtractSettings(**{k: (tuple(features[k]) if k == "layers" else features[k])
-                                  for k in ExtractSettings.TOKEN_FIELDS}, device=device, batch_size=4)
+    settings = ExtractSettings.from_recorded(features, device=device, batch_size=4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         backbone = backbone_for(settings)
@@ -154,7 +148,7 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     threshold, rule_text = rule.apply(pool)
     names, loaded, tokens = _extract(pool, images, device)
     settings = pool.settings
-    msm = settings.rule()
+    msm = settings.score
     per_degree = []
     for r in settings.r_list:
         layers = []

@@ -31,11 +31,9 @@ from typing import Any, Callable, Iterator, Mapping
 import h5py
 import numpy as np
 
+from .catalog import (ARTIFACTS_MARKER, ArtifactError, artifact_path, is_part, lock_path, manifest_path, part_path, parts_dir,
+                      temporary_files, temporary_path, verification_record)
 from .schema import SCHEMA_VERSION, STAGES, stage_schema
-
-
-class ArtifactError(RuntimeError):
-    """An artifact is missing, partial, corrupt or foreign; the message names the file."""
 
 
 class NoSpaceError(ArtifactError):
@@ -73,25 +71,6 @@ class _Sink(io.FileIO):
         return len(view)
 
 
-def artifact_path(root: str | Path, dataset: str, category: str, stage: str, key: str) -> Path:
-    """``<root>/<dataset>/<category>/<stage>/<key>.h5``; each part must be one plain folder name, so
-    the path never leaves the root."""
-    stage_schema(stage)
-    for what, name in (("dataset", dataset), ("category", category), ("key", key)):
-        text = str(name)
-        if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
-            raise ArtifactError(f"{what}: {text!r} is not a plain folder name; artifacts stay under {root}")
-    return Path(root) / dataset / category / stage / f"{key}.h5"
-
-
-def manifest_path(path: str | Path) -> Path:
-    return Path(path).with_suffix(".json")
-
-
-def parts_dir(path: str | Path) -> Path:
-    return Path(path).with_suffix(".parts")
-
-
 def stable_hash(*items: Any, length: int = 16) -> str:
     """A short hex key of JSON-serialisable items (sorted keys: the same inputs, the same key)."""
     text = json.dumps(items, sort_keys=True, default=str)
@@ -126,17 +105,35 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def _write_atomic_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+@contextlib.contextmanager
+def atomic_output(target: str | Path) -> Iterator[Path]:
+    """The one way we write a file: yields a temporary path in the target's folder to write to;
+    when the block ends without error it is synced and renamed onto ``target`` (readers see the old
+    file or the new one, never half of one); on any error it is removed. A full disk is one line
+    naming the folder (``NoSpaceError``)."""
+    target = Path(target)
+    scratch = temporary_path(target)
     try:
-        with open(tmp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
+        yield scratch
+        with open(scratch, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        os.replace(scratch, target)
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise no_space(target.parent) from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
+        scratch.unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+
+
+def atomic_write_bytes(target: str | Path, data: bytes) -> None:
+    with atomic_output(target) as scratch:
+        scratch.write_bytes(data)
+
+
+def atomic_write_text(target: str | Path, text: str) -> None:
+    atomic_write_bytes(target, text.encode())
 
 
 def _write_value(group: h5py.Group, name: str, value: Any) -> None:
@@ -161,7 +158,7 @@ def write_artifact(path: str | Path, stage: str, config: Mapping[str, Any], inpu
     to hold in memory at once)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp = temporary_path(path)
     try:
         with _Sink(tmp, "w+") as sink:
             try:
@@ -184,7 +181,7 @@ def write_artifact(path: str | Path, stage: str, config: Mapping[str, Any], inpu
         tmp.unlink(missing_ok=True)
     _fsync_dir(path.parent)
     try:
-        _write_atomic_bytes(manifest_path(path), json.dumps(
+        atomic_write_bytes(manifest_path(path), json.dumps(
             {"sha256": digest, "size": path.stat().st_size, "stage": stage}).encode())
     except OSError as error:
         if error.errno in NO_SPACE:
@@ -254,13 +251,6 @@ def _identity(path: Path) -> Identity | None:
             manifest.st_ino, manifest.st_mtime_ns, manifest.st_ctime_ns)
 
 
-def verification_record(path: str | Path) -> Path:
-    """Beside an artifact: its identity when its SHA-256 last matched the manifest, so that a later
-    command trusts an unchanged artifact without reading it all again (GBs for a large extract)."""
-    path = Path(path)
-    return path.with_name(f".{path.name}.verified")
-
-
 def _recorded_verification(path: Path, identity: Identity) -> tuple[Identity, str, str] | None:
     try:
         record = json.loads(verification_record(path).read_text())
@@ -274,10 +264,10 @@ def _recorded_verification(path: Path, identity: Identity) -> tuple[Identity, st
 def _record_verification(path: Path, identity: Identity, digest: str, stage: str) -> None:
     """Best effort and not synced: a record that is lost, torn or cannot be written (read-only or
     full folder) only means hashing again later. Parts (verified within one command) get none."""
-    if path.parent.suffix == ".parts":
+    if is_part(path):
         return
     record = verification_record(path)
-    scratch = record.with_name(f"{record.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    scratch = temporary_path(record)
     try:
         scratch.write_text(json.dumps({"identity": list(identity), "digest": digest, "stage": stage,
                                        "schema_version": SCHEMA_VERSION}))
@@ -368,10 +358,6 @@ def remove_artifact(path: str | Path) -> None:
 
 # Parts: the unit of resumable progress inside a long stage -------------------------------------
 
-def part_path(path: str | Path, name: str) -> Path:
-    return parts_dir(path) / f"{name}.h5"
-
-
 def write_part(path: str | Path, name: str, arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None) -> None:
     folder = parts_dir(path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -404,7 +390,7 @@ def clear_orphan_parts(path: str | Path) -> list[Path]:
     for folder in sorted(path.parent.glob("*.parts")):
         if folder == parts_dir(path) or not folder.is_dir():
             continue
-        lock = folder.with_name(f".{folder.stem}.h5.lock")
+        lock = lock_path(folder.with_suffix(".h5"))
         with open(lock, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -422,8 +408,8 @@ def clear_temporary_files(path: str | Path) -> None:
     """Remove the temporary files a killed writer left for this artifact (call under its lock:
     then nobody else is writing them)."""
     path = Path(path)
-    for name in (path.name, manifest_path(path).name):
-        for leftover in path.parent.glob(f".{name}.tmp-*"):
+    for target in (path, manifest_path(path)):
+        for leftover in temporary_files(target):
             leftover.unlink(missing_ok=True)
 
 
@@ -432,8 +418,7 @@ def artifact_lock(path: str | Path) -> Iterator[None]:
     """An exclusive inter-process lock for computing one artifact (two runs never do it twice)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(f".{path.name}.lock")
-    with open(lock, "a+") as handle:
+    with open(lock_path(path), "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -471,9 +456,6 @@ def describe(path: str | Path) -> dict[str, Any]:
 
 
 # The artifacts root: a marker file says "written by musc", so no dataset listing reads it back ----
-
-ARTIFACTS_MARKER = ".musc-artifacts"
-
 
 def mark_artifacts_root(root: str | Path) -> Path:
     """Create the artifacts root (if needed) with its marker file; ArtifactError naming the folder

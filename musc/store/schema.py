@@ -69,12 +69,13 @@ COMMON_ATTRS = (
 )
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("extract", "1", "patch tokens and image embeddings of every readable image", datasets=(
+    Stage("extract", "2", "patch tokens and image embeddings of every readable image", datasets=(
         Field("tokens", "float32", "(layers, N, 1+L, C)", "tokens of each chosen block; index 0 is the class token"),
         Field("embeddings", "float32", "(N, D)", "L2-normalised image embeddings (RsCIN's similarity)"),
         Field("masks", "uint8", "(N, S, S)", "ground-truth masks resized to S and binarised (0/1; zeros if none)"),
         Field("names", "str", "(N,)", "image names relative to the category folder"),
         Field("paths", "str", "(N,)", "absolute image paths"),
+        Field("digests", "str", "(N,)", "SHA-256 of each image file"),
         Field("defect_types", "str", "(N,)", "defect folder of each image ('good' for normal MVTec images)"),
         Field("labels", "int64", "(N,)", "1 anomalous, 0 normal, -1 unknown"),
         Field("has_mask", "bool", "(N,)", "whether a ground-truth mask exists"),
@@ -83,6 +84,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("backbone", "str", "", "the backbone as loaded (model, weights, blocks, patch size)"),
         Field("mask_rule", "str", "", "how resized masks were binarised: truncate or nonzero"),
         Field("n_skipped", "int", "", "number of unreadable files left out"),
+        Field("root", "str", "", "the dataset root the images were read from (a record: not in the key)"),
     )),
     Stage("aggregate", "1", "LNAMD features of one degree r", datasets=(
         Field("features", "float32", "(layers, N, L, C)", "LayerNorm, r x r neighbourhood mean, L2 normalisation"),
@@ -90,6 +92,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("score", "1", "MSM patch scores of one degree r", datasets=(
         Field("scores", "float64", "(layers, N, L)", "mean of each patch's smallest nearest-patch distances to "
                                                      "the other images"),
+    ), attrs=(
+        Field("msm_precision", "str", "", "the precision the tiles ran in (the config records fp32 for the "
+                                          "exact ones: fp32 and the bf16 screen give the same scores)"),
     )),
     Stage("classify", "1", "anomaly maps and image scores", datasets=(
         Field("patch_map", "float64", "(N, L)", "patch scores averaged over layers and degrees"),
@@ -113,9 +118,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("outputs", "str", "", "the folder of reports and figures when written (a record only: readers "
                                      "use the folder beside the artifact)"),
     )),
-    Stage("pool", "2", "a reference pool of one category: LNAMD features of earlier images, what they were "
+    Stage("pool", "3", "a reference pool of one category: LNAMD features of earlier images, what they were "
                        "made and scored with (config: settings = category, backbone/feature settings with image "
-                       "size and layers, r_list, topmin_min/max, aligned_radius, msm_precision; max_images)", datasets=(
+                       "size and layers, r_list, score: the MSM settings; max_images)", datasets=(
         Field("features_r<r>", "float32", "(layers, P, L, C)", "LNAMD features of degree r of the pool images "
                                                                "(chunks of one image and layer: read block by block)"),
         Field("names", "str", "(P,)", "category/name of each pool image"),
@@ -144,6 +149,9 @@ def markdown() -> str:
              "(inode, size, modification and status-change times): a later command trusts an unchanged "
              "artifact without reading it again, and any write, replacement or copy makes it check again. "
              "Shapes: N images, L patches per image, C channels, S image size, P pool images.", "",
+             "The key is a hash of exactly what the artifact records: its code version, its `config` and its "
+             "`inputs` (musc/stages/key.py), so an artifact whose record does not give the key it sits under "
+             "is not used. Where an artifact root's files lie: musc/store/catalog.py.", "",
              "## Attributes of every artifact", "", "| attribute | type | meaning |", "|---|---|---|"]
     lines += [f"| `{f.name}` | {f.dtype} | {f.meaning} |" for f in COMMON_ATTRS]
     for stage in STAGES.values():

@@ -7,25 +7,29 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from musc import store
-
+from .. import store
+from ..store.catalog import role_name
+from .building import Plan
 from .faults import fault_point
-from .stage import Plan, Ref, code_version, stage_folder, stage_task
+from .key import Ref, StageKey
 
 IMAGES_PER_CHUNK = 32
 
 
-def plan_classify(extract: Ref, scores: list[Ref], k_list: list[int]) -> Path:
-    key = store.stable_hash(code_version("classify"), extract["digest"], [s["digest"] for s in scores],
-                            [int(k) for k in k_list])
-    return stage_folder(extract["path"], "classify") / f"{key}.h5"
+def plan(extract: Ref, scores: list[Ref], k_list, image_size: int) -> Plan:
+    k_list = [int(k) for k in k_list]
+    key = StageKey("classify", {"k_list": k_list, "image_size": int(image_size)},
+                   {"extract": extract["digest"], **{role_name("score", i): s["digest"] for i, s in enumerate(scores)}})
+    return Plan("classify", key, str(key.beside(extract)), "classify",
+                {"extract": extract, "scores": list(scores), "k_list": k_list})
 
 
-def build_classify(path: Path, extract: Ref, scores: list[Ref], k_list: list[int]) -> None:
-    from musc.method.maps import combine_patch_scores, image_scores_from_maps, upsample_maps
-    from musc.method.rscin import rescore
+def build(path: Path, plan: Plan) -> None:
+    from ..method.maps import combine_patch_scores, image_scores_from_maps, upsample_maps
+    from ..method.rscin import rescore
+    extract, scores, k_list = plan.needs["extract"], plan.needs["scores"], plan.needs["k_list"]
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
-    image_size = int(source.config["image_size"])
+    image_size = int(plan.key.config["image_size"])
     patch_map = combine_patch_scores([store.open_artifact(s["path"], "score", s["digest"]).read("scores")
                                       for s in scores]).numpy()
     raw = np.empty(patch_map.shape[0])
@@ -41,11 +45,5 @@ def build_classify(path: Path, extract: Ref, scores: list[Ref], k_list: list[int
         f.create_dataset("image_scores_raw", data=raw)
         f.create_dataset("image_scores", data=rescore(raw, source.read("embeddings"), k_list))
 
-    store.write_artifact(path, "classify", {"k_list": [int(k) for k in k_list], "image_size": image_size},
-                         {"extract": extract["digest"], **{f"score_{i}": s["digest"] for i, s in enumerate(scores)}},
-                         {"patch_map": patch_map}, code_version=code_version("classify"), fill=fill)
-
-
-@stage_task("classify")
-def classify_task(extract: Ref, scores: list[Ref], k_list: list[int]) -> Plan:
-    return plan_classify(extract, scores, k_list), lambda p: build_classify(p, extract, scores, k_list)
+    store.write_artifact(path, "classify", plan.key.config, plan.key.inputs, {"patch_map": patch_map},
+                         code_version=plan.key.code_version, fill=fill)

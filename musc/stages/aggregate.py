@@ -5,22 +5,23 @@ from pathlib import Path
 
 import h5py
 
-from musc import store
-
+from .. import store
+from .building import Plan
 from .faults import fault_point
-from .stage import Plan, Ref, code_version, stage_folder, stage_task
+from .key import Ref, StageKey
 
 IMAGES_PER_CHUNK = 16
 
 
-def plan_aggregate(extract: Ref, r: int) -> Path:
-    key = store.stable_hash(code_version("aggregate"), extract["digest"], int(r))
-    return stage_folder(extract["path"], "aggregate") / f"{key}.h5"
+def plan(extract: Ref, r: int) -> Plan:
+    key = StageKey("aggregate", {"r": int(r)}, {"extract": extract["digest"]})
+    return Plan("aggregate", key, str(key.beside(extract)), f"aggregate r={int(r)}", {"extract": extract, "r": int(r)})
 
 
-def build_aggregate(path: Path, extract: Ref, r: int) -> None:
+def build(path: Path, plan: Plan) -> None:
     import torch
-    from musc.method.lnamd import aggregate
+    from ..method.lnamd import aggregate
+    extract, r = plan.needs["extract"], plan.needs["r"]
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
     n_layers, n_images, n_tokens, channels = source.shape("tokens")
 
@@ -31,13 +32,8 @@ def build_aggregate(path: Path, extract: Ref, r: int) -> None:
             for start in range(0, n_images, IMAGES_PER_CHUNK):
                 stop = min(start + IMAGES_PER_CHUNK, n_images)
                 tokens = torch.from_numpy(source.read("tokens", (layer, slice(start, stop))))
-                features[layer, start:stop] = aggregate(tokens, int(r)).numpy()
+                features[layer, start:stop] = aggregate(tokens, r).numpy()
             fault_point("aggregate", layer + 1)
 
-    store.write_artifact(path, "aggregate", {"r": int(r)}, {"extract": extract["digest"]}, {},
-                         code_version=code_version("aggregate"), fill=fill)
-
-
-@stage_task("aggregate")
-def aggregate_task(extract: Ref, r: int) -> Plan:
-    return plan_aggregate(extract, r), lambda p: build_aggregate(p, extract, r)
+    store.write_artifact(path, "aggregate", plan.key.config, plan.key.inputs, {},
+                         code_version=plan.key.code_version, fill=fill)

@@ -6,29 +6,37 @@ Unreadable images are skipped with a warning and listed in the artifact.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from musc import store
-from musc.inputs.backbone_spec import backbone_settings
-from musc.inputs.config import ExtractSettings
-from musc.inputs.datasets import Category, DatasetError, UnreadableImage, load_image, load_mask
-from musc.method.checks import MIN_IMAGES
-from musc.progress import TRACKER
-
+from .. import store
+from ..inputs.backbone_spec import backbone_settings
+from ..inputs.config import ExtractSettings
+from ..inputs.datasets import Category, DatasetError, UnreadableImage, load_image, load_mask
+from ..method.checks import MIN_IMAGES
+from ..progress import TRACKER
+from .building import Plan
 from .faults import fault_point
-from .stage import Plan, code_version, logger, stage_task
+from .key import StageKey
+
+log = logging.getLogger("musc.stages")
 
 
-def plan_extract(category: Category, settings: ExtractSettings, artifacts: str) -> Path:
-    images = [(s.name, store.file_digest(s.path), s.label, store.file_digest(s.mask_path) if s.mask_path else None)
-              for s in category.samples]
-    key = store.stable_hash(code_version("extract"), category.dataset, category.name, backbone_settings(settings),
-                            images)
-    return store.artifact_path(artifacts, category.dataset, category.name, "extract", key)
+def image_listing(category: Category) -> list[tuple]:
+    """What decides the extracted images: each image's name, content digest, label and mask digest."""
+    return [(s.name, store.file_digest(s.path), s.label, store.file_digest(s.mask_path) if s.mask_path else None)
+            for s in category.samples]
+
+
+def plan(category: Category, settings: ExtractSettings, artifacts: str) -> Plan:
+    key = StageKey("extract", {"dataset": category.dataset, "category": category.name, **backbone_settings(settings)},
+                   {"images": store.stable_hash(image_listing(category))})
+    path = store.artifact_path(artifacts, category.dataset, category.name, "extract", key.value)
+    return Plan("extract", key, str(path), f"extract {category.name}", {"category": category, "settings": settings})
 
 
 def _extract_batch(backbone, category: Category, indices, image_size):
@@ -48,9 +56,9 @@ def _extract_batch(backbone, category: Category, indices, image_size):
             "indices": np.asarray(kept, dtype=np.int64), "masks": masks}, skipped
 
 
-def build_extract(path: Path, category: Category, settings: ExtractSettings) -> None:
-    from musc.inputs.backbones import backbone_for  # torch and open_clip: only when extracting
-    log = logger()
+def build(path: Path, plan: Plan) -> None:
+    from ..inputs.backbones import backbone_for  # torch and open_clip: only when extracting
+    category, settings = plan.needs["category"], plan.needs["settings"]
     samples = category.samples
     backbone = backbone_for(settings)
     batch_size = settings.batch_size
@@ -106,21 +114,16 @@ def build_extract(path: Path, category: Category, settings: ExtractSettings) -> 
 
     labels = np.array([-1 if s.label is None else s.label for s in chosen], dtype=np.int64)
     store.write_artifact(
-        path, "extract", {"dataset": category.dataset, "root": category.root, "category": category.name,
-                          **backbone_settings(settings)},
-        inputs={s.name: store.file_digest(s.path) for s in chosen},
+        path, "extract", plan.key.config, plan.key.inputs,
         arrays={"names": [s.name for s in chosen], "paths": [s.path for s in chosen],
+                "digests": [store.file_digest(s.path) for s in chosen],
                 "defect_types": [s.defect_type for s in chosen], "labels": labels, "has_mask": has_mask,
                 "skipped": skipped or np.zeros(0, dtype=object)},
-        attrs={"backbone": backbone.describe(), "mask_rule": category.mask_rule, "n_skipped": len(skipped)},
-        code_version=code_version("extract"), fill=fill)
+        attrs={"backbone": backbone.describe(), "mask_rule": category.mask_rule, "n_skipped": len(skipped),
+               "root": category.root},
+        code_version=plan.key.code_version, fill=fill)
     store.clear_parts(path)
     for orphan in store.clear_orphan_parts(path):
         log.info(f"extract: removed {orphan.name}, unfinished work on images that have changed since")
     job.finish()
     log.info(f"extract: {kept.size} images, {len(skipped)} skipped -> {path}")
-
-
-@stage_task("extract")
-def extract_task(category: Category, settings: ExtractSettings, artifacts: str) -> Plan:
-    return plan_extract(category, settings, artifacts), lambda p: build_extract(p, category, settings)

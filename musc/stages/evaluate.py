@@ -1,0 +1,43 @@
+"""Stage 5, evaluate: metrics (where labels and masks allow), thresholds, decisions, and the
+per-image results, figures and report in the folder beside the evaluate artifact."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .. import store
+from ..inputs.config import EvaluateSettings
+from .building import Plan
+from .faults import fault_point
+from .key import Ref, StageKey
+
+log = logging.getLogger("musc.stages")
+
+
+def plan(extract: Ref, classify: Ref, settings: EvaluateSettings) -> Plan:
+    key = StageKey("evaluate", settings.recorded(), {"extract": extract["digest"], "classify": classify["digest"]})
+    return Plan("evaluate", key, str(key.beside(extract)), "evaluate", {"extract": extract, "classify": classify})
+
+
+def build(path: Path, plan: Plan) -> None:
+    from ..outputs.reports import evaluate_into  # sklearn, pandas, figures: only when evaluating
+    extract, classify = plan.needs["extract"], plan.needs["classify"]
+    source = store.open_artifact(extract["path"], "extract", extract["digest"])
+    classified = store.open_artifact(classify["path"], "classify", classify["digest"])
+    outputs = store.report_folder(path)
+    decided, _ = evaluate_into(outputs, source, classified, plan.key.config, str(path))
+    fault_point("evaluate", 1)
+    store.write_artifact(
+        path, "evaluate", plan.key.config, plan.key.inputs,
+        {"metrics": {k: np.float64(v) for k, v in decided.metrics.items()}, "ranking": decided.ranking,
+         "decisions": decided.decisions},
+        attrs={**decided.summary(), "category": source.config["category"], "dataset": source.config["dataset"],
+               "outputs": str(outputs)},
+        code_version=plan.key.code_version)
+    shown = ", ".join(f"{k} {v * 100:.2f}" for k, v in decided.metrics.items() if not math.isnan(v)) or "none"
+    log.info(f"evaluate {source.config['category']}: {shown}"
+             + (f" (not computed: {json.dumps(decided.notes)})" if decided.notes else ""))

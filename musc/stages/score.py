@@ -1,0 +1,130 @@
+"""Stage 3, score (one per degree r): MSM patch scores of every layer, tile by tile.
+
+Within each subset (divide_num), image blocks (I, J) with I <= J are scored once for both
+directions (``musc.method.tiles``). Each tile writes its nearest-patch votes to a part of its own,
+so a crash loses at most one tile and finished tiles are never recomputed; tiles can run anywhere
+(Prefect's tile tasks: threads, or Dask workers). The build then reduces, block by block, each
+patch's votes to the mean of its smallest ones: it holds one block row of votes at a time, plus
+the final (layers, N, L) scores.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .. import store
+from ..inputs.config import ScoreSettings
+from ..inputs.datasets import subsets
+from ..method.tiles import Tile, msm_rank_window, set_tiles
+from ..progress import TRACKER
+from .building import Plan
+from .faults import fault_point
+from .key import Ref, StageKey
+
+log = logging.getLogger("musc.stages")
+
+
+def plan(aggregate: Ref, extract: Ref, settings: ScoreSettings, r: int) -> Plan:
+    key = StageKey("score", settings.recorded(), {"aggregate": aggregate["digest"], "extract": extract["digest"]})
+    return Plan("score", key, str(key.beside(aggregate)), f"score r={int(r)}",
+                {"aggregate": aggregate, "extract": extract, "settings": settings})
+
+
+def subset_members(extract: Ref, settings: ScoreSettings) -> list[list[int]]:
+    """The members (image indices) of each subset of the extracted images."""
+    paths = store.open_artifact(extract["path"], "extract", extract["digest"]).read("paths")
+    return subsets([Path(str(p)).parent.name for p in paths], int(settings.divide_num), int(settings.seed))
+
+
+def tiles(plan: Plan) -> list[Tile]:
+    """Every tile of the plan's images."""
+    settings: ScoreSettings = plan.needs["settings"]
+    return set_tiles(subset_members(plan.needs["extract"], settings), int(settings.block_size))
+
+
+def tile_done(plan: Plan, tile: Tile) -> bool:
+    return store.valid_digest(store.part_path(plan.path, tile.part_name(plan.needs["settings"].block_size))) is not None
+
+
+def tile_minima(*args, **kwargs):
+    """musc.method.msm.tile_minima, imported when a tile is computed (torch): a cached run never is."""
+    from ..method.msm import tile_minima as minima
+    return minima(*args, **kwargs)
+
+
+def compute_tile(plan: Plan, tile: Tile) -> bool:
+    """Votes of one tile, written as a part; False when the part was already there."""
+    settings: ScoreSettings = plan.needs["settings"]
+    if tile_done(plan, tile):
+        return False
+    import torch
+    from ..inputs.backbones import resolve_device
+    target = resolve_device(settings.device)
+    with h5py.File(plan.needs["aggregate"]["path"], "r") as f:
+        block_a = torch.from_numpy(f["features"][:, np.asarray(tile.images_a)]).to(target)
+        block_b = block_a if tile.same_block else torch.from_numpy(f["features"][:, np.asarray(tile.images_b)]).to(target)
+    votes = [tile_minima(block_a[layer], block_b[layer], same_block=tile.same_block, radius=settings.aligned_radius,
+                         precision=settings.msm_precision)
+             for layer in range(block_a.shape[0])]
+    store.write_part(plan.path, tile.part_name(settings.block_size),
+                     {"a_votes": torch.stack([v[0] for v in votes]).cpu().numpy(),
+                      "b_votes": torch.stack([v[1] for v in votes]).cpu().numpy()})
+    fault_point("score", lambda: len(list(store.parts_dir(plan.path).glob("tile_*.json"))))  # manifests: complete parts
+    return True
+
+
+def build(path: Path, plan: Plan) -> None:
+    import torch
+    from ..method.msm import block_scores
+    settings: ScoreSettings = plan.needs["settings"]
+    aggregate, extract = plan.needs["aggregate"], plan.needs["extract"]
+    n_layers, n_images, n_patches, _ = store.open_artifact(aggregate["path"], "aggregate",
+                                                           aggregate["digest"]).shape("features")
+    scores = np.full((n_layers, n_images, n_patches), np.nan)
+    every = tiles(plan)
+    started = time.perf_counter()
+    missing = [t for t in every if not tile_done(plan, t)]
+    if missing:  # the tiles that tile tasks did not do (this stage built alone, or a tile lost meanwhile)
+        config = store.open_artifact(extract["path"], "extract", extract["digest"]).config
+        opened = TRACKER.find(config["category"], "score") is None  # else the flow's job: it closes it
+        job = TRACKER.job(config["category"], "score", len(missing), "tiles", config["dataset"])
+        for done, tile in enumerate(missing, start=1):
+            compute_tile(plan, tile)
+            job.advance()
+            log.info(f"{plan.label}: tile {done}/{len(missing)} ({time.perf_counter() - started:.1f}s)")
+        if opened:
+            job.finish()
+    by_position = {(t.subset, t.first, t.second): t for t in every}
+    for subset, members in enumerate(subset_members(extract, settings)):
+        k_min, k_max = msm_rank_window(len(members), settings.topmin_min, settings.topmin_max)
+        n_blocks = 1 + max(t.second for t in every if t.subset == subset)
+
+        def votes_of(first: int, second: int, subset: int = subset) -> "_PartVotes":
+            return _PartVotes(path, by_position[subset, first, second].part_name(settings.block_size))
+
+        for first in range(n_blocks):
+            block = np.asarray(by_position[subset, first, first].images_a)
+            scores[:, block] = block_scores(first, n_blocks, votes_of, k_min, k_max).numpy()
+    store.write_artifact(path, "score", plan.key.config, plan.key.inputs, {"scores": scores},
+                         attrs={"msm_precision": settings.msm_precision},
+                         code_version=plan.key.code_version)
+    store.clear_parts(path)
+
+
+class _PartVotes:
+    """A tile part's (a_votes, b_votes), each read only when asked for (a block row needs one of them)."""
+
+    def __init__(self, path: Path, name: str):
+        self.path, self.name = path, name
+
+    def __getitem__(self, which: int):
+        import torch
+        field = ("a_votes", "b_votes")[which]
+        part = store.read_part(self.path, self.name, (field,))
+        if part is None:
+            raise store.ArtifactError(f"{store.part_path(self.path, self.name)}: a tile part vanished; rerun to redo it")
+        return torch.from_numpy(part[field])

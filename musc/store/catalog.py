@@ -1,0 +1,187 @@
+"""The catalog of an artifacts root, declared once: where each artifact lives, the files beside it,
+the names of its inputs, and how to find the artifacts it was made from.
+
+Layout::
+
+    <root>/.musc-artifacts                          marker: listings never read this folder back
+    <root>/<dataset>/<category>/<stage>/<key>.h5    an artifact (``artifact_path``)
+        <key>.json                                  its manifest (SHA-256 and size)
+        .<key>.h5.verified                          identity of the file when its SHA-256 last matched
+        .<key>.h5.lock                              the lock it is built under
+        .<key>.h5.tmp-<pid>-<thread>                a write in progress (``temporary_path``)
+        <key>.parts/                                batches or tiles of a long stage, kept for resuming
+        <key>/                                      reports and figures of an evaluate artifact
+    <root>/<dataset>/_report/                       the dataset's page, metrics table and chart
+
+Input roles: an artifact records the digest of each input under a role name. A role is the input's
+stage name, or ``<stage>_<i>`` for the i-th of several inputs of one stage (classify's ``score_0``,
+``score_1``: one per degree r). ``role_name`` writes them and ``role_stage`` reads them back.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Iterator
+
+ARTIFACTS_MARKER = ".musc-artifacts"
+DATASET_REPORT = "_report"
+KEY_PATTERN = re.compile(r"[0-9a-f]{16}")  # what ``stable_hash`` makes: nothing else in a stage folder is ours
+_SIDE_FILE = re.compile(r"^\.(?P<key>.+?)\.(h5|json)\.(lock|verified|(?:verified\.)?tmp-.*)$")
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, partial, corrupt or foreign, or a name would lead out of the artifacts
+    root; the message names the file or field."""
+
+
+def _plain(what: str, name: str, root: str | Path) -> str:
+    text = str(name)
+    if not text or text in (".", "..") or "/" in text or "\\" in text or "\0" in text:
+        raise ArtifactError(f"{what}: {text!r} is not a plain folder name; artifacts stay under {root}")
+    return text
+
+
+# Where things are ---------------------------------------------------------------------------------
+
+def category_folder(root: str | Path, dataset: str, category: str) -> Path:
+    return Path(root) / _plain("dataset", dataset, root) / _plain("category", category, root)
+
+
+def artifact_path(root: str | Path, dataset: str, category: str, stage: str, key: str) -> Path:
+    """``<root>/<dataset>/<category>/<stage>/<key>.h5``; each part one plain folder name."""
+    return category_folder(root, dataset, category) / _plain("stage", stage, root) / f"{_plain('key', key, root)}.h5"
+
+
+def sibling_path(artifact: str | Path, stage: str, key: str) -> Path:
+    """An artifact of ``stage`` in the same category as ``artifact``."""
+    return stage_folder(artifact, stage) / f"{key}.h5"
+
+
+def stage_folder(artifact: str | Path, stage: str) -> Path:
+    """The folder of ``stage`` beside an artifact (same dataset and category)."""
+    return Path(artifact).parents[1] / stage
+
+
+def stage_of(artifact: str | Path) -> str:
+    """The stage an artifact's folder says it belongs to."""
+    return Path(artifact).parent.name
+
+
+def dataset_report_folder(root: str | Path, dataset: str) -> Path:
+    return Path(root) / _plain("dataset", dataset, root) / DATASET_REPORT
+
+
+def stage_folders(root: str | Path, stages) -> list[Path]:
+    """Every ``<dataset>/<category>/<stage>`` folder under the root, for the given stage names."""
+    return sorted(p for p in Path(root).glob("*/*/*") if p.name in stages and p.is_dir())
+
+
+def evaluate_artifacts(root: str | Path) -> list[Path]:
+    return sorted(Path(root).glob("*/*/evaluate/*.h5"))
+
+
+# The files beside an artifact ---------------------------------------------------------------------
+
+def manifest_path(artifact: str | Path) -> Path:
+    return Path(artifact).with_suffix(".json")
+
+
+def verification_record(artifact: str | Path) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(f".{artifact.name}.verified")
+
+
+def lock_path(artifact: str | Path) -> Path:
+    artifact = Path(artifact)
+    return artifact.with_name(f".{artifact.name}.lock")
+
+
+def parts_dir(artifact: str | Path) -> Path:
+    return Path(artifact).with_suffix(".parts")
+
+
+def part_path(artifact: str | Path, name: str) -> Path:
+    return parts_dir(artifact) / f"{name}.h5"
+
+
+def is_part(path: str | Path) -> bool:
+    return Path(path).parent.suffix == ".parts"
+
+
+def report_folder(artifact: str | Path) -> Path:
+    """Where an evaluate artifact's CSV, Markdown, HTML and figures live: the folder beside it."""
+    return Path(artifact).with_suffix("")
+
+
+def temporary_path(target: str | Path) -> Path:
+    """A write in progress of ``target``, in the same folder (so the final rename is atomic), named
+    per process and thread (concurrent writers never share one)."""
+    target = Path(target)
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def temporary_files(target: str | Path) -> Iterator[Path]:
+    """Writes of ``target`` that a killed writer left behind."""
+    target = Path(target)
+    return target.parent.glob(f".{target.name}.tmp-*")
+
+
+def side_files(artifact: str | Path) -> list[Path]:
+    """Everything that belongs to one artifact key (what ``musc clean`` removes with it)."""
+    artifact = Path(artifact)
+    fixed = [artifact, manifest_path(artifact), verification_record(artifact), parts_dir(artifact),
+             report_folder(artifact), lock_path(artifact)]
+    leftovers = [p for name in (artifact.name, manifest_path(artifact).name)
+                 for p in artifact.parent.glob(f".{name}.*tmp-*")]
+    return [p for p in fixed if p.exists() or p.is_symlink()] + sorted(set(leftovers))
+
+
+def key_of(entry: str | Path) -> str | None:
+    """The artifact key an entry of a stage folder belongs to (``<key>.h5``, ``<key>.json``,
+    ``<key>.parts``, ``<key>/``, ``.<key>.h5.lock``, ``.<key>.h5.verified``, temporary files), or
+    None for anything that is not ours."""
+    entry = Path(entry)
+    name = entry.name
+    if name.startswith("."):
+        match = _SIDE_FILE.match(name)
+        key = match.group("key") if match else None
+    elif entry.is_dir():
+        key = name.removesuffix(".parts")
+    else:
+        key = entry.stem if entry.suffix in (".h5", ".json") else None
+    return key if key is not None and KEY_PATTERN.fullmatch(key) else None
+
+
+# Input roles and lineage --------------------------------------------------------------------------
+
+def role_name(stage: str, index: int | None = None) -> str:
+    """The name under which an artifact records an input of ``stage`` (the ``index``-th of several)."""
+    return stage if index is None else f"{stage}_{index}"
+
+
+def role_stage(role: str) -> str:
+    """The stage of an input role: ``score_1`` -> ``score``, ``extract`` -> ``extract``."""
+    return re.sub(r"_\d+$", "", role)
+
+
+def roles_of(inputs: dict[str, str], stage: str) -> list[str]:
+    """The roles of ``stage`` among an artifact's inputs, in index order."""
+    found = [role for role in inputs if role_stage(role) == stage]
+    return sorted(found, key=lambda role: int(role.rsplit("_", 1)[1]) if role != stage else -1)
+
+
+def manifest_digest(artifact: str | Path) -> str | None:
+    """The SHA-256 a manifest records (not checked against the file: ``verify`` does that)."""
+    try:
+        value = json.loads(manifest_path(artifact).read_text()).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def candidates(artifact: str | Path, stage: str, digest: str) -> list[Path]:
+    """The artifacts of ``stage`` beside ``artifact`` whose manifest records ``digest`` (no artifact read)."""
+    return [c for c in sorted(stage_folder(artifact, stage).glob("*.h5")) if manifest_digest(c) == digest]
