@@ -21,6 +21,7 @@ def plan_evaluate(extract: Ref, classify: Ref, settings: EvaluateSettings) -> Pa
 
 
 def build_evaluate(path: Path, extract: Ref, classify: Ref, settings: EvaluateSettings) -> None:
+    from musc.outputs.evaluation import metric_text
     from musc.outputs.rebuild import outputs_folder
     from musc.outputs.reports import evaluate_into  # sklearn, pandas, figures: only when evaluating
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
@@ -36,7 +37,7 @@ def build_evaluate(path: Path, extract: Ref, classify: Ref, settings: EvaluateSe
         attrs={**decided.summary(), "category": source.config["category"], "dataset": source.config["dataset"],
                "outputs": str(outputs_folder(path))},
         code_version=code_version("evaluate"))
-    shown = ", ".join(f"{k} {v * 100:.2f}" for k, v in decided.metrics.items() if not math.isnan(v)) or "none"
+    shown = ", ".join(f"{k} {metric_text(v)}" for k, v in decided.metrics.items() if not math.isnan(v)) or "none"
     logger().info(f"evaluate {source.config['category']}: {shown}"
                   + (f" (not computed: {json.dumps(decided.notes)})" if decided.notes else ""))
 

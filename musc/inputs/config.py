@@ -187,17 +187,18 @@ class ScoreSettings:
 
 @dataclass(frozen=True)
 class EvaluateSettings:
-    """What the evaluate stage needs: fixed thresholds (None: chosen from the data) and overlays."""
+    """What the evaluate stage needs: fixed thresholds (None: chosen from the data) and the overlays' scaling."""
     threshold: float | None
     pixel_threshold: float | None
-    overlays: str
+    overlay_normalisation: str
 
     def key(self) -> list[Any]:
-        return [self.threshold, self.overlays, self.pixel_threshold]
+        return [self.threshold, self.overlay_normalisation, self.pixel_threshold]
 
     def recorded(self) -> dict[str, Any]:
         """The evaluate artifact's config, which ``musc report`` evaluates from again."""
-        return {"threshold": self.threshold, "overlays": self.overlays, "pixel_threshold": self.pixel_threshold}
+        return {"threshold": self.threshold, "overlay_normalisation": self.overlay_normalisation,
+                "pixel_threshold": self.pixel_threshold}
 
 
 def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
