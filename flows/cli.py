@@ -221,6 +221,7 @@ def _run_output(verbose: bool):
 
 
 def _print_metrics(result: dict) -> None:
+    from musc.outputs.evaluation import metric_text
     table = Table(title="MuSc metrics (x100)")
     names = [name for name in METRIC_NAMES if name != "pixel_aupro_mvtec"]  # the reference's seven
     table.add_column("category", no_wrap=True, min_width=8)
@@ -228,7 +229,7 @@ def _print_metrics(result: dict) -> None:
         table.add_column(name.replace("_", " "), justify="right")
     for category, outcome in result["categories"].items():
         metrics = outcome["metrics"]
-        table.add_row(category, *("n/a" if metrics.get(n) is None else f"{metrics[n] * 100:.2f}" for n in names))
+        table.add_row(category, *(metric_text(metrics.get(n)) for n in names))
     Console().print(table)
     Console().print(f"report: {result['report']}")
 
@@ -377,6 +378,7 @@ def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
     (the first ``top`` entries of the ranking, one name each) and only from beside the artifact."""
     import pandas as pd
 
+    from musc.outputs.evaluation import metric_text
     from musc.outputs.rebuild import input_path, outputs_folder
     from musc.store import open_artifact
     artifact = open_artifact(path, "evaluate")
@@ -385,8 +387,7 @@ def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
         threshold = float(attrs["threshold"])
     except (KeyError, TypeError, ValueError):
         raise ArtifactError(f"{path}: attribute 'metrics' or 'threshold' is not what an evaluate artifact holds") from None
-    out.print("metrics (x100): " + ", ".join(
-        f"{k} {'n/a' if v is None else f'{v * 100:.2f}'}" for k, v in metrics.items()))
+    out.print("metrics (x100): " + ", ".join(f"{k} {metric_text(v)}" for k, v in metrics.items()))
     out.print(f"threshold: {threshold:.6g} ({attrs.get('threshold_rule')})")
     extract = open_artifact(input_path(path, "extract"))
     count = extract.shape("names")[0]

@@ -139,10 +139,44 @@ def test_heat_thumbnail_shows_the_image_and_its_map():
     heat[4:8, 4:8] = 1.0
     mask = np.zeros((16, 16), bool)
     mask[4:8, 4:8] = True
-    thumb = np.asarray(figures.heat_thumbnail(image, heat, 0.0, 1.0, mask, size=32))
+    thumb = np.asarray(figures.thumbnail_picture(image, heat, mask, 0.0, 1.0, size=32))
     assert thumb.shape == (32, 66, 3)
     assert (thumb[:, :32] == 100).all()  # the picture as it is
     assert thumb[:, 34:].std() > 10  # the heat map over it, with the outline
+
+
+def test_overlays_and_thumbnails_outline_the_mask_the_same_way():
+    from musc.outputs import figures
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:8, 5:9] = 1    # a 4 x 4 square: its outline is its 12 border pixels
+    mask[12:, 0:3] = 1    # touching the image's corner: outlined only where it meets the background
+    ring = np.zeros((16, 16), bool)
+    ring[4:8, 5:9] = True
+    ring[5:7, 6:8] = False
+    ring[12, 0:3] = ring[12:, 2] = True
+    assert (figures.contour(mask) == ring).all()
+    image = np.full((16, 16, 3), 40, np.uint8)
+    heat = np.zeros((16, 16))  # everything the same dark blue: white marks only the outline
+    for scale in (1, 3):  # the thumbnail's panels, and the overlay's enlarged ones
+        picture, blended = figures.overlay_panels(image, heat, mask, 0.0, 1.0, scale)
+        white = (np.asarray(blended) == 255).all(axis=2)
+        assert (white == ring.repeat(scale, axis=0).repeat(scale, axis=1)).all(), scale
+        assert (np.asarray(picture) == 40).all()
+    overlay = np.asarray(figures.overlay_picture(image, heat, mask, 0.0, 1.0))
+    panel = overlay[16:16 + 256, 2 * 8 + 256:2 * 8 + 2 * 256]  # the right panel: below the titles, after a gap
+    assert ((panel == 255).all(axis=2) == ring.repeat(16, axis=0).repeat(16, axis=1)).all()  # enlarged to 256 px
+
+
+def test_one_metric_display_everywhere():
+    assert evaluation.metric_text(1 / 3) == "33.33" and evaluation.metric_text(0.98765) == "98.77"
+    assert evaluation.metric_text(None) == "n/a" and evaluation.metric_text(float("nan")) == "n/a"
+    assert evaluation.metric_text(33.333, scale=1) == "33.33"  # a metrics table's value, already x100
+    assert evaluation.decision_words([1, 0, 1]).tolist() == ["anomalous", "normal", "anomalous"]
+
+
+def test_reports_refuse_an_evaluate_config_without_the_overlay_setting(tmp_path):
+    with pytest.raises(store.ArtifactError, match="overlay_normalisation"):
+        reports.evaluate_into(tmp_path, None, None, {"threshold": None, "overlays": "set"}, "old.h5")
 
 
 def test_progress_jobs_rate_eta_and_throttled_prefect_updates(monkeypatch):

@@ -63,6 +63,7 @@ def test_overlay_colours_are_matplotlibs_jet():
 
 def test_pictures_are_redrawn_only_when_what_they_show_changes(tmp_path):
     from PIL import Image
+    from musc.outputs.evaluation import EvaluationInputs
     from musc.outputs.figures import render_pictures
     rng = np.random.default_rng(0)
     paths = []
@@ -73,9 +74,13 @@ def test_pictures_are_redrawn_only_when_what_they_show_changes(tmp_path):
     masks = np.zeros((3, 32, 32), np.uint8)
     masks[1, 8:20, 8:20] = 1
     folder = tmp_path / "outputs"
-    args = (folder, [str(p) for p in paths], ["a/0.png", "a/1.png", "b/2.png"])
-    rest = (masks, np.array([False, True, False]), np.array([0.1, 0.9, 0.2]), "image")
-    pictures = render_pictures(*args, maps, *rest)
+
+    def inputs() -> EvaluationInputs:  # what render_pictures reads of them: the maps as they are now
+        return EvaluationInputs(names=np.array(["a/0.png", "a/1.png", "b/2.png"]), paths=np.array([str(p) for p in paths]),
+                                defect_types=np.array(["good"] * 3), labels=np.zeros(3, np.int64),
+                                has_mask=np.array([False, True, False]), masks=masks, maps=maps, raw=maps.max(axis=(1, 2)),
+                                scores=np.array([0.1, 0.9, 0.2]))
+    pictures = render_pictures(folder, inputs(), "image")
     assert [os.path.relpath(p, folder) for p in pictures.overlays] == [
         "overlays/a__0.png", "overlays/a__1.png", "overlays/b__2.png"]
     assert [os.path.relpath(p, folder) for p in pictures.thumbs] == [
@@ -89,14 +94,14 @@ def test_pictures_are_redrawn_only_when_what_they_show_changes(tmp_path):
     def redrawn(stamps):
         return [os.stat(p).st_mtime_ns != s for p, s in zip(every, stamps)]
     stamps = [os.stat(p).st_mtime_ns for p in every]
-    assert render_pictures(*args, maps, *rest) == pictures
+    assert render_pictures(folder, inputs(), "image") == pictures
     assert not any(redrawn(stamps))
     maps[2, 0, 0] += 1.0
-    render_pictures(*args, maps, *rest)
+    render_pictures(folder, inputs(), "image")
     assert redrawn(stamps) == [False, False, True] * 2  # the image whose map changed: overlay and thumb
     stamps = [os.stat(p).st_mtime_ns for p in every]
     os.remove(pictures.thumbs[0])
-    render_pictures(*args, maps, *rest)
+    render_pictures(folder, inputs(), "image")
     assert os.path.isfile(pictures.thumbs[0]) and redrawn(stamps)[1:3] == [False, False]
     assert not list(folder.rglob("*.tmp"))
 
@@ -189,14 +194,17 @@ def test_drawing_threads_import_nothing_once_the_drawing_modules_are_loaded(tmp_
     code = ("import sys, numpy as np\n"
             "from PIL import Image\n"
             "from musc.outputs import figures\n"
+            "from musc.outputs.evaluation import EvaluationInputs\n"
             "figures.load_drawing_modules()\n"
             "folder = sys.argv[1]\n"
             "Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(folder + '/a.png')\n"
             "maps = np.random.default_rng(0).random((2, 32, 32)); masks = np.zeros((2, 32, 32), np.uint8)\n"
             "masks[1, 4:9, 4:9] = 1\n"
+            "inputs = EvaluationInputs(np.array(['a.png', 'b.png']), np.array([folder + '/a.png', folder + '/missing.png']),\n"
+            "                          np.array(['good', 'x']), np.array([0, 1]), np.array([False, True]), masks, maps,\n"
+            "                          maps.max(axis=(1, 2)), np.array([0.1, 0.9]))\n"
             "before = set(sys.modules)\n"
-            "figures.render_pictures(folder + '/out', [folder + '/a.png', folder + '/missing.png'], ['a.png', 'b.png'],\n"
-            "                        maps, masks, np.array([False, True]), np.array([0.1, 0.9]), 'image')\n"
+            "figures.render_pictures(folder + '/out', inputs, 'image')\n"
             "print(sorted(set(sys.modules) - before))\n")
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, cwd=ROOT,
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=300)

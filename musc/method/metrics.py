@@ -69,10 +69,6 @@ class BinaryCurves:
         return float(self.pr_thresholds[int(np.argmax(np.where(np.isfinite(f1), f1, -1)))])
 
 
-def f1_max(labels, scores) -> float:
-    return BinaryCurves.of(labels, scores).f1_max()
-
-
 def _binary_metrics(labels, scores, curves: BinaryCurves | None = None) -> tuple[float, float, float]:
     """(AUROC, F1-max, AP), or zeros when only one class is present (as the reference)."""
     labels = np.asarray(labels).ravel()

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,26 @@ def metrics_to_json(metrics: Mapping[str, float]) -> dict[str, float | None]:
 def metrics_from_json(metrics: Mapping[str, float | None]) -> dict[str, float]:
     """None (not computed) -> NaN, for arrays and tables."""
     return {k: (math.nan if v is None else float(v)) for k, v in metrics.items()}
+
+
+SHOWN_SCALE = 100.0  # metrics are fractions; people read them x100
+
+
+def metric_text(value: float | None, scale: float = SHOWN_SCALE) -> str:
+    """A metric as every table, report and terminal line shows it: x100 with 2 decimals, 'n/a'
+    where it was not computed (None or NaN). ``scale=1`` for values already x100 (the metrics
+    tables of ``reports.metrics_table``)."""
+    if value is None or math.isnan(float(value)):
+        return "n/a"
+    return f"{float(value) * scale:.2f}"
+
+
+ANOMALOUS, NORMAL = "anomalous", "normal"  # an image's decision, in every CSV, table and report
+
+
+def decision_words(flags) -> np.ndarray:
+    """'anomalous' where a decision (``decisions``) is 1, else 'normal'."""
+    return np.where(np.asarray(flags) == 1, ANOMALOUS, NORMAL)
 
 
 def pixel_usable(labels, has_mask) -> np.ndarray:
@@ -92,20 +112,20 @@ def choose_threshold(labels, scores, fixed: float | None = None) -> tuple[float,
     return robust_threshold(scores), f"median + {ROBUST_Z} x MAD (unsupervised)"
 
 
-def choose_pixel_threshold(labels, masks, maps, has_mask, raw_scores, fixed: float | None = None,
+def choose_pixel_threshold(inputs: "EvaluationInputs", fixed: float | None = None,
                            pixel_curves: BinaryCurves | None = None) -> tuple[float, str]:
     """Pixel threshold for binary defect masks: fixed if given; F1-optimal on the pixels when masks
     exist (``pixel_curves``: their PR curve, if the metrics computed it already); else the robust
     outlier rule on the raw image scores (the maxima of the maps), so that only images flagged as
     outliers get defect pixels."""
-    labels = np.asarray(labels)
+    labels, has_mask = np.asarray(inputs.labels), np.asarray(inputs.has_mask)
     if fixed is not None:
         return float(fixed), "fixed (config)"
     usable = pixel_usable(labels, has_mask)
-    if np.asarray(has_mask).any() and (labels >= 0).all() and usable.any():
-        curves = pixel_curves or BinaryCurves.of(np.asarray(masks)[usable], np.asarray(maps)[usable])
+    if has_mask.any() and (labels >= 0).all() and usable.any():
+        curves = pixel_curves or BinaryCurves.of(np.asarray(inputs.masks)[usable], np.asarray(inputs.maps)[usable])
         return curves.f1_optimal_threshold(), "F1-optimal on the mask pixels"
-    return robust_threshold(raw_scores), f"median + {ROBUST_Z} x MAD of the raw image scores (unsupervised)"
+    return robust_threshold(inputs.raw), f"median + {ROBUST_Z} x MAD of the raw image scores (unsupervised)"
 
 
 def decisions(scores, threshold: float) -> np.ndarray:
@@ -113,16 +133,16 @@ def decisions(scores, threshold: float) -> np.ndarray:
     return (np.asarray(scores) >= threshold).astype(np.int8)
 
 
-def per_image_table(names: Sequence[str], paths: Sequence[str], defect_types: Sequence[str], labels,
-                    raw, rscin, threshold: float) -> pd.DataFrame:
-    rscin = np.asarray(rscin, dtype=np.float64)
+def per_image_table(inputs: "EvaluationInputs", threshold: float) -> pd.DataFrame:
+    """One row per image: where it is, its label, its scores (raw, RsCIN, min-max normalised), its decision."""
+    rscin = np.asarray(inputs.scores, dtype=np.float64)
     span = rscin.max() - rscin.min()
     return pd.DataFrame({
-        "path": list(paths), "name": list(names), "defect_type": list(defect_types),
-        "label": pd.array([None if int(v) < 0 else int(v) for v in labels], dtype="Int64"),
-        "score_raw": np.asarray(raw, dtype=np.float64), "score_rscin": rscin,
+        "path": list(inputs.paths), "name": list(inputs.names), "defect_type": list(inputs.defect_types),
+        "label": pd.array([None if int(v) < 0 else int(v) for v in inputs.labels], dtype="Int64"),
+        "score_raw": np.asarray(inputs.raw, dtype=np.float64), "score_rscin": rscin,
         "score_norm": (rscin - rscin.min()) / span if span > 0 else np.zeros_like(rscin),
-        "decision": np.where(decisions(rscin, threshold) == 1, "anomalous", "normal"),
+        "decision": decision_words(decisions(rscin, threshold)),
     })
 
 
@@ -170,14 +190,12 @@ class EvaluationInputs:
 def evaluate(inputs: EvaluationInputs, threshold: float | None = None,
              pixel_threshold: float | None = None) -> Evaluation:
     """Metrics, thresholds and decisions from what an extract and a classify artifact hold."""
-    labels, has_mask, masks, maps = inputs.labels, inputs.has_mask, inputs.masks, inputs.maps
-    raw, scores = inputs.raw, inputs.scores
+    scores = inputs.scores
     curves: dict[str, BinaryCurves] = {}
-    metrics, notes = evaluate_arrays(labels, scores, masks, maps, has_mask, curves)
-    value, rule = choose_threshold(labels, scores, threshold)
-    pixel_value, pixel_rule = choose_pixel_threshold(labels, masks, maps, has_mask, raw, pixel_threshold,
-                                                     curves.get("pixel"))
-    per_image = per_image_table(inputs.names, inputs.paths, inputs.defect_types, labels, raw, scores, value)
-    per_image["defect_pixels"] = [(m >= pixel_value).sum() for m in maps]
+    metrics, notes = evaluate_arrays(inputs.labels, scores, inputs.masks, inputs.maps, inputs.has_mask, curves)
+    value, rule = choose_threshold(inputs.labels, scores, threshold)
+    pixel_value, pixel_rule = choose_pixel_threshold(inputs, pixel_threshold, curves.get("pixel"))
+    per_image = per_image_table(inputs, value)
+    per_image["defect_pixels"] = [(m >= pixel_value).sum() for m in inputs.maps]
     return Evaluation(metrics, notes, value, rule, pixel_value, pixel_rule,
                       np.argsort(-np.asarray(scores)).astype(np.int64), decisions(scores, value), per_image, curves)

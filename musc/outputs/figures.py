@@ -14,6 +14,7 @@ import numpy as np
 
 from ..inputs.datasets import UnreadableImage, load_image
 from ..method.metrics import METRIC_NAMES, BinaryCurves
+from .evaluation import ANOMALOUS, NORMAL, Evaluation, EvaluationInputs
 
 
 def png_name(image_name: str) -> str:
@@ -21,13 +22,13 @@ def png_name(image_name: str) -> str:
     return str(image_name).replace("/", "__").rsplit(".", 1)[0] + ".png"
 
 
-def save_binary_masks(folder: Path, names, maps, threshold: float) -> list[str]:
-    """One PNG per image: pixels whose map value reaches the threshold are white."""
+def save_binary_masks(folder: Path, inputs: EvaluationInputs, evaluation: Evaluation) -> list[str]:
+    """One PNG per image: pixels whose map value reaches the evaluation's pixel threshold are white."""
     from PIL import Image
     written = []
-    for name, anomaly_map in zip(names, maps):
+    for name, anomaly_map in zip(inputs.names, inputs.maps):
         target = folder / png_name(name)
-        Image.fromarray(((anomaly_map >= threshold) * 255).astype(np.uint8), mode="L").save(target)
+        Image.fromarray(((anomaly_map >= evaluation.pixel_threshold) * 255).astype(np.uint8), mode="L").save(target)
         written.append(str(target))
     return written
 
@@ -39,8 +40,10 @@ def new_figure(width: float, height: float):
 
 
 # Overlays are drawn with numpy and Pillow, not a matplotlib figure per image (about 20x faster).
-RENDER_VERSION = "pil-2"  # part of each image's picture key: a change of the drawing redraws every picture
+RENDER_VERSION = "pil-3"  # part of each image's picture key: a change of the drawing redraws every picture
 PANEL_MIN = 256           # smaller maps are enlarged to this many pixels per side for legibility
+HEAT_ALPHA = 0.5          # the heat map's weight over the image
+THUMB_PX = 96             # each panel (image, heat map) of a gallery thumbnail
 # matplotlib's 'jet' colour map (its segment data), sampled once into 256 entries as imshow does
 JET_SEGMENTS = {"red": ((0.0, 0.0), (0.35, 0.0), (0.66, 1.0), (0.89, 1.0), (1.0, 0.5)),
                 "green": ((0.0, 0.0), (0.125, 0.0), (0.375, 1.0), (0.64, 1.0), (0.91, 0.0), (1.0, 0.0)),
@@ -64,6 +67,37 @@ def heat_colours(anomaly_map: np.ndarray, vmin: float | None = None, vmax: float
     return jet_lut()[np.clip((np.nan_to_num(scaled) * 256).astype(np.int64), 0, 255)]
 
 
+def contour(mask: np.ndarray) -> np.ndarray:
+    """The outline of a ground-truth mask: its pixels with a 4-neighbour outside it (beyond the
+    image's edge counts as inside, so a defect at the border is not framed by the border)."""
+    inside = np.asarray(mask) > 0.5
+    padded = np.pad(inside, 1, mode="edge")
+    eroded = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return inside & ~eroded
+
+
+def overlay_panels(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None = None,
+                   vmin: float | None = None, vmax: float | None = None, scale: int = 1):
+    """The one drawing of an image with its anomaly map, which every picture is made of (the
+    evaluate overlays and gallery thumbnails, the pool's maps): two Pillow images of the map's size
+    times ``scale``, the image and the image under its heat map (scaled to [vmin, vmax], default its
+    own range; weight ``HEAT_ALPHA``) with the ground-truth ``contour`` in white."""
+    from PIL import Image
+    height, width = anomaly_map.shape
+    size = (width * scale, height * scale)
+    picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).convert("RGB")
+    if picture.size != size:
+        picture = picture.resize(size, Image.BILINEAR)
+    heat = Image.fromarray(heat_colours(anomaly_map, vmin, vmax))
+    if heat.size != size:
+        heat = heat.resize(size, Image.BILINEAR)
+    blended = np.asarray(Image.blend(picture, heat, HEAT_ALPHA)).copy()
+    if mask is not None and np.any(mask):
+        edge = contour(mask)
+        blended[edge.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else edge] = 255
+    return picture, Image.fromarray(blended)
+
+
 @functools.lru_cache(maxsize=None)
 def _font():
     from PIL import ImageFont
@@ -72,34 +106,19 @@ def _font():
 
 def overlay_picture(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None = None,
                     vmin: float | None = None, vmax: float | None = None, title: str = ""):
-    """A Pillow image: the image | the heat map blended over it at alpha 0.5, the ground-truth contour
-    in white (a one-pixel morphological edge of the mask), a colour bar with its range, titles."""
+    """A Pillow image: the ``overlay_panels`` (enlarged to at least ``PANEL_MIN`` pixels a side),
+    a colour bar with its range, titles."""
     from PIL import Image, ImageDraw
-    from scipy.ndimage import binary_dilation, binary_erosion
     height, width = anomaly_map.shape
     scale = max(1, -(-PANEL_MIN // max(height, width)))
-    size = (width * scale, height * scale)
-    picture = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)).convert("RGB")
-    if picture.size != size:
-        picture = picture.resize(size, Image.BILINEAR)
-    heat = Image.fromarray(heat_colours(anomaly_map, vmin, vmax))
-    if heat.size != size:
-        heat = heat.resize(size, Image.BILINEAR)
-    blended = np.asarray(Image.blend(picture, heat, 0.5)).copy()
-    if mask is not None and np.any(mask):
-        region = np.asarray(mask) > 0.5
-        if scale > 1:
-            region = region.repeat(scale, axis=0).repeat(scale, axis=1)
-        edge = region & ~binary_erosion(region, border_value=1)
-        if scale > 1:
-            edge = binary_dilation(edge)
-        blended[edge] = 255
+    picture, blended = overlay_panels(image, anomaly_map, mask, vmin, vmax, scale)
+    size = picture.size
     low = float(anomaly_map.min()) if vmin is None else float(vmin)
     high = float(anomaly_map.max()) if vmax is None else float(vmax)
     gap, bar, labels, header = 8, 12, 56, 16
     canvas = Image.new("RGB", (2 * size[0] + 3 * gap + bar + labels, size[1] + header + gap), "white")
     canvas.paste(picture, (gap, header))
-    canvas.paste(Image.fromarray(blended), (2 * gap + size[0], header))
+    canvas.paste(blended, (2 * gap + size[0], header))
     ramp = jet_lut()[np.linspace(255, 0, size[1]).round().astype(np.int64)]
     bar_left = 3 * gap + 2 * size[0]
     canvas.paste(Image.fromarray(np.repeat(ramp[:, None, :], bar, axis=1)), (bar_left, header))
@@ -110,6 +129,19 @@ def overlay_picture(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray
     draw.text((bar_left + bar + 3, header), f"{high:.3g}", fill="black", font=font)
     draw.text((bar_left + bar + 3, header + size[1] - 11), f"{low:.3g}", fill="black", font=font)
     return canvas
+
+
+def thumbnail_picture(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray | None = None,
+                      vmin: float | None = None, vmax: float | None = None, size: int = THUMB_PX):
+    """A Pillow image for the gallery: the ``overlay_panels`` at the map's size, each shrunk to
+    ``size`` pixels a side, side by side."""
+    from PIL import Image
+    panels = [panel.resize((size, size), Image.BILINEAR)
+              for panel in overlay_panels(image, anomaly_map, mask, vmin, vmax)]
+    out = Image.new("RGB", (2 * size + 2, size), (255, 255, 255))
+    out.paste(panels[0], (0, 0))
+    out.paste(panels[1], (size + 2, 0))
+    return out
 
 
 def save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: str | Path, mask: np.ndarray | None = None,
@@ -146,21 +178,20 @@ def _thinned(x: np.ndarray, y: np.ndarray, points: int = 2000) -> tuple[np.ndarr
     return x[shown], y[shown]
 
 
-def save_histograms(labels, raw, rscin, path: str | Path, threshold: float | None = None,
-                    pixel_threshold: float | None = None) -> str:
+def save_histograms(inputs: EvaluationInputs, evaluation: Evaluation, path: str | Path) -> str:
     """Image scores of normal vs anomalous images, before and after RsCIN, with the thresholds
     drawn in: the decision threshold on the final (RsCIN) scores, and on the raw scores (the maxima
     of the maps) the pixel threshold, above which an image gets defect pixels."""
-    labels = np.asarray(labels)
+    labels = np.asarray(inputs.labels)
     fig = new_figure(7, 3)
     axes = fig.subplots(1, 2)
-    panels = ((axes[0], raw, "raw (max of map)", pixel_threshold, "pixel threshold"),
-              (axes[1], rscin, "after RsCIN", threshold, "threshold"))
+    panels = ((axes[0], inputs.raw, "raw (max of map)", evaluation.pixel_threshold, "pixel threshold"),
+              (axes[1], inputs.scores, "after RsCIN", evaluation.threshold, "threshold"))
     for axis, scores, title, line, line_label in panels:
         scores = np.asarray(scores, dtype=np.float64)
         if (labels >= 0).all():
-            axis.hist(scores[labels == 0], bins=20, alpha=0.6, label="normal")
-            axis.hist(scores[labels == 1], bins=20, alpha=0.6, label="anomalous")
+            axis.hist(scores[labels == 0], bins=20, alpha=0.6, label=NORMAL)
+            axis.hist(scores[labels == 1], bins=20, alpha=0.6, label=ANOMALOUS)
         else:
             axis.hist(scores, bins=20, alpha=0.8, label="all (labels unknown)")
         if line is not None and np.isfinite(line):
@@ -192,40 +223,11 @@ def save_metric_bars(table, path: str | Path) -> str:
     return str(path)
 
 
-THUMB_PX = 96       # each panel (image, heat map) of a thumbnail
-HEAT_ALPHA = 0.5
-
-
-def _edges(mask: np.ndarray) -> np.ndarray:
-    """The boundary pixels of a binary mask (a pixel of the mask with a 4-neighbour outside it)."""
-    inside = np.pad(mask.astype(bool), 1)
-    eroded = inside[1:-1, 1:-1] & inside[:-2, 1:-1] & inside[2:, 1:-1] & inside[1:-1, :-2] & inside[1:-1, 2:]
-    return mask.astype(bool) & ~eroded
-
-
-def heat_thumbnail(image: np.ndarray, anomaly_map: np.ndarray, low: float, high: float,
-                   mask: np.ndarray | None = None, size: int = THUMB_PX):
-    """A PIL image: the picture | the picture under its heat map (ground-truth outline in white)."""
-    from PIL import Image
-    heat = heat_colours(anomaly_map, low, high)
-    picture = np.asarray(Image.fromarray(image).resize(heat.shape[1::-1], Image.BILINEAR), dtype=np.float64)
-    blend = (picture * (1 - HEAT_ALPHA) + heat * HEAT_ALPHA).astype(np.uint8)
-    if mask is not None and mask.any():
-        blend[_edges(mask)] = 255
-    panels = [Image.fromarray(picture.astype(np.uint8)).resize((size, size), Image.BILINEAR),
-              Image.fromarray(blend).resize((size, size), Image.BILINEAR)]
-    out = Image.new("RGB", (2 * size + 2, size), (255, 255, 255))
-    out.paste(panels[0], (0, 0))
-    out.paste(panels[1], (size + 2, 0))
-    return out
-
-
 def load_drawing_modules() -> None:
     """Import what drawing the pictures needs, in the calling thread, before threads draw. Two
     threads importing related packages at once can meet a half-initialised module (a scikit-learn
     import in one thread and a scipy.ndimage import in another raised ImportError), so the
     drawing threads import nothing themselves."""
-    import scipy.ndimage  # noqa: F401 - the contours of overlays
     from PIL import Image, ImageDraw  # noqa: F401
     Image.init()  # Pillow's format plugins, otherwise imported on the first save
     _font()
@@ -258,9 +260,9 @@ class Pictures:
     thumbs: list[str]
 
 
-def render_pictures(folder: Path, paths, names, maps, masks, has_mask, scores, normalisation: str) -> Pictures:
+def render_pictures(folder: Path, inputs: EvaluationInputs, overlay_normalisation: str) -> Pictures:
     """Per image, an overlay (``folder/overlays``: the image and its anomaly map) and a gallery
-    thumbnail (``folder/thumbs``), with whole-set ('set') or per-image scaling; each image is
+    thumbnail (``folder/thumbs``), with whole-set ('set') or per-image ('image') scaling; each image is
     decoded once for both, and two threads draw (Pillow decodes, resizes and encodes without the GIL).
 
     Draws only what changed: an image whose PNGs exist and whose key (``picture_key``) equals the
@@ -270,7 +272,8 @@ def render_pictures(folder: Path, paths, names, maps, masks, has_mask, scores, n
     overlays, thumbs = Path(folder) / "overlays", Path(folder) / "thumbs"
     overlays.mkdir(parents=True, exist_ok=True)
     thumbs.mkdir(parents=True, exist_ok=True)
-    low, high = (float(maps.min()), float(maps.max())) if normalisation == "set" else (None, None)
+    paths, names, maps, masks, has_mask = inputs.paths, inputs.names, inputs.maps, inputs.masks, inputs.has_mask
+    low, high = (float(maps.min()), float(maps.max())) if overlay_normalisation == "set" else (None, None)
     size = maps.shape[-1]
     index_file = overlays / PICTURE_INDEX
     try:
@@ -281,7 +284,7 @@ def render_pictures(folder: Path, paths, names, maps, masks, has_mask, scores, n
     for index, (path, name) in enumerate(zip(paths, names)):
         file_name = png_name(name)
         mask = masks[index] if has_mask[index] else None
-        title = f"{name}  score {scores[index]:.4f}"
+        title = f"{name}  score {inputs.scores[index]:.4f}"
         key = picture_key(str(path), maps[index], mask, low, high, title)
         if drawn.get(file_name) != key or not (overlays / file_name).is_file() or not (thumbs / file_name).is_file():
             todo.append((path, maps[index], file_name, mask, title))
@@ -294,9 +297,8 @@ def render_pictures(folder: Path, paths, names, maps, masks, has_mask, scores, n
         except UnreadableImage:
             image = np.zeros((size, size, 3), dtype=np.uint8)
         save_overlay(image, anomaly_map, overlays / file_name, mask, low, high, title=title)
-        scaling = (low, high) if low is not None else (float(anomaly_map.min()), float(anomaly_map.max()))
         scratch = thumbs / f".{file_name}.tmp"
-        heat_thumbnail(image, anomaly_map, *scaling, mask).save(scratch, format="PNG", compress_level=6)
+        thumbnail_picture(image, anomaly_map, mask, low, high).save(scratch, format="PNG", compress_level=6)
         os.replace(scratch, thumbs / file_name)
 
     load_drawing_modules()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .evaluation import ANOMALOUS, NORMAL
+
 
 @dataclass
 class Entry:
@@ -17,7 +19,7 @@ class Entry:
     rank: int            # 1 = highest score
     name: str
     score: float
-    decision: str        # 'anomalous' / 'normal'
+    decision: str        # ANOMALOUS / NORMAL
     truth: str           # 'anomalous (crack)', 'normal', 'unknown'
     misclassified: bool
     thumb: str           # thumbnail PNG path ('' when none)
@@ -28,8 +30,8 @@ def truth_of(label, defect_type: str) -> str:
     if label is None or pd.isna(label) or int(label) < 0:
         return "unknown"
     if int(label) == 0:
-        return "normal"
-    return f"anomalous ({defect_type})" if defect_type and defect_type not in ("good", "ko", "bad") else "anomalous"
+        return NORMAL
+    return f"{ANOMALOUS} ({defect_type})" if defect_type and defect_type not in ("good", "ko", "bad") else ANOMALOUS
 
 
 def entries(per_image: pd.DataFrame) -> list[Entry]:
@@ -40,7 +42,7 @@ def entries(per_image: pd.DataFrame) -> list[Entry]:
         truth = truth_of(row.label, str(row.defect_type))
         known = truth != "unknown"
         out.append(Entry(rank, str(row.name), float(row.score_rscin), str(row.decision), truth,
-                         known and (truth != "normal") != (row.decision == "anomalous"),
+                         known and (truth != NORMAL) != (row.decision == ANOMALOUS),
                          str(getattr(row, "thumb_png", "") or ""), str(getattr(row, "map_png", "") or "")))
     return out
 

@@ -10,6 +10,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..method.metrics import METRIC_NAMES
+from .evaluation import ANOMALOUS, NORMAL, metric_text
 from .gallery import Entry, entries
 
 STYLE = """
@@ -85,7 +86,7 @@ def metrics_html(table: pd.DataFrame) -> str:
         for column in columns:
             value = row[column]
             if column in METRIC_NAMES:
-                cells.append(f"<td class='num'>{'n/a' if pd.isna(value) else f'{value:.2f}'}</td>")
+                cells.append(f"<td class='num'>{metric_text(value, scale=1)}</td>")
             else:
                 cells.append(f"<td>{esc(value)}</td>")
         rows.append(f"<tr><td>{esc(index)}</td>{''.join(cells)}</tr>")
@@ -93,7 +94,7 @@ def metrics_html(table: pd.DataFrame) -> str:
 
 
 def card(entry: Entry, folder: Path) -> str:
-    classes = " ".join(["card", "anomalous" if entry.decision == "anomalous" else "normal",
+    classes = " ".join(["card", ANOMALOUS if entry.decision == ANOMALOUS else NORMAL,
                         "miss" if entry.misclassified else ""]).strip()
     image = (f"<img src='{esc(relative(entry.thumb, folder))}' alt='{esc(entry.name)}'>" if entry.thumb else "")
     if image and entry.overlay:
@@ -175,7 +176,7 @@ def dataset_index(folder: Path, title: str, table: pd.DataFrame, figures: dict[s
         report = relative(Path(outputs) / "report.html", folder)
         missed = sum(e.misclassified for e in items)
         body.append(f"<h2>{esc(name)}</h2><p><a href='{esc(report)}'>report</a> · {len(items)} images, "
-                    f"{sum(e.decision == 'anomalous' for e in items)} judged anomalous, {missed} misclassified. "
+                    f"{sum(e.decision == ANOMALOUS for e in items)} judged anomalous, {missed} misclassified. "
                     f"Highest scores:</p>" + gallery_html(items[:shown], folder))
         wrong = [e for e in items if e.misclassified]
         if wrong:

@@ -16,6 +16,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..method.metrics import METRIC_NAMES
+from .evaluation import ANOMALOUS, metric_text
 from .gallery import Entry, data_uri, entries, read_per_image
 
 SHORT_NAMES = {"image_auroc": "I-AUROC", "image_f1max": "I-F1max", "image_ap": "I-AP",
@@ -37,13 +38,9 @@ class Published:
     markdown: str              # the report artifact
 
 
-def value(v) -> str:
-    return "n/a" if v is None or pd.isna(v) else f"{float(v):.2f}"
-
-
 def metric_rows(table: pd.DataFrame) -> list[dict]:
-    """One row per category (and the mean): metric values as strings with 2 decimals."""
-    return [{"category": str(index), **{SHORT_NAMES[m]: value(row[m]) for m in METRIC_NAMES}}
+    """One row per category (and the mean): metric values as strings with 2 decimals (the table is x100)."""
+    return [{"category": str(index), **{SHORT_NAMES[m]: metric_text(row[m], scale=1) for m in METRIC_NAMES}}
             for index, row in table.iterrows()]
 
 
@@ -61,7 +58,7 @@ def gallery_markdown(items: Sequence[Entry]) -> str:
     lines = ["| # | image, heat map | name | score | decision | truth |", "|---|---|---|---|---|---|"]
     for e in items:
         thumb = f"![{e.name}]({data_uri(e.thumb, colors=THUMB_COLOURS)})" if e.thumb and Path(e.thumb).is_file() else ""
-        decision = f"**{e.decision}**" if e.decision == "anomalous" else e.decision
+        decision = f"**{e.decision}**" if e.decision == ANOMALOUS else e.decision
         truth = e.truth + (" (**misclassified**)" if e.misclassified else "")
         lines.append(f"| {e.rank} | {thumb} | {e.name} | {e.score:.4f} | {decision} | {truth} |")
     return "\n".join(lines) + "\n"
@@ -73,7 +70,7 @@ def figure_markdown(folder: Path, names: Sequence[str]) -> list[str]:
 
 
 def summary_line(items: Sequence[Entry]) -> str:
-    flagged = sum(e.decision == "anomalous" for e in items)
+    flagged = sum(e.decision == ANOMALOUS for e in items)
     return (f"{len(items)} images, {flagged} judged anomalous, "
             f"{sum(e.misclassified for e in items)} misclassified.")
 

@@ -9,8 +9,9 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ..method.metrics import METRIC_NAMES
+from ..store import ArtifactError
 from . import figures, gallery, html
-from .evaluation import Evaluation, EvaluationInputs, evaluate
+from .evaluation import Evaluation, EvaluationInputs, evaluate, metric_text
 
 
 def metrics_table(rows: dict[str, dict[str, float]], notes: dict[str, dict[str, str]],
@@ -30,7 +31,7 @@ def metrics_table(rows: dict[str, dict[str, float]], notes: dict[str, dict[str, 
 def table_markdown(table: pd.DataFrame) -> str:
     shown = table.copy()
     for name in METRIC_NAMES:
-        shown[name] = shown[name].map(lambda v: "n/a" if pd.isna(v) else f"{v:.2f}")
+        shown[name] = shown[name].map(lambda v: metric_text(v, scale=1))
     header = "| " + " | ".join([shown.index.name or "", *shown.columns]) + " |"
     rule = "|" + "---|" * (len(shown.columns) + 1)
     lines = [header, rule] + ["| " + " | ".join([str(i), *map(str, row)]) + " |"
@@ -49,17 +50,17 @@ def write_report(folder: str | Path, title: str, table: pd.DataFrame, figures: d
     if threshold:
         lines += ["## Thresholds", ""] + threshold_lines(threshold) + [""]
     if per_image_csv:
-        lines += ["## Per-image results", "", f"[{Path(per_image_csv).name}]({_relative(per_image_csv, folder)})",
+        lines += ["## Per-image results", "", f"[{Path(per_image_csv).name}]({html.relative(per_image_csv, folder)})",
                   "", "Most anomalous first (image | heat map; [report.html](report.html) shows every image):", ""]
         for entry in gallery.entries(gallery.read_per_image(folder))[:GALLERY_IN_MARKDOWN]:
-            thumb = f"![{entry.name}]({_relative(entry.thumb, folder)}) " if entry.thumb else ""
+            thumb = f"![{entry.name}]({html.relative(entry.thumb, folder)}) " if entry.thumb else ""
             miss = " **misclassified**" if entry.misclassified else ""
             lines.append(f"- {thumb}#{entry.rank} {entry.name}: score {entry.score:.4f}, {entry.decision}, "
                          f"truth {entry.truth}{miss}")
         lines += [""]
     if figures:
         lines += ["## Figures", ""]
-        lines += [f"![{name}]({_relative(path, folder)})" for name, path in figures.items()] + [""]
+        lines += [f"![{name}]({html.relative(path, folder)})" for name, path in figures.items()] + [""]
     lines += ["## Artifacts", ""] + [f"- {stage}: `{path}`" for stage, path in artifacts.items()] + [""]
     report = folder / "report.md"
     report.write_text("\n".join(lines))
@@ -76,25 +77,21 @@ def threshold_lines(threshold: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _relative(path: str | Path, folder: Path) -> str:
-    try:
-        return str(Path(path).resolve().relative_to(folder.resolve()))
-    except ValueError:
-        return str(path)
-
-
 def evaluate_into(folder: str | Path, extract, classify, settings: Mapping[str, Any], evaluate_path: str = ""
                   ) -> tuple[Evaluation, Path]:
     """Evaluate a classify artifact and write every output into ``folder``: (the evaluation, the
-    Markdown report's path). ``settings``: ``threshold``, ``pixel_threshold`` (None: chosen from
-    the data) and ``overlays`` ('set' or 'image' scaling). The per-image pictures do not depend on
-    the evaluation, so they are drawn in the background while the metrics are computed."""
+    Markdown report's path). ``settings``: the evaluate artifact's recorded config
+    (``EvaluateSettings.recorded``): ``threshold``, ``pixel_threshold`` (None: chosen from the data)
+    and ``overlay_normalisation`` ('set' or 'image' scaling). The per-image pictures do not depend
+    on the evaluation, so they are drawn in the background while the metrics are computed."""
     folder = Path(folder)
+    if "overlay_normalisation" not in settings:
+        raise ArtifactError(f"{evaluate_path or folder}: its config has no overlay_normalisation "
+                            "(an evaluate artifact of an older version: run the category again)")
     inputs = EvaluationInputs.read(extract, classify)
     figures.load_drawing_modules()  # here: the metrics' imports run meanwhile, in this thread
     with ThreadPoolExecutor(max_workers=1) as background:
-        pictures = background.submit(figures.render_pictures, folder, inputs.paths, inputs.names, inputs.maps,
-                                     inputs.masks, inputs.has_mask, inputs.scores, settings.get("overlays") or "set")
+        pictures = background.submit(figures.render_pictures, folder, inputs, settings["overlay_normalisation"])
         decided = evaluate(inputs, settings.get("threshold"), settings.get("pixel_threshold"))
         report = write_outputs(extract, classify, inputs, decided, folder, pictures.result(), evaluate_path)
     return decided, report
@@ -106,23 +103,21 @@ def write_outputs(extract, classify, inputs: EvaluationInputs, evaluation: Evalu
     extract and a classify artifact (their settings and paths), what was read from them, what the
     evaluation decided and the per-image pictures drawn. Returns the Markdown report's path."""
     folder = Path(folder)
-    labels, maps, raw, scores, names = inputs.labels, inputs.maps, inputs.raw, inputs.scores, inputs.names
     category = extract.config["category"]
     notes = evaluation.notes
 
     (folder / "binary_masks").mkdir(parents=True, exist_ok=True)
     per_image = evaluation.per_image.copy()
     per_image.insert(per_image.columns.get_loc("decision") + 1, "map_png", pictures.overlays)
-    per_image["mask_png"] = figures.save_binary_masks(folder / "binary_masks", names, maps,
-                                                      evaluation.pixel_threshold)
+    per_image["mask_png"] = figures.save_binary_masks(folder / "binary_masks", inputs, evaluation)
     per_image["thumb_png"] = pictures.thumbs
     per_image.to_csv(folder / "per_image.csv", index=False)
     table = metrics_table({category: evaluation.metrics}, {category: notes}, int(extract.config["image_size"]),
                           extract.attrs.get("mask_rule", ""))
     table.to_csv(folder / "metrics.csv")
     (folder / "metrics.md").write_text(table_markdown(table))
-    shown = {"score histograms (thresholds dashed)": figures.save_histograms(
-        labels, raw, scores, folder / "histograms.png", evaluation.threshold, evaluation.pixel_threshold)}
+    shown = {"score histograms (thresholds dashed)": figures.save_histograms(inputs, evaluation,
+                                                                             folder / "histograms.png")}
     for kind, curves in evaluation.curves.items():
         shown[f"{kind} ROC/PR"] = figures.save_curves(curves, folder / f"curves_{kind}.png", kind)
     title = f"MuSc results: {extract.config['dataset']} / {category}"

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..outputs.evaluation import ANOMALOUS
 from ..outputs.figures import heat_colours, new_figure
 from ..outputs.gallery import png_data_uri
 from ..outputs.html import markdown_page
@@ -26,7 +27,7 @@ def history_path(pool_path: str | Path) -> Path:
 
 def day_summary(day: str, rows: Sequence[dict], threshold: float, pool_size: int) -> dict[str, Any]:
     scores = np.array([row["score"] for row in rows], dtype=np.float64)
-    anomalous = sum(row["decision"] == "anomalous" for row in rows)
+    anomalous = sum(row["decision"] == ANOMALOUS for row in rows)
     return {"day": day, "count": len(rows), "anomalous": int(anomalous),
             "anomalous_rate": anomalous / len(rows) if rows else 0.0,
             **{f"score_q{int(q * 100)}": float(np.quantile(scores, q)) if rows else float("nan")
@@ -79,7 +80,7 @@ def thumbnail(anomaly_map: np.ndarray, size: int = 64, vmax: float | None = None
 
 def ordered(rows: Sequence[dict]) -> list[dict]:
     """Anomalous parts first, then by score, highest first."""
-    return sorted(rows, key=lambda row: (row["decision"] != "anomalous", -row["score"]))
+    return sorted(rows, key=lambda row: (row["decision"] != ANOMALOUS, -row["score"]))
 
 
 def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence[dict], rule: str,

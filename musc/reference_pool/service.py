@@ -16,7 +16,7 @@ from ..inputs.config import ExtractSettings, ScoreSettings
 from ..inputs.datasets import UnreadableImage, load_image
 from ..method.lnamd import aggregate
 from ..method.maps import anomaly_maps
-from ..outputs.evaluation import decisions
+from ..outputs.evaluation import decision_words, decisions
 from ..outputs.figures import save_overlay
 from ..outputs.rebuild import inputs_of
 from ..store import ArtifactError, artifact_lock, mark_artifacts_root, open_artifact
@@ -158,17 +158,16 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
                                                     msm), msm))
         per_degree.append(torch.stack(layers))
     maps, scores = anomaly_maps(per_degree, settings.image_size)
-    flags = decisions(scores, threshold)
+    verdicts = decision_words(decisions(scores, threshold))
     out = mark_artifacts_root(out)  # our maps are never listed as input images later
     (out / "maps").mkdir(parents=True, exist_ok=True)
     rows = []
-    for name, stem, image, anomaly_map, score, flag in zip(names, map_names(names), loaded, maps, scores, flags):
+    for name, stem, image, anomaly_map, score, verdict in zip(names, map_names(names), loaded, maps, scores, verdicts):
         target = out / "maps" / f"{stem}.png"
         picture = np.asarray(image.resize((settings.image_size, settings.image_size)))
-        verdict = "anomalous" if flag else "normal"
         save_overlay(picture, anomaly_map, target, title=f"{Path(name).name}  score {score:.4f}  {verdict}")
         np.save(target.with_suffix(".npy"), anomaly_map.astype(np.float32))
-        rows.append({"path": name, "score": float(score), "decision": verdict, "map_png": str(target)})
+        rows.append({"path": name, "score": float(score), "decision": str(verdict), "map_png": str(target)})
     pd.DataFrame(rows, columns=list(SCORES_CSV_COLUMNS)).to_csv(out / "scores.csv", index=False)
     return {"rows": rows, "threshold": threshold, "rule": rule_text, "pool_size": len(pool),
             "maps": dict(zip(names, maps))}

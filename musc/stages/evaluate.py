@@ -24,6 +24,7 @@ def plan(extract: Ref, classify: Ref, settings: EvaluateSettings) -> Plan:
 
 
 def build(path: Path, plan: Plan) -> None:
+    from ..outputs.evaluation import metric_text
     from ..outputs.reports import evaluate_into  # sklearn, pandas, figures: only when evaluating
     extract, classify = plan.needs["extract"], plan.needs["classify"]
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
@@ -38,6 +39,6 @@ def build(path: Path, plan: Plan) -> None:
         attrs={**decided.summary(), "category": source.config["category"], "dataset": source.config["dataset"],
                "outputs": str(outputs)},
         code_version=plan.key.code_version)
-    shown = ", ".join(f"{k} {v * 100:.2f}" for k, v in decided.metrics.items() if not math.isnan(v)) or "none"
+    shown = ", ".join(f"{k} {metric_text(v)}" for k, v in decided.metrics.items() if not math.isnan(v)) or "none"
     log.info(f"evaluate {source.config['category']}: {shown}"
              + (f" (not computed: {json.dumps(decided.notes)})" if decided.notes else ""))

@@ -102,7 +102,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("image_scores_raw", "float64", "(N,)", "maximum of each map"),
         Field("image_scores", "float32|float64", "(N,)", "image scores after RsCIN (the final scores)"),
     )),
-    Stage("evaluate", "2", "metrics, thresholds and decisions (reports in the folder beside it)", datasets=(
+    Stage("evaluate", "3", "metrics, thresholds and decisions (reports in the folder beside it)", datasets=(
         Field("metrics", "group of float64", "()", "each metric as a fraction; NaN where not computed"),
         Field("ranking", "int64", "(N,)", "image indices, most anomalous first"),
         Field("decisions", "int8", "(N,)", "1 anomalous, 0 normal, at the image threshold"),
