@@ -78,7 +78,7 @@ with temporary_server():  # as musc run: the server of this command (or PREFECT_
             spent.append(time.perf_counter() - begin)
 
     dataset_module.category_flow = timed
-    dataset_module.dataset_flow("mvtec_ad", root, ["fabric"], cfg, str(artifacts), loaded=categories)
+    dataset_module.dataset_flow("mvtec_ad", root, categories, cfg, str(artifacts))
     done = time.perf_counter()
 print(json.dumps({"prefect_import": prefect_imported - start, "our_imports": imported - prefect_imported,
                   "prefect_start": prefect_started - imported, "another_empty_flow": empty_flow,

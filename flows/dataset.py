@@ -20,18 +20,18 @@ from .runners import task_runner
 
 
 @flow(name="musc-dataset", log_prints=True)
-def dataset_flow(dataset: str, root: str, categories: list[str] | None = None, config: MuscConfig | None = None,
-                 artifacts: str = "artifacts", dask: str | None = None, config_file: str | None = None,
-                 loaded: list[Category] | None = None) -> dict:
-    """Every category (default: all found) as a subflow; ``dask``: None (local threads), "local"
-    (a LocalCluster for the run) or a scheduler address for the tile tasks. ``config_file``: a YAML
-    run configuration, which the fields of ``config`` override. ``loaded``: the categories as the
-    command line already loaded and checked them (each category is loaded once per command)."""
+def dataset_flow(dataset: str, root: str, categories: list[str | Category] | None = None,
+                 config: MuscConfig | None = None, artifacts: str = "artifacts", dask: str | None = None,
+                 config_file: str | None = None) -> dict:
+    """Every category (default: all found) as a subflow; ``categories``: names, or the categories
+    as the command line already loaded and checked them (each category is loaded once per
+    command). ``dask``: None (local threads), "local" (a LocalCluster for the run) or a scheduler
+    address for the tile tasks. ``config_file``: a YAML run configuration, which the fields of
+    ``config`` override."""
     cfg = load_config(config, config_file)
     root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
-    if loaded is None:
-        names = categories or list_categories(dataset, root, exclude=[artifacts])
-        loaded = [checked_category(dataset, root, name, cfg, artifacts) for name in names]
+    loaded = [item if isinstance(item, Category) else checked_category(dataset, root, item, cfg, artifacts)
+              for item in (categories or list_categories(dataset, root, exclude=[artifacts]))]
     run_category = category_flow.with_options(task_runner=task_runner(dask)) if dask else category_flow
     results = {}
     for images in loaded:

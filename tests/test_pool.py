@@ -20,7 +20,8 @@ from musc.method.msm import reference_mutual_scores
 from musc.reference_pool import (DecisionRule, Images, PoolError, PoolFile, PoolSettings, calibrated_threshold,
                                  map_names, score_against_pool, write_pool)
 from musc.reference_pool.pool import check_addition
-from musc.reference_pool.scoring import MsmRule, in_memory, mutual_votes, patch_scores
+from musc.inputs.config import ScoreSettings
+from musc.reference_pool.scoring import in_memory, mutual_votes, patch_scores
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_single_image_against_pool_matches_full_batch(demo_features):
     assert compared == 6
 
 
-@pytest.mark.parametrize("rule", [MsmRule(), MsmRule(0.1, 0.6, 1, block_size=2)])
+@pytest.mark.parametrize("rule", [ScoreSettings(), ScoreSettings(0.1, 0.6, aligned_radius=1, block_size=2)])
 def test_pool_votes_read_block_by_block_equal_batch_scoring(demo_features, rule):
     """New images against a pool read in blocks of 2 get exactly the batch's scores (mutual_scores,
     the batch's function), for default and non-default window and aligned radius."""
@@ -109,17 +110,17 @@ def test_decision_rule_calibrated_at_the_false_alarm_rate():
 
 def test_pool_refuses_other_categories_settings_and_duplicates(tmp_path):
     features = {1: np.zeros((1, 3, 4, 2), np.float32)}
-    settings = PoolSettings("fabric", {"image_size": 32, "layers": [0], "backbone": "b"}, (1,), 0.0, 0.3, None)
+    settings = PoolSettings("fabric", {"image_size": 32, "layers": [0], "backbone": "b"}, (1,))
     write_pool(tmp_path / "pool.h5", settings, [fake_images("abc", features, ["d1", "d2", "d3"])], 10, {})
     pool = PoolFile(tmp_path / "pool.h5")
     new = fake_images(["x"], {1: features[1][:, :1]}, ["d9"])
     check_addition(pool, settings, new)  # the same settings, new content: accepted
     refusals = {
         "category 'fabric'": (PoolSettings("washer", settings.features, (1,)), new),
-        r"image_size: 64 \(the pool: 32\)": (PoolSettings("fabric", {**settings.features, "image_size": 64}, (1,)), new),
+        r"features.image_size: 64 \(the pool: 32\)": (PoolSettings("fabric", {**settings.features, "image_size": 64}, (1,)), new),
         "backbone": (PoolSettings("fabric", {**settings.features, "backbone": "other"}, (1,)), new),
-        r"aligned_radius: 1 \(the pool: None\)": (PoolSettings("fabric", settings.features, (1,), 0.0, 0.3, 1), new),
-        r"topmin_max: 0.5": (PoolSettings("fabric", settings.features, (1,), 0.0, 0.5), new),
+        r"aligned_radius: 1 \(the pool: None\)": (PoolSettings("fabric", settings.features, (1,), ScoreSettings(aligned_radius=1)), new),
+        r"topmin_max: 0.5": (PoolSettings("fabric", settings.features, (1,), ScoreSettings(topmin_max=0.5)), new),
         r"r_list": (PoolSettings("fabric", settings.features, (1, 3)), new),
         "already in the pool": (settings, fake_images(["y", "z"], {1: features[1][:, :2]}, ["d7", "d2"])),
         "features of shape": (settings, fake_images(["x"], {1: np.zeros((1, 1, 9, 2), np.float32)}, ["d8"])),
@@ -129,7 +130,7 @@ def test_pool_refuses_other_categories_settings_and_duplicates(tmp_path):
             check_addition(pool, other, images)
         assert "\n" not in str(refused.value)
     # bf16 screening gives the fp32 scores: a run screened in bf16 is not "other settings"
-    check_addition(pool, PoolSettings("fabric", settings.features, (1,), msm_precision="bf16"), new)
+    check_addition(pool, PoolSettings("fabric", settings.features, (1,), ScoreSettings(msm_precision="bf16")), new)
     with pytest.raises(PoolError, match="max_images"):
         write_pool(tmp_path / "other.h5", settings, [], 0, {})
 
@@ -171,7 +172,7 @@ def test_score_new_equals_the_batch_for_non_default_settings(prefect_harness, ti
     pool = PoolFile(pool_file)
     batch_names = list(store.open_artifact(full["extract"]["path"]).read("names"))
     assert len(pool) == len(batch_names) - 2
-    assert pool.settings.aligned_radius == 1 and pool.settings.topmin_min == 0.1 and pool.settings.topmin_max == 0.6
+    assert pool.settings.score.aligned_radius == 1 and pool.settings.score.topmin_min == 0.1 and pool.settings.score.topmin_max == 0.6
     # calibration: the pool's leave-one-out scores are the pooled run's own batch scores
     np.testing.assert_allclose(pool.self_scores, store.open_artifact(pooled["classify"]["path"]).read("image_scores_raw"),
                                atol=1e-5)
