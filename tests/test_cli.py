@@ -120,3 +120,41 @@ def test_failure_inside_the_flow_keeps_the_traceback_off_the_terminal(tmp_path):
     assert "Traceback" not in result.stderr
     assert "error: category 'cat': only 0 readable image(s)" in result.stderr
     assert "Traceback" in (tmp_path / "artifacts/musc-errors.log").read_text()
+
+
+def test_every_configuration_field_has_a_run_flag_that_is_none_when_left_out():
+    import dataclasses
+
+    import typer.main
+
+    from flows.cli import app
+    from musc.inputs.config import MuscConfig
+    options = {param.name: param for param in typer.main.get_command(app).commands["run"].params}
+    for field in dataclasses.fields(MuscConfig):
+        assert field.name in options, f"musc run has no flag for the configuration field {field.name}"
+        assert options[field.name].opts == [f"--{field.name.replace('_', '-')}"]
+        assert options[field.name].default is None, field.name  # left out: --config's value stays
+
+
+def test_run_flags_override_the_config_file_and_flags_left_out_keep_it(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows import cli, terminal
+    from musc.inputs.config import ConfigError, MuscConfig
+    (tmp_path / "data/cat/test/good").mkdir(parents=True)
+    (tmp_path / "run.yaml").write_text("seed: 3\ntopmin_max: 0.5\nlayers: [1, 2]\n")
+    real, built = cli._run_config, []
+
+    def build_then_stop(config_file, flags):
+        built.append(real(config_file, flags))
+        raise ConfigError("stopped before any work")
+    monkeypatch.setattr(cli, "_run_config", build_then_stop)
+    monkeypatch.setattr(terminal, "prefect_environment", lambda: None)  # this process's environment stays
+    result = CliRunner().invoke(cli.app, ["run", "--dataset", "mvtec_ad", "--root", str(tmp_path / "data"),
+                                          "--config", str(tmp_path / "run.yaml"), "--seed", "7", "--r-list", "1,3",
+                                          "--topmin-min", "0.1", "--aligned-radius", "2", "--quick-gelu", "false"])
+    assert result.exit_code == 2 and "error: stopped before any work" in result.output, result.output
+    [cfg] = built
+    assert (cfg.seed, cfg.r_list, cfg.topmin_min, cfg.aligned_radius, cfg.quick_gelu) == (7, (1, 3), 0.1, 2, "false")
+    assert (cfg.topmin_max, cfg.layers) == (0.5, (1, 2))  # in the file, no flag
+    assert (cfg.backbone, cfg.threshold) == (MuscConfig().backbone, None)  # neither
