@@ -42,8 +42,8 @@ BREAKDOWN = """
 import json, sys, time
 from pathlib import Path
 start = time.perf_counter()
-from flows import cli
-cli._prefect_environment()
+from flows import terminal
+terminal.prefect_environment()
 from prefect import flow
 prefect_imported = time.perf_counter()
 from flows import category as category_module, dataset as dataset_module

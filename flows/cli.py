@@ -175,7 +175,7 @@ def run(
         cfg = _run_config(config, flags)
         from .category import checked_category
         from .dataset import dataset_flow
-        try:
+        try:  # each category loaded and checked once per command: the flow takes them as they are
             categories = [checked_category(dataset, str(root), name, cfg, str(artifacts)) for name in chosen]
         except Exception:
             _preflight(cfg, None, artifacts)  # a bad configuration is reported before a bad dataset
@@ -183,7 +183,7 @@ def run(
         _preflight(cfg, categories, artifacts)
         from musc.store import mark_artifacts_root
         mark_artifacts_root(artifacts)  # a read-only or full artifacts folder: said now, naming it
-        return lambda: dataset_flow(dataset, str(root), chosen, cfg.to_dict(), str(artifacts), dask)
+        return lambda: dataset_flow(dataset, str(root), categories, cfg, str(artifacts), dask)
     _launch(artifacts, verbose, prepare)
 
 
@@ -194,28 +194,13 @@ def _run_config(config_file: Path | None, flags: dict[str, Any]) -> MuscConfig:
 
 
 def _preflight(cfg: MuscConfig, categories: list | None, artifacts: Path) -> None:
-    """Reject a bad backbone configuration before any work starts (the field is named); say early
-    when the bf16 screen cannot be built (MSM then runs in fp32, with the same scores).
-
-    The backbone is built only when some category still needs extracting: a valid extract artifact
-    for every category (planned from the settings and the image digests, no model) proves the
-    configuration already worked, and a cached rerun then never loads torch or open_clip.
-    ``categories`` None: not known (the backbone is built)."""
-    from musc import store
-    from tasks.extract import plan_extract
+    """The stages' preflight (musc.stages.preflight) before any work: a bad backbone is one line
+    naming the field; its warnings (the bf16 screen unavailable) are shown."""
+    from musc.stages import Run, preflight
     root = str(artifacts.resolve())
-    if categories is None or any(store.valid_digest(plan_extract(c, cfg.extract, root), "extract") is None
-                                 for c in categories):
-        from musc.inputs.backbones import backbone_for
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            backbone_for(cfg.extract)
-    if cfg.msm_precision == "bf16":
-        from musc.method.screening import ScreeningUnavailable, kernels
-        try:
-            kernels()
-        except ScreeningUnavailable as error:
-            terminal.console.print(f"warning: {error}; MSM runs in fp32 (the same scores)", highlight=False)
+    runs = None if categories is None else [Run(c, cfg, root) for c in categories]
+    for note in preflight(cfg, runs):
+        terminal.console.print(f"warning: {note}", highlight=False)
 
 
 @app.command()
@@ -251,7 +236,8 @@ def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
     import pandas as pd
 
     from musc.outputs.evaluation import metric_text
-    from musc.outputs.rebuild import input_path, outputs_folder
+    from musc.outputs.rebuild import inputs_of
+    from musc.store import report_folder
     from musc.store import open_artifact
     artifact = open_artifact(path, "evaluate")
     try:
@@ -261,10 +247,10 @@ def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
         raise ArtifactError(f"{path}: attribute 'metrics' or 'threshold' is not what an evaluate artifact holds") from None
     out.print("metrics (x100): " + ", ".join(f"{k} {metric_text(v)}" for k, v in metrics.items()))
     out.print(f"threshold: {threshold:.6g} ({attrs.get('threshold_rule')})")
-    extract = open_artifact(input_path(path, "extract"))
+    extract = open_artifact(inputs_of(path, "extract")[0])
     count = extract.shape("names")[0]
     ranking = artifact.read("ranking", slice(0, max(top, 0)))
-    per_image_file = outputs_folder(path) / "per_image.csv"
+    per_image_file = report_folder(path) / "per_image.csv"
     per_image = pd.read_csv(per_image_file) if per_image_file.is_file() else None
     out.print(f"top {len(ranking)} most anomalous:")
     for rank, index in enumerate(int(i) for i in ranking):
@@ -358,8 +344,9 @@ def pool_info(pool: Annotated[Path, typer.Argument(help="The pool file (.h5).")]
         out.print(f"[bold]{pool}[/]: {info['images']} image(s) of category {settings['category']!r} "
                   f"(at most {info['max_images']}), features (L, C) = {tuple(info['feature_shape'])}")
         out.print("features: " + json.dumps(settings["features"], sort_keys=True))
-        out.print(f"scoring: r_list {settings['r_list']}, topmin {settings['topmin_min']}-{settings['topmin_max']}, "
-                  f"aligned_radius {settings['aligned_radius']}, msm_precision {settings['msm_precision']}")
+        scoring = settings["score"]
+        out.print(f"scoring: r_list {settings['r_list']}, topmin {scoring['topmin_min']}-{scoring['topmin_max']}, "
+                  f"aligned_radius {scoring['aligned_radius']}, msm_precision {scoring['msm_precision']}")
         if info["images"]:
             stamp = lambda t: _time.strftime("%Y-%m-%d %H:%M", _time.gmtime(t))  # noqa: E731
             out.print(f"added between {stamp(info['oldest'])} and {stamp(info['newest'])} UTC")
@@ -400,7 +387,6 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
 
 # The former names, still imported by tests/test_reliability_second.py and bench/rerun.py: the
 # integrator points those at flows.terminal and removes these two lines.
-_TracebacksToFile, _prefect_environment = terminal.TracebacksToFile, terminal.prefect_environment
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -44,6 +44,12 @@ def test_no_library_module_imports_an_upper_layer_even_lazily():
     assert not offenders, offenders
 
 
+def is_command(node):
+    """A typer command (``@app.command(...)``): its parameters are the command line's flags."""
+    return any(isinstance(d, ast.Call) and isinstance(d.func, ast.Attribute) and d.func.attr == "command"
+               for d in getattr(node, "decorator_list", []))
+
+
 def test_no_task_or_flow_function_takes_more_than_seven_parameters():
     too_long = []
     for path in python_files("tasks", "flows"):
@@ -52,7 +58,7 @@ def test_no_task_or_flow_function_takes_more_than_seven_parameters():
                 arguments = node.args
                 count = (len(arguments.posonlyargs) + len(arguments.args) + len(arguments.kwonlyargs)
                          + (arguments.vararg is not None) + (arguments.kwarg is not None))
-                if count > 7:
+                if count > 7 and not is_command(node):
                     too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {getattr(node, 'name', 'lambda')} ({count})")
     assert not too_long, too_long
 
@@ -69,3 +75,70 @@ def test_the_code_cites_only_sections_of_documents_it_ships():
     assert cited, "the method modules cite docs/METHOD.md"
     missing = [f"{p.relative_to(ROOT)}: section {s}" for p, s in cited if s not in sections]
     assert not missing, missing
+
+
+def _calls(folders, name):
+    """Files (relative) whose code calls ``name(...)`` (a function or attribute of that name)."""
+    found = set()
+    for path in python_files(*folders):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                callee = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+                if callee == name:
+                    found.add(str(path.relative_to(ROOT)))
+    return found
+
+
+def _strings(folders, pattern):
+    """Files (relative) with a string in their code, not in a docstring, that matches ``pattern``."""
+    found = set()
+    for path in python_files(*folders):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                    and re.search(pattern, node.value)):
+                found.add(str(path.relative_to(ROOT)))
+    return found
+
+
+CODE = ("musc", "tasks", "flows", "bench")
+
+
+def test_the_key_recipe_is_written_once():
+    """Only the key object hashes a stage's settings and inputs (extract also hashes its image list,
+    which is one of its recorded inputs)."""
+    assert _calls(CODE, "stable_hash") == {"musc/stages/key.py", "musc/stages/extract.py"}
+    assert _calls(CODE, "StageKey") <= {f"musc/stages/{s}.py" for s in ("extract", "aggregate", "score", "classify",
+                                                                        "evaluate")}
+
+
+def test_the_layout_and_the_input_roles_are_written_once():
+    """File and folder names of an artifacts root (side files, parts, locks, the dataset report, the
+    roles such as score_0) appear only in the catalog (and in the format document the schema writes)."""
+    assert _strings(CODE, r"\.parts|\.verified|\.lock\b|^_report$|\.tmp-|score_\{|\bscore_\d") <= {
+        "musc/store/catalog.py", "musc/store/schema.py"}
+
+
+def test_the_stage_graph_is_walked_from_its_one_declaration():
+    """Stages are submitted in one place (the category flow's stage runner, over musc.stages.walk);
+    benchmarks build stages without importing Prefect's task layer."""
+    assert _calls(("flows", "tasks", "bench"), "walk") == {"flows/category.py", "bench/gpu_paper.py", "bench/evaluate.py"}
+    for path in python_files("bench"):
+        assert not re.search(r"^\s*(from|import) tasks\b", path.read_text(), re.M), path
+    graph = (ROOT / "musc/stages/graph.py").read_text()
+    for stage in ("extract", "aggregate", "score", "classify", "evaluate"):
+        assert f'StageSpec("{stage}"' in graph
+
+
+def test_the_vote_assembly_and_the_msm_settings_are_written_once():
+    """Tiles' votes become rows of votes in one function (block_row), used by the in-memory MSM, the
+    score stage and the pool; one settings type (ScoreSettings) carries the MSM settings."""
+    assert _calls(CODE, "block_row") == {"musc/method/msm.py", "musc/reference_pool/scoring.py"}
+    assert _calls(CODE, "block_scores") >= {"musc/method/msm.py", "musc/stages/score.py"}
+    declared = [str(p.relative_to(ROOT)) for p in python_files("musc")
+                for node in ast.walk(ast.parse(p.read_text()))
+                if isinstance(node, ast.ClassDef) and any(isinstance(item, ast.AnnAssign)
+                                                          and getattr(item.target, "id", "") == "topmin_max"
+                                                          for item in node.body)]
+    assert sorted(declared) == ["musc/inputs/config.py", "musc/inputs/config.py"]  # MuscConfig and ScoreSettings

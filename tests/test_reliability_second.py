@@ -142,7 +142,7 @@ def test_disk_full_ends_with_one_line_naming_the_folder_and_the_rerun_recovers(t
 
 
 def test_a_log_file_that_cannot_be_written_is_said_in_the_line_not_in_logging_tracebacks(tmp_path, capsys):
-    from flows.cli import _TracebacksToFile
+    from flows.terminal import TracebacksToFile as _TracebacksToFile
     for log_file in (Path("/dev/full"), tmp_path / "a_file" / "musc-errors.log"):  # disk full; no folder
         (tmp_path / "a_file").write_text("")
         stream = logging.StreamHandler(sys.stdout)

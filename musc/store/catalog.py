@@ -103,6 +103,11 @@ def parts_dir(artifact: str | Path) -> Path:
     return Path(artifact).with_suffix(".parts")
 
 
+def parts_folders(stage_folder: str | Path) -> list[Path]:
+    """Every artifact's parts folder in a stage folder."""
+    return sorted(p for p in Path(stage_folder).glob("*.parts") if p.is_dir())
+
+
 def part_path(artifact: str | Path, name: str) -> Path:
     return parts_dir(artifact) / f"{name}.h5"
 

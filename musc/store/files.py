@@ -31,8 +31,8 @@ from typing import Any, Callable, Iterator, Mapping
 import h5py
 import numpy as np
 
-from .catalog import (ARTIFACTS_MARKER, ArtifactError, artifact_path, is_part, lock_path, manifest_path, part_path, parts_dir,
-                      temporary_files, temporary_path, verification_record)
+from .catalog import (ARTIFACTS_MARKER, ArtifactError, artifact_path, is_part, lock_path, manifest_path, part_path,
+                      parts_dir, parts_folders, temporary_files, temporary_path, verification_record)
 from .schema import SCHEMA_VERSION, STAGES, stage_schema
 
 
@@ -387,7 +387,7 @@ def clear_orphan_parts(path: str | Path) -> list[Path]:
     written under the artifact's lock (extract). Returns what was removed."""
     path = Path(path)
     removed = []
-    for folder in sorted(path.parent.glob("*.parts")):
+    for folder in parts_folders(path.parent):
         if folder == parts_dir(path) or not folder.is_dir():
             continue
         lock = lock_path(folder.with_suffix(".h5"))
