@@ -23,9 +23,15 @@ from .faults import fault_point
 from .stage import Plan, code_version, logger, stage_task
 
 
+def _mask_digest(mask_path: str | tuple[str, ...] | None) -> str | list[str] | None:
+    """The digest of an image's mask file (a list of digests where its masks are several files)."""
+    if mask_path is None:
+        return None
+    return store.file_digest(mask_path) if isinstance(mask_path, str) else [store.file_digest(p) for p in mask_path]
+
+
 def plan_extract(category: Category, settings: ExtractSettings, artifacts: str) -> Path:
-    images = [(s.name, store.file_digest(s.path), s.label, store.file_digest(s.mask_path) if s.mask_path else None)
-              for s in category.samples]
+    images = [(s.name, store.file_digest(s.path), s.label, _mask_digest(s.mask_path)) for s in category.samples]
     key = store.stable_hash(code_version("extract"), category.dataset, category.name, backbone_settings(settings),
                             images)
     return store.artifact_path(artifacts, category.dataset, category.name, "extract", key)
