@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from musc.inputs.datasets import (DatasetError, UnreadableImage, list_categories, load_category, load_image, load_mask,
-                       subsets)
+                       subset_groups, subsets)
 
 
 def save(path, array, mode=None):
@@ -159,12 +159,12 @@ def test_paths_may_not_escape_the_root(tmp_path):
 
 def test_subsets_partition_stratified_and_seeded(mvtec):
     samples = load_category("mvtec_ad", mvtec, "cable").samples
-    parts = subsets(samples, 2, seed=42)
+    parts = subsets(subset_groups(samples), 2, seed=42)
     assert sorted(i for part in parts for i in part) == list(range(len(samples)))
     for part in parts:  # one image of each defect type per subset
         assert sorted(samples[i].defect_type for i in part) == ["burn", "crack", "good"]
-    assert parts == subsets(samples, 2, seed=42)
-    assert subsets(samples, 1, seed=0) == [list(range(len(samples)))]
+    assert parts == subsets(subset_groups(samples), 2, seed=42)
+    assert subsets(subset_groups(samples), 1, seed=0) == [list(range(len(samples)))]
 
 
 def test_palette_cmyk_and_tiny_images_are_converted(tmp_path):

@@ -28,8 +28,14 @@ log = logging.getLogger("musc.stages")
 
 def image_listing(category: Category) -> list[tuple]:
     """What decides the extracted images: each image's name, content digest, label and mask digest."""
-    return [(s.name, store.file_digest(s.path), s.label, store.file_digest(s.mask_path) if s.mask_path else None)
-            for s in category.samples]
+    return [(s.name, store.file_digest(s.path), s.label, _mask_digest(s.mask_path)) for s in category.samples]
+
+
+def _mask_digest(mask_path: str | tuple[str, ...] | None) -> str | list[str] | None:
+    """The digest of an image's mask file (a list of digests where its masks are several files)."""
+    if mask_path is None:
+        return None
+    return store.file_digest(mask_path) if isinstance(mask_path, str) else [store.file_digest(p) for p in mask_path]
 
 
 def plan(category: Category, settings: ExtractSettings, artifacts: str) -> Plan:

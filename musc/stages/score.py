@@ -36,8 +36,8 @@ def plan(aggregate: Ref, extract: Ref, settings: ScoreSettings, r: int) -> Plan:
 
 def subset_members(extract: Ref, settings: ScoreSettings) -> list[list[int]]:
     """The members (image indices) of each subset of the extracted images."""
-    paths = store.open_artifact(extract["path"], "extract", extract["digest"]).read("paths")
-    return subsets([Path(str(p)).parent.name for p in paths], int(settings.divide_num), int(settings.seed))
+    groups = store.open_artifact(extract["path"], "extract", extract["digest"]).read("defect_types")
+    return subsets([str(g) for g in groups], int(settings.divide_num), int(settings.seed))
 
 
 def tiles(plan: Plan) -> list[Tile]:
