@@ -18,6 +18,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from flows import use_prefect_startup_timeout
+
 from musc.inputs.config import ConfigError, MuscConfig
 from musc.inputs.datasets import DATASETS, DatasetError, UnreadableImage
 from musc.method.metrics import METRIC_NAMES
@@ -40,8 +42,7 @@ def _prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")  # the client's telemetry notice and telemetry, off
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-    # the temporary server can take longer than Prefect's 20 s to start on a busy machine
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    use_prefect_startup_timeout()  # flows/__init__.py: the one start-up timeout
 
 
 class _QuietFileHandler(logging.FileHandler):
