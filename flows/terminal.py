@@ -18,6 +18,7 @@ from typing import Any, Callable, TypeVar
 import typer
 from rich.console import Console
 
+from flows import use_prefect_startup_timeout
 from musc.inputs.config import ConfigError
 from musc.inputs.datasets import DatasetError, UnreadableImage
 from musc.store import ArtifactError
@@ -42,8 +43,7 @@ def prefect_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")  # the client's telemetry notice and telemetry, off
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
-    # the temporary server can take longer than Prefect's 20 s to start on a busy machine
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    use_prefect_startup_timeout()  # flows/__init__.py: the one start-up timeout
 
 
 # Errors: one line on the terminal ------------------------------------------------------------------

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the whole test suite.
+# Set up (if needed) and run the whole test suite (slow tests included; arguments go to pytest).
+# The quick loop while working, without the subprocess, server and browser tests and the longer runs:
+#   .venv/bin/python -m pytest -m "not slow"
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

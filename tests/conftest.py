@@ -1,30 +1,56 @@
+"""Fixtures and helpers shared by the test modules (they import the helpers from here; no test module
+imports another's). Markers: ``slow`` on every test that starts a subprocess, a Prefect server or a
+browser (``pytest -m "not slow"`` is the quick loop), ``gpu`` on those that need CUDA."""
+import contextlib
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import h5py
+import httpx
 import pytest
+
+from flows import PREFECT_STARTUP_SECONDS  # importing flows sets it for Prefect, before Prefect is imported
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-FIXTURE = SHARED / "fixtures" / "musc_reference_small.h5"
+ROOT = Path(__file__).resolve().parents[1]
+# generated output of the reference code, kept in the repository (tests/fixtures/README.md)
+FIXTURE = ROOT / "tests" / "fixtures" / "musc_reference_small.h5"
+# the real MVTec AD images stay outside the repository (their licence): ../shared beside it
+SHARED = ROOT.parent / "shared"
 REAL_DATA = SHARED / "data" / "real"
+# set by .ci/run: there, missing real images are a failure, not a skip
+REQUIRE_SHARED = "MUSC_REQUIRE_SHARED"
+DEMO_BACKBONE = str(ROOT / "configs" / "demo_vit.json")
+TINY_CONFIG = {"backbone": DEMO_BACKBONE, "pretrained": "none", "image_size": 64, "layers": [0, 1, 2, 3],
+               "batch_size": 4, "block_size": 4, "device": "cpu", "r_list": [1, 3]}
+PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
 @pytest.fixture(scope="session")
 def reference():
-    if not FIXTURE.exists():
-        pytest.fail(f"parity fixture missing: {FIXTURE}")
+    """Every dataset of the parity fixture, by name, and its root attributes under "attrs"."""
     with h5py.File(FIXTURE, "r") as f:
         data = {}
         f.visititems(lambda name, obj: data.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
         data["attrs"] = dict(f.attrs)
     return data
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_BACKBONE = str(ROOT / "configs" / "demo_vit.json")
-TINY_CONFIG = {"backbone": DEMO_BACKBONE, "pretrained": "none", "image_size": 64, "layers": [0, 1, 2, 3],
-               "batch_size": 4, "block_size": 4, "device": "cpu", "r_list": [1, 3]}
+
+@pytest.fixture(scope="session")
+def real_data():
+    """The real MVTec AD images (../shared/data/real); skipped, saying why, where they are absent
+    (a clone on its own), failed where MUSC_REQUIRE_SHARED=1 (CI always has them)."""
+    if not (REAL_DATA / "bottle").is_dir():
+        message = f"the real MVTec AD images are not here: {REAL_DATA / 'bottle'} (../shared beside the repository)"
+        if os.environ.get(REQUIRE_SHARED) == "1":
+            pytest.fail(f"{message}; {REQUIRE_SHARED}=1 requires them")
+        pytest.skip(message)
+    return REAL_DATA
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +58,7 @@ def prefect_harness(tmp_path_factory):
     """One Prefect (ephemeral, temporary database) for the whole session."""
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect_home"))
     from prefect.testing.utilities import prefect_test_harness
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=PREFECT_STARTUP_SECONDS):
         yield
 
 
@@ -60,7 +86,6 @@ def stage_files(snap, stage):
 
 def read_all(ref):
     """Every dataset of an artifact, by name."""
-    import h5py
     from musc import store
     artifact = store.open_artifact(ref["path"])
     out = {}
@@ -84,3 +109,88 @@ def reference_run(prefect_harness, tiny_dataset, tmp_path_factory):
     """One uninterrupted local run of the tiny dataset, to compare other runs against."""
     artifacts = tmp_path_factory.mktemp("reference_artifacts")
     return run_category(tiny_dataset, artifacts), artifacts
+
+
+def run_musc(*args, cwd, env=None, timeout=600):
+    """The ``musc`` command in a child process of its own (own Prefect home and temporary server)."""
+    environment = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(Path(cwd) / ".prefect"),
+                   "COLUMNS": "200", **(env or {})}
+    environment.pop("PREFECT_API_URL", None)
+    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], cwd=cwd, env=environment,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# A real `prefect server start` with deployments and a process worker (test_server.py, test_pool_server.py)
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from browser import free_port
+    home = tmp_path_factory.mktemp("server_home")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "MUSC_FLOW_HOME": str(ROOT),
+           "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "2",
+           "PREFECT_UI_ENABLED": "false"}
+    logs = home / "server.log"
+    process = subprocess.Popen([PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                               env=env, stdout=open(logs, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    api = env["PREFECT_API_URL"]
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            pytest.fail("Prefect server did not start: " + logs.read_text()[-2000:])
+        yield {"env": env, "api": api, "home": home}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def prefect(server, *args, timeout=180, env=None):
+    """The ``prefect`` command against the server; its output, asserting it succeeded."""
+    result = subprocess.run([PREFECT, "--no-prompt", *args], cwd=ROOT, env={**server["env"], **(env or {})},
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+def wait_for(server, flow_run_id, states, timeout=400):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run = httpx.get(f"{server['api']}/flow_runs/{flow_run_id}").json()
+        if run["state"]["type"] in states:
+            return run
+        time.sleep(2)
+    pytest.fail(f"flow run {flow_run_id} stayed {run['state']['type']}")
+
+
+def start_run(server, deployment, **parameters):
+    ids = httpx.post(f"{server['api']}/deployments/filter",
+                     json={"deployments": {"name": {"any_": [deployment]}}}).json()
+    assert ids, f"deployment {deployment} not found"
+    response = httpx.post(f"{server['api']}/deployments/{ids[0]['id']}/create_flow_run", json={"parameters": parameters})
+    response.raise_for_status()
+    return response.json()["id"]
+
+
+@contextlib.contextmanager
+def process_worker(server, deployments: list[str], failing_stage: str, folder: Path):
+    """Deploy from prefect.yaml and run a process worker on musc-pool; ``failing_stage`` fails once
+    while the yielded marker file exists (MUSC_FAIL_ONCE)."""
+    prefect(server, "work-pool", "create", "musc-pool", "--type", "process")
+    prefect(server, "deploy", *deployments)
+    marker = folder / f"fail-{failing_stage}-once"
+    env = {**server["env"], "MUSC_FAIL_ONCE": f"{failing_stage}:{marker}"}
+    process = subprocess.Popen([PREFECT, "worker", "start", "--pool", "musc-pool"], cwd=ROOT, env=env,
+                               stdout=open(server["home"] / "worker.log", "w"), stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    try:
+        yield {"marker": marker}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)

@@ -5,6 +5,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
 LAYERS_ABOVE_THE_LIBRARY = ("prefect", "prefect_dask", "flows", "tasks")
@@ -14,6 +16,7 @@ def python_files(*folders):
     return sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py"))
 
 
+@pytest.mark.slow
 def test_every_library_module_imports_with_prefect_unimportable():
     code = f"""
 import importlib, importlib.abc, pkgutil, sys

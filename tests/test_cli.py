@@ -1,27 +1,18 @@
 """The `musc` command end to end: the demo, a run on real MVTec AD images, inspect, report, errors."""
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import DEMO_BACKBONE, REAL_DATA
+from conftest import DEMO_BACKBONE, run_musc
 
-
-def musc(*args, cwd, timeout=600):
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(Path(cwd) / ".prefect"),
-           "COLUMNS": "200"}
-    env.pop("PREFECT_API_URL", None)
-    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+pytestmark = pytest.mark.slow  # every test runs the command in a child process
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("demo")
-    result = musc("demo", cwd=cwd)
+    result = run_musc("demo", cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
     return cwd, result
 
@@ -48,12 +39,12 @@ def test_demo_overlays_and_figures_exist(demo_run):
 def test_inspect_prints_stage_config_metrics_and_top_images(demo_run):
     cwd, _ = demo_run
     artifact = next((cwd / "artifacts/mvtec_ad/fabric/evaluate").glob("*.h5"))
-    result = musc("inspect", artifact, "--top", "3", cwd=cwd)
+    result = run_musc("inspect", artifact, "--top", "3", cwd=cwd)
     assert result.returncode == 0, result.stderr
     assert "stage: evaluate" in result.stdout and "digest verified" in result.stdout
     assert "pixel_auroc" in result.stdout and "top 3 most anomalous" in result.stdout
     extract = next((cwd / "artifacts/mvtec_ad/fabric/extract").glob("*.h5"))
-    result = musc("inspect", extract, cwd=cwd)
+    result = run_musc("inspect", extract, cwd=cwd)
     assert "tokens" in result.stdout and "(4, 26, 257, 96)" in result.stdout
 
 
@@ -62,16 +53,14 @@ def test_report_is_rebuilt_from_artifacts_alone(demo_run):
     evaluate = next((cwd / "artifacts/mvtec_ad/fabric/evaluate").glob("*/"))
     for name in ("report.md", "per_image.csv", "histograms.png"):
         (evaluate / name).unlink()
-    result = musc("report", cwd / "artifacts", cwd=cwd)
+    result = run_musc("report", cwd / "artifacts", cwd=cwd)
     assert result.returncode == 0, result.stderr
     assert (evaluate / "report.md").read_text().startswith("# MuSc results")
     assert (evaluate / "histograms.png").stat().st_size > 1000
 
 
-def test_run_on_real_mvtec_bottle_reports_image_metrics(tmp_path):
-    if not (REAL_DATA / "bottle").is_dir():
-        pytest.fail(f"real data missing: {REAL_DATA}")
-    result = musc("run", "--dataset", "mvtec_ad", "--root", REAL_DATA, "--category", "bottle",
+def test_run_on_real_mvtec_bottle_reports_image_metrics(real_data, tmp_path):
+    result = run_musc("run", "--dataset", "mvtec_ad", "--root", real_data, "--category", "bottle",
                   "--backbone", DEMO_BACKBONE, "--pretrained", "none", "--image-size", "128",
                   "--layers", "0,1,2,3", "--msm-precision", "bf16", "--artifacts", tmp_path / "artifacts", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -89,7 +78,7 @@ def test_run_on_real_mvtec_bottle_reports_image_metrics(tmp_path):
     (["inspect", "missing.h5"], "missing.h5: no such artifact"),
 ])
 def test_bad_input_gives_one_line_without_traceback(tmp_path, args, message):
-    result = musc(*args, cwd=tmp_path)
+    result = run_musc(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -99,10 +88,10 @@ def test_bad_configuration_is_rejected_before_any_work(tmp_path):
     (tmp_path / "data/cat/test/good").mkdir(parents=True)
     for flags, message in ((["--layers", "0,99"], "layers: block 99 is out of range"),
                            (["--msm-precision", "fp16"], "msm_precision: expected 'fp32' or 'bf16'")):
-        result = musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
+        result = run_musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
                       "--pretrained", "none", "--image-size", "128", *flags, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, result.stderr
-    result = musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
+    result = run_musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
                   "--pretrained", "none", "--image-size", "100", cwd=tmp_path)
     assert "image_size: 100 is not a multiple of the patch size 8" in result.stderr
     assert not (tmp_path / "artifacts").exists()
@@ -113,7 +102,7 @@ def test_failure_inside_the_flow_keeps_the_traceback_off_the_terminal(tmp_path):
     good.mkdir(parents=True)
     for name in ("a.png", "b.png", "c.png"):
         (good / name).write_text("not an image")
-    result = musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
+    result = run_musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
                   "--pretrained", "none", "--image-size", "64", "--layers", "0,1", "--artifacts",
                   tmp_path / "artifacts", cwd=tmp_path)
     assert result.returncode == 2

@@ -77,6 +77,7 @@ def test_score_tile_task_runs_on_the_gpu(tmp_path):
         np.testing.assert_allclose(votes["cuda"][name], votes["cpu"][name], atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_on_the_gpu_matches_the_cpu(prefect_harness, tmp_path):
     from flows import category_flow
     from flows.demo import DEMO_CONFIG

@@ -1,4 +1,4 @@
-"""Every step of the method against the reference implementation's outputs (../shared/fixtures)."""
+"""Every step of the method against the reference implementation's outputs (tests/fixtures)."""
 import numpy as np
 import pytest
 import torch

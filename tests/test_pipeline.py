@@ -30,6 +30,7 @@ def test_outputs_layout_and_metrics(reference_run):
     assert not list(artifacts.rglob("*.parts")) and not list(artifacts.rglob(".*.tmp-*"))
 
 
+@pytest.mark.slow
 def test_second_run_recomputes_nothing_and_reads_each_artifact_once(tiny_dataset, tmp_path, monkeypatch):
     run_category(tiny_dataset, tmp_path)
     before = snapshot(tmp_path)
@@ -72,6 +73,7 @@ def test_second_run_recomputes_nothing_and_reads_each_artifact_once(tiny_dataset
     assert store.valid_digest(victim) == second["classify"]["digest"]
 
 
+@pytest.mark.slow
 def test_changing_r_list_reruns_only_the_new_degree(tiny_dataset, tmp_path):
     run_category(tiny_dataset, tmp_path, r_list=[1, 3])
     before = snapshot(tmp_path)
@@ -83,6 +85,7 @@ def test_changing_r_list_reruns_only_the_new_degree(tiny_dataset, tmp_path):
         assert len(stage_files(after, stage)) == len(stage_files(before, stage)) + 1, stage
 
 
+@pytest.mark.slow
 def test_deleting_score_reruns_score_classify_evaluate_only(tiny_dataset, tmp_path):
     first = run_category(tiny_dataset, tmp_path)
     before = snapshot(tmp_path)
@@ -100,6 +103,7 @@ def test_deleting_score_reruns_score_classify_evaluate_only(tiny_dataset, tmp_pa
     assert_same_arrays(read_all(first["classify"]), read_all(second["classify"]))
 
 
+@pytest.mark.slow
 def test_corrupt_artifact_is_detected_and_rebuilt(tiny_dataset, tmp_path):
     first = run_category(tiny_dataset, tmp_path)
     aggregated = store.open_artifact(first["scores"][0]["path"]).inputs["aggregate"]
@@ -135,6 +139,7 @@ def crash_run(data, artifacts, fault, tmp_path):
     assert returncode == -signal.SIGKILL, log.read_text()[-2000:]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault,stage,parts", [("extract:2", "extract", 2), ("score:3", "score", 3)])
 def test_killed_run_resumes_to_identical_artifacts(tiny_dataset, reference_run, tmp_path, monkeypatch,
                                                    fault, stage, parts):
@@ -166,6 +171,7 @@ def test_killed_run_resumes_to_identical_artifacts(tiny_dataset, reference_run, 
     assert not list(artifacts.rglob("*.parts")) and not list(artifacts.rglob(".*.tmp-*"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["aggregate", "classify", "evaluate"])
 def test_kill_during_a_single_write_stage_leaves_nothing_trusted(tiny_dataset, reference_run, tmp_path, stage):
     """Killed while writing: no artifact of that stage is trusted, the rerun completes, equals an
@@ -180,6 +186,7 @@ def test_kill_during_a_single_write_stage_leaves_nothing_trusted(tiny_dataset, r
     assert not list(artifacts.rglob(".*.tmp-*"))
 
 
+@pytest.mark.slow
 def test_bf16_screened_run_matches_fp32_and_shares_its_artifacts(tiny_dataset, reference_run, tmp_path):
     reference, reference_artifacts = reference_run
     screened = run_category(tiny_dataset, tmp_path, msm_precision="bf16")

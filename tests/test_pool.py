@@ -37,6 +37,7 @@ def demo_features(tmp_path_factory):
     return category, tokens, embeddings, masks
 
 
+@pytest.mark.slow
 def test_single_image_against_pool_matches_full_batch(demo_features):
     category, tokens, embeddings, masks = demo_features
     full = musc.score_images(tokens, embeddings, 128)
@@ -154,6 +155,7 @@ def cli(*args):
 NON_DEFAULT = {"topmin_min": 0.1, "topmin_max": 0.6, "aligned_radius": 1}
 
 
+@pytest.mark.slow
 def test_score_new_equals_the_batch_for_non_default_settings(prefect_harness, tiny_dataset, tmp_path):
     """A batch scored whole, and the same batch less two images pooled: the two images scored new
     against the pool get the whole batch's scores and maps (window 0.1-0.6, aligned radius 1).

@@ -13,12 +13,11 @@ import pytest
 import torch
 
 import musc
-from conftest import ROOT, TINY_CONFIG
+from conftest import ROOT, TINY_CONFIG, prefect, process_worker, wait_for
 from musc.inputs.backbone_spec import backbone_settings
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import load_image
 from musc.reference_pool import Images, PoolSettings, write_pool
-from test_server import prefect, process_worker, server, wait_for  # noqa: F401  (server is a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -42,12 +41,12 @@ def pool_file(tiny_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def worker(server, tmp_path_factory):  # noqa: F811
+def worker(server, tmp_path_factory):
     with process_worker(server, ["--name", "daily-folder"], "daily", tmp_path_factory.mktemp("fail")) as started:
         yield started
 
 
-def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server, worker, pool_file,  # noqa: F811
+def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server, worker, pool_file,
                                                                           tiny_dataset, tmp_path):
     api = server["api"]
     today = datetime.now(timezone.utc)

@@ -16,6 +16,7 @@ from musc.inputs.datasets import DatasetError
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_listed_and_reported(tiny_dataset, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
@@ -47,6 +48,7 @@ def test_k_larger_than_n_is_rejected_before_any_work(tiny_dataset, tmp_path):
     assert not (tmp_path / "artifacts").exists()
 
 
+@pytest.mark.slow
 def test_same_inputs_give_identical_results(tiny_dataset, tmp_path):
     first = run_category(tiny_dataset, tmp_path / "a")
     second = run_category(tiny_dataset, tmp_path / "b")
@@ -57,6 +59,7 @@ def test_same_inputs_give_identical_results(tiny_dataset, tmp_path):
                                       store.open_artifact(second["classify"]["path"]).read(name))
 
 
+@pytest.mark.slow
 def test_two_concurrent_runs_share_the_work(tiny_dataset, tmp_path):
     code = ("import sys, json; sys.path.insert(0, %r); from flows import category_flow; "
             "r = category_flow('mvtec_ad', %r, 'fabric', json.loads(sys.argv[1]), %r); "

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEMO_BACKBONE, TINY_CONFIG, run_category
+from conftest import DEMO_BACKBONE, TINY_CONFIG, run_category, run_musc
 from musc import store
 from musc.inputs.config import ConfigError, MuscConfig
 from musc.inputs.datasets import DatasetError, UnreadableImage, list_categories, load_category, load_image, load_mask
@@ -31,14 +31,6 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")  # flows in this process
 TINY_DATA = Path(__file__).parent / "data" / "tiny_clip.json"
 RUN_FLAGS = ["--backbone", DEMO_BACKBONE, "--pretrained", "none", "--image-size", "64", "--layers", "0,1,2,3",
              "--device", "cpu"]
-
-
-def musc(*args, cwd, env=None, timeout=600):
-    environment = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(Path(cwd) / ".prefect"),
-                   "COLUMNS": "200", **(env or {})}
-    environment.pop("PREFECT_API_URL", None)
-    return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def png(path, width, height):
@@ -65,6 +57,7 @@ def recraft(path, **attrs):
 
 # 1. Outputs fed back as inputs ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_folder_layout_run_twice_with_its_artifacts_inside_scores_the_same_images(tiny_dataset,
                                                                                  tmp_path):
     from flows import category_flow
@@ -128,16 +121,17 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_disk_full_ends_with_one_line_naming_the_folder_and_the_rerun_recovers(tiny_dataset, small_disk, tmp_path):
     args = ["run", "--dataset", "mvtec_ad", "--root", tiny_dataset, *RUN_FLAGS, "--artifacts", small_disk / "a"]
-    full = musc(*args, cwd=tmp_path)
+    full = run_musc(*args, cwd=tmp_path)
     assert full.returncode == 2, full.stderr[-3000:]  # not 139 (a segmentation fault in HDF5's teardown)
     errors = [line for line in full.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and str(small_disk / "a") in errors[0] and "no space left" in errors[0], errors
     assert "free some space" in errors[0] and "Logging error" not in full.stderr
     assert not list(small_disk.rglob(".*.tmp-*"))
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
-    again = musc(*args, cwd=tmp_path)
+    again = run_musc(*args, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
 
 
@@ -182,6 +176,7 @@ def _alive(pid):
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_kill_9_of_a_run_leaves_no_prefect_server_running(tiny_dataset, tmp_path):
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(tmp_path / ".prefect"),
@@ -205,9 +200,10 @@ def test_kill_9_of_a_run_leaves_no_prefect_server_running(tiny_dataset, tmp_path
     assert not left, "the temporary Prefect server outlived its run"
 
 
+@pytest.mark.slow
 def test_a_run_of_hundreds_of_tile_tasks_ends_cleanly(tiny_dataset, tmp_path):
     (tmp_path / "run.yaml").write_text("block_size: 1\nr_list: [1, 3, 5]\n")  # 12 images: 234 tile tasks
-    result = musc("run", "--dataset", "mvtec_ad", "--root", tiny_dataset, *RUN_FLAGS, "--config",
+    result = run_musc("run", "--dataset", "mvtec_ad", "--root", tiny_dataset, *RUN_FLAGS, "--config",
                   tmp_path / "run.yaml", "--artifacts", tmp_path / "artifacts", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("Task run 'score-tile") >= 234
@@ -216,6 +212,7 @@ def test_a_run_of_hundreds_of_tile_tasks_ends_cleanly(tiny_dataset, tmp_path):
 
 # 5. Stale evaluate artifacts: report what is current; musc clean ---------------------------------------
 
+@pytest.mark.slow
 def test_report_skips_stale_evaluate_artifacts_and_clean_removes_what_no_run_uses(reference_run, tmp_path):
     _, artifacts = reference_run
     copy = tmp_path / "artifacts"
@@ -230,12 +227,12 @@ def test_report_skips_stale_evaluate_artifacts_and_clean_removes_what_no_run_use
     store.write_part(orphan, "batch_00000", {"indices": np.zeros(0, dtype=np.int64)})
     (orphan.parent / ".00000000deadbeef.h5.lock").write_text("")
 
-    report = musc("report", copy, cwd=tmp_path)
+    report = run_musc("report", copy, cwd=tmp_path)
     assert report.returncode == 0, report.stderr
     assert f"report: {evaluate.with_suffix('') / 'report.md'}" in report.stdout
     assert f"skipped (stale): {stale}" in report.stderr and "musc clean" in report.stderr
 
-    dry = musc("clean", copy, "--dry-run", cwd=tmp_path)
+    dry = run_musc("clean", copy, "--dry-run", cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     listed = {Path(line.split(": ", 1)[1]) for line in dry.stdout.splitlines() if line.startswith("would remove")}
     assert listed == {stale, store.manifest_path(stale), store.verification_record(stale), stale.with_suffix(""),
@@ -285,6 +282,7 @@ def test_an_image_above_the_pixel_limit_is_refused_from_its_header(tmp_path):
         load_image(big)
 
 
+@pytest.mark.slow
 def test_a_huge_mask_is_refused_naming_it(tmp_path):
     huge = png(tmp_path / "000_mask.png", 30000, 30000)
     with pytest.raises(UnreadableImage, match=re.escape(f"{huge}: mask of more than 100 megapixels is above")):
@@ -303,6 +301,7 @@ def test_a_mask_reached_through_a_symlink_outside_the_root_is_refused_like_an_im
 
 # 7. Errors that came late or named the wrong thing ----------------------------------------------------------
 
+@pytest.mark.slow
 def test_a_read_only_artifacts_folder_names_itself(tiny_dataset, tmp_path):
     target = tmp_path / "readonly"
     target.mkdir()
@@ -311,7 +310,7 @@ def test_a_read_only_artifacts_folder_names_itself(tiny_dataset, tmp_path):
     if not mounted:
         target.chmod(0o555)
     try:
-        result = musc("run", "--dataset", "mvtec_ad", "--root", tiny_dataset, *RUN_FLAGS, "--artifacts", target,
+        result = run_musc("run", "--dataset", "mvtec_ad", "--root", tiny_dataset, *RUN_FLAGS, "--artifacts", target,
                       cwd=tmp_path)
     finally:
         if mounted:
@@ -368,6 +367,7 @@ def test_a_positional_embedding_of_the_wrong_length_is_one_line_naming_pretraine
         load_backbone(str(TINY_DATA), str(tmp_path / "short.pt"), 64, [0, 1], device="cpu")
 
 
+@pytest.mark.slow
 def test_inspect_names_the_file_of_a_non_json_attribute_and_reads_only_what_it_shows(reference_run, tmp_path):
     _, artifacts = reference_run
     copy = tmp_path / "artifacts"
@@ -377,11 +377,11 @@ def test_inspect_names_the_file_of_a_non_json_attribute_and_reads_only_what_it_s
         del f["ranking"]
         f.create_dataset("ranking", shape=(10 ** 13,), dtype="int64", chunks=(4096,), fillvalue=0)
     recraft(evaluate)
-    shown = musc("inspect", evaluate, "--top", "2", cwd=tmp_path, timeout=120)
+    shown = run_musc("inspect", evaluate, "--top", "2", cwd=tmp_path, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert "top 2 most anomalous" in shown.stdout and "(10000000000000,)" in shown.stdout
     recraft(evaluate, config="{not json")
-    broken = musc("inspect", evaluate, cwd=tmp_path)
+    broken = run_musc("inspect", evaluate, cwd=tmp_path)
     assert broken.returncode == 2
     assert broken.stderr.strip().splitlines() == [f"error: {evaluate}: attribute 'config' is not valid JSON "
                                                   f"(not an artifact of ours?)"]
@@ -389,6 +389,7 @@ def test_inspect_names_the_file_of_a_non_json_attribute_and_reads_only_what_it_s
 
 # 8. Small ones ----------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_orphan_parts_of_images_that_changed_are_removed_by_the_next_extraction(tiny_dataset,
                                                                                  tmp_path):
     orphan = tmp_path / "artifacts/mvtec_ad/fabric/extract/00000000deadbeef.h5"  # a crashed run's, other images

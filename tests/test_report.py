@@ -96,6 +96,7 @@ def test_report_rebuilds_from_artifacts_without_a_backbone(reference_run, monkey
     assert (outputs / "curves_pixel.png").stat().st_size > 0 and (outputs / "metrics.csv").exists()
 
 
+@pytest.mark.slow
 def test_dataset_flow_publishes_prefect_artifacts(prefect_harness, tiny_dataset, tmp_path):
     from prefect.artifacts import Artifact
     from flows import dataset_flow

@@ -28,6 +28,7 @@ def test_topmin_window_and_progress():
     np.testing.assert_allclose(scores.numpy(), reference_mutual_scores(features, 0.1, 0.5).numpy(), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dask_cluster_run_equals_local_run(prefect_harness, tiny_dataset, reference_run, tmp_path):
     from distributed import Client, LocalCluster
     from prefect_dask import DaskTaskRunner

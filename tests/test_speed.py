@@ -26,6 +26,7 @@ def test_fast_mode_enters_the_score_key_and_exact_modes_share_it():
         MuscConfig(msm_precision="fp16")
 
 
+@pytest.mark.slow
 def test_fast_mode_stays_within_its_stated_bounds(tiny_dataset):
     from musc.inputs.backbones import load_backbone
     from musc.inputs.datasets import load_category, load_image, load_mask
@@ -106,6 +107,7 @@ def test_pictures_are_redrawn_only_when_what_they_show_changes(tmp_path):
     assert not list(folder.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_the_run_path_imports_no_numerical_library_until_a_stage_computes():
     code = ("import sys, flows.cli, flows.category, flows.dataset, flows.demo, tasks, musc\n"
             "print(sorted(m for m in ('torch', 'open_clip', 'timm', 'sklearn', 'matplotlib') if m in sys.modules))")
@@ -154,6 +156,7 @@ def test_only_category_runs_that_compute_send_flow_run_heartbeats(reference_run,
         assert get_current_settings().flows.heartbeat_frequency == default  # the run itself reports the error
 
 
+@pytest.mark.slow
 def test_the_commands_own_server_turns_heartbeats_off_and_a_given_server_keeps_them(tmp_path):
     code = ("from flows.server import temporary_server\n"
             "from prefect.settings import get_current_settings as current\n"
@@ -188,6 +191,7 @@ def test_curves_from_presorted_pixels_are_scikit_learns():
     assert curves.average_precision() == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
 
 
+@pytest.mark.slow
 def test_drawing_threads_import_nothing_once_the_drawing_modules_are_loaded(tmp_path):
     """Pictures are drawn in threads while the metrics import scikit-learn: a thread that imported a
     package at the same time could meet it half-initialised (it did: scipy, an ImportError)."""
