@@ -89,7 +89,7 @@ def checked_category(dataset: str, root: str, category: str, cfg: MuscConfig, ar
     """The category's images (never any under the artifacts root), after rejecting what would fail
     late (a degree r beyond the patch grid, too few images for MuSc, for a subset or for RsCIN's k)
     before any work."""
-    check_degrees(cfg.extract, cfg.r_list)
+    check_degrees(cfg.extract, cfg.r_list, cfg.aligned_radius)
     images = load_category(dataset, root, category, exclude=[artifacts])
     images.check_size(cfg.k_list_for(dataset), cfg.divide_num, cfg.seed)
     return images

@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from musc.inputs.config import DEFAULT_K_LISTS, ConfigError, MuscConfig
+from musc.inputs.config import DEFAULT_K_LISTS, ConfigError, MuscConfig, check_decision
 from musc.inputs.datasets import DATASETS, DatasetError
 from musc.method.metrics import METRIC_NAMES
 from musc.store import ArtifactError
@@ -209,7 +209,7 @@ def inspect(path: Annotated[Path, typer.Argument(help="An artifact (.h5).")],
                                                   "to list.")] = 5
             ) -> None:
     """What an artifact holds: stage, config, provenance, datasets; metrics for evaluate artifacts."""
-    from musc.store import describe
+    from musc.store import describe, read_only
 
     def go():
         if not path.is_file():
@@ -227,7 +227,8 @@ def inspect(path: Annotated[Path, typer.Argument(help="An artifact (.h5).")],
         out.print(table)
         if attrs.get("stage") == "evaluate" and info["digest"]:
             _print_evaluation(out, path, attrs, top)
-    terminal.run_guarded(go)
+    with read_only():  # a read-only command: no verification record written beside any file
+        terminal.run_guarded(go)
 
 
 def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
@@ -375,8 +376,7 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
         from musc.reference_pool import DecisionRule, score_new_images
         if not pool.is_file():
             raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
-        if not 0 <= false_alarm_rate < 1:
-            raise ConfigError(f"--false-alarm-rate: must be in [0, 1), got {false_alarm_rate}")
+        check_decision(threshold, false_alarm_rate, ("--threshold", "--false-alarm-rate"))  # NaN: all normal
         result = score_new_images(pool, images, out, DecisionRule(threshold, false_alarm_rate), device)
         for row in result["rows"]:
             Console(soft_wrap=True).print(f"{row['path']}: score {row['score']:.4f}  {row['decision']}  "

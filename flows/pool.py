@@ -2,24 +2,33 @@
 trend of past days, a Prefect table artifact and an event that an Automation can notify on."""
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+import logging
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+from prefect.exceptions import MissingContextError
 
-from musc.inputs.datasets import IMAGE_SUFFIXES
+from musc.inputs.config import check_decision
 from musc.reference_pool import DecisionRule, score_new_images
-from musc.reference_pool.daily import (append_history, day_summary, history_path, ordered, plot_trends, thumbnail,
-                                       write_day_report)
+from musc.reference_pool.daily import (append_history, day_images, day_summary, history_path, ordered, parse_day,
+                                       plot_trends, read_history, thumbnail, write_day_report)
 from musc.stages.faults import fail_once_point
 from tasks.publish import artifact_key
 from tasks.publish import publish as publish_artifact
 
 EVENT = "musc.daily.scored"
 THUMBNAILS = 48  # parts shown with a heat-map thumbnail in the markdown artifact, anomalous first
+
+
+def _warn(message: str) -> None:
+    try:
+        get_run_logger().warning(message)
+    except MissingContextError:  # called as a function, outside a flow run
+        logging.getLogger("musc").warning(message)
 
 
 def run_day(timezone: str = "UTC") -> str:
@@ -40,24 +49,32 @@ def score_day_task(pool: str, images: list[str], out: str, rule: DecisionRule) -
     return result
 
 
+def pool_name(pool: str | Path) -> str:
+    """The pool's name in artifact keys and event resources: its file name, slugged, and a short
+    digest of its resolved path, so that two lines' pools of the same file name never share one."""
+    where = hashlib.sha256(str(Path(pool).resolve()).encode()).hexdigest()[:8]
+    return artifact_key(Path(pool).stem, where).removeprefix("musc-")
+
+
 def publish(day: str, pool: str, result: dict, summary: dict, report: Path) -> None:
     """The day's table artifact, its thumbnails (markdown) and the event."""
-    name = artifact_key(Path(pool).stem).removeprefix("musc-")  # the pool's name in keys and events
+    name = pool_name(pool)
     key = artifact_key("daily", name)
     rows = ordered(result["rows"])
     publish_artifact("table", key, [{k: row[k] for k in ("path", "score", "decision", "map_png")} for row in rows],
-                     f"Parts of {day}: {summary['anomalous']} anomalous of {summary['count']} "
-                     f"(threshold {summary['threshold']:.6g}); report {report}")
+                     f"Parts of {day} (pool {Path(pool).name}): {summary['anomalous']} anomalous of "
+                     f"{summary['count']} (threshold {summary['threshold']:.6g}); report {report}")
     lines = [f"# Parts of {day}: {summary['anomalous']} anomalous of {summary['count']}", "",
              "| part | score | decision | heat map |", "|---|---|---|---|"]
     lines += [f"| {row['path']} | {row['score']:.4f} | {row['decision']} | ![map]({row['thumbnail']}) |"
               for row in rows if "thumbnail" in row]
-    publish_artifact("markdown", f"{key}-maps", "\n".join(lines), f"heat maps of {day}")
+    publish_artifact("markdown", f"{key}-maps", "\n".join(lines), f"heat maps of {day} (pool {Path(pool).name})")
     anomalous = [{"path": row["path"], "score": row["score"], "map_png": row["map_png"]}
                  for row in rows if row["decision"] == "anomalous"]
     emit_event(event=EVENT,
                resource={"prefect.resource.id": f"musc.pool.{name}",
-                         "prefect.resource.name": Path(pool).name, "musc.day": day,
+                         "prefect.resource.name": Path(pool).name, "musc.pool.path": str(Path(pool).resolve()),
+                         "musc.day": day,
                          "musc.anomalous": "true" if anomalous else "false"},
                payload={**summary, "anomalous_parts": anomalous, "report": str(report),
                         "scores_csv": str(report.parent / "scores.csv")})
@@ -71,14 +88,16 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", false_
     or with a threshold calibrated on the pool at ``false_alarm_rate``. Writes scores.csv, maps and
     report.md into ``out`` (default <root>/<day>/musc), appends the day to the history beside the
     pool, publishes a table artifact and emits the ``musc.daily.scored`` event."""
+    check_decision(threshold, false_alarm_rate)  # NaN would make every part normal
     day = day or run_day(timezone)
-    datetime.strptime(day, "%Y-%m-%d")  # a malformed day fails here, naming it
+    parse_day(day)  # a malformed day fails here, naming it
     folder = Path(root) / day
-    if not folder.is_dir():
-        raise FileNotFoundError(f"root: no folder {folder} for {day}")
-    images = sorted(str(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    images, outside = day_images(root, day)
+    for entry in outside:
+        _warn(f"{entry}: leads out of {root} (a symlink); not scored")
     if not images:
         raise FileNotFoundError(f"root: no images in {folder} for {day}")
+    read_history(history_path(pool))  # a corrupt history fails now, naming it, not after the work
     fail_once_point("daily")
     target = Path(out or folder / "musc")
     result = score_day_task(pool, images, str(target), DecisionRule(threshold, false_alarm_rate))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import socket
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Iterator
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -53,12 +55,68 @@ def _wait_healthy(process: subprocess.Popen, url: str, log) -> None:
         if process.poll() is not None:
             log.seek(0)
             last = (log.read().decode(errors="replace").strip().splitlines() or [""])[-1]
-            raise RuntimeError(f"the temporary Prefect server exited with status {process.returncode} ({last})")
+            raise _Exited(f"the temporary Prefect server exited with status {process.returncode} ({last})")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                 return
         time.sleep(0.1)
     raise RuntimeError(f"the temporary Prefect server did not answer within {STARTUP_SECONDS} s")
+
+
+START_ATTEMPTS = 3
+
+
+class _Exited(RuntimeError):
+    """The server process ended before it answered."""
+
+
+@contextlib.contextmanager
+def _one_start_at_a_time() -> Iterator[None]:
+    """Starts of temporary servers on one Prefect home, one at a time (a lock file in PREFECT_HOME,
+    held until the server answers): the first start on a new home creates and migrates its
+    database, and a second server starting meanwhile exits (status 3). Without a writable home,
+    no lock (the start is retried instead)."""
+    from prefect.settings import PREFECT_HOME
+    try:
+        home = Path(PREFECT_HOME.value()).expanduser()
+        home.mkdir(parents=True, exist_ok=True)
+        handle = open(home / ".musc-server-start.lock", "a+")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _start(env: dict) -> tuple[subprocess.Popen, str, object]:
+    """(process, API URL, log) of a server that answers; a server that exits while starting (a port
+    taken meanwhile, a database busy) is started again, at most START_ATTEMPTS times."""
+    for attempt in range(START_ATTEMPTS):
+        port = _free_port()
+        command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+                   "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+        log = tempfile.TemporaryFile()
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=log,  # noqa: PLW1509 - preexec: see above
+                                   preexec_fn=_die_with_parent(os.getpid()))
+        url = f"http://127.0.0.1:{port}/api"
+        try:
+            _wait_healthy(process, url, log)
+            return process, url, log
+        except _Exited:
+            log.close()
+            if attempt == START_ATTEMPTS - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+        except BaseException:
+            process.kill()
+            process.wait()
+            log.close()
+            raise
+    raise AssertionError("unreachable")
 
 
 def _drain_clients() -> None:
@@ -79,18 +137,12 @@ def temporary_server() -> Iterator[str | None]:
         yield os.environ.get("PREFECT_API_URL")
         return
     from prefect.settings import PREFECT_API_URL, temporary_settings
-    port = _free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
-               "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
     env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_BATCH_SIZE": "200",
            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "200"}
-    log = tempfile.TemporaryFile()
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=log,  # noqa: PLW1509 - preexec: see above
-                               preexec_fn=_die_with_parent(os.getpid()))
-    url = f"http://127.0.0.1:{port}/api"
+    with _one_start_at_a_time():
+        process, url, log = _start(env)
     try:
-        _wait_healthy(process, url, log)
         os.environ["PREFECT_API_URL"] = url  # for child processes (Dask workers)
         # Heartbeats let a long-lived server mark crashed runs; nothing watches them on a server that
         # ends with the command, and each flow run's end waits up to 1 s for the heartbeat thread.

@@ -11,8 +11,10 @@ left in its description.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+import unicodedata
 from uuid import UUID
 
 from musc.progress import TRACKER, Job, Throttle, format_seconds
@@ -23,9 +25,16 @@ log = logging.getLogger("musc.publish")
 
 
 def artifact_key(*parts: str) -> str:
-    """Prefect keys hold lowercase letters, digits and dashes: 'musc-mvtec-ad-fabric-metrics'."""
-    text = "-".join(["musc", *[p for p in parts if p]]).lower()
-    return "-".join(filter(None, "".join(c if c.isalnum() else "-" for c in text).split("-")))
+    """Prefect keys hold lowercase ASCII letters, digits and dashes: 'musc-mvtec-ad-fabric-metrics'.
+    Other letters are spelt in ASCII where Unicode can ('Gehäuse' -> 'gehause'), dropped where it
+    cannot ('部品'); such a key ends with a short digest of the real name, so that two names never
+    share one (the real name is in the artifact's text)."""
+    text = "-".join(["musc", *[str(p) for p in parts if p]])
+    spelt = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    key = "-".join(filter(None, "".join(c if c.isalnum() else "-" for c in spelt).split("-")))
+    if not text.isascii():
+        key += "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+    return key
 
 
 _roots: dict[UUID, UUID] = {}

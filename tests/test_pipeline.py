@@ -35,7 +35,9 @@ def test_second_run_recomputes_nothing_and_reads_each_artifact_once(tiny_dataset
     run_category(tiny_dataset, tmp_path)
     before = snapshot(tmp_path)
     records = sorted(tmp_path.rglob(".*.h5.verified"))
-    assert len(records) == len(before)  # every artifact's check is recorded beside it
+    # a check is recorded beside an artifact once its timestamps are older than their resolution
+    # (store.files.settled); the last stages, checked as soon as written, are hashed again later
+    assert 0 < len(records) <= len(before)
     for record in records:
         record.unlink()
     store.files._verified.clear()  # as in a new process, and no record of earlier checks
@@ -58,6 +60,7 @@ def test_second_run_recomputes_nothing_and_reads_each_artifact_once(tiny_dataset
     assert sorted(map(str, reads)) == sorted({ref["path"] for ref in stages} | {
         str(p) for p in tmp_path.rglob("aggregate/*.h5")}), "each artifact is read and hashed once per run"
 
+    assert len(sorted(tmp_path.rglob(".*.h5.verified"))) == len(before)  # all settled by now: all recorded
     reads.clear()
     store.files._verified.clear()  # a later command: the records vouch for the unchanged artifacts
     run_category(tiny_dataset, tmp_path)

@@ -83,14 +83,18 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     anomalous = table[table["decision"] == "anomalous"]
     assert 0 < len(anomalous) < 3  # parts of both kinds: the order below means something
 
+    from flows.pool import pool_name
+    name = pool_name(pool_file)  # line3-<digest of the pool's path>
+    assert name.startswith("line3-")
+    key = f"musc-daily-{name}"
     artifacts = {a["key"]: a for a in httpx.post(f"{api}/artifacts/filter", json={
-        "artifacts": {"key": {"any_": ["musc-daily-line3", "musc-daily-line3-maps"]}}}).json()}
-    rows = artifacts["musc-daily-line3"]["data"]
+        "artifacts": {"key": {"any_": [key, f"{key}-maps"]}}}).json()}
+    rows = artifacts[key]["data"]
     rows = json.loads(rows) if isinstance(rows, str) else rows
-    assert artifacts["musc-daily-line3"]["type"] == "table" and len(rows) == 3
+    assert artifacts[key]["type"] == "table" and len(rows) == 3
     decisions = [row["decision"] for row in rows]
     assert decisions == sorted(decisions)  # "anomalous" < "normal": anomalous parts first
-    assert artifacts["musc-daily-line3-maps"]["data"].count("data:image/png;base64,") == 3
+    assert artifacts[f"{key}-maps"]["data"].count("data:image/png;base64,") == 3
 
     events = []
     for _ in range(30):
@@ -103,7 +107,7 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     payload = events[0]["payload"]
     assert payload["day"] == day and payload["count"] == 3 and payload["anomalous"] == len(anomalous)
     assert sorted(p["path"] for p in payload["anomalous_parts"]) == sorted(anomalous["path"])
-    assert events[0]["resource"]["prefect.resource.id"] == "musc.pool.line3"
+    assert events[0]["resource"]["prefect.resource.id"] == f"musc.pool.{name}"
     assert events[0]["resource"]["musc.anomalous"] == ("true" if len(anomalous) else "false")
 
 

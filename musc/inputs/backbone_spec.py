@@ -85,10 +85,15 @@ def patch_size_of(model: str) -> int:
     return int(clip_config(model)[1]["vision_cfg"].get("patch_size", 16))
 
 
-def check_degrees(settings: ExtractSettings, r_list) -> None:
-    """ConfigError unless every aggregation degree r fits the patch grid (r <= image_size / patch)."""
+def check_degrees(settings: ExtractSettings, r_list, aligned_radius: int | None = None) -> None:
+    """ConfigError unless every aggregation degree r fits the patch grid (r <= image_size / patch),
+    and the aligned-parts radius is below the grid's side (a larger one only adds shifts that
+    compare nothing, (2 radius + 1)^2 of them per tile)."""
     grid = settings.image_size // patch_size_of(settings.backbone)
     too_large = [r for r in r_list if r > grid]
     if too_large:
         raise ConfigError(f"r_list: degree {too_large[0]} is larger than the patch grid ({grid} x {grid} "
                           f"patches at image_size {settings.image_size})")
+    if aligned_radius is not None and aligned_radius >= grid:
+        raise ConfigError(f"aligned_radius: {aligned_radius} reaches beyond the patch grid ({grid} x {grid} "
+                          f"patches at image_size {settings.image_size}); at most {grid - 1}")

@@ -23,6 +23,12 @@ DEFAULT_K_LISTS = {"mvtec_ad": (1, 2, 3), "btad": (1, 2, 3), "folder": (1, 2, 3)
                    "mvtec_ad2": (1, 2, 3), "mvtec_loco": (1, 2, 3), "mpdd": (1, 2, 3), "real_iad": (1, 2, 3),
                    "kolektor": (1, 2, 3), "autovi": (1, 2, 3)}
 
+# Bounds of the integer settings: beyond them the work hangs (divide_num subsets listed one by one),
+# overflows (torch's sizes and seeds) or only burns time; within them every run the paper describes fits.
+LIMITS = {"image_size": 4096, "divide_num": 1000, "batch_size": 1024, "block_size": 4096,
+          "aligned_radius": 4096, "seed": 2**32 - 1}
+MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few lines; a larger file is not one
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
@@ -75,7 +81,7 @@ class MuscConfig:
                 object.__setattr__(self, name, _as_int_tuple(name, value))
         for name in ("backbone", "pretrained", "device", "quick_gelu", "overlay_normalisation", "msm_precision"):
             if not isinstance(getattr(self, name), str):
-                raise ConfigError(f"{name}: expected text, got {getattr(self, name)!r}")
+                raise ConfigError(f"{name}: expected text, got {_shown(getattr(self, name))}")
         for name in ("topmin_min", "topmin_max"):
             _check_number(name, getattr(self, name))
         _check_int("image_size", self.image_size, minimum=1)
@@ -98,9 +104,9 @@ class MuscConfig:
         if self.k_list is not None and (not self.k_list or any(k < 0 for k in self.k_list)):
             raise ConfigError(f"k_list: must be non-negative window sizes, got {self.k_list}")
         if self.device not in ("auto", "cpu") and not str(self.device).startswith("cuda"):
-            raise ConfigError(f"device: expected 'auto', 'cpu' or 'cuda[:n]', got {self.device!r}")
+            raise ConfigError(f"device: expected 'auto', 'cpu' or 'cuda[:n]', got {_shown(self.device)}")
         if self.quick_gelu not in ("auto", "true", "false"):
-            raise ConfigError(f"quick_gelu: expected 'auto', 'true' or 'false', got {self.quick_gelu!r}")
+            raise ConfigError(f"quick_gelu: expected 'auto', 'true' or 'false', got {_shown(self.quick_gelu)}")
         for name in ("threshold", "pixel_threshold"):
             if getattr(self, name) is not None:
                 _check_number(name, getattr(self, name))
@@ -111,7 +117,7 @@ class MuscConfig:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         if self.overlay_normalisation not in ("set", "image"):
-            raise ConfigError(f"overlay_normalisation: expected 'set' or 'image', got {self.overlay_normalisation!r}")
+            raise ConfigError(f"overlay_normalisation: expected 'set' or 'image', got {_shown(self.overlay_normalisation)}")
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ConfigError("backbone: expected an open_clip model name or a JSON config path")
 
@@ -131,7 +137,7 @@ class MuscConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown field {unknown[0]!r} (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"{source}: unknown field {_shown(unknown[0])} (known: {', '.join(sorted(known))})")
         try:
             return cls(**values)
         except TypeError as error:
@@ -140,12 +146,7 @@ class MuscConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> "MuscConfig":
         path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except OSError as error:
-            raise ConfigError(f"{path}: cannot read the configuration file ({error.strerror})") from None
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+        values = load_yaml(path) or {}
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: expected a mapping of field names to values")
         return cls.from_dict(values, source=str(path))
@@ -254,7 +255,7 @@ def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
     try:
         items = list(value)
     except TypeError:
-        raise ConfigError(f"{name}: expected a list of integers, got {value!r}") from None
+        raise ConfigError(f"{name}: expected a list of integers, got {_shown(value)}") from None
     result = []
     for item in items:
         if isinstance(item, str) and item.strip().lstrip("+-").isdigit():
@@ -262,9 +263,15 @@ def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
         if isinstance(item, float) and item.is_integer():
             item = int(item)
         if isinstance(item, bool) or not isinstance(item, int):
-            raise ConfigError(f"{name}: expected a list of integers, got {value!r}")
+            raise ConfigError(f"{name}: expected a list of integers, got {_shown(value)}")
         result.append(item)
     return tuple(result)
+
+
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value for an error line: its repr, cut short (an error is one line, whatever was written)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _check_number(name: str, value: Any) -> None:
@@ -277,13 +284,75 @@ def _check_number(name: str, value: Any) -> None:
                 hint = " (YAML reads this as text: write it with a dot, e.g. 1.0e-9)"
             except ValueError:
                 pass
-        raise ConfigError(f"{name}: expected a number, got {value!r}{hint}")
+        raise ConfigError(f"{name}: expected a number, got {_shown(value)}{hint}")
     if value != value or value in (float("inf"), float("-inf")):
         raise ConfigError(f"{name}: expected a finite number, got {value!r}")
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        raise ConfigError(f"{name}: expected an integer, got {_shown(value)}")
     if value < minimum:
         raise ConfigError(f"{name}: must be >= {minimum}, got {value}")
+    if name in LIMITS and value > LIMITS[name]:
+        shown = str(value) if value < 10**30 else f"a number of {len(str(value))} digits"
+        raise ConfigError(f"{name}: must be <= {LIMITS[name]}, got {shown}")
+
+
+def check_decision(threshold: Any, false_alarm_rate: Any, names: tuple[str, str] = ("threshold", "false_alarm_rate")) -> None:
+    """ConfigError naming the field unless a fixed threshold (None: calibrated on the pool) is a
+    finite number and the false-alarm rate a number in [0, 1): NaN would make every part normal."""
+    if threshold is not None:
+        _check_number(names[0], threshold)
+    _check_number(names[1], false_alarm_rate)
+    if not 0 <= false_alarm_rate < 1:
+        raise ConfigError(f"{names[1]}: must be in [0, 1), got {false_alarm_rate}")
+
+
+# YAML: safe, without aliases (a few hundred bytes of nested aliases expand to gigabytes) and without
+# duplicate keys (the last one silently winning) ------------------------------------------------------
+
+class _StrictYamlError(yaml.YAMLError):
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(f"{message} (line {mark.line + 1}, column {mark.column + 1})" if mark else message)
+
+
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader refusing aliases (``*name``) and duplicate mapping keys."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _StrictYamlError(f"alias *{event.anchor} refused (write the value out)", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeLoader says so itself
+                continue
+            if duplicate:
+                raise _StrictYamlError(f"duplicate key {_shown(key)}", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """A YAML file read with ``StrictLoader``, at most MAX_CONFIG_BYTES; ConfigError naming the file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read the configuration file ({error.strerror})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a configuration file")
+    try:
+        return yaml.load(data.decode("utf-8-sig"), Loader=StrictLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({str(error).splitlines()[0][:200]})") from None

@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..method.checks import TooFewImages, check_image_count
+from ..method.checks import MIN_IMAGES, TooFewImages, check_image_count
 from ..store.files import ARTIFACTS_MARKER
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -103,6 +103,9 @@ class Category:
 
     def check_size(self, k_list: Sequence[int] = (), divide_num: int = 1, seed: int = 0) -> None:
         """DatasetError (naming the category) unless its images suffice for the method's settings."""
+        if divide_num > 1 and divide_num * MIN_IMAGES > len(self.samples):  # before listing the subsets
+            raise DatasetError(f"divide_num: splitting {len(self.samples)} images into {divide_num} subsets leaves "
+                               f"fewer than {MIN_IMAGES} in one (category {self.name!r})")
         sizes = [len(members) for members in subsets(subset_groups(self.samples), divide_num, seed)] if divide_num > 1 else []
         try:
             check_image_count(len(self.samples), k_list, sizes)
@@ -468,7 +471,7 @@ def _visa_rows(root: Path) -> list[dict[str, str]]:
     split = root / "split_csv" / "1cls.csv"
     if not split.is_file():
         raise DatasetError(f"root: VisA split file {split} not found")
-    with split.open(newline="") as handle:
+    with split.open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))
     needed = {"object", "split", "label", "image", "mask"}
     if not rows or not needed <= set(rows[0]):
@@ -495,7 +498,7 @@ def _folder_samples(root: Path, ours: _Excluded) -> list[Sample]:
     labels: dict[str, int] = {}
     labels_file = root / "labels.csv"
     if labels_file.is_file():
-        with labels_file.open(newline="") as handle:
+        with labels_file.open(newline="", encoding="utf-8-sig") as handle:  # a spreadsheet's BOM is not a column name
             for line, row in enumerate(csv.DictReader(handle), start=2):
                 value = str(row.get("label") or "").strip()
                 if row.get("image") is None or value not in ("0", "1"):

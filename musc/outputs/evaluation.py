@@ -81,10 +81,13 @@ def evaluate_arrays(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, m
     if "pixel" not in notes:
         usable = pixel_usable(labels, has_mask)
         gt_px, pr_px = masks[usable].astype(bool, copy=False), maps[usable].astype(np.float64, copy=False)
-        order = descending_order(pr_px)
-        if gt_px.min() != gt_px.max():  # both kinds of pixels: else the reference's zeros, no curve
+        if gt_px.min() == gt_px.max():  # one kind of pixels: n/a, not the reference's zeros
+            kind = "no defect pixels: every mask is empty" if not gt_px.max() else "no normal pixels"
+            notes["pixel"] = f"only one class in the masks ({kind})"
+        else:
+            order = descending_order(pr_px)
             curves["pixel"] = BinaryCurves.of(gt_px, pr_px, order)
-        metrics.update(pixel_metrics(gt_px, pr_px, curves.get("pixel"), order))
+            metrics.update(pixel_metrics(gt_px, pr_px, curves["pixel"], order))
     return metrics, notes
 
 

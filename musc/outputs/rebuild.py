@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def rebuild_reports(path: str | Path) -> Rebuilt:
     """Reports of one evaluate artifact (an error if it is stale), or of every current one under a
     folder; stale ones (an input missing or changed since) are skipped and named."""
     path = Path(path)
-    targets = [path] if path.is_file() else sorted(path.rglob("evaluate/*.h5"))
+    targets = [path] if path.is_file() else [target for target in sorted(path.rglob("evaluate/*.h5"))
+                                             if _stays_under(path, target.parent)]
     if not targets:
         raise ArtifactError(f"{path}: no evaluate artifacts found")
     result = Rebuilt()
@@ -62,7 +64,30 @@ def rebuild_reports(path: str | Path) -> Rebuilt:
     return result
 
 
+def _stays_under(root: Path, folder: Path) -> bool:
+    """Whether ``folder`` (found under ``root``) is reached without a symlink. A symlinked dataset,
+    category or stage folder leads elsewhere (out of the root, or to another folder inside it
+    under a second name): it is skipped with a warning, and nothing is written or removed there."""
+    real = root.resolve() / folder.relative_to(root)
+    if folder.resolve() == real:
+        return True
+    warnings.warn(f"{folder}: a symlink (to {folder.resolve()}) under {root}; skipped, nothing written or "
+                  "removed there", stacklevel=3)
+    return False
+
+
+def check_report_folder(folder: Path) -> None:
+    """ArtifactError unless writing the report folder writes only there: neither it nor anything in
+    it is a symlink (a report written through one would land elsewhere)."""
+    folder = Path(folder)
+    links = [folder] if folder.is_symlink() else [p for p in folder.rglob("*") if p.is_symlink()]
+    if links:
+        raise ArtifactError(f"{links[0]}: a symlink (to {links[0].resolve()}) in the place of a report folder "
+                            "or file; refusing to write through it (remove it and rerun)")
+
+
 def rebuild_one(target: Path) -> Path:
+    check_report_folder(report_folder(target))
     evaluation = open_artifact(target, "evaluate")
     extract = open_artifact(find_input(target, "extract", evaluation.inputs["extract"]), "extract")
     classify = open_artifact(find_input(target, "classify", evaluation.inputs["classify"]), "classify")
@@ -129,7 +154,7 @@ def clean_artifacts(root: str | Path, dry_run: bool = False) -> tuple[list[Path]
         raise ArtifactError(f"{root}: not a musc artifacts folder (no {ARTIFACTS_MARKER}); nothing removed")
     used = in_use(root)
     removed, busy = [], []
-    for folder in catalog.stage_folders(root, STAGES):
+    for folder in [f for f in catalog.stage_folders(root, STAGES) if _stays_under(root, f)]:
         keys = {catalog.key_of(entry) for entry in folder.iterdir()} - {None}
         for key in sorted(keys):
             artifact = folder / f"{key}.h5"

@@ -3,6 +3,9 @@ thumbnails and the day's report. Plain files; the daily-folder flow (flows/pool.
 to Prefect."""
 from __future__ import annotations
 
+import os
+import warnings
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -10,13 +13,50 @@ import numpy as np
 import pandas as pd
 
 from ..outputs.evaluation import ANOMALOUS
+from ..inputs.config import ConfigError
+from ..inputs.datasets import IMAGE_SUFFIXES, DatasetError
 from ..outputs.figures import heat_colours, new_figure
 from ..outputs.gallery import png_data_uri
 from ..outputs.html import markdown_page
 from ..store import artifact_lock
+from ..store.files import NO_SPACE, no_space
 
 HISTORY_COLUMNS = ("day", "count", "anomalous", "anomalous_rate", "score_q50", "score_q90", "score_q99",
                    "score_max", "threshold", "pool_size")
+
+
+class HistoryError(ValueError):
+    """A history file that cannot be read as one; the message names it."""
+
+
+def parse_day(day: Any) -> date:
+    """A day 'YYYY-MM-DD' (2026-11-8 too) as a date; ConfigError naming ``day`` otherwise."""
+    try:
+        return datetime.strptime(str(day).strip(), "%Y-%m-%d").date()
+    except ValueError:
+        raise ConfigError(f"day: expected a date YYYY-MM-DD, got {str(day)[:40]!r}") from None
+
+
+def day_images(root: str | Path, day: str) -> tuple[list[str], list[str]]:
+    """(images, skipped) of the folder ``root/day``: image files, in name order; skipped: entries that
+    lead out of ``root`` (symlinks), never read. DatasetError when the day's folder itself does."""
+    parse_day(day)
+    root = Path(root)
+    folder = root / day
+    if not folder.is_dir():
+        raise FileNotFoundError(f"root: no folder {folder} for {day}")
+    top = root.resolve()
+    if not folder.resolve().is_relative_to(top):
+        raise DatasetError(f"root: {folder} leads out of {root} (a symlink to {folder.resolve()}); refused")
+    images, skipped = [], []
+    for entry in sorted(folder.iterdir()):
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if not entry.resolve().is_relative_to(top):
+            skipped.append(str(entry))
+        elif entry.is_file():
+            images.append(str(entry))
+    return images, skipped
 
 
 def history_path(pool_path: str | Path) -> Path:
@@ -36,18 +76,59 @@ def day_summary(day: str, rows: Sequence[dict], threshold: float, pool_size: int
             "pool_size": int(pool_size)}
 
 
-def append_history(path: str | Path, summary: dict[str, Any]) -> pd.DataFrame:
-    """Add the day's summary to the history (a rerun of a day replaces that day's row); sorted by day."""
+def read_history(path: str | Path) -> pd.DataFrame:
+    """The history of daily summaries (none yet: empty), sorted by day; HistoryError naming the
+    file when it is not one. An empty file holds nothing to lose: a warning, and a new history."""
     path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        if path.is_file():
+            warnings.warn(f"{path}: empty history file; starting a new history", stacklevel=2)
+        return pd.DataFrame(columns=HISTORY_COLUMNS)
+    try:
+        history = pd.read_csv(path, dtype={"day": str})
+    except pd.errors.EmptyDataError:
+        raise HistoryError(f"{path}: a history file without a header line; move it away to start a new "
+                           "history") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise HistoryError(f"{path}: not a readable history of daily summaries "
+                           f"({str(error).splitlines()[0][:120]}); move it away to start a new history") from None
+    missing = [column for column in HISTORY_COLUMNS if column not in history.columns]
+    if missing:
+        raise HistoryError(f"{path}: not a history of daily summaries (no column {missing[0]!r}); move it away "
+                           "to start a new history")
+    for line, value in enumerate(history["day"], start=2):
+        try:
+            parse_day(value)
+        except ConfigError:
+            raise HistoryError(f"{path}: line {line}: day {str(value)[:40]!r} is not a date YYYY-MM-DD") from None
+    return _by_day(history)
+
+
+def _by_day(history: pd.DataFrame) -> pd.DataFrame:
+    """Sorted by date, not text: 2026-11-10 after 2026-11-8."""
+    return history.sort_values("day", key=lambda days: days.map(parse_day), kind="stable").reset_index(drop=True)
+
+
+def append_history(path: str | Path, summary: dict[str, Any]) -> pd.DataFrame:
+    """Add the day's summary to the history (a rerun of a day replaces that day's row); sorted by day.
+    Written atomically: a full disk leaves the history as it was, and no temporary file."""
+    path = Path(path)
+    today = parse_day(summary["day"])
     with artifact_lock(path):  # two days' runs at once: neither loses the other's row
-        history = pd.read_csv(path, dtype={"day": str}) if path.is_file() else pd.DataFrame(columns=HISTORY_COLUMNS)
-        history = history[history["day"] != summary["day"]]
+        history = read_history(path)
+        history = history[[parse_day(d) != today for d in history["day"]]]
         row = pd.DataFrame([summary], columns=HISTORY_COLUMNS)
-        history = row if history.empty else pd.concat([history, row], ignore_index=True)
-        history = history.sort_values("day").reset_index(drop=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        history.to_csv(tmp, index=False)
-        tmp.replace(path)
+        history = _by_day(row if history.empty else pd.concat([history, row], ignore_index=True))
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            history.to_csv(tmp, index=False)
+            tmp.replace(path)
+        except OSError as error:
+            if error.errno in NO_SPACE:
+                raise no_space(path.parent) from None
+            raise
+        finally:
+            tmp.unlink(missing_ok=True)
     return history
 
 

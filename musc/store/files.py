@@ -14,6 +14,7 @@ after a crash keeps the complete parts and the final merge removes the folder.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import fcntl
 import functools
 import errno
@@ -85,15 +86,43 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# Trusting a file's identity (inode, size, modification and status-change times) instead of its
+# bytes is safe only once a later change must give another identity: a write within the same tick
+# of the file system's clock keeps the times (one second on ext3 or HFS+, two on FAT, a kernel tick
+# on ext4). So an identity is trusted, and remembered, only when its times were older than that
+# resolution when the file was hashed; a younger one is hashed each time.
+COARSE_TIMESTAMP_NS = 2_000_000_000   # whole-second times (FAT's are 2 s apart)
+FINE_TIMESTAMP_NS = 50_000_000        # sub-second times: a few kernel ticks (at most 10 ms each)
+
+
+def _settle_ns(*times_ns: int) -> int:
+    """How old timestamps must be before a change is sure to move them: whole seconds (or coarser)
+    show a coarse file system."""
+    return COARSE_TIMESTAMP_NS if all(t % 1_000_000_000 == 0 for t in times_ns) else FINE_TIMESTAMP_NS
+
+
+def settled(times_ns: tuple[int, ...], at_ns: int | None = None) -> bool:
+    """Whether a change made after ``at_ns`` (default: now) must give other timestamps than these."""
+    at_ns = time.time_ns() if at_ns is None else at_ns
+    return at_ns - max(times_ns) >= _settle_ns(*times_ns)
+
+
+def _file_key(stat: os.stat_result) -> tuple[int, ...]:
+    return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+
+
 @functools.lru_cache(maxsize=65536)
-def _cached_file_sha256(path: str, size: int, mtime_ns: int) -> str:
+def _cached_file_sha256(path: str, key: tuple[int, ...]) -> str:
     return file_sha256(path)
 
 
 def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file, cached while its size and modification time stay the same."""
+    """SHA-256 of a file, cached while its identity (device, inode, size, modification and
+    status-change times) stays the same, and only once those times are settled (see ``settled``)."""
     stat = os.stat(path)
-    return _cached_file_sha256(str(path), stat.st_size, stat.st_mtime_ns)
+    if not settled((stat.st_mtime_ns, stat.st_ctime_ns)):
+        return file_sha256(path)
+    return _cached_file_sha256(str(path), _file_key(stat))
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -238,30 +267,47 @@ class Artifact:
 Identity = tuple[int, ...]
 _verified: dict[str, tuple[Identity, str, str]] = {}
 _verified_lock = threading.Lock()
+_recording: contextvars.ContextVar[bool] = contextvars.ContextVar("musc_store_recording", default=True)
+
+
+@contextlib.contextmanager
+def read_only() -> Iterator[None]:
+    """Within the block, verifying writes no record beside any artifact, whatever function asks
+    (``musc inspect`` is a read-only command: it leaves the folder as it found it)."""
+    token = _recording.set(False)
+    try:
+        yield
+    finally:
+        _recording.reset(token)
 
 
 def _identity(path: Path) -> Identity | None:
-    """What changes when a file or its manifest is written, replaced or copied: inode, size,
-    modification and status-change times of both (the status-change time cannot be set back)."""
+    """What changes when a file or its manifest is written, replaced or copied: device, inode,
+    size, modification and status-change times of both (the status-change time cannot be set back)."""
     try:
         data, manifest = path.stat(), manifest_path(path).stat()
     except OSError:
         return None
-    return (data.st_ino, data.st_size, data.st_mtime_ns, data.st_ctime_ns,
-            manifest.st_ino, manifest.st_mtime_ns, manifest.st_ctime_ns)
+    return (*_file_key(data), manifest.st_ino, manifest.st_size, manifest.st_mtime_ns, manifest.st_ctime_ns)
+
+
+def _times(identity: Identity) -> tuple[int, ...]:
+    return identity[3], identity[4], identity[7], identity[8]
 
 
 def _recorded_verification(path: Path, identity: Identity) -> tuple[Identity, str, str] | None:
+    """The record's digest when it holds this identity, hashed once the identity was settled."""
     try:
         record = json.loads(verification_record(path).read_text())
-        if record["schema_version"] == SCHEMA_VERSION and tuple(record["identity"]) == identity:
+        if (record["schema_version"] == SCHEMA_VERSION and tuple(record["identity"]) == identity
+                and settled(_times(identity), int(record["hashed_at_ns"]))):
             return identity, str(record["digest"]), str(record["stage"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return None
 
 
-def _record_verification(path: Path, identity: Identity, digest: str, stage: str) -> None:
+def _record_verification(path: Path, identity: Identity, digest: str, stage: str, hashed_at_ns: int) -> None:
     """Best effort and not synced: a record that is lost, torn or cannot be written (read-only or
     full folder) only means hashing again later. Parts (verified within one command) get none."""
     if is_part(path):
@@ -270,34 +316,40 @@ def _record_verification(path: Path, identity: Identity, digest: str, stage: str
     scratch = temporary_path(record)
     try:
         scratch.write_text(json.dumps({"identity": list(identity), "digest": digest, "stage": stage,
-                                       "schema_version": SCHEMA_VERSION}))
+                                       "hashed_at_ns": hashed_at_ns, "schema_version": SCHEMA_VERSION}))
         os.replace(scratch, record)
     except OSError:
         with contextlib.suppress(OSError):
             scratch.unlink()
 
 
-def verify(path: str | Path, stage: str | None = None) -> str:
+def verify(path: str | Path, stage: str | None = None, record: bool = True) -> str:
     """The artifact's digest if it is complete and intact; ArtifactError saying why otherwise.
 
-    A file verified before, in this process or by an earlier one (``verification_record``), and
-    unchanged since (same inodes, sizes, modification and status-change times) is not read again."""
+    A file hashed before, in this process or by an earlier one (``verification_record``), and
+    unchanged since (same device, inodes, sizes, modification and status-change times of file and
+    manifest) is not read again. Only a hash made here, once those times were settled (a later
+    change must move them, see ``settled``), is remembered, and recorded beside the file unless
+    ``record`` is False (read-only commands: ``musc inspect``)."""
     path = Path(path)
     identity = _identity(path)
-    remembered = _verified.get(str(path))
-    if identity is not None and (remembered is None or remembered[0] != identity):
-        remembered = _recorded_verification(path, identity)
-    if identity is not None and remembered is not None and remembered[0] == identity:
-        with _verified_lock:
-            _verified[str(path)] = remembered
-        if stage is not None and remembered[2] != stage:
-            raise ArtifactError(f"{path}: a {remembered[2]!r} artifact, expected {stage!r}")
-        return remembered[1]
+    if identity is not None:
+        remembered = _verified.get(str(path))
+        if remembered is None or remembered[0] != identity:
+            remembered = _recorded_verification(path, identity)
+        if remembered is not None:
+            with _verified_lock:
+                _verified[str(path)] = remembered
+            if stage is not None and remembered[2] != stage:
+                raise ArtifactError(f"{path}: a {remembered[2]!r} artifact, expected {stage!r}")
+            return remembered[1]
+    started = time.time_ns()
     digest, found_stage = _verify_file(path, stage)
-    if identity is not None and _identity(path) == identity:  # unchanged while it was read
-        with _verified_lock:
+    if identity is not None and _identity(path) == identity and settled(_times(identity), started):
+        with _verified_lock:  # unchanged while it was read, and any later change will show
             _verified[str(path)] = (identity, digest, found_stage)
-        _record_verification(path, identity, digest, found_stage)
+        if record and _recording.get():
+            _record_verification(path, identity, digest, found_stage, started)
     return digest
 
 
@@ -311,7 +363,7 @@ def _verify_file(path: Path, stage: str | None) -> tuple[str, str]:
         raise ArtifactError(f"{path}: no valid manifest {manifest.name} (partial write?)") from None
     if path.stat().st_size != recorded.get("size"):
         raise ArtifactError(f"{path}: size {path.stat().st_size} differs from the manifest's {recorded.get('size')} (truncated?)")
-    digest = file_digest(path)  # cached while size and modification time are unchanged
+    digest = file_sha256(path)  # read now: never a digest remembered of an earlier state
     if digest != recorded.get("sha256"):
         raise ArtifactError(f"{path}: digest mismatch (corrupt file)")
     try:
@@ -328,9 +380,11 @@ def _verify_file(path: Path, stage: str | None) -> tuple[str, str]:
     return digest, str(attrs.get("stage"))
 
 
-def open_artifact(path: str | Path, stage: str | None = None, digest: str | None = None) -> Artifact:
-    """Validate and open an artifact; with ``digest``, also check it is the one expected."""
-    actual = verify(path, stage)
+def open_artifact(path: str | Path, stage: str | None = None, digest: str | None = None,
+                  record: bool = True) -> Artifact:
+    """Validate and open an artifact; with ``digest``, also check it is the one expected.
+    ``record=False``: write nothing beside it (see ``verify``)."""
+    actual = verify(path, stage, record)
     if digest is not None and actual != digest:
         raise ArtifactError(f"{path}: digest {actual[:12]} is not the expected {digest[:12]} (replaced since?)")
     with h5py.File(path, "r") as f:
@@ -427,10 +481,11 @@ def artifact_lock(path: str | Path) -> Iterator[None]:
 
 
 def describe(path: str | Path) -> dict[str, Any]:
-    """What an artifact holds: stage, config, provenance, datasets with shapes and dtypes."""
+    """What an artifact holds: stage, config, provenance, datasets with shapes and dtypes. Read
+    only: nothing is written beside the file (no verification record)."""
     path = Path(path)
     try:
-        digest = verify(path)
+        digest = verify(path, record=False)
         status = "complete, digest verified"
     except ArtifactError as error:
         digest, status = None, str(error)

@@ -146,7 +146,9 @@ def markdown() -> str:
              f"Generated from `musc/store/schema.py` (schema version {SCHEMA_VERSION}); do not edit by hand.", "",
              "Every artifact is `<stage>/<key>.h5` with a manifest `<key>.json` (SHA-256 and size) and, once a "
              "command has checked the SHA-256, a record `.<key>.h5.verified` of the two files' identity then "
-             "(inode, size, modification and status-change times): a later command trusts an unchanged "
+             "(device, inode, size, modification and status-change times), written only from a fresh hash "
+             "made once those times were older than the file system's timestamp resolution (2 s for "
+             "whole-second times, 50 ms otherwise): a later command trusts an unchanged "
              "artifact without reading it again, and any write, replacement or copy makes it check again. "
              "Shapes: N images, L patches per image, C channels, S image size, P pool images.", "",
              "The key is a hash of exactly what the artifact records: its code version, its `config` and its "

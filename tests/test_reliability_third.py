@@ -1,0 +1,571 @@
+"""Reliability, third pass (issue 21): verification records that could be fooled, numbers at the
+boundary, folders that escape their root, names that collide. Each test reproduces a failure the
+issue reported (or a sibling of it)."""
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from musc import store
+from musc.store import files as store_files
+
+
+def write_sample(path, value=0.0):
+    return store.write_artifact(path, "pool", {"r": 1}, {"aggregate": "abc"},
+                                {"features_r1": np.full((3, 4), value), "names": ["a", "b", "c"],
+                                 "digests": ["0", "1", "2"], "added": np.zeros(3), "self_scores": np.zeros(3)},
+                                code_version="test")
+
+
+def edit_in_place_keeping_size_and_mtime(path):
+    """Flip one byte in the middle, keep the size and set the modification time back (what a careless
+    copy tool, or a hostile user, does); only the status-change time shows it."""
+    before = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    with open(path, "r+b") as handle:  # same inode
+        handle.write(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+
+
+def settle():
+    """Wait until the files just written have timestamps older than the file system's resolution."""
+    time.sleep(getattr(store_files, "FINE_TIMESTAMP_NS", 50_000_000) / 1e9 + 0.05)
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_memory():
+    store_files._verified.clear()
+    store_files._cached_file_sha256.cache_clear()
+    yield
+    store_files._verified.clear()
+    store_files._cached_file_sha256.cache_clear()
+
+
+# 1. Records that cannot be fooled ------------------------------------------------------------------
+
+def test_an_artifact_edited_in_place_after_verification_is_refused_and_not_recorded(tmp_path):
+    path = tmp_path / "k.h5"
+    write_sample(path)
+    settle()
+    store.verify(path)  # verified (remembered in this process, recorded beside it)
+    record = store.verification_record(path)
+    assert record.is_file()
+    old_record = record.read_text()
+    edit_in_place_keeping_size_and_mtime(path)
+    with pytest.raises(store.ArtifactError, match="digest mismatch"):
+        store.verify(path)  # the same process: its memory of the old file must not vouch for the new one
+    assert record.read_text() == old_record  # the edited file's identity was not recorded
+    store_files._verified.clear()
+    with pytest.raises(store.ArtifactError, match="digest mismatch"):
+        store.verify(path)  # a later command: the record does not vouch for it either
+
+
+def test_the_file_digest_cache_follows_the_file_not_its_name_size_and_mtime(tmp_path):
+    image = tmp_path / "part.png"
+    image.write_bytes(b"A" * 1000)
+    settle()
+    first = store.file_digest(image)
+    edit_in_place_keeping_size_and_mtime(image)
+    assert store.file_digest(image) == store.file_sha256(image) != first
+    replaced = tmp_path / "other.png"
+    replaced.write_bytes(b"B" * 1000)
+    os.utime(replaced, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns))
+    os.replace(replaced, image)  # another inode under the same name, size and mtime
+    assert store.file_digest(image) == store.file_sha256(image)
+
+
+def test_an_identity_younger_than_the_timestamp_resolution_is_hashed_each_time_and_never_recorded(
+        tmp_path, monkeypatch):
+    """On a file system with coarse timestamps an in-place change in the same tick as the last write
+    keeps the identity: until the tick has passed, the file is hashed, not trusted."""
+    path = tmp_path / "k.h5"
+    write_sample(path)
+    monkeypatch.setattr(store_files, "FINE_TIMESTAMP_NS", 3_600 * 10**9)  # as if the resolution were an hour
+    reads = []
+    original = store_files.file_sha256
+    monkeypatch.setattr(store_files, "file_sha256", lambda p: reads.append(p) or original(p))
+    digest = store.verify(path)
+    assert store.verify(path) == digest and len(reads) == 2  # hashed both times: nothing remembered
+    assert not store.verification_record(path).exists()
+    monkeypatch.setattr(store_files, "FINE_TIMESTAMP_NS", 0)  # now the tick has passed
+    assert store.verify(path) == digest and store.verification_record(path).is_file()
+    assert store.verify(path) == digest and len(reads) == 3  # trusted from here on
+
+
+def test_whole_second_timestamps_are_trusted_only_after_two_seconds():
+    second = 1_700_000_000 * 10**9
+    assert not store_files.settled((second, second), at_ns=second + 1_500_000_000)  # FAT: 2 s apart
+    assert store_files.settled((second, second), at_ns=second + 2_000_000_001)
+    fine = second + 123_456_789
+    assert store_files.settled((fine, fine), at_ns=fine + 10**9 // 5)
+    assert not store_files.settled((fine, fine), at_ns=fine + 1_000_000)  # within a kernel tick
+
+
+def test_a_record_not_made_from_a_hash_after_the_identity_settled_is_not_trusted(tmp_path):
+    """A record made in the tick of the last write (or forged, or of an older format) does not vouch."""
+    path = tmp_path / "k.h5"
+    write_sample(path)
+    settle()
+    identity = store_files._identity(path)
+    forged = {"identity": list(identity), "digest": "f" * 64, "stage": "pool",
+              "schema_version": store.SCHEMA_VERSION, "hashed_at_ns": max(identity)}
+    record = store.verification_record(path)
+    record.write_text(json.dumps(forged))
+    assert store.verify(path) == store.file_sha256(path)
+    store_files._verified.clear()
+    forged.pop("hashed_at_ns")
+    record.write_text(json.dumps(forged))
+    assert store.verify(path) == store.file_sha256(path)
+
+
+def test_reading_an_artifact_read_only_writes_nothing_beside_it(tmp_path):
+    path = tmp_path / "k.h5"
+    write_sample(path)
+    settle()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    store.describe(path)
+    store.open_artifact(path, "pool", record=False)
+    with store.read_only():
+        store.verify(path)
+        store.valid_digest(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_musc_inspect_writes_nothing_beside_the_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    path = tmp_path / "k.h5"
+    write_sample(path)
+    settle()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(app, ["inspect", str(path)])
+    assert result.exit_code == 0 and "digest verified" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+# 4. Numbers at the boundary ------------------------------------------------------------------------
+
+from musc.inputs.config import ConfigError, MuscConfig  # noqa: E402
+
+
+@pytest.mark.parametrize("field, value", [("divide_num", 1_000_000_000), ("image_size", 10**20), ("seed", 10**23),
+                                          ("seed", 2**32), ("batch_size", 10**9), ("block_size", 10**9),
+                                          ("aligned_radius", 10**9)])
+def test_huge_integer_settings_are_refused_naming_the_field(field, value, tmp_path):
+    with pytest.raises(ConfigError, match=rf"^{field}: must be <= \d+"):
+        MuscConfig(**{field: value})
+    config = tmp_path / "c.yaml"
+    config.write_text(f"{field}: {value}\n")
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"^{field}: must be <= "):
+        MuscConfig.from_yaml(config)
+    assert time.monotonic() - started < 5
+
+
+def test_the_largest_allowed_integers_still_pass():
+    MuscConfig(divide_num=1000, image_size=4096, seed=2**32 - 1, batch_size=1024, block_size=4096)
+
+
+@pytest.mark.parametrize("text", ["threshold: .nan", "threshold: .inf", "pixel_threshold: -.inf", "threshold: .NaN"])
+def test_nan_and_infinite_thresholds_in_a_config_are_refused(text, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(text + "\n")
+    with pytest.raises(ConfigError, match=rf"^{text.split(':')[0]}: expected a finite number"):
+        MuscConfig.from_yaml(config)
+
+
+@pytest.mark.parametrize("threshold, rate, field", [(float("nan"), 0.01, "threshold"), (float("inf"), 0.01, "threshold"),
+                                                    (None, float("nan"), "false_alarm_rate"),
+                                                    (None, 1.0, "false_alarm_rate"), ("0.5", 0.01, "threshold")])
+def test_a_decision_rule_refuses_nan_infinity_and_rates_outside_0_1(threshold, rate, field):
+    from musc.inputs.config import check_decision
+    with pytest.raises(ConfigError, match=rf"^{field}: "):
+        check_decision(threshold, rate)
+    check_decision(0.5, 0.0)
+    check_decision(None, 0.99)
+
+
+def test_score_new_refuses_a_nan_threshold_naming_the_option(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    pool = tmp_path / "pool.h5"
+    pool.write_bytes(b"not read: the options are checked first")
+    image = tmp_path / "part.png"
+    image.write_bytes(b"")
+    result = CliRunner().invoke(app, ["score-new", "--pool", str(pool), "--threshold", "nan", "--out",
+                                      str(tmp_path / "out"), str(image)])
+    assert result.exit_code != 0 and "--threshold: expected a finite number, got nan" in result.output, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_aligned_radius_beyond_the_patch_grid_is_refused():
+    from conftest import TINY_CONFIG
+    from musc.inputs.backbone_spec import check_degrees
+    cfg = MuscConfig.from_dict({**TINY_CONFIG, "aligned_radius": 100})  # 64 px / patch 8: an 8 x 8 grid
+    with pytest.raises(ConfigError, match=r"^aligned_radius: 100 reaches beyond the patch grid \(8 x 8"):
+        check_degrees(cfg.extract, cfg.r_list, cfg.aligned_radius)
+    check_degrees(cfg.extract, cfg.r_list, 7)
+
+
+def test_divide_num_beyond_the_images_is_refused_at_once(tiny_dataset):
+    from musc.inputs.datasets import DatasetError, load_category
+    images = load_category("mvtec_ad", tiny_dataset, "fabric")
+    started = time.monotonic()
+    with pytest.raises(DatasetError, match=r"^divide_num: splitting \d+ images into 1000 subsets"):
+        images.check_size((1, 2, 3), 1000, 0)
+    assert time.monotonic() - started < 1
+
+
+BOMB = """a: &a ["x","x","x","x","x","x","x","x","x"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+layers: *g
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path):
+    config = tmp_path / "bomb.yaml"
+    config.write_text(BOMB)
+    with pytest.raises(ConfigError) as caught:
+        MuscConfig.from_yaml(config)
+    message = str(caught.value)
+    assert message.startswith(f"{config}: not valid YAML (alias *a refused") and len(message) < 300
+
+
+def test_duplicate_yaml_keys_are_refused_naming_the_file_and_key(tmp_path):
+    config = tmp_path / "twice.yaml"
+    config.write_text("seed: 1\nimage_size: 64\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"twice.yaml: not valid YAML \(duplicate key 'seed' \(line 3"):
+        MuscConfig.from_yaml(config)
+
+
+def test_a_huge_value_gives_a_short_error_line(tmp_path):
+    config = tmp_path / "long.yaml"
+    config.write_text("device: [" + ",".join(["1"] * 100_000) + "]\n")
+    with pytest.raises(ConfigError) as caught:
+        MuscConfig.from_yaml(config)
+    assert str(caught.value).startswith("device: expected text") and len(str(caught.value)) < 300
+
+
+def test_a_config_with_a_bom_reads(tmp_path):
+    config = tmp_path / "bom.yaml"
+    config.write_bytes("\ufeffseed: 3\n".encode())
+    assert MuscConfig.from_yaml(config).seed == 3
+
+
+def test_pixel_metrics_with_only_empty_masks_are_not_computed_not_zero():
+    from musc.outputs import evaluation
+    labels = np.array([0, 0, 1, 1])
+    masks = np.zeros((4, 4, 4))  # the anomalous images' masks hold no defect pixel
+    metrics, notes = evaluation.evaluate_arrays(labels, np.array([0.1, 0.2, 0.8, 0.9]), masks,
+                                                np.random.default_rng(0).random((4, 4, 4)), np.ones(4, bool))
+    assert all(np.isnan(metrics[name]) for name in ("pixel_auroc", "pixel_ap", "pixel_aupro"))
+    assert notes == {"pixel": "only one class in the masks (no defect pixels: every mask is empty)"}
+    assert metrics["image_auroc"] == 1.0
+
+
+def test_labels_csv_with_a_utf8_bom_reads(tmp_path):
+    from PIL import Image
+
+    from musc.inputs.datasets import load_category
+    root = tmp_path / "plant"
+    root.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (8, 8)).save(root / name)
+    (root / "labels.csv").write_bytes("\ufeffimage,label\na.png,0\nb.png,0\nc.png,1\n".encode())
+    samples = load_category("folder", root, "plant").samples
+    assert {Path(s.path).name: s.label for s in samples} == {"a.png": 0, "b.png": 0, "c.png": 1}
+
+
+def test_history_days_sort_as_dates_and_a_rerun_of_a_day_replaces_it(tmp_path):
+    from musc.reference_pool.daily import append_history
+    history = tmp_path / "line.history.csv"
+    for day in ("2026-11-10", "2026-11-8", "2026-11-9", "2026-11-08"):
+        rows = append_history(history, {"day": day, "count": 1, "anomalous": 0, "anomalous_rate": 0.0,
+                                        "score_q50": 0.1, "score_q90": 0.1, "score_q99": 0.1, "score_max": 0.1,
+                                        "threshold": 0.5, "pool_size": 3})
+    assert list(rows["day"]) == ["2026-11-08", "2026-11-9", "2026-11-10"]
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("day", ["2026-13-01", "yesterday", "2026/11/08", ""])
+def test_a_malformed_day_is_refused_naming_day(day):
+    from musc.reference_pool.daily import parse_day
+    with pytest.raises(ConfigError, match=r"^day: expected a date YYYY-MM-DD"):
+        parse_day(day)
+
+
+# 5. Folders ----------------------------------------------------------------------------------------
+
+def test_musc_clean_never_follows_a_symlinked_category_or_stage_folder_out_of_the_root(tmp_path):
+    from musc.outputs.rebuild import clean_artifacts
+    root = store.mark_artifacts_root(tmp_path / "artifacts")
+    elsewhere = tmp_path / "elsewhere"
+    victims = []
+    for folder in ("cat/extract", "stage"):
+        (elsewhere / folder).mkdir(parents=True)
+        victims.append(elsewhere / folder / "0123456789abcdef.h5")
+        victims[-1].write_bytes(b"someone else's file")
+    (root / "mvtec_ad").mkdir()
+    (root / "mvtec_ad" / "linked").symlink_to(elsewhere / "cat")               # a symlinked category
+    (root / "mvtec_ad" / "real").mkdir()
+    (root / "mvtec_ad" / "real" / "score").symlink_to(elsewhere / "stage")     # a symlinked stage folder
+    (root / "mvtec_ad" / "alias").symlink_to(root / "mvtec_ad" / "real")       # inside, but another name
+    own = root / "mvtec_ad" / "real" / "classify" / "fedcba9876543210.h5"
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"stale")  # no intact run uses it: removed
+    with pytest.warns(UserWarning, match="a symlink") as caught:
+        removed, busy = clean_artifacts(root)
+    assert all(victim.read_bytes() == b"someone else's file" for victim in victims)
+    assert removed == [own] and not own.exists() and busy == []
+    warned = sorted(str(w.message).split(":")[0] for w in caught)
+    assert warned == [str(root / "mvtec_ad" / f) for f in ("alias/classify", "alias/score", "linked/extract", "real/score")]
+
+
+@pytest.mark.parametrize("link", ["day", "image"])
+def test_the_daily_listing_never_reads_through_a_symlink_out_of_its_root(tmp_path, link):
+    from musc.inputs.datasets import DatasetError
+    from musc.reference_pool.daily import day_images
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.png").write_bytes(b"png")
+    root = tmp_path / "incoming"
+    root.mkdir()
+    if link == "day":
+        (root / "2026-11-08").symlink_to(outside)
+        with pytest.raises(DatasetError, match=r"2026-11-08 leads out of .*incoming \(a symlink"):
+            day_images(root, "2026-11-08")
+    else:
+        (root / "2026-11-08").mkdir()
+        (root / "2026-11-08" / "part.png").write_bytes(b"png")
+        (root / "2026-11-08" / "linked.png").symlink_to(outside / "secret.png")
+        images, skipped = day_images(root, "2026-11-08")
+        assert images == [str(root / "2026-11-08" / "part.png")]
+        assert skipped == [str(root / "2026-11-08" / "linked.png")]
+
+
+def test_the_daily_flow_refuses_nan_and_a_bad_day_before_any_work(tmp_path):
+    from flows.pool import daily_folder_flow
+    with pytest.raises(ConfigError, match="^threshold: expected a finite number"):
+        daily_folder_flow.fn(pool=str(tmp_path / "p.h5"), root=str(tmp_path), day="2026-11-08", threshold=float("nan"))
+    with pytest.raises(ConfigError, match="^day: expected a date YYYY-MM-DD, got '2026-11-31'"):
+        daily_folder_flow.fn(pool=str(tmp_path / "p.h5"), root=str(tmp_path), day="2026-11-31", threshold=0.5)
+
+
+@pytest.mark.parametrize("content", [b"day,count\n2026-11-08,3\n", b"\x00\xff\xfe garbage",
+                                     b"day,count,anomalous,anomalous_rate,score_q50,score_q90,score_q99,score_max,"
+                                     b"threshold,pool_size\nnot-a-day,1,0,0,0,0,0,0,0.5,3\n", b"\n"])
+def test_a_corrupt_history_fails_the_day_before_scoring_in_one_line_naming_the_file(tmp_path, content,
+                                                                                     monkeypatch):
+    import flows.pool
+    from musc.reference_pool.daily import HistoryError
+    (tmp_path / "in" / "2026-11-08").mkdir(parents=True)
+    (tmp_path / "in" / "2026-11-08" / "part.png").write_bytes(b"png")
+    history = tmp_path / "line.history.csv"
+    history.write_bytes(content)
+    monkeypatch.setattr(flows.pool, "score_day_task", lambda *a, **k: pytest.fail("scored despite the history"))
+    with pytest.raises(HistoryError) as caught:
+        flows.pool.daily_folder_flow.fn(pool=str(tmp_path / "line.h5"), root=str(tmp_path / "in"), day="2026-11-08",
+                                        threshold=0.5)
+    assert str(caught.value).startswith(f"{history}: ") and "\n" not in str(caught.value)
+    assert history.read_bytes() == content and not list(tmp_path.glob(".*tmp*"))
+
+
+def test_an_empty_history_file_starts_a_new_history_with_a_warning(tmp_path):
+    from musc.reference_pool.daily import append_history
+    history = tmp_path / "line.history.csv"
+    history.write_bytes(b"")
+    with pytest.warns(UserWarning, match="line.history.csv: empty history file"):
+        rows = append_history(history, {"day": "2026-11-08", "count": 1, "anomalous": 0, "anomalous_rate": 0.0,
+                                        "score_q50": 0.1, "score_q90": 0.1, "score_q99": 0.1, "score_max": 0.1,
+                                        "threshold": 0.5, "pool_size": 3})
+    assert list(rows["day"]) == ["2026-11-08"] and len(history.read_text().splitlines()) == 2
+
+
+def test_a_full_disk_while_writing_the_history_names_the_folder_and_leaves_no_temporary_file(tmp_path,
+                                                                                              monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    from musc.reference_pool.daily import append_history
+    from musc.store.files import NoSpaceError
+
+    def full(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"day,co")
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    history = tmp_path / "line.history.csv"
+    with pytest.raises(NoSpaceError, match=f"^{tmp_path}: no space left"):
+        append_history(history, {"day": "2026-11-08", "count": 1, "anomalous": 0, "anomalous_rate": 0.0,
+                                 "score_q50": 0.1, "score_q90": 0.1, "score_q99": 0.1, "score_max": 0.1,
+                                 "threshold": 0.5, "pool_size": 3})
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == []
+
+
+def test_non_ascii_names_get_valid_distinct_artifact_keys():
+    from prefect.types.names import LOWERCASE_LETTERS_NUMBERS_AND_DASHES_ONLY_REGEX as VALID
+
+    from tasks.publish import artifact_key
+    import re
+    keys = [artifact_key("folder", name, "metrics") for name in ("Gehäuse", "部品", "部品2", "gehause")]
+    assert all(re.fullmatch(VALID, key) for key in keys), keys
+    assert len(set(keys)) == 4
+    assert keys[0].startswith("musc-folder-gehause-metrics-") and keys[3] == "musc-folder-gehause-metrics"
+    assert artifact_key("mvtec_ad", "fabric", "extract", "progress") == "musc-mvtec-ad-fabric-extract-progress"
+
+
+def test_two_lines_pools_of_one_file_name_publish_under_distinct_keys_and_resources(tmp_path, monkeypatch):
+    import flows.pool
+    published, events = [], []
+    monkeypatch.setattr(flows.pool, "publish_artifact", lambda kind, key, content, text: published.append((key, text)))
+    monkeypatch.setattr(flows.pool, "emit_event", lambda **event: events.append(event))
+    summary = {"day": "2026-11-08", "count": 1, "anomalous": 0, "threshold": 0.5}
+    result = {"rows": [{"path": "p.png", "score": 0.1, "decision": "normal", "map_png": "m.png"}]}
+    for line in ("line1", "line2"):
+        (tmp_path / line).mkdir()
+        flows.pool.publish("2026-11-08", str(tmp_path / line / "pool.h5"), result, summary, tmp_path / "report.md")
+    keys = [key for key, _ in published]
+    assert len(set(keys)) == 4 and all(key.startswith("musc-daily-pool-") for key in keys)
+    resources = [event["resource"]["prefect.resource.id"] for event in events]
+    assert len(set(resources)) == 2 and all(r.startswith("musc.pool.pool-") for r in resources)
+    assert all("pool.h5" in text for _, text in published)
+    relative = os.path.relpath(tmp_path / "line1" / "pool.h5")
+    assert flows.pool.pool_name(relative) == flows.pool.pool_name(tmp_path / "line1" / "pool.h5")
+
+
+SERVE = """
+import httpx
+from flows.server import temporary_server
+with temporary_server() as url:
+    assert httpx.get(url + "/health", timeout=30).status_code == 200
+print("served")
+"""
+
+
+@pytest.mark.slow
+def test_commands_started_together_on_one_new_prefect_home_all_run(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "new_home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    started = [subprocess.Popen([sys.executable, "-c", SERVE], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    outputs = [process.communicate(timeout=400)[0] for process in started]
+    assert [process.returncode for process in started] == [0, 0, 0], outputs
+    assert all("served" in output for output in outputs)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_dataset, tmp_path_factory, prefect_harness):
+    from conftest import run_category
+    artifacts = tmp_path_factory.mktemp("run")
+    result = run_category(tiny_dataset, artifacts)
+    return result, artifacts
+
+
+@pytest.mark.slow
+def test_musc_report_refuses_to_write_through_a_symlinked_report_folder(finished_run, tmp_path):
+    from musc.outputs.rebuild import outputs_folder, rebuild_reports
+    result, artifacts = finished_run
+    evaluation = Path(result["evaluate"]["path"])
+    folder = outputs_folder(evaluation)
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    folder.symlink_to(elsewhere)
+    try:
+        for target in (evaluation, artifacts):
+            with pytest.raises(store.ArtifactError, match="a symlink .* refusing to write through it"):
+                rebuild_reports(target)
+        assert list(elsewhere.iterdir()) == []
+        folder.unlink()
+        folder.mkdir()
+        (folder / "report.md").symlink_to(elsewhere / "report.md")  # a file in it, linked out
+        with pytest.raises(store.ArtifactError, match="report.md: a symlink"):
+            rebuild_reports(evaluation)
+        assert list(elsewhere.iterdir()) == []
+    finally:
+        if folder.is_symlink():
+            folder.unlink()
+        else:
+            import shutil
+            shutil.rmtree(folder)
+        moved.rename(folder)
+
+
+@pytest.mark.slow
+def test_musc_inspect_of_an_evaluate_artifact_writes_no_record_anywhere(finished_run):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    result, artifacts = finished_run
+    time.sleep(0.2)
+    for record in artifacts.rglob(".*.verified"):
+        record.unlink()
+    store_files._verified.clear()
+    before = sorted(str(p) for p in artifacts.rglob("*"))
+    shown = CliRunner().invoke(app, ["inspect", result["evaluate"]["path"]])
+    assert shown.exit_code == 0 and "top 5 most anomalous" in shown.output, shown.output
+    assert sorted(str(p) for p in artifacts.rglob("*")) == before
+
+
+@pytest.mark.slow
+def test_a_temporary_server_start_waits_for_another_start_on_the_same_prefect_home(tmp_path):
+    """Deterministic: while another start holds the Prefect home's start lock, a command waits on
+    it (the kernel lists the blocked request in /proc/locks) and has started no server."""
+    import fcntl
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    with open(home / ".musc-server-start.lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        process = subprocess.Popen([sys.executable, "-c", SERVE], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        inode = os.fstat(held.fileno()).st_ino
+        deadline = time.monotonic() + 120
+        waiting = False
+        while time.monotonic() < deadline and process.poll() is None and not waiting:
+            waiting = any("->" in line and f" {process.pid} " in line and f":{inode} " in line
+                          for line in Path("/proc/locks").read_text().splitlines())
+            time.sleep(0.1)
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+        started_servers = children.read_text().split() if children.exists() else []
+        fcntl.flock(held, fcntl.LOCK_UN)
+    output = process.communicate(timeout=300)[0]
+    assert waiting and started_servers == [], output
+    assert process.returncode == 0 and "served" in output, output
+
+
+def test_musc_report_on_a_folder_skips_a_symlinked_evaluate_folder_with_a_warning(tmp_path):
+    from musc.outputs.rebuild import rebuild_reports
+    root = store.mark_artifacts_root(tmp_path / "artifacts")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "0123456789abcdef.h5").write_bytes(b"not ours")
+    (root / "mvtec_ad" / "fabric").mkdir(parents=True)
+    (root / "mvtec_ad" / "fabric" / "evaluate").symlink_to(elsewhere)
+    with pytest.warns(UserWarning, match=r"fabric/evaluate: a symlink \(to .*elsewhere\)"):
+        with pytest.raises(store.ArtifactError, match="no evaluate artifacts found"):
+            rebuild_reports(root)
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["0123456789abcdef.h5"]
