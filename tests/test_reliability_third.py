@@ -569,3 +569,29 @@ def test_musc_report_on_a_folder_skips_a_symlinked_evaluate_folder_with_a_warnin
         with pytest.raises(store.ArtifactError, match="no evaluate artifacts found"):
             rebuild_reports(root)
     assert sorted(p.name for p in elsewhere.iterdir()) == ["0123456789abcdef.h5"]
+
+
+def test_an_artifact_copied_under_another_key_is_not_used_and_is_rebuilt(tiny_dataset, tmp_path, caplog):
+    """Another run's artifact (with its manifest) copied under this run's key: its record does not give
+    the key it sits under, so it is not used; the stage is rebuilt, with a warning naming the file."""
+    import shutil
+
+    from conftest import TINY_CONFIG
+    from musc.inputs.datasets import load_category
+    from musc.stages import Run, build_all, valid_ref
+    images = load_category("mvtec_ad", str(tiny_dataset), "fabric")
+    ours = build_all(Run(images, MuscConfig(**{**TINY_CONFIG, "k_list": [1, 2, 3]}), str(tmp_path)))
+    theirs = build_all(Run(images, MuscConfig(**{**TINY_CONFIG, "k_list": [1]}), str(tmp_path)))
+    victim, foreign = Path(ours["classify"]["path"]), Path(theirs["classify"]["path"])
+    expected = store.open_artifact(victim).read("image_scores")
+    assert not np.allclose(expected, store.open_artifact(foreign).read("image_scores"))  # they do differ
+    for suffix in (".h5", ".json"):
+        shutil.copyfile(foreign.with_suffix(suffix), victim.with_suffix(suffix))
+    store.verification_record(victim).unlink(missing_ok=True)
+    assert store.valid_digest(victim) is not None  # intact as a file: only its record gives it away
+    with caplog.at_level("WARNING", logger="musc"):
+        assert valid_ref("classify", victim) is None
+    assert str(victim) in caplog.text and "key" in caplog.text
+    again = build_all(Run(images, MuscConfig(**{**TINY_CONFIG, "k_list": [1, 2, 3]}), str(tmp_path)))
+    assert again["classify"]["path"] == str(victim)
+    np.testing.assert_array_equal(store.open_artifact(victim).read("image_scores"), expected)

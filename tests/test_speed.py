@@ -20,7 +20,9 @@ FAST_SCORE_FRACTION = 0.01
 
 def test_fast_mode_enters_the_score_key_and_exact_modes_share_it():
     from musc import MuscConfig
-    keys = {p: MuscConfig(msm_precision=p).score.key() for p in ("fp32", "bf16", "bf16-fast")}
+    from musc.stages import score
+    ref = {"path": "/a/fabric/aggregate/x.h5", "digest": "d"}
+    keys = {p: score.plan(ref, ref, MuscConfig(msm_precision=p).score, 1).key.value for p in ("fp32", "bf16", "bf16-fast")}
     assert keys["fp32"] == keys["bf16"] != keys["bf16-fast"]
     with pytest.raises(ValueError, match="msm_precision"):
         MuscConfig(msm_precision="fp16")
