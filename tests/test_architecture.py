@@ -120,7 +120,8 @@ def test_the_layout_and_the_input_roles_are_written_once():
     """File and folder names of an artifacts root (side files, parts, locks, the dataset report, the
     roles such as score_0) appear only in the catalog (and in the format document the schema writes)."""
     assert _strings(CODE, r"\.parts|\.verified|\.lock\b|^_report$|\.tmp-|score_\{|\bscore_\d") <= {
-        "musc/store/catalog.py", "musc/store/schema.py"}
+        "musc/store/catalog.py", "musc/store/schema.py",
+        "flows/server.py"}  # its lock lies in Prefect's home, not in an artifacts root
 
 
 def test_the_stage_graph_is_walked_from_its_one_declaration():

@@ -137,7 +137,12 @@ def test_preflight_skips_the_backbone_when_every_extract_artifact_is_valid(refer
 
 def test_only_category_runs_that_compute_send_flow_run_heartbeats(reference_run, tiny_dataset, tmp_path):
     from prefect.settings import get_current_settings
-    from flows.category import checked_category, reused_throughout
+    from flows.category import checked_category
+    from musc.stages import Run
+    from musc.stages import reused_throughout as reused
+
+    def reused_throughout(images, cfg, artifacts):
+        return reused(Run(images, cfg, artifacts))
     from flows.dataset import _heartbeats_while_computing
     from musc import MuscConfig
     _, artifacts = reference_run

@@ -3,7 +3,6 @@ thumbnails and the day's report. Plain files; the daily-folder flow (flows/pool.
 to Prefect."""
 from __future__ import annotations
 
-import os
 import warnings
 from datetime import date, datetime
 from pathlib import Path
@@ -18,8 +17,7 @@ from ..inputs.datasets import IMAGE_SUFFIXES, DatasetError
 from ..outputs.figures import heat_colours, new_figure
 from ..outputs.gallery import png_data_uri
 from ..outputs.html import markdown_page
-from ..store import artifact_lock
-from ..store.files import NO_SPACE, no_space
+from ..store import artifact_lock, atomic_output
 
 HISTORY_COLUMNS = ("day", "count", "anomalous", "anomalous_rate", "score_q50", "score_q90", "score_q99",
                    "score_max", "threshold", "pool_size")
@@ -119,16 +117,8 @@ def append_history(path: str | Path, summary: dict[str, Any]) -> pd.DataFrame:
         history = history[[parse_day(d) != today for d in history["day"]]]
         row = pd.DataFrame([summary], columns=HISTORY_COLUMNS)
         history = _by_day(row if history.empty else pd.concat([history, row], ignore_index=True))
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            history.to_csv(tmp, index=False)
-            tmp.replace(path)
-        except OSError as error:
-            if error.errno in NO_SPACE:
-                raise no_space(path.parent) from None
-            raise
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_output(path) as scratch:  # a full disk: one line naming the folder, no temporary file left
+            history.to_csv(scratch, index=False)
     return history
 
 
