@@ -205,3 +205,32 @@ def test_progress_jobs_rate_eta_and_throttled_prefect_updates(monkeypatch):
         raise RuntimeError("boom")
     assert failing.note == "failed"
     assert publish.artifact_key("mvtec_ad", "fabric", "extract", "progress") == "musc-mvtec-ad-fabric-extract-progress"
+
+
+def test_a_data_uri_keeps_the_rare_hot_colours_of_a_heat_map(tmp_path):
+    """A heat-map thumbnail is mostly grey image and blue map; its few hot (red, orange) pixels are
+    the part that matters and must keep their colour in the UI's smaller palette PNG."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from musc.outputs.figures import heat_colours
+    from musc.outputs.gallery import data_uri
+    from musc.outputs.published import THUMB_COLOURS
+    rng = np.random.default_rng(0)
+    grey = np.repeat(rng.integers(60, 200, (96, 96, 1)), 3, axis=2).astype(np.uint8)
+    values = rng.random((96, 96)) * 0.3
+    values[40:46, 50:58] = np.linspace(0.85, 1.0, 48).reshape(6, 8)  # a small defect, 0.5 % of the pixels
+    thumb = np.concatenate([grey, heat_colours(values, 0.0, 1.0)], axis=1)
+    path = tmp_path / "thumb.png"
+    Image.fromarray(thumb).save(path)
+    uri = data_uri(path, colors=THUMB_COLOURS)
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")).astype(int)
+    original = thumb.astype(int)
+    hot = (original[..., 0] > 180) & (original[..., 2] < 100)
+    assert hot.sum() >= 30
+    assert np.abs(shown[hot] - original[hot]).max() <= 24  # hot stays hot: red and orange, not grey or navy
+    assert abs(int(((shown[..., 0] > 180) & (shown[..., 2] < 100)).sum()) - int(hot.sum())) <= 0.1 * hot.sum()
+    assert np.abs(shown - original).mean() < 4
+    assert len(uri) < len(data_uri(path))  # still smaller than the full-colour PNG

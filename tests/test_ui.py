@@ -243,3 +243,38 @@ def test_reports_on_disk_open_offline_with_gallery_and_sortable_table(demo, driv
     links = driver.execute_script("return Array.from(document.querySelectorAll('a')).map(a => a.getAttribute('href'))")
     reports = [link for link in links if link.endswith("report.html")]
     assert len(reports) == 2 and all((demo["report"] / link).resolve().is_file() for link in reports)
+
+
+def test_heat_map_thumbnails_in_the_ui_keep_the_colours_of_the_disk_thumbnails(demo, driver):
+    """Each gallery thumbnail as Chromium draws it in the Prefect UI (read back from a canvas) against
+    the thumbnail on disk: the same colours within a small tolerance, hot pixels staying hot."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+    base = f"http://127.0.0.1:{httpx.URL(demo['api']).port}"
+    report = artifacts(demo, "musc-mvtec-ad-fabric-report")[0]
+    browser.open_artifact(driver, base, report["id"], min_images=report["data"].count("data:image/png;base64,"))
+    drawn = driver.execute_script(
+        "const t = Array.from(document.querySelectorAll('.artifact-data-view table'))"
+        ".find(t => t.innerText.includes('heat map'));"
+        "return Array.from(t.querySelectorAll('tbody tr')).filter(r => r.cells[1].querySelector('img')).map(r => {"
+        "  const img = r.cells[1].querySelector('img'); const c = document.createElement('canvas');"
+        "  c.width = img.naturalWidth; c.height = img.naturalHeight; c.getContext('2d').drawImage(img, 0, 0);"
+        "  return [r.cells[2].innerText.trim(), c.toDataURL('image/png')]; })")
+    per_image = pd.read_csv(demo["outputs"]["fabric"] / "per_image.csv").set_index("name")
+    assert len(drawn) >= 2
+    hot_total = 0
+    for name, uri in drawn:
+        shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")).astype(int)
+        with Image.open(per_image.loc[name, "thumb_png"]) as disk:
+            original = np.asarray(disk.convert("RGB")).astype(int)
+        assert shown.shape == original.shape, name
+        difference = np.abs(shown - original)
+        assert difference.mean() < 4 and np.quantile(difference, 0.999) <= 32, (name, difference.mean())
+        hot = (original[..., 0] > 200) & (original[..., 2] < 80)
+        hot_total += int(hot.sum())
+        if hot.any():
+            assert np.abs(shown[hot] - original[hot]).max() <= 32, name  # red stays red, not grey-beige
+    assert hot_total > 0  # the most anomalous parts' thumbnails do have hot pixels to keep

@@ -26,7 +26,7 @@ LEGEND = ("I- image level, P- pixel level; AUROC, F1max, AP (average precision),
           "the reference's), AUPRO-MVTec (the MVTec AD definition); x100")
 FIGURE_PX = 560       # charts scaled to this width in the UI
 FIGURE_COLOURS = 64
-THUMB_COLOURS = 128
+THUMB_COLOURS = 256
 FIGURES = {"histograms.png": "score histograms (threshold dashed)", "curves_image.png": "image ROC / PR",
            "curves_pixel.png": "pixel ROC / PR"}
 
