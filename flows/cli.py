@@ -175,11 +175,10 @@ def run(
         cfg = _run_config(config, flags)
         from .category import checked_category
         from .dataset import dataset_flow
-        try:  # each category loaded and checked once per command: the flow takes them as they are
-            categories = [checked_category(dataset, str(root), name, cfg, str(artifacts)) for name in chosen]
-        except Exception:
-            _preflight(cfg, None, artifacts)  # a bad configuration is reported before a bad dataset
-            raise
+        # the cheap checks first (settings, the backbone's geometry from its configuration, the dataset),
+        # then what may load a model or fetch weights; each category is loaded and checked once per
+        # command, and the flow takes them as they are
+        categories = [checked_category(dataset, str(root), name, cfg, str(artifacts)) for name in chosen]
         _preflight(cfg, categories, artifacts)
         from musc.store import mark_artifacts_root
         mark_artifacts_root(artifacts)  # a read-only or full artifacts folder: said now, naming it

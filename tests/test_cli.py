@@ -147,3 +147,26 @@ def test_run_flags_override_the_config_file_and_flags_left_out_keep_it(tmp_path,
     assert (cfg.seed, cfg.r_list, cfg.topmin_min, cfg.aligned_radius, cfg.quick_gelu) == (7, (1, 3), 0.1, 2, "false")
     assert (cfg.topmin_max, cfg.layers) == (0.5, (1, 2))  # in the file, no flag
     assert (cfg.backbone, cfg.threshold) == (MuscConfig().backbone, None)  # neither
+
+
+@pytest.mark.slow
+def test_first_contact_offline_says_the_cheap_errors_first_and_an_unreachable_hub_in_one_line(tiny_dataset, tmp_path):
+    """The default backbone (open_clip's ViT-L-14-336 with the openai weights) with no model hub in
+    reach: an unknown category is said before any weight is looked for, and the missing weights in
+    one line naming `pretrained`, without retries or anything printed twice."""
+    import socket
+    with socket.socket() as probe:  # a local port nobody listens on: the hub is unreachable at once
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    offline = {"HF_ENDPOINT": f"http://127.0.0.1:{closed}", "HF_HUB_CACHE": str(tmp_path / "hf-cache")}
+    unknown = run_musc("run", "--dataset", "mvtec_ad", "--root", tiny_dataset, "--category", "nope",
+                       "--artifacts", tmp_path / "a", cwd=tmp_path, env=offline)
+    assert unknown.returncode == 2 and "nope" in unknown.stderr, unknown.stderr
+    assert len(unknown.stderr.strip().splitlines()) == 1 and "pretrained" not in unknown.stderr
+    weights = run_musc("run", "--dataset", "mvtec_ad", "--root", tiny_dataset, "--category", "fabric",
+                       "--artifacts", tmp_path / "a", cwd=tmp_path, env=offline)
+    lines = weights.stderr.strip().splitlines()
+    assert weights.returncode == 2 and len(lines) == 1, weights.stderr
+    assert lines[0].startswith("error: pretrained:") and "unreachable" in lines[0] and "--pretrained" in lines[0]
+    assert "Retrying" not in weights.stderr + weights.stdout
+    assert not (tmp_path / "a" / "mvtec_ad").exists()  # nothing computed

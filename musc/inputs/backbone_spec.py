@@ -73,23 +73,42 @@ def clip_config(model: str) -> tuple[str, dict[str, Any]]:
     return model, config
 
 
-def patch_size_of(model: str) -> int:
-    """The patch size of a backbone, from its configuration (a timm model is built, without weights)."""
+def geometry_of(model: str) -> tuple[int, int]:
+    """(patch size, number of blocks) of a backbone, from its configuration (a timm model is built,
+    without weights): no weights, no network."""
     if backbone_family(model) == "timm":
         import timm
         try:
-            return int(timm.create_model(model[len(TIMM_PREFIX):], pretrained=False, num_classes=0)
-                       .patch_embed.patch_size[0])
+            network = timm.create_model(model[len(TIMM_PREFIX):], pretrained=False, num_classes=0)
         except RuntimeError as error:
             raise ConfigError(f"backbone: unknown timm model {model!r} ({str(error).splitlines()[0][:120]})") from None
-    return int(clip_config(model)[1]["vision_cfg"].get("patch_size", 16))
+        return int(network.patch_embed.patch_size[0]), len(network.blocks)
+    vision = clip_config(model)[1]["vision_cfg"]
+    blocks = vision.get("layers", 12)
+    return int(vision.get("patch_size", 16)), int(blocks if isinstance(blocks, int) else sum(blocks))
+
+
+def patch_size_of(model: str) -> int:
+    return geometry_of(model)[0]
+
+
+def check_geometry(image_size: int, patch_size: int, layers, n_blocks: int) -> None:
+    """ConfigError unless the image size is a multiple of the patch size and every block exists."""
+    if image_size % patch_size:
+        raise ConfigError(f"image_size: {image_size} is not a multiple of the patch size {patch_size}")
+    bad = [layer for layer in layers if not 0 <= layer < n_blocks]
+    if bad:
+        raise ConfigError(f"layers: block {bad[0]} is out of range; this backbone has blocks 0..{n_blocks - 1}")
 
 
 def check_degrees(settings: ExtractSettings, r_list, aligned_radius: int | None = None) -> None:
     """ConfigError unless every aggregation degree r fits the patch grid (r <= image_size / patch),
     and the aligned-parts radius is below the grid's side (a larger one only adds shifts that
-    compare nothing, (2 radius + 1)^2 of them per tile)."""
-    grid = settings.image_size // patch_size_of(settings.backbone)
+    compare nothing, (2 radius + 1)^2 of them per tile). First the backbone's geometry (image size,
+    blocks): all from its configuration, before any dataset is listed or any weight fetched."""
+    patch_size, n_blocks = geometry_of(settings.backbone)
+    check_geometry(settings.image_size, patch_size, settings.layers, n_blocks)
+    grid = settings.image_size // patch_size
     too_large = [r for r in r_list if r > grid]
     if too_large:
         raise ConfigError(f"r_list: degree {too_large[0]} is larger than the patch grid ({grid} x {grid} "

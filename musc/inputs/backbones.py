@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .backbone_spec import RANDOM_WEIGHTS, TIMM_PREFIX, backbone_family, clip_config
+from .backbone_spec import RANDOM_WEIGHTS, TIMM_PREFIX, backbone_family, check_geometry, clip_config
 from .config import ConfigError, ExtractSettings
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -147,18 +147,70 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+HUB_PROBE_SECONDS = 5.0
+
+
 def _checkpoint_for_tag(name: str, tag: str) -> Path:
+    """The weights of an open_clip tag: from the local cache when there, else downloaded. An
+    unreachable hub is found in seconds (one connection attempt) and said in one line, instead
+    of the download library's minute of retries and warnings."""
     import open_clip
     from open_clip.pretrained import download_pretrained
     tag_config = open_clip.get_pretrained_cfg(name, tag)
     if not tag_config:
         raise ConfigError(f"pretrained: {tag!r} is neither a checkpoint file nor an open_clip tag of {name!r} "
                           f"(tags: {', '.join(open_clip.list_pretrained_tags_by_model(name)) or 'none'})")
+    cached = _cached_hub_file(tag_config)
+    if cached is not None:
+        return cached
+    source = _download_source(tag_config)
+    if source is not None and not _reachable(source):
+        raise ConfigError(f"pretrained: the weights of tag {tag!r} are not in the local cache and {source} is "
+                          f"unreachable (offline?); download them once elsewhere and pass the file "
+                          f"(--pretrained /path/to/weights.bin)")
     try:
-        return Path(download_pretrained(tag_config))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Path(download_pretrained(tag_config))
     except Exception as error:  # noqa: BLE001
         raise ConfigError(f"pretrained: could not fetch the weights of tag {tag!r} ({type(error).__name__}); "
                           f"offline, pass a local checkpoint file instead") from None
+
+
+def _cached_hub_file(tag_config: dict) -> Path | None:
+    """The tag's file in the local Hugging Face cache, without any network access."""
+    hub = tag_config.get("hf_hub", "")
+    if not hub:
+        return None
+    try:
+        from huggingface_hub import hf_hub_download
+        model_id, filename = hub.rstrip("/").rsplit("/", 1) if not hub.endswith("/") else (hub.rstrip("/"), "")
+        return Path(hf_hub_download(model_id, filename or "open_clip_pytorch_model.bin", local_files_only=True))
+    except Exception:  # noqa: BLE001 - not cached (or no hub library): the download decides
+        return None
+
+
+def _download_source(tag_config: dict) -> str | None:
+    """The address the download would use: the Hugging Face endpoint for hub tags, else the URL."""
+    if tag_config.get("hf_hub"):
+        try:
+            from huggingface_hub import constants
+            return str(constants.ENDPOINT)
+        except ImportError:
+            pass
+    return tag_config.get("url") or None
+
+
+def _reachable(address: str) -> bool:
+    import socket
+    from urllib.parse import urlsplit
+    parts = urlsplit(address)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=HUB_PROBE_SECONDS):
+            return True
+    except OSError:
+        return False
 
 
 def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str,
@@ -183,14 +235,6 @@ def _load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source
         raise ConfigError(f"pretrained: {source} does not fit this backbone (shape of {wrong[0]} "
                           f"{tuple(state[wrong[0]].shape)} vs {tuple(own[wrong[0]].shape)})")
     model.load_state_dict(state, strict=False)
-
-
-def _check_geometry(image_size: int, patch_size: int, layers, n_blocks: int) -> None:
-    if image_size % patch_size:
-        raise ConfigError(f"image_size: {image_size} is not a multiple of the patch size {patch_size}")
-    bad = [layer for layer in layers if not 0 <= layer < n_blocks]
-    if bad:
-        raise ConfigError(f"layers: block {bad[0]} is out of range; this backbone has blocks 0..{n_blocks - 1}")
 
 
 @functools.lru_cache(maxsize=32)
@@ -221,7 +265,7 @@ def load_backbone(model: str, pretrained: str | None, image_size: int, layers, d
     vision = dict(config["vision_cfg"])
     native_size = vision.get("image_size", 224)
     patch_size = vision.get("patch_size", 16)
-    _check_geometry(image_size, patch_size, layers, vision.get("layers", 12))
+    check_geometry(image_size, patch_size, layers, vision.get("layers", 12))
     if quick_gelu == "auto":
         use_quick_gelu = bool(config.get("quick_gelu", False)) or (
             pretrained == "openai" and image_size == native_size)
@@ -230,9 +274,11 @@ def load_backbone(model: str, pretrained: str | None, image_size: int, layers, d
     vision["image_size"] = image_size
     config = {**config, "vision_cfg": vision, "quick_gelu": use_quick_gelu}
     config.pop("custom_text", None)
+    # the weights first: a missing file or an unreachable hub is said before a large model is built
+    checkpoint = None if random_weights else (Path(pretrained) if Path(pretrained).is_file()
+                                              else _checkpoint_for_tag(name, pretrained))
     network = open_clip.CLIP(**config)
-    if not random_weights:
-        checkpoint = Path(pretrained) if Path(pretrained).is_file() else _checkpoint_for_tag(name, pretrained)
+    if checkpoint is not None:
         state = load_state_dict_file(checkpoint)
         _load_weights(network, state, str(checkpoint), "visual.positional_embedding",
                       image_size // patch_size, 1, "visual.")
@@ -248,7 +294,7 @@ def _load_timm(model: str, pretrained: str, random_weights: bool, image_size: in
     except RuntimeError as error:
         raise ConfigError(f"backbone: unknown timm model {name!r} ({str(error).splitlines()[0][:120]})") from None
     patch_size = network.patch_embed.patch_size[0]
-    _check_geometry(image_size, patch_size, layers, len(network.blocks))
+    check_geometry(image_size, patch_size, layers, len(network.blocks))
     if not random_weights:
         if not Path(pretrained).is_file():
             raise ConfigError(f"pretrained: timm backbones load local checkpoint files only, got {pretrained!r}")
