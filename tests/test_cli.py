@@ -61,8 +61,9 @@ def test_report_is_rebuilt_from_artifacts_alone(demo_run):
 
 def test_run_on_real_mvtec_bottle_reports_image_metrics(real_data, tmp_path):
     result = run_musc("run", "--dataset", "mvtec_ad", "--root", real_data, "--category", "bottle",
-                  "--backbone", DEMO_BACKBONE, "--pretrained", "none", "--image-size", "128",
-                  "--layers", "0,1,2,3", "--msm-precision", "bf16", "--artifacts", tmp_path / "artifacts", cwd=tmp_path)
+                      "--backbone", DEMO_BACKBONE, "--pretrained", "none", "--image-size", "128",
+                      "--layers", "0,1,2,3", "--msm-precision", "bf16", "--artifacts", tmp_path / "artifacts",
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "artifacts/mvtec_ad/_report/metrics.csv", index_col="category")
     assert 0 <= table.loc["bottle", "image_auroc"] <= 100
@@ -89,10 +90,10 @@ def test_bad_configuration_is_rejected_before_any_work(tmp_path):
     for flags, message in ((["--layers", "0,99"], "layers: block 99 is out of range"),
                            (["--msm-precision", "fp16"], "msm_precision: expected 'fp32' or 'bf16'")):
         result = run_musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
-                      "--pretrained", "none", "--image-size", "128", *flags, cwd=tmp_path)
+                          "--pretrained", "none", "--image-size", "128", *flags, cwd=tmp_path)
         assert result.returncode == 2 and message in result.stderr, result.stderr
     result = run_musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
-                  "--pretrained", "none", "--image-size", "100", cwd=tmp_path)
+                      "--pretrained", "none", "--image-size", "100", cwd=tmp_path)
     assert "image_size: 100 is not a multiple of the patch size 8" in result.stderr
     assert not (tmp_path / "artifacts").exists()
 
@@ -103,8 +104,8 @@ def test_failure_inside_the_flow_keeps_the_traceback_off_the_terminal(tmp_path):
     for name in ("a.png", "b.png", "c.png"):
         (good / name).write_text("not an image")
     result = run_musc("run", "--dataset", "mvtec_ad", "--root", tmp_path / "data", "--backbone", DEMO_BACKBONE,
-                  "--pretrained", "none", "--image-size", "64", "--layers", "0,1", "--artifacts",
-                  tmp_path / "artifacts", cwd=tmp_path)
+                      "--pretrained", "none", "--image-size", "64", "--layers", "0,1", "--artifacts",
+                      tmp_path / "artifacts", cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "error: category 'cat': only 0 readable image(s)" in result.stderr

@@ -204,7 +204,7 @@ def test_kill_9_of_a_run_leaves_no_prefect_server_running(tiny_dataset, tmp_path
 def test_a_run_of_hundreds_of_tile_tasks_ends_cleanly(tiny_dataset, tmp_path):
     (tmp_path / "run.yaml").write_text("block_size: 1\nr_list: [1, 3, 5]\n")  # 12 images: 234 tile tasks
     result = run_musc("run", "--dataset", "mvtec_ad", "--root", tiny_dataset, *RUN_FLAGS, "--config",
-                  tmp_path / "run.yaml", "--artifacts", tmp_path / "artifacts", cwd=tmp_path)
+                      tmp_path / "run.yaml", "--artifacts", tmp_path / "artifacts", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("Task run 'score-tile") >= 234
     assert "Error flushing events" not in result.stderr and "Traceback" not in result.stderr
@@ -311,7 +311,7 @@ def test_a_read_only_artifacts_folder_names_itself(tiny_dataset, tmp_path):
         target.chmod(0o555)
     try:
         result = run_musc("run", "--dataset", "mvtec_ad", "--root", tiny_dataset, *RUN_FLAGS, "--artifacts", target,
-                      cwd=tmp_path)
+                          cwd=tmp_path)
     finally:
         if mounted:
             subprocess.run(["umount", "-l", str(target)], capture_output=True)

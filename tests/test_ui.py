@@ -76,20 +76,21 @@ def screen_rows(output: bytes) -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def ui_server():
+    """A server with its UI (conftest's ``server`` has the UI off)."""
     with browser.PrefectServer() as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def demo(server, tmp_path_factory):
+def demo(ui_server, tmp_path_factory):
     """The demo, run once as a person would in a terminal, against the server."""
     folder = tmp_path_factory.mktemp("demo")
-    env = {**server.client_env(), "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
+    env = {**ui_server.client_env(), "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
     env.pop("CI", None)
     output = run_in_terminal([sys.executable, "-m", "flows.cli", "demo", "--data", str(folder / "data"),
                               "--artifacts", str(folder / "artifacts")], env)
-    api = server.api_url
+    api = ui_server.api_url
     runs = httpx.post(f"{api}/flow_runs/filter", json={"flows": {"name": {"any_": ["musc-demo"]}}}).json()
     assert len(runs) == 1 and runs[0]["state"]["type"] == "COMPLETED"
     report = folder / "artifacts" / "mvtec_ad" / "_report"
