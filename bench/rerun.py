@@ -100,8 +100,8 @@ def cli_args(data: Path, artifacts: Path, config: dict) -> list[str]:
 
 
 def timed_run(command: list[str], scratch: Path) -> float:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}  # flows sets the
+    # start-up timeout (flows.PREFECT_STARTUP_SECONDS)
     if not os.environ.get("PREFECT_API_URL"):
         env["PREFECT_HOME"] = tempfile.mkdtemp(prefix="prefect-home-", dir=scratch)
     start = time.perf_counter()

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Iterator
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-STARTUP_SECONDS = 120
+from . import PREFECT_STARTUP_SECONDS as STARTUP_SECONDS  # the one start-up timeout
 
 
 def _die_with_parent(parent: int):
