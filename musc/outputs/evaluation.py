@@ -31,6 +31,11 @@ def metrics_from_json(metrics: Mapping[str, float | None]) -> dict[str, float]:
 SHOWN_SCALE = 100.0  # metrics are fractions; people read them x100
 
 
+# The metrics' short names, wherever a table head or a chart has little room
+SHORT_NAMES = {"image_auroc": "I-AUROC", "image_f1max": "I-F1max", "image_ap": "I-AP",
+               "pixel_auroc": "P-AUROC", "pixel_f1max": "P-F1max", "pixel_ap": "P-AP",
+               "pixel_aupro": "P-AUPRO", "pixel_aupro_mvtec": "P-AUPRO-MVTec"}
+
 def metric_text(value: float | None, scale: float = SHOWN_SCALE) -> str:
     """A metric as every table, report and terminal line shows it: x100 with 2 decimals, 'n/a'
     where it was not computed (None or NaN). ``scale=1`` for values already x100 (the metrics

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..inputs.datasets import UnreadableImage, load_image
 from ..method.metrics import METRIC_NAMES, BinaryCurves
-from .evaluation import ANOMALOUS, NORMAL, Evaluation, EvaluationInputs
+from .evaluation import ANOMALOUS, NORMAL, SHORT_NAMES, Evaluation, EvaluationInputs, metric_text
 
 
 def png_name(image_name: str) -> str:
@@ -160,13 +160,16 @@ def save_curves(curves: BinaryCurves, path: str | Path, title: str) -> str:
     best_f1 = curves.f1_max()
     fpr, tpr = _thinned(curves.fpr, curves.tpr)
     recall, precision = _thinned(curves.recall, curves.precision)
-    fig = new_figure(7, 3.2)
+    fig = new_figure(8, 3.6)
     roc_axis, pr_axis = fig.subplots(1, 2)
     roc_axis.plot(fpr, tpr)
     roc_axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
-    roc_axis.set(xlabel="false positive rate", ylabel="true positive rate", title=f"{title} ROC")
+    roc_axis.set(xlabel="false positive rate", ylabel="true positive rate",
+                 title=f"{title} ROC (AUROC {metric_text(curves.auroc())})")
     pr_axis.plot(recall, precision)
-    pr_axis.set(xlabel="recall", ylabel="precision", title=f"{title} PR (F1-max {best_f1:.3f})")
+    pr_axis.set(xlabel="recall", ylabel="precision", title=f"{title} PR (F1-max {metric_text(best_f1)})")
+    for axis in (roc_axis, pr_axis):
+        axis.title.set_fontsize(10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return str(path)
@@ -182,22 +185,27 @@ def save_histograms(inputs: EvaluationInputs, evaluation: Evaluation, path: str 
     """Image scores of normal vs anomalous images, before and after RsCIN, with the thresholds
     drawn in: the decision threshold on the final (RsCIN) scores, and on the raw scores (the maxima
     of the maps) the pixel threshold, above which an image gets defect pixels."""
+    from matplotlib.ticker import MaxNLocator
     labels = np.asarray(inputs.labels)
-    fig = new_figure(7, 3)
+    fig = new_figure(9, 3.8)
     axes = fig.subplots(1, 2)
-    panels = ((axes[0], inputs.raw, "raw (max of map)", evaluation.pixel_threshold, "pixel threshold"),
-              (axes[1], inputs.scores, "after RsCIN", evaluation.threshold, "threshold"))
+    panels = ((axes[0], inputs.raw, "raw scores (max of the map)", evaluation.pixel_threshold, "pixel threshold"),
+              (axes[1], inputs.scores, "final scores (after RsCIN)", evaluation.threshold, "decision threshold"))
     for axis, scores, title, line, line_label in panels:
         scores = np.asarray(scores, dtype=np.float64)
+        bins = np.histogram_bin_edges(scores, bins=20)
         if (labels >= 0).all():
-            axis.hist(scores[labels == 0], bins=20, alpha=0.6, label=NORMAL)
-            axis.hist(scores[labels == 1], bins=20, alpha=0.6, label=ANOMALOUS)
+            axis.hist(scores[labels == 0], bins=bins, alpha=0.6, label=NORMAL)
+            axis.hist(scores[labels == 1], bins=bins, alpha=0.6, label=ANOMALOUS)
         else:
-            axis.hist(scores, bins=20, alpha=0.8, label="all (labels unknown)")
+            axis.hist(scores, bins=bins, alpha=0.8, label="all images (labels unknown)")
         if line is not None and np.isfinite(line):
-            axis.axvline(line, color="k", linestyle="--", linewidth=1.2, label=f"{line_label} {line:.3g}")
-        axis.legend(fontsize=7)
-        axis.set_title(title, fontsize=9)
+            axis.axvline(line, color="k", linestyle="--", linewidth=1.2, label=f"{line_label} {line:.4g}")
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: whole ticks
+        axis.set(xlabel="score", ylabel="images")
+        axis.set_title(title, fontsize=10)
+        # the legend below the axes: it never covers a bar
+        axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     return str(path)
@@ -212,11 +220,12 @@ def save_metric_bars(table, path: str | Path) -> str:
     key = hashlib.blake2b(shown.to_csv().encode(), digest_size=16).hexdigest()
     if path.is_file() and stamp.is_file() and stamp.read_text() == key:
         return str(path)
-    fig = new_figure(max(6, 1.2 * len(shown)), 3.5)
+    fig = new_figure(max(7, 1.2 * len(shown) + 2), 3.8)
     axis = fig.subplots()
-    shown.plot.bar(ax=axis, width=0.85)
-    axis.set_ylabel("x100")
-    axis.legend(fontsize=6, ncol=4)
+    shown.rename(columns=SHORT_NAMES).plot.bar(ax=axis, width=0.85)
+    axis.set(ylabel="x100", ylim=(0, 100), xlabel="")
+    axis.tick_params(axis="x", labelrotation=0)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # beside: covers no bar
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     stamp.write_text(key)

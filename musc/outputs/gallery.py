@@ -24,6 +24,15 @@ class Entry:
     misclassified: bool
     thumb: str           # thumbnail PNG path ('' when none)
     overlay: str         # full overlay PNG path ('' when none)
+    defect_pixels: int = -1  # pixels of its binary mask (-1: not known)
+
+    @property
+    def region_note(self) -> str:
+        """Why a part judged anomalous shows no defect region: its decision is the image threshold on
+        its final score, its region the pixel threshold on its map, and its map stays below that."""
+        if self.decision == ANOMALOUS and self.defect_pixels == 0:
+            return "no defect region: its map stays below the pixel threshold"
+        return ""
 
 
 def truth_of(label, defect_type: str) -> str:
@@ -43,7 +52,8 @@ def entries(per_image: pd.DataFrame) -> list[Entry]:
         known = truth != "unknown"
         out.append(Entry(rank, str(row.name), float(row.score_rscin), str(row.decision), truth,
                          known and (truth != NORMAL) != (row.decision == ANOMALOUS),
-                         str(getattr(row, "thumb_png", "") or ""), str(getattr(row, "map_png", "") or "")))
+                         str(getattr(row, "thumb_png", "") or ""), str(getattr(row, "map_png", "") or ""),
+                         int(getattr(row, "defect_pixels", -1)) if str(getattr(row, "defect_pixels", "")) != "" else -1))
     return out
 
 

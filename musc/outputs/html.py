@@ -103,7 +103,8 @@ def card(entry: Entry, folder: Path) -> str:
     return (f"<figure class='{classes}' data-rank='{entry.rank}' data-name='{esc(entry.name)}' "
             f"data-score='{entry.score!r}'>{image}<figcaption><b>#{entry.rank}</b> {esc(entry.name)}<br>"
             f"score {entry.score:.4f} <span class='tag {esc(entry.decision)}'>{esc(entry.decision)}</span><br>"
-            f"truth: {esc(entry.truth)}{miss}</figcaption></figure>")
+            f"truth: {esc(entry.truth)}{miss}"
+            + (f"<br><i>{esc(entry.region_note)}</i>" if entry.region_note else "") + "</figcaption></figure>")
 
 
 def gallery_html(items: Sequence[Entry], folder: Path) -> str:

@@ -16,12 +16,9 @@ from typing import Sequence
 import pandas as pd
 
 from ..method.metrics import METRIC_NAMES
-from .evaluation import ANOMALOUS, metric_text
+from .evaluation import ANOMALOUS, SHORT_NAMES, metric_text
 from .gallery import Entry, data_uri, entries, read_per_image
 
-SHORT_NAMES = {"image_auroc": "I-AUROC", "image_f1max": "I-F1max", "image_ap": "I-AP",
-               "pixel_auroc": "P-AUROC", "pixel_f1max": "P-F1max", "pixel_ap": "P-AP",
-               "pixel_aupro": "P-AUPRO", "pixel_aupro_mvtec": "P-AUPRO-MVTec"}
 LEGEND = ("I- image level, P- pixel level; AUROC, F1max, AP (average precision), AUPRO (per-region overlap, "
           "the reference's), AUPRO-MVTec (the MVTec AD definition); x100")
 FIGURE_PX = 560       # charts scaled to this width in the UI
@@ -59,7 +56,7 @@ def gallery_markdown(items: Sequence[Entry]) -> str:
     for e in items:
         thumb = f"![{e.name}]({data_uri(e.thumb, colors=THUMB_COLOURS)})" if e.thumb and Path(e.thumb).is_file() else ""
         decision = f"**{e.decision}**" if e.decision == ANOMALOUS else e.decision
-        truth = e.truth + (" (**misclassified**)" if e.misclassified else "")
+        truth = e.truth + (" (**misclassified**)" if e.misclassified else "") + (f"; {e.region_note}" if e.region_note else "")
         lines.append(f"| {e.rank} | {thumb} | {e.name} | {e.score:.4f} | {decision} | {truth} |")
     return "\n".join(lines) + "\n"
 

@@ -71,9 +71,12 @@ GALLERY_IN_MARKDOWN = 12
 
 
 def threshold_lines(threshold: dict[str, Any]) -> list[str]:
-    lines = [f"- image score: {threshold['value']:.6g} ({threshold['rule']})"]
+    lines = [f"- decision threshold on the image score: {threshold['value']:.6g} ({threshold['rule']}); a part "
+             f"is anomalous when its final score reaches it"]
     if "pixel_value" in threshold:
-        lines += [f"- anomaly map (binary masks): {threshold['pixel_value']:.6g} ({threshold['pixel_rule']})"]
+        lines += [f"- pixel threshold on the anomaly map (binary masks, defect_pixels): {threshold['pixel_value']:.6g} "
+                  f"({threshold['pixel_rule']}); a separate threshold, so a part flagged by its score whose map "
+                  f"stays below it has no defect region (the gallery says so)"]
     return lines
 
 
@@ -140,7 +143,12 @@ def write_dataset_report(folder: str | Path, dataset: str, table: pd.DataFrame,
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / "metrics.csv")
     (folder / "metrics.md").write_text(table_markdown(table))
-    shown = {"metrics per category": figures.save_metric_bars(table, folder / "metrics_bars.png")}
+    bars = folder / "metrics_bars.png"
+    if table[list(METRIC_NAMES)].notna().to_numpy().any():
+        shown = {"metrics per category": figures.save_metric_bars(table, bars)}
+    else:  # nothing computed (no labels): no empty chart; each category's page shows its scores
+        shown = {}
+        bars.unlink(missing_ok=True)
     reports = {name: str(Path(outputs) / "report.md") for name, outputs in categories.items()}
     write_report(folder, f"MuSc results: {dataset}", table, shown, None, reports, None)
     return html.dataset_index(folder, f"MuSc results: {dataset}", table, shown, categories)
