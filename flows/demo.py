@@ -19,4 +19,6 @@ def demo_flow(data: str = "demo_data", artifacts: str = "artifacts", seed: int =
     root = Path(data)
     if not (root / "fabric" / "test").is_dir():
         make_dataset(root, seed=seed)
-    return dataset_flow("mvtec_ad", str(root), None, DEMO_CONFIG, artifacts)
+    result = dataset_flow("mvtec_ad", str(root), None, DEMO_CONFIG, artifacts)
+    print(result["summary"])  # the run the user started says what its subflows found
+    return result

@@ -110,7 +110,7 @@ def test_report_writes_beside_the_artifact_it_reads_not_where_the_artifact_says(
     recraft(evaluate, outputs=str(tmp_path / "elsewhere"))  # a crafted artifact: writes must not follow it
     (evaluate.with_suffix("") / "report.md").unlink()
     rebuilt = rebuild_reports(copy)
-    assert rebuilt.written == [evaluate.with_suffix("") / "report.md"]
+    assert rebuilt.written == [evaluate.with_suffix("") / "report.html"]
     assert (evaluate.with_suffix("") / "report.md").is_file()
     assert original.stat().st_mtime_ns == before and not (tmp_path / "elsewhere").exists()
 
