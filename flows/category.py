@@ -26,12 +26,12 @@ from .runners import task_runner
 def category_flow(dataset: str, root: str, category: str, config: MuscConfig | None = None,
                   artifacts: str = "artifacts", images: Category | None = None) -> dict:
     """extract -> aggregate (per r) -> score (per r, tiles) -> classify -> evaluate. Returns the
-    artifact refs, the metrics (None where they could not be computed) and the decisions' counts
-    (``images``, ``flagged``, ``threshold``, ``threshold_rule``); the run logs them in one line at
-    its end. Each stage is one
-    progress job (terminal bar, Prefect progress artifact for extract and score); the metrics and
-    the report are published on this run's Artifacts tab. ``images``: the category as already
-    loaded and checked (the dataset flow's), else loaded here."""
+    artifact refs, the metrics (None where they could not be computed) and the decisions
+    (``images``, ``flagged``, ``threshold``, ``threshold_rule``), which the run logs in one line at
+    its end. Each stage is one progress job (terminal bar, Prefect progress artifact for extract and
+    score); the metrics and the report are published on this run's Artifacts tab. ``images``: the
+    category as already loaded and checked (the dataset flow's), else loaded here. The run is named
+    by its category (``flows.names``)."""
     cfg = config if isinstance(config, MuscConfig) else MuscConfig.from_dict(config or {})
     artifacts = str(Path(artifacts).resolve())
     if images is None:

@@ -232,7 +232,7 @@ def test_report_skips_stale_evaluate_artifacts_and_clean_removes_what_no_run_use
 
     report = musc("report", copy, cwd=tmp_path)
     assert report.returncode == 0, report.stderr
-    assert f"report: {evaluate.with_suffix('') / 'report.md'}" in report.stdout
+    assert f"report: {evaluate.with_suffix('') / 'report.html'}" in report.stdout
     assert f"skipped (stale): {stale}" in report.stderr and "musc clean" in report.stderr
 
     dry = musc("clean", copy, "--dry-run", cwd=tmp_path)

@@ -204,3 +204,30 @@ def test_progress_jobs_rate_eta_and_throttled_prefect_updates(monkeypatch):
         raise RuntimeError("boom")
     assert failing.note == "failed"
     assert publish.artifact_key("mvtec_ad", "fabric", "extract", "progress") == "musc-mvtec-ad-fabric-extract-progress"
+
+
+def test_runs_are_named_by_what_they_are_and_log_a_summary(prefect_harness, tiny_dataset, tmp_path):
+    """Read back through the Prefect API: the dataset run is named by its dataset and how many
+    categories it scores, its category subflow by the category; each logs the counts at its end."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter
+    from prefect.logging.handlers import APILogHandler
+    from flows import dataset_flow
+    state = dataset_flow("mvtec_ad", str(tiny_dataset), None, TINY_CONFIG, str(tmp_path), return_state=True)
+    result = state.result()
+    APILogHandler().flush()  # the logs sent before they are read back
+    top = state.state_details.flow_run_id
+    per_image = pd.read_csv(Path(result["categories"]["fabric"]["outputs"]) / "per_image.csv")
+    flagged = int((per_image["decision"] == "anomalous").sum())
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(top).name == "mvtec_ad: 1 category"
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[top])))
+        assert [run.name for run in children] == ["fabric"]
+        logs = {run: [log.message for log in client.read_logs(LogFilter(flow_run_id={"any_": [run]}))]
+                for run in (top, children[0].id)}
+    assert any(message.startswith(f"fabric: {len(per_image)} images, {flagged} flagged anomalous (threshold ")
+               and message.endswith("report.html") for message in logs[children[0].id]), logs[children[0].id]
+    assert any(message.startswith(f"mvtec_ad: 1 category, {len(per_image)} images, {flagged} flagged anomalous")
+               and message.endswith("index.html") for message in logs[top]), logs[top]
+    assert result["categories"]["fabric"]["flagged"] == flagged

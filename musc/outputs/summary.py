@@ -36,4 +36,4 @@ def dataset_line(dataset: str, results: Mapping[str, Mapping[str, Any]], page: s
     flagged = sum(r["flagged"] for r in results.values())
     each = ", ".join(f"{name} {flagged_text(r)}" for name, r in results.items())
     return (f"{dataset}: {len(results)} categor{'y' if len(results) == 1 else 'ies'}, {images} images, "
-            f"{flagged} flagged anomalous ({each}); page {page}")
+            f"{flagged} flagged anomalous ({each}); report {page}")
