@@ -91,6 +91,9 @@ def test_report_rebuilds_from_artifacts_without_a_backbone(reference_run, monkey
         monkeypatch.setitem(sys.modules, module, None)  # any import of a backbone would now fail
     written = rebuild_reports(artifacts)
     assert outputs / "report.html" in written.written and (outputs / "report.md").is_file()
+    assert written.pages == [artifacts / "mvtec_ad/_report/index.html"]  # the root holds the dataset's page
+    assert "fabric" in written.pages[0].read_text()
+    assert rebuild_reports(artifacts / "mvtec_ad/fabric").pages == []  # one category: not the dataset's page
     html = (outputs / "report.html").read_text()
     assert "<table class='metrics'>" in html and "curves_pixel.png" in html and "thumbs/" in html
     assert (outputs / "curves_pixel.png").stat().st_size > 0 and (outputs / "metrics.csv").exists()

@@ -45,9 +45,10 @@ class Rebuilt:
 
 def rebuild_reports(path: str | Path) -> Rebuilt:
     """Reports of one evaluate artifact (an error if it is stale), or of every current one under a
-    folder; stale ones (an input missing or changed since) are skipped and named. Given an
-    artifacts root or a dataset's folder, each dataset's page (``_report/index.html``) is made
-    again too, from the current evaluations of its categories (``dataset_pages``)."""
+    folder; stale ones (an input missing or changed since) are skipped and named. Given a folder
+    that holds a dataset's whole folder (an artifacts root, or the dataset's folder), that
+    dataset's page (``_report/index.html``) is made again too, from the current evaluations of its
+    categories (``dataset_pages``)."""
     path = Path(path)
     targets = [path] if path.is_file() else sorted(path.rglob("evaluate/*.h5"))
     if not targets:
@@ -64,9 +65,10 @@ def rebuild_reports(path: str | Path) -> Rebuilt:
     if not result.written:
         raise ArtifactError(f"{path}: no current evaluate artifact ({len(result.skipped)} stale: "
                             f"{result.skipped[0][1]})")
-    if path.is_dir():
-        whole = path.resolve()  # a dataset's page only where every category of it was looked at
-        result.pages = dataset_pages([t for t in current if whole in (t.resolve().parents[2], t.resolve().parents[3])])
+    if path.is_dir():  # a dataset's page only where every category of it was looked at
+        whole = path.resolve()
+        result.pages = dataset_pages([t for t in current if whole == (dataset := t.resolve().parents[2])
+                                      or whole in dataset.parents])
     return result
 
 
