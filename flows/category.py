@@ -12,23 +12,26 @@ from musc import progress, store
 from musc.inputs.backbone_spec import check_degrees
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import Category, load_category
-from musc.outputs import published
+from musc.outputs import published, summary
 from musc.outputs.rebuild import REPORT_FILES, rebuild_one
 from musc.stages import Plan, Run, StageSpec, walk
 from tasks import stage_task, tile_task
 from tasks.publish import artifact_key, publish
 
+from .names import category_run_name
 from .runners import task_runner
 
 
-@flow(name="musc-category", log_prints=True, task_runner=task_runner())
+@flow(name="musc-category", flow_run_name=category_run_name, log_prints=True, task_runner=task_runner())
 def category_flow(dataset: str, root: str, category: str, config: MuscConfig | None = None,
                   artifacts: str = "artifacts", images: Category | None = None) -> dict:
     """extract -> aggregate (per r) -> score (per r, tiles) -> classify -> evaluate. Returns the
-    artifact refs and the metrics (None where they could not be computed). Each stage is one
-    progress job (terminal bar, Prefect progress artifact for extract and score); the metrics and
-    the report are published on this run's Artifacts tab. ``images``: the category as already
-    loaded and checked (the dataset flow's), else loaded here."""
+    artifact refs, the metrics (None where they could not be computed) and the decisions
+    (``images``, ``flagged``, ``threshold``, ``threshold_rule``), which the run logs in one line at
+    its end. Each stage is one progress job (terminal bar, Prefect progress artifact for extract and
+    score); the metrics and the report are published on this run's Artifacts tab. ``images``: the
+    category as already loaded and checked (the dataset flow's), else loaded here. The run is named
+    by its category (``flows.names``)."""
     cfg = config if isinstance(config, MuscConfig) else MuscConfig.from_dict(config or {})
     artifacts = str(Path(artifacts).resolve())
     if images is None:
@@ -36,13 +39,16 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
     store.mark_artifacts_root(artifacts)  # later listings skip it, wherever it lies
     refs = walk(Run(images, cfg, artifacts), lambda spec, plans: run_stage(images, spec, plans))
     evaluated = refs["evaluate"]
-    result = store.open_artifact(evaluated["path"], "evaluate", evaluated["digest"]).attrs
+    evaluation = store.open_artifact(evaluated["path"], "evaluate", evaluated["digest"])
+    decided = summary.outcome(evaluation)
     outputs = store.report_folder(evaluated["path"])
     if not all((outputs / name).is_file() for name in REPORT_FILES):  # deleted since: drawn again
         rebuild_one(Path(evaluated["path"]))
     refs = {"extract": refs["extract"], "scores": refs["score"], "classify": refs["classify"], "evaluate": evaluated}
     publish_category(dataset, category, str(outputs), refs, cfg.r_list)
-    return {"category": category, **refs, "metrics": json.loads(result["metrics"]), "outputs": str(outputs)}
+    print(summary.category_line(category, decided, outputs / "report.html"))
+    return {"category": category, **refs, "metrics": json.loads(evaluation.attrs["metrics"]), **decided,
+            "outputs": str(outputs)}
 
 
 def run_stage(images: Category, spec: StageSpec, plans: list[Plan]) -> list[dict]:

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, List, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from musc.inputs.config import DEFAULT_K_LISTS, ConfigError, MuscConfig, check_decision
 from musc.inputs.datasets import DATASETS, DatasetError
-from musc.method.metrics import METRIC_NAMES
 from musc.store import ArtifactError
 
 from . import terminal
@@ -53,17 +53,32 @@ def _launch(artifacts: Path, verbose: bool, prepare: Callable[[], Callable[[], d
 
 
 def _print_metrics(result: dict) -> None:
-    from musc.outputs.evaluation import metric_text
-    table = Table(title="MuSc metrics (x100)")
-    names = [name for name in METRIC_NAMES if name != "pixel_aupro_mvtec"]  # the reference's seven
+    """The run's metrics as the UI's table shows them (every metric of metrics.csv, short names,
+    x100, the mean row), with the images flagged anomalous per category; then each category's
+    threshold and its rule, and the report page."""
+    import pandas as pd
+
+    from musc.outputs.evaluation import threshold_text
+    from musc.outputs.published import LEGEND, metric_rows
+    from musc.outputs.summary import flagged_text
+    rows = metric_rows(pd.read_csv(result["table"], index_col="category"))
+    table = Table(title="MuSc metrics (x100)", caption=LEGEND, box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True)
     table.add_column("category", no_wrap=True, min_width=8)
-    for name in names:
-        table.add_column(name.replace("_", " "), justify="right")
-    for category, outcome in result["categories"].items():
-        metrics = outcome["metrics"]
-        table.add_row(category, *(metric_text(metrics.get(n)) for n in names))
-    Console().print(table)
-    Console().print(f"report: {result['report']}")
+    for name in ["flagged", *list(rows[0])[1:]]:  # a narrow terminal folds a name, never cuts it
+        table.add_column(name, justify="right", overflow="fold", min_width=7 if name == "flagged" else 6)
+    outcomes = result["categories"]
+    for row in rows:
+        outcome = outcomes.get(row["category"])  # none for the mean row
+        if outcome is None:
+            table.add_section()
+        table.add_row(row["category"], flagged_text(outcome) if outcome else "", *list(row.values())[1:])
+    out = Console()
+    out.print(table)
+    for name, outcome in outcomes.items():
+        out.print(f"{name}: {flagged_text(outcome)} flagged anomalous, at score >= "
+                  f"{threshold_text(outcome['threshold'], outcome['threshold_rule'])}", highlight=False, soft_wrap=True)
+    out.print(f"report: {result['report']}", highlight=False, soft_wrap=True)
 
 
 Artifacts = Annotated[Path, typer.Option(help="The folder the artifacts, reports and error log are written to.")]
@@ -214,12 +229,13 @@ def inspect(path: Annotated[Path, typer.Argument(help="An artifact (.h5).")],
         if not path.is_file():
             raise ArtifactError(f"{path}: no such artifact")
         info = describe(path)
-        out = Console()
+        out = Console(soft_wrap=True)  # long lines whole: a digest is never cut or broken
         attrs = info["attrs"]
         out.print(f"[bold]{path}[/]  stage: {attrs.get('stage')}  ({info['status']})")
-        out.print(f"digest: {info['digest']}  code: {attrs.get('code_version')}  created: {attrs.get('created')}")
-        out.print("config: " + json.dumps(attrs.get("config"), sort_keys=True))
-        out.print("inputs: " + json.dumps(attrs.get("inputs"), sort_keys=True)[:400])
+        out.print(f"digest: {info['digest']}  code: {attrs.get('code_version')}  created: {attrs.get('created')}",
+                  highlight=False)
+        out.print("config: " + json.dumps(attrs.get("config"), sort_keys=True), markup=False, highlight=False)
+        out.print("inputs: " + json.dumps(attrs.get("inputs"), sort_keys=True), markup=False, highlight=False)
         table = Table("dataset", "shape dtype", "meaning")
         for name, shape in info["datasets"].items():
             table.add_row(name, shape, info["meanings"].get(name, ""))
@@ -235,7 +251,7 @@ def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
     (the first ``top`` entries of the ranking, one name each) and only from beside the artifact."""
     import pandas as pd
 
-    from musc.outputs.evaluation import metric_text
+    from musc.outputs.evaluation import metric_text, threshold_text
     from musc.outputs.rebuild import inputs_of
     from musc.store import report_folder
     from musc.store import open_artifact
@@ -246,7 +262,7 @@ def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
     except (KeyError, TypeError, ValueError):
         raise ArtifactError(f"{path}: attribute 'metrics' or 'threshold' is not what an evaluate artifact holds") from None
     out.print("metrics (x100): " + ", ".join(f"{k} {metric_text(v)}" for k, v in metrics.items()))
-    out.print(f"threshold: {threshold:.6g} ({attrs.get('threshold_rule')})")
+    out.print(f"threshold: {threshold_text(threshold, attrs.get('threshold_rule'))}", highlight=False)
     extract = open_artifact(inputs_of(path, "extract")[0])
     count = extract.shape("names")[0]
     ranking = artifact.read("ranking", slice(0, max(top, 0)))
@@ -265,13 +281,18 @@ def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
 @app.command("report")
 def report_command(path: Annotated[Path, typer.Argument(help="An evaluate artifact, or a folder holding them.")]
                    ) -> None:
-    """Rebuild figures and reports from artifacts alone, without recomputing any stage. In a folder,
-    stale evaluate artifacts (an input missing or changed since) are skipped and named."""
+    """Rebuild figures and reports from artifacts alone, without recomputing any stage; prints the
+    pages (report.html) written. In a folder, stale evaluate artifacts (an input missing or changed
+    since) are skipped and named; given an artifacts root or a dataset folder, each dataset's page
+    (_report/index.html) is rebuilt too."""
     def go():
         from musc.outputs.rebuild import rebuild_reports
         rebuilt = rebuild_reports(path)
+        out = Console(soft_wrap=True, highlight=False)
         for written in rebuilt.written:
-            Console().print(f"report: {written}")
+            out.print(f"report: {written}")
+        for page in rebuilt.pages:
+            out.print(f"dataset page: {page}")
         for stale, reason in rebuilt.skipped:
             terminal.console.print(f"skipped (stale): {stale}: {reason.removeprefix(str(stale) + ': ')}",
                                    highlight=False, soft_wrap=True)

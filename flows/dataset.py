@@ -9,17 +9,17 @@ from prefect.settings import temporary_settings
 
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import MASK_RULES, Category, list_categories
-from musc.outputs import published, reports
-from musc.outputs.evaluation import metrics_from_json
+from musc.outputs import published, reports, summary
 from musc.stages import Run, reused_throughout
 from musc.store import catalog
 from tasks.publish import artifact_key, publish
 
 from .category import category_flow, checked_category
+from .names import dataset_run_name
 from .runners import task_runner
 
 
-@flow(name="musc-dataset", log_prints=True)
+@flow(name="musc-dataset", flow_run_name=dataset_run_name, log_prints=True)
 def dataset_flow(dataset: str, root: str, categories: list[str | Category] | None = None,
                  config: MuscConfig | None = None, artifacts: str = "artifacts", dask: str | None = None,
                  config_file: str | None = None) -> dict:
@@ -27,7 +27,7 @@ def dataset_flow(dataset: str, root: str, categories: list[str | Category] | Non
     as the command line already loaded and checked them (each category is loaded once per
     command). ``dask``: None (local threads), "local" (a LocalCluster for the run) or a scheduler
     address for the tile tasks. ``config_file``: a YAML run configuration, which the fields of
-    ``config`` override."""
+    ``config`` override. The run logs a one-line summary at its end (``summary`` of the result)."""
     cfg = load_config(config, config_file)
     root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
     loaded = [item if isinstance(item, Category) else checked_category(dataset, root, item, cfg, artifacts)
@@ -37,12 +37,14 @@ def dataset_flow(dataset: str, root: str, categories: list[str | Category] | Non
     for images in loaded:
         with _heartbeats_unless_reused(Run(images, cfg, artifacts)):
             results[images.name] = run_category(dataset, root, images.name, cfg, artifacts, images)
-    table = reports.metrics_table({name: metrics_from_json(r["metrics"]) for name, r in results.items()},
-                                  {}, cfg.image_size, MASK_RULES[dataset])
     folder = catalog.dataset_report_folder(artifacts, dataset)
-    index = reports.write_dataset_report(folder, dataset, table, {name: r["outputs"] for name, r in results.items()})
+    table, index = reports.dataset_report(folder, dataset, {name: r["metrics"] for name, r in results.items()},
+                                          {name: r["outputs"] for name, r in results.items()}, cfg.image_size,
+                                          MASK_RULES[dataset])
     publish_dataset(dataset, folder, table, results)
-    return {"categories": results, "report": str(index), "table": str(folder / "metrics.csv")}
+    line = summary.dataset_line(dataset, results, index)
+    print(line)
+    return {"categories": results, "report": str(index), "table": str(folder / "metrics.csv"), "summary": line}
 
 
 def load_config(config: MuscConfig | dict | None, config_file: str | None) -> MuscConfig:

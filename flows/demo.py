@@ -14,9 +14,11 @@ DEMO_CONFIG = {"backbone": DEMO_BACKBONE, "pretrained": "none", "image_size": 12
                "batch_size": 8, "device": "cpu"}
 
 
-@flow(name="musc-demo", log_prints=True)
+@flow(name="musc-demo", flow_run_name="demo: generated mvtec_ad", log_prints=True)
 def demo_flow(data: str = "demo_data", artifacts: str = "artifacts", seed: int = 0) -> dict:
     root = Path(data)
     if not (root / "fabric" / "test").is_dir():
         make_dataset(root, seed=seed)
-    return dataset_flow("mvtec_ad", str(root), None, DEMO_CONFIG, artifacts)
+    result = dataset_flow("mvtec_ad", str(root), None, DEMO_CONFIG, artifacts)
+    print(result["summary"])  # the run the user started says what its subflows found
+    return result

@@ -14,11 +14,15 @@ from prefect.exceptions import MissingContextError
 
 from musc.inputs.config import check_decision
 from musc.reference_pool import DecisionRule, score_new_images
-from musc.reference_pool.daily import (append_history, day_images, day_summary, history_path, ordered, parse_day,
-                                       plot_trends, read_history, thumbnail, write_day_report)
+from musc.outputs.evaluation import threshold_text
+from musc.reference_pool.daily import (anomalous_parts, append_history, day_images, day_summary, history_path,
+                                       ordered, parse_day, part_name, plot_trends, read_history, readable,
+                                       table_rows, thumbnail, write_day_report)
 from musc.stages.faults import fail_once_point
 from tasks.publish import artifact_key
 from tasks.publish import publish as publish_artifact
+
+from .names import daily_run_name
 
 EVENT = "musc.daily.scored"
 THUMBNAILS = 48  # parts shown with a heat-map thumbnail in the markdown artifact, anomalous first
@@ -56,31 +60,33 @@ def pool_name(pool: str | Path) -> str:
     return artifact_key(Path(pool).stem, where).removeprefix("musc-")
 
 
-def publish(day: str, pool: str, result: dict, summary: dict, report: Path) -> None:
-    """The day's table artifact, its thumbnails (markdown) and the event."""
+def publish(day: str, pool: str, result: dict, summary: dict, report: Path, folder: Path) -> None:
+    """The day's table artifact, its thumbnails (markdown) and the event. ``folder``: the day's
+    folder, which the parts are named relative to; the numbers are rounded for reading (the raw
+    values stay in scores.csv)."""
     name = pool_name(pool)
     key = artifact_key("daily", name)
     rows = ordered(result["rows"])
-    publish_artifact("table", key, [{k: row[k] for k in ("path", "score", "decision", "map_png")} for row in rows],
+    publish_artifact("table", key, table_rows(rows, folder),
                      f"Parts of {day} (pool {Path(pool).name}): {summary['anomalous']} anomalous of "
-                     f"{summary['count']} (threshold {summary['threshold']:.6g}); report {report}")
+                     f"{summary['count']}; anomalous at "
+                     f"score >= {threshold_text(summary['threshold'], result['rule'])}; report {report}")
     lines = [f"# Parts of {day}: {summary['anomalous']} anomalous of {summary['count']}", "",
              "| part | score | decision | heat map |", "|---|---|---|---|"]
-    lines += [f"| {row['path']} | {row['score']:.4f} | {row['decision']} | ![map]({row['thumbnail']}) |"
-              for row in rows if "thumbnail" in row]
+    lines += [f"| {part_name(row['path'], folder)} | {row['score']:.4f} | {row['decision']} | "
+              f"![map]({row['thumbnail']}) |" for row in rows if "thumbnail" in row]
     publish_artifact("markdown", f"{key}-maps", "\n".join(lines), f"heat maps of {day} (pool {Path(pool).name})")
-    anomalous = [{"path": row["path"], "score": row["score"], "map_png": row["map_png"]}
-                 for row in rows if row["decision"] == "anomalous"]
+    anomalous = anomalous_parts(rows, folder)
     emit_event(event=EVENT,
                resource={"prefect.resource.id": f"musc.pool.{name}",
                          "prefect.resource.name": Path(pool).name, "musc.pool.path": str(Path(pool).resolve()),
                          "musc.day": day,
                          "musc.anomalous": "true" if anomalous else "false"},
-               payload={**summary, "anomalous_parts": anomalous, "report": str(report),
-                        "scores_csv": str(report.parent / "scores.csv")})
+               payload={**readable(summary), "threshold_rule": result["rule"], "anomalous_parts": anomalous,
+                        "report": str(report), "scores_csv": str(report.parent / "scores.csv")})
 
 
-@flow(name="musc-daily-folder", log_prints=True)
+@flow(name="musc-daily-folder", flow_run_name=daily_run_name, log_prints=True)
 def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", false_alarm_rate: float = 0.01,
                       threshold: float | None = None, timezone: str = "UTC") -> dict:
     """Score every image of ``root/<day>`` against the pool (default day: the date of the run's
@@ -105,7 +111,7 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", false_
     history = append_history(history_path(pool), summary)
     trend = plot_trends(history, target / "trend.png")
     report = write_day_report(target, summary, result["rows"], result["rule"], trend)
-    publish(day, pool, result, summary, report)
-    print(f"{day}: {summary['anomalous']} anomalous of {summary['count']} (threshold {summary['threshold']:.6g}); "
-          f"report {report}")
+    publish(day, pool, result, summary, report, folder)
+    print(f"{day}: {summary['anomalous']} anomalous of {summary['count']} (threshold "
+          f"{threshold_text(summary['threshold'], result['rule'])}); report {report.with_suffix('.html')}")
     return summary

@@ -59,6 +59,57 @@ def test_report_is_rebuilt_from_artifacts_alone(demo_run):
     assert (evaluate / "histograms.png").stat().st_size > 1000
 
 
+def _evaluation(cwd, category):
+    """(per_image.csv, the evaluate artifact's attributes) of a demo category."""
+    import h5py
+    artifact = next((cwd / f"artifacts/mvtec_ad/{category}/evaluate").glob("*.h5"))
+    with h5py.File(artifact) as f:
+        attrs = dict(f.attrs)
+    return pd.read_csv(artifact.with_suffix("") / "per_image.csv"), attrs
+
+
+@pytest.mark.slow
+def test_demo_terminal_shows_every_metric_of_the_csv_the_mean_and_the_flagged(demo_run):
+    from musc.method.metrics import METRIC_NAMES
+    from musc.outputs.published import SHORT_NAMES
+    cwd, result = demo_run
+    table = pd.read_csv(cwd / "artifacts/mvtec_ad/_report/metrics.csv", index_col="category")
+    lines = result.stdout.splitlines()
+    header = next(line for line in lines if "I-AUROC" in line)
+    assert header.split() == ["category", "flagged", *(SHORT_NAMES[name] for name in METRIC_NAMES)]
+    for category in ("fabric", "washer", "mean"):
+        row = next(line.split() for line in lines if line.split()[:1] == [category])
+        values = [f"{table.loc[category, name]:.2f}" for name in METRIC_NAMES]  # x100 in the CSV
+        if category == "mean":
+            assert row == ["mean", *values]
+            continue
+        per_image, attrs = _evaluation(cwd, category)
+        flagged = int((per_image["decision"] == "anomalous").sum())
+        assert row == [category, str(flagged), "of", str(len(per_image)), *values]
+        said = next(line for line in lines if line.startswith(f"{category}: {flagged} of {len(per_image)} flagged"))
+        value, rule = said.split(" at score >= ")[1].split(", ", 1)
+        assert abs(float(value) - float(attrs["threshold"])) <= 1e-5 * abs(float(attrs["threshold"]))
+        assert rule == attrs["threshold_rule"]
+        assert ((per_image["score_rscin"] >= float(attrs["threshold"])) == (per_image["decision"] == "anomalous")).all()
+
+
+@pytest.mark.slow
+def test_report_rebuilds_the_dataset_page_and_prints_the_html_pages(demo_run):
+    cwd, _ = demo_run
+    index = cwd / "artifacts/mvtec_ad/_report/index.html"
+    index.unlink()
+    result = run_musc("report", cwd / "artifacts", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    page = index.read_text()
+    pages = [Path(line.removeprefix("report: ")) for line in result.stdout.splitlines() if line.startswith("report: ")]
+    assert sorted(p.parent.parent.parent.name for p in pages) == ["fabric", "washer"]
+    assert all(p.name == "report.html" and p.is_file() for p in pages) and "report.md" not in result.stdout
+    assert f"dataset page: {index}" in result.stdout
+    for report in pages:  # the page links each category's report
+        assert f"href='../{report.relative_to(index.parent.parent)}'" in page
+    assert "washer" in page and "fabric" in page and "<table class='metrics'>" in page
+
+
 def test_run_on_real_mvtec_bottle_reports_image_metrics(real_data, tmp_path):
     result = run_musc("run", "--dataset", "mvtec_ad", "--root", real_data, "--category", "bottle",
                       "--backbone", DEMO_BACKBONE, "--pretrained", "none", "--image-size", "128",

@@ -220,3 +220,34 @@ def test_aligned_scoring_restricts_the_neighbourhood():
     assert (narrow >= wide - 1e-6).all() and (narrow > wide + 1e-4).any()
     np.testing.assert_allclose(musc.mutual_scores(features, radius=1, block_size=3).numpy(), narrow.numpy(),
                                atol=1e-6)
+
+
+def test_daily_table_rows_are_rounded_and_named_within_the_day_folder(tmp_path):
+    from musc.reference_pool.daily import anomalous_parts, readable, table_rows
+    day = tmp_path / "incoming" / "2026-12-01"
+    maps = day / "musc" / "maps"
+    rows = [{"path": str(day / "good_000.png"), "score": 0.41234567891, "decision": "normal",
+             "map_png": str(maps / "good_000.png")},
+            {"path": str(day / "hole_000.png"), "score": 0.9126229372799104, "decision": "anomalous",
+             "map_png": str(maps / "hole_000.png")},
+            {"path": str(tmp_path / "elsewhere" / "x.png"), "score": 0.5, "decision": "normal",
+             "map_png": str(tmp_path / "out" / "x.png")}]
+    shown = table_rows(rows, day)
+    assert shown[0] == {"part": "hole_000.png", "score": "0.9126", "decision": "anomalous",
+                        "map": "musc/maps/hole_000.png"}  # anomalous first
+    assert [r["part"] for r in shown] == ["hole_000.png", "x.png", "good_000.png"]
+    assert [r["score"] for r in shown] == ["0.9126", "0.5000", "0.4123"]
+    assert not any(str(tmp_path) in value for row in shown for value in row.values())  # no worker paths
+    parts = anomalous_parts(rows, day)
+    assert parts == [{"part": "hole_000.png", "path": str(day / "hole_000.png"), "score": 0.9126,
+                      "map_png": str(maps / "hole_000.png")}]
+    summary = {"day": "2026-12-01", "count": 3, "anomalous": 1, "anomalous_rate": 1 / 3,
+               "score_q50": 0.41234567891, "score_max": 0.9126229372799104, "threshold": 0.7012345678,
+               "pool_size": 20}
+    assert readable(summary) == {"day": "2026-12-01", "count": 3, "anomalous": 1, "anomalous_rate": 0.3333,
+                                 "score_q50": 0.4123, "score_max": 0.9126, "threshold": 0.701235, "pool_size": 20}
+
+
+def test_daily_run_is_named_by_its_pool_and_day():
+    from flows.names import daily_name
+    assert daily_name({"pool": "/data/pools/line3.h5", "root": "/data/incoming"}, "2026-12-01") == "line3 2026-12-01"

@@ -73,6 +73,7 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     run = wait_for(server, flow_run, {"COMPLETED", "FAILED", "CRASHED"})
     assert run["state"]["type"] == "COMPLETED", (server["home"] / "worker.log").read_text()[-3000:]
     assert run["run_count"] >= 2
+    assert run["name"] == f"line3 {day}"  # the pool and the day it scored, not a random name
 
     table = pd.read_csv(root / day / "musc/scores.csv")  # that day's folder, not today's
     assert sorted(table["path"]) == sorted(str(p) for p in (root / day).glob("*.png"))
@@ -93,6 +94,10 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert artifacts[key]["type"] == "table" and len(rows) == 3
     decisions = [row["decision"] for row in rows]
+    assert sorted(row["part"] for row in rows) == sorted(p.name for p in (root / day).glob("*.png"))
+    assert all(str(tmp_path) not in json.dumps(row) for row in rows)  # no worker paths in the table
+    assert all(row["score"] == f"{table.set_index('path').loc[str(root / day / row['part']), 'score']:.4f}"
+               for row in rows)
     assert decisions == sorted(decisions)  # "anomalous" < "normal": anomalous parts first
     assert artifacts[f"{key}-maps"]["data"].count("data:image/png;base64,") == 3
 
@@ -107,6 +112,7 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     payload = events[0]["payload"]
     assert payload["day"] == day and payload["count"] == 3 and payload["anomalous"] == len(anomalous)
     assert sorted(p["path"] for p in payload["anomalous_parts"]) == sorted(anomalous["path"])
+    assert [p["score"] for p in payload["anomalous_parts"]] == sorted(round(s, 4) for s in anomalous["score"])[::-1]
     assert events[0]["resource"]["prefect.resource.id"] == f"musc.pool.{name}"
     assert events[0]["resource"]["musc.anomalous"] == ("true" if len(anomalous) else "false")
 

@@ -103,7 +103,7 @@ def test_report_writes_beside_the_artifact_it_reads_not_where_the_artifact_says(
     recraft(evaluate, outputs=str(tmp_path / "elsewhere"))  # a crafted artifact: writes must not follow it
     (evaluate.with_suffix("") / "report.md").unlink()
     rebuilt = rebuild_reports(copy)
-    assert rebuilt.written == [evaluate.with_suffix("") / "report.md"]
+    assert rebuilt.written == [evaluate.with_suffix("") / "report.html"]
     assert (evaluate.with_suffix("") / "report.md").is_file()
     assert original.stat().st_mtime_ns == before and not (tmp_path / "elsewhere").exists()
 
@@ -229,7 +229,7 @@ def test_report_skips_stale_evaluate_artifacts_and_clean_removes_what_no_run_use
 
     report = run_musc("report", copy, cwd=tmp_path)
     assert report.returncode == 0, report.stderr
-    assert f"report: {evaluate.with_suffix('') / 'report.md'}" in report.stdout
+    assert f"report: {evaluate.with_suffix('') / 'report.html'}" in report.stdout
     assert f"skipped (stale): {stale}" in report.stderr and "musc clean" in report.stderr
 
     dry = run_musc("clean", copy, "--dry-run", cwd=tmp_path)

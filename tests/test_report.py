@@ -90,7 +90,10 @@ def test_report_rebuilds_from_artifacts_without_a_backbone(reference_run, monkey
     for module in ("open_clip", "timm", "musc.inputs.backbones"):
         monkeypatch.setitem(sys.modules, module, None)  # any import of a backbone would now fail
     written = rebuild_reports(artifacts)
-    assert outputs / "report.md" in written.written
+    assert outputs / "report.html" in written.written and (outputs / "report.md").is_file()
+    assert written.pages == [artifacts / "mvtec_ad/_report/index.html"]  # the root holds the dataset's page
+    assert "fabric" in written.pages[0].read_text()
+    assert rebuild_reports(artifacts / "mvtec_ad/fabric").pages == []  # one category: not the dataset's page
     html = (outputs / "report.html").read_text()
     assert "<table class='metrics'>" in html and "curves_pixel.png" in html and "thumbs/" in html
     assert (outputs / "curves_pixel.png").stat().st_size > 0 and (outputs / "metrics.csv").exists()
@@ -234,3 +237,30 @@ def test_a_data_uri_keeps_the_rare_hot_colours_of_a_heat_map(tmp_path):
     assert abs(int(((shown[..., 0] > 180) & (shown[..., 2] < 100)).sum()) - int(hot.sum())) <= 0.1 * hot.sum()
     assert np.abs(shown - original).mean() < 4
     assert len(uri) < len(data_uri(path))  # still smaller than the full-colour PNG
+
+
+def test_runs_are_named_by_what_they_are_and_log_a_summary(prefect_harness, tiny_dataset, tmp_path):
+    """Read back through the Prefect API: the dataset run is named by its dataset and how many
+    categories it scores, its category subflow by the category; each logs the counts at its end."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter
+    from prefect.logging.handlers import APILogHandler
+    from flows import dataset_flow
+    state = dataset_flow("mvtec_ad", str(tiny_dataset), None, TINY_CONFIG, str(tmp_path), return_state=True)
+    result = state.result()
+    APILogHandler().flush()  # the logs sent before they are read back
+    top = state.state_details.flow_run_id
+    per_image = pd.read_csv(Path(result["categories"]["fabric"]["outputs"]) / "per_image.csv")
+    flagged = int((per_image["decision"] == "anomalous").sum())
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(top).name == "mvtec_ad: 1 category"
+        children = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[top])))
+        assert [run.name for run in children] == ["fabric"]
+        logs = {run: [log.message for log in client.read_logs(LogFilter(flow_run_id={"any_": [run]}))]
+                for run in (top, children[0].id)}
+    assert any(message.startswith(f"fabric: {len(per_image)} images, {flagged} flagged anomalous (threshold ")
+               and message.endswith("report.html") for message in logs[children[0].id]), logs[children[0].id]
+    assert any(message.startswith(f"mvtec_ad: 1 category, {len(per_image)} images, {flagged} flagged anomalous")
+               and message.endswith("index.html") for message in logs[top]), logs[top]
+    assert result["categories"]["fabric"]["flagged"] == flagged

@@ -45,6 +45,13 @@ def metric_text(value: float | None, scale: float = SHOWN_SCALE) -> str:
     return f"{float(value) * scale:.2f}"
 
 
+def threshold_text(value: float, rule: str) -> str:
+    """A decision threshold as every report, terminal line and UI description shows it: 6
+    significant digits (enough to tell it from the scores beside it, shown with 4 decimals) and
+    the rule that chose it."""
+    return f"{float(value):.6g}, {rule}"
+
+
 ANOMALOUS, NORMAL = "anomalous", "normal"  # an image's decision, in every CSV, table and report
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..store import ARTIFACTS_MARKER, STAGES, ArtifactError, catalog, open_artifact, report_folder, valid_digest
-from .reports import evaluate_into
+from .reports import dataset_report, evaluate_into
 
 REPORT_FILES = ("metrics.csv", "per_image.csv", "report.md", "report.html")  # what an evaluation's folder holds
 
@@ -38,22 +39,27 @@ def inputs_of(artifact_path: str | Path, stage: str) -> list[Path]:
 
 @dataclass
 class Rebuilt:
-    written: list[Path] = field(default_factory=list)           # the reports written
+    written: list[Path] = field(default_factory=list)           # the category pages (report.html) written
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # stale evaluate artifacts, and why
+    pages: list[Path] = field(default_factory=list)             # the dataset pages (_report/index.html) written
 
 
 def rebuild_reports(path: str | Path) -> Rebuilt:
     """Reports of one evaluate artifact (an error if it is stale), or of every current one under a
-    folder; stale ones (an input missing or changed since) are skipped and named."""
+    folder; stale ones (an input missing or changed since) are skipped and named. Given a folder
+    that holds a dataset's whole folder (an artifacts root, or the dataset's folder), that
+    dataset's page (``_report/index.html``) is made again too, from the current evaluations of its
+    categories (``dataset_pages``)."""
     path = Path(path)
     targets = [path] if path.is_file() else [target for target in sorted(path.rglob("evaluate/*.h5"))
                                              if _stays_under(path, target.parent)]
     if not targets:
         raise ArtifactError(f"{path}: no evaluate artifacts found")
-    result = Rebuilt()
+    result, current = Rebuilt(), []
     for target in targets:
         try:
             result.written.append(rebuild_one(target))
+            current.append(target)
         except ArtifactError as error:
             if path.is_file():
                 raise
@@ -61,6 +67,10 @@ def rebuild_reports(path: str | Path) -> Rebuilt:
     if not result.written:
         raise ArtifactError(f"{path}: no current evaluate artifact ({len(result.skipped)} stale: "
                             f"{result.skipped[0][1]})")
+    if path.is_dir():  # a dataset's page only where every category of it was looked at
+        whole = path.resolve()
+        result.pages = dataset_pages([t for t in current if whole == (dataset := t.resolve().parents[2])
+                                      or whole in dataset.parents])
     return result
 
 
@@ -87,11 +97,42 @@ def check_report_folder(folder: Path) -> None:
 
 
 def rebuild_one(target: Path) -> Path:
+    """The reports of one evaluate artifact, drawn again from its artifacts; returns report.html."""
     check_report_folder(report_folder(target))
     evaluation = open_artifact(target, "evaluate")
     extract = open_artifact(find_input(target, "extract", evaluation.inputs["extract"]), "extract")
     classify = open_artifact(find_input(target, "classify", evaluation.inputs["classify"]), "classify")
-    return evaluate_into(report_folder(target), extract, classify, evaluation.config, str(target))[1]
+    evaluate_into(report_folder(target), extract, classify, evaluation.config, str(target))
+    return report_folder(target) / "report.html"
+
+
+def dataset_pages(current: list[Path]) -> list[Path]:
+    """The page of each dataset (``<root>/<dataset>/_report``) the current evaluate artifacts
+    ``current`` belong to: per category its newest evaluation (by its recorded creation time),
+    the image size and mask rule of the newest one. Returns the index.html pages written."""
+    newest: dict[tuple[Path, str], dict[str, Path]] = {}
+    for target in current:
+        root, dataset, category = target.parents[3], target.parents[2].name, target.parents[1].name
+        chosen = newest.setdefault((root, dataset), {})
+        if category not in chosen or _age(target) > _age(chosen[category]):
+            chosen[category] = target
+    pages = []
+    for (root, dataset), chosen in sorted(newest.items()):
+        evaluations = {name: open_artifact(chosen[name], "evaluate") for name in sorted(chosen)}
+        latest = max(chosen.values(), key=_age)
+        extract = open_artifact(find_input(latest, "extract", open_artifact(latest, "evaluate").inputs["extract"]),
+                                "extract")
+        _, page = dataset_report(catalog.dataset_report_folder(root, dataset), dataset,
+                                 {name: json.loads(e.attrs["metrics"]) for name, e in evaluations.items()},
+                                 {name: str(report_folder(chosen[name])) for name in evaluations},
+                                 int(extract.config["image_size"]), str(extract.attrs.get("mask_rule", "")))
+        pages.append(page)
+    return pages
+
+
+def _age(evaluation: Path) -> tuple[str, int]:
+    """When an evaluate artifact was made: its recorded creation time, then its file's."""
+    return str(open_artifact(evaluation, "evaluate").attrs.get("created", "")), evaluation.stat().st_mtime_ns
 
 
 # musc clean ---------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pandas as pd
 from ..method.metrics import METRIC_NAMES
 from ..store import ArtifactError
 from . import figures, gallery, html
-from .evaluation import Evaluation, EvaluationInputs, evaluate, metric_text
+from .evaluation import Evaluation, EvaluationInputs, evaluate, metric_text, threshold_text
 
 
 def metrics_table(rows: dict[str, dict[str, float]], notes: dict[str, dict[str, str]],
@@ -71,12 +71,12 @@ GALLERY_IN_MARKDOWN = 12
 
 
 def threshold_lines(threshold: dict[str, Any]) -> list[str]:
-    lines = [f"- decision threshold on the image score: {threshold['value']:.6g} ({threshold['rule']}); a part "
-             f"is anomalous when its final score reaches it"]
+    lines = [f"- decision threshold on the image score: {threshold_text(threshold['value'], threshold['rule'])}; "
+             f"a part is anomalous when its final score reaches it"]
     if "pixel_value" in threshold:
-        lines += [f"- pixel threshold on the anomaly map (binary masks, defect_pixels): {threshold['pixel_value']:.6g} "
-                  f"({threshold['pixel_rule']}); a separate threshold, so a part flagged by its score whose map "
-                  f"stays below it has no defect region (the gallery says so)"]
+        lines += [f"- pixel threshold on the anomaly map (binary masks, defect_pixels): "
+                  f"{threshold_text(threshold['pixel_value'], threshold['pixel_rule'])}; a separate threshold, so a "
+                  f"part flagged by its score whose map stays below it has no defect region (the gallery says so)"]
     return lines
 
 
@@ -132,6 +132,17 @@ def write_outputs(extract, classify, inputs: EvaluationInputs, evaluation: Evalu
     notes_shown = [line[2:] for line in threshold_lines(threshold)] + [f"skipped (unreadable): {m}" for m in skipped]
     html.category_page(folder, title, table, shown, notes_shown, artifacts, gallery.read_per_image(folder))
     return report
+
+
+def dataset_report(folder: str | Path, dataset: str, metrics: Mapping[str, Mapping[str, float | None]],
+                   outputs: Mapping[str, str], image_size: int, mask_rule: str) -> tuple[pd.DataFrame, Path]:
+    """The dataset's page from its categories' evaluations, as a run and ``musc report`` make it:
+    ``metrics``: category -> its metrics (fractions, None or NaN where not computed), ``outputs``:
+    category -> its evaluate outputs folder. Returns (the metrics table, index.html)."""
+    from .evaluation import metrics_from_json
+    table = metrics_table({name: metrics_from_json(values) for name, values in metrics.items()}, {}, image_size,
+                          mask_rule)
+    return table, write_dataset_report(folder, dataset, table, dict(outputs))
 
 
 def write_dataset_report(folder: str | Path, dataset: str, table: pd.DataFrame,

@@ -154,6 +154,39 @@ def ordered(rows: Sequence[dict]) -> list[dict]:
     return sorted(rows, key=lambda row: (row["decision"] != ANOMALOUS, -row["score"]))
 
 
+SCORE_DECIMALS = 4  # how a part's score reads in the UI and the event (scores.csv keeps it whole)
+
+
+def part_name(path: str | Path, folder: str | Path) -> str:
+    """A file of the day as people read it: relative to the day's folder (the worker's absolute
+    path stays in scores.csv); a file elsewhere by its name."""
+    path, folder = Path(path).resolve(), Path(folder).resolve()
+    return str(path.relative_to(folder)) if path.is_relative_to(folder) else path.name
+
+
+def table_rows(rows: Sequence[dict], folder: str | Path) -> list[dict[str, str]]:
+    """The day's table at a glance, anomalous parts first: part and map relative to the day's
+    folder, the score with 4 decimals, the decision."""
+    return [{"part": part_name(row["path"], folder), "score": f"{row['score']:.{SCORE_DECIMALS}f}",
+             "decision": row["decision"], "map": part_name(row["map_png"], folder)} for row in ordered(rows)]
+
+
+def readable(summary: dict[str, Any]) -> dict[str, Any]:
+    """A day's summary rounded for reading (in an event, a message): the threshold to 6
+    significant digits (so it still tells the scores beside it apart), other fractions and scores
+    to 4 decimals; counts as they are."""
+    return {key: (float(f"{value:.6g}") if key == "threshold" else round(value, SCORE_DECIMALS))
+            if isinstance(value, float) else value for key, value in summary.items()}
+
+
+def anomalous_parts(rows: Sequence[dict], folder: str | Path) -> list[dict[str, Any]]:
+    """The parts judged anomalous, for the event: the part's name (relative to the day's folder),
+    its file and map, its score with 4 decimals; highest score first."""
+    return [{"part": part_name(row["path"], folder), "path": str(row["path"]),
+             "score": round(float(row["score"]), SCORE_DECIMALS), "map_png": str(row["map_png"])}
+            for row in ordered(rows) if row["decision"] == ANOMALOUS]
+
+
 def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence[dict], rule: str,
                      trend_png: str) -> Path:
     """report.md (+ report.html) in the day's output folder: the counts, the trend plot, the parts."""

@@ -1,0 +1,39 @@
+"""What a run decided, as a person reads it at the end of a run: how many images, how many flagged
+anomalous and by which threshold (value and rule), and where the report pages are. Read from the
+evaluate artifacts; the flows log these lines and the terminal prints the same counts."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .evaluation import threshold_text
+
+
+def outcome(evaluation) -> dict[str, Any]:
+    """The decisions of an opened evaluate artifact: images, flagged (judged anomalous), the image
+    threshold and its rule."""
+    decided = np.asarray(evaluation.read("decisions"))
+    return {"images": int(decided.size), "flagged": int((decided == 1).sum()),
+            "threshold": float(evaluation.attrs["threshold"]), "threshold_rule": str(evaluation.attrs["threshold_rule"])}
+
+
+def flagged_text(result: Mapping[str, Any]) -> str:
+    """'9 of 26': the images flagged anomalous of those scored."""
+    return f"{result['flagged']} of {result['images']}"
+
+
+def category_line(category: str, result: Mapping[str, Any], report: str | Path) -> str:
+    """``result``: an ``outcome``; ``report``: the category's report.html."""
+    return (f"{category}: {result['images']} images, {result['flagged']} flagged anomalous "
+            f"(threshold {threshold_text(result['threshold'], result['threshold_rule'])}); report {report}")
+
+
+def dataset_line(dataset: str, results: Mapping[str, Mapping[str, Any]], page: str | Path) -> str:
+    """``results``: category -> its ``outcome``; ``page``: the dataset's index.html."""
+    images = sum(r["images"] for r in results.values())
+    flagged = sum(r["flagged"] for r in results.values())
+    each = ", ".join(f"{name} {flagged_text(r)}" for name, r in results.items())
+    return (f"{dataset}: {len(results)} categor{'y' if len(results) == 1 else 'ies'}, {images} images, "
+            f"{flagged} flagged anomalous ({each}); report {page}")
