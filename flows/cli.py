@@ -310,19 +310,26 @@ app.add_typer(pool_app, name="pool")
 def pool_add(pool: Annotated[Path, typer.Option(help="The pool file (.h5); created if missing.")],
              run: Annotated[Path, typer.Argument(help="A category folder of a run (artifacts/<dataset>/<category>) "
                                                       "or its evaluate artifact.")],
-             include_anomalous: Annotated[bool, _flag(help="Also add images judged anomalous.")] = False,
+             include_flagged: Annotated[bool, _flag("--include-flagged", "--include-anomalous",
+                                                    help="Also add images labelled defective or decided anomalous "
+                                                         "(--include-anomalous: the former name).")] = False,
              max_images: Annotated[Optional[int], typer.Option(help="Pool size bound (default: the pool's, else "
                                                                     "200); the oldest images leave first.")] = None
              ) -> None:
-    """Add the LNAMD features of a scored batch to the pool (one category, one set of settings, each run once)."""
+    """Add the LNAMD features of a scored batch's good images to the pool (one category, one set of
+    settings, each run once). Images labelled defective or decided anomalous are left out, each named."""
     def go():
         from musc.reference_pool import add_run_to_pool
         if max_images is not None and max_images < 1:
             raise ConfigError(f"--max-images: must be at least 1, got {max_images}")
-        added, size = add_run_to_pool(pool, run, include_anomalous, max_images)
-        Console().print(f"added {added} image(s); the pool holds {size}: {pool}")
-        if size == 0:
-            Console().print("the pool is empty: this run had no image judged normal (--include-anomalous adds all)")
+        added = add_run_to_pool(pool, run, include_flagged, max_images)
+        out = Console(soft_wrap=True, highlight=False)
+        for name, reason in added.left_out:
+            out.print(f"left out: {name} ({reason})")
+        out.print(f"added {added.added} image(s); the pool holds {added.size}: {pool}"
+                  + (f"; {len(added.left_out)} left out (--include-flagged adds them)" if added.left_out else ""))
+        if added.size == 0:
+            out.print("the pool is empty: this run had no good image (--include-flagged adds all)")
     terminal.run_guarded(go)
 
 

@@ -1,0 +1,127 @@
+"""Per-part verdicts against a reference pool: a new part is scored against the pool only, so its
+score, map and decision do not depend on the other parts of the call, and a defect repeated on many
+parts of one day is caught (it cannot hide behind its siblings). And a pool of good parts only."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_category
+from musc.inputs.synthetic import make_dataset
+from musc.method.maps import anomaly_maps
+from musc.method.msm import mutual_scores
+from musc.reference_pool import PoolFile, add_run_to_pool, part_scores, score_new_images
+from musc.reference_pool.scoring import in_memory
+from musc.inputs.config import ScoreSettings
+
+STAINED = 6
+PARTS = 16
+
+
+@pytest.fixture(scope="module")
+def clean_pool(prefect_harness, tmp_path_factory):
+    """A pool made from a scored run of 12 good and 3 defective images: the defective ones (labelled
+    1) stay out, and so does any image the run decided anomalous."""
+    folder = tmp_path_factory.mktemp("per_part")
+    data = make_dataset(folder / "data", n_good=12, n_per_defect=1, size=64, seed=5, categories=("fabric",))
+    run_category(data, folder / "artifacts")
+    pool = folder / "pool.h5"
+    addition = add_run_to_pool(pool, folder / "artifacts/mvtec_ad/fabric")
+    return pool, addition, folder / "artifacts/mvtec_ad/fabric"
+
+
+@pytest.fixture(scope="module")
+def stained_day(tmp_path_factory):
+    """A day of 16 new fabric parts; 6 carry the same stain at the same place (a systematic fault)."""
+    folder = tmp_path_factory.mktemp("day")
+    make_dataset(folder / "made", n_good=PARTS, n_per_defect=0, size=64, seed=11, categories=("fabric",))
+    yy, xx = np.mgrid[0:64, 0:64]
+    stain = ((yy - 36) / 7.0) ** 2 + ((xx - 26) / 5.0) ** 2 <= 1.0  # one ellipse, the same on every stained part
+    colour = np.array([150.0, 60.0, 30.0])
+    day = folder / "2026-12-01"
+    day.mkdir()
+    paths, stained = [], []
+    for index in range(PARTS):
+        image = np.asarray(Image.open(folder / f"made/fabric/test/good/{index:03d}.png").convert("RGB"), np.float64)
+        if index % 3 == 0 and len(stained) < STAINED:
+            image[stain] = 0.25 * image[stain] + 0.75 * colour
+            stained.append(index)
+        path = day / f"part_{index:02d}.png"
+        Image.fromarray(image.astype(np.uint8)).save(path)
+        paths.append(str(path))
+    assert len(stained) == STAINED
+    return paths, [paths[i] for i in stained]
+
+
+def cli(*args):
+    from typer.testing import CliRunner
+    from flows.cli import app
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_the_pool_holds_good_parts_only(clean_pool, tmp_path):
+    pool_path, addition, run = clean_pool
+    pool = PoolFile(pool_path)
+    left = dict(addition.left_out)
+    defective = [f"fabric/{kind}/000.png" for kind in ("hole", "scratch", "stain")]
+    for name in defective:
+        assert "labelled defective" in left[name]
+    assert not set(left) & set(pool.names)
+    assert all("/good/" in name for name in pool.names)
+    assert addition.added == len(pool) == 12 - sum(name.startswith("fabric/good/") for name in left)
+    assert len(pool) >= 8
+
+    shown = cli("pool", "add", "--pool", tmp_path / "cli.h5", run)
+    assert shown.exit_code == 0, shown.output
+    for name in defective:
+        assert f"left out: {name} (labelled defective" in shown.stdout
+    assert f"added {len(pool)} image(s)" in shown.stdout and f"{len(left)} left out" in shown.stdout
+    assert PoolFile(tmp_path / "cli.h5").names == pool.names
+    for flag in ("--include-flagged", "--include-anomalous"):  # the former name still works
+        everything = cli("pool", "add", "--pool", tmp_path / f"all{flag}.h5", flag, run)
+        assert everything.exit_code == 0 and "left out" not in everything.stdout, everything.output
+        assert len(PoolFile(tmp_path / f"all{flag}.h5")) == 15
+
+
+def test_a_repeated_defect_is_caught_and_every_part_scores_as_alone(clean_pool, stained_day, tmp_path):
+    pool = clean_pool[0]
+    paths, stained = stained_day
+    together = score_new_images(pool, paths, tmp_path / "together", device="cpu")
+    alone = {}
+    for index, path in enumerate(paths):
+        result = score_new_images(pool, [path], tmp_path / f"alone_{index}", device="cpu")
+        alone[path] = (result["rows"][0], result["maps"][path])
+    rows = {row["path"]: row for row in together["rows"]}
+    for path in paths:
+        np.testing.assert_allclose(rows[path]["score"], alone[path][0]["score"], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(together["maps"][path], alone[path][1], rtol=0, atol=1e-5)
+        assert rows[path]["decision"] == alone[path][0]["decision"]
+    good = [p for p in paths if p not in stained]
+    for ranked in ({p: rows[p]["score"] for p in paths}, {p: alone[p][0]["score"] for p in paths}):
+        assert min(ranked[p] for p in stained) > max(ranked[p] for p in good)
+    assert all(rows[p]["decision"] == "anomalous" for p in stained)
+
+    shuffled = paths[:]
+    random.Random(3).shuffle(shuffled)
+    again = score_new_images(pool, shuffled, tmp_path / "shuffled", device="cpu")
+    assert [row["path"] for row in again["rows"]] == shuffled
+    for row in again["rows"]:
+        np.testing.assert_allclose(row["score"], rows[row["path"]]["score"], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(again["maps"][row["path"]], together["maps"][row["path"]], rtol=0, atol=1e-5)
+        assert row["decision"] == rows[row["path"]]["decision"]
+
+
+@pytest.mark.parametrize("settings", [ScoreSettings(), ScoreSettings(0.1, 0.6, aligned_radius=1, block_size=2)])
+def test_a_part_scores_as_in_one_batch_of_the_pool_and_itself(settings):
+    """Against P pool images read in blocks, a part gets exactly the score the batch function gives
+    it in the set of P + 1 images made of the pool and the part (the rank window of P + 1)."""
+    torch.manual_seed(4)
+    pool = torch.nn.functional.normalize(torch.randn(9, 16, 8), dim=-1)
+    parts = torch.nn.functional.normalize(torch.randn(5, 16, 8), dim=-1)
+    scored = part_scores(parts, in_memory(pool), len(pool), settings)
+    for index in range(len(parts)):
+        batch = mutual_scores(torch.cat([pool, parts[index:index + 1]]), settings.topmin_min, settings.topmin_max,
+                              radius=settings.aligned_radius)
+        np.testing.assert_allclose(scored[index].numpy(), batch[-1].numpy(), rtol=0, atol=1e-6)
