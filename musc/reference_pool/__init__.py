@@ -9,19 +9,21 @@ never vote: a part's verdict does not depend on the parts that arrived with it.
 * ``pool``: the pool artifact (what it records, what it refuses, streaming writes, calibration).
 * ``scoring``: votes against a pool read block by block; the calibrated decision threshold.
 * ``service``: ``musc pool add``, ``musc score-new``: runs in, scores and decisions out.
+* ``review``: inspectors' verdicts on a day's parts (``musc review``), the verdict history.
 * ``daily``: a production day's summary, history, trend plot, thumbnails and report.
 
 Pool policy (bounded size): ``add`` appends the good images of a scored batch: those neither
 labelled defective nor decided anomalous (all of them when asked), each left-out image named with
-why; when the pool holds more than ``max_images``, the oldest images leave
-first. Normal-looking earlier images are the useful ones: an anomalous image in the pool only
+why; when the pool holds more than ``max_images``, the oldest images leave first. Normal-looking earlier images are the useful ones: an anomalous image in the pool only
 weakens the votes against the same defect.
 """
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, leave_one_out_scores, write_pool
 from .scoring import calibrated_threshold, mutual_votes, part_scores, pool_votes, score_against_pool
-from .service import (DEFAULT_FALSE_ALARM_RATE, Addition, DecisionRule, add_run_to_pool, map_names, run_images,
-                      score_new_images)
+from .review import ReviewError, load_day, record_verdicts
+from .service import (DEFAULT_FALSE_ALARM_RATE, Addition, DecisionRule, add_day_to_pool, add_run_to_pool, map_names,
+                      run_images, score_new_images)
 
 __all__ = ["DEFAULT_MAX_IMAGES", "DEFAULT_FALSE_ALARM_RATE", "Addition", "DecisionRule", "Images", "PoolError",
-           "PoolFile", "PoolSettings", "add_run_to_pool", "calibrated_threshold", "leave_one_out_scores",
-           "map_names", "mutual_votes", "part_scores", "pool_votes", "run_images", "score_against_pool", "score_new_images", "write_pool"]
+           "PoolFile", "PoolSettings", "ReviewError", "add_day_to_pool", "add_run_to_pool", "calibrated_threshold",
+           "leave_one_out_scores", "load_day", "map_names", "mutual_votes", "part_scores", "pool_votes",
+           "record_verdicts", "run_images", "score_against_pool", "score_new_images", "write_pool"]

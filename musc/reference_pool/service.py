@@ -19,8 +19,10 @@ from ..method.maps import anomaly_maps
 from ..outputs.evaluation import decision_words, decisions
 from ..outputs.figures import save_overlay
 from ..outputs.rebuild import inputs_of
-from ..store import ArtifactError, artifact_lock, mark_artifacts_root, open_artifact
+from ..store import (ArtifactError, artifact_lock, atomic_output, file_digest, mark_artifacts_root,
+                     open_artifact)
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
+from .review import SCORES_CSV, ReviewError, load_day, write_day_record
 from .scoring import calibrated_threshold, part_scores
 
 RUN_FIELDS = ("dataset", "category")  # what the extract config says of the run, not of the features
@@ -158,7 +160,8 @@ def _extract(pool: PoolFile, images: Sequence[str | Path], device: str) -> tuple
 
 
 def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: str | Path,
-                     rule: DecisionRule = DecisionRule(), device: str = "auto") -> dict[str, Any]:
+                     rule: DecisionRule = DecisionRule(), device: str = "auto", day: str | None = None
+                     ) -> dict[str, Any]:
     """Score each new image against the pool only, with the pool's settings (as it would score in
     one batch made of the pool and itself; the other new images never vote); decide; write ``scores.csv`` (path, score, decision, map_png) and one map per image in ``out``.
     Returns {"rows": [...], "threshold", "rule", "pool_size", "maps": {path: map}}."""
@@ -186,6 +189,50 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
         save_overlay(picture, anomaly_map, target, title=f"{Path(name).name}  score {score:.4f}  {verdict}")
         np.save(target.with_suffix(".npy"), anomaly_map.astype(np.float32))
         rows.append({"path": name, "score": float(score), "decision": str(verdict), "map_png": str(target)})
-    pd.DataFrame(rows, columns=list(SCORES_CSV_COLUMNS)).to_csv(out / "scores.csv", index=False)
+    with atomic_output(out / SCORES_CSV) as scratch:
+        pd.DataFrame(rows, columns=list(SCORES_CSV_COLUMNS)).to_csv(scratch, index=False)
+    write_day_record(out, {"day": day or out.resolve().name, "pool": str(Path(pool_path).resolve()),
+                           "pool_digest": pool.digest, "threshold": threshold, "rule": rule_text,
+                           "parts": {name: file_digest(name) for name in names}})
     return {"rows": rows, "threshold": threshold, "rule": rule_text, "pool_size": len(pool),
             "maps": dict(zip(names, maps))}
+
+
+def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int | None = None,
+                    device: str = "auto") -> Addition:
+    """Append the parts of a day's results folder that an inspector confirmed good (verdict
+    ``good``, ``musc review``) to an existing pool. Their features are extracted again from the
+    image files with the pool's settings, as ``score-new`` does (a day folder keeps no features: at
+    the paper's settings they are some 70 MB per part); a file changed since it was scored (its
+    digest differs from the day's record) or gone is refused, naming it. The other parts are left
+    out, each named: not reviewed, or confirmed defect."""
+    if max_images is not None and max_images < 1:
+        raise PoolError(f"max_images: must be at least 1, got {max_images}")
+    day = load_day(folder)
+    if not Path(pool_path).is_file():
+        raise PoolError(f"{pool_path}: no such pool; a day's parts join an existing pool (musc pool add "
+                        "--pool POOL RUN_FOLDER creates one)")
+    pool = PoolFile(pool_path)
+    good = day.confirmed_good()
+    if not good:
+        raise ReviewError(f"{day.folder}: no part of {day.name} is confirmed good (musc review {day.folder} "
+                          "--good NAME)")
+    recorded = day.record.get("parts", {})
+    for part in good:
+        if not Path(part).is_file():
+            raise ReviewError(f"{part}: confirmed good on {day.name}, but the file is gone")
+        if part in recorded and file_digest(part) != recorded[part]:
+            raise ReviewError(f"{part}: the file changed since it was scored on {day.name}; not added")
+    names, _, tokens = _extract(pool, good, device)
+    if len(names) != len(good):
+        missing = next(p for p in good if p not in names)
+        raise ReviewError(f"{missing}: confirmed good on {day.name}, but unreadable now")
+    features = {r: np.stack([aggregate(layer_tokens, r).numpy() for layer_tokens in tokens])
+                for r in pool.settings.r_list}
+    images = Images(names, [file_digest(n) for n in names], now(len(names)),
+                    lambda r, layer, indices: features[r][layer, np.sort(indices)],
+                    tuple(features[pool.settings.r_list[0]].shape[2:]))
+    left_out = [(str(row.path), f"verdict {row.verdict}" if row.verdict else "not reviewed")
+                for row in day.table.itertuples() if row.verdict != "good"]
+    size = _append(pool_path, pool.settings, images, max_images, {"last_day": file_digest(day.folder / SCORES_CSV)})
+    return Addition(len(images), size, left_out)
