@@ -1,14 +1,21 @@
 """Per-part verdicts against a reference pool: a new part is scored against the pool only, so its
 score, map and decision do not depend on the other parts of the call, and a defect repeated on many
 parts of one day is caught (it cannot hide behind its siblings). And a pool of good parts only."""
+import json
 import random
+import shutil
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import run_category
+import musc
+from conftest import DEMO_BACKBONE, run_category
+from musc.inputs.datasets import load_image
+from musc.store import manifest_path
 from musc.inputs.synthetic import make_dataset
 from musc.method.maps import anomaly_maps
 from musc.method.msm import mutual_scores
@@ -125,3 +132,62 @@ def test_a_part_scores_as_in_one_batch_of_the_pool_and_itself(settings):
         batch = mutual_scores(torch.cat([pool, parts[index:index + 1]]), settings.topmin_min, settings.topmin_max,
                               radius=settings.aligned_radius)
         np.testing.assert_allclose(scored[index].numpy(), batch[-1].numpy(), rtol=0, atol=1e-6)
+
+
+def copy_pool(source, target):
+    """A pool file and its manifest, copied."""
+    shutil.copy(source, target)
+    shutil.copy(manifest_path(source), manifest_path(target))
+
+
+def test_parts_confirmed_good_join_the_pool(clean_pool, stained_day, tmp_path):
+    """A day scored, reviewed (two good, one defect), then `musc pool add --pool P DAY_FOLDER`: the
+    two good parts join the pool with their features extracted again with the pool's settings, the
+    others are named as left out; a second addition, a missing pool and a part whose file changed
+    since scoring are refused with one line."""
+    pool = tmp_path / "pool.h5"
+    copy_pool(clean_pool[0], pool)
+    before = PoolFile(pool)
+    (tmp_path / "incoming").mkdir()
+    chosen, stained = [], []
+    for path in stained_day[0][:5]:
+        copy = tmp_path / "incoming" / Path(path).name
+        shutil.copy(path, copy)
+        chosen.append(str(copy))
+        if path in stained_day[1]:
+            stained.append(str(copy))
+    good = [p for p in chosen if p not in stained][:2]
+    out = tmp_path / "results"
+    score_new_images(pool, chosen, out, device="cpu", day="2026-12-01")
+    record = json.loads((out / "day.json").read_text())
+    assert record["day"] == "2026-12-01" and record["pool_digest"] == before.digest
+    assert set(record["parts"]) == set(chosen)
+    reviewed = cli("review", out, "--good", good[0], "--good", Path(good[1]).name, "--defect", stained[0])
+    assert reviewed.exit_code == 0, reviewed.output
+    assert (tmp_path / "pool.verdicts.csv").is_file()
+
+    added = cli("pool", "add", "--pool", pool, out)
+    assert added.exit_code == 0, added.output
+    grown = PoolFile(pool)
+    assert grown.names == before.names + good and len(grown.self_scores) == len(grown) == len(before) + 2
+    assert f"left out: {stained[0]} (verdict defect)" in added.stdout
+    assert sum("(not reviewed)" in line for line in added.stdout.splitlines()) == len(chosen) - 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = musc.load_backbone(DEMO_BACKBONE, "none", 64, [0, 1, 2, 3], device="cpu",
+                                      seed=grown.settings.features["seed"])  # the run's seed (42)
+    tokens, _ = backbone.extract(torch.stack([backbone.preprocess(load_image(p)) for p in good]))
+    for r in grown.settings.r_list:
+        for layer, layer_tokens in enumerate(tokens):
+            np.testing.assert_allclose(grown.reader(r, layer)(len(before), len(grown)).numpy(),
+                                       musc.aggregate(layer_tokens, r).numpy(), atol=1e-5)
+
+    twice = cli("pool", "add", "--pool", pool, out)
+    assert twice.exit_code == 2 and "already in the pool" in twice.stderr and twice.stderr.count("\n") == 1
+    missing = cli("pool", "add", "--pool", tmp_path / "other.h5", out)
+    assert missing.exit_code == 2 and "no such pool" in missing.stderr
+    copy_pool(clean_pool[0], tmp_path / "other.h5")
+    Image.open(good[0]).transpose(Image.FLIP_LEFT_RIGHT).save(good[0])
+    changed = cli("pool", "add", "--pool", tmp_path / "other.h5", out)
+    assert changed.exit_code == 2 and f"{good[0]}: the file changed since it was scored" in changed.stderr
+    assert len(PoolFile(tmp_path / "other.h5")) == len(before)
