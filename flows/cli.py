@@ -314,6 +314,8 @@ def pool_add(pool: Annotated[Path, typer.Option(help="The pool file (.h5); creat
              include_flagged: Annotated[bool, _flag("--include-flagged", "--include-anomalous",
                                                     help="Also add images labelled defective or decided anomalous "
                                                          "(--include-anomalous: the former name).")] = False,
+             include_normal: Annotated[bool, _flag("--include-normal", help="From a day's folder: also the parts "
+                                                   "decided normal that no inspector called a defect.")] = False,
              max_images: Annotated[Optional[int], typer.Option(help="Pool size bound (default: the pool's, else "
                                                                     "200); the oldest images leave first.")] = None
              ) -> None:
@@ -327,8 +329,10 @@ def pool_add(pool: Annotated[Path, typer.Option(help="The pool file (.h5); creat
         if (run / "scores.csv").is_file():
             if include_flagged:
                 raise ConfigError("--include-flagged: a day's folder adds only the parts confirmed good")
-            added = add_day_to_pool(pool, run, max_images)
+            added = add_day_to_pool(pool, run, max_images, include_normal=include_normal)
         else:
+            if include_normal:
+                raise ConfigError("--include-normal: for a day's folder (scores.csv); a run adds its good images")
             added = add_run_to_pool(pool, run, include_flagged, max_images)
         out = Console(soft_wrap=True, highlight=False)
         for name, reason in added.left_out:

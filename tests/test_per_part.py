@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -187,7 +188,18 @@ def test_parts_confirmed_good_join_the_pool(clean_pool, stained_day, tmp_path):
     missing = cli("pool", "add", "--pool", tmp_path / "other.h5", out)
     assert missing.exit_code == 2 and "no such pool" in missing.stderr
     copy_pool(clean_pool[0], tmp_path / "other.h5")
+    copy_pool(clean_pool[0], tmp_path / "third.h5")
+    # --include-normal: also the parts decided normal that no inspector called a defect
+    table = pd.read_csv(out / "scores.csv", keep_default_na=False)
+    decided_normal = set(table.loc[table["decision"] == "normal", "path"])
+    assert stained[1] not in decided_normal  # a stained part, not reviewed: decided anomalous, stays out
+    with_normal = cli("pool", "add", "--pool", tmp_path / "other.h5", out, "--include-normal")
+    assert with_normal.exit_code == 0, with_normal.output
+    joined = [p for p in chosen if p in good or (p in decided_normal and p != stained[0])]
+    assert PoolFile(tmp_path / "other.h5").names == before.names + joined and len(joined) > len(good)
+    assert f"left out: {stained[0]} (verdict defect)" in with_normal.stdout
+    assert f"left out: {stained[1]} (not reviewed, decided anomalous)" in with_normal.stdout
     Image.open(good[0]).transpose(Image.FLIP_LEFT_RIGHT).save(good[0])
-    changed = cli("pool", "add", "--pool", tmp_path / "other.h5", out)
+    changed = cli("pool", "add", "--pool", tmp_path / "third.h5", out)
     assert changed.exit_code == 2 and f"{good[0]}: the file changed since it was scored" in changed.stderr
-    assert len(PoolFile(tmp_path / "other.h5")) == len(before)
+    assert len(PoolFile(tmp_path / "third.h5")) == len(before)

@@ -64,8 +64,13 @@ class Day:
         """The parts decided anomalous, highest score first."""
         return self.table[self.table["decision"] == "anomalous"].sort_values("score", ascending=False)
 
-    def confirmed_good(self) -> list[str]:
-        return [str(p) for p in self.table.loc[self.table["verdict"] == "good", "path"]]
+    def joining(self, include_normal: bool = False) -> list[str]:
+        """The parts that may join a pool: confirmed good; with ``include_normal`` also those decided
+        normal that no inspector called a defect."""
+        table = self.table
+        chosen = (table["verdict"] == "good") | (include_normal & (table["decision"] == "normal")
+                                                 & (table["verdict"] != "defect"))
+        return [str(p) for p in table.loc[chosen, "path"]]
 
 
 def read_table(path: Path) -> pd.DataFrame:

@@ -199,9 +199,10 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
 
 
 def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int | None = None,
-                    device: str = "auto") -> Addition:
+                    device: str = "auto", include_normal: bool = False) -> Addition:
     """Append the parts of a day's results folder that an inspector confirmed good (verdict
-    ``good``, ``musc review``) to an existing pool. Their features are extracted again from the
+    ``good``, ``musc review``) to an existing pool; with ``include_normal`` also the parts decided
+    normal that no inspector called a defect. Their features are extracted again from the
     image files with the pool's settings, as ``score-new`` does (a day folder keeps no features: at
     the paper's settings they are some 70 MB per part); a file changed since it was scored (its
     digest differs from the day's record) or gone is refused, naming it. The other parts are left
@@ -213,10 +214,10 @@ def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int |
         raise PoolError(f"{pool_path}: no such pool; a day's parts join an existing pool (musc pool add "
                         "--pool POOL RUN_FOLDER creates one)")
     pool = PoolFile(pool_path)
-    good = day.confirmed_good()
+    good = day.joining(include_normal)
     if not good:
         raise ReviewError(f"{day.folder}: no part of {day.name} is confirmed good (musc review {day.folder} "
-                          "--good NAME)")
+                          "--good NAME)" + ("" if include_normal else " or decided normal (--include-normal)"))
     recorded = day.record.get("parts", {})
     for part in good:
         if not Path(part).is_file():
@@ -232,7 +233,7 @@ def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int |
     images = Images(names, [file_digest(n) for n in names], now(len(names)),
                     lambda r, layer, indices: features[r][layer, np.sort(indices)],
                     tuple(features[pool.settings.r_list[0]].shape[2:]))
-    left_out = [(str(row.path), f"verdict {row.verdict}" if row.verdict else "not reviewed")
-                for row in day.table.itertuples() if row.verdict != "good"]
+    left_out = [(str(row.path), f"verdict {row.verdict}" if row.verdict else f"not reviewed, decided {row.decision}"
+                 if include_normal else "not reviewed") for row in day.table.itertuples() if str(row.path) not in good]
     size = _append(pool_path, pool.settings, images, max_images, {"last_day": file_digest(day.folder / SCORES_CSV)})
     return Addition(len(images), size, left_out)
