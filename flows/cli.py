@@ -393,16 +393,14 @@ def review(day: Annotated[Path, typer.Argument(help="A day's results folder (its
     def go():
         from musc.reference_pool.review import load_day, pool_change, record_verdicts
         out = Console(soft_wrap=True, highlight=False)
-        if good or defect:
-            scored, recorded = record_verdicts(day, good or [], defect or [], note)
-            change = pool_change(scored)
-            if change:
-                terminal.console.print(f"warning: {change}", highlight=False, soft_wrap=True)
-            for part, verdict in recorded:
-                out.print(f"{part}: {verdict}")
+        scored, recorded = record_verdicts(day, good or [], defect or [], note) if good or defect else (load_day(day), [])
+        change = pool_change(scored)
+        if change:
+            terminal.console.print(f"warning: {change}", highlight=False, soft_wrap=True)
+        for part, verdict in recorded:
+            out.print(f"{part}: {verdict}")
+        if recorded:
             out.print(f"{len(recorded)} verdict(s) recorded in {day / 'scores.csv'} and {scored.history_path()}")
-        else:
-            scored = load_day(day)
         flagged = scored.flagged()
         out.print(f"{scored.name}: {len(flagged)} flagged of {len(scored.table)} part(s)")
         for row in flagged.itertuples():
