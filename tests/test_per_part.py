@@ -203,3 +203,23 @@ def test_parts_confirmed_good_join_the_pool(clean_pool, stained_day, tmp_path):
     changed = cli("pool", "add", "--pool", tmp_path / "third.h5", out)
     assert changed.exit_code == 2 and f"{good[0]}: the file changed since it was scored" in changed.stderr
     assert len(PoolFile(tmp_path / "third.h5")) == len(before)
+
+
+def test_the_daily_flow_records_its_day_for_review(clean_pool, stained_day, tmp_path):
+    """The daily flow's results folder names its day and pool: `musc review` on it records verdicts
+    under that day, beside the pool."""
+    from flows.pool import daily_folder_flow
+    pool = tmp_path / "line3.h5"
+    copy_pool(clean_pool[0], pool)
+    paths, stained = stained_day
+    root = Path(paths[0]).parent.parent
+    out = tmp_path / "daily"
+    summary = daily_folder_flow(str(pool), str(root), day="2026-12-01", out=str(out))
+    assert summary["count"] == PARTS and summary["anomalous"] >= STAINED
+    assert json.loads((out / "day.json").read_text())["day"] == "2026-12-01"
+    reviewed = cli("review", out, "--defect", Path(stained[0]).name)
+    assert reviewed.exit_code == 0, reviewed.output
+    history = pd.read_csv(tmp_path / "line3.verdicts.csv", keep_default_na=False)
+    assert list(history[["day", "part", "verdict"]].itertuples(index=False, name=None)) == [
+        ("2026-12-01", stained[0], "defect")]
+    assert "2026-12-01:" in reviewed.stdout and "flagged of 16 part(s)" in reviewed.stdout
