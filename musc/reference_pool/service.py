@@ -163,8 +163,10 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
                      rule: DecisionRule = DecisionRule(), device: str = "auto", day: str | None = None
                      ) -> dict[str, Any]:
     """Score each new image against the pool only, with the pool's settings (as it would score in
-    one batch made of the pool and itself; the other new images never vote); decide; write ``scores.csv`` (path, score, decision, map_png) and one map per image in ``out``.
-    Returns {"rows": [...], "threshold", "rule", "pool_size", "maps": {path: map}}."""
+    one batch made of the pool and itself; the other new images never vote); decide; write
+    ``scores.csv`` (path, score, decision, map_png), one map per image and the day's record
+    ``day.json`` (``day``, default the folder's name; the pool; each part's digest; see ``review``)
+    in ``out``. Returns {"rows": [...], "threshold", "rule", "pool_size", "maps": {path: map}}."""
     pool = PoolFile(pool_path)
     if not len(pool):
         raise PoolError(f"{pool_path}: the pool is empty; add a scored run first (musc pool add)")
