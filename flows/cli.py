@@ -330,20 +330,38 @@ app.add_typer(pool_app, name="pool")
 @pool_app.command("add")
 def pool_add(pool: Annotated[Path, typer.Option(help="The pool file (.h5); created if missing.")],
              run: Annotated[Path, typer.Argument(help="A category folder of a run (artifacts/<dataset>/<category>) "
-                                                      "or its evaluate artifact.")],
-             include_anomalous: Annotated[bool, _flag(help="Also add images judged anomalous.")] = False,
+                                                      "or its evaluate artifact; or a day's results folder "
+                                                      "(scores.csv): its parts confirmed good by musc review.")],
+             include_flagged: Annotated[bool, _flag("--include-flagged", "--include-anomalous",
+                                                    help="Also add images labelled defective or decided anomalous "
+                                                         "(--include-anomalous: the former name).")] = False,
+             include_normal: Annotated[bool, _flag("--include-normal", help="From a day's folder: also the parts "
+                                                   "decided normal that no inspector called a defect.")] = False,
              max_images: Annotated[Optional[int], typer.Option(help="Pool size bound (default: the pool's, else "
                                                                     "200); the oldest images leave first.")] = None
              ) -> None:
-    """Add the LNAMD features of a scored batch to the pool (one category, one set of settings, each run once)."""
+    """Add the LNAMD features of a scored batch's good images to the pool (one category, one set of
+    settings, each run once). Images labelled defective or decided anomalous are left out, each named.
+    From a day's results folder: the parts an inspector confirmed good (re-extracted with the pool's settings)."""
     def go():
-        from musc.reference_pool import add_run_to_pool
+        from musc.reference_pool import add_day_to_pool, add_run_to_pool
         if max_images is not None and max_images < 1:
             raise ConfigError(f"--max-images: must be at least 1, got {max_images}")
-        added, size = add_run_to_pool(pool, run, include_anomalous, max_images)
-        Console().print(f"added {added} image(s); the pool holds {size}: {pool}")
-        if size == 0:
-            Console().print("the pool is empty: this run had no image judged normal (--include-anomalous adds all)")
+        if (run / "scores.csv").is_file():
+            if include_flagged:
+                raise ConfigError("--include-flagged: a day's folder adds only the parts confirmed good")
+            added = add_day_to_pool(pool, run, max_images, include_normal=include_normal)
+        else:
+            if include_normal:
+                raise ConfigError("--include-normal: for a day's folder (scores.csv); a run adds its good images")
+            added = add_run_to_pool(pool, run, include_flagged, max_images)
+        out = Console(soft_wrap=True, highlight=False)
+        for name, reason in added.left_out:
+            out.print(f"left out: {name} ({reason})")
+        out.print(f"added {added.added} image(s); the pool holds {added.size}: {pool}"
+                  + (f"; {len(added.left_out)} left out (--include-flagged adds them)" if added.left_out else ""))
+        if added.size == 0:
+            out.print("the pool is empty: this run had no good image (--include-flagged adds all)")
     terminal.run_guarded(go)
 
 
@@ -381,6 +399,36 @@ def pool_info(pool: Annotated[Path, typer.Argument(help="The pool file (.h5).")]
     terminal.run_guarded(go)
 
 
+@app.command("review")
+def review(day: Annotated[Path, typer.Argument(help="A day's results folder (its scores.csv), written by "
+                                                   "musc score-new or the daily flow.")],
+           good: Annotated[Optional[List[str]], typer.Option(
+               metavar="NAME", help="A part found good (a false alarm when flagged); repeat for several. NAME: "
+                                    "its path as in scores.csv, or its file name.")] = None,
+           defect: Annotated[Optional[List[str]], typer.Option(
+               metavar="NAME", help="A part confirmed defective; repeat for several.")] = None,
+           note: Annotated[str, typer.Option(help="A note kept with these verdicts in the history.")] = ""
+           ) -> None:
+    """List a day's flagged parts; record inspectors' verdicts (--good, --defect) in its scores.csv
+    (column verdict) and in the verdict history (beside the pool, else in the day folder)."""
+    def go():
+        from musc.reference_pool.review import load_day, pool_change, record_verdicts
+        out = Console(soft_wrap=True, highlight=False)
+        scored, recorded = record_verdicts(day, good or [], defect or [], note) if good or defect else (load_day(day), [])
+        change = pool_change(scored)
+        if change:
+            terminal.console.print(f"warning: {change}", highlight=False, soft_wrap=True)
+        for part, verdict in recorded:
+            out.print(f"{part}: {verdict}")
+        if recorded:
+            out.print(f"{len(recorded)} verdict(s) recorded in {day / 'scores.csv'} and {scored.history_path()}")
+        flagged = scored.flagged()
+        out.print(f"{scored.name}: {len(flagged)} flagged of {len(scored.table)} part(s)")
+        for row in flagged.itertuples():
+            out.print(f"  {row.path}  score {row.score:.4f}  {row.verdict or 'not reviewed'}  map {row.map_png}")
+    terminal.run_guarded(go)
+
+
 @app.command("score-new")
 def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool add).")],
               images: Annotated[List[Path], typer.Argument(help="Image files to score.")],
@@ -391,7 +439,7 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
                   help="Calibrated threshold: the fraction of the pool's own leave-one-out scores allowed to "
                        "reach it.")] = 0.01,
               device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto") -> None:
-    """Score new images against the pool plus each other (one image is enough); decide normal/anomalous."""
+    """Score new images, each against the pool only (one image is enough); decide normal/anomalous."""
     def go():
         from musc.reference_pool import DecisionRule, score_new_images
         if not pool.is_file():

@@ -43,9 +43,9 @@ def run_day(timezone: str = "UTC") -> str:
 
 
 @task(name="score-day", cache_policy=NO_CACHE, persist_result=False)
-def score_day_task(pool: str, images: list[str], out: str, rule: DecisionRule) -> dict:
-    """Scores, decisions, maps and scores.csv; the maps come back as small thumbnails only."""
-    result = score_new_images(pool, images, out, rule)
+def score_day_task(pool: str, images: list[str], out: str, rule: DecisionRule, day: str) -> dict:
+    """Scores, decisions, maps, scores.csv and the day's record; the maps come back as small thumbnails only."""
+    result = score_new_images(pool, images, out, rule, day=day)
     maps = result.pop("maps")
     top = max(float(max(m.max() for m in maps.values())), 1e-12)
     for row in ordered(result["rows"])[:THUMBNAILS]:
@@ -106,7 +106,7 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", false_
     read_history(history_path(pool))  # a corrupt history fails now, naming it, not after the work
     fail_once_point("daily")
     target = Path(out or folder / "musc")
-    result = score_day_task(pool, images, str(target), DecisionRule(threshold, false_alarm_rate))
+    result = score_day_task(pool, images, str(target), DecisionRule(threshold, false_alarm_rate), day)
     summary = day_summary(day, result["rows"], result["threshold"], result["pool_size"])
     history = append_history(history_path(pool), summary)
     trend = plot_trends(history, target / "trend.png")

@@ -18,7 +18,7 @@ from musc.inputs.synthetic import make_dataset
 from musc.method.maps import anomaly_maps
 from musc.method.msm import reference_mutual_scores
 from musc.reference_pool import (DecisionRule, Images, PoolError, PoolFile, PoolSettings, calibrated_threshold,
-                                 map_names, score_against_pool, write_pool)
+                                 map_names, run_images, score_against_pool, write_pool)
 from musc.reference_pool.pool import check_addition
 from musc.inputs.config import ScoreSettings
 from musc.reference_pool.scoring import in_memory, mutual_votes, patch_scores
@@ -157,10 +157,12 @@ NON_DEFAULT = {"topmin_min": 0.1, "topmin_max": 0.6, "aligned_radius": 1}
 
 @pytest.mark.slow
 def test_score_new_equals_the_batch_for_non_default_settings(prefect_harness, tiny_dataset, tmp_path):
-    """A batch scored whole, and the same batch less two images pooled: the two images scored new
-    against the pool get the whole batch's scores and maps (window 0.1-0.6, aligned radius 1).
-    The two share a file name (000.png) in different folders: two maps. The pool refuses the run a
-    second time, a run holding its images, and --max-images 0; an empty pool is explained."""
+    """A batch scored whole, and the same batch less two images pooled: each of the two images
+    scored new against the pool gets the scores and map the batch function gives it in the set made
+    of the pool and itself (the other new image never votes), from the whole run's own features
+    (window 0.1-0.6, aligned radius 1). The two share a file name (000.png) in different folders:
+    two maps. The pool refuses the run a second time, a run holding its images, and --max-images 0;
+    an empty pool is explained."""
     full = run_category(tiny_dataset, tmp_path / "full", **NON_DEFAULT)
     part = tmp_path / "part"
     shutil.copytree(tiny_dataset, part)
@@ -183,14 +185,19 @@ def test_score_new_equals_the_batch_for_non_default_settings(prefect_harness, ti
     assert scored.returncode == 0, scored.stderr
     table = pd.read_csv(tmp_path / "new/scores.csv")
     assert list(table.columns) == ["path", "score", "decision", "map_png"] and len(table) == 2
-    classified = store.open_artifact(full["classify"]["path"])
+    _, whole, _, _ = run_images(tmp_path / "full/mvtec_ad/fabric", include_flagged=True)
+    in_pool = [whole.names.index(name) for name in pool.names]
     at = [batch_names.index(str(p.relative_to(tiny_dataset / "fabric/test"))) for p in new]
-    np.testing.assert_allclose(table["score"], classified.read("image_scores_raw")[at], atol=1e-5)
     assert len(set(table["map_png"])) == 2
     for row, index in zip(table.itertuples(), at):
+        members = np.array(sorted(in_pool + [index]))
+        per_degree = [torch.stack([musc.mutual_scores(torch.from_numpy(whole.read(r, layer, members)), 0.1, 0.6, radius=1)
+                                   for layer in range(len(pool.settings.layers))])[:, list(members).index(index)][:, None]
+                      for r in pool.settings.r_list]
+        expected_maps, expected_scores = anomaly_maps(per_degree, pool.settings.image_size)
+        assert row.score == pytest.approx(expected_scores[0], abs=1e-5)
         assert os.path.getsize(row.map_png) > 1000
-        np.testing.assert_allclose(np.load(row.map_png.replace(".png", ".npy")), classified.read("maps")[index],
-                                   atol=1e-5)
+        np.testing.assert_allclose(np.load(row.map_png.replace(".png", ".npy")), expected_maps[0], atol=1e-5)
     threshold = calibrated_threshold(pool.self_scores, 0.01)
     assert threshold > pool.self_scores.max()  # 10 pool images, 1%: no pool image would be flagged
     assert list(table["decision"]) == ["anomalous" if s >= threshold else "normal" for s in table["score"]]

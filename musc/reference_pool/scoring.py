@@ -1,14 +1,21 @@
 """Scoring against a pool, tile by tile (docs/METHOD.md section 4), and the pool's own decision rule.
 
 The votes are computed with the batch's own functions (``musc.method.msm``: ``tile_minima``,
-``msm_rank_window``, ``reduce_votes``; ``musc.method.maps.anomaly_maps``), so a new image scored
-against a pool gets the scores it would have had inside one batch made of the pool and the new
-images, with the batch's settings (topmin window, aligned radius, precision).
+``msm_rank_window``, ``reduce_votes``; ``musc.method.maps.anomaly_maps``), with the batch's
+settings (topmin window, aligned radius, precision). Two kinds of set:
+
+* the pool itself, scored mutually (``mutual_votes``): each pool image against the other P - 1,
+  its leave-one-out score, the calibration of the decision threshold;
+* a new part against the pool only (``pool_votes``, ``pool_patch_scores``): its votes against the
+  P pool images, averaged over the rank window of a set of P + 1 images (the part and the pool), so
+  it gets exactly the score it would have in one batch made of the pool and itself. The other new
+  parts of the call never vote: a part's score, map and decision do not depend on which parts
+  arrived with it, and a defect shared by many parts of one day cannot hide behind its siblings.
 
 Memory is bounded whatever the pool size: the pool is never loaded whole. Per degree and layer,
 blocks of ``block_size`` pool images are read from the HDF5 file one at a time; what is held is the
 new images' features of that layer, one pool block, one tile, and the votes of the new images
-(M x (P + M) x L float32: 9 MB for 8 new images against 200 at L = 1369).
+(M x P x L float32: 9 MB for 8 new images against 200 at L = 1369).
 """
 from __future__ import annotations
 
@@ -52,6 +59,33 @@ def mutual_votes(query: BlockReader, n_query: int, others: BlockReader, n_others
     return torch.cat(rows).float()
 
 
+def pool_votes(query: BlockReader, n_query: int, pool: BlockReader, n_pool: int, settings: ScoreSettings
+               ) -> torch.Tensor:
+    """Votes (n_query, n_pool, L) of each query image against every pool image, and against nothing
+    else: the query images never vote for each other. The pool is read block by block, once; the
+    query images are taken ``block_size`` at a time (one image's votes do not depend on its block)."""
+    options = {"radius": settings.aligned_radius, "precision": settings.msm_precision}
+    query_blocks = [(a, b, query(a, b)) for a, b in image_blocks(n_query, settings.block_size)]
+    columns: list[list[torch.Tensor]] = [[] for _ in query_blocks]
+    for p0, p1 in image_blocks(n_pool, settings.block_size):
+        block = pool(p0, p1)
+        for index, (_, _, features) in enumerate(query_blocks):
+            columns[index].append(tile_minima(features, block, **options)[0])
+    return torch.cat([torch.cat(row, dim=1) for row in columns]).float()
+
+
+def pool_patch_scores(votes: torch.Tensor, settings: ScoreSettings) -> torch.Tensor:
+    """(n, P, L) votes of new parts against a pool of P images -> (n, L) float64: the mean of the
+    rank window of a set of P + 1 images (the part and the pool), as inside that batch."""
+    k_min, k_max = msm_rank_window(votes.shape[1] + 1, settings.topmin_min, settings.topmin_max)
+    return reduce_votes(votes, k_min, k_max)
+
+
+def part_scores(new: torch.Tensor, pool: BlockReader, n_pool: int, settings: ScoreSettings) -> torch.Tensor:
+    """MSM patch scores (M, L) of new parts (M, L, C) of one layer and degree, each against the pool only."""
+    return pool_patch_scores(pool_votes(in_memory(new), new.shape[0], pool, n_pool, settings), settings)
+
+
 def patch_scores(votes: torch.Tensor, settings: ScoreSettings) -> torch.Tensor:
     """(n, N - 1 + ..., L) votes of images in a set of N = votes.shape[1] images -> (n, L) float64."""
     k_min, k_max = msm_rank_window(votes.shape[1], settings.topmin_min, settings.topmin_max)
@@ -61,11 +95,10 @@ def patch_scores(votes: torch.Tensor, settings: ScoreSettings) -> torch.Tensor:
 def score_against_pool(new_layers: Sequence[torch.Tensor], pool_layers: Sequence[torch.Tensor],
                        topmin_min: float = 0.0, topmin_max: float = 0.3, radius: int | None = None,
                        precision: str = "fp32") -> torch.Tensor:
-    """In-memory form: MSM scores (layers, M, L) of new images (M, L, C) against pool (P, L, C) + each other."""
+    """In-memory form: MSM scores (layers, M, L) of new images (M, L, C), each against pool (P, L, C) only."""
     settings = ScoreSettings(topmin_min=topmin_min, topmin_max=topmin_max, aligned_radius=radius,
                              msm_precision=precision)
-    return torch.stack([patch_scores(mutual_votes(in_memory(new), new.shape[0], in_memory(pool), pool.shape[0],
-                                                  settings), settings)
+    return torch.stack([part_scores(new, in_memory(pool), pool.shape[0], settings)
                         for new, pool in zip(new_layers, pool_layers)])
 
 

@@ -6,7 +6,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,9 +19,11 @@ from ..method.maps import anomaly_maps
 from ..outputs.evaluation import decision_words, decisions
 from ..outputs.figures import save_overlay
 from ..outputs.rebuild import inputs_of
-from ..store import ArtifactError, artifact_lock, mark_artifacts_root, open_artifact
+from ..store import (ArtifactError, artifact_lock, atomic_output, file_digest, mark_artifacts_root,
+                     open_artifact)
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
-from .scoring import calibrated_threshold, in_memory, mutual_votes, patch_scores
+from .review import SCORES_CSV, ReviewError, load_day, write_day_record
+from .scoring import calibrated_threshold, part_scores
 
 RUN_FIELDS = ("dataset", "category")  # what the extract config says of the run, not of the features
 DEFAULT_FALSE_ALARM_RATE = 0.01
@@ -39,15 +41,24 @@ def evaluation_in(path: str | Path) -> Path:
     return candidates[-1]
 
 
-def run_images(run: str | Path, include_anomalous: bool = False) -> tuple[PoolSettings, Images, str]:
-    """What a scored run would put in a pool: its settings, its images (normal-judged ones unless
-    ``include_anomalous``) with their features, and the run's evaluate digest."""
+def run_images(run: str | Path, include_flagged: bool = False
+               ) -> tuple[PoolSettings, Images, str, list[tuple[str, str]]]:
+    """What a scored run would put in a pool: its settings, its images with their features, the
+    run's evaluate digest, and the images left out with why (``(name, reason)``). A pool holds good
+    parts only: images labelled defective (label 1) and images the run decided anomalous are left
+    out, unless ``include_flagged``."""
     evaluate_path = evaluation_in(run)
     evaluation = open_artifact(evaluate_path, "evaluate")
     classify_path = inputs_of(evaluate_path, "classify")[0]
     extract = open_artifact(inputs_of(evaluate_path, "extract")[0], "extract")
     names = [str(n) for n in extract.read("names")]
-    keep = np.ones(len(names), bool) if include_anomalous else evaluation.read("decisions") == 0
+    category = str(extract.config["category"])
+    labelled = np.asarray(extract.read("labels")) == 1
+    decided = np.asarray(evaluation.read("decisions")) == 1
+    reasons = [", ".join(why for why, flagged in (("labelled defective", labelled[i]), ("decided anomalous", decided[i]))
+                         if flagged) for i in range(len(names))]
+    keep = np.ones(len(names), bool) if include_flagged else ~(labelled | decided)
+    left_out = [(f"{category}/{names[i]}", reasons[i]) for i in np.flatnonzero(~keep)]
     aggregates, scoring = {}, None
     for score_path in inputs_of(classify_path, "score"):
         scoring = ScoreSettings.from_recorded(open_artifact(score_path, "score").config)
@@ -56,35 +67,46 @@ def run_images(run: str | Path, include_anomalous: bool = False) -> tuple[PoolSe
     if int(scoring.divide_num) > 1:
         raise PoolError(f"{evaluate_path}: this run scored its images in {scoring.divide_num} subsets "
                         "(divide_num); a pool reproduces whole-batch scoring only")
-    settings = PoolSettings(str(extract.config["category"]),
-                            {k: v for k, v in extract.config.items() if k not in RUN_FIELDS},
+    settings = PoolSettings(category, {k: v for k, v in extract.config.items() if k not in RUN_FIELDS},
                             tuple(sorted(aggregates)), scoring)
     chosen = np.flatnonzero(keep)
 
     def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
         return open_artifact(aggregates[r], "aggregate").read("features", (layer, chosen[np.sort(indices)]))
     shape = tuple(open_artifact(aggregates[settings.r_list[0]], "aggregate").shape("features")[2:])
-    images = Images([f"{settings.category}/{names[i]}" for i in chosen],
+    images = Images([f"{category}/{names[i]}" for i in chosen],
                     [str(d) for d in extract.read("digests")[chosen]], now(chosen.size), read, shape)
-    return settings, images, evaluation.digest
+    return settings, images, evaluation.digest, left_out
 
 
-def add_run_to_pool(pool_path: str | Path, run: str | Path, include_anomalous: bool = False,
-                    max_images: int | None = None) -> tuple[int, int]:
-    """Append a scored run's images to the pool (created if missing); returns (added, pool size).
-    Refused, with one line: another category, other settings, images already in the pool."""
+class Addition(NamedTuple):
+    """What ``musc pool add`` did: images added, the pool's size after, the images left out and why."""
+    added: int
+    size: int
+    left_out: list[tuple[str, str]]
+
+
+def add_run_to_pool(pool_path: str | Path, run: str | Path, include_flagged: bool = False,
+                    max_images: int | None = None) -> Addition:
+    """Append a scored run's good images to the pool (created if missing; see ``run_images`` for
+    what is left out). Refused, with one line: another category, other settings, images already in
+    the pool."""
     if max_images is not None and max_images < 1:
         raise PoolError(f"max_images: must be at least 1, got {max_images}")
-    settings, images, digest = run_images(run, include_anomalous)
+    settings, images, digest, left_out = run_images(run, include_flagged)
+    size = _append(pool_path, settings, images, max_images, {"last_run": digest})
+    return Addition(len(images), size, left_out)
+
+
+def _append(pool_path: str | Path, settings: PoolSettings, images: Images, max_images: int | None,
+            inputs: dict[str, str]) -> int:
     with artifact_lock(pool_path):  # two additions at once: the second waits and adds to the first's pool
         pool = PoolFile(pool_path) if Path(pool_path).exists() else None
         check_addition(pool, settings, images)
         bound = max_images or (pool.max_images if pool else DEFAULT_MAX_IMAGES)
         if pool is not None:  # the pool's own record of how it scores (precision) stays
             settings = pool.settings
-        size = write_pool(pool_path, settings, ([pool.images()] if pool else []) + [images], bound,
-                          {"last_run": digest})
-    return len(images), size
+        return write_pool(pool_path, settings, ([pool.images()] if pool else []) + [images], bound, inputs)
 
 
 @dataclass(frozen=True)
@@ -138,10 +160,13 @@ def _extract(pool: PoolFile, images: Sequence[str | Path], device: str) -> tuple
 
 
 def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: str | Path,
-                     rule: DecisionRule = DecisionRule(), device: str = "auto") -> dict[str, Any]:
-    """Score new images against the pool plus each other, as one batch with the pool's settings;
-    decide; write ``scores.csv`` (path, score, decision, map_png) and one map per image in ``out``.
-    Returns {"rows": [...], "threshold", "rule", "pool_size", "maps": {path: map}}."""
+                     rule: DecisionRule = DecisionRule(), device: str = "auto", day: str | None = None
+                     ) -> dict[str, Any]:
+    """Score each new image against the pool only, with the pool's settings (as it would score in
+    one batch made of the pool and itself; the other new images never vote); decide; write
+    ``scores.csv`` (path, score, decision, map_png), one map per image and the day's record
+    ``day.json`` (``day``, default the folder's name; the pool; each part's digest; see ``review``)
+    in ``out``. Returns {"rows": [...], "threshold", "rule", "pool_size", "maps": {path: map}}."""
     pool = PoolFile(pool_path)
     if not len(pool):
         raise PoolError(f"{pool_path}: the pool is empty; add a scored run first (musc pool add)")
@@ -153,9 +178,7 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     for r in settings.r_list:
         layers = []
         for layer, layer_tokens in enumerate(tokens):
-            new = aggregate(layer_tokens, r)
-            layers.append(patch_scores(mutual_votes(in_memory(new), new.shape[0], pool.reader(r, layer), len(pool),
-                                                    msm), msm))
+            layers.append(part_scores(aggregate(layer_tokens, r), pool.reader(r, layer), len(pool), msm))
         per_degree.append(torch.stack(layers))
     maps, scores = anomaly_maps(per_degree, settings.image_size)
     verdicts = decision_words(decisions(scores, threshold))
@@ -168,6 +191,51 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
         save_overlay(picture, anomaly_map, target, title=f"{Path(name).name}  score {score:.4f}  {verdict}")
         np.save(target.with_suffix(".npy"), anomaly_map.astype(np.float32))
         rows.append({"path": name, "score": float(score), "decision": str(verdict), "map_png": str(target)})
-    pd.DataFrame(rows, columns=list(SCORES_CSV_COLUMNS)).to_csv(out / "scores.csv", index=False)
+    with atomic_output(out / SCORES_CSV) as scratch:
+        pd.DataFrame(rows, columns=list(SCORES_CSV_COLUMNS)).to_csv(scratch, index=False)
+    write_day_record(out, {"day": day or out.resolve().name, "pool": str(Path(pool_path).resolve()),
+                           "pool_digest": pool.digest, "threshold": threshold, "rule": rule_text,
+                           "parts": {name: file_digest(name) for name in names}})
     return {"rows": rows, "threshold": threshold, "rule": rule_text, "pool_size": len(pool),
             "maps": dict(zip(names, maps))}
+
+
+def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int | None = None,
+                    device: str = "auto", include_normal: bool = False) -> Addition:
+    """Append the parts of a day's results folder that an inspector confirmed good (verdict
+    ``good``, ``musc review``) to an existing pool; with ``include_normal`` also the parts decided
+    normal that no inspector called a defect. Their features are extracted again from the
+    image files with the pool's settings, as ``score-new`` does (a day folder keeps no features: at
+    the paper's settings they are some 70 MB per part); a file changed since it was scored (its
+    digest differs from the day's record) or gone is refused, naming it. The other parts are left
+    out, each named: not reviewed, or confirmed defect."""
+    if max_images is not None and max_images < 1:
+        raise PoolError(f"max_images: must be at least 1, got {max_images}")
+    day = load_day(folder)
+    if not Path(pool_path).is_file():
+        raise PoolError(f"{pool_path}: no such pool; a day's parts join an existing pool (musc pool add "
+                        "--pool POOL RUN_FOLDER creates one)")
+    pool = PoolFile(pool_path)
+    good = day.joining(include_normal)
+    if not good:
+        raise ReviewError(f"{day.folder}: no part of {day.name} is confirmed good (musc review {day.folder} "
+                          "--good NAME)" + ("" if include_normal else " or decided normal (--include-normal)"))
+    recorded = day.record.get("parts", {})
+    for part in good:
+        if not Path(part).is_file():
+            raise ReviewError(f"{part}: confirmed good on {day.name}, but the file is gone")
+        if part in recorded and file_digest(part) != recorded[part]:
+            raise ReviewError(f"{part}: the file changed since it was scored on {day.name}; not added")
+    names, _, tokens = _extract(pool, good, device)
+    if len(names) != len(good):
+        missing = next(p for p in good if p not in names)
+        raise ReviewError(f"{missing}: confirmed good on {day.name}, but unreadable now")
+    features = {r: np.stack([aggregate(layer_tokens, r).numpy() for layer_tokens in tokens])
+                for r in pool.settings.r_list}
+    images = Images(names, [file_digest(n) for n in names], now(len(names)),
+                    lambda r, layer, indices: features[r][layer, np.sort(indices)],
+                    tuple(features[pool.settings.r_list[0]].shape[2:]))
+    left_out = [(str(row.path), f"verdict {row.verdict}" if row.verdict else f"not reviewed, decided {row.decision}"
+                 if include_normal else "not reviewed") for row in day.table.itertuples() if str(row.path) not in good]
+    size = _append(pool_path, pool.settings, images, max_images, {"last_day": file_digest(day.folder / SCORES_CSV)})
+    return Addition(len(images), size, left_out)
