@@ -47,8 +47,9 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
     refs = {"extract": refs["extract"], "scores": refs["score"], "classify": refs["classify"], "evaluate": evaluated}
     publish_category(dataset, category, str(outputs), refs, cfg.r_list)
     print(summary.category_line(category, decided, outputs / "report.html"))
+    from prefect.runtime import flow_run
     return {"category": category, **refs, "metrics": json.loads(evaluation.attrs["metrics"]), **decided,
-            "outputs": str(outputs)}
+            "outputs": str(outputs), "flow_run": str(flow_run.id or "")}
 
 
 def run_stage(images: Category, spec: StageSpec, plans: list[Plan]) -> list[dict]:

@@ -4,6 +4,7 @@ Errors in the input (configuration, dataset, artifact) print one line naming the
 and exit with status 2; ``--debug`` shows the traceback instead (``flows.terminal``).
 """
 import json
+import os
 import sys
 import warnings
 from dataclasses import fields
@@ -41,13 +42,14 @@ def _launch(artifacts: Path, verbose: bool, prepare: Callable[[], Callable[[], d
     <artifacts>/musc-errors.log, a temporary Prefect server runs unless PREFECT_API_URL names one,
     progress bars show (``verbose``: Prefect's lines), and the metrics table is printed."""
     terminal.prefect_environment()
+    server_given = bool(os.environ.get("PREFECT_API_URL"))  # before the temporary server sets it
 
     def go() -> dict:
         start = prepare()
         terminal.SESSION.artifacts = artifacts
         terminal.route_tracebacks(artifacts / "musc-errors.log")
         from .server import temporary_server
-        with temporary_server(), terminal.run_output(verbose):  # the server ends with this command, even after kill -9
+        with temporary_server(), terminal.run_output(verbose, server_given):  # the server ends with this command, even after kill -9
             return start()
     _print_metrics(terminal.run_guarded(go))
 

@@ -279,3 +279,24 @@ def test_heat_map_thumbnails_in_the_ui_keep_the_colours_of_the_disk_thumbnails(d
         if hot.any():
             assert np.abs(shown[hot] - original[hot]).max() <= 32, name  # red stays red, not grey-beige
     assert hot_total > 0  # the most anomalous parts' thumbnails do have hot pixels to keep
+
+
+def test_the_run_report_links_each_category_report_and_run(demo, driver):
+    """From the run the user started, one click to each category's report (and its run) in the UI."""
+    base = f"http://127.0.0.1:{httpx.URL(demo['api']).port}"
+    report = artifacts(demo, "musc-mvtec-ad-report")[0]
+    browser.open_artifact(driver, base, report["id"], min_images=report["data"].count("data:image/png;base64,"))
+    links = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.artifact-data-view a'))"
+        ".map(a => [a.innerText.trim(), a.href])")
+    reports = [href for text, href in links if text == "its report in the UI"]
+    runs = [href for text, href in links if text == "its run"]
+    assert len(reports) == 2 and len(runs) == 2, links
+    for category, href in zip(("fabric", "washer"), reports):
+        assert href.endswith(f"/artifacts/key/musc-mvtec-ad-{category}-report")
+        driver.get(href)
+        browser.wait_for(driver, text=f"musc-mvtec-ad-{category}-report")
+    for href in runs:
+        run_id = href.rsplit("/", 1)[1]
+        subflow = httpx.get(f"{demo['api']}/flow_runs/{run_id}").json()
+        assert subflow["name"] in ("fabric", "washer") and subflow["parent_task_run_id"]
