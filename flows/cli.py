@@ -62,7 +62,7 @@ def _print_metrics(result: dict) -> None:
 
     from musc.outputs.evaluation import threshold_text
     from musc.outputs.published import LEGEND, metric_rows
-    from musc.outputs.summary import flagged_text
+    from musc.outputs.summary import flagged_text, unlabeled_lines
     rows = metric_rows(pd.read_csv(result["table"], index_col="category"))
     table = Table(title="MuSc metrics (x100)", caption=LEGEND, box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
@@ -76,10 +76,16 @@ def _print_metrics(result: dict) -> None:
             table.add_section()
         table.add_row(row["category"], flagged_text(outcome) if outcome else "", *list(row.values())[1:])
     out = Console()
-    out.print(table)
+    if any(value != "n/a" for row in rows for value in list(row.values())[1:]):
+        out.print(table)
+    else:  # nothing could be computed (no labels, no masks): no table of n/a
+        out.print("MuSc: no labels or masks, so no metrics; what the run decided:", highlight=False)
     for name, outcome in outcomes.items():
         out.print(f"{name}: {flagged_text(outcome)} flagged anomalous, at score >= "
                   f"{threshold_text(outcome['threshold'], outcome['threshold_rule'])}", highlight=False, soft_wrap=True)
+        if all(value is None for value in outcome["metrics"].values()):
+            for line in unlabeled_lines(name, outcome["outputs"]):
+                out.print(line, highlight=False, soft_wrap=True)
     out.print(f"report: {result['report']}", highlight=False, soft_wrap=True)
 
 
