@@ -480,7 +480,8 @@ def finished_run(tiny_dataset, tmp_path_factory, prefect_harness):
 
 @pytest.mark.slow
 def test_musc_report_refuses_to_write_through_a_symlinked_report_folder(finished_run, tmp_path):
-    from musc.outputs.rebuild import outputs_folder, rebuild_reports
+    from musc.outputs.rebuild import rebuild_reports
+    from musc.store import report_folder as outputs_folder
     result, artifacts = finished_run
     evaluation = Path(result["evaluate"]["path"])
     folder = outputs_folder(evaluation)
