@@ -91,10 +91,11 @@ def _plate(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def make_parts(root: str | Path, n_good: int = 12, n_defective: int = 6, size: int = 512,
-               defect_px: tuple[int, int] = (6, 10), seed: int = 0, category: str = "plate") -> Path:
+               defect_px: tuple[int, int] = (6, 10), seed: int = 0, category: str = "plate",
+               depth: float = 0.8) -> Path:
     """High-resolution parts with small defects, in MVTec AD layout (``<category>/test/{good,spot}``,
     ``ground_truth/spot/<name>_mask.png``): ``size`` px plates, each defective one with a dark spot
-    (a pit) ``defect_px`` pixels across, anywhere on the plate. Resized whole to a small image size a
+    (a pit, ``depth`` darker) ``defect_px`` pixels across, anywhere on the plate. Resized whole to a small image size a
     defect covers about one pixel; tiling keeps it several. Seeded: the same call, the same files."""
     root = Path(root)
     rng = np.random.default_rng([seed, 7])
@@ -112,7 +113,7 @@ def make_parts(root: str | Path, n_good: int = 12, n_defective: int = 6, size: i
         ImageDraw.Draw(mask).ellipse([cx - diameter / 2, cy - diameter / 2, cx + diameter / 2, cy + diameter / 2],
                                      fill=255)
         binary = np.asarray(mask) > 0
-        image[binary] = np.array([25.0, 22.0, 20.0])
+        image[binary] *= 1.0 - depth
         Image.fromarray(image.astype(np.uint8)).save(images / f"{index:03d}.png")
         Image.fromarray(binary.astype(np.uint8) * 255).save(masks / f"{index:03d}_mask.png")
     return root

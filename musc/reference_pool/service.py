@@ -46,6 +46,9 @@ def run_images(run: str | Path, include_anomalous: bool = False) -> tuple[PoolSe
     evaluation = open_artifact(evaluate_path, "evaluate")
     classify_path = inputs_of(evaluate_path, "classify")[0]
     extract = open_artifact(inputs_of(evaluate_path, "extract")[0], "extract")
+    if extract.config.get("tiles") is not None:
+        raise PoolError(f"{evaluate_path}: this run cut its images into tiles (tiles {extract.config['tiles']}); "
+                        "a pool holds whole images only")
     names = [str(n) for n in extract.read("names")]
     keep = np.ones(len(names), bool) if include_anomalous else evaluation.read("decisions") == 0
     aggregates, scoring = {}, None
