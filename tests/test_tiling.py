@@ -169,8 +169,9 @@ def _pixel_metrics_at_full_resolution(refs, category, size):
 @pytest.mark.slow
 def test_tiling_finds_small_defects_better_than_the_whole_image_at_the_same_image_size(tmp_path):
     # 512 px plates with pits of 6-10 px: at image size 64 the whole plate shows a pit as about one
-    # pixel (an eighth of a patch of 8), 2 x 2 tiles as two. Measured on seeds 0-2 (docs/PERFORMANCE.md,
-    # Tiling): pixel AUROC 0.95-0.98 untiled vs 0.998 tiled, AUPRO 0.81-0.86 vs 0.99.
+    # pixel (an eighth of a patch of 8), 2 x 2 tiles as two. Measured on data seeds 0-2 (bench/tiling.py,
+    # docs/PERFORMANCE.md "Tiling"): pixel AUROC about 0.90-0.91 untiled against 0.99-1.00 tiled,
+    # AUPRO 0.60-0.77 against 0.95-0.99; the margins asked here are well inside those gaps.
     from musc.inputs.synthetic import make_parts
     root = make_parts(tmp_path / "data", n_good=10, n_defective=6, size=512, seed=0)
     category = load_category("mvtec_ad", root, "plate")
@@ -180,8 +181,8 @@ def test_tiling_finds_small_defects_better_than_the_whole_image_at_the_same_imag
         results[name] = _pixel_metrics_at_full_resolution(
             _until_classify(Run(category, config, str(tmp_path / "artifacts"))), category, 512)
     (untiled_auroc, untiled_aupro), (tiled_auroc, tiled_aupro) = results["untiled"], results["tiled"]
-    assert tiled_auroc > untiled_auroc + 0.01, results
-    assert tiled_aupro > untiled_aupro + 0.05, results
+    assert tiled_auroc > untiled_auroc + 0.05, results
+    assert tiled_aupro > untiled_aupro + 0.15, results
 
 
 def _killed_build(data, artifacts, fault, tmp_path):

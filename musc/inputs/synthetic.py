@@ -92,11 +92,12 @@ def _plate(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def make_parts(root: str | Path, n_good: int = 12, n_defective: int = 6, size: int = 512,
                defect_px: tuple[int, int] = (6, 10), seed: int = 0, category: str = "plate",
-               depth: float = 0.8) -> Path:
+               depth: float = 0.5) -> Path:
     """High-resolution parts with small defects, in MVTec AD layout (``<category>/test/{good,spot}``,
     ``ground_truth/spot/<name>_mask.png``): ``size`` px plates, each defective one with a dark spot
-    (a pit, ``depth`` darker) ``defect_px`` pixels across, anywhere on the plate. Resized whole to a small image size a
-    defect covers about one pixel; tiling keeps it several. Seeded: the same call, the same files."""
+    (a pit, a fraction ``depth`` darker than the plate) ``defect_px`` pixels across, anywhere on the
+    plate. Resized whole to a small image size a pit covers about one pixel; tiles keep it several.
+    Seeded: the same call, the same files."""
     root = Path(root)
     rng = np.random.default_rng([seed, 7])
     good = root / category / "test" / "good"

@@ -1,4 +1,4 @@
-"""Image tiling for large parts (docs/METHOD.md section 9): where each of an image's R x C tiles lies,
+"""Image tiling for large parts (docs/METHOD.md section 10): where each of an image's R x C tiles lies,
 and how the tiles' patch scores are stitched back into one map at the image's full resolution.
 
 (Not to be confused with MSM's tiles of image blocks, ``musc.method.tiles``: an image tile here is a
