@@ -232,3 +232,14 @@ def test_a_killed_tiled_run_resumes_to_identical_artifacts(small_parts, tiled_ru
     for ours, theirs in zip(reference["score"], resumed["score"]):
         assert_same_arrays(read_all(ours), read_all(theirs))
     assert not list(artifacts.rglob("*.parts"))
+
+
+def test_a_tiled_category_needs_images_of_one_size_and_says_which_is_not(tmp_path):
+    from musc.inputs.datasets import DatasetError
+    from musc.inputs.synthetic import make_parts
+    root = make_parts(tmp_path / "data", n_good=5, n_defective=1, size=128, seed=4)
+    odd = root / "plate" / "test" / "good" / "001.png"
+    Image.open(odd).resize((96, 128)).save(odd)
+    run = Run(load_category("mvtec_ad", root, "plate"), MuscConfig(**TILED), str(tmp_path / "artifacts"))
+    with pytest.raises(DatasetError, match=r"001\.png: 96 x 128 pixels, but .* 128 x 128; a tiled run needs images of one size"):
+        build_all(run)
