@@ -243,3 +243,27 @@ def test_a_tiled_category_needs_images_of_one_size_and_says_which_is_not(tmp_pat
     run = Run(load_category("mvtec_ad", root, "plate"), MuscConfig(**TILED), str(tmp_path / "artifacts"))
     with pytest.raises(DatasetError, match=r"001\.png: 96 x 128 pixels, but .* 128 x 128; a tiled run needs images of one size"):
         build_all(run)
+
+
+def test_large_tiled_maps_are_evaluated_at_a_bounded_resolution_with_the_datasets_mask_rule(tiled_run, monkeypatch):
+    from musc.outputs import evaluation
+    assert [evaluation.evaluation_reduction(h, w) for h, w in ((1024, 1024), (1025, 1024), (3000, 3000), (3000, 4000))] \
+        == [1, 2, 3, 4]  # at most 1024 x 1024 pixels per image: 1000 x 1000, then 750 x 1000
+    mask = np.zeros((4, 4), dtype=np.uint8)
+    mask[0:2, 0:2] = 1          # a whole 2 x 2 block
+    mask[2, 3] = 1              # one pixel of another
+    assert evaluation.reduce_mask(mask, 2, "truncate").tolist() == [[1, 0], [0, 0]]   # MVTec AD: all pixels
+    assert evaluation.reduce_mask(mask, 2, "nonzero").tolist() == [[1, 0], [0, 1]]    # VisA, folders: any pixel
+    np.testing.assert_allclose(evaluation.reduce_map(np.arange(16.0).reshape(4, 4), 2), [[2.5, 4.5], [10.5, 12.5]])
+
+    run, refs = tiled_run
+    extract, classify = store.open_artifact(refs["extract"]["path"]), store.open_artifact(refs["classify"]["path"])
+    assert json.loads(store.open_artifact(refs["evaluate"]["path"]).attrs["pixel_resolution"]) == [256, 256]
+    full = evaluation.EvaluationInputs.read(extract, classify)
+    assert full.maps.shape == full.masks.shape == (8, 256, 256)
+    monkeypatch.setattr(evaluation, "EVALUATION_MAX_PIXELS", 128 * 128)
+    reduced = evaluation.EvaluationInputs.read(extract, classify)
+    assert reduced.maps.shape == reduced.masks.shape == (8, 128, 128)
+    np.testing.assert_allclose(reduced.maps[0], full.maps[0].reshape(128, 2, 128, 2).mean(axis=(1, 3)))
+    blocks = full.masks.reshape(8, 128, 2, 128, 2)
+    np.testing.assert_array_equal(reduced.masks, blocks.min(axis=(2, 4)))  # the plates are MVTec AD: truncate

@@ -130,6 +130,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("dataset", "str", "", "dataset layout"),
         Field("outputs", "str", "", "the folder of reports and figures when written (a record only: readers "
                                      "use the folder beside the artifact)"),
+        Field("pixel_resolution", "JSON", "", "tiled runs: [height, width] per image of the maps and masks the "
+                                              "pixel metrics and figures used (the images' full resolution, "
+                                              "reduced by an integer factor above 1024 x 1024 pixels)"),
     )),
     Stage("pool", "3", "a reference pool of one category: LNAMD features of earlier images, what they were "
                        "made and scored with (config: settings = category, backbone/feature settings with image "
