@@ -185,6 +185,14 @@ def run(
     msm_precision: Annotated[Optional[str], _config_option(
         "msm_precision", "MSM's arithmetic: fp32; bf16 (screened in bf16, the same scores); bf16-fast "
                          "(bf16 only, faster, not exact).")] = None,
+    tiles: Annotated[Optional[str], _config_option(
+        "tiles", "Cut each image into RxC tiles (e.g. 2x2), each resized to the image size, to find small "
+                 "defects on large parts; maps are stitched at the image's full resolution. Default: whole image.")] = None,
+    tile_overlap: Annotated[Optional[float], _config_option(
+        "tile_overlap", "Overlap of neighbouring tiles, a fraction of a tile (0 to below 0.5; default 0).")] = None,
+    tile_mixing: Annotated[Optional[str], _config_option(
+        "tile_mixing", "aligned (default): tiles of the same position score each other; all: every tile "
+                       "against every tile of the other images (parts not aligned).")] = None,
 ) -> None:
     """Score a dataset: extract, aggregate, score, classify, evaluate; reuses what is already done."""
     given = dict(locals())  # the options as typed; a configuration flag left out is None

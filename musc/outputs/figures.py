@@ -283,7 +283,7 @@ def render_pictures(folder: Path, inputs: EvaluationInputs, overlay_normalisatio
     thumbs.mkdir(parents=True, exist_ok=True)
     paths, names, maps, masks, has_mask = inputs.paths, inputs.names, inputs.maps, inputs.masks, inputs.has_mask
     low, high = (float(maps.min()), float(maps.max())) if overlay_normalisation == "set" else (None, None)
-    size = maps.shape[-1]
+    size = (maps.shape[-1], maps.shape[-2])  # (width, height): S x S, or a tiled run's full resolution
     index_file = overlays / PICTURE_INDEX
     try:
         drawn = json.loads(index_file.read_text())
@@ -302,9 +302,9 @@ def render_pictures(folder: Path, inputs: EvaluationInputs, overlay_normalisatio
     def draw(job) -> None:
         path, anomaly_map, file_name, mask, title = job
         try:
-            image = np.asarray(load_image(path).resize((size, size), reducing_gap=3.0))
+            image = np.asarray(load_image(path).resize(size, reducing_gap=3.0))
         except UnreadableImage:
-            image = np.zeros((size, size, 3), dtype=np.uint8)
+            image = np.zeros((size[1], size[0], 3), dtype=np.uint8)
         save_overlay(image, anomaly_map, overlays / file_name, mask, low, high, title=title)
         scratch = thumbs / f".{file_name}.tmp"
         thumbnail_picture(image, anomaly_map, mask, low, high).save(scratch, format="PNG", compress_level=6)

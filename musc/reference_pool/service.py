@@ -51,6 +51,9 @@ def run_images(run: str | Path, include_flagged: bool = False
     evaluation = open_artifact(evaluate_path, "evaluate")
     classify_path = inputs_of(evaluate_path, "classify")[0]
     extract = open_artifact(inputs_of(evaluate_path, "extract")[0], "extract")
+    if extract.config.get("tiles") is not None:
+        raise PoolError(f"{evaluate_path}: this run cut its images into tiles (tiles {extract.config['tiles']}); "
+                        "a pool holds whole images only")
     names = [str(n) for n in extract.read("names")]
     category = str(extract.config["category"])
     labelled = np.asarray(extract.read("labels")) == 1
