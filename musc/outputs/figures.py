@@ -14,12 +14,14 @@ import numpy as np
 
 from ..inputs.datasets import UnreadableImage, load_image
 from ..method.metrics import METRIC_NAMES, BinaryCurves
+from ..store.catalog import derived_name
 from .evaluation import ANOMALOUS, NORMAL, SHORT_NAMES, Evaluation, EvaluationInputs, metric_text
 
 
 def png_name(image_name: str) -> str:
-    """'crack/000.png' -> 'crack__000.png': one flat folder of per-image figures."""
-    return str(image_name).replace("/", "__").rsplit(".", 1)[0] + ".png"
+    """'crack/000.png' -> 'crack__000-<8 hex>.png': one flat folder of per-image figures, named by
+    the one rule for files derived from an input's name (``musc.store.catalog.derived_name``)."""
+    return derived_name(image_name)
 
 
 def save_binary_masks(folder: Path, inputs: EvaluationInputs, evaluation: Evaluation) -> list[str]:
@@ -40,7 +42,7 @@ def new_figure(width: float, height: float):
 
 
 # Overlays are drawn with numpy and Pillow, not a matplotlib figure per image (about 20x faster).
-RENDER_VERSION = "pil-3"  # part of each image's picture key: a change of the drawing redraws every picture
+RENDER_VERSION = "pil-4"  # part of each image's picture key: a change of the drawing redraws every picture
 PANEL_MIN = 256           # smaller maps are enlarged to this many pixels per side for legibility
 HEAT_ALPHA = 0.5          # the heat map's weight over the image
 THUMB_PX = 96             # each panel (image, heat map) of a gallery thumbnail
