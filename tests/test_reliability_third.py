@@ -699,3 +699,29 @@ def test_score_new_output_is_never_an_input_folder_and_two_calls_into_it_lose_no
     table = pd.read_csv(out / "scores.csv")
     assert sorted(table["path"]) == ["a.png", "b.png"] and table.set_index("path").loc["a.png", "score"] == 0.2
     assert json.loads((out / "day.json").read_text())["parts"] == {"a.png": "1", "b.png": "2"}
+
+
+def test_musc_clean_leaves_a_category_alone_while_a_run_of_it_is_going_on(tmp_path):
+    """A run holds its category's run marker (shared) from its first stage to its last; clean needs
+    it alone, so what the run is building (not yet part of any intact chain) is kept, and cleaned
+    once the run has ended."""
+    from musc.outputs.rebuild import clean_artifacts
+    root = store.mark_artifacts_root(tmp_path / "artifacts")
+    stray = root / "mvtec_ad" / "fabric" / "aggregate" / ("0" * 16 + ".h5")
+    store.write_artifact(stray, "aggregate", {}, {}, {"features": np.zeros((1, 1, 1, 1), np.float32)})
+    with store.running(root / "mvtec_ad" / "fabric"):
+        removed, busy = clean_artifacts(root)
+        assert removed == [] and busy == [stray] and stray.is_file()
+    removed, busy = clean_artifacts(root)
+    assert stray in removed and busy == [] and not stray.exists()
+
+
+def test_an_artifacts_folder_inside_an_image_folder_drops_no_image(tmp_path):
+    from musc.inputs.datasets import load_category
+    from musc.inputs.synthetic import make_dataset
+    data = make_dataset(tmp_path / "data", n_good=4, n_per_defect=1, size=32, seed=1, categories=("fabric",))
+    before = [s.name for s in load_category("mvtec_ad", data, "fabric").samples]
+    artifacts = store.mark_artifacts_root(data / "fabric" / "test" / "good" / "artifacts")
+    (artifacts / "overlay.png").write_bytes((data / "fabric" / "test" / "good" / "000.png").read_bytes())
+    after = [s.name for s in load_category("mvtec_ad", data, "fabric", exclude=[artifacts]).samples]
+    assert after == before  # the good images beside it stay; nothing of ours is listed

@@ -117,6 +117,12 @@ def is_part(path: str | Path) -> bool:
     return Path(path).parent.suffix == ".parts"
 
 
+def run_marker(category_folder: str | Path) -> Path:
+    """A category's run marker: every run of the category holds it (shared) while it runs, so
+    ``musc clean`` (which needs it alone) never removes what a running command builds."""
+    return Path(category_folder) / ".musc-run.lock"
+
+
 def report_folder(artifact: str | Path) -> Path:
     """Where an evaluate artifact's CSV, Markdown, HTML and figures live: the folder beside it."""
     return Path(artifact).with_suffix("")
