@@ -177,6 +177,11 @@ def run(
     msm_precision: Annotated[Optional[str], _config_option(
         "msm_precision", "MSM's arithmetic: fp32; bf16 (screened in bf16, the same scores); bf16-fast "
                          "(bf16 only, faster, not exact).")] = None,
+    reference: Annotated[Optional[str], _config_option(
+        "reference", "A reference pool of good parts (musc pool add): each image is also scored against it "
+                     "alone; per_image.csv and the report mark the images the pool flags while the batch calls "
+                     "them normal (a defect shared by many images of one batch hides from mutual scoring), "
+                     "with a warning when several are.", metavar="POOL")] = None,
 ) -> None:
     """Score a dataset: extract, aggregate, score, classify, evaluate; reuses what is already done."""
     given = dict(locals())  # the options as typed; a configuration flag left out is None
@@ -188,6 +193,10 @@ def run(
         if not chosen:
             raise DatasetError(f"root: no {dataset} categories found under {root}")
         cfg = _run_config(config, flags)
+        if cfg.reference is not None and not Path(cfg.reference).is_file():
+            raise ArtifactError(f"--reference: no such pool file {cfg.reference} (create it with musc pool add)")
+        if cfg.reference is not None:
+            cfg = cfg.replace(reference=str(Path(cfg.reference).resolve()))
         from .category import checked_category
         from .dataset import dataset_flow
         # the cheap checks first (settings, the backbone's geometry from its configuration, the dataset),
@@ -389,6 +398,7 @@ def pool_info(pool: Annotated[Path, typer.Argument(help="The pool file (.h5).")]
         if info["images"]:
             stamp = lambda t: _time.strftime("%Y-%m-%d %H:%M", _time.gmtime(t))  # noqa: E731
             out.print(f"added between {stamp(info['oldest'])} and {stamp(info['newest'])} UTC")
+            out.print("sources: " + "; ".join(f"{source}: {count}" for source, count in info["sources"].items()))
         if len(info["self_scores"]):
             scores = info["self_scores"]
             out.print(f"leave-one-out scores: min {scores.min():.4f}, median {float(np.median(scores)):.4f}, "

@@ -73,6 +73,11 @@ class MuscConfig:
                                                  "this many grid steps (empty: all patches, as the paper).")] = None
     msm_precision: Annotated[str, _about("fp32, bf16 (screened, the same scores) or bf16-fast (faster, not "
                                          "exact).")] = "fp32"
+    reference: Annotated[str | None, _about("A reference pool of good parts (.h5, musc pool add): each image "
+                                            "is also scored against it alone, and the images the pool flags "
+                                            "while the batch calls them normal are marked (a defect shared by "
+                                            "many images of one batch hides from mutual scoring). An extra "
+                                            "step after evaluate; the batch's own results are unchanged.")] = None
 
     def __post_init__(self) -> None:
         for name in ("layers", "r_list", "k_list"):
@@ -118,6 +123,8 @@ class MuscConfig:
             raise ConfigError(str(error)) from None
         if self.overlay_normalisation not in ("set", "image"):
             raise ConfigError(f"overlay_normalisation: expected 'set' or 'image', got {_shown(self.overlay_normalisation)}")
+        if self.reference is not None and (not isinstance(self.reference, str) or not self.reference):
+            raise ConfigError(f"reference: expected the path of a pool file (.h5), got {_shown(self.reference)}")
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ConfigError("backbone: expected an open_clip model name or a JSON config path")
 

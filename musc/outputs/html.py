@@ -28,6 +28,7 @@ tr.miss td{background:#fde8e8}
 .card img{display:block;width:194px;height:96px}
 .tag{display:inline-block;padding:0 4px;border-radius:3px;color:#fff;font-size:.9em}
 .tag.anomalous{background:#c60}.tag.normal{background:#397}.tag.miss{background:#d22}
+.card.guard{border-color:#80c;border-style:dashed}.tag.guard{background:#80c}
 code{font-size:.85em}
 """
 
@@ -95,7 +96,8 @@ def metrics_html(table: pd.DataFrame) -> str:
 
 def card(entry: Entry, folder: Path) -> str:
     classes = " ".join(["card", ANOMALOUS if entry.decision == ANOMALOUS else NORMAL,
-                        "miss" if entry.misclassified else ""]).strip()
+                        "miss" if entry.misclassified else "", "guard" if entry.guard else ""]).strip()
+    classes = " ".join(classes.split())
     image = (f"<img src='{esc(relative(entry.thumb, folder))}' alt='{esc(entry.name)}'>" if entry.thumb else "")
     if image and entry.overlay:
         image = f"<a href='{esc(relative(entry.overlay, folder))}'>{image}</a>"
@@ -104,6 +106,8 @@ def card(entry: Entry, folder: Path) -> str:
             f"data-score='{entry.score!r}'>{image}<figcaption><b>#{entry.rank}</b> {esc(entry.name)}<br>"
             f"score {entry.score:.4f} <span class='tag {esc(entry.decision)}'>{esc(entry.decision)}</span><br>"
             f"truth: {esc(entry.truth)}{miss}"
+            + (f"<br><span class='tag guard'>{esc(entry.guard)}</span> pool score {entry.pool_score:.4f}"
+               if entry.guard else "")
             + (f"<br><i>{esc(entry.region_note)}</i>" if entry.region_note else "") + "</figcaption></figure>")
 
 

@@ -41,41 +41,51 @@ def evaluation_in(path: str | Path) -> Path:
     return candidates[-1]
 
 
-def run_images(run: str | Path, include_flagged: bool = False
-               ) -> tuple[PoolSettings, Images, str, list[tuple[str, str]]]:
-    """What a scored run would put in a pool: its settings, its images with their features, the
-    run's evaluate digest, and the images left out with why (``(name, reason)``). A pool holds good
-    parts only: images labelled defective (label 1) and images the run decided anomalous are left
-    out, unless ``include_flagged``."""
+def run_lineage(run: str | Path) -> tuple[PoolSettings, dict[int, Path], Any]:
+    """What a scored run's images were made and scored with (as a pool records it), its aggregate
+    artifact per degree r, and its extract artifact."""
     evaluate_path = evaluation_in(run)
-    evaluation = open_artifact(evaluate_path, "evaluate")
     classify_path = inputs_of(evaluate_path, "classify")[0]
     extract = open_artifact(inputs_of(evaluate_path, "extract")[0], "extract")
+    aggregates, scoring = {}, None
+    for score_path in inputs_of(classify_path, "score"):
+        scoring = ScoreSettings.from_recorded(open_artifact(score_path, "score").config)
+        aggregate_path = inputs_of(score_path, "aggregate")[0]
+        aggregates[int(open_artifact(aggregate_path, "aggregate").config["r"])] = aggregate_path
+    settings = PoolSettings(str(extract.config["category"]),
+                            {k: v for k, v in extract.config.items() if k not in RUN_FIELDS},
+                            tuple(sorted(aggregates)), scoring)
+    return settings, aggregates, extract
+
+
+def run_images(run: str | Path, include_flagged: bool = False
+               ) -> tuple[PoolSettings, Images, str, list[tuple[str, str]]]:
+    """What a scored run would put in a pool: its settings, its images with their features (their
+    source: ``run <evaluate digest[:12]>``), the run's evaluate digest, and the images left out
+    with why (``(name, reason)``). A pool holds good parts only: images labelled defective (label
+    1) and images the run decided anomalous are left out, unless ``include_flagged``."""
+    evaluate_path = evaluation_in(run)
+    evaluation = open_artifact(evaluate_path, "evaluate")
+    settings, aggregates, extract = run_lineage(evaluate_path)
     names = [str(n) for n in extract.read("names")]
-    category = str(extract.config["category"])
+    category = settings.category
     labelled = np.asarray(extract.read("labels")) == 1
     decided = np.asarray(evaluation.read("decisions")) == 1
     reasons = [", ".join(why for why, flagged in (("labelled defective", labelled[i]), ("decided anomalous", decided[i]))
                          if flagged) for i in range(len(names))]
     keep = np.ones(len(names), bool) if include_flagged else ~(labelled | decided)
     left_out = [(f"{category}/{names[i]}", reasons[i]) for i in np.flatnonzero(~keep)]
-    aggregates, scoring = {}, None
-    for score_path in inputs_of(classify_path, "score"):
-        scoring = ScoreSettings.from_recorded(open_artifact(score_path, "score").config)
-        aggregate_path = inputs_of(score_path, "aggregate")[0]
-        aggregates[int(open_artifact(aggregate_path, "aggregate").config["r"])] = aggregate_path
-    if int(scoring.divide_num) > 1:
-        raise PoolError(f"{evaluate_path}: this run scored its images in {scoring.divide_num} subsets "
+    if int(settings.score.divide_num) > 1:
+        raise PoolError(f"{evaluate_path}: this run scored its images in {settings.score.divide_num} subsets "
                         "(divide_num); a pool reproduces whole-batch scoring only")
-    settings = PoolSettings(category, {k: v for k, v in extract.config.items() if k not in RUN_FIELDS},
-                            tuple(sorted(aggregates)), scoring)
     chosen = np.flatnonzero(keep)
 
     def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
         return open_artifact(aggregates[r], "aggregate").read("features", (layer, chosen[np.sort(indices)]))
     shape = tuple(open_artifact(aggregates[settings.r_list[0]], "aggregate").shape("features")[2:])
     images = Images([f"{category}/{names[i]}" for i in chosen],
-                    [str(d) for d in extract.read("digests")[chosen]], now(chosen.size), read, shape)
+                    [str(d) for d in extract.read("digests")[chosen]], now(chosen.size), read, shape,
+                    [f"run {evaluation.digest[:12]}"] * int(chosen.size))
     return settings, images, evaluation.digest, left_out
 
 
@@ -232,9 +242,12 @@ def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int |
         raise ReviewError(f"{missing}: confirmed good on {day.name}, but unreadable now")
     features = {r: np.stack([aggregate(layer_tokens, r).numpy() for layer_tokens in tokens])
                 for r in pool.settings.r_list}
+    verdicts = dict(zip(day.table["path"].astype(str), day.table["verdict"].astype(str)))
     images = Images(names, [file_digest(n) for n in names], now(len(names)),
                     lambda r, layer, indices: features[r][layer, np.sort(indices)],
-                    tuple(features[pool.settings.r_list[0]].shape[2:]))
+                    tuple(features[pool.settings.r_list[0]].shape[2:]),
+                    [f"day {day.name} (verdict good)" if verdicts.get(n) == "good" else f"day {day.name} (decided normal)"
+                     for n in names])
     left_out = [(str(row.path), f"verdict {row.verdict}" if row.verdict else f"not reviewed, decided {row.decision}"
                  if include_normal else "not reviewed") for row in day.table.itertuples() if str(row.path) not in good]
     size = _append(pool_path, pool.settings, images, max_images, {"last_day": file_digest(day.folder / SCORES_CSV)})
