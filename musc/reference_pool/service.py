@@ -16,13 +16,13 @@ from ..inputs.config import ExtractSettings, ScoreSettings
 from ..inputs.datasets import UnreadableImage, load_image
 from ..method.lnamd import aggregate
 from ..method.maps import anomaly_maps
-from ..outputs.evaluation import decision_words, decisions
+from ..outputs.evaluation import decision_words, decisions, f1_optimal_threshold
 from ..outputs.figures import save_overlay
 from ..outputs.rebuild import inputs_of
 from ..store import (ArtifactError, artifact_lock, atomic_output, file_digest, mark_artifacts_root,
                      open_artifact)
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
-from .review import SCORES_CSV, ReviewError, load_day, write_day_record
+from .review import SCORES_CSV, ReviewError, load_day, read_verdicts, verdict_history_path, write_day_record
 from .scoring import calibrated_threshold, part_scores
 
 RUN_FIELDS = ("dataset", "category")  # what the extract config says of the run, not of the features
@@ -119,15 +119,50 @@ def _append(pool_path: str | Path, settings: PoolSettings, images: Images, max_i
         return write_pool(pool_path, settings, ([pool.images()] if pool else []) + [images], bound, inputs)
 
 
+THRESHOLD_RULES = ("calibrated", "reviewed")
+
+
 @dataclass(frozen=True)
 class DecisionRule:
-    """A fixed threshold, or one calibrated on the pool at a false-alarm rate (see ``calibrated_threshold``)."""
+    """A fixed threshold; or, by ``rule``: one calibrated on the pool at a false-alarm rate (see
+    ``calibrated_threshold``, the default), or, opt-in, ``reviewed``: F1-optimal on the scores of
+    the parts inspectors reviewed (the pool's verdict history, ``review``: the latest verdict per
+    part; defect = anomalous, good = normal), once that history holds both verdicts."""
     threshold: float | None = None
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    rule: str = "calibrated"
+
+    def __post_init__(self) -> None:
+        if self.rule not in THRESHOLD_RULES:
+            raise PoolError(f"threshold_rule: expected {' or '.join(THRESHOLD_RULES)}, got {self.rule!r}")
+        if self.rule == "reviewed" and self.threshold is not None:
+            raise PoolError("threshold_rule: reviewed sets the threshold itself; give no fixed threshold with it")
+
+    def evidence(self, pool: PoolFile) -> dict[str, Any] | None:
+        """What the ``reviewed`` rule learns from: the history file and its counts of reviewed parts
+        (None for the other rules)."""
+        if self.rule != "reviewed":
+            return None
+        path = verdict_history_path(pool.path)
+        reviewed = read_verdicts(path)
+        reviewed = reviewed[reviewed["verdict"].isin(["defect", "good"]) & reviewed["score"].notna()]
+        return {"history": str(path), "defect": int((reviewed["verdict"] == "defect").sum()),
+                "good": int((reviewed["verdict"] == "good").sum()),
+                "scores": reviewed["score"].to_numpy(np.float64), "labels": (reviewed["verdict"] == "defect").to_numpy(int)}
 
     def apply(self, pool: PoolFile) -> tuple[float, str]:
         if self.threshold is not None:
             return float(self.threshold), "fixed"
+        if self.rule == "reviewed":
+            seen = self.evidence(pool)
+            lacking = [v for v in ("defect", "good") if not seen[v]]
+            if lacking:
+                raise PoolError(f"threshold rule reviewed: the verdict history {seen['history']} holds no "
+                                f"{' and no '.join(lacking)} verdict with a score yet ({seen['defect']} defect, "
+                                f"{seen['good']} good); review flagged parts (musc review) or use the calibrated rule")
+            return (f1_optimal_threshold(seen["labels"], seen["scores"]),
+                    f"reviewed: F1-optimal on the scores of {seen['defect'] + seen['good']} reviewed parts "
+                    f"({seen['defect']} defect, {seen['good']} good; {Path(seen['history']).name})")
         if not len(pool.self_scores):
             raise PoolError(f"{pool.path}: a calibrated threshold needs a pool of at least 2 images "
                             f"(it has {len(pool)}); add runs or give a fixed threshold")
@@ -181,6 +216,7 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     if not len(pool):
         raise PoolError(f"{pool_path}: the pool is empty; add a scored run first (musc pool add)")
     threshold, rule_text = rule.apply(pool)
+    evidence = rule.evidence(pool)
     names, loaded, tokens = _extract(pool, images, device)
     settings = pool.settings
     msm = settings.score
@@ -205,6 +241,9 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
         pd.DataFrame(rows, columns=list(SCORES_CSV_COLUMNS)).to_csv(scratch, index=False)
     write_day_record(out, {"day": day or out.resolve().name, "pool": str(Path(pool_path).resolve()),
                            "pool_digest": pool.digest, "threshold": threshold, "rule": rule_text,
+                           "threshold_rule": "fixed" if rule.threshold is not None else rule.rule,
+                           **({"evidence": {k: evidence[k] for k in ("history", "defect", "good")}}
+                              if evidence else {}),
                            "parts": {name: file_digest(name) for name in names}})
     return {"rows": rows, "threshold": threshold, "rule": rule_text, "pool_size": len(pool),
             "maps": dict(zip(names, maps))}
