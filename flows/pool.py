@@ -91,16 +91,17 @@ def publish(day: str, pool: str, result: dict, summary: dict, report: Path, fold
 
 
 @flow(name="musc-daily-folder", flow_run_name=daily_run_name, log_prints=True)
-def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", false_alarm_rate: float = 0.01,
-                      threshold: float | None = None, timezone: str = "UTC", threshold_rule: str = "calibrated") -> dict:
+def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", decision: DecisionRule = DecisionRule(),
+                      timezone: str = "UTC") -> dict:
     """Score every image of ``root/<day>`` against the pool (default day: the date of the run's
-    scheduled start in ``timezone``, so a retry scores the same day). Decides with ``threshold``,
-    or by ``threshold_rule``: calibrated on the pool at ``false_alarm_rate``, or ``reviewed``
-    (F1-optimal on the parts inspectors reviewed, once the verdict history holds both). Writes scores.csv, maps and
+    scheduled start in ``timezone``, so a retry scores the same day). Decides by ``decision``
+    (its fields ``threshold``, ``false_alarm_rate``, ``rule``): a fixed threshold, else by its rule:
+    calibrated on the pool at the false-alarm rate (default 0.01), or ``reviewed`` (F1-optimal on
+    the parts inspectors reviewed, once the verdict history holds both verdicts). Writes scores.csv, maps and
     report.md into ``out`` (default <root>/<day>/musc), appends the day to the history beside the
     pool, publishes a table artifact and emits the ``musc.daily.scored`` event."""
-    check_decision(threshold, false_alarm_rate)  # NaN would make every part normal
-    rule = DecisionRule(threshold, false_alarm_rate, threshold_rule)  # a wrong rule fails now, naming it
+    rule = decision if isinstance(decision, DecisionRule) else DecisionRule(**dict(decision or {}))
+    check_decision(rule.threshold, rule.false_alarm_rate)  # NaN would make every part normal
     day = day or run_day(timezone)
     parse_day(day)  # a malformed day fails here, naming it
     folder = Path(root) / day

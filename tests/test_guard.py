@@ -59,6 +59,7 @@ def stained_run(clean_pool, tmp_path_factory):
     return result, stained, folder
 
 
+@pytest.mark.slow  # runs category flows
 def test_a_systematic_defect_is_marked_and_named(stained_run):
     result, stained, _ = stained_run
     outputs = Path(result["outputs"])
@@ -84,6 +85,7 @@ def test_a_systematic_defect_is_marked_and_named(stained_run):
     assert "Systematic-defect guard (6 marked)" in markdown and all(name in markdown for name in stained)
 
 
+@pytest.mark.slow  # runs category flows
 def test_the_guard_is_an_artifact_reused_and_the_batch_keys_unchanged(stained_run, clean_pool):
     result, stained, folder = stained_run
     pool, _ = clean_pool
@@ -98,6 +100,7 @@ def test_the_guard_is_an_artifact_reused_and_the_batch_keys_unchanged(stained_ru
     assert {p: p.stat().st_mtime_ns for p in (folder / "artifacts").rglob("*.h5")} == before
 
 
+@pytest.mark.slow  # runs category flows
 def test_a_batch_without_defects_gets_no_mark(clean_pool, tmp_path):
     pool, _ = clean_pool
     root, _ = batch(tmp_path, 0, seed=12)
@@ -108,6 +111,7 @@ def test_a_batch_without_defects_gets_no_mark(clean_pool, tmp_path):
     assert "WARNING" not in (Path(result["outputs"]) / "report.md").read_text()
 
 
+@pytest.mark.slow  # runs category flows
 def test_a_pool_of_other_settings_is_refused_naming_the_difference(clean_pool, stained_run):
     from musc.reference_pool import PoolError
     from musc.reference_pool.guard import run_guard
@@ -129,6 +133,7 @@ def test_run_refuses_a_missing_reference_before_any_work(tmp_path):
 
 # Provenance ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # runs category flows
 def test_the_pool_records_where_each_image_came_from(clean_pool, tmp_path):
     from typer.testing import CliRunner
     from flows.cli import app

@@ -120,7 +120,7 @@ def test_the_reviewed_rule_is_refused_until_both_verdicts_are_there(tmp_path):
     outcome = cli("score-new", "--pool", pool.path, "--threshold-rule", "reviewed", tmp_path / "d1" / "p1.png")
     assert outcome.exit_code != 0 and "threshold rule reviewed" in outcome.output
     assert len([line for line in outcome.output.splitlines() if line.strip()]) == 1
-    with pytest.raises(PoolError, match="threshold_rule: expected calibrated or reviewed"):
+    with pytest.raises(PoolError, match="threshold rule: expected calibrated or reviewed"):
         DecisionRule(rule="learned")
 
 

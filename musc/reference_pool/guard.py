@@ -21,8 +21,9 @@ import torch
 
 from ..outputs.evaluation import ANOMALOUS, decision_words, decisions
 from ..outputs.guarding import GUARD_MARK, guard_warning
+from ..stages import guard as guard_stage
 from ..stages.building import Plan, ensure
-from ..stages.key import Ref, StageKey
+from ..stages.key import Ref
 from ..store import open_artifact
 from .pool import PoolError, PoolFile
 from .scoring import image_scores, part_scores
@@ -58,10 +59,9 @@ class Guard:
 
 
 def guard_plan(evaluate: Ref, pool: PoolFile, rule: DecisionRule) -> Plan:
-    config = {"threshold": rule.threshold, "false_alarm_rate": float(rule.false_alarm_rate)}
-    key = StageKey("guard", config, {"evaluate": evaluate["digest"], "pool": pool.digest})
-    return Plan("guard", key, str(key.beside(evaluate)), "guard",
-                {"evaluate": evaluate, "pool": str(pool.path), "rule": rule})
+    if rule.rule != "calibrated":
+        raise PoolError(f"threshold rule: the guard decides with a fixed or calibrated threshold, not {rule.rule!r}")
+    return guard_stage.plan(evaluate, str(pool.path), pool.digest, rule.threshold, rule.false_alarm_rate)
 
 
 def run_guard(evaluate: Ref, pool_path: str | Path, rule: DecisionRule = DecisionRule()) -> Guard:

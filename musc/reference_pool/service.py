@@ -134,9 +134,9 @@ class DecisionRule:
 
     def __post_init__(self) -> None:
         if self.rule not in THRESHOLD_RULES:
-            raise PoolError(f"threshold_rule: expected {' or '.join(THRESHOLD_RULES)}, got {self.rule!r}")
+            raise PoolError(f"threshold rule: expected {' or '.join(THRESHOLD_RULES)}, got {self.rule!r}")
         if self.rule == "reviewed" and self.threshold is not None:
-            raise PoolError("threshold_rule: reviewed sets the threshold itself; give no fixed threshold with it")
+            raise PoolError("threshold rule: reviewed sets the threshold itself; give no fixed threshold with it")
 
     def evidence(self, pool: PoolFile) -> dict[str, Any] | None:
         """What the ``reviewed`` rule learns from: the history file and its counts of reviewed parts
