@@ -78,6 +78,9 @@ def _print_metrics(result: dict) -> None:
     for name, outcome in outcomes.items():
         out.print(f"{name}: {flagged_text(outcome)} flagged anomalous, at score >= "
                   f"{threshold_text(outcome['threshold'], outcome['threshold_rule'])}", highlight=False, soft_wrap=True)
+        if outcome.get("guard_marked"):  # --reference: what the batch's blind spot may hide
+            out.print(f"{name}: warning: {len(outcome['guard_marked'])} image(s) flagged by the reference pool and "
+                      f"called normal by the batch: {', '.join(outcome['guard_marked'])}", highlight=False, soft_wrap=True)
     out.print(f"report: {result['report']}", highlight=False, soft_wrap=True)
 
 

@@ -122,15 +122,17 @@ PER_IMAGE_COLUMNS = ("rank", "name", "defect_type", "truth", "decision", "score_
 def per_image_html(per_image: pd.DataFrame, items: Sequence[Entry], folder: Path) -> str:
     """Every image as a row; click a column head to sort by it (numbers sort as numbers)."""
     by_name = per_image.set_index("name")
-    head = "".join(f"<th>{c}</th>" for c in PER_IMAGE_COLUMNS) + "<th>overlay</th>"
+    shown = PER_IMAGE_COLUMNS + (("pool_score", "guard") if "guard" in per_image.columns else ())
+    head = "".join(f"<th>{c}</th>" for c in shown) + "<th>overlay</th>"
     rows = []
     for entry in items:
         row = by_name.loc[entry.name]
         values = {"rank": entry.rank, "name": entry.name, "defect_type": row["defect_type"], "truth": entry.truth,
                   "decision": entry.decision, "score_rscin": row["score_rscin"], "score_raw": row["score_raw"],
-                  "score_norm": row["score_norm"], "defect_pixels": row.get("defect_pixels", "")}
+                  "score_norm": row["score_norm"], "defect_pixels": row.get("defect_pixels", ""),
+                  "pool_score": entry.pool_score if entry.pool_score is not None else "", "guard": entry.guard}
         cells = []
-        for column in PER_IMAGE_COLUMNS:
+        for column in shown:
             value = values[column]
             if isinstance(value, float):
                 cells.append(f"<td class='num' data-value='{float(value)!r}'>{value:.4f}</td>")

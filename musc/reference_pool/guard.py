@@ -31,6 +31,7 @@ from .service import DecisionRule, run_lineage
 
 log = logging.getLogger("musc.reference_pool")
 
+
 @dataclass
 class Guard:
     """The guard of one run: per image (the run's order) its pool-only score and decision, whether
@@ -113,4 +114,4 @@ def _build(path: Path, evaluate: Ref, pool: PoolFile, rule: DecisionRule) -> Non
     log.info(f"guard: {len(names)} images scored against the pool {pool.path} ({len(pool)} images)")
 
 
-__all__ = ["GUARD_MARK", "Guard", "guard_warning", "run_guard"]
+__all__ = ["GUARD_MARK", "Guard", "guard_warning", "run_guard"]  # GUARD_MARK, guard_warning: musc.outputs.guarding
