@@ -173,10 +173,12 @@ def plot_trends(history: pd.DataFrame, path: str | Path) -> str:
         for offset, column, colour in ((-0.27, "flagged", "#e8a33d"), (0.0, "confirmed", "#c33"),
                                        (0.27, "dismissed", "#397")):
             counts.bar(where + offset, history[column], width=0.27, color=colour, label=column)
-        counts.set_xticks(where, days)
+        counts.set_xticks(where, [f"{day} ({parts} parts)" for day, parts in zip(days, history["parts"])])
         counts.set_ylabel("parts")
         counts.yaxis.get_major_locator().set_params(integer=True)
-        counts.set_title(f"inspectors' verdicts (of {int(history['parts'].sum())} parts)", fontsize=9)
+        flagged, dismissed = int(history["flagged"].sum()), int(history["dismissed"].sum())
+        counts.set_title(f"inspectors' verdicts: {dismissed} of {flagged} flagged dismissed"
+                         + (f" ({dismissed / flagged:.0%} false alarms)" if flagged else ""), fontsize=9)
         counts.legend(fontsize=7)
     for axis in axes:
         axis.tick_params(axis="x", labelrotation=45, labelsize=7)
