@@ -136,3 +136,45 @@ def test_the_reviewed_rule_sets_the_threshold_f1_optimally_on_the_reviewed_score
     assert "reviewed: F1-optimal on the scores of 4 reviewed parts (2 defect, 2 good" in text
     evidence = DecisionRule(rule="reviewed").evidence(pool)
     assert (evidence["defect"], evidence["good"]) == (2, 2)
+
+
+@pytest.mark.slow  # runs a category flow and two daily flows
+def test_a_reviewed_day_teaches_the_next_days_threshold_and_shows_in_its_report(prefect_harness, tmp_path):
+    import shutil
+    from pathlib import Path
+    from conftest import run_category
+    from flows.pool import daily_folder_flow
+    from musc.inputs.synthetic import make_dataset
+    from musc.reference_pool import add_run_to_pool
+    data = make_dataset(tmp_path / "data", n_good=12, n_per_defect=1, size=64, seed=5, categories=("fabric",))
+    run_category(data, tmp_path / "artifacts")
+    pool = tmp_path / "line3.h5"
+    add_run_to_pool(pool, tmp_path / "artifacts/mvtec_ad/fabric")
+    parts = make_dataset(tmp_path / "parts", n_good=4, n_per_defect=1, size=64, seed=9, categories=("fabric",))
+    root = tmp_path / "incoming"
+    for day in ("2026-12-01", "2026-12-02"):
+        (root / day).mkdir(parents=True)
+        for image in sorted((parts / "fabric/test").glob("*/*.png")):
+            shutil.copy(image, root / day / f"{image.parent.name}_{image.name}")
+    first = daily_folder_flow(str(pool), str(root), day="2026-12-01", out=str(tmp_path / "d1"))
+    scores = pd.read_csv(tmp_path / "d1" / "scores.csv")
+    defects = [p for p in scores["path"] if not Path(p).name.startswith("good_")]
+    goods = [p for p in scores["path"] if Path(p).name.startswith("good_")]
+    record_verdicts(tmp_path / "d1", defect=defects, good=goods)
+    flagged = set(scores.loc[scores["decision"] == "anomalous", "path"])
+    confirmed, dismissed = len(flagged & set(defects)), len(flagged & set(goods))
+    assert first["anomalous"] == len(flagged)
+
+    daily_folder_flow(str(pool), str(root), day="2026-12-02", out=str(tmp_path / "d2"),
+                      decision=DecisionRule(rule="reviewed"))
+    record = json.loads((tmp_path / "d2" / "day.json").read_text())
+    assert record["threshold_rule"] == "reviewed"
+    assert (record["evidence"]["defect"], record["evidence"]["good"]) == (len(defects), len(goods))
+    labels = [1] * len(defects) + [0] * len(goods)
+    values = [float(scores.set_index("path").loc[p, "score"]) for p in defects + goods]
+    from musc.outputs.evaluation import f1_optimal_threshold
+    assert record["threshold"] == pytest.approx(f1_optimal_threshold(labels, values))
+    report = (tmp_path / "d2" / "report.md").read_text()
+    assert f"({len(defects)} defect, {len(goods)} good" in report  # the rule's evidence beside the threshold
+    rate = f"{dismissed / len(flagged):.0%}" if flagged else ""
+    assert f"| 2026-12-01 | {len(scores)} | {len(flagged)} | {confirmed} | {dismissed} | {rate} |" in report
