@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
 from musc import progress, store
@@ -45,12 +45,33 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
     outputs = store.report_folder(evaluated["path"])
     if not all((outputs / name).is_file() for name in REPORT_FILES):  # deleted since: drawn again
         rebuild_one(Path(evaluated["path"]))
+    guarded = guard_step(evaluated, cfg.reference, outputs) if cfg.reference else {}
     refs = {"extract": refs["extract"], "scores": refs["score"], "classify": refs["classify"], "evaluate": evaluated}
     publish_category(dataset, category, str(outputs), refs, cfg.r_list)
     print(summary.category_line(category, decided, outputs / "report.html"))
     from prefect.runtime import flow_run
     return {"category": category, **refs, "metrics": json.loads(evaluation.attrs["metrics"]), **decided,
-            "outputs": str(outputs), "flow_run": str(flow_run.id or "")}
+            "outputs": str(outputs), "flow_run": str(flow_run.id or ""), **guarded}
+
+
+def guard_step(evaluated: dict, reference: str, outputs: Path) -> dict:
+    """The systematic-defect guard after evaluate (``--reference POOL``): every image scored against
+    the pool alone (its own artifact, reused on a rerun), the marks written into the report folder
+    (per_image.csv, report.md, report.html redrawn when they changed), a warning naming the marked
+    images when several are. Returns {"guard": its reference, "guard_marked": the names}."""
+    from musc.outputs import guarding
+    from musc.reference_pool.guard import run_guard
+    guard = run_guard(evaluated, reference)
+    per_image = outputs / "per_image.csv"
+    if guarding.write_guard(outputs, guard.record()) or "guard" not in per_image.read_text().splitlines()[0]:
+        rebuild_one(Path(evaluated["path"]))
+    logger = get_run_logger()
+    if guard.warning:
+        logger.warning(guard.warning)
+    else:
+        logger.info(f"guard: {len(guard.marked)} image(s) flagged by the pool {reference} and not by the batch"
+                    + (f": {guard.marked[0]}" if guard.marked else ""))
+    return {"guard": guard.ref, "guard_marked": guard.marked}
 
 
 def run_stage(images: Category, spec: StageSpec, plans: list[Plan]) -> list[dict]:

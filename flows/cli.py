@@ -86,6 +86,9 @@ def _print_metrics(result: dict) -> None:
         if all(value is None for value in outcome["metrics"].values()):
             for line in unlabeled_lines(name, outcome["outputs"]):
                 out.print(line, highlight=False, soft_wrap=True)
+        if outcome.get("guard_marked"):  # --reference: what the batch's blind spot may hide
+            out.print(f"{name}: warning: {len(outcome['guard_marked'])} image(s) flagged by the reference pool and "
+                      f"called normal by the batch: {', '.join(outcome['guard_marked'])}", highlight=False, soft_wrap=True)
     out.print(f"report: {result['report']}", highlight=False, soft_wrap=True)
 
 
@@ -193,6 +196,11 @@ def run(
     tile_mixing: Annotated[Optional[str], _config_option(
         "tile_mixing", "aligned (default): tiles of the same position score each other; all: every tile "
                        "against every tile of the other images (parts not aligned).")] = None,
+    reference: Annotated[Optional[str], _config_option(
+        "reference", "A reference pool of good parts (musc pool add): each image is also scored against it "
+                     "alone; per_image.csv and the report mark the images the pool flags while the batch calls "
+                     "them normal (a defect shared by many images of one batch hides from mutual scoring), "
+                     "with a warning when several are.", metavar="POOL")] = None,
 ) -> None:
     """Score a dataset: extract, aggregate, score, classify, evaluate; reuses what is already done."""
     given = dict(locals())  # the options as typed; a configuration flag left out is None
@@ -204,6 +212,10 @@ def run(
         if not chosen:
             raise DatasetError(f"root: no {dataset} categories found under {root}")
         cfg = _run_config(config, flags)
+        if cfg.reference is not None and not Path(cfg.reference).is_file():
+            raise ArtifactError(f"--reference: no such pool file {cfg.reference} (create it with musc pool add)")
+        if cfg.reference is not None:
+            cfg = cfg.replace(reference=str(Path(cfg.reference).resolve()))
         from .category import checked_category
         from .dataset import dataset_flow
         # the cheap checks first (settings, the backbone's geometry from its configuration, the dataset),
@@ -405,6 +417,7 @@ def pool_info(pool: Annotated[Path, typer.Argument(help="The pool file (.h5).")]
         if info["images"]:
             stamp = lambda t: _time.strftime("%Y-%m-%d %H:%M", _time.gmtime(t))  # noqa: E731
             out.print(f"added between {stamp(info['oldest'])} and {stamp(info['newest'])} UTC")
+            out.print("sources: " + "; ".join(f"{source}: {count}" for source, count in info["sources"].items()))
         if len(info["self_scores"]):
             scores = info["self_scores"]
             out.print(f"leave-one-out scores: min {scores.min():.4f}, median {float(np.median(scores)):.4f}, "
@@ -438,11 +451,48 @@ def review(day: Annotated[Path, typer.Argument(help="A day's results folder (its
             out.print(f"{part}: {verdict}")
         if recorded:
             out.print(f"{len(recorded)} verdict(s) recorded in {day / 'scores.csv'} and {scored.history_path()}")
+            out.print(_emit_verdicts(scored, recorded, note))
         flagged = scored.flagged()
         out.print(f"{scored.name}: {len(flagged)} flagged of {len(scored.table)} part(s)")
         for row in flagged.itertuples():
             out.print(f"  {row.path}  score {row.score:.4f}  {row.verdict or 'not reviewed'}  map {row.map_png}")
     terminal.run_guarded(go)
+
+
+VERDICT_EVENTS = {"defect": "musc.part.confirmed", "good": "musc.part.dismissed"}
+
+
+def _emit_verdicts(day, recorded: list[tuple[str, str]], note: str) -> str:
+    """Each verdict as a Prefect event (``musc.part.confirmed``: defect, ``musc.part.dismissed``:
+    good) on the pool's resource (the daily flow's ``musc.pool.<name>``), with the part, day and
+    score. Only with a Prefect server configured (PREFECT_API_URL): without one, emitting would
+    start a temporary server for nothing. Never fails the command: returns a line saying what
+    happened."""
+    from prefect.settings import get_current_settings
+    if not get_current_settings().api.url:
+        return "events not sent: no Prefect server configured (PREFECT_API_URL); the verdicts are in the files above"
+    try:
+        from prefect.events import emit_event
+
+        from musc.reference_pool.daily import SCORE_DECIMALS
+
+        from .pool import pool_name
+        from tasks.publish import artifact_key
+        if day.pool is not None:
+            resource = {"prefect.resource.id": f"musc.pool.{pool_name(day.pool)}",
+                        "prefect.resource.name": day.pool.name, "musc.pool.path": str(day.pool.resolve())}
+        else:
+            resource = {"prefect.resource.id": f"musc.{artifact_key('day', day.name).removeprefix('musc-')}",
+                        "prefect.resource.name": str(day.folder)}
+        scores = day.table.drop_duplicates("path").set_index("path")
+        for part, verdict in recorded:
+            emit_event(event=VERDICT_EVENTS[verdict], resource={**resource, "musc.day": day.name},
+                       payload={"part": part, "day": day.name, "verdict": verdict, "note": note,
+                                "score": round(float(scores.loc[part, "score"]), SCORE_DECIMALS),
+                                "decision": str(scores.loc[part, "decision"]), "scores_csv": str(day.folder / "scores.csv")})
+        return f"{len(recorded)} event(s) sent: {', '.join(sorted({VERDICT_EVENTS[v] for _, v in recorded}))}"
+    except Exception as error:  # noqa: BLE001 - the verdicts are recorded; an event is a notice
+        return f"events not sent: {str(error).splitlines()[0][:160] if str(error) else type(error).__name__}"
 
 
 @app.command("score-new")
@@ -454,6 +504,10 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
               false_alarm_rate: Annotated[float, typer.Option(
                   help="Calibrated threshold: the fraction of the pool's own leave-one-out scores allowed to "
                        "reach it.")] = 0.01,
+              threshold_rule: Annotated[str, typer.Option(
+                  help="calibrated (on the pool, at --false-alarm-rate) or reviewed (F1-optimal on the scores "
+                       "of the parts inspectors reviewed, once the pool's verdict history holds both "
+                       "verdicts).")] = "calibrated",
               device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto") -> None:
     """Score new images, each against the pool only (one image is enough); decide normal/anomalous."""
     def go():
@@ -461,7 +515,7 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
         if not pool.is_file():
             raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
         check_decision(threshold, false_alarm_rate, ("--threshold", "--false-alarm-rate"))  # NaN: all normal
-        result = score_new_images(pool, images, out, DecisionRule(threshold, false_alarm_rate), device)
+        result = score_new_images(pool, images, out, DecisionRule(threshold, false_alarm_rate, threshold_rule), device)
         for row in result["rows"]:
             Console(soft_wrap=True).print(f"{row['path']}: score {row['score']:.4f}  {row['decision']}  "
                                           f"map {row['map_png']}")

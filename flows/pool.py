@@ -17,7 +17,8 @@ from musc.reference_pool import DecisionRule, score_new_images
 from musc.outputs.evaluation import threshold_text
 from musc.reference_pool.daily import (anomalous_parts, append_history, day_images, day_summary, history_path,
                                        ordered, parse_day, part_name, plot_trends, read_history, readable,
-                                       table_rows, thumbnail, write_day_report)
+                                       review_counts, review_markdown, table_rows, thumbnail, write_day_report)
+from musc.reference_pool.review import read_verdicts, verdict_history_path
 from musc.stages.faults import fail_once_point
 from tasks.publish import artifact_key
 from tasks.publish import publish as publish_artifact
@@ -60,7 +61,8 @@ def pool_name(pool: str | Path) -> str:
     return artifact_key(Path(pool).stem, where).removeprefix("musc-")
 
 
-def publish(day: str, pool: str, result: dict, summary: dict, report: Path, folder: Path) -> None:
+def publish(day: str, pool: str, result: dict, summary: dict, report: Path, folder: Path,
+            reviews: list[str] = ()) -> None:
     """The day's table artifact, its thumbnails (markdown) and the event. ``folder``: the day's
     folder, which the parts are named relative to; the numbers are rounded for reading (the raw
     values stay in scores.csv)."""
@@ -75,6 +77,8 @@ def publish(day: str, pool: str, result: dict, summary: dict, report: Path, fold
              "| part | score | decision | heat map |", "|---|---|---|---|"]
     lines += [f"| {part_name(row['path'], folder)} | {row['score']:.4f} | {row['decision']} | "
               f"![map]({row['thumbnail']}) |" for row in rows if "thumbnail" in row]
+    if reviews:  # the days' parts, flagged, confirmed and dismissed (the false alarms inspectors saw)
+        lines += ["", "## Inspectors' verdicts by day", "", *reviews]
     publish_artifact("markdown", f"{key}-maps", "\n".join(lines), f"heat maps of {day} (pool {Path(pool).name})")
     anomalous = anomalous_parts(rows, folder)
     emit_event(event=EVENT,
@@ -87,14 +91,17 @@ def publish(day: str, pool: str, result: dict, summary: dict, report: Path, fold
 
 
 @flow(name="musc-daily-folder", flow_run_name=daily_run_name, log_prints=True)
-def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", false_alarm_rate: float = 0.01,
-                      threshold: float | None = None, timezone: str = "UTC") -> dict:
+def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", decision: DecisionRule = DecisionRule(),
+                      timezone: str = "UTC") -> dict:
     """Score every image of ``root/<day>`` against the pool (default day: the date of the run's
-    scheduled start in ``timezone``, so a retry scores the same day). Decides with ``threshold``,
-    or with a threshold calibrated on the pool at ``false_alarm_rate``. Writes scores.csv, maps and
+    scheduled start in ``timezone``, so a retry scores the same day). Decides by ``decision``
+    (its fields ``threshold``, ``false_alarm_rate``, ``rule``): a fixed threshold, else by its rule:
+    calibrated on the pool at the false-alarm rate (default 0.01), or ``reviewed`` (F1-optimal on
+    the parts inspectors reviewed, once the verdict history holds both verdicts). Writes scores.csv, maps and
     report.md into ``out`` (default <root>/<day>/musc), appends the day to the history beside the
     pool, publishes a table artifact and emits the ``musc.daily.scored`` event."""
-    check_decision(threshold, false_alarm_rate)  # NaN would make every part normal
+    rule = decision if isinstance(decision, DecisionRule) else DecisionRule(**dict(decision or {}))
+    check_decision(rule.threshold, rule.false_alarm_rate)  # NaN would make every part normal
     day = day or run_day(timezone)
     parse_day(day)  # a malformed day fails here, naming it
     folder = Path(root) / day
@@ -106,12 +113,12 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", false_
     read_history(history_path(pool))  # a corrupt history fails now, naming it, not after the work
     fail_once_point("daily")
     target = Path(out or folder / "musc")
-    result = score_day_task(pool, images, str(target), DecisionRule(threshold, false_alarm_rate), day)
+    result = score_day_task(pool, images, str(target), rule, day)
     summary = day_summary(day, result["rows"], result["threshold"], result["pool_size"])
-    history = append_history(history_path(pool), summary)
+    history = review_counts(append_history(history_path(pool), summary), read_verdicts(verdict_history_path(pool)))
     trend = plot_trends(history, target / "trend.png")
-    report = write_day_report(target, summary, result["rows"], result["rule"], trend)
-    publish(day, pool, result, summary, report, folder)
+    report = write_day_report(target, summary, result["rows"], result["rule"], trend, history)
+    publish(day, pool, result, summary, report, folder, review_markdown(history))
     print(f"{day}: {summary['anomalous']} anomalous of {summary['count']} (threshold "
           f"{threshold_text(summary['threshold'], result['rule'])}); report {report.with_suffix('.html')}")
     return summary

@@ -113,7 +113,7 @@ def test_the_key_recipe_is_written_once():
     which is one of its recorded inputs)."""
     assert _calls(CODE, "stable_hash") == {"musc/stages/key.py", "musc/stages/extract.py"}
     assert _calls(CODE, "StageKey") <= {f"musc/stages/{s}.py" for s in ("extract", "aggregate", "score", "classify",
-                                                                        "evaluate")}
+                                                                        "evaluate", "guard")}
 
 
 def test_the_layout_and_the_input_roles_are_written_once():

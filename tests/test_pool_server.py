@@ -62,7 +62,7 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     deployment = httpx.post(f"{api}/deployments/filter",
                             json={"deployments": {"name": {"any_": ["daily-folder"]}}}).json()[0]
     created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={
-        "parameters": {"pool": str(pool_file), "root": str(root), "threshold": 0.7},  # between good and defects
+        "parameters": {"pool": str(pool_file), "root": str(root), "decision": {"threshold": 0.7}},  # between good and defects
         "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": scheduled.isoformat()}}})
     created.raise_for_status()
     flow_run = created.json()["id"]

@@ -358,10 +358,13 @@ def test_the_daily_listing_never_reads_through_a_symlink_out_of_its_root(tmp_pat
 
 def test_the_daily_flow_refuses_nan_and_a_bad_day_before_any_work(tmp_path):
     from flows.pool import daily_folder_flow
+    from musc.reference_pool import DecisionRule
     with pytest.raises(ConfigError, match="^threshold: expected a finite number"):
-        daily_folder_flow.fn(pool=str(tmp_path / "p.h5"), root=str(tmp_path), day="2026-11-08", threshold=float("nan"))
+        daily_folder_flow.fn(pool=str(tmp_path / "p.h5"), root=str(tmp_path), day="2026-11-08",
+                             decision=DecisionRule(threshold=float("nan")))
     with pytest.raises(ConfigError, match="^day: expected a date YYYY-MM-DD, got '2026-11-31'"):
-        daily_folder_flow.fn(pool=str(tmp_path / "p.h5"), root=str(tmp_path), day="2026-11-31", threshold=0.5)
+        daily_folder_flow.fn(pool=str(tmp_path / "p.h5"), root=str(tmp_path), day="2026-11-31",
+                             decision={"threshold": 0.5})
 
 
 @pytest.mark.parametrize("content", [b"day,count\n2026-11-08,3\n", b"\x00\xff\xfe garbage",
@@ -378,7 +381,7 @@ def test_a_corrupt_history_fails_the_day_before_scoring_in_one_line_naming_the_f
     monkeypatch.setattr(flows.pool, "score_day_task", lambda *a, **k: pytest.fail("scored despite the history"))
     with pytest.raises(HistoryError) as caught:
         flows.pool.daily_folder_flow.fn(pool=str(tmp_path / "line.h5"), root=str(tmp_path / "in"), day="2026-11-08",
-                                        threshold=0.5)
+                                        decision={"threshold": 0.5})
     assert str(caught.value).startswith(f"{history}: ") and "\n" not in str(caught.value)
     assert history.read_bytes() == content and not list(tmp_path.glob(".*tmp*"))
 

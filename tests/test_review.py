@@ -46,7 +46,9 @@ def test_review_lists_flagged_parts_and_records_verdicts(tmp_path):
     assert list(table["score"]) == [score for _, score, _ in PARTS]
     history_file = tmp_path / "line3.verdicts.csv"  # beside the pool the day records
     history = pd.read_csv(history_file, keep_default_na=False)
-    assert list(history.columns) == ["day", "part", "verdict", "note", "time"]
+    assert list(history.columns) == ["day", "part", "verdict", "note", "time", "score", "decision"]
+    assert sorted(zip(history["part"], history["score"], history["decision"])) == sorted(
+        [(paths[0], PARTS[0][1], "anomalous"), (paths[2], PARTS[2][1], "anomalous")])
     assert sorted(zip(history["part"], history["verdict"])) == sorted([(paths[0], "defect"), (paths[2], "good")])
     assert set(history["day"]) == {"2026-12-01"} and set(history["note"]) == {"seen at the bench"}
     assert "warning: the pool" in first.stderr  # the recorded pool is gone: said, and the verdicts recorded anyway

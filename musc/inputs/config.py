@@ -83,6 +83,11 @@ class MuscConfig:
                                           "overlapping map pixels are averaged.")] = 0.0
     tile_mixing: Annotated[str, _about("aligned: tiles of the same position score each other (fixtured parts); "
                                        "all: every tile against every tile of the other images.")] = "aligned"
+    reference: Annotated[str | None, _about("A reference pool of good parts (.h5, musc pool add): each image "
+                                            "is also scored against it alone, and the images the pool flags "
+                                            "while the batch calls them normal are marked (a defect shared by "
+                                            "many images of one batch hides from mutual scoring). An extra "
+                                            "step after evaluate; the batch's own results are unchanged.")] = None
 
     def __post_init__(self) -> None:
         for name in ("layers", "r_list", "k_list"):
@@ -136,6 +141,8 @@ class MuscConfig:
             raise ConfigError(f"tile_mixing: expected 'aligned' or 'all', got {_shown(self.tile_mixing)}")
         if self.overlay_normalisation not in ("set", "image"):
             raise ConfigError(f"overlay_normalisation: expected 'set' or 'image', got {_shown(self.overlay_normalisation)}")
+        if self.reference is not None and (not isinstance(self.reference, str) or not self.reference):
+            raise ConfigError(f"reference: expected the path of a pool file (.h5), got {_shown(self.reference)}")
         if not isinstance(self.backbone, str) or not self.backbone:
             raise ConfigError("backbone: expected an open_clip model name or a JSON config path")
 

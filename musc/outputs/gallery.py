@@ -25,6 +25,8 @@ class Entry:
     thumb: str           # thumbnail PNG path ('' when none)
     overlay: str         # full overlay PNG path ('' when none)
     defect_pixels: int = -1  # pixels of its binary mask (-1: not known)
+    guard: str = ""          # the systematic-defect guard's mark (guarding.GUARD_MARK) or ''
+    pool_score: float | None = None  # its score against the reference pool alone (--reference)
 
     @property
     def region_note(self) -> str:
@@ -53,7 +55,9 @@ def entries(per_image: pd.DataFrame) -> list[Entry]:
         out.append(Entry(rank, str(row.name), float(row.score_rscin), str(row.decision), truth,
                          known and (truth != NORMAL) != (row.decision == ANOMALOUS),
                          str(getattr(row, "thumb_png", "") or ""), str(getattr(row, "map_png", "") or ""),
-                         int(getattr(row, "defect_pixels", -1)) if str(getattr(row, "defect_pixels", "")) != "" else -1))
+                         int(getattr(row, "defect_pixels", -1)) if str(getattr(row, "defect_pixels", "")) != "" else -1,
+                         str(getattr(row, "guard", "") or ""),
+                         float(row.pool_score) if str(getattr(row, "pool_score", "")) not in ("", "nan") else None))
     return out
 
 

@@ -28,6 +28,7 @@ tr.miss td{background:#fde8e8}
 .card img{display:block;width:194px;height:96px}
 .tag{display:inline-block;padding:0 4px;border-radius:3px;color:#fff;font-size:.9em}
 .tag.anomalous{background:#c60}.tag.normal{background:#397}.tag.miss{background:#d22}
+.card.guard{border-color:#80c;border-style:dashed}.tag.guard{background:#80c}
 code{font-size:.85em}
 """
 
@@ -95,7 +96,8 @@ def metrics_html(table: pd.DataFrame) -> str:
 
 def card(entry: Entry, folder: Path) -> str:
     classes = " ".join(["card", ANOMALOUS if entry.decision == ANOMALOUS else NORMAL,
-                        "miss" if entry.misclassified else ""]).strip()
+                        "miss" if entry.misclassified else "", "guard" if entry.guard else ""]).strip()
+    classes = " ".join(classes.split())
     image = (f"<img src='{esc(relative(entry.thumb, folder))}' alt='{esc(entry.name)}'>" if entry.thumb else "")
     if image and entry.overlay:
         image = f"<a href='{esc(relative(entry.overlay, folder))}'>{image}</a>"
@@ -104,6 +106,8 @@ def card(entry: Entry, folder: Path) -> str:
             f"data-score='{entry.score!r}'>{image}<figcaption><b>#{entry.rank}</b> {esc(entry.name)}<br>"
             f"score {entry.score:.4f} <span class='tag {esc(entry.decision)}'>{esc(entry.decision)}</span><br>"
             f"truth: {esc(entry.truth)}{miss}"
+            + (f"<br><span class='tag guard'>{esc(entry.guard)}</span> pool score {entry.pool_score:.4f}"
+               if entry.guard else "")
             + (f"<br><i>{esc(entry.region_note)}</i>" if entry.region_note else "") + "</figcaption></figure>")
 
 
@@ -118,15 +122,17 @@ PER_IMAGE_COLUMNS = ("rank", "name", "defect_type", "truth", "decision", "score_
 def per_image_html(per_image: pd.DataFrame, items: Sequence[Entry], folder: Path) -> str:
     """Every image as a row; click a column head to sort by it (numbers sort as numbers)."""
     by_name = per_image.set_index("name")
-    head = "".join(f"<th>{c}</th>" for c in PER_IMAGE_COLUMNS) + "<th>overlay</th>"
+    shown = PER_IMAGE_COLUMNS + (("pool_score", "guard") if "guard" in per_image.columns else ())
+    head = "".join(f"<th>{c}</th>" for c in shown) + "<th>overlay</th>"
     rows = []
     for entry in items:
         row = by_name.loc[entry.name]
         values = {"rank": entry.rank, "name": entry.name, "defect_type": row["defect_type"], "truth": entry.truth,
                   "decision": entry.decision, "score_rscin": row["score_rscin"], "score_raw": row["score_raw"],
-                  "score_norm": row["score_norm"], "defect_pixels": row.get("defect_pixels", "")}
+                  "score_norm": row["score_norm"], "defect_pixels": row.get("defect_pixels", ""),
+                  "pool_score": entry.pool_score if entry.pool_score is not None else "", "guard": entry.guard}
         cells = []
-        for column in PER_IMAGE_COLUMNS:
+        for column in shown:
             value = values[column]
             if isinstance(value, float):
                 cells.append(f"<td class='num' data-value='{float(value)!r}'>{value:.4f}</td>")

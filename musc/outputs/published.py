@@ -18,6 +18,7 @@ import pandas as pd
 from ..method.metrics import METRIC_NAMES
 from .evaluation import ANOMALOUS, SHORT_NAMES, metric_text
 from .gallery import Entry, data_uri, entries, read_per_image
+from .guarding import guard_lines, read_guard
 
 LEGEND = ("I- image level, P- pixel level; AUROC, F1max, AP (average precision), AUPRO (per-region overlap, "
           "the reference's), AUPRO-MVTec (the MVTec AD definition); x100")
@@ -56,7 +57,8 @@ def gallery_markdown(items: Sequence[Entry]) -> str:
     for e in items:
         thumb = f"![{e.name}]({data_uri(e.thumb, colors=THUMB_COLOURS)})" if e.thumb and Path(e.thumb).is_file() else ""
         decision = f"**{e.decision}**" if e.decision == ANOMALOUS else e.decision
-        truth = e.truth + (" (**misclassified**)" if e.misclassified else "") + (f"; {e.region_note}" if e.region_note else "")
+        truth = (e.truth + (" (**misclassified**)" if e.misclassified else "") + (f"; {e.region_note}" if e.region_note else "")
+                 + (f"; **{e.guard}** (pool score {e.pool_score:.4f})" if e.guard else ""))
         lines.append(f"| {e.rank} | {thumb} | {e.name} | {e.score:.4f} | {decision} | {truth} |")
     return "\n".join(lines) + "\n"
 
@@ -79,7 +81,11 @@ def category_content(outputs: str | Path, title: str, artifacts: dict[str, str],
     table = pd.read_csv(folder / "metrics.csv", index_col="category")
     items = entries(read_per_image(folder))
     wrong = [e for e in items if e.misclassified]
+    guarded = [e for e in items if e.guard]
+    guard = guard_lines(read_guard(folder), read_per_image(folder))
     lines = [f"# MuSc: {title}", "", metrics_markdown(table), f"_{LEGEND}_", "", summary_line(items), "",
+             *([f"## Systematic-defect guard ({len(guarded)} marked)", "", *[f"- {line}" for line in guard], "",
+                gallery_markdown(guarded[:top]) if guarded else ""] if guard else []),
              "## Scores and curves", "", *figure_markdown(folder, list(FIGURES)),
              f"## Most anomalous (highest score first, {min(top, len(items))} of {len(items)})", "",
              gallery_markdown(items[:top]),

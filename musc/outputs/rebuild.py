@@ -163,6 +163,12 @@ def in_use(root: str | Path) -> set[Path]:
         except ArtifactError:
             continue  # a stale evaluate artifact: neither it nor its remains are in use
         used |= chain
+    for guard in sorted(Path(root).glob("*/*/guard/*.h5")):  # a run's guard (--reference) stays with its run
+        try:
+            if find_input(guard, "evaluate", open_artifact(guard, "guard").inputs["evaluate"]) in used:
+                used.add(guard)
+        except (ArtifactError, KeyError):
+            continue
     return used
 
 

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..method.metrics import METRIC_NAMES
 from ..store import ArtifactError
-from . import figures, gallery, html
+from . import figures, gallery, guarding, html
 from .evaluation import Evaluation, EvaluationInputs, evaluate, metric_text, threshold_text
 
 
@@ -49,14 +49,21 @@ def write_report(folder: str | Path, title: str, table: pd.DataFrame, figures: d
         lines += ["## Skipped images (unreadable)", ""] + [f"- {message}" for message in skipped] + [""]
     if threshold:
         lines += ["## Thresholds", ""] + threshold_lines(threshold) + [""]
+    guard = guarding.guard_lines(guarding.read_guard(folder), gallery.read_per_image(folder)) if per_image_csv else []
+    if guard:
+        lines += ["## Systematic-defect guard (reference pool)", ""] + [f"- {line}" for line in guard] + [""]
     if per_image_csv:
         lines += ["## Per-image results", "", f"[{Path(per_image_csv).name}]({html.relative(per_image_csv, folder)})",
                   "", "Most anomalous first (image | heat map; [report.html](report.html) shows every image):", ""]
         for entry in gallery.entries(gallery.read_per_image(folder))[:GALLERY_IN_MARKDOWN]:
             thumb = f"![{entry.name}]({html.relative(entry.thumb, folder)}) " if entry.thumb else ""
             miss = " **misclassified**" if entry.misclassified else ""
+            mark = f" **{entry.guard}** (pool score {entry.pool_score:.4f})" if entry.guard else ""
             lines.append(f"- {thumb}#{entry.rank} {entry.name}: score {entry.score:.4f}, {entry.decision}, "
-                         f"truth {entry.truth}{miss}")
+                         f"truth {entry.truth}{miss}{mark}")
+        missing = [e for e in gallery.entries(gallery.read_per_image(folder))[GALLERY_IN_MARKDOWN:] if e.guard]
+        lines += [f"- #{e.rank} {e.name}: score {e.score:.4f}, {e.decision}, truth {e.truth} **{e.guard}** "
+                  f"(pool score {e.pool_score:.4f})" for e in missing]
         lines += [""]
     if figures:
         lines += ["## Figures", ""]
@@ -114,6 +121,8 @@ def write_outputs(extract, classify, inputs: EvaluationInputs, evaluation: Evalu
     per_image.insert(per_image.columns.get_loc("decision") + 1, "map_png", pictures.overlays)
     per_image["mask_png"] = figures.save_binary_masks(folder / "binary_masks", inputs, evaluation)
     per_image["thumb_png"] = pictures.thumbs
+    guard = guarding.read_guard(folder)  # a guard run on this evaluation before (musc run --reference)
+    per_image = guarding.with_guard(per_image, guard)
     per_image.to_csv(folder / "per_image.csv", index=False)
     table = metrics_table({category: evaluation.metrics}, {category: notes}, int(extract.config["image_size"]),
                           extract.attrs.get("mask_rule", ""))
@@ -129,7 +138,8 @@ def write_outputs(extract, classify, inputs: EvaluationInputs, evaluation: Evalu
                  "pixel_value": evaluation.pixel_threshold, "pixel_rule": evaluation.pixel_rule}
     skipped = list(extract.read("skipped"))
     report = write_report(folder, title, table, shown, str(folder / "per_image.csv"), artifacts, threshold, skipped)
-    notes_shown = [line[2:] for line in threshold_lines(threshold)] + [f"skipped (unreadable): {m}" for m in skipped]
+    notes_shown = ([line[2:] for line in threshold_lines(threshold)] + guarding.guard_lines(guard, per_image)
+                   + [f"skipped (unreadable): {m}" for m in skipped])
     html.category_page(folder, title, table, shown, notes_shown, artifacts, gallery.read_per_image(folder))
     return report
 

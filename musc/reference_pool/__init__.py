@@ -11,6 +11,8 @@ never vote: a part's verdict does not depend on the parts that arrived with it.
 * ``service``: ``musc pool add``, ``musc score-new``: runs in, scores and decisions out.
 * ``review``: inspectors' verdicts on a day's parts (``musc review``), the verdict history.
 * ``daily``: a production day's summary, history, trend plot, thumbnails and report.
+* ``guard``: the systematic-defect guard of a batch run (``musc run --reference POOL``): every
+  image of the run scored against the pool alone, marked where the pool flags what the batch does not.
 
 Pool policy (bounded size): ``add`` appends the good images of a scored batch: those neither
 labelled defective nor decided anomalous (all of them when asked), each left-out image named with

@@ -122,11 +122,44 @@ def append_history(path: str | Path, summary: dict[str, Any]) -> pd.DataFrame:
     return history
 
 
+REVIEW_COLUMNS = ("parts", "flagged", "confirmed", "dismissed", "false_alarm_rate")
+
+
+def review_counts(history: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
+    """The history of days with what the inspectors saw, per day: parts (scored), flagged (decided
+    anomalous), confirmed and dismissed (flagged parts whose latest verdict is defect or good:
+    ``review.read_verdicts``) and the false-alarm rate the inspectors see, dismissed / flagged
+    (NaN on a day without flagged parts)."""
+    table = history.copy()
+    table["parts"] = table["count"].astype(int)
+    table["flagged"] = table["anomalous"].astype(int)
+    flagged = verdicts[verdicts["decision"] == ANOMALOUS] if len(verdicts) else verdicts
+    for column, verdict in (("confirmed", "defect"), ("dismissed", "good")):
+        per_day = flagged[flagged["verdict"] == verdict].groupby("day").size() if len(flagged) else {}
+        table[column] = [int(per_day.get(str(day), 0)) for day in table["day"]]
+    table["false_alarm_rate"] = [d / f if f else float("nan") for d, f in zip(table["dismissed"], table["flagged"])]
+    return table
+
+
+def review_markdown(history: pd.DataFrame) -> list[str]:
+    """A Markdown table of the days' reviews (``review_counts``), newest day first; none without reviews."""
+    if "confirmed" not in history.columns or history.empty:
+        return []
+    lines = ["| day | parts | flagged | confirmed | dismissed | false alarms seen |", "|---|---|---|---|---|---|"]
+    for row in history.iloc[::-1].itertuples():
+        rate = "" if pd.isna(row.false_alarm_rate) else f"{row.false_alarm_rate:.0%}"
+        lines.append(f"| {row.day} | {row.parts} | {row.flagged} | {row.confirmed} | {row.dismissed} | {rate} |")
+    return lines
+
+
 def plot_trends(history: pd.DataFrame, path: str | Path) -> str:
-    """Daily anomalous rate (left) and score quantiles with the threshold (right)."""
+    """Daily anomalous rate (left) and score quantiles with the threshold (middle); with the review
+    counts (``review_counts``), per day the flagged, confirmed and dismissed parts (right)."""
     days = list(history["day"])
-    fig = new_figure(9, 3.2)
-    rate, scores = fig.subplots(1, 2)
+    reviews = "confirmed" in history.columns
+    fig = new_figure(13 if reviews else 9, 3.2)
+    axes = fig.subplots(1, 3 if reviews else 2)
+    rate, scores = axes[0], axes[1]
     rate.plot(days, history["anomalous_rate"] * 100, marker="o")
     rate.set_ylabel("anomalous parts (%)")
     rate.set_title("daily anomalous rate", fontsize=9)
@@ -134,7 +167,20 @@ def plot_trends(history: pd.DataFrame, path: str | Path) -> str:
         scores.plot(days, history[column], style, label=column.replace("score_", ""))
     scores.set_title("daily score quantiles", fontsize=9)
     scores.legend(fontsize=7)
-    for axis in (rate, scores):
+    if reviews:
+        counts = axes[2]
+        where = np.arange(len(days))
+        for offset, column, colour in ((-0.27, "flagged", "#e8a33d"), (0.0, "confirmed", "#c33"),
+                                       (0.27, "dismissed", "#397")):
+            counts.bar(where + offset, history[column], width=0.27, color=colour, label=column)
+        counts.set_xticks(where, [f"{day} ({parts} parts)" for day, parts in zip(days, history["parts"])])
+        counts.set_ylabel("parts")
+        counts.yaxis.get_major_locator().set_params(integer=True)
+        flagged, dismissed = int(history["flagged"].sum()), int(history["dismissed"].sum())
+        counts.set_title(f"inspectors' verdicts: {dismissed} of {flagged} flagged dismissed"
+                         + (f" ({dismissed / flagged:.0%} false alarms)" if flagged else ""), fontsize=9)
+        counts.legend(fontsize=7)
+    for axis in axes:
         axis.tick_params(axis="x", labelrotation=45, labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
@@ -188,13 +234,16 @@ def anomalous_parts(rows: Sequence[dict], folder: str | Path) -> list[dict[str, 
 
 
 def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence[dict], rule: str,
-                     trend_png: str) -> Path:
-    """report.md (+ report.html) in the day's output folder: the counts, the trend plot, the parts."""
+                     trend_png: str, history: pd.DataFrame | None = None) -> Path:
+    """report.md (+ report.html) in the day's output folder: the counts, the trend plot, the days'
+    reviews (``history`` with ``review_counts``), the parts."""
     folder = Path(folder)
     lines = [f"# Parts of {summary['day']}", "",
              f"{summary['count']} part(s) scored against a pool of {summary['pool_size']}; "
              f"**{summary['anomalous']} anomalous** (threshold {summary['threshold']:.6g}, {rule}).", "",
              "## Trend", "", f"![trend]({Path(trend_png).name})", "",
+             *(["## Inspectors' verdicts by day", "", *review_markdown(history), ""] if history is not None and "confirmed" in history.columns
+               and history[["confirmed", "dismissed"]].to_numpy().any() else []),
              "## Parts (anomalous first)", "", "| path | score | decision | map |", "|---|---|---|---|"]
     for row in ordered(rows):
         relative = Path(row["map_png"]).relative_to(folder) if Path(row["map_png"]).is_relative_to(folder) else row["map_png"]

@@ -2,7 +2,7 @@
 
 It holds the LNAMD features of earlier images, per degree (layers, P, L, C), chunked one image and
 layer at a time so that scoring reads it block by block; the name and content digest (SHA-256) of
-each image and when it was added; the leave-one-out score of each pool image against the rest of
+each image, when it was added and where it came from (``sources``: a run or a day, with its verdict); the leave-one-out score of each pool image against the rest of
 the pool (the calibration of the decision threshold); and, in its config, what every image in it
 was made with (``PoolSettings``): category, backbone and feature settings, image size, layers,
 degrees, scoring settings. Images made otherwise are refused, never mixed in.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -78,6 +79,13 @@ class Images:
     added: np.ndarray
     read: Callable[[int, int, np.ndarray], np.ndarray]
     shape: tuple[int, int] = field(default=(0, 0))  # (L, C)
+    sources: list[str] = field(default_factory=list)  # where each came from: "run <digest[:12]>", "day <name> (...)"
+
+    def __post_init__(self) -> None:
+        if not self.sources:  # images made without a record of their origin (tests, tools)
+            self.sources = ["unrecorded"] * len(self.names)
+        if len(self.sources) != len(self.names):
+            raise PoolError(f"sources: {len(self.sources)} given for {len(self.names)} images (one per image)")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -110,6 +118,7 @@ class PoolFile:
         self.names = [v.decode() if isinstance(v, bytes) else str(v) for v in handle["names"][()]]
         self.digests = [v.decode() if isinstance(v, bytes) else str(v) for v in handle["digests"][()]]
         self.added = handle["added"][()]
+        self.sources = [v.decode() if isinstance(v, bytes) else str(v) for v in handle["sources"][()]]
         self.self_scores = handle["self_scores"][()]
         self.feature_shape = tuple(handle[f"features_r{self.settings.r_list[0]}"].shape[2:])
 
@@ -123,14 +132,14 @@ class PoolFile:
     def images(self) -> Images:
         def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
             return self._file[f"features_r{r}"][layer, np.sort(indices)]
-        return Images(self.names, self.digests, self.added, read, self.feature_shape)
+        return Images(self.names, self.digests, self.added, read, self.feature_shape, self.sources)
 
     def info(self) -> dict[str, Any]:
         return {"path": str(self.path), "images": len(self), "max_images": self.max_images,
                 "settings": self.settings.to_config(), "feature_shape": list(self.feature_shape),
                 "oldest": float(self.added.min()) if len(self) else None,
                 "newest": float(self.added.max()) if len(self) else None,
-                "self_scores": self.self_scores}
+                "self_scores": self.self_scores, "sources": dict(Counter(self.sources))}
 
 
 def leave_one_out_scores(read: Callable[[int, int], Callable[[int, int], torch.Tensor]], n_images: int,
@@ -179,7 +188,8 @@ def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images]
     write_artifact(path, "pool", {"settings": settings.to_config(), "max_images": int(max_images)}, inputs,
                    {"names": np.array([p.names[i] for p, i in owners] or [], dtype=object),
                     "digests": np.array([p.digests[i] for p, i in owners] or [], dtype=object),
-                    "added": np.array([p.added[i] for p, i in owners], dtype=np.float64)},
+                    "added": np.array([p.added[i] for p, i in owners], dtype=np.float64),
+                    "sources": np.array([p.sources[i] for p, i in owners] or [], dtype=object)},
                    code_version=stage_schema("pool").code_version, fill=fill)
     return len(owners)
 

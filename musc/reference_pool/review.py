@@ -8,7 +8,8 @@ written twice:
 
 * into ``scores.csv``, a ``verdict`` column (empty: not reviewed); a later verdict for a part
   replaces the earlier one there;
-* appended to the verdict history, columns day, part, verdict, note, time (UTC, ISO 8601): beside
+* appended to the verdict history, columns day, part, verdict, note, time (UTC, ISO 8601), and
+  the part's score and decision that day (what the ``reviewed`` threshold rule learns from): beside
   the pool (``<pool>.verdicts.csv``) when the day records its pool, else ``verdicts.csv`` in the day
   folder. Every verdict is kept there, a part judged twice has two rows.
 
@@ -30,7 +31,7 @@ from ..store import artifact_lock, atomic_write_text
 from .pool import PoolError
 
 VERDICTS = ("good", "defect")
-HISTORY_COLUMNS = ("day", "part", "verdict", "note", "time")
+HISTORY_COLUMNS = ("day", "part", "verdict", "note", "time", "score", "decision")
 SCORES_CSV = "scores.csv"
 DAY_RECORD = "day.json"
 
@@ -57,7 +58,7 @@ class Day:
     def history_path(self) -> Path:
         """Beside the pool when the day records it, else in the day folder."""
         if self.pool is not None:
-            return self.pool.with_name(self.pool.stem + ".verdicts.csv")
+            return verdict_history_path(self.pool)
         return self.folder / "verdicts.csv"
 
     def flagged(self) -> pd.DataFrame:
@@ -71,6 +72,28 @@ class Day:
         chosen = (table["verdict"] == "good") | (include_normal & (table["decision"] == "normal")
                                                  & (table["verdict"] != "defect"))
         return [str(p) for p in table.loc[chosen, "path"]]
+
+
+def verdict_history_path(pool: str | Path) -> Path:
+    """The verdict history of the days scored against a pool: ``<pool>.verdicts.csv`` beside it."""
+    pool = Path(pool)
+    return pool.with_name(pool.stem + ".verdicts.csv")
+
+
+def read_verdicts(path: str | Path) -> pd.DataFrame:
+    """The verdict history as it stands: one row per (day, part), the latest verdict (every verdict
+    stays in the file); empty when there is none. Rows of a history written before scores were
+    recorded have no score (NaN)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=list(HISTORY_COLUMNS))
+    history = pd.read_csv(path, dtype={"day": str, "part": str, "verdict": str}, keep_default_na=False,
+                          na_values={"score": ["", "nan", "NaN"]})
+    for column in HISTORY_COLUMNS:
+        if column not in history.columns:
+            history[column] = float("nan") if column == "score" else ""
+    history["score"] = pd.to_numeric(history["score"], errors="coerce")
+    return history.drop_duplicates(["day", "part"], keep="last").reset_index(drop=True)
 
 
 def read_table(path: Path) -> pd.DataFrame:
@@ -164,7 +187,9 @@ def record_verdicts(folder: str | Path, good: Sequence[str] = (), defect: Sequen
         return day, []
     stamp = (when or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="seconds")
     history = day.history_path()
-    rows = pd.DataFrame([{"day": day.name, "part": part, "verdict": verdict, "note": note, "time": stamp}
+    scored = day.table.drop_duplicates("path").set_index("path")
+    rows = pd.DataFrame([{"day": day.name, "part": part, "verdict": verdict, "note": note, "time": stamp,
+                          "score": float(scored.loc[part, "score"]), "decision": str(scored.loc[part, "decision"])}
                          for part, verdict in chosen.items()], columns=list(HISTORY_COLUMNS))
     with artifact_lock(history):  # two inspectors at once: neither loses the other's rows
         if history.is_file():

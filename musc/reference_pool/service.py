@@ -16,14 +16,15 @@ from ..inputs.config import ExtractSettings, ScoreSettings
 from ..inputs.datasets import UnreadableImage, load_image
 from ..method.lnamd import aggregate
 from ..method.maps import anomaly_maps
-from ..outputs.evaluation import decision_words, decisions
+from ..outputs.evaluation import decision_words, decisions, f1_optimal_threshold
 from ..outputs.figures import save_overlay
 from ..outputs.rebuild import inputs_of
 from ..store import (ArtifactError, artifact_lock, atomic_output, file_digest, mark_artifacts_root,
                      open_artifact)
 from ..store.catalog import derived_name
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
-from .review import SCORES_CSV, ReviewError, load_day, load_day_record, write_day_record
+from .review import (SCORES_CSV, ReviewError, load_day, load_day_record, read_verdicts, verdict_history_path,
+                     write_day_record)
 from .scoring import calibrated_threshold, part_scores
 
 RUN_FIELDS = ("dataset", "category")  # what the extract config says of the run, not of the features
@@ -42,44 +43,54 @@ def evaluation_in(path: str | Path) -> Path:
     return candidates[-1]
 
 
-def run_images(run: str | Path, include_flagged: bool = False
-               ) -> tuple[PoolSettings, Images, str, list[tuple[str, str]]]:
-    """What a scored run would put in a pool: its settings, its images with their features, the
-    run's evaluate digest, and the images left out with why (``(name, reason)``). A pool holds good
-    parts only: images labelled defective (label 1) and images the run decided anomalous are left
-    out, unless ``include_flagged``."""
+def run_lineage(run: str | Path) -> tuple[PoolSettings, dict[int, Path], Any]:
+    """What a scored run's images were made and scored with (as a pool records it), its aggregate
+    artifact per degree r, and its extract artifact."""
     evaluate_path = evaluation_in(run)
-    evaluation = open_artifact(evaluate_path, "evaluate")
     classify_path = inputs_of(evaluate_path, "classify")[0]
     extract = open_artifact(inputs_of(evaluate_path, "extract")[0], "extract")
     if extract.config.get("tiles") is not None:
         raise PoolError(f"{evaluate_path}: this run cut its images into tiles (tiles {extract.config['tiles']}); "
                         "a pool holds whole images only")
+    aggregates, scoring = {}, None
+    for score_path in inputs_of(classify_path, "score"):
+        scoring = ScoreSettings.from_recorded(open_artifact(score_path, "score").config)
+        aggregate_path = inputs_of(score_path, "aggregate")[0]
+        aggregates[int(open_artifact(aggregate_path, "aggregate").config["r"])] = aggregate_path
+    settings = PoolSettings(str(extract.config["category"]),
+                            {k: v for k, v in extract.config.items() if k not in RUN_FIELDS},
+                            tuple(sorted(aggregates)), scoring)
+    return settings, aggregates, extract
+
+
+def run_images(run: str | Path, include_flagged: bool = False
+               ) -> tuple[PoolSettings, Images, str, list[tuple[str, str]]]:
+    """What a scored run would put in a pool: its settings, its images with their features (their
+    source: ``run <evaluate digest[:12]>``), the run's evaluate digest, and the images left out
+    with why (``(name, reason)``). A pool holds good parts only: images labelled defective (label
+    1) and images the run decided anomalous are left out, unless ``include_flagged``."""
+    evaluate_path = evaluation_in(run)
+    evaluation = open_artifact(evaluate_path, "evaluate")
+    settings, aggregates, extract = run_lineage(evaluate_path)
     names = [str(n) for n in extract.read("names")]
-    category = str(extract.config["category"])
+    category = settings.category
     labelled = np.asarray(extract.read("labels")) == 1
     decided = np.asarray(evaluation.read("decisions")) == 1
     reasons = [", ".join(why for why, flagged in (("labelled defective", labelled[i]), ("decided anomalous", decided[i]))
                          if flagged) for i in range(len(names))]
     keep = np.ones(len(names), bool) if include_flagged else ~(labelled | decided)
     left_out = [(f"{category}/{names[i]}", reasons[i]) for i in np.flatnonzero(~keep)]
-    aggregates, scoring = {}, None
-    for score_path in inputs_of(classify_path, "score"):
-        scoring = ScoreSettings.from_recorded(open_artifact(score_path, "score").config)
-        aggregate_path = inputs_of(score_path, "aggregate")[0]
-        aggregates[int(open_artifact(aggregate_path, "aggregate").config["r"])] = aggregate_path
-    if int(scoring.divide_num) > 1:
-        raise PoolError(f"{evaluate_path}: this run scored its images in {scoring.divide_num} subsets "
+    if int(settings.score.divide_num) > 1:
+        raise PoolError(f"{evaluate_path}: this run scored its images in {settings.score.divide_num} subsets "
                         "(divide_num); a pool reproduces whole-batch scoring only")
-    settings = PoolSettings(category, {k: v for k, v in extract.config.items() if k not in RUN_FIELDS},
-                            tuple(sorted(aggregates)), scoring)
     chosen = np.flatnonzero(keep)
 
     def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
         return open_artifact(aggregates[r], "aggregate").read("features", (layer, chosen[np.sort(indices)]))
     shape = tuple(open_artifact(aggregates[settings.r_list[0]], "aggregate").shape("features")[2:])
     images = Images([f"{category}/{names[i]}" for i in chosen],
-                    [str(d) for d in extract.read("digests")[chosen]], now(chosen.size), read, shape)
+                    [str(d) for d in extract.read("digests")[chosen]], now(chosen.size), read, shape,
+                    [f"run {evaluation.digest[:12]}"] * int(chosen.size))
     return settings, images, evaluation.digest, left_out
 
 
@@ -113,15 +124,50 @@ def _append(pool_path: str | Path, settings: PoolSettings, images: Images, max_i
         return write_pool(pool_path, settings, ([pool.images()] if pool else []) + [images], bound, inputs)
 
 
+THRESHOLD_RULES = ("calibrated", "reviewed")
+
+
 @dataclass(frozen=True)
 class DecisionRule:
-    """A fixed threshold, or one calibrated on the pool at a false-alarm rate (see ``calibrated_threshold``)."""
+    """A fixed threshold; or, by ``rule``: one calibrated on the pool at a false-alarm rate (see
+    ``calibrated_threshold``, the default), or, opt-in, ``reviewed``: F1-optimal on the scores of
+    the parts inspectors reviewed (the pool's verdict history, ``review``: the latest verdict per
+    part; defect = anomalous, good = normal), once that history holds both verdicts."""
     threshold: float | None = None
     false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
+    rule: str = "calibrated"
+
+    def __post_init__(self) -> None:
+        if self.rule not in THRESHOLD_RULES:
+            raise PoolError(f"threshold rule: expected {' or '.join(THRESHOLD_RULES)}, got {self.rule!r}")
+        if self.rule == "reviewed" and self.threshold is not None:
+            raise PoolError("threshold rule: reviewed sets the threshold itself; give no fixed threshold with it")
+
+    def evidence(self, pool: PoolFile) -> dict[str, Any] | None:
+        """What the ``reviewed`` rule learns from: the history file and its counts of reviewed parts
+        (None for the other rules)."""
+        if self.rule != "reviewed":
+            return None
+        path = verdict_history_path(pool.path)
+        reviewed = read_verdicts(path)
+        reviewed = reviewed[reviewed["verdict"].isin(["defect", "good"]) & reviewed["score"].notna()]
+        return {"history": str(path), "defect": int((reviewed["verdict"] == "defect").sum()),
+                "good": int((reviewed["verdict"] == "good").sum()),
+                "scores": reviewed["score"].to_numpy(np.float64), "labels": (reviewed["verdict"] == "defect").to_numpy(int)}
 
     def apply(self, pool: PoolFile) -> tuple[float, str]:
         if self.threshold is not None:
             return float(self.threshold), "fixed"
+        if self.rule == "reviewed":
+            seen = self.evidence(pool)
+            lacking = [v for v in ("defect", "good") if not seen[v]]
+            if lacking:
+                raise PoolError(f"threshold rule reviewed: the verdict history {seen['history']} holds no "
+                                f"{' and no '.join(lacking)} verdict with a score yet ({seen['defect']} defect, "
+                                f"{seen['good']} good); review flagged parts (musc review) or use the calibrated rule")
+            return (f1_optimal_threshold(seen["labels"], seen["scores"]),
+                    f"reviewed: F1-optimal on the scores of {seen['defect'] + seen['good']} reviewed parts "
+                    f"({seen['defect']} defect, {seen['good']} good; {Path(seen['history']).name})")
         if not len(pool.self_scores):
             raise PoolError(f"{pool.path}: a calibrated threshold needs a pool of at least 2 images "
                             f"(it has {len(pool)}); add runs or give a fixed threshold")
@@ -203,6 +249,7 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     if not len(pool):
         raise PoolError(f"{pool_path}: the pool is empty; add a scored run first (musc pool add)")
     threshold, rule_text = rule.apply(pool)
+    evidence = rule.evidence(pool)
     groups = distinct_images(images)  # the same part by two names is scored once, reported for each
     names, loaded, tokens = _extract(pool, list(groups), device)
     settings = pool.settings
@@ -227,6 +274,9 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
             by_name[alias] = anomaly_map
     write_scores(out, rows, {"day": day or out.resolve().name, "pool": str(Path(pool_path).resolve()),
                              "pool_digest": pool.digest, "threshold": threshold, "rule": rule_text,
+                             "threshold_rule": "fixed" if rule.threshold is not None else rule.rule,
+                             **({"evidence": {k: evidence[k] for k in ("history", "defect", "good")}}
+                                if evidence else {}),
                              "parts": {row["path"]: file_digest(row["path"]) for row in rows}})
     return {"rows": rows, "threshold": threshold, "rule": rule_text, "pool_size": len(pool), "maps": by_name}
 
@@ -296,9 +346,12 @@ def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int |
         raise ReviewError(f"{missing}: confirmed good on {day.name}, but unreadable now")
     features = {r: np.stack([aggregate(layer_tokens, r).numpy() for layer_tokens in tokens])
                 for r in pool.settings.r_list}
+    verdicts = dict(zip(day.table["path"].astype(str), day.table["verdict"].astype(str)))
     images = Images(names, [file_digest(n) for n in names], now(len(names)),
                     lambda r, layer, indices: features[r][layer, np.sort(indices)],
-                    tuple(features[pool.settings.r_list[0]].shape[2:]))
+                    tuple(features[pool.settings.r_list[0]].shape[2:]),
+                    [f"day {day.name} (verdict good)" if verdicts.get(n) == "good" else f"day {day.name} (decided normal)"
+                     for n in names])
     left_out = [(str(row.path), f"verdict {row.verdict}" if row.verdict else f"not reviewed, decided {row.decision}"
                  if include_normal else "not reviewed") for row in day.table.itertuples() if str(row.path) not in good]
     size = _append(pool_path, pool.settings, images, max_images, {"last_day": file_digest(day.folder / SCORES_CSV)})

@@ -134,7 +134,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                                               "pixel metrics and figures used (the images' full resolution, "
                                               "reduced by an integer factor above 1024 x 1024 pixels)"),
     )),
-    Stage("pool", "3", "a reference pool of one category: LNAMD features of earlier images, what they were "
+    Stage("pool", "4", "a reference pool of one category: LNAMD features of earlier images, what they were "
                        "made and scored with (config: settings = category, backbone/feature settings with image "
                        "size and layers, r_list, score: the MSM settings; max_images)", datasets=(
         Field("features_r<r>", "float32", "(layers, P, L, C)", "LNAMD features of degree r of the pool images "
@@ -142,8 +142,22 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("names", "str", "(P,)", "category/name of each pool image"),
         Field("digests", "str", "(P,)", "SHA-256 of each pool image's file (a run is added once)"),
         Field("added", "float64", "(P,)", "when each image was added (Unix time)"),
+        Field("sources", "str", "(P,)", "where each image came from: 'run <evaluate digest[:12]>' or "
+                                        "'day <name> (verdict good)' / 'day <name> (decided normal)'"),
         Field("self_scores", "float64", "(P,) or (0,)", "each pool image's score against the rest of the pool "
                                                         "(calibrates the threshold; empty below 2 images)"),
+    )),
+    Stage("guard", "1", "the systematic-defect guard of a run (musc run --reference POOL): each image of the "
+                        "run scored against a reference pool only and decided with the pool's rule (config: the "
+                        "rule; inputs: the evaluate and pool digests)", datasets=(
+        Field("names", "str", "(N,)", "image names relative to the category folder (the run's order)"),
+        Field("pool_scores", "float64", "(N,)", "each image's score against the pool only"),
+        Field("pool_decisions", "int8", "(N,)", "1 anomalous, 0 normal, at the pool's threshold"),
+    ), attrs=(
+        Field("threshold", "float", "", "the pool's image-score threshold"),
+        Field("threshold_rule", "str", "", "how it was chosen (fixed, or calibrated on the pool)"),
+        Field("pool", "str", "", "the pool file (a record: the key holds its digest)"),
+        Field("pool_size", "int", "", "images in the pool"),
     )),
     Stage("part", "1", "one batch or tile of a long stage, kept for resuming", open_datasets=True),
 )}
