@@ -2,6 +2,7 @@
 failing once and retried after midnight, scores that day's folder; its table artifact, heat-map
 thumbnails and event are read back through the server's API. Marked slow (about a minute)."""
 import json
+from pathlib import Path
 import time
 import warnings
 from datetime import datetime, timedelta, timezone
@@ -58,11 +59,20 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
         for image in images:
             (root / folder / image.replace("/", "_")).write_bytes((tiny_dataset / "fabric/test" / image).read_bytes())
 
+    # a fixed threshold between the good part and the defective ones, from their scores against the pool
+    # (scored here without Prefect): the run below must then decide both ways
+    from musc.reference_pool import DecisionRule, score_new_images
+    probe = score_new_images(pool_file, sorted((root / day).glob("*.png")), tmp_path / "probe", DecisionRule(threshold=0.0))
+    scores = {Path(row["path"]).name: row["score"] for row in probe["rows"]}
+    good, worst = scores["good_000.png"], max(scores["hole_000.png"], scores["stain_001.png"])
+    assert good < worst, scores  # a defect stands out against a pool of good parts
+    threshold = (good + worst) / 2
+
     worker["marker"].write_text("fail the first try")
     deployment = httpx.post(f"{api}/deployments/filter",
                             json={"deployments": {"name": {"any_": ["daily-folder"]}}}).json()[0]
     created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={
-        "parameters": {"pool": str(pool_file), "root": str(root), "decision": {"threshold": 0.7}},  # between good and defects
+        "parameters": {"pool": str(pool_file), "root": str(root), "decision": {"threshold": threshold}},
         "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": scheduled.isoformat()}}})
     created.raise_for_status()
     flow_run = created.json()["id"]
