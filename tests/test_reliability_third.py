@@ -16,7 +16,8 @@ from musc.store import files as store_files
 def write_sample(path, value=0.0):
     return store.write_artifact(path, "pool", {"r": 1}, {"aggregate": "abc"},
                                 {"features_r1": np.full((3, 4), value), "names": ["a", "b", "c"],
-                                 "digests": ["0", "1", "2"], "added": np.zeros(3), "self_scores": np.zeros(3)},
+                                 "digests": ["0", "1", "2"], "added": np.zeros(3), "self_scores": np.zeros(3),
+                                 "sources": ["run a", "run a", "run a"]},
                                 code_version="test")
 
 

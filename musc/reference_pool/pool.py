@@ -118,7 +118,8 @@ class PoolFile:
         self.names = [v.decode() if isinstance(v, bytes) else str(v) for v in handle["names"][()]]
         self.digests = [v.decode() if isinstance(v, bytes) else str(v) for v in handle["digests"][()]]
         self.added = handle["added"][()]
-        self.sources = [v.decode() if isinstance(v, bytes) else str(v) for v in handle["sources"][()]]
+        self.sources = ([v.decode() if isinstance(v, bytes) else str(v) for v in handle["sources"][()]]
+                        if "sources" in handle else ["unrecorded"] * len(self.names))
         self.self_scores = handle["self_scores"][()]
         self.feature_shape = tuple(handle[f"features_r{self.settings.r_list[0]}"].shape[2:])
 

@@ -143,7 +143,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("digests", "str", "(P,)", "SHA-256 of each pool image's file (a run is added once)"),
         Field("added", "float64", "(P,)", "when each image was added (Unix time)"),
         Field("sources", "str", "(P,)", "where each image came from: 'run <evaluate digest[:12]>' or "
-                                        "'day <name> (verdict good)' / 'day <name> (decided normal)'"),
+                                        "'day <name> (verdict good)' / 'day <name> (decided normal)'",
+              required=False),
         Field("self_scores", "float64", "(P,) or (0,)", "each pool image's score against the rest of the pool "
                                                         "(calibrates the threshold; empty below 2 images)"),
     )),
