@@ -7,17 +7,25 @@ import logging
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from prefect import flow, get_run_logger, task
+from typing import Literal
+
+from prefect import flow, get_client, get_run_logger, task
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.states import Running
+from pydantic import Field, create_model
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
-from prefect.exceptions import MissingContextError
+from prefect.exceptions import FlowPauseTimeout, MissingContextError
 
 from musc.inputs.config import check_decision
 from musc.reference_pool import DecisionRule, score_new_images
 from musc.outputs.evaluation import threshold_text
-from musc.reference_pool.daily import (anomalous_parts, append_history, day_images, day_summary, history_path,
-                                       ordered, parse_day, part_name, plot_trends, read_history, readable,
+from musc.reference_pool.daily import (anomalous_parts, append_history, day_images, day_summary,
+                                       flagged_for_review, history_path, maps_markdown, ordered, parse_day,
+                                       part_name, plot_trends, read_history, readable, review_markdown,
                                        table_rows, thumbnail, write_day_report)
+from musc.reference_pool.review import record_verdicts
 from musc.stages.faults import fail_once_point
 from tasks.publish import artifact_key
 from tasks.publish import publish as publish_artifact
@@ -26,6 +34,9 @@ from .names import daily_run_name
 
 EVENT = "musc.daily.scored"
 THUMBNAILS = 48  # parts shown with a heat-map thumbnail in the markdown artifact, anomalous first
+REVIEW_WAIT_S = 12 * 3600  # how long a day's review form waits for an inspector
+NOT_REVIEWED = "not reviewed"
+Verdict = Literal["defect", "good", "not reviewed"]
 
 
 def _warn(message: str) -> None:
@@ -60,10 +71,11 @@ def pool_name(pool: str | Path) -> str:
     return artifact_key(Path(pool).stem, where).removeprefix("musc-")
 
 
-def publish(day: str, pool: str, result: dict, summary: dict, report: Path, folder: Path) -> None:
-    """The day's table artifact, its thumbnails (markdown) and the event. ``folder``: the day's
-    folder, which the parts are named relative to; the numbers are rounded for reading (the raw
-    values stay in scores.csv)."""
+def publish(day: str, pool: str, result: dict, summary: dict, report: Path, folder: Path,
+            trend: str | None = None) -> None:
+    """The day's table artifact, its flagged parts, trend and thumbnails (markdown) and the event.
+    ``folder``: the day's folder, which the parts are named relative to; the numbers are rounded
+    for reading (the raw values stay in scores.csv)."""
     name = pool_name(pool)
     key = artifact_key("daily", name)
     rows = ordered(result["rows"])
@@ -71,11 +83,8 @@ def publish(day: str, pool: str, result: dict, summary: dict, report: Path, fold
                      f"Parts of {day} (pool {Path(pool).name}): {summary['anomalous']} anomalous of "
                      f"{summary['count']}; anomalous at "
                      f"score >= {threshold_text(summary['threshold'], result['rule'])}; report {report}")
-    lines = [f"# Parts of {day}: {summary['anomalous']} anomalous of {summary['count']}", "",
-             "| part | score | decision | heat map |", "|---|---|---|---|"]
-    lines += [f"| {part_name(row['path'], folder)} | {row['score']:.4f} | {row['decision']} | "
-              f"![map]({row['thumbnail']}) |" for row in rows if "thumbnail" in row]
-    publish_artifact("markdown", f"{key}-maps", "\n".join(lines), f"heat maps of {day} (pool {Path(pool).name})")
+    publish_artifact("markdown", f"{key}-maps", maps_markdown(summary, rows, result["rule"], folder, trend),
+                     f"flagged parts, trend and heat maps of {day} (pool {Path(pool).name})")
     anomalous = anomalous_parts(rows, folder)
     emit_event(event=EVENT,
                resource={"prefect.resource.id": f"musc.pool.{name}",
@@ -86,14 +95,63 @@ def publish(day: str, pool: str, result: dict, summary: dict, report: Path, fold
                         "report": str(report), "scores_csv": str(report.parent / "scores.csv")})
 
 
+def review_form(parts: list[str]) -> type[RunInput]:
+    """The review form: one choice per part (fields part_1, part_2, ... titled by the parts' names,
+    "not reviewed" until chosen), then a note for all of them."""
+    fields = {f"part_{i}": (Verdict, Field(NOT_REVIEWED, title=part)) for i, part in enumerate(parts, 1)}
+    fields["note"] = (str, Field("", title="note (kept with each verdict)"))
+    return create_model("DayReview", __base__=RunInput, **fields)
+
+
+def _resume_after_wait() -> None:
+    """The wait ran out: the run is left Paused, whose pause the server now holds expired (it would
+    fail the run on any move but to Failed); forced back to Running, the flow ends as it would have,
+    and a form sent from now on is refused by the server (the run is no longer paused)."""
+    from prefect.runtime import flow_run
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(flow_run.id, Running(message="review wait ran out: not reviewed"), force=True)
+
+
+def ask_review(summary: dict, result: dict, folder: Path, target: Path, wait_s: int) -> dict[str, str]:
+    """Pause the run for the inspectors' verdicts on the flagged parts (the Resume form in the UI,
+    pictures in its description); record what they chose as ``musc review`` does. Returns each part
+    asked about (by name) with its verdict; after ``wait_s`` seconds without an answer they all
+    stand as "not reviewed" and nothing is recorded."""
+    asked = flagged_for_review(result["rows"])
+    names = [part_name(row["path"], folder) for row in asked]
+    form = review_form(names).with_initial_data(
+        description=review_markdown(summary, result["rows"], result["rule"], folder, target))
+    logger = get_run_logger()
+    logger.info(f"{summary['day']}: {len(asked)} flagged part(s) await review for {wait_s} s (Resume in the UI, "
+                f"or musc review {target})")
+    try:
+        answer = pause_flow_run(wait_for_input=form, timeout=wait_s)
+    except FlowPauseTimeout:
+        _resume_after_wait()
+        logger.warning(f"{summary['day']}: no review within {wait_s} s; the flagged parts stay not reviewed "
+                       f"(musc review {target} records verdicts later)")
+        return dict.fromkeys(names, NOT_REVIEWED)
+    chosen = {name: getattr(answer, f"part_{i}") for i, name in enumerate(names, 1)}
+    by_verdict = {verdict: [row["path"] for row, name in zip(asked, names) if chosen[name] == verdict]
+                  for verdict in ("good", "defect")}
+    _, recorded = record_verdicts(target, good=by_verdict["good"], defect=by_verdict["defect"], note=answer.note)
+    logger.info(f"{summary['day']}: recorded " + (", ".join(f"{part_name(part, folder)} {verdict}"
+                                                          for part, verdict in recorded) or "no verdict"))
+    return chosen
+
+
 @flow(name="musc-daily-folder", flow_run_name=daily_run_name, log_prints=True)
 def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", false_alarm_rate: float = 0.01,
-                      threshold: float | None = None, timezone: str = "UTC") -> dict:
+                      threshold: float | None = None, timezone: str = "UTC",
+                      review_wait_s: int = REVIEW_WAIT_S) -> dict:
     """Score every image of ``root/<day>`` against the pool (default day: the date of the run's
     scheduled start in ``timezone``, so a retry scores the same day). Decides with ``threshold``,
     or with a threshold calibrated on the pool at ``false_alarm_rate``. Writes scores.csv, maps and
     report.md into ``out`` (default <root>/<day>/musc), appends the day to the history beside the
-    pool, publishes a table artifact and emits the ``musc.daily.scored`` event."""
+    pool, publishes a table artifact and emits the ``musc.daily.scored`` event. Then, when the day
+    has flagged parts and the run is a deployment's (a server whose UI shows the form), the run pauses
+    up to ``review_wait_s`` seconds for the inspectors' verdicts (0: no review; ``musc review``
+    records verdicts any time); the next day's run runs meanwhile, a run of its own."""
     check_decision(threshold, false_alarm_rate)  # NaN would make every part normal
     day = day or run_day(timezone)
     parse_day(day)  # a malformed day fails here, naming it
@@ -111,7 +169,10 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", false_
     history = append_history(history_path(pool), summary)
     trend = plot_trends(history, target / "trend.png")
     report = write_day_report(target, summary, result["rows"], result["rule"], trend)
-    publish(day, pool, result, summary, report, folder)
+    publish(day, pool, result, summary, report, folder, trend)
     print(f"{day}: {summary['anomalous']} anomalous of {summary['count']} (threshold "
           f"{threshold_text(summary['threshold'], result['rule'])}); report {report.with_suffix('.html')}")
+    from prefect.runtime import deployment
+    if summary["anomalous"] and review_wait_s > 0 and deployment.id:
+        return {**summary, "review": ask_review(summary, result, folder, target, int(review_wait_s))}
     return summary
