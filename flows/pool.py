@@ -141,18 +141,17 @@ def ask_review(summary: dict, result: dict, folder: Path, target: Path, wait_s: 
 
 
 @flow(name="musc-daily-folder", flow_run_name=daily_run_name, log_prints=True)
-def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", false_alarm_rate: float = 0.01,
-                      threshold: float | None = None, timezone: str = "UTC",
-                      review_wait_s: int = REVIEW_WAIT_S) -> dict:
+def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", decision: DecisionRule = DecisionRule(),
+                      timezone: str = "UTC", review_wait_s: int = REVIEW_WAIT_S) -> dict:
     """Score every image of ``root/<day>`` against the pool (default day: the date of the run's
-    scheduled start in ``timezone``, so a retry scores the same day). Decides with ``threshold``,
-    or with a threshold calibrated on the pool at ``false_alarm_rate``. Writes scores.csv, maps and
+    scheduled start in ``timezone``, so a retry scores the same day). Decides by ``decision``: its
+    ``threshold``, or a threshold calibrated on the pool at its ``false_alarm_rate`` (default 0.01). Writes scores.csv, maps and
     report.md into ``out`` (default <root>/<day>/musc), appends the day to the history beside the
     pool, publishes a table artifact and emits the ``musc.daily.scored`` event. Then, when the day
     has flagged parts and the run is a deployment's (a server whose UI shows the form), the run pauses
     up to ``review_wait_s`` seconds for the inspectors' verdicts (0: no review; ``musc review``
     records verdicts any time); the next day's run runs meanwhile, a run of its own."""
-    check_decision(threshold, false_alarm_rate)  # NaN would make every part normal
+    check_decision(decision.threshold, decision.false_alarm_rate)  # NaN would make every part normal
     day = day or run_day(timezone)
     parse_day(day)  # a malformed day fails here, naming it
     folder = Path(root) / day
@@ -164,7 +163,7 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", false_
     read_history(history_path(pool))  # a corrupt history fails now, naming it, not after the work
     fail_once_point("daily")
     target = Path(out or folder / "musc")
-    result = score_day_task(pool, images, str(target), DecisionRule(threshold, false_alarm_rate), day)
+    result = score_day_task(pool, images, str(target), decision, day)
     summary = day_summary(day, result["rows"], result["threshold"], result["pool_size"])
     history = append_history(history_path(pool), summary)
     trend = plot_trends(history, target / "trend.png")

@@ -36,7 +36,8 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     deployment = httpx.post(f"{api}/deployments/filter",
                             json={"deployments": {"name": {"any_": ["daily-folder"]}}}).json()[0]
     created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={
-        "parameters": {"pool": str(pool_file), "root": str(root), "threshold": 0.7,  # between good and defects
+        "parameters": {"pool": str(pool_file), "root": str(root),
+                       "decision": {"threshold": 1.38},  # between good (1.377) and defects (1.39)
                        "review_wait_s": 0},  # no review form here (test_review_ui.py)
         "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": scheduled.isoformat()}}})
     created.raise_for_status()

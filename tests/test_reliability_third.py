@@ -358,10 +358,13 @@ def test_the_daily_listing_never_reads_through_a_symlink_out_of_its_root(tmp_pat
 
 def test_the_daily_flow_refuses_nan_and_a_bad_day_before_any_work(tmp_path):
     from flows.pool import daily_folder_flow
+    from musc.reference_pool import DecisionRule
     with pytest.raises(ConfigError, match="^threshold: expected a finite number"):
-        daily_folder_flow.fn(pool=str(tmp_path / "p.h5"), root=str(tmp_path), day="2026-11-08", threshold=float("nan"))
+        daily_folder_flow.fn(pool=str(tmp_path / "p.h5"), root=str(tmp_path), day="2026-11-08",
+                                decision=DecisionRule(float("nan")))
     with pytest.raises(ConfigError, match="^day: expected a date YYYY-MM-DD, got '2026-11-31'"):
-        daily_folder_flow.fn(pool=str(tmp_path / "p.h5"), root=str(tmp_path), day="2026-11-31", threshold=0.5)
+        daily_folder_flow.fn(pool=str(tmp_path / "p.h5"), root=str(tmp_path), day="2026-11-31",
+                                decision=DecisionRule(0.5))
 
 
 @pytest.mark.parametrize("content", [b"day,count\n2026-11-08,3\n", b"\x00\xff\xfe garbage",
@@ -370,6 +373,7 @@ def test_the_daily_flow_refuses_nan_and_a_bad_day_before_any_work(tmp_path):
 def test_a_corrupt_history_fails_the_day_before_scoring_in_one_line_naming_the_file(tmp_path, content,
                                                                                      monkeypatch):
     import flows.pool
+    from musc.reference_pool import DecisionRule
     from musc.reference_pool.daily import HistoryError
     (tmp_path / "in" / "2026-11-08").mkdir(parents=True)
     (tmp_path / "in" / "2026-11-08" / "part.png").write_bytes(b"png")
@@ -378,7 +382,7 @@ def test_a_corrupt_history_fails_the_day_before_scoring_in_one_line_naming_the_f
     monkeypatch.setattr(flows.pool, "score_day_task", lambda *a, **k: pytest.fail("scored despite the history"))
     with pytest.raises(HistoryError) as caught:
         flows.pool.daily_folder_flow.fn(pool=str(tmp_path / "line.h5"), root=str(tmp_path / "in"), day="2026-11-08",
-                                        threshold=0.5)
+                                        decision=DecisionRule(0.5))
     assert str(caught.value).startswith(f"{history}: ") and "\n" not in str(caught.value)
     assert history.read_bytes() == content and not list(tmp_path.glob(".*tmp*"))
 
@@ -433,10 +437,11 @@ def test_two_lines_pools_of_one_file_name_publish_under_distinct_keys_and_resour
     monkeypatch.setattr(flows.pool, "publish_artifact", lambda kind, key, content, text: published.append((key, text)))
     monkeypatch.setattr(flows.pool, "emit_event", lambda **event: events.append(event))
     summary = {"day": "2026-11-08", "count": 1, "anomalous": 0, "threshold": 0.5}
-    result = {"rows": [{"path": "p.png", "score": 0.1, "decision": "normal", "map_png": "m.png"}]}
+    result = {"rows": [{"path": "p.png", "score": 0.1, "decision": "normal", "map_png": "m.png"}], "rule": "fixed"}
     for line in ("line1", "line2"):
         (tmp_path / line).mkdir()
-        flows.pool.publish("2026-11-08", str(tmp_path / line / "pool.h5"), result, summary, tmp_path / "report.md")
+        flows.pool.publish("2026-11-08", str(tmp_path / line / "pool.h5"), result, summary, tmp_path / "report.md",
+                           tmp_path)
     keys = [key for key, _ in published]
     assert len(set(keys)) == 4 and all(key.startswith("musc-daily-pool-") for key in keys)
     resources = [event["resource"]["prefect.resource.id"] for event in events]
