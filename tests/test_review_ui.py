@@ -1,7 +1,8 @@
 """Inspectors review a day in the Prefect UI: the daily deployment, run by a process worker against a
 real server with its UI, pauses on a day with flagged parts; headless Chromium opens the run's
 Resume form, sees each flagged part's picture and heat map, marks one good and one defect and
-resumes; the verdicts reach scores.csv and the verdict history beside the pool. Meanwhile the next
+resumes; the verdicts reach scores.csv and the verdict history beside the pool, and the day's maps
+artifact shows its parts' pictures and the trend plot. Meanwhile the next
 day's run runs to its end; a day nobody reviews ends "not reviewed" after its wait, and a form sent
 after that is refused. Marked slow (some minutes); skipped, saying why, without Chromium."""
 import time
@@ -101,7 +102,16 @@ def test_a_day_is_reviewed_in_the_ui_while_the_next_runs(ui_server, worker, pool
         submit = next(b for b in dialog.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Submit")
         submit.click()
         run = wait_for(ui_server, reviewed, FINAL, timeout=120)
-    assert run["state"]["type"] == "COMPLETED", worker_log(ui_server)
+        assert run["state"]["type"] == "COMPLETED", worker_log(ui_server)
+
+        from flows.pool import pool_name  # the day at a glance: flagged parts pictured, the trend, the rest
+        maps, = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {
+            "key": {"any_": [f"musc-daily-{pool_name(pool_file)}-maps"]}, "flow_run_id": {"any_": [reviewed]}}}).json()
+        browser.open_artifact(driver, ui_server["url"], maps["id"], min_images=len(table) + 1)
+        states = browser.image_states(driver)
+        assert len(states) == len(table) + 1 and not browser.broken_images(driver), states  # each part, the trend
+        text = driver.execute_script("return document.body.innerText")
+        assert "Flagged parts" in text and "Trend" in text and all(name in text for name in names)
     table = pd.read_csv(first / "musc/scores.csv", keep_default_na=False).set_index("path")
     top, second = flagged["path"].iloc[0], flagged["path"].iloc[1]
     assert table.loc[top, "verdict"] == "defect" and table.loc[second, "verdict"] == "good"
