@@ -5,18 +5,19 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
+from typing import Literal
 from zoneinfo import ZoneInfo
 
-from typing import Literal
-
 from prefect import flow, get_client, get_run_logger, task
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
-from prefect.states import Running
-from pydantic import Field, create_model
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.exceptions import FlowPauseTimeout, MissingContextError
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from prefect.runtime import deployment
+from prefect.runtime import flow_run as this_run
+from prefect.states import Running
+from pydantic import Field, create_model
 
 from musc.inputs.config import check_decision
 from musc.reference_pool import DecisionRule, score_new_images
@@ -107,9 +108,8 @@ def _resume_after_wait() -> None:
     """The wait ran out: the run is left Paused, whose pause the server now holds expired (it would
     fail the run on any move but to Failed); forced back to Running, the flow ends as it would have,
     and a form sent from now on is refused by the server (the run is no longer paused)."""
-    from prefect.runtime import flow_run
     with get_client(sync_client=True) as client:
-        client.set_flow_run_state(flow_run.id, Running(message="review wait ran out: not reviewed"), force=True)
+        client.set_flow_run_state(this_run.id, Running(message="review wait ran out: not reviewed"), force=True)
 
 
 def ask_review(summary: dict, result: dict, folder: Path, target: Path, wait_s: int) -> dict[str, str]:
@@ -145,9 +145,10 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", decisi
                       timezone: str = "UTC", review_wait_s: int = REVIEW_WAIT_S) -> dict:
     """Score every image of ``root/<day>`` against the pool (default day: the date of the run's
     scheduled start in ``timezone``, so a retry scores the same day). Decides by ``decision``: its
-    ``threshold``, or a threshold calibrated on the pool at its ``false_alarm_rate`` (default 0.01). Writes scores.csv, maps and
-    report.md into ``out`` (default <root>/<day>/musc), appends the day to the history beside the
-    pool, publishes a table artifact and emits the ``musc.daily.scored`` event. Then, when the day
+    ``threshold``, or a threshold calibrated on the pool at its ``false_alarm_rate`` (default 0.01).
+    Writes scores.csv, maps and report.md into ``out`` (default <root>/<day>/musc), appends the day
+    to the history beside the pool, publishes a table artifact and emits the ``musc.daily.scored``
+    event. Then, when the day
     has flagged parts and the run is a deployment's (a server whose UI shows the form), the run pauses
     up to ``review_wait_s`` seconds for the inspectors' verdicts (0: no review; ``musc review``
     records verdicts any time); the next day's run runs meanwhile, a run of its own."""
@@ -171,7 +172,6 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", decisi
     publish(day, pool, result, summary, report, folder, trend)
     print(f"{day}: {summary['anomalous']} anomalous of {summary['count']} (threshold "
           f"{threshold_text(summary['threshold'], result['rule'])}); report {report.with_suffix('.html')}")
-    from prefect.runtime import deployment
     if summary["anomalous"] and review_wait_s > 0 and deployment.id:
         return {**summary, "review": ask_review(summary, result, folder, target, int(review_wait_s))}
     return summary

@@ -258,7 +258,7 @@ def review_markdown(summary: dict[str, Any], rows: Sequence[dict], rule: str, fo
     lines = [f"# Review of {summary['day']}: {flagged} flagged part(s)", "",
              f"Anomalous at score >= {threshold_text(summary['threshold'], rule)}. For each part choose "
              "**defect** (confirmed) or **good** (a false alarm); a part left *not reviewed* records nothing. "
-             f"The verdicts go to {Path(results) / 'scores.csv'} and the verdict history, as "
+             "The verdicts go to the day's scores.csv and the verdict history, as "
              f"`musc review {results}` records them.", ""]
     for i, row in enumerate(asked, 1):  # one below the other: the form's dialog is narrow
         name = part_name(row["path"], folder)
