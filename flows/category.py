@@ -37,7 +37,8 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
     if images is None:
         images = checked_category(dataset, str(Path(root).resolve()), category, cfg, artifacts)
     store.mark_artifacts_root(artifacts)  # later listings skip it, wherever it lies
-    refs = walk(Run(images, cfg, artifacts), lambda spec, plans: run_stage(images, spec, plans))
+    with store.running(store.catalog.category_folder(artifacts, images.dataset, images.name)):  # musc clean waits
+        refs = walk(Run(images, cfg, artifacts), lambda spec, plans: run_stage(images, spec, plans))
     evaluated = refs["evaluate"]
     evaluation = store.open_artifact(evaluated["path"], "evaluate", evaluated["digest"])
     decided = summary.outcome(evaluation)
@@ -47,8 +48,9 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
     refs = {"extract": refs["extract"], "scores": refs["score"], "classify": refs["classify"], "evaluate": evaluated}
     publish_category(dataset, category, str(outputs), refs, cfg.r_list)
     print(summary.category_line(category, decided, outputs / "report.html"))
+    from prefect.runtime import flow_run
     return {"category": category, **refs, "metrics": json.loads(evaluation.attrs["metrics"]), **decided,
-            "outputs": str(outputs)}
+            "outputs": str(outputs), "flow_run": str(flow_run.id or "")}
 
 
 def run_stage(images: Category, spec: StageSpec, plans: list[Plan]) -> list[dict]:

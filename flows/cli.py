@@ -4,6 +4,7 @@ Errors in the input (configuration, dataset, artifact) print one line naming the
 and exit with status 2; ``--debug`` shows the traceback instead (``flows.terminal``).
 """
 import json
+import os
 import sys
 import warnings
 from dataclasses import fields
@@ -41,13 +42,14 @@ def _launch(artifacts: Path, verbose: bool, prepare: Callable[[], Callable[[], d
     <artifacts>/musc-errors.log, a temporary Prefect server runs unless PREFECT_API_URL names one,
     progress bars show (``verbose``: Prefect's lines), and the metrics table is printed."""
     terminal.prefect_environment()
+    server_given = bool(os.environ.get("PREFECT_API_URL"))  # before the temporary server sets it
 
     def go() -> dict:
         start = prepare()
         terminal.SESSION.artifacts = artifacts
         terminal.route_tracebacks(artifacts / "musc-errors.log")
         from .server import temporary_server
-        with temporary_server(), terminal.run_output(verbose):  # the server ends with this command, even after kill -9
+        with temporary_server(), terminal.run_output(verbose, server_given):  # the server ends with this command, even after kill -9
             return start()
     _print_metrics(terminal.run_guarded(go))
 
@@ -60,7 +62,7 @@ def _print_metrics(result: dict) -> None:
 
     from musc.outputs.evaluation import threshold_text
     from musc.outputs.published import LEGEND, metric_rows
-    from musc.outputs.summary import flagged_text
+    from musc.outputs.summary import flagged_text, unlabeled_lines
     rows = metric_rows(pd.read_csv(result["table"], index_col="category"))
     table = Table(title="MuSc metrics (x100)", caption=LEGEND, box=box.SIMPLE_HEAD, pad_edge=False,
                   collapse_padding=True)
@@ -74,10 +76,16 @@ def _print_metrics(result: dict) -> None:
             table.add_section()
         table.add_row(row["category"], flagged_text(outcome) if outcome else "", *list(row.values())[1:])
     out = Console()
-    out.print(table)
+    if any(value != "n/a" for row in rows for value in list(row.values())[1:]):
+        out.print(table)
+    else:  # nothing could be computed (no labels, no masks): no table of n/a
+        out.print("MuSc: no labels or masks, so no metrics; what the run decided:", highlight=False)
     for name, outcome in outcomes.items():
         out.print(f"{name}: {flagged_text(outcome)} flagged anomalous, at score >= "
                   f"{threshold_text(outcome['threshold'], outcome['threshold_rule'])}", highlight=False, soft_wrap=True)
+        if all(value is None for value in outcome["metrics"].values()):
+            for line in unlabeled_lines(name, outcome["outputs"]):
+                out.print(line, highlight=False, soft_wrap=True)
     out.print(f"report: {result['report']}", highlight=False, soft_wrap=True)
 
 
@@ -177,6 +185,14 @@ def run(
     msm_precision: Annotated[Optional[str], _config_option(
         "msm_precision", "MSM's arithmetic: fp32; bf16 (screened in bf16, the same scores); bf16-fast "
                          "(bf16 only, faster, not exact).")] = None,
+    tiles: Annotated[Optional[str], _config_option(
+        "tiles", "Cut each image into RxC tiles (e.g. 2x2), each resized to the image size, to find small "
+                 "defects on large parts; maps are stitched at the image's full resolution. Default: whole image.")] = None,
+    tile_overlap: Annotated[Optional[float], _config_option(
+        "tile_overlap", "Overlap of neighbouring tiles, a fraction of a tile (0 to below 0.5; default 0).")] = None,
+    tile_mixing: Annotated[Optional[str], _config_option(
+        "tile_mixing", "aligned (default): tiles of the same position score each other; all: every tile "
+                       "against every tile of the other images (parts not aligned).")] = None,
 ) -> None:
     """Score a dataset: extract, aggregate, score, classify, evaluate; reuses what is already done."""
     given = dict(locals())  # the options as typed; a configuration flag left out is None

@@ -12,7 +12,7 @@ from musc.inputs.datasets import MASK_RULES, Category, list_categories
 from musc.outputs import published, reports, summary
 from musc.stages import Run, reused_throughout
 from musc.store import catalog
-from tasks.publish import artifact_key, publish
+from tasks.publish import artifact_key, publish, ui_link
 
 from .category import category_flow, checked_category
 from .names import dataset_run_name
@@ -76,8 +76,11 @@ def publish_dataset(dataset: str, folder: Path, table, results: dict) -> None:
     run), so they are on its Artifacts tab even when this flow is a subflow."""
     artifacts = {name: {"extract": r["extract"]["path"], "classify": r["classify"]["path"],
                         "evaluate": r["evaluate"]["path"]} for name, r in results.items()}
+    links = {name: {"its report in the UI": ui_link(f"/artifacts/key/{artifact_key(dataset, name)}-report"),
+                    **({"its run": ui_link(f"/runs/flow-run/{r['flow_run']}")} if r.get("flow_run") else {})}
+             for name, r in results.items()}
     content = published.dataset_content(folder, dataset, table, {n: r["outputs"] for n, r in results.items()},
-                                        artifacts)
+                                        artifacts, links=links)
     key = artifact_key(dataset)
     publish("table", f"{key}-metrics", content.rows, content.table_description)
     publish("markdown", f"{key}-report", content.markdown, f"MuSc run report, {dataset}: {folder / 'index.html'}")

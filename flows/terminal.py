@@ -160,10 +160,20 @@ def _console_handlers(*loggers: str) -> list[logging.StreamHandler]:
 
 class QuietConsole(logging.Filter):
     """Drops Prefect's per-task INFO lines from the terminal (warnings and errors still show); the
-    progress bars say what happens. The records still reach a Prefect server's log."""
+    progress bars say what happens. The records still reach a Prefect server's log. Kept: the first
+    run's "View at <url>" line, which a server gives (where to see the run in its UI)."""
+
+    def __init__(self, show_url: bool):
+        super().__init__()
+        self.shown_url = not show_url  # a command's own temporary server has no UI to view
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING
+        if record.levelno >= logging.WARNING:
+            return True
+        if not self.shown_url and "View at http" in record.getMessage():
+            self.shown_url = True
+            return True
+        return False
 
 
 class TerminalProgress:
@@ -211,13 +221,14 @@ class TerminalProgress:
         self.progress.stop()
 
 
-def run_output(verbose: bool):
+def run_output(verbose: bool, server_given: bool = False):
     """In a terminal: progress bars, and Prefect's INFO lines off the screen (``--verbose`` keeps
-    them, without bars). Not a terminal (CI, a log file): Prefect's lines as they are."""
+    them, without bars) but for the run's URL when ``server_given`` (PREFECT_API_URL named a
+    server: its UI shows the run). Not a terminal (CI, a log file): Prefect's lines as they are."""
     out = Console()
     if verbose or not out.is_terminal:
         return contextlib.nullcontext()
-    quiet = QuietConsole()
+    quiet = QuietConsole(show_url=server_given)
     for handler in _console_handlers("", "uvicorn", "fastapi"):
         handler.addFilter(quiet)
     return TerminalProgress(out)

@@ -37,6 +37,14 @@ def artifact_key(*parts: str) -> str:
     return key
 
 
+def ui_link(path: str) -> str:
+    """A page of the Prefect UI: absolute where the server's UI address is known, else relative to
+    the UI that shows the artifact holding the link (the same host)."""
+    from prefect.settings import get_current_settings
+    base = get_current_settings().ui_url
+    return f"{str(base).rstrip('/')}{path}" if base else path
+
+
 _roots: dict[UUID, UUID] = {}
 
 

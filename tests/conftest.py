@@ -111,10 +111,11 @@ def reference_run(prefect_harness, tiny_dataset, tmp_path_factory):
     return run_category(tiny_dataset, artifacts), artifacts
 
 
-def run_musc(*args, cwd, timeout=600):
-    """The ``musc`` command in a child process of its own (own Prefect home and temporary server)."""
+def run_musc(*args, cwd, env=None, timeout=600):
+    """The ``musc`` command in a child process of its own (own Prefect home and temporary server);
+    ``env``: variables to add."""
     environment = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(Path(cwd) / ".prefect"),
-                   "COLUMNS": "200"}
+                   "COLUMNS": "200", **(env or {})}
     environment.pop("PREFECT_API_URL", None)
     return subprocess.run([sys.executable, "-m", "flows.cli", *map(str, args)], cwd=cwd, env=environment,
                           capture_output=True, text=True, timeout=timeout)

@@ -127,7 +127,8 @@ def test_the_layout_and_the_input_roles_are_written_once():
 def test_the_stage_graph_is_walked_from_its_one_declaration():
     """Stages are submitted in one place (the category flow's stage runner, over musc.stages.walk);
     benchmarks build stages without importing Prefect's task layer."""
-    assert _calls(("flows", "tasks", "bench"), "walk") == {"flows/category.py", "bench/gpu_paper.py", "bench/evaluate.py"}
+    assert _calls(("flows", "tasks", "bench"), "walk") == {"flows/category.py", "bench/gpu_paper.py", "bench/evaluate.py",
+                                                          "bench/tiling.py"}
     for path in python_files("bench"):
         assert not re.search(r"^\s*(from|import) tasks\b", path.read_text(), re.M), path
     graph = (ROOT / "musc/stages/graph.py").read_text()

@@ -138,9 +138,25 @@ def test_pool_refuses_other_categories_settings_and_duplicates(tmp_path):
 
 def test_map_names_are_distinct_whatever_the_file_names(tmp_path):
     paths = [tmp_path / "day1/part.png", tmp_path / "day2/part.png", tmp_path / "day2/sub/part.png"]
-    assert map_names(paths) == ["day1__part", "day2__part", "day2__sub__part"]
+    assert [name.rsplit("-", 1)[0] for name in map_names(paths)] == ["day1__part", "day2__part", "day2__sub__part"]
     both = map_names([tmp_path / "a/part.png", tmp_path / "a/part.jpg"])
     assert len(set(both)) == 2
+    dotted = map_names([tmp_path / "d/x.y.png", tmp_path / "d/x_y.png", tmp_path / "d/e/f.png", tmp_path / "d/e__f.png"])
+    assert len(set(dotted)) == 4  # '.' and '_', '/' and '__' never meet in one file
+
+
+def test_files_named_after_an_input_are_unique_and_bounded(tmp_path):
+    """One naming rule (catalog.derived_name) for overlays, thumbnails, masks and score-new's maps:
+    a readable part and a digest; a legal 250-character image name gives a file the file system takes."""
+    from musc.outputs.figures import png_name
+    from musc.store.catalog import derived_name
+    long = "good/" + "p" * 246 + ".png"
+    for name in (png_name(long), derived_name(long, suffix=".npy")):
+        assert len(name) < 100 and name.startswith("good__ppp")
+        (tmp_path / name).write_bytes(b"")  # the file system takes it
+    names = ["crack/000.png", "crack/000.jpg", "crack__000.png", "x.y.png", "x_y.png", "a b.png", "a_b.png"]
+    assert len({png_name(n) for n in names}) == len(names)
+    assert png_name("crack/000.png") == png_name("crack/000.png")  # the same name, the same file
 
 
 def cli(*args):

@@ -76,7 +76,7 @@ def test_two_concurrent_runs_share_the_work(tiny_dataset, tmp_path):
     assert all(child.returncode == 0 for child in children), outputs[0][-2000:] + outputs[1][-2000:]
     digests = {line.split()[1] for out in outputs for line in out.splitlines() if line.startswith("RESULT")}
     assert len(digests) == 1  # both runs ended on the very same classify artifact
-    computed = sum(out.count("extract: computing") for out in outputs)
+    computed = sum(out.count("extract fabric: computing") for out in outputs)
     assert computed == 1  # the extraction was done once; the other run waited and reused it
     for path in (tmp_path / "artifacts").rglob("*.h5"):
         assert store.valid_digest(path) is not None, path

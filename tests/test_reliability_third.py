@@ -485,7 +485,8 @@ def finished_run(tiny_dataset, tmp_path_factory, prefect_harness):
 
 @pytest.mark.slow
 def test_musc_report_refuses_to_write_through_a_symlinked_report_folder(finished_run, tmp_path):
-    from musc.outputs.rebuild import outputs_folder, rebuild_reports
+    from musc.outputs.rebuild import rebuild_reports
+    from musc.store import report_folder as outputs_folder
     result, artifacts = finished_run
     evaluation = Path(result["evaluate"]["path"])
     folder = outputs_folder(evaluation)
@@ -600,3 +601,132 @@ def test_an_artifact_copied_under_another_key_is_not_used_and_is_rebuilt(tiny_da
     again = build_all(Run(images, MuscConfig(**{**TINY_CONFIG, "k_list": [1, 2, 3]}), str(tmp_path)))
     assert again["classify"]["path"] == str(victim)
     np.testing.assert_array_equal(store.open_artifact(victim).read("image_scores"), expected)
+
+
+# Issue 21, items 2 and 3: the pool's inputs checked, names that never collide -------------------------
+
+def _pool_of(path, names, seed):
+    import torch
+
+    from musc.reference_pool.pool import Images, PoolSettings, write_pool
+    torch.manual_seed(seed)
+    features = {1: torch.nn.functional.normalize(torch.randn(1, len(names), 16, 8), dim=-1).numpy()}
+    images = Images(list(names), list(names), np.zeros(len(names)),
+                    lambda r, layer, indices: features[r][layer, np.sort(indices)], (16, 8))
+    write_pool(path, PoolSettings("fabric", {"image_size": 32, "layers": [0]}, (1,)), [images], 10, {})
+    return features
+
+
+def test_a_pool_named_like_its_manifest_is_refused(tmp_path):
+    from musc.reference_pool.pool import PoolError, PoolFile
+    for name in ("pool.json", "pool", "pool.hdf5"):
+        with pytest.raises(PoolError, match=r"^pool: .* must be an \.h5 file"):
+            _pool_of(tmp_path / name, "abc", 0)
+        with pytest.raises(PoolError, match=r"^pool: "):
+            PoolFile(tmp_path / name)
+    assert not list(tmp_path.iterdir())  # nothing written, no manifest overwritten
+
+
+def test_a_pool_replaced_while_it_is_read_is_read_as_it_was_opened(tmp_path):
+    """score-new holds a snapshot: a `pool add` that replaces the file meanwhile (atomic rename)
+    cannot mix the new file's features with the old file's size, names and calibration."""
+    from musc.reference_pool.pool import PoolFile
+    path = tmp_path / "pool.h5"
+    old = _pool_of(path, "abcd", 0)
+    opened = PoolFile(path)
+    _pool_of(path, "xy", 1)  # replaced: fewer images, other features
+    assert len(opened) == 4 and opened.names == list("abcd")
+    np.testing.assert_array_equal(opened.reader(1, 0)(0, 4).numpy(), old[1][0])
+    assert PoolFile(path).names == list("xy")  # a new reader sees the new pool
+
+
+def test_score_new_refuses_a_backbone_file_that_is_not_the_pools(tmp_path):
+    """The pool records the SHA-256 of its model config / weights file; the file now at that path
+    (edited since, or a relative path found from another folder) must be the same."""
+    import shutil
+
+    from conftest import DEMO_BACKBONE
+    from musc.inputs.backbone_spec import backbone_settings
+    from musc.inputs.config import ExtractSettings
+    from musc.reference_pool.pool import PoolError, PoolSettings
+    from musc.reference_pool.service import pool_backbone
+    model = tmp_path / "vit.json"
+    shutil.copyfile(DEMO_BACKBONE, model)
+    recorded = backbone_settings(ExtractSettings(str(model), "none", 64, (0, 1), device="cpu"))
+
+    class Pool:  # what pool_backbone reads of a pool
+        path = tmp_path / "pool.h5"
+        settings = PoolSettings("fabric", recorded, (1,))
+    assert pool_backbone(Pool, "cpu").backbone == str(model)  # the same file: accepted
+    model.write_text(model.read_text().replace('"width"', '"width" ', 1))  # edited in place
+    with pytest.raises(PoolError, match=r"^backbone: .*vit\.json is not the file the pool pool\.h5 was made with"):
+        pool_backbone(Pool, "cpu")
+    model.unlink()
+    with pytest.raises(PoolError, match="no such file"):
+        pool_backbone(Pool, "cpu")
+
+
+def test_the_same_part_by_two_names_is_scored_once_and_reported_for_each(tmp_path):
+    import shutil
+
+    from musc.reference_pool.service import distinct_images
+    part = tmp_path / "part.png"
+    part.write_bytes(b"\x89PNG one part")
+    copy = tmp_path / "copy.png"
+    shutil.copyfile(part, copy)
+    link = tmp_path / "link.png"
+    link.symlink_to(part)
+    other = tmp_path / "other.png"
+    other.write_bytes(b"\x89PNG another part")
+    groups = distinct_images([part, copy, link, other, part])
+    assert groups == {str(part): [str(part), str(copy), str(link)], str(other): [str(other)]}
+
+
+def test_score_new_output_is_never_an_input_folder_and_two_calls_into_it_lose_no_rows(tmp_path):
+    from musc.reference_pool.pool import PoolError
+    from musc.reference_pool.service import output_folder, write_scores
+    day = tmp_path / "2026-12-01"
+    day.mkdir()
+    (day / "a.png").write_bytes(b"x")
+    with pytest.raises(PoolError, match=r"^out: .*2026-12-01 holds the input images \(first: .*a\.png\)"):
+        output_folder(day, [day / "a.png"])
+    with pytest.raises(PoolError, match=r"^out: .*holds the input images"):
+        output_folder(tmp_path, [day / "a.png"])  # a folder above them too
+    out = output_folder(tmp_path / "results", [day / "a.png"])
+    assert (out / store.ARTIFACTS_MARKER).is_file()  # never listed as inputs later
+    record = {"day": "d", "pool": "p", "pool_digest": "x", "threshold": 0.5, "rule": "fixed"}
+    write_scores(out, [{"path": "a.png", "score": 0.1, "decision": "normal", "map_png": "m/a.png"}],
+                 {**record, "parts": {"a.png": "1"}})
+    write_scores(out, [{"path": "b.png", "score": 0.9, "decision": "anomalous", "map_png": "m/b.png"},
+                       {"path": "a.png", "score": 0.2, "decision": "normal", "map_png": "m/a.png"}],
+                 {**record, "parts": {"b.png": "2", "a.png": "1"}})
+    import pandas as pd
+    table = pd.read_csv(out / "scores.csv")
+    assert sorted(table["path"]) == ["a.png", "b.png"] and table.set_index("path").loc["a.png", "score"] == 0.2
+    assert json.loads((out / "day.json").read_text())["parts"] == {"a.png": "1", "b.png": "2"}
+
+
+def test_musc_clean_leaves_a_category_alone_while_a_run_of_it_is_going_on(tmp_path):
+    """A run holds its category's run marker (shared) from its first stage to its last; clean needs
+    it alone, so what the run is building (not yet part of any intact chain) is kept, and cleaned
+    once the run has ended."""
+    from musc.outputs.rebuild import clean_artifacts
+    root = store.mark_artifacts_root(tmp_path / "artifacts")
+    stray = root / "mvtec_ad" / "fabric" / "aggregate" / ("0" * 16 + ".h5")
+    store.write_artifact(stray, "aggregate", {}, {}, {"features": np.zeros((1, 1, 1, 1), np.float32)})
+    with store.running(root / "mvtec_ad" / "fabric"):
+        removed, busy = clean_artifacts(root)
+        assert removed == [] and busy == [stray] and stray.is_file()
+    removed, busy = clean_artifacts(root)
+    assert stray in removed and busy == [] and not stray.exists()
+
+
+def test_an_artifacts_folder_inside_an_image_folder_drops_no_image(tmp_path):
+    from musc.inputs.datasets import load_category
+    from musc.inputs.synthetic import make_dataset
+    data = make_dataset(tmp_path / "data", n_good=4, n_per_defect=1, size=32, seed=1, categories=("fabric",))
+    before = [s.name for s in load_category("mvtec_ad", data, "fabric").samples]
+    artifacts = store.mark_artifacts_root(data / "fabric" / "test" / "good" / "artifacts")
+    (artifacts / "overlay.png").write_bytes((data / "fabric" / "test" / "good" / "000.png").read_bytes())
+    after = [s.name for s in load_category("mvtec_ad", data, "fabric", exclude=[artifacts]).samples]
+    assert after == before  # the good images beside it stay; nothing of ours is listed

@@ -101,6 +101,13 @@ def test_a_day_is_reviewed_in_the_ui_while_the_next_runs(ui_server, worker, pool
         note.send_keys("checked at the line")
         submit = next(b for b in dialog.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Submit")
         submit.click()
+        try:
+            WebDriverWait(driver, 60, 0.5).until(lambda d: httpx.get(f"{api}/flow_runs/{reviewed}").json()
+                                                 ["state"]["type"] != "PAUSED")
+        except Exception:  # the form not taken: say what the dialog shows
+            driver.save_screenshot(str(tmp_path / "submitted.png"))
+            pytest.fail("the run stayed paused after Submit; the page says: "
+                        + driver.execute_script("return document.body.innerText")[-1500:])
         run = wait_for(ui_server, reviewed, FINAL, timeout=120)
         assert run["state"]["type"] == "COMPLETED", worker_log(ui_server)
 

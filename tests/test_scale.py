@@ -39,7 +39,7 @@ def test_dask_cluster_run_equals_local_run(prefect_harness, tiny_dataset, refere
         result = on_dask("mvtec_ad", str(tiny_dataset), "fabric", TINY_CONFIG, str(tmp_path / "artifacts"))
         with Client(cluster) as client:
             prefixes = client.run_on_scheduler(lambda dask_scheduler: sorted(dask_scheduler.task_prefixes))
-    assert "score_tile_task" in prefixes, prefixes  # the tiles ran on the Dask workers
+    assert "tile_task" in prefixes, prefixes  # the tiles ran on the Dask workers
     for ours, theirs in zip(reference["scores"], result["scores"]):
         assert_same_arrays(read_all(ours), read_all(theirs))
     for stage in ("extract", "classify"):

@@ -140,7 +140,7 @@ def test_demo_in_a_terminal_fits_one_screen_with_progress_bars(demo):
         assert f"fabric {stage}" in text and f"washer {stage}" in text
     assert "images/s" in text and "tiles/s" in text and "━" in text  # bars with their rates
     assert "MuSc metrics" in text and "report:" in text
-    assert "score-tile" not in text and "Finished in state" not in text  # Prefect's per-task lines summarised
+    assert " tile 0:" not in text and "Finished in state" not in text  # Prefect's per-task lines summarised
 
 
 def test_progress_artifacts_follow_extraction_and_scoring(demo):
@@ -279,3 +279,53 @@ def test_heat_map_thumbnails_in_the_ui_keep_the_colours_of_the_disk_thumbnails(d
         if hot.any():
             assert np.abs(shown[hot] - original[hot]).max() <= 32, name  # red stays red, not grey-beige
     assert hot_total > 0  # the most anomalous parts' thumbnails do have hot pixels to keep
+
+
+def test_the_run_report_links_each_category_report_and_run(demo, driver):
+    """From the run the user started, one click to each category's report (and its run) in the UI."""
+    base = f"http://127.0.0.1:{httpx.URL(demo['api']).port}"
+    report = artifacts(demo, "musc-mvtec-ad-report")[0]
+    browser.open_artifact(driver, base, report["id"], min_images=report["data"].count("data:image/png;base64,"))
+    links = driver.execute_script(
+        "return Array.from(document.querySelectorAll('.artifact-data-view a'))"
+        ".map(a => [a.innerText.trim(), a.href])")
+    reports = [href for text, href in links if text == "its report in the UI"]
+    runs = [href for text, href in links if text == "its run"]
+    assert len(reports) == 2 and len(runs) == 2, links
+    for category, href in zip(("fabric", "washer"), reports):
+        assert href.endswith(f"/artifacts/key/musc-mvtec-ad-{category}-report")
+        driver.get(href)
+        browser.wait_for(driver, text=f"musc-mvtec-ad-{category}-report")
+    for href in runs:
+        run_id = href.rsplit("/", 1)[1]
+        subflow = httpx.get(f"{demo['api']}/flow_runs/{run_id}").json()
+        assert subflow["name"] in ("fabric", "washer") and subflow["parent_task_run_id"]
+
+
+def test_an_unlabeled_folder_run_in_a_terminal_says_what_is_known(tiny_dataset, tmp_path):
+    """A `--dataset folder` run on images without labels, in a pseudo-terminal as a person runs it:
+    no table of n/a, but how many parts were flagged, the most anomalous ones and how the scores spread."""
+    import shutil
+
+    from conftest import DEMO_BACKBONE
+    folder = tmp_path / "line3"
+    folder.mkdir()
+    for number, image in enumerate(sorted((tiny_dataset / "fabric" / "test").rglob("*.png"))):
+        shutil.copyfile(image, folder / f"part_{number:02d}.png")  # no labels.csv, no masks
+    env = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "home"),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    env.pop("CI", None)
+    output = run_in_terminal([sys.executable, "-m", "flows.cli", "run", "--dataset", "folder", "--root", str(folder),
+                              "--backbone", DEMO_BACKBONE, "--pretrained", "none", "--image-size", "64",
+                              "--layers", "0,1,2,3", "--r-list", "1,3", "--artifacts", str(tmp_path / "artifacts")],
+                             env)
+    text = ANSI.sub("", output.decode(errors="replace"))
+    assert screen_rows(output) < ROWS, text
+    per_image = pd.read_csv(next((tmp_path / "artifacts" / "folder" / "line3" / "evaluate").glob("*/per_image.csv")))
+    flagged = int((per_image["decision"] == "anomalous").sum())
+    assert f"line3: {flagged} of {len(per_image)} flagged anomalous" in text
+    assert "no labels or masks, so no metrics" in text and "I-AUROC" not in text  # no table of n/a
+    worst = per_image.sort_values("score_rscin", ascending=False, kind="stable").iloc[0]
+    assert f"most anomalous: {worst['name']} {worst['score_rscin']:.4f}" in text.replace("\n", "")
+    assert "median" in text and "90th percentile" in text

@@ -27,6 +27,8 @@ DEFAULT_K_LISTS = {"mvtec_ad": (1, 2, 3), "btad": (1, 2, 3), "folder": (1, 2, 3)
 # overflows (torch's sizes and seeds) or only burns time; within them every run the paper describes fits.
 LIMITS = {"image_size": 4096, "divide_num": 1000, "batch_size": 1024, "block_size": 4096,
           "aligned_radius": 4096, "seed": 2**32 - 1}
+MAX_TILES = 16  # tiles per side: beyond it a part is better cut into several images
+TILE_MIXINGS = ("aligned", "all")
 MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few lines; a larger file is not one
 
 
@@ -73,13 +75,22 @@ class MuscConfig:
                                                  "this many grid steps (empty: all patches, as the paper).")] = None
     msm_precision: Annotated[str, _about("fp32, bf16 (screened, the same scores) or bf16-fast (faster, not "
                                          "exact).")] = "fp32"
+    tiles: Annotated[tuple[int, int] | None, _about("Cut each image into R x C tiles ([R, C] or \"RxC\"), each "
+                                                    "resized to image_size, for small defects on large parts; the "
+                                                    "maps are stitched at the image's full resolution (empty: the "
+                                                    "whole image, as the paper).")] = None
+    tile_overlap: Annotated[float, _about("Overlap of neighbouring tiles, a fraction of a tile (0 <= F < 0.5); "
+                                          "overlapping map pixels are averaged.")] = 0.0
+    tile_mixing: Annotated[str, _about("aligned: tiles of the same position score each other (fixtured parts); "
+                                       "all: every tile against every tile of the other images.")] = "aligned"
 
     def __post_init__(self) -> None:
         for name in ("layers", "r_list", "k_list"):
             value = getattr(self, name)
             if value is not None:  # tuples too: MuscConfig(layers=(1.5,)) is as wrong as a YAML list
                 object.__setattr__(self, name, _as_int_tuple(name, value))
-        for name in ("backbone", "pretrained", "device", "quick_gelu", "overlay_normalisation", "msm_precision"):
+        for name in ("backbone", "pretrained", "device", "quick_gelu", "overlay_normalisation", "msm_precision",
+                     "tile_mixing"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"{name}: expected text, got {_shown(getattr(self, name))}")
         for name in ("topmin_min", "topmin_max"):
@@ -116,6 +127,13 @@ class MuscConfig:
             check_precision(self.msm_precision)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        if self.tiles is not None:
+            object.__setattr__(self, "tiles", _tile_grid(self.tiles))
+        _check_number("tile_overlap", self.tile_overlap)
+        if not 0.0 <= float(self.tile_overlap) < 0.5:
+            raise ConfigError(f"tile_overlap: must be in [0, 0.5), got {self.tile_overlap}")
+        if self.tile_mixing not in TILE_MIXINGS:
+            raise ConfigError(f"tile_mixing: expected 'aligned' or 'all', got {_shown(self.tile_mixing)}")
         if self.overlay_normalisation not in ("set", "image"):
             raise ConfigError(f"overlay_normalisation: expected 'set' or 'image', got {_shown(self.overlay_normalisation)}")
         if not isinstance(self.backbone, str) or not self.backbone:
@@ -153,13 +171,16 @@ class MuscConfig:
 
     @property
     def extract(self) -> "ExtractSettings":
+        tiled = self.tiles is not None
         return ExtractSettings(self.backbone, self.pretrained, self.image_size, self.layers, self.quick_gelu,
-                               self.seed, self.device, self.batch_size)
+                               self.seed, self.device, self.batch_size, self.tiles,
+                               float(self.tile_overlap) if tiled else None)
 
     @property
     def score(self) -> "ScoreSettings":
         return ScoreSettings(float(self.topmin_min), float(self.topmin_max), self.divide_num, self.seed,
-                             self.aligned_radius, self.msm_precision, self.block_size, self.device)
+                             self.aligned_radius, self.msm_precision, self.block_size, self.device,
+                             self.tile_mixing if self.tiles is not None else None)
 
     @property
     def evaluate(self) -> "EvaluateSettings":
@@ -169,6 +190,12 @@ class MuscConfig:
 def decides(default: Any = dataclasses.MISSING) -> Any:
     """A setting that decides a stage's output: it enters the stage's cache key and is recorded."""
     return dataclasses.field(default=default, metadata={"decides": True})
+
+
+def decides_when_set(default: Any = None) -> Any:
+    """A deciding setting that enters the key only when set (not None): a setting added later (tiling)
+    leaves the keys of the runs that do not use it as they were."""
+    return dataclasses.field(default=default, metadata={"decides": True, "when_set": True})
 
 
 def how(default: Any = dataclasses.MISSING) -> Any:
@@ -188,7 +215,8 @@ class StageSettings:
     def recorded(self) -> dict[str, Any]:
         chosen = self.normalised()
         return {f.name: (list(v) if isinstance(v := getattr(chosen, f.name), tuple) else v)
-                for f in fields(self) if f.metadata.get("decides")}
+                for f in fields(self) if f.metadata.get("decides")
+                and not (f.metadata.get("when_set") and getattr(chosen, f.name) is None)}
 
     def work(self) -> dict[str, Any]:
         """The settings that only decide how the work is done."""
@@ -216,6 +244,8 @@ class ExtractSettings(StageSettings):
     seed: int = decides(42)
     device: str = how("auto")
     batch_size: int = how(4)
+    tiles: tuple[int, int] | None = decides_when_set()     # rows, columns of tiles per image (None: whole image)
+    tile_overlap: float | None = decides_when_set()        # a fraction of a tile (set when tiles are)
 
 
 @dataclass(frozen=True)
@@ -231,6 +261,7 @@ class ScoreSettings(StageSettings):
     msm_precision: str = decides("fp32")
     block_size: int = how(8)
     device: str = how("auto")
+    tile_mixing: str | None = decides_when_set()           # aligned or all (set when tiled)
 
     def normalised(self) -> "ScoreSettings":
         exact = self.msm_precision in EXACT_PRECISIONS
@@ -266,6 +297,18 @@ def _as_int_tuple(name: str, value: Any) -> tuple[int, ...]:
             raise ConfigError(f"{name}: expected a list of integers, got {_shown(value)}")
         result.append(item)
     return tuple(result)
+
+
+def _tile_grid(value: Any) -> tuple[int, int]:
+    """[R, C], (R, C) or "RxC" -> (R, C) with 1 <= R, C <= MAX_TILES (ConfigError naming ``tiles``)."""
+    if isinstance(value, str):
+        value = value.lower().replace("x", ",")
+    items = _as_int_tuple("tiles", value)
+    if len(items) != 2:
+        raise ConfigError(f"tiles: expected rows and columns, [R, C] or RxC, got {_shown(value)}")
+    if not all(1 <= n <= MAX_TILES for n in items):
+        raise ConfigError(f"tiles: rows and columns must be between 1 and {MAX_TILES}, got {list(items)}")
+    return items
 
 
 def _shown(value: Any, limit: int = 80) -> str:

@@ -595,14 +595,17 @@ def load_image(path: str | Path) -> Image.Image:
     return _open_checked(path, "image").convert("RGB")
 
 
-def load_mask(path: str | Path | Sequence[str | Path] | None, image_size: int, rule: str) -> np.ndarray:
+def load_mask(path: str | Path | Sequence[str | Path] | None, image_size: int | tuple[int, int], rule: str
+              ) -> np.ndarray:
     """A ground-truth mask as (S, S) uint8 {0, 1}, binarised per dataset (docs/METHOD.md 1.3).
-    ``path``: a mask file, or several masks of one image (combined: non-zero in any is defective)."""
+    ``path``: a mask file, or several masks of one image (combined: non-zero in any is defective).
+    ``image_size``: S, or (height, width) (tiled runs: the image's full resolution)."""
+    height, width = (image_size, image_size) if np.ndim(image_size) == 0 else (int(n) for n in image_size)
     if path is None:
-        return np.zeros((image_size, image_size), dtype=np.uint8)
+        return np.zeros((height, width), dtype=np.uint8)
     mask = _open_checked(path, "mask") if isinstance(path, (str, Path)) else _combined_mask(path)
     if mask.mode == "1":  # PIL resizes mode-1 masks with nearest neighbour, as the reference would
-        resized = np.asarray(mask.resize((image_size, image_size), Image.NEAREST), dtype=np.uint8)
+        resized = np.asarray(mask.resize((width, height), Image.NEAREST), dtype=np.uint8)
         return (resized > 0).astype(np.uint8)
     mask = mask.convert("L")
     peak = int(np.asarray(mask).max())
@@ -611,7 +614,7 @@ def load_mask(path: str | Path | Sequence[str | Path] | None, image_size: int, r
             warnings.warn(f"{path}: mask values reach only {peak}, not 255; treating every non-zero pixel "
                           f"as defective", stacklevel=2)
         mask = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255, mode="L")
-    resized = np.asarray(mask.resize((image_size, image_size), Image.BILINEAR))
+    resized = np.asarray(mask.resize((width, height), Image.BILINEAR))
     binary = resized == 255 if rule == "truncate" else resized > 0
     return binary.astype(np.uint8)
 

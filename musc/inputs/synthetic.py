@@ -79,3 +79,42 @@ def make_dataset(root: str | Path, n_good: int = 14, n_per_defect: int = 4, size
                 Image.fromarray(image.astype(np.uint8)).save(images / f"{index:03d}.png")
                 Image.fromarray(mask.astype(np.uint8) * 255).save(masks / f"{index:03d}_mask.png")
     return root
+
+
+def _plate(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A brushed metal plate: fine horizontal streaks and grain, a gentle light gradient."""
+    y, x = np.mgrid[0:size, 0:size].astype(np.float64)
+    streaks = np.repeat(rng.normal(0, 6, (size, 1)), size, axis=1)
+    light = 20 * (x / size - 0.5) + 10 * (y / size - 0.5)
+    base = 140 + streaks + light + rng.normal(0, 4, (size, size))
+    return np.clip(base[..., None] * np.array([1.0, 1.0, 1.04]), 0, 255)
+
+
+def make_parts(root: str | Path, n_good: int = 12, n_defective: int = 6, size: int = 512,
+               defect_px: tuple[int, int] = (6, 10), seed: int = 0, category: str = "plate",
+               depth: float = 0.5) -> Path:
+    """High-resolution parts with small defects, in MVTec AD layout (``<category>/test/{good,spot}``,
+    ``ground_truth/spot/<name>_mask.png``): ``size`` px plates, each defective one with a dark spot
+    (a pit, a fraction ``depth`` darker than the plate) ``defect_px`` pixels across, anywhere on the
+    plate. Resized whole to a small image size a pit covers about one pixel; tiles keep it several.
+    Seeded: the same call, the same files."""
+    root = Path(root)
+    rng = np.random.default_rng([seed, 7])
+    good = root / category / "test" / "good"
+    images, masks = root / category / "test" / "spot", root / category / "ground_truth" / "spot"
+    for folder in (good, images, masks):
+        folder.mkdir(parents=True, exist_ok=True)
+    for index in range(n_good):
+        Image.fromarray(_plate(rng, size).astype(np.uint8)).save(good / f"{index:03d}.png")
+    for index in range(n_defective):
+        image = _plate(rng, size)
+        mask = Image.new("L", (size, size), 0)
+        diameter = rng.uniform(*defect_px)
+        cy, cx = rng.uniform(size * 0.08, size * 0.92, 2)
+        ImageDraw.Draw(mask).ellipse([cx - diameter / 2, cy - diameter / 2, cx + diameter / 2, cy + diameter / 2],
+                                     fill=255)
+        binary = np.asarray(mask) > 0
+        image[binary] *= 1.0 - depth
+        Image.fromarray(image.astype(np.uint8)).save(images / f"{index:03d}.png")
+        Image.fromarray(binary.astype(np.uint8) * 255).save(masks / f"{index:03d}_mask.png")
+    return root

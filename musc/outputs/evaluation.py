@@ -197,9 +197,69 @@ class EvaluationInputs:
 
     @classmethod
     def read(cls, extract, classify) -> "EvaluationInputs":
+        if extract.config.get("tiles") is not None:
+            return cls.read_tiled(extract, classify)
         return cls(*(extract.read(name) for name in ("names", "paths", "defect_types", "labels", "has_mask",
                                                       "masks")),
                    *(classify.read(name) for name in ("maps", "image_scores_raw", "image_scores")))
+
+    @classmethod
+    def read_tiled(cls, extract, classify) -> "EvaluationInputs":
+        """A tiled run's inputs: its full-resolution maps and masks read one image at a time and, where an
+        image has more than EVALUATION_MAX_PIXELS, reduced by ``evaluation_reduction`` (so the
+        evaluation holds at most that many pixels per image, whatever the parts' resolution)."""
+        height, width = extract.shape("masks")[1:]
+        factor = evaluation_reduction(height, width)
+        rule = str(extract.attrs.get("mask_rule", "nonzero"))
+        n_images = extract.shape("masks")[0]
+        masks, maps = [], []
+        for index in range(n_images):
+            mask, anomaly_map = extract.read("masks", (index,)), classify.read("maps", (index,))
+            masks.append(reduce_mask(mask, factor, rule))
+            maps.append(reduce_map(anomaly_map, factor))
+        return cls(*(extract.read(name) for name in ("names", "paths", "defect_types", "labels", "has_mask")),
+                   np.stack(masks), np.stack(maps), *(classify.read(name) for name in ("image_scores_raw", "image_scores")))
+
+
+EVALUATION_MAX_PIXELS = 1 << 20  # per image (1024 x 1024): a tiled run's maps are evaluated at most at this size
+
+
+def evaluation_reduction(height: int, width: int) -> int:
+    """The smallest integer factor k that brings an image of height x width pixels to at most
+    EVALUATION_MAX_PIXELS in blocks of k x k (1: evaluated at full resolution)."""
+    factor = 1
+    while math.ceil(height / factor) * math.ceil(width / factor) > EVALUATION_MAX_PIXELS:
+        factor += 1
+    return factor
+
+
+def _pooled_size(shape, factor: int) -> tuple[int, int]:
+    return math.ceil(shape[0] / factor), math.ceil(shape[1] / factor)
+
+
+def reduce_map(anomaly_map: np.ndarray, factor: int) -> np.ndarray:
+    """A map reduced by ``factor`` to ceil(H / k) x ceil(W / k): each block's mean (adaptive pooling:
+    blocks of k x k pixels where k divides the sides, of about k otherwise)."""
+    if factor == 1:
+        return anomaly_map
+    import torch
+    import torch.nn.functional as F
+    grid = torch.from_numpy(np.ascontiguousarray(anomaly_map, dtype=np.float64))[None, None]
+    return F.adaptive_avg_pool2d(grid, _pooled_size(anomaly_map.shape, factor))[0, 0].numpy()
+
+
+def reduce_mask(mask: np.ndarray, factor: int, rule: str) -> np.ndarray:
+    """A binary mask reduced by ``factor`` with the dataset's rule (docs/METHOD.md 1.3): a block is
+    defective when all its pixels are (``truncate``, as MVTec AD's resizing keeps only pixels that stay
+    255) or when any is (``nonzero``)."""
+    if factor == 1:
+        return mask
+    import torch
+    import torch.nn.functional as F
+    grid = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
+    size = _pooled_size(mask.shape, factor)
+    pooled = -F.adaptive_max_pool2d(-grid, size) if rule == "truncate" else F.adaptive_max_pool2d(grid, size)
+    return (pooled[0, 0].numpy() > 0.5).astype(np.uint8)
 
 
 def evaluate(inputs: EvaluationInputs, threshold: float | None = None,

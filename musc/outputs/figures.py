@@ -14,12 +14,14 @@ import numpy as np
 
 from ..inputs.datasets import UnreadableImage, load_image
 from ..method.metrics import METRIC_NAMES, BinaryCurves
+from ..store.catalog import derived_name
 from .evaluation import ANOMALOUS, NORMAL, SHORT_NAMES, Evaluation, EvaluationInputs, metric_text
 
 
 def png_name(image_name: str) -> str:
-    """'crack/000.png' -> 'crack__000.png': one flat folder of per-image figures."""
-    return str(image_name).replace("/", "__").rsplit(".", 1)[0] + ".png"
+    """'crack/000.png' -> 'crack__000-<8 hex>.png': one flat folder of per-image figures, named by
+    the one rule for files derived from an input's name (``musc.store.catalog.derived_name``)."""
+    return derived_name(image_name)
 
 
 def save_binary_masks(folder: Path, inputs: EvaluationInputs, evaluation: Evaluation) -> list[str]:
@@ -40,7 +42,7 @@ def new_figure(width: float, height: float):
 
 
 # Overlays are drawn with numpy and Pillow, not a matplotlib figure per image (about 20x faster).
-RENDER_VERSION = "pil-3"  # part of each image's picture key: a change of the drawing redraws every picture
+RENDER_VERSION = "pil-4"  # part of each image's picture key: a change of the drawing redraws every picture
 PANEL_MIN = 256           # smaller maps are enlarged to this many pixels per side for legibility
 HEAT_ALPHA = 0.5          # the heat map's weight over the image
 THUMB_PX = 96             # each panel (image, heat map) of a gallery thumbnail
@@ -283,7 +285,7 @@ def render_pictures(folder: Path, inputs: EvaluationInputs, overlay_normalisatio
     thumbs.mkdir(parents=True, exist_ok=True)
     paths, names, maps, masks, has_mask = inputs.paths, inputs.names, inputs.maps, inputs.masks, inputs.has_mask
     low, high = (float(maps.min()), float(maps.max())) if overlay_normalisation == "set" else (None, None)
-    size = maps.shape[-1]
+    size = (maps.shape[-1], maps.shape[-2])  # (width, height): S x S, or a tiled run's full resolution
     index_file = overlays / PICTURE_INDEX
     try:
         drawn = json.loads(index_file.read_text())
@@ -302,9 +304,9 @@ def render_pictures(folder: Path, inputs: EvaluationInputs, overlay_normalisatio
     def draw(job) -> None:
         path, anomaly_map, file_name, mask, title = job
         try:
-            image = np.asarray(load_image(path).resize((size, size), reducing_gap=3.0))
+            image = np.asarray(load_image(path).resize(size, reducing_gap=3.0))
         except UnreadableImage:
-            image = np.zeros((size, size, 3), dtype=np.uint8)
+            image = np.zeros((size[1], size[0], 3), dtype=np.uint8)
         save_overlay(image, anomaly_map, overlays / file_name, mask, low, high, title=title)
         scratch = thumbs / f".{file_name}.tmp"
         thumbnail_picture(image, anomaly_map, mask, low, high).save(scratch, format="PNG", compress_level=6)

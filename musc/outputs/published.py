@@ -92,9 +92,11 @@ def category_content(outputs: str | Path, title: str, artifacts: dict[str, str],
 
 
 def dataset_content(folder: str | Path, dataset: str, table: pd.DataFrame, categories: dict[str, str],
-                    artifacts: dict[str, dict[str, str]], top: int = 4) -> Published:
+                    artifacts: dict[str, dict[str, str]], top: int = 4,
+                    links: dict[str, dict[str, str]] | None = None) -> Published:
     """The Prefect artifacts of a dataset run: the metrics of every category, the bar chart, and per
-    category its image ROC/PR curves, its most anomalous and its misclassified images, its HDF5 files."""
+    category its links (``links``: label -> address, e.g. its report artifact and its run in the
+    UI), its image ROC/PR curves, its most anomalous and its misclassified images, its HDF5 files."""
     folder = Path(folder)
     lines = [f"# MuSc results: {dataset}", "", metrics_markdown(table), f"_{LEGEND}_", ""]
     if (folder / "metrics_bars.png").is_file():
@@ -102,7 +104,9 @@ def dataset_content(folder: str | Path, dataset: str, table: pd.DataFrame, categ
     for name, outputs in categories.items():
         items = entries(read_per_image(outputs))
         wrong = [e for e in items if e.misclassified]
-        lines += [f"## {name}", "", summary_line(items), "", *figure_markdown(Path(outputs), ["curves_image.png"]),
+        ways = " · ".join(f"[{label}]({address})" for label, address in (links or {}).get(name, {}).items())
+        lines += [f"## {name}", "", *([ways, ""] if ways else []), summary_line(items), "",
+                  *figure_markdown(Path(outputs), ["curves_image.png"]),
                   f"Most anomalous ({min(top, len(items))} of {len(items)}):", "", gallery_markdown(items[:top]),
                   f"Misclassified ({len(wrong)}):", "", gallery_markdown(wrong[:top]),
                   "HDF5 artifacts: " + ", ".join(f"{stage} `{path}`" for stage, path in artifacts.get(name, {}).items()),

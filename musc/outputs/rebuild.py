@@ -15,7 +15,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..store import ARTIFACTS_MARKER, STAGES, ArtifactError, catalog, open_artifact, report_folder, valid_digest
+from ..store import (ARTIFACTS_MARKER, STAGES, ArtifactError, catalog, open_artifact, report_folder, unless_running,
+                     valid_digest)
 from .reports import dataset_report, evaluate_into
 
 REPORT_FILES = ("metrics.csv", "per_image.csv", "report.md", "report.html")  # what an evaluation's folder holds
@@ -197,19 +198,20 @@ def clean_artifacts(root: str | Path, dry_run: bool = False) -> tuple[list[Path]
     removed, busy = [], []
     for folder in [f for f in catalog.stage_folders(root, STAGES) if _stays_under(root, f)]:
         keys = {catalog.key_of(entry) for entry in folder.iterdir()} - {None}
-        for key in sorted(keys):
-            artifact = folder / f"{key}.h5"
-            if artifact in used:
-                continue
-            victims = catalog.side_files(artifact)
-            with _unless_busy(artifact) as free:
-                if not free:
-                    busy.append(artifact)
+        with unless_running(folder.parent) as idle:  # a run of this category: keep all it may build
+            for key in sorted(keys):
+                artifact = folder / f"{key}.h5"
+                if artifact in used:
                     continue
-                for victim in victims:
-                    removed.append(victim)
-                    if not dry_run:
-                        _remove(victim)
+                victims = catalog.side_files(artifact)
+                with _unless_busy(artifact) as free:
+                    if not (free and idle):
+                        busy.append(artifact)
+                        continue
+                    for victim in victims:
+                        removed.append(victim)
+                        if not dry_run:
+                            _remove(victim)
     return removed, busy
 
 

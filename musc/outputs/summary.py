@@ -37,3 +37,18 @@ def dataset_line(dataset: str, results: Mapping[str, Mapping[str, Any]], page: s
     each = ", ".join(f"{name} {flagged_text(r)}" for name, r in results.items())
     return (f"{dataset}: {len(results)} categor{'y' if len(results) == 1 else 'ies'}, {images} images, "
             f"{flagged} flagged anomalous ({each}); report {page}")
+
+
+def unlabeled_lines(category: str, outputs: str | Path, top: int = 5) -> list[str]:
+    """What is known of a category without labels: its most anomalous parts (score, decision) and
+    how its final scores spread (quantiles), from its per_image.csv."""
+    import pandas as pd
+    table = pd.read_csv(Path(outputs) / "per_image.csv").sort_values("score_rscin", ascending=False, kind="stable")
+    scores = table["score_rscin"].to_numpy(dtype=float)
+    worst = ", ".join(f"{row.name} {row.score_rscin:.4f} ({row.decision})"
+                      for row in table.head(top).itertuples(index=False))
+    spread = ", ".join(f"{label} {value:.4f}" for label, value in
+                       (("min", scores.min()), ("median", float(np.median(scores))),
+                        ("90th percentile", float(np.quantile(scores, 0.9))), ("max", scores.max())))
+    return [f"{category}: no labels, so no metrics; most anomalous: {worst}",
+            f"{category}: final scores {spread}"]

@@ -9,6 +9,7 @@ degrees, scoring settings. Images made otherwise are refused, never mixed in.
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,37 +84,45 @@ class Images:
 
 
 class PoolFile:
-    """A pool artifact opened for reading (digest verified once); features are read block by block."""
+    """A pool artifact opened for reading: a snapshot. The file is opened once and every read (its
+    record, names, calibration and the features, block by block) goes through that handle, so a
+    ``pool add`` that replaces the file meanwhile (an atomic rename) cannot mix two versions: this
+    reader keeps the file it verified."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        artifact = open_artifact(self.path, "pool")
+        check_pool_path(self.path)
+        for _ in range(3):  # the file replaced between opening and verifying: open the new one
+            handle = h5py.File(self.path, "r")
+            artifact = open_artifact(self.path, "pool")
+            if os.fstat(handle.id.get_vfd_handle()).st_ino == os.stat(self.path).st_ino:
+                break
+            handle.close()
+        else:
+            raise PoolError(f"{self.path}: the pool keeps changing while it is opened; try again")
+        self._file = handle
         if artifact.attrs.get("code_version") != stage_schema("pool").code_version:
             raise PoolError(f"{self.path}: a pool written by another version of musc-flow "
                             f"({artifact.attrs.get('code_version') or 'unknown'}); rebuild it with musc pool add")
         self.digest = artifact.digest
         self.settings = PoolSettings.from_config(artifact.config["settings"])
         self.max_images = int(artifact.config["max_images"])
-        self.names = [str(n) for n in artifact.read("names")]
-        self.digests = [str(d) for d in artifact.read("digests")]
-        self.added = artifact.read("added")
-        self.self_scores = artifact.read("self_scores")
-        with h5py.File(self.path, "r") as f:
-            self.feature_shape = tuple(f[f"features_r{self.settings.r_list[0]}"].shape[2:])
+        self.names = [v.decode() if isinstance(v, bytes) else str(v) for v in handle["names"][()]]
+        self.digests = [v.decode() if isinstance(v, bytes) else str(v) for v in handle["digests"][()]]
+        self.added = handle["added"][()]
+        self.self_scores = handle["self_scores"][()]
+        self.feature_shape = tuple(handle[f"features_r{self.settings.r_list[0]}"].shape[2:])
 
     def __len__(self) -> int:
         return len(self.names)
 
     def reader(self, r: int, layer: int) -> Callable[[int, int], torch.Tensor]:
-        def read(start: int, stop: int) -> torch.Tensor:
-            with h5py.File(self.path, "r") as f:
-                return torch.from_numpy(f[f"features_r{r}"][layer, start:stop])
-        return read
+        features = self._file[f"features_r{r}"]
+        return lambda start, stop: torch.from_numpy(features[layer, start:stop])
 
     def images(self) -> Images:
         def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
-            with h5py.File(self.path, "r") as f:
-                return f[f"features_r{r}"][layer, np.sort(indices)]
+            return self._file[f"features_r{r}"][layer, np.sort(indices)]
         return Images(self.names, self.digests, self.added, read, self.feature_shape)
 
     def info(self) -> dict[str, Any]:
@@ -142,6 +151,7 @@ def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images]
     """Write the pool made of ``parts`` in order (oldest first), keeping the newest ``max_images``;
     streamed image by image, then calibrated (leave-one-out scores; ``calibrate=False`` leaves them
     empty: a fixed threshold is then needed). Returns the number of images kept."""
+    check_pool_path(path)
     if max_images < 1:
         raise PoolError(f"max_images: must be at least 1, got {max_images}")
     owners = [(part, index) for part in parts for index in range(len(part))][-max_images:]
@@ -172,6 +182,16 @@ def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images]
                     "added": np.array([p.added[i] for p, i in owners], dtype=np.float64)},
                    code_version=stage_schema("pool").code_version, fill=fill)
     return len(owners)
+
+
+def check_pool_path(path: str | Path) -> Path:
+    """A pool is a ``.h5`` file: its manifest is the ``.json`` beside it, so any other name (a
+    ``.json`` above all, which would be its own manifest) is refused, naming it."""
+    path = Path(path)
+    if path.suffix != ".h5":
+        raise PoolError(f"pool: {path} must be an .h5 file (its manifest is written beside it as "
+                        f"{path.with_suffix('.json').name})")
+    return path
 
 
 def check_addition(pool: PoolFile | None, settings: PoolSettings, images: Images) -> None:

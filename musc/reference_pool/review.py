@@ -118,6 +118,14 @@ def pool_change(day: Day) -> str | None:
     return None
 
 
+def load_day_record(folder: str | Path) -> dict[str, Any]:
+    """The day's record as written (an OSError or ValueError when it is missing or unreadable)."""
+    record = json.loads((Path(folder) / DAY_RECORD).read_text())
+    if not isinstance(record, dict):
+        raise ValueError(f"{Path(folder) / DAY_RECORD}: not a record")
+    return record
+
+
 def write_day_record(folder: str | Path, record: dict[str, Any]) -> None:
     atomic_write_text(Path(folder) / DAY_RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
 

@@ -21,8 +21,9 @@ from ..outputs.figures import save_overlay
 from ..outputs.rebuild import inputs_of
 from ..store import (ArtifactError, artifact_lock, atomic_output, file_digest, mark_artifacts_root,
                      open_artifact)
+from ..store.catalog import derived_name
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
-from .review import SCORES_CSV, ReviewError, load_day, write_day_record
+from .review import SCORES_CSV, ReviewError, load_day, load_day_record, write_day_record
 from .scoring import calibrated_threshold, part_scores
 
 RUN_FIELDS = ("dataset", "category")  # what the extract config says of the run, not of the features
@@ -51,6 +52,9 @@ def run_images(run: str | Path, include_flagged: bool = False
     evaluation = open_artifact(evaluate_path, "evaluate")
     classify_path = inputs_of(evaluate_path, "classify")[0]
     extract = open_artifact(inputs_of(evaluate_path, "extract")[0], "extract")
+    if extract.config.get("tiles") is not None:
+        raise PoolError(f"{evaluate_path}: this run cut its images into tiles (tiles {extract.config['tiles']}); "
+                        "a pool holds whole images only")
     names = [str(n) for n in extract.read("names")]
     category = str(extract.config["category"])
     labelled = np.asarray(extract.read("labels")) == 1
@@ -127,26 +131,53 @@ class DecisionRule:
 
 
 def map_names(paths: Sequence[str | Path]) -> list[str]:
-    """One distinct file stem per image whatever the names: the path relative to the images' common
-    folder, '/' as '__' ('day1/part.png' -> 'day1__part'); the suffix is kept where stems collide."""
+    """One distinct, bounded file stem per image whatever the names: the path relative to the
+    images' common folder, named by the one rule for derived files (``catalog.derived_name``:
+    'day1/part.png' -> 'day1__part-<8 hex>')."""
     resolved = [Path(p).resolve() for p in paths]
     base = Path(os.path.commonpath([p.parent for p in resolved])) if resolved else Path()
-    relative = [p.relative_to(base) for p in resolved]
-    stems = [str(r.with_suffix("")).replace(os.sep, "__") for r in relative]
-    if len(set(stems)) == len(stems):
-        return stems
-    return [str(r).replace(os.sep, "__").replace(".", "_") for r in relative]
+    return [derived_name(str(p.relative_to(base)).replace(os.sep, "/"), suffix="") for p in resolved]
+
+
+def pool_backbone(pool: PoolFile, device: str) -> ExtractSettings:
+    """The extraction settings of the pool's images, refused (one line naming both) when the model
+    or weights file now at the recorded path is not the one the pool was made with (edited since,
+    or a relative path that now finds another file)."""
+    from ..inputs.backbone_spec import backbone_settings
+    recorded = pool.settings.features
+    settings = ExtractSettings.from_recorded(recorded, device=device, batch_size=4)
+    now = backbone_settings(settings)
+    for name in ("backbone", "pretrained"):
+        key = f"{name}_sha256"
+        if recorded.get(key) != now.get(key):
+            found = now.get(key) or "no such file"
+            raise PoolError(f"{name}: {settings.__dict__[name]} is not the file the pool {pool.path.name} was made "
+                            f"with (SHA-256 {str(recorded.get(key))[:12]} in the pool, {found[:12]} now); score with "
+                            f"that file, or build a pool with this one")
+    return settings
+
+
+def distinct_images(images: Sequence[str | Path]) -> dict[str, list[str]]:
+    """Each part once: the names given, grouped by the file they are (the same file by any path, or
+    identical bytes), in order of first appearance; the first name of a group stands for it."""
+    groups: dict[str, list[str]] = {}
+    for image in dict.fromkeys(str(i) for i in images):
+        try:
+            key = file_digest(image)
+        except OSError:
+            key = f"unreadable:{Path(image).resolve()}"  # said when it is loaded
+        groups.setdefault(key, []).append(image)
+    return {names[0]: names for names in groups.values()}
 
 
 def _extract(pool: PoolFile, images: Sequence[str | Path], device: str) -> tuple[list[str], list, list[torch.Tensor]]:
     from ..inputs.backbones import backbone_for
-    features = pool.settings.features
-    settings = ExtractSettings.from_recorded(features, device=device, batch_size=4)
+    settings = pool_backbone(pool, device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         backbone = backbone_for(settings)
     loaded, names = [], []
-    for image in dict.fromkeys(str(i) for i in images):  # each file once
+    for image in images:
         try:
             loaded.append(load_image(image))
             names.append(image)
@@ -175,11 +206,13 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     ``day.json`` (``day``, default the folder's name; the pool; each part's digest; see ``review``)
     in ``out``; the overlays share one colour scale, the day's ``map_range``. Returns {"rows": [...],
     "threshold", "rule", "pool_size", "maps": {path: map}, "map_range": (low, high)}."""
+    out = output_folder(out, images)  # before any work: a folder of its own, writable
     pool = PoolFile(pool_path)
     if not len(pool):
         raise PoolError(f"{pool_path}: the pool is empty; add a scored run first (musc pool add)")
     threshold, rule_text = rule.apply(pool)
-    names, loaded, tokens = _extract(pool, images, device)
+    groups = distinct_images(images)  # the same part by two names is scored once, reported for each
+    names, loaded, tokens = _extract(pool, list(groups), device)
     settings = pool.settings
     msm = settings.score
     per_degree = []
@@ -190,9 +223,8 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
         per_degree.append(torch.stack(layers))
     maps, scores = anomaly_maps(per_degree, settings.image_size)
     verdicts = decision_words(decisions(scores, threshold))
-    out = mark_artifacts_root(out)  # our maps are never listed as input images later
     (out / "maps").mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, by_name = [], {}
     low, high = day_range(maps)  # one colour scale for the day's maps: a hot map reads hotter than a cool one
     for name, stem, image, anomaly_map, score, verdict in zip(names, map_names(names), loaded, maps, scores, verdicts):
         target = out / "maps" / f"{stem}.png"
@@ -200,14 +232,47 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
         save_overlay(picture, anomaly_map, target, vmin=low, vmax=high,
                      title=f"{Path(name).name}  score {score:.4f}  {verdict}")
         np.save(target.with_suffix(".npy"), anomaly_map.astype(np.float32))
-        rows.append({"path": name, "score": float(score), "decision": str(verdict), "map_png": str(target)})
-    with atomic_output(out / SCORES_CSV) as scratch:
-        pd.DataFrame(rows, columns=list(SCORES_CSV_COLUMNS)).to_csv(scratch, index=False)
-    write_day_record(out, {"day": day or out.resolve().name, "pool": str(Path(pool_path).resolve()),
-                           "pool_digest": pool.digest, "threshold": threshold, "rule": rule_text,
-                           "parts": {name: file_digest(name) for name in names}})
-    return {"rows": rows, "threshold": threshold, "rule": rule_text, "pool_size": len(pool),
-            "maps": dict(zip(names, maps)), "map_range": (low, high)}
+        for alias in groups[name]:
+            rows.append({"path": alias, "score": float(score), "decision": str(verdict), "map_png": str(target)})
+            by_name[alias] = anomaly_map
+    write_scores(out, rows, {"day": day or out.resolve().name, "pool": str(Path(pool_path).resolve()),
+                             "pool_digest": pool.digest, "threshold": threshold, "rule": rule_text,
+                             "parts": {row["path"]: file_digest(row["path"]) for row in rows}})
+    return {"rows": rows, "threshold": threshold, "rule": rule_text, "pool_size": len(pool), "maps": by_name,
+            "map_range": (low, high)}
+
+
+def output_folder(out: str | Path, images: Sequence[str | Path]) -> Path:
+    """score-new's ``out``, checked before any work: never a folder holding the input images (our
+    maps would be read back as parts), and writable (marked as ours, so no listing takes it)."""
+    target = Path(out).resolve()
+    inside = [str(i) for i in images if target == Path(i).resolve().parent or target in Path(i).resolve().parents]
+    if inside:
+        raise PoolError(f"out: {out} holds the input images (first: {inside[0]}); give a folder of its own")
+    try:
+        return mark_artifacts_root(out)
+    except ArtifactError as error:
+        raise PoolError(f"out: {str(error).split(': ', 1)[1]}") from None
+
+
+def write_scores(out: Path, rows: list[dict], record: dict[str, Any]) -> None:
+    """scores.csv and the day's record of ``out``, under one lock: the rows (and recorded parts) of
+    an earlier call into the same folder stay (a part scored again gets its new row), so two calls
+    into one ``out`` lose nothing."""
+    target = out / SCORES_CSV
+    with artifact_lock(target):
+        try:
+            earlier_parts = load_day_record(out).get("parts", {})
+        except (OSError, ValueError):
+            earlier_parts = {}
+        write_day_record(out, {**record, "parts": {**earlier_parts, **record["parts"]}})
+        kept = pd.DataFrame(columns=list(SCORES_CSV_COLUMNS))
+        if target.is_file():
+            earlier = pd.read_csv(target, dtype=str, keep_default_na=False)
+            kept = earlier[~earlier["path"].isin({row["path"] for row in rows})]
+        table = pd.concat([kept, pd.DataFrame(rows, columns=list(SCORES_CSV_COLUMNS))], ignore_index=True)
+        with atomic_output(target) as scratch:
+            table.to_csv(scratch, index=False)
 
 
 def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int | None = None,

@@ -1,5 +1,5 @@
-"""Stage 4, classify: anomaly maps (mean over layers and degrees, upsampled) and image scores
-before and after RsCIN."""
+"""Stage 4, classify: anomaly maps (mean over layers and degrees, upsampled; tiled runs: the tiles'
+maps stitched at the image's full resolution) and image scores before and after RsCIN."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,15 +32,30 @@ def build(path: Path, plan: Plan) -> None:
     image_size = int(plan.key.config["image_size"])
     patch_map = combine_patch_scores([store.open_artifact(s["path"], "score", s["digest"]).read("scores")
                                       for s in scores]).numpy()
-    raw = np.empty(patch_map.shape[0])
+    tiled = source.config.get("tiles") is not None
+    n_images = source.shape("masks")[0] if tiled else patch_map.shape[0]
+    raw = np.empty(n_images)
 
-    def fill(f: h5py.File) -> None:
-        maps = f.create_dataset("maps", shape=(patch_map.shape[0], image_size, image_size), dtype="float64",
-                                chunks=(1, image_size, image_size))
-        for start in range(0, patch_map.shape[0], IMAGES_PER_CHUNK):
+    def fill_untiled(maps: h5py.Dataset) -> None:
+        for start in range(0, n_images, IMAGES_PER_CHUNK):
             chunk = upsample_maps(patch_map[start:start + IMAGES_PER_CHUNK], image_size)
             maps[start:start + chunk.shape[0]] = chunk.numpy()
             raw[start:start + chunk.shape[0]] = image_scores_from_maps(chunk)
+
+    def fill_stitched(maps: h5py.Dataset) -> None:
+        """One image's map at a time: its tiles' patch scores stitched at its full resolution."""
+        from ..method.tiling import stitch
+        sources, boxes = source.read("tile_source"), source.read("tile_boxes")
+        for image in range(n_images):
+            rows = np.flatnonzero(sources == image)
+            stitched = stitch(patch_map[rows], boxes[rows], *maps.shape[1:])
+            maps[image] = stitched
+            raw[image] = stitched.max()
+
+    def fill(f: h5py.File) -> None:
+        shape = tuple(source.shape("masks")[1:]) if tiled else (image_size, image_size)
+        maps = f.create_dataset("maps", shape=(n_images, *shape), dtype="float64", chunks=(1, *shape))
+        (fill_stitched if tiled else fill_untiled)(maps)
         fault_point("classify", 1)
         f.create_dataset("image_scores_raw", data=raw)
         f.create_dataset("image_scores", data=rescore(raw, source.read("embeddings"), k_list))

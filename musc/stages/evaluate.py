@@ -23,6 +23,17 @@ def plan(extract: Ref, classify: Ref, settings: EvaluateSettings) -> Plan:
     return Plan("evaluate", key, str(key.beside(extract)), "evaluate", {"extract": extract, "classify": classify})
 
 
+def _pixel_resolution(source) -> dict:
+    """Tiled runs: the resolution per image their pixel metrics were computed at (the images' own, or
+    reduced to at most EVALUATION_MAX_PIXELS); untiled runs record nothing (it is the image size)."""
+    if source.config.get("tiles") is None:
+        return {}
+    from ..outputs.evaluation import evaluation_reduction
+    height, width = source.shape("masks")[1:]
+    factor = evaluation_reduction(height, width)
+    return {"pixel_resolution": [int(-(-height // factor)), int(-(-width // factor))]}
+
+
 def build(path: Path, plan: Plan) -> None:
     from ..outputs.evaluation import metric_text
     from ..outputs.reports import evaluate_into  # sklearn, pandas, figures: only when evaluating
@@ -37,7 +48,7 @@ def build(path: Path, plan: Plan) -> None:
         {"metrics": {k: np.float64(v) for k, v in decided.metrics.items()}, "ranking": decided.ranking,
          "decisions": decided.decisions},
         attrs={**decided.summary(), "category": source.config["category"], "dataset": source.config["dataset"],
-               "outputs": str(outputs)},
+               "outputs": str(outputs), **_pixel_resolution(source)},
         code_version=plan.key.code_version)
     shown = ", ".join(f"{k} {metric_text(v)}" for k, v in decided.metrics.items() if not math.isnan(v)) or "none"
     log.info(f"evaluate {source.config['category']}: {shown}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -45,19 +46,76 @@ def plan(category: Category, settings: ExtractSettings, artifacts: str) -> Plan:
     return Plan("extract", key, str(path), f"extract {category.name}", {"category": category, "settings": settings})
 
 
-def _extract_batch(backbone, category: Category, indices, image_size):
+@dataclass(frozen=True)
+class ImageTiling:
+    """How a tiled run cuts its images (all of one size, height x width): the boxes of each image's
+    tiles (``musc.method.tiling.tile_boxes``), row-major."""
+    height: int
+    width: int
+    boxes: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return len(self.boxes)
+
+    @classmethod
+    def of(cls, category: Category, settings: ExtractSettings) -> "ImageTiling | None":
+        """The tiling of a category's images (their size: the first readable image's), or None untiled."""
+        if settings.tiles is None:
+            return None
+        from ..method.tiling import tile_boxes
+        for sample in category.samples:
+            try:
+                width, height = load_image(sample.path).size
+            except UnreadableImage:
+                continue
+            try:
+                return cls(height, width, tile_boxes(height, width, settings.tiles, settings.tile_overlap or 0.0))
+            except ValueError as error:
+                raise DatasetError(f"{sample.path}: {error}") from None
+        return None  # no readable image: the merge says so
+
+    def cut(self, image, path: str) -> list:
+        """The tiles of one image (PIL), in the order of ``boxes``; DatasetError naming the file when
+        it is not of the category's size (the tiles of the images must lie at the same places)."""
+        if image.size != (self.width, self.height):
+            raise DatasetError(f"{path}: {image.size[0]} x {image.size[1]} pixels, but the category's first image "
+                               f"has {self.width} x {self.height}; a tiled run needs images of one size")
+        return [image.crop((int(left), int(top), int(right), int(bottom)))
+                for top, left, bottom, right in self.boxes]
+
+
+def _extract_batch(backbone, category: Category, indices, image_size, tiling: ImageTiling | None = None,
+                   batch_size: int = 4):
+    """Tokens, embeddings and masks of a batch of images. Tiled: each image's tiles are the rows of
+    the tokens (image-major), forwarded ``batch_size`` tiles at a time; an image's embedding is the
+    mean of its tiles' embeddings, renormalised; masks at the image's full resolution."""
     import torch
     images, kept, skipped = [], [], []
     for index in indices:
         try:
-            images.append(backbone.preprocess(load_image(category.samples[index].path)))
+            image = load_image(category.samples[index].path)
+            if tiling is None:
+                images.append(backbone.preprocess(image))
+            else:
+                images.extend(backbone.preprocess(tile) for tile in tiling.cut(image, category.samples[index].path))
             kept.append(index)
         except UnreadableImage as error:
             skipped.append(str(error))
     if not images:
         return None, skipped
-    tokens, embeddings = backbone.extract(torch.stack(images))
-    masks = np.stack([load_mask(category.samples[i].mask_path, image_size, category.mask_rule) for i in kept])
+    if tiling is None:
+        tokens, embeddings = backbone.extract(torch.stack(images))
+        mask_size = image_size
+    else:
+        chunks = [backbone.extract(torch.stack(images[start:start + batch_size]))
+                  for start in range(0, len(images), batch_size)]
+        tokens = [torch.cat([chunk[0][layer] for chunk in chunks]) for layer in range(len(chunks[0][0]))]
+        per_tile = torch.cat([chunk[1] for chunk in chunks]).float()
+        embeddings = per_tile.view(len(kept), tiling.count, -1).mean(dim=1)
+        embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
+        mask_size = (tiling.height, tiling.width)
+    masks = np.stack([load_mask(category.samples[i].mask_path, mask_size, category.mask_rule) for i in kept])
     return {"tokens": torch.stack(tokens).numpy(), "embeddings": embeddings.numpy(),
             "indices": np.asarray(kept, dtype=np.int64), "masks": masks}, skipped
 
@@ -69,6 +127,7 @@ def build(path: Path, plan: Plan) -> None:
     backbone = backbone_for(settings)
     batch_size = settings.batch_size
     batches = [list(range(i, min(i + batch_size, len(samples)))) for i in range(0, len(samples), batch_size)]
+    tiling = ImageTiling.of(category, settings)
     skipped: list[str] = []
     started, done_images = time.perf_counter(), 0
     # the flow opened this job (terminal bar, Prefect progress artifact); alone, the task opens it
@@ -80,7 +139,7 @@ def build(path: Path, plan: Plan) -> None:
             skipped.extend(json.loads(part.get("attr:skipped", "[]")))
             job.advance(len(indices))
             continue
-        arrays, batch_skipped = _extract_batch(backbone, category, indices, settings.image_size)
+        arrays, batch_skipped = _extract_batch(backbone, category, indices, settings.image_size, tiling, batch_size)
         for message in batch_skipped:
             log.warning(f"extract: skipping {message}")
         skipped.extend(batch_skipped)
@@ -102,21 +161,25 @@ def build(path: Path, plan: Plan) -> None:
                            f"MuSc needs at least {MIN_IMAGES}")
     chosen = [samples[i] for i in kept]
     has_mask = np.array([s.mask_path is not None for s in chosen])
-    image_size = settings.image_size
+    mask_shape = parts[0]["masks"].shape[1:]  # (S, S), or the full resolution (H, W) when tiled
+    per_image = 1 if tiling is None else tiling.count  # token rows per image
 
     def fill(f: h5py.File) -> None:
         first = parts[0]["tokens"]
-        tokens = f.create_dataset("tokens", shape=(first.shape[0], kept.size, *first.shape[2:]), dtype=first.dtype,
-                                  chunks=(1, 1, *first.shape[2:]))
-        masks = f.create_dataset("masks", shape=(kept.size, image_size, image_size), dtype=np.uint8,
-                                 chunks=(1, image_size, image_size), compression="gzip")
+        tokens = f.create_dataset("tokens", shape=(first.shape[0], kept.size * per_image, *first.shape[2:]),
+                                  dtype=first.dtype, chunks=(1, 1, *first.shape[2:]))
+        masks = f.create_dataset("masks", shape=(kept.size, *mask_shape), dtype=np.uint8,
+                                 chunks=(1, *mask_shape), compression="gzip")
         start = 0
         for part in parts:
             stop = start + part["indices"].size
-            tokens[:, start:stop] = part["tokens"]
+            tokens[:, start * per_image:stop * per_image] = part["tokens"]
             masks[start:stop] = part["masks"]
             start = stop
         f.create_dataset("embeddings", data=np.concatenate([p["embeddings"] for p in parts]))
+        if tiling is not None:
+            f.create_dataset("tile_source", data=np.repeat(np.arange(kept.size, dtype=np.int64), tiling.count))
+            f.create_dataset("tile_boxes", data=np.tile(tiling.boxes, (kept.size, 1)))
 
     labels = np.array([-1 if s.label is None else s.label for s in chosen], dtype=np.int64)
     store.write_artifact(

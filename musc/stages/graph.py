@@ -17,6 +17,8 @@ from typing import Callable
 from ..inputs.config import MuscConfig
 from ..inputs.datasets import Category
 from . import aggregate, classify, evaluate, extract, score
+from ..store import running
+from ..store.catalog import category_folder
 from .building import Plan, ensure, valid_ref
 from .key import Ref
 
@@ -88,8 +90,10 @@ def reused_throughout(run: Run) -> bool:
 
 
 def build_all(run: Run) -> dict[str, "Ref | list[Ref]"]:
-    """Every stage built here, in this process (or reused): plain Python, no Prefect."""
-    return walk(run, lambda spec, plans: [ensure(p)[0] for p in plans])
+    """Every stage built here, in this process (or reused): plain Python, no Prefect. The category's
+    run marker is held meanwhile (``musc clean`` leaves the category alone)."""
+    with running(category_folder(run.artifacts, run.images.dataset, run.images.name)):
+        return walk(run, lambda spec, plans: [ensure(p)[0] for p in plans])
 
 
 def first_plan(run: Run) -> Plan:

@@ -34,16 +34,45 @@ def plan(aggregate: Ref, extract: Ref, settings: ScoreSettings, r: int) -> Plan:
                 {"aggregate": aggregate, "extract": extract, "settings": settings})
 
 
+def scoring_sets(extract: Ref, settings: ScoreSettings) -> list[tuple[list[int], int]]:
+    """The sets scored mutually, each as (its members: rows of the extracted tokens, the vote count
+    its rank window is taken from, as an image count ``msm_rank_window`` takes).
+
+    Untiled, a row is an image and the sets are the subsets. Tiled (R x C tiles, rows image-major),
+    ``aligned``: one set per subset and tile position, of that position's tiles (one per image, so
+    the window is the untiled one); ``all``: one set per subset of all its images' tiles, where the
+    votes of a tile's own image are left out (``compute_tile``), so it has (n - 1) * T votes."""
+    artifact = store.open_artifact(extract["path"], "extract", extract["digest"])
+    image_sets = subsets([str(g) for g in artifact.read("defect_types")], int(settings.divide_num), int(settings.seed))
+    grid = artifact.config.get("tiles")
+    if grid is None:
+        return [(members, len(members)) for members in image_sets]
+    count = int(grid[0]) * int(grid[1])
+    if settings.tile_mixing == "all":
+        return [([i * count + t for i in members for t in range(count)], (len(members) - 1) * count + 1)
+                for members in image_sets]
+    return [([i * count + t for i in members], len(members)) for members in image_sets for t in range(count)]
+
+
 def subset_members(extract: Ref, settings: ScoreSettings) -> list[list[int]]:
-    """The members (image indices) of each subset of the extracted images."""
-    groups = store.open_artifact(extract["path"], "extract", extract["digest"]).read("defect_types")
-    return subsets([str(g) for g in groups], int(settings.divide_num), int(settings.seed))
+    """The members (rows of the extracted tokens: images, or tiles when tiled) of each scored set."""
+    return [members for members, _ in scoring_sets(extract, settings)]
 
 
 def tiles(plan: Plan) -> list[Tile]:
     """Every tile of the plan's images."""
     settings: ScoreSettings = plan.needs["settings"]
     return set_tiles(subset_members(plan.needs["extract"], settings), int(settings.block_size))
+
+
+def _row_sources(plan: Plan):
+    """The source image of each token row when votes between tiles of one image are left out
+    (tile mixing ``all``), else None."""
+    if plan.needs["settings"].tile_mixing != "all":
+        return None
+    extract = plan.needs["extract"]
+    artifact = store.open_artifact(extract["path"], "extract", extract["digest"])
+    return artifact.read("tile_source") if artifact.config.get("tiles") is not None else None
 
 
 def tile_done(plan: Plan, tile: Tile) -> bool:
@@ -70,6 +99,12 @@ def compute_tile(plan: Plan, tile: Tile) -> bool:
     votes = [tile_minima(block_a[layer], block_b[layer], same_block=tile.same_block, radius=settings.aligned_radius,
                          precision=settings.msm_precision)
              for layer in range(block_a.shape[0])]
+    sources = _row_sources(plan)
+    if sources is not None:  # a tile's votes against the tiles of its own image: left out (+inf)
+        same = torch.from_numpy(sources[np.asarray(tile.images_a)][:, None] == sources[np.asarray(tile.images_b)][None, :])
+        same = same.to(target)
+        votes = [(a.masked_fill(same[:, :, None], float("inf")), b.masked_fill(same.T[:, :, None], float("inf")))
+                 for a, b in votes]
     store.write_part(plan.path, tile.part_name(settings.block_size),
                      {"a_votes": torch.stack([v[0] for v in votes]).cpu().numpy(),
                       "b_votes": torch.stack([v[1] for v in votes]).cpu().numpy()})
@@ -99,8 +134,8 @@ def build(path: Path, plan: Plan) -> None:
         if opened:
             job.finish()
     by_position = {(t.subset, t.first, t.second): t for t in every}
-    for subset, members in enumerate(subset_members(extract, settings)):
-        k_min, k_max = msm_rank_window(len(members), settings.topmin_min, settings.topmin_max)
+    for subset, (members, window) in enumerate(scoring_sets(extract, settings)):
+        k_min, k_max = msm_rank_window(window, settings.topmin_min, settings.topmin_max)
         n_blocks = 1 + max(t.second for t in every if t.subset == subset)
 
         def votes_of(first: int, second: int, subset: int = subset) -> "_PartVotes":

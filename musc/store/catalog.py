@@ -19,6 +19,7 @@ stage name, or ``<stage>_<i>`` for the i-th of several inputs of one stage (clas
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -116,6 +117,12 @@ def is_part(path: str | Path) -> bool:
     return Path(path).parent.suffix == ".parts"
 
 
+def run_marker(category_folder: str | Path) -> Path:
+    """A category's run marker: every run of the category holds it (shared) while it runs, so
+    ``musc clean`` (which needs it alone) never removes what a running command builds."""
+    return Path(category_folder) / ".musc-run.lock"
+
+
 def report_folder(artifact: str | Path) -> Path:
     """Where an evaluate artifact's CSV, Markdown, HTML and figures live: the folder beside it."""
     return Path(artifact).with_suffix("")
@@ -158,6 +165,24 @@ def key_of(entry: str | Path) -> str | None:
     else:
         key = entry.stem if entry.suffix in (".h5", ".json") else None
     return key if key is not None and KEY_PATTERN.fullmatch(key) else None
+
+
+# Files named after an input ------------------------------------------------------------------------
+
+DERIVED_READABLE = 80  # characters of the readable part: with the digest, far below any file-name limit
+
+
+def derived_name(name: str, suffix: str = ".png") -> str:
+    """The one name of every file we derive from an input's name (overlays, thumbnails, binary
+    masks, score-new's maps): a readable part (the name without its extension, '/' as '__', other
+    characters than letters, digits, '.', '_' and '-' as '_', at most DERIVED_READABLE characters)
+    and 8 hex digits of the SHA-256 of the whole name: distinct names never share a file
+    ('x.y.png' and 'x_y.png', 'a/b.png' and 'a__b.png', '000.png' and '000.jpg'), and a name of any
+    length gives a name the file system takes."""
+    text = str(name)
+    stem = text.rsplit(".", 1)[0] if "." in text.rsplit("/", 1)[-1] else text
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip(".")[:DERIVED_READABLE] or "image"
+    return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:8]}{suffix}"
 
 
 # Input roles and lineage --------------------------------------------------------------------------

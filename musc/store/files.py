@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 
 from .catalog import (ARTIFACTS_MARKER, ArtifactError, artifact_path, is_part, lock_path, manifest_path, part_path,
-                      parts_dir, parts_folders, temporary_files, temporary_path, verification_record)
+                      parts_dir, parts_folders, run_marker, temporary_files, temporary_path, verification_record)
 from .schema import SCHEMA_VERSION, STAGES, stage_schema
 
 
@@ -465,6 +465,39 @@ def clear_temporary_files(path: str | Path) -> None:
     for target in (path, manifest_path(path)):
         for leftover in temporary_files(target):
             leftover.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def running(category_folder: str | Path) -> Iterator[None]:
+    """Held (shared: many runs at once) while a run of the category computes or reuses its stages."""
+    marker = run_marker(category_folder)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    with open(marker, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def unless_running(category_folder: str | Path) -> Iterator[bool]:
+    """Yields True, holding the category's run marker alone, when no run of it is going on; else
+    False at once (nothing waits)."""
+    marker = run_marker(category_folder)
+    if not marker.exists():
+        yield True
+        return
+    with open(marker, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -70,9 +70,12 @@ COMMON_ATTRS = (
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("extract", "2", "patch tokens and image embeddings of every readable image", datasets=(
-        Field("tokens", "float32", "(layers, N, 1+L, C)", "tokens of each chosen block; index 0 is the class token"),
-        Field("embeddings", "float32", "(N, D)", "L2-normalised image embeddings (RsCIN's similarity)"),
-        Field("masks", "uint8", "(N, S, S)", "ground-truth masks resized to S and binarised (0/1; zeros if none)"),
+        Field("tokens", "float32", "(layers, N, 1+L, C)", "tokens of each chosen block; index 0 is the class token "
+                                                         "(tiled runs: one row per tile, N x T rows, image-major)"),
+        Field("embeddings", "float32", "(N, D)", "L2-normalised image embeddings (RsCIN's similarity); tiled runs: "
+                                                 "the mean of the image's tile embeddings, renormalised"),
+        Field("masks", "uint8", "(N, S, S) or (N, H, W)", "ground-truth masks resized to S and binarised (0/1; zeros "
+                                                          "if none); tiled runs: at the images' full resolution H x W"),
         Field("names", "str", "(N,)", "image names relative to the category folder"),
         Field("paths", "str", "(N,)", "absolute image paths"),
         Field("digests", "str", "(N,)", "SHA-256 of each image file"),
@@ -80,6 +83,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("labels", "int64", "(N,)", "1 anomalous, 0 normal, -1 unknown"),
         Field("has_mask", "bool", "(N,)", "whether a ground-truth mask exists"),
         Field("skipped", "str", "(n_skipped,)", "unreadable files that were left out, with the reason"),
+        Field("tile_source", "int64", "(N x T,)", "tiled runs (config `tiles` [R, C], T = R x C tiles per image, "
+                                                  "`tile_overlap`): the image (index into names) of each token row",
+              required=False),
+        Field("tile_boxes", "int64", "(N x T, 4)", "tiled runs: each row's tile box in its image's pixels (top, left, "
+                                                   "bottom, right; bottom and right exclusive)", required=False),
     ), attrs=(
         Field("backbone", "str", "", "the backbone as loaded (model, weights, blocks, patch size)"),
         Field("mask_rule", "str", "", "how resized masks were binarised: truncate or nonzero"),
@@ -91,14 +99,19 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     )),
     Stage("score", "1", "MSM patch scores of one degree r", datasets=(
         Field("scores", "float64", "(layers, N, L)", "mean of each patch's smallest nearest-patch distances to "
-                                                     "the other images"),
+                                                     "the other images (tiled runs: per tile row; config "
+                                                     "`tile_mixing`: aligned or all)"),
     ), attrs=(
         Field("msm_precision", "str", "", "the precision the tiles ran in (the config records fp32 for the "
                                           "exact ones: fp32 and the bf16 screen give the same scores)"),
     )),
     Stage("classify", "1", "anomaly maps and image scores", datasets=(
-        Field("patch_map", "float64", "(N, L)", "patch scores averaged over layers and degrees"),
-        Field("maps", "float64", "(N, S, S)", "anomaly maps: the patch map upsampled bilinearly to S"),
+        Field("patch_map", "float64", "(N, L)", "patch scores averaged over layers and degrees (tiled runs: one row "
+                                                "per tile, as the extract's tokens)"),
+        Field("maps", "float64", "(N, S, S) or (N, H, W)", "anomaly maps: the patch map upsampled bilinearly to S; "
+                                                           "tiled runs: each tile's map upsampled to its box and "
+                                                           "stitched at the image's full resolution H x W (overlaps "
+                                                           "averaged)"),
         Field("image_scores_raw", "float64", "(N,)", "maximum of each map"),
         Field("image_scores", "float32|float64", "(N,)", "image scores after RsCIN (the final scores)"),
     )),
@@ -117,6 +130,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("dataset", "str", "", "dataset layout"),
         Field("outputs", "str", "", "the folder of reports and figures when written (a record only: readers "
                                      "use the folder beside the artifact)"),
+        Field("pixel_resolution", "JSON", "", "tiled runs: [height, width] per image of the maps and masks the "
+                                              "pixel metrics and figures used (the images' full resolution, "
+                                              "reduced by an integer factor above 1024 x 1024 pixels)"),
     )),
     Stage("pool", "3", "a reference pool of one category: LNAMD features of earlier images, what they were "
                        "made and scored with (config: settings = category, backbone/feature settings with image "
@@ -150,7 +166,8 @@ def markdown() -> str:
              "made once those times were older than the file system's timestamp resolution (2 s for "
              "whole-second times, 50 ms otherwise): a later command trusts an unchanged "
              "artifact without reading it again, and any write, replacement or copy makes it check again. "
-             "Shapes: N images, L patches per image, C channels, S image size, P pool images.", "",
+             "Shapes: N images, L patches per image, C channels, S image size, P pool images; tiled runs: "
+             "T tiles per image, H x W the images' full resolution.", "",
              "The key is a hash of exactly what the artifact records: its code version, its `config` and its "
              "`inputs` (musc/stages/key.py), so an artifact whose record does not give the key it sits under "
              "is not used. Where an artifact root's files lie: musc/store/catalog.py.", "",
