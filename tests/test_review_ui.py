@@ -100,7 +100,7 @@ def test_a_day_is_reviewed_in_the_ui_while_the_next_runs(ui_server, worker, pool
         note = dialog.find_element(By.CSS_SELECTOR, "textarea")
         note.send_keys("checked at the line")
         submit = next(b for b in dialog.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Submit")
-        submit.click()
+        driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click()", submit)
         try:
             WebDriverWait(driver, 60, 0.5).until(lambda d: httpx.get(f"{api}/flow_runs/{reviewed}").json()
                                                  ["state"]["type"] != "PAUSED")
