@@ -451,48 +451,13 @@ def review(day: Annotated[Path, typer.Argument(help="A day's results folder (its
             out.print(f"{part}: {verdict}")
         if recorded:
             out.print(f"{len(recorded)} verdict(s) recorded in {day / 'scores.csv'} and {scored.history_path()}")
-            out.print(_emit_verdicts(scored, recorded, note))
+            from .pool import emit_verdicts
+            out.print(emit_verdicts(scored, recorded, note))
         flagged = scored.flagged()
         out.print(f"{scored.name}: {len(flagged)} flagged of {len(scored.table)} part(s)")
         for row in flagged.itertuples():
             out.print(f"  {row.path}  score {row.score:.4f}  {row.verdict or 'not reviewed'}  map {row.map_png}")
     terminal.run_guarded(go)
-
-
-VERDICT_EVENTS = {"defect": "musc.part.confirmed", "good": "musc.part.dismissed"}
-
-
-def _emit_verdicts(day, recorded: list[tuple[str, str]], note: str) -> str:
-    """Each verdict as a Prefect event (``musc.part.confirmed``: defect, ``musc.part.dismissed``:
-    good) on the pool's resource (the daily flow's ``musc.pool.<name>``), with the part, day and
-    score. Only with a Prefect server configured (PREFECT_API_URL): without one, emitting would
-    start a temporary server for nothing. Never fails the command: returns a line saying what
-    happened."""
-    from prefect.settings import get_current_settings
-    if not get_current_settings().api.url:
-        return "events not sent: no Prefect server configured (PREFECT_API_URL); the verdicts are in the files above"
-    try:
-        from prefect.events import emit_event
-
-        from musc.reference_pool.daily import SCORE_DECIMALS
-
-        from .pool import pool_name
-        from tasks.publish import artifact_key
-        if day.pool is not None:
-            resource = {"prefect.resource.id": f"musc.pool.{pool_name(day.pool)}",
-                        "prefect.resource.name": day.pool.name, "musc.pool.path": str(day.pool.resolve())}
-        else:
-            resource = {"prefect.resource.id": f"musc.{artifact_key('day', day.name).removeprefix('musc-')}",
-                        "prefect.resource.name": str(day.folder)}
-        scores = day.table.drop_duplicates("path").set_index("path")
-        for part, verdict in recorded:
-            emit_event(event=VERDICT_EVENTS[verdict], resource={**resource, "musc.day": day.name},
-                       payload={"part": part, "day": day.name, "verdict": verdict, "note": note,
-                                "score": round(float(scores.loc[part, "score"]), SCORE_DECIMALS),
-                                "decision": str(scores.loc[part, "decision"]), "scores_csv": str(day.folder / "scores.csv")})
-        return f"{len(recorded)} event(s) sent: {', '.join(sorted({VERDICT_EVENTS[v] for _, v in recorded}))}"
-    except Exception as error:  # noqa: BLE001 - the verdicts are recorded; an event is a notice
-        return f"events not sent: {str(error).splitlines()[0][:160] if str(error) else type(error).__name__}"
 
 
 @app.command("score-new")

@@ -121,6 +121,34 @@ def run_musc(*args, cwd, env=None, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture(scope="module")
+def pool_file(tiny_dataset, tmp_path_factory):
+    """A pool of the good images, extracted and aggregated as a run with TINY_CONFIG would."""
+    import warnings
+
+    import numpy as np
+    import torch
+
+    import musc
+    from musc.inputs.backbone_spec import backbone_settings
+    from musc.inputs.config import MuscConfig
+    from musc.inputs.datasets import load_image
+    from musc.reference_pool import Images, PoolSettings, write_pool
+    cfg = MuscConfig.from_dict({**TINY_CONFIG})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        backbone = musc.load_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, cfg.layers, device="cpu")
+    paths = sorted((tiny_dataset / "fabric/test/good").glob("*.png"))[1:]
+    tokens, _ = backbone.extract(torch.stack([backbone.preprocess(load_image(p)) for p in paths]))
+    features = {r: np.stack([musc.aggregate(t, r).numpy() for t in tokens]) for r in cfg.r_list}
+    settings = PoolSettings("fabric", backbone_settings(cfg.extract), tuple(cfg.r_list))
+    path = tmp_path_factory.mktemp("pool") / "line3.h5"
+    write_pool(path, settings, [Images([p.name for p in paths], [p.name for p in paths], np.zeros(len(paths)),
+                                       lambda r, layer, idx: features[r][layer, np.sort(idx)],
+                                       features[1].shape[2:])], 50, {})
+    return path
+
+
 # A real `prefect server start` with deployments and a process worker (test_server.py, test_pool_server.py)
 
 @pytest.fixture(scope="module")

@@ -4,41 +4,15 @@ thumbnails and event are read back through the server's API. Marked slow (about 
 import json
 from pathlib import Path
 import time
-import warnings
 from datetime import datetime, timedelta, timezone
 
 import httpx
-import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-import musc
-from conftest import ROOT, TINY_CONFIG, prefect, process_worker, wait_for
-from musc.inputs.backbone_spec import backbone_settings
-from musc.inputs.config import MuscConfig
-from musc.inputs.datasets import load_image
-from musc.reference_pool import Images, PoolSettings, write_pool
+from conftest import ROOT, prefect, process_worker, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def pool_file(tiny_dataset, tmp_path_factory):
-    """A pool of the good images, extracted and aggregated as a run with TINY_CONFIG would."""
-    cfg = MuscConfig.from_dict({**TINY_CONFIG})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        backbone = musc.load_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, cfg.layers, device="cpu")
-    paths = sorted((tiny_dataset / "fabric/test/good").glob("*.png"))[1:]
-    tokens, _ = backbone.extract(torch.stack([backbone.preprocess(load_image(p)) for p in paths]))
-    features = {r: np.stack([musc.aggregate(t, r).numpy() for t in tokens]) for r in cfg.r_list}
-    settings = PoolSettings("fabric", backbone_settings(cfg.extract), tuple(cfg.r_list))
-    path = tmp_path_factory.mktemp("pool") / "line3.h5"
-    write_pool(path, settings, [Images([p.name for p in paths], [p.name for p in paths], np.zeros(len(paths)),
-                                       lambda r, layer, idx: features[r][layer, np.sort(idx)],
-                                       features[1].shape[2:])], 50, {})
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +46,8 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     deployment = httpx.post(f"{api}/deployments/filter",
                             json={"deployments": {"name": {"any_": ["daily-folder"]}}}).json()[0]
     created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={
-        "parameters": {"pool": str(pool_file), "root": str(root), "decision": {"threshold": threshold}},
+        "parameters": {"pool": str(pool_file), "root": str(root), "decision": {"threshold": threshold},
+                       "review_wait_s": 0},  # no review form here (test_review_ui.py)
         "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": scheduled.isoformat()}}})
     created.raise_for_status()
     flow_run = created.json()["id"]
@@ -109,7 +84,9 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     assert all(row["score"] == f"{table.set_index('path').loc[str(root / day / row['part']), 'score']:.4f}"
                for row in rows)
     assert decisions == sorted(decisions)  # "anomalous" < "normal": anomalous parts first
-    assert artifacts[f"{key}-maps"]["data"].count("data:image/png;base64,") == 3
+    maps = artifacts[f"{key}-maps"]["data"]
+    assert maps.count("data:image/png;base64,") == 4  # each part's picture or heat map, and the trend plot
+    assert maps.count("| **anomalous** |") == len(anomalous) and "## Trend" in maps
 
     events = []
     for _ in range(30):

@@ -374,6 +374,7 @@ def test_the_daily_flow_refuses_nan_and_a_bad_day_before_any_work(tmp_path):
 def test_a_corrupt_history_fails_the_day_before_scoring_in_one_line_naming_the_file(tmp_path, content,
                                                                                      monkeypatch):
     import flows.pool
+    from musc.reference_pool import DecisionRule
     from musc.reference_pool.daily import HistoryError
     (tmp_path / "in" / "2026-11-08").mkdir(parents=True)
     (tmp_path / "in" / "2026-11-08" / "part.png").write_bytes(b"png")
@@ -437,10 +438,11 @@ def test_two_lines_pools_of_one_file_name_publish_under_distinct_keys_and_resour
     monkeypatch.setattr(flows.pool, "publish_artifact", lambda kind, key, content, text: published.append((key, text)))
     monkeypatch.setattr(flows.pool, "emit_event", lambda **event: events.append(event))
     summary = {"day": "2026-11-08", "count": 1, "anomalous": 0, "threshold": 0.5}
-    result = {"rows": [{"path": "p.png", "score": 0.1, "decision": "normal", "map_png": "m.png"}]}
+    result = {"rows": [{"path": "p.png", "score": 0.1, "decision": "normal", "map_png": "m.png"}], "rule": "fixed"}
     for line in ("line1", "line2"):
         (tmp_path / line).mkdir()
-        flows.pool.publish("2026-11-08", str(tmp_path / line / "pool.h5"), result, summary, tmp_path / "report.md")
+        flows.pool.publish("2026-11-08", str(tmp_path / line / "pool.h5"), result, summary, tmp_path / "report.md",
+                           tmp_path)
     keys = [key for key, _ in published]
     assert len(set(keys)) == 4 and all(key.startswith("musc-daily-pool-") for key in keys)
     resources = [event["resource"]["prefect.resource.id"] for event in events]

@@ -11,11 +11,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from ..outputs.evaluation import ANOMALOUS
+from ..outputs.evaluation import ANOMALOUS, threshold_text
 from ..inputs.config import ConfigError
 from ..inputs.datasets import IMAGE_SUFFIXES, DatasetError
 from ..outputs.figures import heat_colours, new_figure
-from ..outputs.gallery import png_data_uri
+from ..outputs.gallery import data_uri, png_data_uri
 from ..outputs.html import markdown_page
 from ..store import artifact_lock, atomic_output
 
@@ -141,7 +141,7 @@ def review_counts(history: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame
     return table
 
 
-def review_markdown(history: pd.DataFrame) -> list[str]:
+def verdicts_by_day_markdown(history: pd.DataFrame) -> list[str]:
     """A Markdown table of the days' reviews (``review_counts``), newest day first; none without reviews."""
     if "confirmed" not in history.columns or history.empty:
         return []
@@ -242,9 +242,10 @@ def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence
              f"{summary['count']} part(s) scored against a pool of {summary['pool_size']}; "
              f"**{summary['anomalous']} anomalous** (threshold {summary['threshold']:.6g}, {rule}).", "",
              "## Trend", "", f"![trend]({Path(trend_png).name})", "",
-             *(["## Inspectors' verdicts by day", "", *review_markdown(history), ""] if history is not None and "confirmed" in history.columns
+             *(["## Inspectors' verdicts by day", "", *verdicts_by_day_markdown(history), ""] if history is not None and "confirmed" in history.columns
                and history[["confirmed", "dismissed"]].to_numpy().any() else []),
-             "## Parts (anomalous first)", "", "| path | score | decision | map |", "|---|---|---|---|"]
+             "## Parts (anomalous first)", "", "The heat maps share one colour scale for the day.", "",
+             "| path | score | decision | map |", "|---|---|---|---|"]
     for row in ordered(rows):
         relative = Path(row["map_png"]).relative_to(folder) if Path(row["map_png"]).is_relative_to(folder) else row["map_png"]
         lines.append(f"| {row['path']} | {row['score']:.4f} | {row['decision']} | ![map]({relative}) |")
@@ -252,3 +253,65 @@ def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence
     report.write_text("\n".join(lines) + "\n")
     markdown_page(report, f"Parts of {summary['day']}")
     return report
+
+
+OVERLAY_PX = 320  # a flagged part's overlay (picture | heat map, some 160 px each) inside Prefect markdown
+TREND_PX = 720
+REVIEW_PARTS = 24  # flagged parts a review form holds, highest score first; musc review takes any
+
+
+def overlay_uri(row: dict) -> str:
+    """A part's overlay PNG (maps/, written by score-new) scaled down, as a palette PNG data URI."""
+    return data_uri(row["map_png"], OVERLAY_PX, colors=256)
+
+
+def maps_markdown(summary: dict[str, Any], rows: Sequence[dict], rule: str, folder: str | Path,
+                  trend_png: str | Path | None = None) -> str:
+    """The day at a glance (the daily maps artifact): each flagged part with its picture and heat
+    map, score, threshold and decision; the trend plot; then the other parts' small heat maps
+    (``row["thumbnail"]``, where a row has one). Pictures travel as data URIs: the UI cannot read the
+    worker's disk."""
+    threshold = threshold_text(summary["threshold"], rule)
+    lines = [f"# Parts of {summary['day']}: {summary['anomalous']} anomalous of {summary['count']}", "",
+             f"Anomalous at score >= {threshold}. The heat maps share one colour scale for the day.", ""]
+    flagged = flagged_for_review(rows)  # the pictured ones; the rest keep their small heat map below
+    if flagged:
+        lines += ["## Flagged parts", "", "| part | score | threshold | decision | picture and heat map |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {part_name(row['path'], folder)} | **{row['score']:.{SCORE_DECIMALS}f}** | "
+                  f"{summary['threshold']:.6g} | **{ANOMALOUS}** | ![{part_name(row['path'], folder)}]"
+                  f"({overlay_uri(row)}) |" for row in flagged]
+        lines.append("")
+    if trend_png and Path(trend_png).is_file():
+        lines += ["## Trend", "", f"![trend]({data_uri(trend_png, TREND_PX, colors=256)})", ""]
+    shown = {id(row) for row in flagged}
+    others = [row for row in ordered(rows) if id(row) not in shown and "thumbnail" in row]
+    if others:
+        lines += ["## Other parts", "", "| part | score | decision | heat map |", "|---|---|---|---|"]
+        lines += [f"| {part_name(row['path'], folder)} | {row['score']:.{SCORE_DECIMALS}f} | {row['decision']} | "
+                  f"![map]({row['thumbnail']}) |" for row in others]
+    return "\n".join(lines) + "\n"
+
+
+def flagged_for_review(rows: Sequence[dict]) -> list[dict]:
+    """The flagged parts a review form asks about: highest score first, at most ``REVIEW_PARTS``."""
+    return [row for row in ordered(rows) if row["decision"] == ANOMALOUS][:REVIEW_PARTS]
+
+
+def review_markdown(summary: dict[str, Any], rows: Sequence[dict], rule: str, folder: str | Path,
+                    results: str | Path) -> str:
+    """The review form's description: each part it asks about, in the order of the form's fields,
+    with its score and its picture and heat map; how many flagged parts the form leaves out."""
+    asked = flagged_for_review(rows)
+    flagged = sum(row["decision"] == ANOMALOUS for row in rows)
+    lines = [f"# Review of {summary['day']}: {flagged} flagged part(s)", "",
+             f"Anomalous at score >= {threshold_text(summary['threshold'], rule)}. For each part choose "
+             "**defect** (confirmed) or **good** (a false alarm); a part left *not reviewed* records nothing. "
+             "The verdicts go to the day's scores.csv and the verdict history, as "
+             f"`musc review {results}` records them.", ""]
+    for i, row in enumerate(asked, 1):  # one below the other: the form's dialog is narrow
+        name = part_name(row["path"], folder)
+        lines += [f"**{i}. {name}**: score **{row['score']:.{SCORE_DECIMALS}f}**", "", f"![{name}]({overlay_uri(row)})", ""]
+    if flagged > len(asked):
+        lines += ["", f"{flagged - len(asked)} more flagged part(s), of lower scores: `musc review {results}`."]
+    return "\n".join(lines) + "\n"

@@ -236,6 +236,13 @@ def _extract(pool: PoolFile, images: Sequence[str | Path], device: str) -> tuple
     return names, loaded, [torch.cat([b[layer] for b in batches]) for layer in range(len(batches[0]))]
 
 
+def day_range(maps: Sequence[np.ndarray]) -> tuple[float, float]:
+    """(lowest, highest) value over all the day's maps: the one colour scale of its overlays, as the
+    batch reports normalise over their set (a map flat at its own range would look as hot as any)."""
+    low = min(float(np.min(m)) for m in maps)
+    return low, max(max(float(np.max(m)) for m in maps), low + 1e-12)
+
+
 def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: str | Path,
                      rule: DecisionRule = DecisionRule(), device: str = "auto", day: str | None = None
                      ) -> dict[str, Any]:
@@ -243,7 +250,8 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     one batch made of the pool and itself; the other new images never vote); decide; write
     ``scores.csv`` (path, score, decision, map_png), one map per image and the day's record
     ``day.json`` (``day``, default the folder's name; the pool; each part's digest; see ``review``)
-    in ``out``. Returns {"rows": [...], "threshold", "rule", "pool_size", "maps": {path: map}}."""
+    in ``out``; the overlays share one colour scale, the day's ``map_range``. Returns {"rows": [...],
+    "threshold", "rule", "pool_size", "maps": {path: map}, "map_range": (low, high)}."""
     out = output_folder(out, images)  # before any work: a folder of its own, writable
     pool = PoolFile(pool_path)
     if not len(pool):
@@ -264,10 +272,12 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     verdicts = decision_words(decisions(scores, threshold))
     (out / "maps").mkdir(parents=True, exist_ok=True)
     rows, by_name = [], {}
+    low, high = day_range(maps)  # one colour scale for the day's maps: a hot map reads hotter than a cool one
     for name, stem, image, anomaly_map, score, verdict in zip(names, map_names(names), loaded, maps, scores, verdicts):
         target = out / "maps" / f"{stem}.png"
         picture = np.asarray(image.resize((settings.image_size, settings.image_size)))
-        save_overlay(picture, anomaly_map, target, title=f"{Path(name).name}  score {score:.4f}  {verdict}")
+        save_overlay(picture, anomaly_map, target, vmin=low, vmax=high,
+                     title=f"{Path(name).name}  score {score:.4f}  {verdict}")
         np.save(target.with_suffix(".npy"), anomaly_map.astype(np.float32))
         for alias in groups[name]:
             rows.append({"path": alias, "score": float(score), "decision": str(verdict), "map_png": str(target)})
@@ -278,7 +288,8 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
                              **({"evidence": {k: evidence[k] for k in ("history", "defect", "good")}}
                                 if evidence else {}),
                              "parts": {row["path"]: file_digest(row["path"]) for row in rows}})
-    return {"rows": rows, "threshold": threshold, "rule": rule_text, "pool_size": len(pool), "maps": by_name}
+    return {"rows": rows, "threshold": threshold, "rule": rule_text, "pool_size": len(pool), "maps": by_name,
+            "map_range": (low, high)}
 
 
 def output_folder(out: str | Path, images: Sequence[str | Path]) -> Path:
