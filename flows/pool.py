@@ -73,11 +73,13 @@ def pool_name(pool: str | Path) -> str:
     return artifact_key(Path(pool).stem, where).removeprefix("musc-")
 
 
-def publish(day: str, pool: str, result: dict, summary: dict, report: Path, folder: Path,
+def publish(pool: str, result: dict, summary: dict, report: Path, folder: Path,
             trend: str | None = None, reviews: list[str] = ()) -> None:
-    """The day's table artifact, its flagged parts, trend and thumbnails (markdown), the inspectors'
-    verdicts by day (``reviews``) and the event. ``folder``: the day's folder, which the parts are
-    named relative to; the numbers are rounded for reading (the raw values stay in scores.csv)."""
+    """The day's (``summary["day"]``) table artifact, its flagged parts, trend and thumbnails
+    (markdown), the inspectors' verdicts by day (``reviews``) and the event. ``folder``: the day's
+    folder, which the parts are named relative to; the numbers are rounded for reading (the raw
+    values stay in scores.csv)."""
+    day = summary["day"]
     name = pool_name(pool)
     key = artifact_key("daily", name)
     rows = ordered(result["rows"])
@@ -210,7 +212,7 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", decisi
     history = review_counts(append_history(history_path(pool), summary), read_verdicts(verdict_history_path(pool)))
     trend = plot_trends(history, target / "trend.png")
     report = write_day_report(target, summary, result["rows"], result["rule"], trend, history)
-    publish(day, pool, result, summary, report, folder, trend, verdicts_by_day_markdown(history))
+    publish(pool, result, summary, report, folder, trend, verdicts_by_day_markdown(history))
     print(f"{day}: {summary['anomalous']} anomalous of {summary['count']} (threshold "
           f"{threshold_text(summary['threshold'], result['rule'])}); report {report.with_suffix('.html')}")
     if summary["anomalous"] and review_wait_s > 0 and deployment.id:

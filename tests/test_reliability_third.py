@@ -441,7 +441,7 @@ def test_two_lines_pools_of_one_file_name_publish_under_distinct_keys_and_resour
     result = {"rows": [{"path": "p.png", "score": 0.1, "decision": "normal", "map_png": "m.png"}], "rule": "fixed"}
     for line in ("line1", "line2"):
         (tmp_path / line).mkdir()
-        flows.pool.publish("2026-11-08", str(tmp_path / line / "pool.h5"), result, summary, tmp_path / "report.md",
+        flows.pool.publish(str(tmp_path / line / "pool.h5"), result, summary, tmp_path / "report.md",
                            tmp_path)
     keys = [key for key, _ in published]
     assert len(set(keys)) == 4 and all(key.startswith("musc-daily-pool-") for key in keys)
