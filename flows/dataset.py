@@ -27,7 +27,19 @@ def dataset_flow(dataset: str, root: str, categories: list[str | Category] | Non
     as the command line already loaded and checked them (each category is loaded once per
     command). ``dask``: None (local threads), "local" (a LocalCluster for the run) or a scheduler
     address for the tile tasks. ``config_file``: a YAML run configuration, which the fields of
-    ``config`` override. The run logs a one-line summary at its end (``summary`` of the result)."""
+    ``config`` override. The run logs a one-line summary at its end (``summary`` of the result).
+
+    Args:
+        dataset: The layout of the dataset: mvtec_ad, visa, btad, folder, mvtec_ad2, mvtec_loco, mpdd,
+            real_iad, kolektor or autovi.
+        root: The dataset's folder, as the worker's machine sees it.
+        categories: The categories to score; empty: every category found.
+        config: The MuSc settings (each field explained); empty fields keep the paper's defaults.
+        artifacts: The folder the artifacts, reports and error log are written to.
+        dask: Where the score tiles run: empty for local threads, local for a Dask cluster of this
+            run, or a scheduler address (tcp://host:8786).
+        config_file: A YAML file of settings, which the fields of config override.
+    """
     cfg = load_config(config, config_file)
     root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
     loaded = [item if isinstance(item, Category) else checked_category(dataset, root, item, cfg, artifacts)

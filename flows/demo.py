@@ -16,6 +16,13 @@ DEMO_CONFIG = {"backbone": DEMO_BACKBONE, "pretrained": "none", "image_size": 12
 
 @flow(name="musc-demo", flow_run_name="demo: generated mvtec_ad", log_prints=True)
 def demo_flow(data: str = "demo_data", artifacts: str = "artifacts", seed: int = 0) -> dict:
+    """The demo: a generated MVTec-style dataset scored end to end with a small seeded backbone.
+
+    Args:
+        data: The folder the synthetic dataset is generated in (kept and reused).
+        artifacts: The folder the artifacts and reports are written to.
+        seed: The seed of the generated dataset.
+    """
     root = Path(data)
     if not (root / "fabric" / "test").is_dir():
         make_dataset(root, seed=seed)

@@ -193,7 +193,18 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", decisi
     pool, publishes a table artifact and emits the ``musc.daily.scored`` event. Then, when the day
     has flagged parts and the run is a deployment's (a server whose UI shows the form), the run pauses
     up to ``review_wait_s`` seconds for the inspectors' verdicts (0: no review; ``musc review``
-    records verdicts any time); the next day's run runs meanwhile, a run of its own."""
+    records verdicts any time); the next day's run runs meanwhile, a run of its own.
+
+    Args:
+        pool: The reference pool file (.h5, musc pool add), as the worker's machine sees it.
+        root: The folder holding one folder of images per day, named YYYY-MM-DD.
+        day: The day to score (YYYY-MM-DD); empty: the day of the run's scheduled start.
+        out: Where the day's results go; empty: <root>/<day>/musc.
+        decision: How a part is decided anomalous: a fixed threshold, else the rule (calibrated on
+            the pool at false_alarm_rate, or reviewed: learned from the inspectors' verdicts).
+        timezone: The time zone in which the scheduled start gives the day.
+        review_wait_s: How long a day with flagged parts waits for the review form (seconds; 0: no form).
+    """
     rule = decision if isinstance(decision, DecisionRule) else DecisionRule(**dict(decision or {}))
     check_decision(rule.threshold, rule.false_alarm_rate)  # NaN would make every part normal
     day = day or run_day(timezone)

@@ -117,3 +117,26 @@ def test_a_failed_write_leaves_the_previous_artifact_intact(tmp_path, monkeypatc
     monkeypatch.undo()
     assert store.verify(path, "pool") == digest
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_every_deployment_parameter_has_a_description_for_the_run_form():
+    """What a deployment's run form shows: each parameter of each deployed flow, and each field of
+    the run configuration, with a description (Prefect reads the docstring's Args and the fields'
+    descriptions into the parameter schema)."""
+    import yaml
+    from prefect.utilities.callables import parameter_schema
+
+    import flows
+    from conftest import ROOT
+    deployed = {d["entrypoint"].split(":")[1] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    assert deployed == {"demo_flow", "dataset_flow", "daily_folder_flow"}
+    for name in deployed:
+        schema = parameter_schema(getattr(flows, name).fn).model_dump()
+        missing = [p for p, field in schema["properties"].items() if not field.get("description")]
+        assert not missing, (name, missing)
+        for definition in schema.get("definitions", {}).values():
+            blank = [p for p, field in definition.get("properties", {}).items()
+                     if not field.get("description") and definition.get("title") == "MuscConfig"]
+            assert not blank, (name, blank)
+    config = parameter_schema(flows.dataset_flow.fn).model_dump()["definitions"]["MuscConfig"]
+    assert len(config["properties"]) >= 20  # every MuscConfig field is in the form
