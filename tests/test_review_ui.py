@@ -127,6 +127,15 @@ def test_a_day_is_reviewed_in_the_ui_while_the_next_runs(ui_server, worker, pool
     assert sorted(zip(history["part"], history["verdict"], history["note"])) == sorted(
         [(top, "defect", "checked at the line"), (second, "good", "checked at the line")])
     assert set(history["day"]) == {"2026-12-01"}
+    events = []
+    for _ in range(30):  # the form's verdicts are events too, as musc review's
+        events = httpx.post(f"{api}/events/filter", json={"filter": {"event": {
+            "name": ["musc.part.confirmed", "musc.part.dismissed"]}}}).json()["events"]
+        if len(events) >= 2:
+            break
+        time.sleep(1)
+    assert sorted((e["event"], e["payload"]["part"]) for e in events) == sorted(
+        [("musc.part.confirmed", top), ("musc.part.dismissed", second)]), events
 
     run = wait_for(ui_server, nobody, FINAL, timeout=400)  # its 20 s wait ran out: it ends, not reviewed
     assert run["state"]["type"] == "COMPLETED", worker_log(ui_server)
