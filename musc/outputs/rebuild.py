@@ -7,8 +7,6 @@ crafted artifact cannot send writes elsewhere.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import shutil
 import warnings
@@ -17,6 +15,7 @@ from pathlib import Path
 
 from ..store import (ARTIFACTS_MARKER, STAGES, ArtifactError, catalog, open_artifact, report_folder, unless_running,
                      valid_digest)
+from ..store.files import alone
 from .reports import dataset_report, evaluate_into
 
 REPORT_FILES = ("metrics.csv", "per_image.csv", "report.md", "report.html")  # what an evaluation's folder holds
@@ -172,25 +171,6 @@ def in_use(root: str | Path) -> set[Path]:
     return used
 
 
-@contextlib.contextmanager
-def _unless_busy(artifact: Path):
-    """Yields True when nobody builds this artifact now (its lock is free; held while we remove)."""
-    lock = catalog.lock_path(artifact)
-    if not lock.exists():
-        yield True
-        return
-    with open(lock, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def clean_artifacts(root: str | Path, dry_run: bool = False) -> tuple[list[Path], list[Path]]:
     """Remove what no intact run uses (see ``in_use``) from the stage folders under ``root``: other
     artifacts with their manifests, ``.parts`` folders, report folders, lock and temporary files.
@@ -210,7 +190,7 @@ def clean_artifacts(root: str | Path, dry_run: bool = False) -> tuple[list[Path]
                 if artifact in used:
                     continue
                 victims = catalog.side_files(artifact)
-                with _unless_busy(artifact) as free:
+                with alone(catalog.lock_path(artifact)) as free:  # nobody builds it now
                     if not (free and idle):
                         busy.append(artifact)
                         continue

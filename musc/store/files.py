@@ -481,14 +481,14 @@ def running(category_folder: str | Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def unless_running(category_folder: str | Path) -> Iterator[bool]:
-    """Yields True, holding the category's run marker alone, when no run of it is going on; else
-    False at once (nothing waits)."""
-    marker = run_marker(category_folder)
-    if not marker.exists():
+def alone(lock_file: str | Path) -> Iterator[bool]:
+    """Yields True, holding ``lock_file`` exclusively, when nobody holds it (or it does not exist);
+    else False at once (nothing waits)."""
+    lock_file = Path(lock_file)
+    if not lock_file.exists():
         yield True
         return
-    with open(marker, "a+") as handle:
+    with open(lock_file, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -498,6 +498,11 @@ def unless_running(category_folder: str | Path) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def unless_running(category_folder: str | Path):
+    """True (held alone) when no run of the category is going on; else False at once."""
+    return alone(run_marker(category_folder))
 
 
 @contextlib.contextmanager
