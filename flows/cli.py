@@ -22,6 +22,19 @@ from musc.store import ArtifactError
 
 from . import terminal
 
+def _help_without_value(get_help_option):
+    """click's --help is a flag: shown without the ``<bool>`` typer's help would give it."""
+    def wrapped(self, ctx):
+        option = get_help_option(self, ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+    return wrapped
+
+
+for _kind in (typer.core.TyperCommand, typer.core.TyperGroup):
+    _kind.get_help_option = _help_without_value(_kind.get_help_option)
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="MuSc zero-shot anomaly detection as a Prefect workflow with HDF5 artifacts.")
 

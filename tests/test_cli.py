@@ -222,3 +222,18 @@ def test_first_contact_offline_says_the_cheap_errors_first_and_an_unreachable_hu
     assert lines[0].startswith("error: pretrained:") and "unreachable" in lines[0] and "--pretrained" in lines[0]
     assert "Retrying" not in weights.stderr + weights.stdout
     assert not (tmp_path / "a" / "mvtec_ad").exists()  # nothing computed
+
+
+def test_help_shows_no_bool_placeholder_for_any_flag():
+    """Every command's --help as a person reads it: on/off flags (``--verbose``, ``--debug``,
+    ``--help`` itself) without a ``<bool>`` value, and every configuration field explained."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    runner = CliRunner()
+    for command in (["--help"], ["run", "--help"], ["demo", "--help"], ["pool", "add", "--help"],
+                    ["score-new", "--help"], ["review", "--help"], ["clean", "--help"]):
+        shown = runner.invoke(app, command, env={"COLUMNS": "120"}, terminal_width=120)
+        assert shown.exit_code == 0, (command, shown.output)
+        assert "<bool>" not in shown.output, (command, shown.output)
+    assert "--reference" in runner.invoke(app, ["run", "--help"], terminal_width=120).output
