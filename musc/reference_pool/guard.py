@@ -25,7 +25,7 @@ from ..stages import guard as guard_stage
 from ..stages.building import Plan, ensure
 from ..stages.key import Ref
 from ..store import open_artifact
-from .pool import PoolError, PoolFile
+from .pool import PoolError, PoolFile, check_compatible
 from .scoring import image_scores, part_scores
 from .service import DecisionRule, run_lineage
 
@@ -88,12 +88,7 @@ def run_guard(evaluate: Ref, pool_path: str | Path, rule: DecisionRule = Decisio
 def _build(path: Path, evaluate: Ref, pool: PoolFile, rule: DecisionRule) -> None:
     from ..store import write_artifact
     settings, aggregates, extract = run_lineage(evaluate["path"])
-    if pool.settings.category != settings.category:
-        raise PoolError(f"{pool.path}: the pool holds category {pool.settings.category!r}; this run is "
-                        f"{settings.category!r} (one pool per category)")
-    changed = pool.settings.differences(settings)
-    if changed:
-        raise PoolError(f"{pool.path}: this run was made with other settings than the pool's: {'; '.join(changed)}")
+    check_compatible(pool, settings)
     threshold, rule_text = rule.apply(pool)
     msm = pool.settings.score
     per_degree = []

@@ -205,16 +205,21 @@ def check_pool_path(path: str | Path) -> Path:
     return path
 
 
-def check_addition(pool: PoolFile | None, settings: PoolSettings, images: Images) -> None:
-    """Refuse (one line) images of another category, other settings, or already in the pool."""
-    if pool is None:
-        return
+def check_compatible(pool: PoolFile, settings: PoolSettings) -> None:
+    """Refuse (one line) a run of another category or made with other settings than the pool's."""
     if pool.settings.category != settings.category:
         raise PoolError(f"{pool.path}: the pool holds category {pool.settings.category!r}; this run is "
                         f"{settings.category!r} (one pool per category)")
     changed = pool.settings.differences(settings)
     if changed:
         raise PoolError(f"{pool.path}: this run was made with other settings than the pool's: {'; '.join(changed)}")
+
+
+def check_addition(pool: PoolFile | None, settings: PoolSettings, images: Images) -> None:
+    """Refuse (one line) images of another category, other settings, or already in the pool."""
+    if pool is None:
+        return
+    check_compatible(pool, settings)
     if len(pool) and images.shape != (0, 0) and tuple(images.shape) != tuple(pool.feature_shape):
         raise PoolError(f"{pool.path}: features of shape {tuple(images.shape)} (L, C) differ from the pool's "
                         f"{tuple(pool.feature_shape)}")
