@@ -267,12 +267,3 @@ def test_large_tiled_maps_are_evaluated_at_a_bounded_resolution_with_the_dataset
     np.testing.assert_allclose(reduced.maps[0], full.maps[0].reshape(128, 2, 128, 2).mean(axis=(1, 3)))
     blocks = full.masks.reshape(8, 128, 2, 128, 2)
     np.testing.assert_array_equal(reduced.masks, blocks.min(axis=(2, 4)))  # the plates are MVTec AD: truncate
-
-
-def test_the_pool_refuses_a_tiled_run_in_one_line(tiled_run, tmp_path):
-    from musc.reference_pool import PoolError
-    from musc.reference_pool.service import add_run_to_pool
-    _, refs = tiled_run
-    with pytest.raises(PoolError, match=r"cut its images into tiles \(tiles \[2, 2\]\); a pool holds whole images only"):
-        add_run_to_pool(tmp_path / "pool.h5", refs["evaluate"]["path"])
-    assert not (tmp_path / "pool.h5").exists()

@@ -16,6 +16,7 @@ from pydantic import Field as PydanticField
 from pydantic.fields import FieldInfo
 
 from ..method.checks import EXACT_PRECISIONS, check_precision
+from ..method.tiles import TILE_MIXINGS
 
 # The paper's windows for MVTec AD, BTAD and VisA; the later layouts take MVTec AD's (no published
 # values: their categories hold tens to hundreds of test images per set, as MVTec AD's do).
@@ -28,7 +29,6 @@ DEFAULT_K_LISTS = {"mvtec_ad": (1, 2, 3), "btad": (1, 2, 3), "folder": (1, 2, 3)
 LIMITS = {"image_size": 4096, "divide_num": 1000, "batch_size": 1024, "block_size": 4096,
           "aligned_radius": 4096, "seed": 2**32 - 1}
 MAX_TILES = 16  # tiles per side: beyond it a part is better cut into several images
-TILE_MIXINGS = ("aligned", "all")
 MAX_CONFIG_BYTES = 1 << 20  # a configuration is a few lines; a larger file is not one
 
 
@@ -138,7 +138,7 @@ class MuscConfig:
         if not 0.0 <= float(self.tile_overlap) < 0.5:
             raise ConfigError(f"tile_overlap: must be in [0, 0.5), got {self.tile_overlap}")
         if self.tile_mixing not in TILE_MIXINGS:
-            raise ConfigError(f"tile_mixing: expected 'aligned' or 'all', got {_shown(self.tile_mixing)}")
+            raise ConfigError(f"tile_mixing: expected {' or '.join(map(repr, TILE_MIXINGS))}, got {_shown(self.tile_mixing)}")
         if self.overlay_normalisation not in ("set", "image"):
             raise ConfigError(f"overlay_normalisation: expected 'set' or 'image', got {_shown(self.overlay_normalisation)}")
         if self.reference is not None and (not isinstance(self.reference, str) or not self.reference):

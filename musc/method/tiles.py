@@ -79,3 +79,21 @@ def block_row(first: int, n_blocks: int, votes_of: Callable[[int, int], tuple[An
     the caller concatenates the row along the image axis."""
     return [votes_of(first, second)[0] if first <= second else votes_of(second, first)[1]
             for second in range(n_blocks)]
+
+
+TILE_MIXINGS = ("aligned", "all")
+
+
+def tile_sets(members: Sequence[int], tiles_per_image: int = 1, mixing: str = "aligned") -> list[tuple[list[int], int]]:
+    """The sets scored mutually among a group of images (``members``: image indices; image ``i``'s
+    tiles are rows ``i * T`` ... ``i * T + T - 1``), each as (its rows, the image count its rank window
+    is taken from, as ``msm_rank_window`` takes it). Untiled (T = 1), one set: the images.
+    ``aligned``: one set per tile position, of that position's tiles (one per image: the untiled
+    window); ``all``: one set of every tile of every image, where a tile's votes against its own
+    image's tiles are left out, so it has (n - 1) * T votes."""
+    count = int(tiles_per_image)
+    if mixing not in TILE_MIXINGS:
+        raise ValueError(f"tile_mixing: expected {' or '.join(TILE_MIXINGS)}, got {mixing!r}")
+    if mixing == "all":
+        return [([int(i) * count + t for i in members for t in range(count)], (len(members) - 1) * count + 1)]
+    return [([int(i) * count + t for i in members], len(members)) for t in range(count)]

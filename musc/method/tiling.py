@@ -6,6 +6,8 @@ crop of one image, scored as an image of its own.)
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 
@@ -57,3 +59,36 @@ def stitch(patch_maps, boxes, height: int, width: int) -> np.ndarray:
     if (covered == 0).any():
         raise ValueError("boxes: the tiles do not cover the whole image")
     return total / covered
+
+
+class TileSizeError(ValueError):
+    """An image that is not of the size its tiles were laid out for."""
+
+
+@dataclass(frozen=True)
+class ImageTiling:
+    """How the images of a tiled run (all of one size, height x width) are cut: the boxes of each
+    image's tiles (``tile_boxes``), row-major; a tiled pool scores parts of its runs' size the same way."""
+    height: int
+    width: int
+    boxes: np.ndarray
+
+    @classmethod
+    def of_size(cls, height: int, width: int, grid, overlap: float | None = None) -> "ImageTiling":
+        return cls(int(height), int(width), tile_boxes(height, width, grid, overlap or 0.0))
+
+    @property
+    def count(self) -> int:
+        return len(self.boxes)
+
+    def cut(self, image, path: str, expected: str = "the category's first image has") -> list:
+        """The tiles of one image (PIL), in the order of ``boxes``; TileSizeError naming the file when
+        it is not of the tiling's size (the tiles of the images must lie at the same places)."""
+        if image.size != (self.width, self.height):
+            raise TileSizeError(f"{path}: {image.size[0]} x {image.size[1]} pixels, but {expected} "
+                                f"{self.width} x {self.height}; a tiled run needs images of one size")
+        return [image.crop((int(left), int(top), int(right), int(bottom))) for top, left, bottom, right in self.boxes]
+
+    def stitch(self, patch_maps) -> np.ndarray:
+        """One image's (height, width) map from its tiles' (T, L) patch scores (``stitch``)."""
+        return stitch(patch_maps, self.boxes, self.height, self.width)

@@ -2,7 +2,7 @@
 
 Mutual scoring (MuSc's batch mode) cannot see a defect shared by a large share of one batch: such
 parts find similar patches in each other and score as normal. The guard scores every image of a
-run once more, against a reference pool of good parts only (``part_scores``: the pool votes, the
+run once more, against a reference pool of good parts only (``PoolFile.score``: the pool votes, the
 batch's other images never do), decides with the pool's rule, and marks the images the pool flags
 while the batch calls them normal.
 
@@ -26,7 +26,7 @@ from ..stages.building import Plan, ensure
 from ..stages.key import Ref
 from ..store import open_artifact
 from .pool import PoolError, PoolFile, check_compatible
-from .scoring import image_scores, part_scores
+from .scoring import image_scores
 from .service import DecisionRule, run_lineage
 
 log = logging.getLogger("musc.reference_pool")
@@ -90,14 +90,12 @@ def _build(path: Path, evaluate: Ref, pool: PoolFile, rule: DecisionRule) -> Non
     settings, aggregates, extract = run_lineage(evaluate["path"])
     check_compatible(pool, settings)
     threshold, rule_text = rule.apply(pool)
-    msm = pool.settings.score
     per_degree = []
     for r in pool.settings.r_list:
         aggregate = open_artifact(aggregates[r], "aggregate")
-        per_degree.append(torch.stack([
-            part_scores(torch.from_numpy(aggregate.read("features", (layer,))), pool.reader(r, layer), len(pool), msm)
-            for layer in range(len(pool.settings.layers))]))
-    scores = image_scores(per_degree, pool.settings.image_size)
+        per_degree.append(torch.stack([pool.score(torch.from_numpy(aggregate.read("features", (layer,))), r, layer)
+                                       for layer in range(len(pool.settings.layers))]))
+    scores = image_scores(per_degree, pool.settings.image_size, pool.settings.tiling)
     names = [str(n) for n in extract.read("names")]
     plan = guard_plan(evaluate, pool, rule)
     write_artifact(path, "guard", plan.key.config, plan.key.inputs,

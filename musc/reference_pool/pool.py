@@ -1,11 +1,13 @@
 """The pool file: a first-class artifact (stage ``pool`` in musc/store/schema.py).
 
-It holds the LNAMD features of earlier images, per degree (layers, P, L, C), chunked one image and
-layer at a time so that scoring reads it block by block; the name and content digest (SHA-256) of
-each image, when it was added and where it came from (``sources``: a run or a day, with its verdict); the leave-one-out score of each pool image against the rest of
-the pool (the calibration of the decision threshold); and, in its config, what every image in it
-was made with (``PoolSettings``): category, backbone and feature settings, image size, layers,
-degrees, scoring settings. Images made otherwise are refused, never mixed in.
+It holds the LNAMD features of earlier images, per degree (layers, P, L, C), or (layers, P x T, L, C)
+for a tiled pool of T tiles per part (rows image-major), chunked one row and layer at a time so
+that scoring reads it block by block; the name and content digest (SHA-256) of each image, when it
+was added and where it came from (``sources``: a run or a day, with its verdict); the leave-one-out
+score of each pool image against the rest of the pool (the calibration of the decision threshold);
+and, in its config, what every image in it was made with (``PoolSettings``): category, backbone and
+feature settings (tiling included), image size, layers, degrees, scoring settings, and a tiled
+pool's part size. Images made otherwise are refused, never mixed in.
 """
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ import torch
 from ..store import ArtifactError, open_artifact, write_artifact
 from ..store.schema import stage_schema
 from ..inputs.config import ScoreSettings
-from .scoring import image_scores, mutual_votes, patch_scores
+from ..method.tiles import tile_sets
+from ..method.tiling import ImageTiling
+from .scoring import BlockReader, image_scores, part_scores, rows_reader, set_scores
 
 DEFAULT_MAX_IMAGES = 200
 
@@ -39,10 +43,34 @@ class PoolSettings:
     features: dict[str, Any]          # the extract stage's backbone settings (backbone, weights, image_size, layers, ...)
     r_list: tuple[int, ...]
     score: ScoreSettings = ScoreSettings()   # how its images are scored (the batch's MSM settings)
+    part_size: tuple[int, int] | None = None  # tiled pools: (height, width) of the parts the tiles are cut from
 
     @property
     def image_size(self) -> int:
         return int(self.features["image_size"])
+
+    @property
+    def tiling(self) -> ImageTiling | None:
+        """Where a part's tiles lie (tiled pools: ``features.tiles``, ``tile_overlap``), or None."""
+        grid = self.features.get("tiles")
+        if grid is None:
+            return None
+        return ImageTiling.of_size(*self.part_size, grid, self.features.get("tile_overlap"))
+
+    @property
+    def tiles_per_image(self) -> int:
+        grid = self.features.get("tiles")
+        return 1 if grid is None else int(grid[0]) * int(grid[1])
+
+    def rows(self, images: np.ndarray) -> np.ndarray:
+        """The feature rows of images (indices, increasing): one per image, or its T tiles' rows."""
+        count = self.tiles_per_image
+        return (np.asarray(images, dtype=np.int64)[:, None] * count + np.arange(count)).ravel()
+
+    def sets(self, n_images: int) -> list[tuple[list[int], int]]:
+        """The sets n images' rows are scored in (``tiles.tile_sets``: untiled, one; per tile
+        position, or one of all tiles)."""
+        return tile_sets(range(n_images), self.tiles_per_image, self.score.tile_mixing or "aligned")
 
     @property
     def layers(self) -> list[int]:
@@ -50,17 +78,20 @@ class PoolSettings:
 
     def to_config(self) -> dict[str, Any]:
         return {"category": self.category, "features": dict(self.features), "r_list": [int(r) for r in self.r_list],
-                "score": self.score.recorded()}
+                "score": self.score.recorded(),
+                **({"part_size": [int(n) for n in self.part_size]} if self.part_size is not None else {})}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "PoolSettings":
+        size = config.get("part_size")
         return cls(str(config["category"]), dict(config["features"]), tuple(int(r) for r in config["r_list"]),
-                   ScoreSettings.from_recorded(config["score"]))
+                   ScoreSettings.from_recorded(config["score"]), None if size is None else tuple(int(n) for n in size))
 
     def differences(self, other: "PoolSettings") -> list[str]:
         """'field: theirs (the pool: ours)' for every setting that decides the scores and differs."""
         found = []
         for name, mine, theirs in (("category", self.category, other.category), ("r_list", self.r_list, other.r_list),
+                                   ("part_size", self.part_size, other.part_size),
                                    *((f"features.{k}", self.features.get(k), other.features.get(k))
                                      for k in sorted(set(self.features) | set(other.features))),
                                    *((k, v, other.score.recorded().get(k)) for k, v in self.score.recorded().items()
@@ -73,7 +104,8 @@ class PoolSettings:
 @dataclass
 class Images:
     """Images to put in a pool: names, content digests, when added, and a reader of their features
-    ``read(r, layer, indices) -> (n, L, C)``."""
+    ``read(r, layer, indices) -> (n, L, C)``: the rows of those images (n x T rows, image-major, for
+    tiled settings of T tiles per image)."""
     names: list[str]
     digests: list[str]
     added: np.ndarray
@@ -126,13 +158,25 @@ class PoolFile:
     def __len__(self) -> int:
         return len(self.names)
 
-    def reader(self, r: int, layer: int) -> Callable[[int, int], torch.Tensor]:
+    def reader(self, r: int, layer: int, rows: Sequence[int] | None = None) -> BlockReader:
+        """Block reader of the pool's features of one degree and layer: every row, or ``rows``."""
         features = self._file[f"features_r{r}"]
-        return lambda start, stop: torch.from_numpy(features[layer, start:stop])
+        return rows_reader(lambda selection: torch.from_numpy(features[layer, selection]), rows)
+
+    def score(self, new: torch.Tensor, r: int, layer: int) -> torch.Tensor:
+        """MSM patch scores (rows, L) of new parts' features (rows, L, C) of one degree and layer,
+        each part against the pool only (``part_scores``), set by set: a tiled pool scores a part's
+        tile against the pool's tiles of its position (``aligned``), or against all of them (``all``)."""
+        count = self.settings.tiles_per_image
+        scores = torch.empty(new.shape[:2], dtype=torch.float64)
+        for (new_rows, _), (pool_rows, _) in zip(self.settings.sets(new.shape[0] // count), self.settings.sets(len(self))):
+            scores[new_rows] = part_scores(new[new_rows], self.reader(r, layer, pool_rows), len(pool_rows),
+                                           self.settings.score)
+        return scores
 
     def images(self) -> Images:
         def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
-            return self._file[f"features_r{r}"][layer, np.sort(indices)]
+            return self._file[f"features_r{r}"][layer, self.settings.rows(np.sort(indices))]
         return Images(self.names, self.digests, self.added, read, self.feature_shape, self.sources)
 
     def info(self) -> dict[str, Any]:
@@ -143,17 +187,27 @@ class PoolFile:
                 "self_scores": self.self_scores, "sources": dict(Counter(self.sources))}
 
 
-def leave_one_out_scores(read: Callable[[int, int], Callable[[int, int], torch.Tensor]], n_images: int,
+def leave_one_out_scores(read: Callable[[int, int, Sequence[int] | None], BlockReader], n_images: int,
                          settings: PoolSettings) -> np.ndarray:
-    """Each pool image's score against the rest of the pool (the pool scored as one batch), read
-    block by block: the pool's own score distribution, which calibrates the decision threshold."""
+    """Each pool image's score against the rest of the pool (the pool scored as one batch, set by
+    set: ``PoolSettings.sets``), read block by block (``read(r, layer, rows)``): the pool's own score
+    distribution, which calibrates the decision threshold."""
     if n_images < 2:
         return np.zeros(0)
-    rule = settings.score
-    per_degree = [torch.stack([patch_scores(mutual_votes(read(r, layer), n_images, read(r, layer), 0, rule), rule)
-                               for layer in range(len(settings.layers))])
-                  for r in settings.r_list]
-    return image_scores(per_degree, settings.image_size)
+    count = settings.tiles_per_image
+    per_degree = []
+    for r in settings.r_list:
+        layers = []
+        for layer in range(len(settings.layers)):
+            scored = [(rows, set_scores(read(r, layer, rows), len(rows), window, settings.score,
+                                        np.asarray(rows) // count if len(rows) > n_images else None))
+                      for rows, window in settings.sets(n_images)]
+            scores = torch.empty((n_images * count, scored[0][1].shape[1]), dtype=torch.float64)
+            for rows, values in scored:
+                scores[rows] = values
+            layers.append(scores)
+        per_degree.append(torch.stack(layers))
+    return image_scores(per_degree, settings.image_size, settings.tiling)
 
 
 def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images], max_images: int,
@@ -165,13 +219,13 @@ def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images]
     if max_images < 1:
         raise PoolError(f"max_images: must be at least 1, got {max_images}")
     owners = [(part, index) for part in parts for index in range(len(part))][-max_images:]
-    n_layers = len(settings.layers)
+    n_layers, count = len(settings.layers), settings.tiles_per_image
     n_patches, channels = next((p.shape for p in parts if p.shape != (0, 0)), (0, 0))
 
     def fill(f: h5py.File) -> None:
         for r in settings.r_list:
             name = f"features_r{r}"
-            target = f.create_dataset(name, shape=(n_layers, len(owners), n_patches, channels), dtype="float32",
+            target = f.create_dataset(name, shape=(n_layers, len(owners) * count, n_patches, channels), dtype="float32",
                                       chunks=(1, 1, n_patches, channels) if owners and n_patches else None)
             for layer in range(n_layers):
                 start = 0
@@ -179,11 +233,11 @@ def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images]
                     chosen = np.array([i for p, i in owners if p is part], dtype=np.int64)
                     for offset in range(0, chosen.size, 16):
                         indices = chosen[offset:offset + 16]
-                        target[layer, start:start + indices.size] = part.read(r, layer, indices)
-                        start += indices.size
+                        target[layer, start:start + indices.size * count] = part.read(r, layer, indices)
+                        start += indices.size * count
 
-        def reader(r: int, layer: int) -> Callable[[int, int], torch.Tensor]:
-            return lambda a, b: torch.from_numpy(f[f"features_r{r}"][layer, a:b])
+        def reader(r: int, layer: int, rows: Sequence[int] | None = None) -> BlockReader:
+            return rows_reader(lambda selection: torch.from_numpy(f[f"features_r{r}"][layer, selection]), rows)
         f.create_dataset("self_scores", data=leave_one_out_scores(reader, len(owners) if calibrate else 0, settings))
 
     write_artifact(path, "pool", {"settings": settings.to_config(), "max_images": int(max_images)}, inputs,

@@ -26,16 +26,36 @@ import numpy as np
 import torch
 
 from ..inputs.config import ScoreSettings
-from ..method.maps import anomaly_maps
+from ..method.tiling import ImageTiling
+from ..method.maps import anomaly_maps, combine_patch_scores
 from ..method.msm import block_row, image_blocks, msm_rank_window, reduce_votes, set_tiles, tile_minima
 
 # read(start, stop) -> (stop - start, L, C) float32 features of one layer and degree
 BlockReader = Callable[[int, int], torch.Tensor]
+# read(rows: a slice, or increasing row indices) -> (n, L, C) float32 features of one layer and degree
+RowReader = Callable[[slice | np.ndarray], torch.Tensor]
 IMAGES_PER_MAP_CHUNK = 32
 
 
 def in_memory(features: torch.Tensor) -> BlockReader:
     return lambda start, stop: features[start:stop].float()
+
+
+def rows_reader(read_rows: RowReader, rows: Sequence[int] | None = None) -> BlockReader:
+    """A block reader over ``rows`` (increasing; None: every row) of a stored feature array: block
+    (start, stop) is ``rows[start:stop]``, read as one strided slice where the rows are evenly spaced
+    (the rows of one tile position), else by index."""
+    if rows is None:
+        return lambda start, stop: read_rows(slice(start, stop))
+    rows = np.asarray(rows, dtype=np.int64)
+
+    def read(start: int, stop: int) -> torch.Tensor:
+        chosen = rows[start:stop]
+        steps = np.diff(chosen)
+        if chosen.size > 1 and steps[0] > 0 and (steps == steps[0]).all():
+            return read_rows(slice(int(chosen[0]), int(chosen[-1]) + 1, int(steps[0])))
+        return read_rows(chosen)
+    return read
 
 
 def mutual_votes(query: BlockReader, n_query: int, others: BlockReader, n_others: int, settings: ScoreSettings
@@ -92,6 +112,24 @@ def patch_scores(votes: torch.Tensor, settings: ScoreSettings) -> torch.Tensor:
     return reduce_votes(votes, k_min, k_max)
 
 
+def set_scores(rows: BlockReader, n_rows: int, window: int, settings: ScoreSettings,
+               sources: np.ndarray | None = None) -> torch.Tensor:
+    """MSM patch scores (n_rows, L) of the rows of one set scored mutually, each against the others
+    (``tiles.tile_sets``: ``window`` is the image count of its rank window). One row per image
+    (``sources`` None): the set's votes at once, as a batch. Several rows per image (``sources``: the
+    image of each row; tile mixing ``all``): block by block, each block against every row, the votes
+    against its own image's rows left out (+inf), so at most ``block_size`` rows' votes are held."""
+    if sources is None:
+        return patch_scores(mutual_votes(rows, n_rows, rows, 0, settings), settings)
+    k_min, k_max = msm_rank_window(window, settings.topmin_min, settings.topmin_max)
+    scored = []
+    for start, stop in image_blocks(n_rows, settings.block_size):
+        votes = pool_votes(lambda a, b: rows(start + a, start + b), stop - start, rows, n_rows, settings)
+        own = torch.from_numpy(sources[start:stop, None] == sources[None, :])
+        scored.append(reduce_votes(votes.masked_fill(own[:, :, None], float("inf")), k_min, k_max))
+    return torch.cat(scored)
+
+
 def score_against_pool(new_layers: Sequence[torch.Tensor], pool_layers: Sequence[torch.Tensor],
                        topmin_min: float = 0.0, topmin_max: float = 0.3, radius: int | None = None,
                        precision: str = "fp32") -> torch.Tensor:
@@ -102,14 +140,29 @@ def score_against_pool(new_layers: Sequence[torch.Tensor], pool_layers: Sequence
                         for new, pool in zip(new_layers, pool_layers)])
 
 
-def image_scores(per_degree: Sequence[torch.Tensor], image_size: int) -> np.ndarray:
-    """Image scores (max of the anomaly map) from per-degree (layers, n, L) patch scores, a chunk
-    of images at a time (the maps of a whole pool are never held)."""
-    n_images = per_degree[0].shape[1]
+def part_maps(per_degree: Sequence[torch.Tensor], image_size: int, tiling: ImageTiling | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps and image scores (max of the map) from per-degree (layers, rows, L) patch scores:
+    (n, S, S) maps untiled; tiled (T rows per image, image-major), each image's tiles stitched at its
+    full resolution (n, H, W), as the classify stage does."""
+    if tiling is None:
+        return anomaly_maps(per_degree, image_size)
+    patch_map = combine_patch_scores(per_degree).numpy()
+    maps = np.stack([tiling.stitch(patch_map[start:start + tiling.count])
+                     for start in range(0, len(patch_map), tiling.count)])
+    return maps, maps.reshape(len(maps), -1).max(axis=1)
+
+
+def image_scores(per_degree: Sequence[torch.Tensor], image_size: int, tiling: ImageTiling | None = None) -> np.ndarray:
+    """Image scores (``part_maps``) from per-degree (layers, rows, L) patch scores, a chunk of images
+    at a time (the maps of a whole pool are never held)."""
+    per_image = 1 if tiling is None else tiling.count
+    n_images = per_degree[0].shape[1] // per_image
     scores = np.empty(n_images)
     for start in range(0, n_images, IMAGES_PER_MAP_CHUNK):
         stop = min(start + IMAGES_PER_MAP_CHUNK, n_images)
-        scores[start:stop] = anomaly_maps([d[:, start:stop] for d in per_degree], image_size)[1]
+        scores[start:stop] = part_maps([d[:, start * per_image:stop * per_image] for d in per_degree],
+                                       image_size, tiling)[1]
     return scores
 
 

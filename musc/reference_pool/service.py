@@ -15,7 +15,8 @@ import torch
 from ..inputs.config import ExtractSettings, ScoreSettings
 from ..inputs.datasets import UnreadableImage, load_image
 from ..method.lnamd import aggregate
-from ..method.maps import anomaly_maps
+from ..method.tiling import TileSizeError
+from ..stages.extract import forward
 from ..outputs.evaluation import decision_words, decisions, f1_optimal_threshold
 from ..outputs.figures import save_overlay
 from ..outputs.rebuild import inputs_of
@@ -25,7 +26,7 @@ from ..store.catalog import derived_name
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
 from .review import (SCORES_CSV, ReviewError, load_day, load_day_record, read_verdicts, verdict_history_path,
                      write_day_record)
-from .scoring import calibrated_threshold, part_scores
+from .scoring import calibrated_threshold, part_maps
 
 RUN_FIELDS = ("dataset", "category")  # what the extract config says of the run, not of the features
 DEFAULT_FALSE_ALARM_RATE = 0.01
@@ -49,17 +50,16 @@ def run_lineage(run: str | Path) -> tuple[PoolSettings, dict[int, Path], Any]:
     evaluate_path = evaluation_in(run)
     classify_path = inputs_of(evaluate_path, "classify")[0]
     extract = open_artifact(inputs_of(evaluate_path, "extract")[0], "extract")
-    if extract.config.get("tiles") is not None:
-        raise PoolError(f"{evaluate_path}: this run cut its images into tiles (tiles {extract.config['tiles']}); "
-                        "a pool holds whole images only")
     aggregates, scoring = {}, None
     for score_path in inputs_of(classify_path, "score"):
         scoring = ScoreSettings.from_recorded(open_artifact(score_path, "score").config)
         aggregate_path = inputs_of(score_path, "aggregate")[0]
         aggregates[int(open_artifact(aggregate_path, "aggregate").config["r"])] = aggregate_path
+    tiled = extract.config.get("tiles") is not None  # a tiled run's masks are at its parts' full resolution
     settings = PoolSettings(str(extract.config["category"]),
                             {k: v for k, v in extract.config.items() if k not in RUN_FIELDS},
-                            tuple(sorted(aggregates)), scoring)
+                            tuple(sorted(aggregates)), scoring,
+                            tuple(int(n) for n in extract.shape("masks")[1:]) if tiled else None)
     return settings, aggregates, extract
 
 
@@ -86,7 +86,7 @@ def run_images(run: str | Path, include_flagged: bool = False
     chosen = np.flatnonzero(keep)
 
     def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
-        return open_artifact(aggregates[r], "aggregate").read("features", (layer, chosen[np.sort(indices)]))
+        return open_artifact(aggregates[r], "aggregate").read("features", (layer, settings.rows(chosen[np.sort(indices)])))
     shape = tuple(open_artifact(aggregates[settings.r_list[0]], "aggregate").shape("features")[2:])
     images = Images([f"{category}/{names[i]}" for i in chosen],
                     [str(d) for d in extract.read("digests")[chosen]], now(chosen.size), read, shape,
@@ -216,24 +216,39 @@ def distinct_images(images: Sequence[str | Path]) -> dict[str, list[str]]:
     return {names[0]: names for names in groups.values()}
 
 
-def _extract(pool: PoolFile, images: Sequence[str | Path], device: str) -> tuple[list[str], list, list[torch.Tensor]]:
+PARTS_PER_CHUNK = 8  # new parts extracted and scored together: their features are never all held
+
+
+def _backbone(pool: PoolFile, device: str):
     from ..inputs.backbones import backbone_for
     settings = pool_backbone(pool, device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        backbone = backbone_for(settings)
+        return backbone_for(settings)
+
+
+def _readable(pool: PoolFile, images: Sequence[str | Path]) -> tuple[list[str], list]:
+    """The images that can be read (and, for a tiled pool, are of its parts' size), each skipped one
+    named in a warning."""
+    tiling = pool.settings.tiling
     loaded, names = [], []
     for image in images:
         try:
-            loaded.append(load_image(image))
+            picture = load_image(image)
+            if tiling is not None:
+                tiling.cut(picture, str(image), expected=f"the parts of the tiled pool {pool.path.name} have")
+            loaded.append(picture)
             names.append(image)
-        except UnreadableImage as error:
-            warnings.warn(str(error), stacklevel=2)
-    if not loaded:
-        raise UnreadableImage("score-new: none of the images could be read")
-    batches = [backbone.extract(torch.stack([backbone.preprocess(i) for i in loaded[s:s + 4]]))[0]
-               for s in range(0, len(loaded), 4)]
-    return names, loaded, [torch.cat([b[layer] for b in batches]) for layer in range(len(batches[0]))]
+        except (UnreadableImage, TileSizeError) as error:
+            warnings.warn(str(error), stacklevel=3)
+    return names, loaded
+
+
+def _features(backbone, pool: PoolFile, names: Sequence[str], loaded: Sequence) -> list[torch.Tensor]:
+    """Per layer, the patch tokens (rows, L, C) of the parts, made as the pool's were (``forward``)."""
+    tiling = pool.settings.tiling
+    pictures = list(loaded) if tiling is None else list(zip(loaded, map(str, names)))
+    return forward(backbone, pictures, tiling)[0]
 
 
 def day_range(maps: Sequence[np.ndarray]) -> tuple[float, float]:
@@ -259,23 +274,26 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     threshold, rule_text = rule.apply(pool)
     evidence = rule.evidence(pool)
     groups = distinct_images(images)  # the same part by two names is scored once, reported for each
-    names, loaded, tokens = _extract(pool, list(groups), device)
-    settings = pool.settings
-    msm = settings.score
-    per_degree = []
-    for r in settings.r_list:
-        layers = []
-        for layer, layer_tokens in enumerate(tokens):
-            layers.append(part_scores(aggregate(layer_tokens, r), pool.reader(r, layer), len(pool), msm))
-        per_degree.append(torch.stack(layers))
-    maps, scores = anomaly_maps(per_degree, settings.image_size)
+    names, loaded = _readable(pool, list(groups))
+    if not names:
+        raise UnreadableImage("score-new: none of the images could be read")
+    backbone, settings = _backbone(pool, device), pool.settings
+    maps, scores = [], []
+    for start in range(0, len(names), PARTS_PER_CHUNK):  # a part's score does not depend on its chunk
+        tokens = _features(backbone, pool, names[start:start + PARTS_PER_CHUNK], loaded[start:start + PARTS_PER_CHUNK])
+        per_degree = [torch.stack([pool.score(aggregate(layer_tokens, r), r, layer)
+                                   for layer, layer_tokens in enumerate(tokens)]) for r in settings.r_list]
+        chunk_maps, chunk_scores = part_maps(per_degree, settings.image_size, settings.tiling)
+        maps.extend(chunk_maps)
+        scores.extend(chunk_scores)
+    scores = np.asarray(scores)
     verdicts = decision_words(decisions(scores, threshold))
     (out / "maps").mkdir(parents=True, exist_ok=True)
     rows, by_name = [], {}
     low, high = day_range(maps)  # one colour scale for the day's maps: a hot map reads hotter than a cool one
     for name, stem, image, anomaly_map, score, verdict in zip(names, map_names(names), loaded, maps, scores, verdicts):
         target = out / "maps" / f"{stem}.png"
-        picture = np.asarray(image.resize((settings.image_size, settings.image_size)))
+        picture = np.asarray(image.resize(anomaly_map.shape[::-1]))  # a tiled pool's maps: the part's own size
         save_overlay(picture, anomaly_map, target, vmin=low, vmax=high,
                      title=f"{Path(name).name}  score {score:.4f}  {verdict}")
         np.save(target.with_suffix(".npy"), anomaly_map.astype(np.float32))
@@ -351,15 +369,18 @@ def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int |
             raise ReviewError(f"{part}: confirmed good on {day.name}, but the file is gone")
         if part in recorded and file_digest(part) != recorded[part]:
             raise ReviewError(f"{part}: the file changed since it was scored on {day.name}; not added")
-    names, _, tokens = _extract(pool, good, device)
+    with warnings.catch_warnings(record=True):  # an unreadable part is named below
+        warnings.simplefilter("always")
+        names, loaded = _readable(pool, good)
     if len(names) != len(good):
         missing = next(p for p in good if p not in names)
         raise ReviewError(f"{missing}: confirmed good on {day.name}, but unreadable now")
+    tokens = _features(_backbone(pool, device), pool, names, loaded)
     features = {r: np.stack([aggregate(layer_tokens, r).numpy() for layer_tokens in tokens])
                 for r in pool.settings.r_list}
     verdicts = dict(zip(day.table["path"].astype(str), day.table["verdict"].astype(str)))
     images = Images(names, [file_digest(n) for n in names], now(len(names)),
-                    lambda r, layer, indices: features[r][layer, np.sort(indices)],
+                    lambda r, layer, indices: features[r][layer, pool.settings.rows(np.sort(indices))],
                     tuple(features[pool.settings.r_list[0]].shape[2:]),
                     [f"day {day.name} (verdict good)" if verdicts.get(n) == "good" else f"day {day.name} (decided normal)"
                      for n in names])

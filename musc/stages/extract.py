@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -19,6 +18,7 @@ from ..inputs.backbone_spec import backbone_settings
 from ..inputs.config import ExtractSettings
 from ..inputs.datasets import Category, DatasetError, UnreadableImage, load_image, load_mask
 from ..method.checks import MIN_IMAGES
+from ..method.tiling import ImageTiling, TileSizeError
 from ..progress import TRACKER
 from .building import Plan
 from .faults import fault_point
@@ -46,75 +46,64 @@ def plan(category: Category, settings: ExtractSettings, artifacts: str) -> Plan:
     return Plan("extract", key, str(path), f"extract {category.name}", {"category": category, "settings": settings})
 
 
-@dataclass(frozen=True)
-class ImageTiling:
-    """How a tiled run cuts its images (all of one size, height x width): the boxes of each image's
-    tiles (``musc.method.tiling.tile_boxes``), row-major."""
-    height: int
-    width: int
-    boxes: np.ndarray
+def tiling_of(category: Category, settings: ExtractSettings) -> ImageTiling | None:
+    """The tiling of a category's images (their size: the first readable image's), or None untiled."""
+    if settings.tiles is None:
+        return None
+    for sample in category.samples:
+        try:
+            width, height = load_image(sample.path).size
+        except UnreadableImage:
+            continue
+        try:
+            return ImageTiling.of_size(height, width, settings.tiles, settings.tile_overlap)
+        except ValueError as error:
+            raise DatasetError(f"{sample.path}: {error}") from None
+    return None  # no readable image: the merge says so
 
-    @property
-    def count(self) -> int:
-        return len(self.boxes)
 
-    @classmethod
-    def of(cls, category: Category, settings: ExtractSettings) -> "ImageTiling | None":
-        """The tiling of a category's images (their size: the first readable image's), or None untiled."""
-        if settings.tiles is None:
-            return None
-        from ..method.tiling import tile_boxes
-        for sample in category.samples:
-            try:
-                width, height = load_image(sample.path).size
-            except UnreadableImage:
-                continue
-            try:
-                return cls(height, width, tile_boxes(height, width, settings.tiles, settings.tile_overlap or 0.0))
-            except ValueError as error:
-                raise DatasetError(f"{sample.path}: {error}") from None
-        return None  # no readable image: the merge says so
-
-    def cut(self, image, path: str) -> list:
-        """The tiles of one image (PIL), in the order of ``boxes``; DatasetError naming the file when
-        it is not of the category's size (the tiles of the images must lie at the same places)."""
-        if image.size != (self.width, self.height):
-            raise DatasetError(f"{path}: {image.size[0]} x {image.size[1]} pixels, but the category's first image "
-                               f"has {self.width} x {self.height}; a tiled run needs images of one size")
-        return [image.crop((int(left), int(top), int(right), int(bottom)))
-                for top, left, bottom, right in self.boxes]
+def forward(backbone, pictures: list, tiling: ImageTiling | None = None, batch_size: int = 4):
+    """Patch tokens (per layer: rows, L, C) and image embeddings (n, D) of PIL ``pictures``. Tiled
+    (every picture of the tiling's size): each picture's tiles are rows of the tokens (image-major),
+    forwarded ``batch_size`` tiles at a time; a picture's embedding is the mean of its tiles'
+    embeddings, renormalised. The one forward of the extract stage and of the pool's new parts."""
+    import torch
+    if tiling is None:
+        chunks = [backbone.extract(torch.stack([backbone.preprocess(p) for p in pictures[s:s + batch_size]]))
+                  for s in range(0, len(pictures), batch_size)]
+    else:
+        tiles = [backbone.preprocess(tile) for picture, path in pictures for tile in tiling.cut(picture, path)]
+        chunks = [backbone.extract(torch.stack(tiles[s:s + batch_size])) for s in range(0, len(tiles), batch_size)]
+    tokens = [torch.cat([chunk[0][layer] for chunk in chunks]) for layer in range(len(chunks[0][0]))]
+    embeddings = torch.cat([chunk[1] for chunk in chunks]).float()
+    if tiling is not None:
+        embeddings = embeddings.view(len(pictures), tiling.count, -1).mean(dim=1)
+        embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
+    return tokens, embeddings
 
 
 def _extract_batch(backbone, category: Category, indices, image_size, tiling: ImageTiling | None = None,
                    batch_size: int = 4):
-    """Tokens, embeddings and masks of a batch of images. Tiled: each image's tiles are the rows of
-    the tokens (image-major), forwarded ``batch_size`` tiles at a time; an image's embedding is the
-    mean of its tiles' embeddings, renormalised; masks at the image's full resolution."""
+    """Tokens, embeddings (``forward``) and masks of a batch of images; masks at the image size, or
+    at the image's full resolution when tiled."""
     import torch
-    images, kept, skipped = [], [], []
+    pictures, kept, skipped = [], [], []
     for index in indices:
+        path = category.samples[index].path
         try:
-            image = load_image(category.samples[index].path)
-            if tiling is None:
-                images.append(backbone.preprocess(image))
-            else:
-                images.extend(backbone.preprocess(tile) for tile in tiling.cut(image, category.samples[index].path))
+            image = load_image(path)
+            if tiling is not None:
+                tiling.cut(image, path)  # checked before any tile is forwarded
+            pictures.append(image if tiling is None else (image, path))
             kept.append(index)
         except UnreadableImage as error:
             skipped.append(str(error))
-    if not images:
+        except TileSizeError as error:
+            raise DatasetError(str(error)) from None
+    if not pictures:
         return None, skipped
-    if tiling is None:
-        tokens, embeddings = backbone.extract(torch.stack(images))
-        mask_size = image_size
-    else:
-        chunks = [backbone.extract(torch.stack(images[start:start + batch_size]))
-                  for start in range(0, len(images), batch_size)]
-        tokens = [torch.cat([chunk[0][layer] for chunk in chunks]) for layer in range(len(chunks[0][0]))]
-        per_tile = torch.cat([chunk[1] for chunk in chunks]).float()
-        embeddings = per_tile.view(len(kept), tiling.count, -1).mean(dim=1)
-        embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
-        mask_size = (tiling.height, tiling.width)
+    tokens, embeddings = forward(backbone, pictures, tiling, len(pictures) if tiling is None else batch_size)
+    mask_size = image_size if tiling is None else (tiling.height, tiling.width)
     masks = np.stack([load_mask(category.samples[i].mask_path, mask_size, category.mask_rule) for i in kept])
     return {"tokens": torch.stack(tokens).numpy(), "embeddings": embeddings.numpy(),
             "indices": np.asarray(kept, dtype=np.int64), "masks": masks}, skipped
@@ -127,7 +116,7 @@ def build(path: Path, plan: Plan) -> None:
     backbone = backbone_for(settings)
     batch_size = settings.batch_size
     batches = [list(range(i, min(i + batch_size, len(samples)))) for i in range(0, len(samples), batch_size)]
-    tiling = ImageTiling.of(category, settings)
+    tiling = tiling_of(category, settings)
     skipped: list[str] = []
     started, done_images = time.perf_counter(), 0
     # the flow opened this job (terminal bar, Prefect progress artifact); alone, the task opens it

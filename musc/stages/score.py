@@ -19,7 +19,7 @@ import numpy as np
 from .. import store
 from ..inputs.config import ScoreSettings
 from ..inputs.datasets import subsets
-from ..method.tiles import Tile, msm_rank_window, set_tiles
+from ..method.tiles import Tile, msm_rank_window, set_tiles, tile_sets
 from ..progress import TRACKER
 from .building import Plan
 from .faults import fault_point
@@ -35,23 +35,14 @@ def plan(aggregate: Ref, extract: Ref, settings: ScoreSettings, r: int) -> Plan:
 
 
 def scoring_sets(extract: Ref, settings: ScoreSettings) -> list[tuple[list[int], int]]:
-    """The sets scored mutually, each as (its members: rows of the extracted tokens, the vote count
-    its rank window is taken from, as an image count ``msm_rank_window`` takes).
-
-    Untiled, a row is an image and the sets are the subsets. Tiled (R x C tiles, rows image-major),
-    ``aligned``: one set per subset and tile position, of that position's tiles (one per image, so
-    the window is the untiled one); ``all``: one set per subset of all its images' tiles, where the
-    votes of a tile's own image are left out (``compute_tile``), so it has (n - 1) * T votes."""
+    """The sets scored mutually, each as (its members: rows of the extracted tokens, the image count
+    its rank window is taken from): per subset (divide_num), the sets of ``tiles.tile_sets`` (the
+    images untiled; per tile position, or all tiles, when tiled)."""
     artifact = store.open_artifact(extract["path"], "extract", extract["digest"])
     image_sets = subsets([str(g) for g in artifact.read("defect_types")], int(settings.divide_num), int(settings.seed))
     grid = artifact.config.get("tiles")
-    if grid is None:
-        return [(members, len(members)) for members in image_sets]
-    count = int(grid[0]) * int(grid[1])
-    if settings.tile_mixing == "all":
-        return [([i * count + t for i in members for t in range(count)], (len(members) - 1) * count + 1)
-                for members in image_sets]
-    return [([i * count + t for i in members], len(members)) for members in image_sets for t in range(count)]
+    count = 1 if grid is None else int(grid[0]) * int(grid[1])
+    return [found for members in image_sets for found in tile_sets(members, count, settings.tile_mixing or "aligned")]
 
 
 def subset_members(extract: Ref, settings: ScoreSettings) -> list[list[int]]:

@@ -136,9 +136,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
     )),
     Stage("pool", "4", "a reference pool of one category: LNAMD features of earlier images, what they were "
                        "made and scored with (config: settings = category, backbone/feature settings with image "
-                       "size and layers, r_list, score: the MSM settings; max_images)", datasets=(
-        Field("features_r<r>", "float32", "(layers, P, L, C)", "LNAMD features of degree r of the pool images "
-                                                               "(chunks of one image and layer: read block by block)"),
+                       "size, layers and tiling, r_list, score: the MSM settings, part_size [H, W]: tiled "
+                       "pools; max_images)", datasets=(
+        Field("features_r<r>", "float32", "(layers, P, L, C) or (layers, P x T, L, C)",
+              "LNAMD features of degree r of the pool images, a row per tile (image-major) in a tiled pool "
+              "(chunks of one row and layer: read block by block)"),
         Field("names", "str", "(P,)", "category/name of each pool image"),
         Field("digests", "str", "(P,)", "SHA-256 of each pool image's file (a run is added once)"),
         Field("added", "float64", "(P,)", "when each image was added (Unix time)"),
