@@ -427,6 +427,11 @@ def pool_info(pool: Annotated[Path, typer.Argument(help="The pool file (.h5).")]
         scoring = settings["score"]
         out.print(f"scoring: r_list {settings['r_list']}, topmin {scoring['topmin_min']}-{scoring['topmin_max']}, "
                   f"aligned_radius {scoring['aligned_radius']}, msm_precision {scoring['msm_precision']}")
+        if settings["features"].get("tiles") is not None:
+            (rows, columns), (height, width) = settings["features"]["tiles"], settings["part_size"]
+            out.print(f"tiled: {rows} x {columns} tiles (overlap {settings['features'].get('tile_overlap') or 0:g}) of "
+                      f"{width} x {height} px parts, tile mixing {scoring.get('tile_mixing')}; new parts of "
+                      "another size are skipped")
         if info["images"]:
             stamp = lambda t: _time.strftime("%Y-%m-%d %H:%M", _time.gmtime(t))  # noqa: E731
             out.print(f"added between {stamp(info['oldest'])} and {stamp(info['newest'])} UTC")

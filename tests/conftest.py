@@ -223,3 +223,36 @@ def process_worker(server, deployments: list[str], failing_stage: str, folder: P
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=60)
+
+
+def killed_child(code: str, fault: str, tmp_path, env=None) -> None:
+    """Python ``code`` in a child process (its own process group, so that a Prefect server it
+    started dies with it) that kills itself (SIGKILL) at the fault point ``fault`` (MUSC_FAULT);
+    ``env``: variables to set (None: to unset)."""
+    import contextlib
+    import signal
+    import subprocess
+    environment = {**os.environ, **(env or {}), "MUSC_FAULT": fault}
+    log = tmp_path / "child.log"
+    with open(log, "w") as output:
+        child = subprocess.Popen([sys.executable, "-c", f"import sys; sys.path.insert(0, {str(ROOT)!r}); {code}"],
+                                 env={k: v for k, v in environment.items() if v is not None}, stdout=output,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            returncode = child.wait(timeout=300)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+    assert returncode == -signal.SIGKILL, log.read_text()[-2000:]
+
+
+def count_work(monkeypatch) -> dict:
+    """Counts of extract batches and MSM tile computations from now on ({"batches", "tiles"})."""
+    from musc.stages import extract, score
+    calls = {"batches": 0, "tiles": 0}
+    real_batch, real_tile = extract._extract_batch, score.tile_minima
+    monkeypatch.setattr(extract, "_extract_batch",
+                        lambda *a: (calls.__setitem__("batches", calls["batches"] + 1), real_batch(*a))[1])
+    monkeypatch.setattr(score, "tile_minima",
+                        lambda *a, **k: (calls.__setitem__("tiles", calls["tiles"] + 1), real_tile(*a, **k))[1])
+    return calls

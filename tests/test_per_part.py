@@ -18,7 +18,6 @@ from conftest import DEMO_BACKBONE, run_category
 from musc.inputs.datasets import load_image
 from musc.store import manifest_path
 from musc.inputs.synthetic import make_dataset
-from musc.method.maps import anomaly_maps
 from musc.method.msm import mutual_scores
 from musc.reference_pool import PoolFile, add_run_to_pool, part_scores, score_new_images
 from musc.reference_pool.scoring import in_memory

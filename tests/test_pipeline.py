@@ -1,16 +1,12 @@
 """The staged Prefect pipeline: caching, selective reruns, corruption, crash and resume."""
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY_CONFIG, assert_same_arrays, read_all, run_category, snapshot, stage_files
+from conftest import (TINY_CONFIG, assert_same_arrays, count_work, killed_child, read_all, run_category, snapshot,
+                      stage_files)
 from musc import store
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -123,23 +119,10 @@ def test_corrupt_artifact_is_detected_and_rebuilt(tiny_dataset, tmp_path):
 
 def crash_run(data, artifacts, fault, tmp_path):
     """Run the flow in a child process that kills itself (SIGKILL) at the fault point."""
-    code = ("import sys; sys.path.insert(0, %r); from flows import category_flow; "
-            "category_flow('mvtec_ad', %r, 'fabric', %s, %r)" % (str(ROOT), str(data), json.dumps(TINY_CONFIG),
-                                                                  str(artifacts)))
-    env = {**os.environ, "MUSC_FAULT": fault, "PREFECT_HOME": str(tmp_path / "child_prefect"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
-    log = tmp_path / "child.log"
-    with open(log, "w") as output:
-        # its own process group, so that the Prefect server it started dies with it
-        child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=output, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
-        try:
-            returncode = child.wait(timeout=300)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-    assert returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    env = {"PREFECT_HOME": str(tmp_path / "child_prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_API_URL": None}  # its own temporary server
+    killed_child("from flows import category_flow; category_flow('mvtec_ad', %r, 'fabric', %s, %r)"
+                 % (str(data), json.dumps(TINY_CONFIG), str(artifacts)), fault, tmp_path, env)
 
 
 @pytest.mark.slow
@@ -153,13 +136,7 @@ def test_killed_run_resumes_to_identical_artifacts(tiny_dataset, reference_run, 
     parts = len(partial)
     assert not list((artifacts / "mvtec_ad/fabric" / stage).glob("*.h5"))
 
-    from musc.stages import extract, score
-    calls = {"batches": 0, "tiles": 0}
-    real_batch, real_tile = extract._extract_batch, score.tile_minima
-    monkeypatch.setattr(extract, "_extract_batch",
-                        lambda *a: (calls.__setitem__("batches", calls["batches"] + 1), real_batch(*a))[1])
-    monkeypatch.setattr(score, "tile_minima",
-                        lambda *a, **k: (calls.__setitem__("tiles", calls["tiles"] + 1), real_tile(*a, **k))[1])
+    calls = count_work(monkeypatch)
     resumed = run_category(tiny_dataset, artifacts)
     reference, _ = reference_run
     n_layers, n_tiles_per_degree, n_batches = 4, 6, 3

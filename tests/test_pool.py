@@ -11,7 +11,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import musc
-from conftest import DEMO_BACKBONE, TINY_CONFIG, run_category
+from conftest import DEMO_BACKBONE, run_category
 from musc import store
 from musc.inputs.datasets import load_category, load_image, load_mask
 from musc.inputs.synthetic import make_dataset

@@ -374,7 +374,6 @@ def test_the_daily_flow_refuses_nan_and_a_bad_day_before_any_work(tmp_path):
 def test_a_corrupt_history_fails_the_day_before_scoring_in_one_line_naming_the_file(tmp_path, content,
                                                                                      monkeypatch):
     import flows.pool
-    from musc.reference_pool import DecisionRule
     from musc.reference_pool.daily import HistoryError
     (tmp_path / "in" / "2026-11-08").mkdir(parents=True)
     (tmp_path / "in" / "2026-11-08" / "part.png").write_bytes(b"png")

@@ -3,14 +3,13 @@ tiles against its own (by position, or all of them) exactly as one tiled batch o
 part would, calibrates on the same sets, and gives stitched maps at the part's full resolution;
 score-new, the daily flow, day additions and the guard take tiled pools like untiled ones."""
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import TINY_CONFIG, run_musc
+from conftest import TINY_CONFIG
 from musc import store
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import load_category
@@ -116,6 +115,10 @@ def aligned(parts, tmp_path_factory):
     pool = artifacts / "line.h5"
     added = cli("pool", "add", "--pool", pool, "--include-flagged", line["evaluate"]["path"])
     assert added.exit_code == 0, added.output
+    shown = cli("pool", "info", pool)
+    assert shown.exit_code == 0, shown.output
+    assert ("tiled: 2 x 2 tiles (overlap 0.1) of 128 x 128 px parts, tile mixing aligned; new parts of another "
+            "size are skipped") in shown.stdout
     return pool, line, batch
 
 

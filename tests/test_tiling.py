@@ -2,18 +2,13 @@
 lie and how their maps are stitched, the keys, stitched maps at full resolution, small defects found
 better than untiled at the same image size, reuse and resume after kill -9. Plain Python builds
 (``build_all``), no Prefect."""
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, TINY_CONFIG, assert_same_arrays, read_all, snapshot
+from conftest import TINY_CONFIG, assert_same_arrays, count_work, killed_child, read_all, snapshot
 from musc import store
 from musc.inputs.config import ConfigError, MuscConfig
 from musc.inputs.datasets import load_category, load_mask
@@ -187,20 +182,10 @@ def test_tiling_finds_small_defects_better_than_the_whole_image_at_the_same_imag
 
 def _killed_build(data, artifacts, fault, tmp_path):
     """build_all of the tiled configuration in a child process that kills itself (SIGKILL) at the fault point."""
-    code = ("import sys; sys.path.insert(0, %r); from musc.inputs.config import MuscConfig; "
-            "from musc.inputs.datasets import load_category; from musc.stages import Run, build_all; "
-            "build_all(Run(load_category('mvtec_ad', %r, 'plate'), MuscConfig(**%s), %r))"
-            % (str(ROOT), str(data), json.dumps(TILED), str(artifacts)))
-    log = tmp_path / "child.log"
-    with open(log, "w") as output:
-        child = subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "MUSC_FAULT": fault},
-                                 stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            returncode = child.wait(timeout=300)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-    assert returncode == -signal.SIGKILL, log.read_text()[-2000:]
+    killed_child("from musc.inputs.config import MuscConfig; from musc.inputs.datasets import load_category; "
+                 "from musc.stages import Run, build_all; "
+                 "build_all(Run(load_category('mvtec_ad', %r, 'plate'), MuscConfig(**%s), %r))"
+                 % (str(data), json.dumps(TILED), str(artifacts)), fault, tmp_path)
 
 
 @pytest.mark.slow
@@ -212,13 +197,7 @@ def test_a_killed_tiled_run_resumes_to_identical_artifacts(small_parts, tiled_ru
     done = [p for p in (artifacts / "mvtec_ad/plate" / stage).glob("*.parts/*.h5") if store.valid_digest(p)]
     assert len(done) == parts and not list((artifacts / "mvtec_ad/plate" / stage).glob("*.h5"))
 
-    from musc.stages import extract, score
-    calls = {"batches": 0, "tiles": 0}
-    real_batch, real_tile = extract._extract_batch, score.tile_minima
-    monkeypatch.setattr(extract, "_extract_batch",
-                        lambda *a: (calls.__setitem__("batches", calls["batches"] + 1), real_batch(*a))[1])
-    monkeypatch.setattr(score, "tile_minima",
-                        lambda *a, **k: (calls.__setitem__("tiles", calls["tiles"] + 1), real_tile(*a, **k))[1])
+    calls = count_work(monkeypatch)
     resumed = build_all(Run(load_category("mvtec_ad", small_parts, "plate"), MuscConfig(**TILED), str(artifacts)))
     n_layers, n_batches = 4, 2
     n_tiles = 2 * 4 * 3  # two degrees; per degree four tile positions of 8 images, 2 blocks of 4: 3 block pairs

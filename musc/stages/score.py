@@ -104,7 +104,6 @@ def compute_tile(plan: Plan, tile: Tile) -> bool:
 
 
 def build(path: Path, plan: Plan) -> None:
-    import torch
     from ..method.msm import block_scores
     settings: ScoreSettings = plan.needs["settings"]
     aggregate, extract = plan.needs["aggregate"], plan.needs["extract"]
