@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -48,9 +49,17 @@ def prefect_environment() -> None:
 
 # Errors: one line on the terminal ------------------------------------------------------------------
 
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A Python warning on the terminal as a user reads it: ``warning: <message>``, one line (the
+    code location only with --debug)."""
+    where = f" ({filename}:{lineno}, {category.__name__})" if SESSION.debug else ""
+    console.print(f"[yellow]warning:[/] {message}{where}", highlight=False, soft_wrap=True)
+
+
 def run_guarded(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``; an error ends the command with one line: status 2 for an error in
-    the input or a full disk, 1 for anything else."""
+    the input or a full disk, 1 for anything else. Warnings show as one line each (``show_warning``)."""
+    shown, warnings.showwarning = warnings.showwarning, show_warning
     try:
         return fn(*args, **kwargs)
     except USER_ERRORS as error:
@@ -64,6 +73,8 @@ def run_guarded(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         console.print(f"[bold red]error:[/] {type(error).__name__}: {first_line(error)}"
                       " (rerun with --debug for the traceback)", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
+    finally:
+        warnings.showwarning = shown
 
 
 def fail(error: BaseException) -> None:

@@ -93,7 +93,7 @@ def test_a_tiled_pool_flags_a_pit_and_skips_a_part_of_another_size_naming_it(mix
     shutil.copytree(parts["day"], day)
     Image.open(day / "new_good.png").resize((96, 128)).save(day / "odd.png")
     with pytest.warns(UserWarning, match=r"odd\.png: 96 x 128 pixels, but the parts of the tiled pool pool\.h5 "
-                                         r"have 128 x 128"):
+                                         r"have 128 x 128; not scored"):
         result = score_new_images(pool_path, sorted(str(p) for p in day.iterdir()), tmp_path / "out", device="cpu")
     scores = {Path(row["path"]).name: row for row in result["rows"]}
     assert set(scores) == {"pitted.png", "new_good.png"}
@@ -189,3 +189,21 @@ def test_a_tiled_pool_refuses_runs_made_otherwise_naming_the_setting(aligned, pa
     refused = cli("pool", "add", "--pool", pool, "--include-flagged", other_size["evaluate"]["path"])
     assert refused.exit_code == 2 and "part_size" in refused.stderr and "Traceback" not in refused.output
     assert len(PoolFile(pool)) == POOL_PARTS
+
+
+def test_score_new_names_each_part_it_skips_in_one_terminal_line(aligned, parts, tmp_path):
+    from conftest import run_musc
+    pool, _, _ = aligned
+    day = shutil.copytree(parts["day"], tmp_path / "day")
+    Image.open(day / "new_good.png").resize((100, 128)).save(day / "odd.png")
+    (day / "broken.png").write_bytes(b"not a picture")
+    done = run_musc("score-new", "--pool", str(pool), "--out", str(tmp_path / "out"),
+                    *sorted(str(p) for p in day.iterdir()), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if line.strip()]
+    assert warned == [f"warning: {day / 'broken.png'}: unreadable image (cannot identify image file "
+                      f"'{day / 'broken.png'}')",
+                      f"warning: {day / 'odd.png'}: 100 x 128 pixels, but the parts of the tiled pool line.h5 have "
+                      "128 x 128; not scored (a tiled pool cuts parts of its runs' size only)"], done.stderr
+    assert sorted(Path(line.split(":")[0]).name for line in done.stdout.splitlines() if "score" in line
+                  and "map" in line) == ["new_good.png", "pitted.png"]

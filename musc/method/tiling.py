@@ -86,7 +86,7 @@ class ImageTiling:
         it is not of the tiling's size (the tiles of the images must lie at the same places)."""
         if image.size != (self.width, self.height):
             raise TileSizeError(f"{path}: {image.size[0]} x {image.size[1]} pixels, but {expected} "
-                                f"{self.width} x {self.height}; a tiled run needs images of one size")
+                                f"{self.width} x {self.height}")
         return [image.crop((int(left), int(top), int(right), int(bottom))) for top, left, bottom, right in self.boxes]
 
     def stitch(self, patch_maps) -> np.ndarray:

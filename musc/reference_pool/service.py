@@ -239,8 +239,10 @@ def _readable(pool: PoolFile, images: Sequence[str | Path]) -> tuple[list[str], 
                 tiling.cut(picture, str(image), expected=f"the parts of the tiled pool {pool.path.name} have")
             loaded.append(picture)
             names.append(image)
-        except (UnreadableImage, TileSizeError) as error:
+        except UnreadableImage as error:
             warnings.warn(str(error), stacklevel=3)
+        except TileSizeError as error:
+            warnings.warn(f"{error}; not scored (a tiled pool cuts parts of its runs' size only)", stacklevel=3)
     return names, loaded
 
 

@@ -99,7 +99,7 @@ def _extract_batch(backbone, category: Category, indices, image_size, tiling: Im
         except UnreadableImage as error:
             skipped.append(str(error))
         except TileSizeError as error:
-            raise DatasetError(str(error)) from None
+            raise DatasetError(f"{error}; a tiled run needs images of one size") from None
     if not pictures:
         return None, skipped
     tokens, embeddings = forward(backbone, pictures, tiling, len(pictures) if tiling is None else batch_size)
