@@ -147,3 +147,16 @@ def test_the_vote_assembly_and_the_msm_settings_are_written_once():
                                                           and getattr(item.target, "id", "") == "topmin_max"
                                                           for item in node.body)]
     assert sorted(declared) == ["musc/inputs/config.py", "musc/inputs/config.py"]  # MuscConfig and ScoreSettings
+
+
+def test_the_tiling_facts_are_written_once():
+    """Which rows score each other (``tile_sets``), where tiles lie and how their maps are stitched
+    (``ImageTiling``, ``tile_boxes``, ``stitch``) and the backbone's forward of images or tiles
+    (``forward``) are each used by the batch's stages and by the pool, never rewritten beside them."""
+    assert _calls(CODE, "tile_sets") == {"musc/stages/score.py", "musc/reference_pool/pool.py"}
+    assert _calls(CODE, "tile_boxes") <= {"musc/method/tiling.py", "bench/tiling.py"}
+    assert _calls(CODE, "stitch") <= {"musc/method/tiling.py", "musc/stages/classify.py", "musc/reference_pool/scoring.py"}
+    assert _calls(CODE, "forward") == {"musc/stages/extract.py", "musc/reference_pool/service.py"}
+    for path in python_files("musc"):  # images are cut into tiles by the tiling object only
+        if path.name != "tiling.py":
+            assert ".crop(" not in path.read_text(), path
