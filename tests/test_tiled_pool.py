@@ -207,3 +207,18 @@ def test_score_new_names_each_part_it_skips_in_one_terminal_line(aligned, parts,
                       "128 x 128; not scored (a tiled pool cuts parts of its runs' size only)"], done.stderr
     assert sorted(Path(line.split(":")[0]).name for line in done.stdout.splitlines() if "score" in line
                   and "map" in line) == ["new_good.png", "pitted.png"]
+
+
+def test_large_tiled_maps_are_kept_whole_and_drawn_at_the_batchs_bounded_resolution(aligned, parts, tmp_path,
+                                                                                      monkeypatch):
+    from musc.outputs import evaluation
+    from musc.reference_pool import service
+    pool, _, _ = aligned
+    drawn = []
+    real = service.save_overlay
+    monkeypatch.setattr(service, "save_overlay", lambda picture, anomaly_map, *a, **k: (
+        drawn.append((picture.shape, anomaly_map.shape)), real(picture, anomaly_map, *a, **k))[1])
+    monkeypatch.setattr(evaluation, "EVALUATION_MAX_PIXELS", 64 * 64)  # as a 2048 px part at the real bound
+    result = score_new_images(pool, [str(parts["day"] / "pitted.png")], tmp_path / "out", device="cpu")
+    assert drawn == [((64, 64, 3), (64, 64))]                                  # the overlay: reduced by 2
+    assert np.load(Path(result["rows"][0]["map_png"]).with_suffix(".npy")).shape == (128, 128)  # the map: whole

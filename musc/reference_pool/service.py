@@ -17,7 +17,7 @@ from ..inputs.datasets import UnreadableImage, load_image
 from ..method.lnamd import aggregate
 from ..method.tiling import TileSizeError
 from ..stages.extract import forward
-from ..outputs.evaluation import decision_words, decisions, f1_optimal_threshold
+from ..outputs.evaluation import decision_words, decisions, evaluation_reduction, f1_optimal_threshold, reduce_map
 from ..outputs.figures import save_overlay
 from ..outputs.rebuild import inputs_of
 from ..store import (ArtifactError, artifact_lock, atomic_output, file_digest, mark_artifacts_root,
@@ -265,9 +265,11 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
                      ) -> dict[str, Any]:
     """Score each new image against the pool only, with the pool's settings (as it would score in
     one batch made of the pool and itself; the other new images never vote); decide; write
-    ``scores.csv`` (path, score, decision, map_png), one map per image and the day's record
-    ``day.json`` (``day``, default the folder's name; the pool; each part's digest; see ``review``)
-    in ``out``; the overlays share one colour scale, the day's ``map_range``. Returns {"rows": [...],
+    ``scores.csv`` (path, score, decision, map_png), one map per image (``maps/<name>.npy``; a tiled
+    pool's at the part's full resolution, its overlay PNG at most 1024 x 1024 pixels, as the batch's)
+    and the day's record ``day.json`` (``day``, default the folder's name; the pool; each part's
+    digest; see ``review``) in ``out``; the overlays share one colour scale, the day's ``map_range``.
+    Parts are extracted and scored ``PARTS_PER_CHUNK`` at a time. Returns {"rows": [...],
     "threshold", "rule", "pool_size", "maps": {path: map}, "map_range": (low, high)}."""
     out = output_folder(out, images)  # before any work: a folder of its own, writable
     pool = PoolFile(pool_path)
@@ -295,8 +297,9 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     low, high = day_range(maps)  # one colour scale for the day's maps: a hot map reads hotter than a cool one
     for name, stem, image, anomaly_map, score, verdict in zip(names, map_names(names), loaded, maps, scores, verdicts):
         target = out / "maps" / f"{stem}.png"
-        picture = np.asarray(image.resize(anomaly_map.shape[::-1]))  # a tiled pool's maps: the part's own size
-        save_overlay(picture, anomaly_map, target, vmin=low, vmax=high,
+        drawn = reduce_map(anomaly_map, evaluation_reduction(*anomaly_map.shape))  # as the batch draws a tiled map
+        picture = np.asarray(image.resize(drawn.shape[::-1]))
+        save_overlay(picture, drawn, target, vmin=low, vmax=high,
                      title=f"{Path(name).name}  score {score:.4f}  {verdict}")
         np.save(target.with_suffix(".npy"), anomaly_map.astype(np.float32))
         for alias in groups[name]:
