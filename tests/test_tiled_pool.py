@@ -222,3 +222,16 @@ def test_large_tiled_maps_are_kept_whole_and_drawn_at_the_batchs_bounded_resolut
     result = score_new_images(pool, [str(parts["day"] / "pitted.png")], tmp_path / "out", device="cpu")
     assert drawn == [((64, 64, 3), (64, 64))]                                  # the overlay: reduced by 2
     assert np.load(Path(result["rows"][0]["map_png"]).with_suffix(".npy")).shape == (128, 128)  # the map: whole
+
+
+def test_a_parts_score_does_not_depend_on_how_the_parts_are_chunked(mixing, parts, tmp_path, monkeypatch):
+    from musc.reference_pool import pool as pool_module
+    _, pool_path, _, _, _ = mixing
+    images = sorted(str(p) for p in parts["day"].iterdir())
+    whole = score_new_images(pool_path, images, tmp_path / "whole", device="cpu")
+    monkeypatch.setattr(pool_module, "ROWS_PER_CHUNK", 1)   # one part (its 4 tiles) per chunk
+    monkeypatch.setattr(pool_module, "VOTES_AT_ONCE", 1)    # one tile's votes at a time
+    assert PoolFile(pool_path).settings.chunks(2) == [(0, 1), (1, 2)]
+    chunked = score_new_images(pool_path, images, tmp_path / "chunked", device="cpu")
+    assert [r["path"] for r in chunked["rows"]] == [r["path"] for r in whole["rows"]]
+    np.testing.assert_allclose([r["score"] for r in chunked["rows"]], [r["score"] for r in whole["rows"]], rtol=1e-6)

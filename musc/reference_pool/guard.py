@@ -90,13 +90,14 @@ def _build(path: Path, evaluate: Ref, pool: PoolFile, rule: DecisionRule) -> Non
     settings, aggregates, extract = run_lineage(evaluate["path"])
     check_compatible(pool, settings)
     threshold, rule_text = rule.apply(pool)
-    per_degree = []
-    for r in pool.settings.r_list:
-        aggregate = open_artifact(aggregates[r], "aggregate")
-        per_degree.append(torch.stack([pool.score(torch.from_numpy(aggregate.read("features", (layer,))), r, layer)
-                                       for layer in range(len(pool.settings.layers))]))
-    scores = image_scores(per_degree, pool.settings.image_size, pool.settings.tiling)
     names = [str(n) for n in extract.read("names")]
+    features = {r: open_artifact(aggregates[r], "aggregate") for r in pool.settings.r_list}
+    count, scores = pool.settings.tiles_per_image, np.empty(len(names))
+    for start, stop in pool.settings.chunks(len(names)):  # a chunk of the run's images (their rows) at a time
+        rows = slice(start * count, stop * count)
+        per_degree = [torch.stack([pool.score(torch.from_numpy(features[r].read("features", (layer, rows))), r, layer)
+                                   for layer in range(len(pool.settings.layers))]) for r in pool.settings.r_list]
+        scores[start:stop] = image_scores(per_degree, pool.settings.image_size, pool.settings.tiling)
     plan = guard_plan(evaluate, pool, rule)
     write_artifact(path, "guard", plan.key.config, plan.key.inputs,
                    {"names": np.array(names, dtype=object), "pool_scores": scores.astype(np.float64),

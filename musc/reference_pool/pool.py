@@ -25,11 +25,13 @@ import torch
 from ..store import ArtifactError, open_artifact, write_artifact
 from ..store.schema import stage_schema
 from ..inputs.config import ScoreSettings
-from ..method.tiles import tile_sets
+from ..method.tiles import image_blocks, tile_sets
 from ..method.tiling import ImageTiling
 from .scoring import BlockReader, image_scores, part_scores, rows_reader, set_scores
 
 DEFAULT_MAX_IMAGES = 200
+ROWS_PER_CHUNK = 64          # feature rows (images, or tiles) scored together against a pool
+VOTES_AT_ONCE = 64 * 256     # query rows x pool rows of votes held at once (x L: 90 MB at L = 1369)
 
 
 class PoolError(ArtifactError):
@@ -66,6 +68,12 @@ class PoolSettings:
         """The feature rows of images (indices, increasing): one per image, or its T tiles' rows."""
         count = self.tiles_per_image
         return (np.asarray(images, dtype=np.int64)[:, None] * count + np.arange(count)).ravel()
+
+    def chunks(self, n_images: int) -> list[tuple[int, int]]:
+        """[start, stop) ranges of images scored together against the pool (new parts, a guarded
+        run's images): ``ROWS_PER_CHUNK`` feature rows at most (one image at least), so that their
+        features are never all held, whatever the count of images or tiles."""
+        return image_blocks(n_images, max(1, ROWS_PER_CHUNK // self.tiles_per_image))
 
     def sets(self, n_images: int) -> list[tuple[list[int], int]]:
         """The sets n images' rows are scored in (``tiles.tile_sets``: untiled, one; per tile
@@ -170,8 +178,11 @@ class PoolFile:
         count = self.settings.tiles_per_image
         scores = torch.empty(new.shape[:2], dtype=torch.float64)
         for (new_rows, _), (pool_rows, _) in zip(self.settings.sets(new.shape[0] // count), self.settings.sets(len(self))):
-            scores[new_rows] = part_scores(new[new_rows], self.reader(r, layer, pool_rows), len(pool_rows),
-                                           self.settings.score)
+            step = max(1, VOTES_AT_ONCE // len(pool_rows))  # the votes held: step x pool rows x L
+            for start in range(0, len(new_rows), step):
+                chosen = new_rows[start:start + step]
+                scores[chosen] = part_scores(new[chosen], self.reader(r, layer, pool_rows), len(pool_rows),
+                                             self.settings.score)
         return scores
 
     def images(self) -> Images:

@@ -216,9 +216,6 @@ def distinct_images(images: Sequence[str | Path]) -> dict[str, list[str]]:
     return {names[0]: names for names in groups.values()}
 
 
-PARTS_PER_CHUNK = 8  # new parts extracted and scored together: their features are never all held
-
-
 def _backbone(pool: PoolFile, device: str):
     from ..inputs.backbones import backbone_for
     settings = pool_backbone(pool, device)
@@ -269,7 +266,7 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     pool's at the part's full resolution, its overlay PNG at most 1024 x 1024 pixels, as the batch's)
     and the day's record ``day.json`` (``day``, default the folder's name; the pool; each part's
     digest; see ``review``) in ``out``; the overlays share one colour scale, the day's ``map_range``.
-    Parts are extracted and scored ``PARTS_PER_CHUNK`` at a time. Returns {"rows": [...],
+    Parts are extracted and scored a chunk at a time (``PoolSettings.chunks``). Returns {"rows": [...],
     "threshold", "rule", "pool_size", "maps": {path: map}, "map_range": (low, high)}."""
     out = output_folder(out, images)  # before any work: a folder of its own, writable
     pool = PoolFile(pool_path)
@@ -283,8 +280,8 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
         raise UnreadableImage("score-new: none of the images could be read")
     backbone, settings = _backbone(pool, device), pool.settings
     maps, scores = [], []
-    for start in range(0, len(names), PARTS_PER_CHUNK):  # a part's score does not depend on its chunk
-        tokens = _features(backbone, pool, names[start:start + PARTS_PER_CHUNK], loaded[start:start + PARTS_PER_CHUNK])
+    for start, stop in settings.chunks(len(names)):  # a part's score does not depend on its chunk
+        tokens = _features(backbone, pool, names[start:stop], loaded[start:stop])
         per_degree = [torch.stack([pool.score(aggregate(layer_tokens, r), r, layer)
                                    for layer, layer_tokens in enumerate(tokens)]) for r in settings.r_list]
         chunk_maps, chunk_scores = part_maps(per_degree, settings.image_size, settings.tiling)
