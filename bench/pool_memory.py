@@ -8,6 +8,7 @@ RSS, time and time per part.
 
     python bench/pool_memory.py                                  # 200 images, L=1369, C=1024, 1 layer, 1 degree
     python bench/pool_memory.py --layers 4 --degrees 3           # the paper's full settings (13 GB pool file)
+    python bench/pool_memory.py --pool-images 50 --tiles 2x2 --mixing all   # a tiled pool (200 tile rows)
 
 Backbone extraction is left out (no weights offline): new images are random features too.
 """
@@ -29,13 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def make_pool(path: Path, args) -> None:
     from musc.reference_pool import Images, PoolSettings, write_pool
+    from musc.inputs.config import ScoreSettings
     rng = np.random.default_rng(0)
+    tiles = tile_grid(args.tiles)
 
-    def read(r, layer, indices):
-        block = rng.standard_normal((len(indices), args.patches, args.channels), dtype=np.float32)
+    def read(r, layer, indices):  # the rows of those images: one each, or their tiles'
+        block = rng.standard_normal((len(indices) * tiles[0] * tiles[1], args.patches, args.channels), dtype=np.float32)
         return block / np.linalg.norm(block, axis=-1, keepdims=True)
     degrees = tuple(range(1, 2 * args.degrees, 2))
-    settings = PoolSettings("synthetic", {"image_size": 518, "layers": list(range(args.layers))}, degrees)
+    features = {"image_size": 518, "layers": list(range(args.layers))}
+    if args.tiles:
+        features.update(tiles=list(tiles), tile_overlap=0.0)
+    settings = PoolSettings("synthetic", features, degrees, ScoreSettings(tile_mixing=args.mixing if args.tiles else None),
+                            (1036, 1036) if args.tiles else None)
     names = [f"synthetic/{i:04d}" for i in range(args.pool_images)]
     write_pool(path, settings, [Images(names, names, np.zeros(len(names)), read, (args.patches, args.channels))],
                args.pool_images, {}, calibrate=False)
@@ -50,24 +57,30 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def tile_grid(text: str | None) -> tuple[int, int]:
+    return (1, 1) if not text else tuple(int(n) for n in text.lower().split("x"))
+
+
 def score(path: str, n_new: int, block: int) -> dict:
-    """Score n_new random images against the pool exactly as score_new_images does after extraction."""
-    import torch
-    from musc.reference_pool import PoolFile
+    """Score n_new random images against the pool exactly as score_new_images does after extraction:
+    a chunk of parts at a time (``PoolSettings.chunks``), each against the pool only (``PoolFile.score``)."""
     import dataclasses
 
-    from musc.reference_pool.scoring import part_scores
+    import torch
+    from musc.reference_pool import PoolFile
     baseline = peak_rss_mb()
     started = time.perf_counter()
     pool = PoolFile(path)
     verified = time.perf_counter() - started
-    rule = dataclasses.replace(pool.settings.score, block_size=block)
+    pool.settings = dataclasses.replace(pool.settings, score=dataclasses.replace(pool.settings.score, block_size=block))
     n_patches, channels = pool.feature_shape
     generator = torch.Generator().manual_seed(1)
-    for r in pool.settings.r_list:
-        for layer in range(len(pool.settings.layers)):
-            new = torch.nn.functional.normalize(torch.randn(n_new, n_patches, channels, generator=generator), dim=-1)
-            part_scores(new, pool.reader(r, layer), len(pool), rule)  # each new image against the pool only
+    for start, stop in pool.settings.chunks(n_new):
+        rows = (stop - start) * pool.settings.tiles_per_image
+        for r in pool.settings.r_list:
+            for layer in range(len(pool.settings.layers)):
+                new = torch.nn.functional.normalize(torch.randn(rows, n_patches, channels, generator=generator), dim=-1)
+                pool.score(new, r, layer)  # each new part against the pool only
     seconds = time.perf_counter() - started
     return {"peak_rss_mb": peak_rss_mb(), "after_imports_mb": baseline, "seconds": seconds,
             "verify_seconds": verified, "seconds_per_part": (seconds - verified) / n_new}
@@ -82,6 +95,8 @@ def main() -> None:
     parser.add_argument("--degrees", type=int, default=1)
     parser.add_argument("--new", type=int, default=4, help="new images scored together")
     parser.add_argument("--block", type=int, default=8, help="pool images read per block")
+    parser.add_argument("--tiles", default=None, help="RxC: a tiled pool (R x C feature rows per image)")
+    parser.add_argument("--mixing", default="aligned", choices=("aligned", "all"), help="a tiled pool's tile mixing")
     parser.add_argument("--dir", default=None, help="where the pool file is written (default: a temporary folder)")
     parser.add_argument("--score-only", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -93,7 +108,8 @@ def main() -> None:
         started = time.perf_counter()
         make_pool(path, args)
         size = path.stat().st_size / 2**30
-        print(f"pool: {args.pool_images} images, L={args.patches}, C={args.channels}, {args.layers} layer(s), "
+        tiled = f", {args.tiles} tiles ({args.mixing})" if args.tiles else ""
+        print(f"pool: {args.pool_images} images{tiled}, L={args.patches}, C={args.channels}, {args.layers} layer(s), "
               f"{args.degrees} degree(s): {size:.2f} GiB file, written in {time.perf_counter() - started:.0f} s")
         done = subprocess.run([sys.executable, __file__, "--score-only", str(path), "--new", str(args.new),
                                "--block", str(args.block)], capture_output=True, text=True, check=True)
