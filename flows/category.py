@@ -36,6 +36,9 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
     artifacts = str(Path(artifacts).resolve())
     if images is None:
         images = checked_category(dataset, str(Path(root).resolve()), category, cfg, artifacts)
+    if cfg.reference:  # a pool that cannot guard this run: said before any work
+        from musc.reference_pool.guard import check_reference
+        check_reference(cfg.reference, [Run(images, cfg, artifacts)])
     store.mark_artifacts_root(artifacts)  # later listings skip it, wherever it lies
     with store.running(store.catalog.category_folder(artifacts, images.dataset, images.name)):  # musc clean waits
         refs = walk(Run(images, cfg, artifacts), lambda spec, plans: run_stage(images, spec, plans))

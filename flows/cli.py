@@ -235,6 +235,10 @@ def run(
         # then what may load a model or fetch weights; each category is loaded and checked once per
         # command, and the flow takes them as they are
         categories = [checked_category(dataset, str(root), name, cfg, str(artifacts)) for name in chosen]
+        if cfg.reference is not None:  # a pool that cannot guard these runs: said before any work
+            from musc.reference_pool.guard import check_reference
+            from musc.stages import Run
+            check_reference(cfg.reference, [Run(c, cfg, str(artifacts.resolve())) for c in categories])
         _preflight(cfg, categories, artifacts)
         from musc.store import mark_artifacts_root
         mark_artifacts_root(artifacts)  # a read-only or full artifacts folder: said now, naming it

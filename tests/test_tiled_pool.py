@@ -235,3 +235,31 @@ def test_a_parts_score_does_not_depend_on_how_the_parts_are_chunked(mixing, part
     chunked = score_new_images(pool_path, images, tmp_path / "chunked", device="cpu")
     assert [r["path"] for r in chunked["rows"]] == [r["path"] for r in whole["rows"]]
     np.testing.assert_allclose([r["score"] for r in chunked["rows"]], [r["score"] for r in whole["rows"]], rtol=1e-6)
+
+
+def test_what_a_run_will_record_is_known_before_it_runs(aligned, parts, tmp_path):
+    from musc.reference_pool.service import planned_settings, run_lineage
+    pool, line, batch = aligned
+    for refs, folder in ((line, parts["line"]), (batch, parts["batch"])):
+        recorded = run_lineage(refs["evaluate"]["path"])[0]
+        planned = planned_settings(Run(load_category("folder", folder, "plate"), MuscConfig(**TILED), str(tmp_path)))
+        assert planned.differences(recorded) == [] and planned.part_size == recorded.part_size == (128, 128)
+    untiled = planned_settings(Run(load_category("folder", parts["line"], "plate"), MuscConfig(**TINY_CONFIG),
+                                   str(tmp_path)))
+    assert untiled.part_size is None and "tiles" not in untiled.features
+
+
+def test_a_run_whose_settings_the_pool_cannot_guard_is_refused_before_any_work(aligned, parts, tmp_path):
+    from conftest import run_musc
+    pool, _, _ = aligned
+    flags = ["--backbone", TILED["backbone"], "--pretrained", "none", "--image-size", "64", "--layers", "0,1,2,3",
+             "--r-list", "1,3", "--device", "cpu"]
+    for changed, named in ((["--tiles", "2x3"], "features.tiles: [2, 3] (the pool: [2, 2])"),
+                           (["--tiles", "2x2", "--tile-overlap", "0.1", "--tile-mixing", "all"],
+                            "tile_mixing: 'all' (the pool: 'aligned')")):
+        done = run_musc("run", "--dataset", "folder", "--root", parts["batch"], "--category", "plate", *flags, *changed,
+                        "--artifacts", tmp_path / "artifacts", "--reference", pool, cwd=tmp_path)
+        assert done.returncode == 2, done.stderr
+        (line,) = [text for text in done.stderr.splitlines() if text.strip()]
+        assert line.startswith(f"error: {pool}: this run was made with other settings than the pool's") and named in line
+        assert not list((tmp_path / "artifacts").rglob("*.h5"))             # nothing was computed

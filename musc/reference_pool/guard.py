@@ -27,7 +27,7 @@ from ..stages.key import Ref
 from ..store import open_artifact
 from .pool import PoolError, PoolFile, check_compatible
 from .scoring import image_scores
-from .service import DecisionRule, run_lineage
+from .service import DecisionRule, planned_settings, run_lineage
 
 log = logging.getLogger("musc.reference_pool")
 
@@ -57,6 +57,16 @@ class Guard:
                 "threshold": self.threshold, "rule": self.rule, "artifact": self.ref["path"],
                 "images": {name: {"pool_score": float(score), "pool_decision": decision}
                            for name, score, decision in zip(self.names, self.pool_scores, self.pool_decisions)}}
+
+
+def check_reference(pool_path: str | Path, runs) -> None:
+    """Before any work: PoolError (one line) when the pool cannot guard these runs (``Run``s): empty,
+    of another category, or made with other settings (each named), as the guard would say at the end."""
+    pool = PoolFile(pool_path)
+    if not len(pool):
+        raise PoolError(f"{pool_path}: the pool is empty; add a scored run first (musc pool add)")
+    for run in runs:
+        check_compatible(pool, planned_settings(run))
 
 
 def guard_plan(evaluate: Ref, pool: PoolFile, rule: DecisionRule) -> Plan:

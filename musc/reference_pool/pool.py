@@ -27,7 +27,7 @@ from ..store.schema import stage_schema
 from ..inputs.config import ScoreSettings
 from ..method.tiles import image_blocks, tile_sets
 from ..method.tiling import ImageTiling
-from .scoring import BlockReader, image_scores, part_scores, rows_reader, set_scores
+from .scoring import BlockReader, image_scores, part_scores, read_rows, rows_reader, set_scores
 
 DEFAULT_MAX_IMAGES = 200
 ROWS_PER_CHUNK = 64          # feature rows (images, or tiles) scored together against a pool
@@ -169,7 +169,7 @@ class PoolFile:
     def reader(self, r: int, layer: int, rows: Sequence[int] | None = None) -> BlockReader:
         """Block reader of the pool's features of one degree and layer: every row, or ``rows``."""
         features = self._file[f"features_r{r}"]
-        return rows_reader(lambda selection: torch.from_numpy(features[layer, selection]), rows)
+        return rows_reader(lambda selection: features[layer, selection], rows)
 
     def score(self, new: torch.Tensor, r: int, layer: int) -> torch.Tensor:
         """MSM patch scores (rows, L) of new parts' features (rows, L, C) of one degree and layer,
@@ -187,7 +187,8 @@ class PoolFile:
 
     def images(self) -> Images:
         def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
-            return self._file[f"features_r{r}"][layer, self.settings.rows(np.sort(indices))]
+            features = self._file[f"features_r{r}"]
+            return read_rows(lambda selection: features[layer, selection], self.settings.rows(np.sort(indices)))
         return Images(self.names, self.digests, self.added, read, self.feature_shape, self.sources)
 
     def info(self) -> dict[str, Any]:
@@ -248,7 +249,7 @@ def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images]
                         start += indices.size * count
 
         def reader(r: int, layer: int, rows: Sequence[int] | None = None) -> BlockReader:
-            return rows_reader(lambda selection: torch.from_numpy(f[f"features_r{r}"][layer, selection]), rows)
+            return rows_reader(lambda selection: f[f"features_r{r}"][layer, selection], rows)
         f.create_dataset("self_scores", data=leave_one_out_scores(reader, len(owners) if calibrate else 0, settings))
 
     write_artifact(path, "pool", {"settings": settings.to_config(), "max_images": int(max_images)}, inputs,

@@ -26,7 +26,7 @@ from ..store.catalog import derived_name
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
 from .review import (SCORES_CSV, ReviewError, load_day, load_day_record, read_verdicts, verdict_history_path,
                      write_day_record)
-from .scoring import calibrated_threshold, part_maps
+from .scoring import calibrated_threshold, part_maps, read_rows
 
 RUN_FIELDS = ("dataset", "category")  # what the extract config says of the run, not of the features
 DEFAULT_FALSE_ALARM_RATE = 0.01
@@ -63,6 +63,19 @@ def run_lineage(run: str | Path) -> tuple[PoolSettings, dict[int, Path], Any]:
     return settings, aggregates, extract
 
 
+def planned_settings(run) -> PoolSettings:
+    """What a run (``musc.stages.Run``) will record as ``run_lineage`` reads it, known before any
+    work: its extract plan's recorded settings, its degrees and MSM settings, and, tiled, the size of
+    its images (their first readable one's)."""
+    from ..stages import first_plan
+    from ..stages.extract import tiling_of
+    recorded = first_plan(run).key.config
+    tiling = tiling_of(run.images, run.config.extract)
+    return PoolSettings(str(recorded["category"]), {k: v for k, v in recorded.items() if k not in RUN_FIELDS},
+                        tuple(sorted({int(r) for r in run.config.r_list})), run.config.score,
+                        None if tiling is None else (tiling.height, tiling.width))
+
+
 def run_images(run: str | Path, include_flagged: bool = False
                ) -> tuple[PoolSettings, Images, str, list[tuple[str, str]]]:
     """What a scored run would put in a pool: its settings, its images with their features (their
@@ -86,7 +99,8 @@ def run_images(run: str | Path, include_flagged: bool = False
     chosen = np.flatnonzero(keep)
 
     def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
-        return open_artifact(aggregates[r], "aggregate").read("features", (layer, settings.rows(chosen[np.sort(indices)])))
+        artifact = open_artifact(aggregates[r], "aggregate")
+        return read_rows(lambda rows: artifact.read("features", (layer, rows)), settings.rows(chosen[np.sort(indices)]))
     shape = tuple(open_artifact(aggregates[settings.r_list[0]], "aggregate").shape("features")[2:])
     images = Images([f"{category}/{names[i]}" for i in chosen],
                     [str(d) for d in extract.read("digests")[chosen]], now(chosen.size), read, shape,
