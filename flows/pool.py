@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
 
+import numpy as np
 from prefect import flow, get_client, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
@@ -57,12 +58,15 @@ def run_day(timezone: str = "UTC") -> str:
 
 @task(name="score-day", cache_policy=NO_CACHE, persist_result=False)
 def score_day_task(pool: str, images: list[str], out: str, rule: DecisionRule, day: str) -> dict:
-    """Scores, decisions, maps, scores.csv and the day's record; the maps come back as small thumbnails only."""
+    """Scores, decisions, maps, scores.csv and the day's record; the maps come back as small thumbnails
+    only (on the day's one colour scale); each part not scored is named in the run's log."""
     result = score_new_images(pool, images, out, rule, day=day)
     maps = result.pop("maps")
-    top = max(float(max(m.max() for m in maps.values())), 1e-12)
+    low, high = result["map_range"]
     for row in ordered(result["rows"])[:THUMBNAILS]:
-        row["thumbnail"] = thumbnail(maps[row["path"]], vmax=top)
+        row["thumbnail"] = thumbnail(np.load(maps[row["path"]]), vmin=low, vmax=high)
+    for _, why in result["skipped"]:
+        _warn(why)
     return result
 
 
@@ -86,8 +90,9 @@ def publish(pool: str, result: dict, summary: dict, report: Path, folder: Path,
     publish_artifact("table", key, table_rows(rows, folder),
                      f"Parts of {day} (pool {Path(pool).name}): {summary['anomalous']} anomalous of "
                      f"{summary['count']}; anomalous at "
-                     f"score >= {threshold_text(summary['threshold'], result['rule'])}; report {report}")
-    maps = maps_markdown(summary, rows, result["rule"], folder, trend)
+                     f"score >= {threshold_text(summary['threshold'], result['rule'])}"
+                     + (f"; {len(result['skipped'])} not scored" if result["skipped"] else "") + f"; report {report}")
+    maps = maps_markdown(summary, rows, result["rule"], folder, trend, result["skipped"])
     if reviews:  # the days' parts, flagged, confirmed and dismissed (the false alarms inspectors saw)
         maps += "\n\n## Inspectors' verdicts by day\n\n" + "\n".join(reviews)
     publish_artifact("markdown", f"{key}-maps", maps, f"flagged parts, trend and heat maps of {day} (pool {Path(pool).name})")
@@ -98,6 +103,7 @@ def publish(pool: str, result: dict, summary: dict, report: Path, folder: Path,
                          "musc.day": day,
                          "musc.anomalous": "true" if anomalous else "false"},
                payload={**readable(summary), "threshold_rule": result["rule"], "anomalous_parts": anomalous,
+                        "not_scored": [part_name(path, folder) for path, _ in result["skipped"]],
                         "report": str(report), "scores_csv": str(report.parent / "scores.csv")})
 
 
@@ -222,10 +228,11 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", decisi
     summary = day_summary(day, result["rows"], result["threshold"], result["pool_size"])
     history = review_counts(append_history(history_path(pool), summary), read_verdicts(verdict_history_path(pool)))
     trend = plot_trends(history, target / "trend.png")
-    report = write_day_report(target, summary, result["rows"], result["rule"], trend, history)
+    report = write_day_report(target, summary, result["rows"], result["rule"], trend, history, result["skipped"])
     publish(pool, result, summary, report, folder, trend, verdicts_by_day_markdown(history))
+    not_scored = f"; {len(result['skipped'])} not scored" if result["skipped"] else ""
     print(f"{day}: {summary['anomalous']} anomalous of {summary['count']} (threshold "
-          f"{threshold_text(summary['threshold'], result['rule'])}); report {report.with_suffix('.html')}")
+          f"{threshold_text(summary['threshold'], result['rule'])}){not_scored}; report {report.with_suffix('.html')}")
     if summary["anomalous"] and review_wait_s > 0 and deployment.id:
         return {**summary, "review": ask_review(summary, result, folder, target, int(review_wait_s))}
     return summary

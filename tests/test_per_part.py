@@ -99,11 +99,11 @@ def test_a_repeated_defect_is_caught_and_every_part_scores_as_alone(clean_pool, 
     alone = {}
     for index, path in enumerate(paths):
         result = score_new_images(pool, [path], tmp_path / f"alone_{index}", device="cpu")
-        alone[path] = (result["rows"][0], result["maps"][path])
+        alone[path] = (result["rows"][0], np.load(result["maps"][path]))
     rows = {row["path"]: row for row in together["rows"]}
     for path in paths:
         np.testing.assert_allclose(rows[path]["score"], alone[path][0]["score"], rtol=0, atol=1e-5)
-        np.testing.assert_allclose(together["maps"][path], alone[path][1], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(np.load(together["maps"][path]), alone[path][1], rtol=0, atol=1e-5)
         assert rows[path]["decision"] == alone[path][0]["decision"]
     good = [p for p in paths if p not in stained]
     for ranked in ({p: rows[p]["score"] for p in paths}, {p: alone[p][0]["score"] for p in paths}):
@@ -116,7 +116,8 @@ def test_a_repeated_defect_is_caught_and_every_part_scores_as_alone(clean_pool, 
     assert [row["path"] for row in again["rows"]] == shuffled
     for row in again["rows"]:
         np.testing.assert_allclose(row["score"], rows[row["path"]]["score"], rtol=0, atol=1e-5)
-        np.testing.assert_allclose(again["maps"][row["path"]], together["maps"][row["path"]], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(np.load(again["maps"][row["path"]]), np.load(together["maps"][row["path"]]),
+                                   rtol=0, atol=1e-5)
         assert row["decision"] == rows[row["path"]]["decision"]
 
 

@@ -437,7 +437,8 @@ def test_two_lines_pools_of_one_file_name_publish_under_distinct_keys_and_resour
     monkeypatch.setattr(flows.pool, "publish_artifact", lambda kind, key, content, text: published.append((key, text)))
     monkeypatch.setattr(flows.pool, "emit_event", lambda **event: events.append(event))
     summary = {"day": "2026-11-08", "count": 1, "anomalous": 0, "threshold": 0.5}
-    result = {"rows": [{"path": "p.png", "score": 0.1, "decision": "normal", "map_png": "m.png"}], "rule": "fixed"}
+    result = {"rows": [{"path": "p.png", "score": 0.1, "decision": "normal", "map_png": "m.png"}], "rule": "fixed",
+              "skipped": []}
     for line in ("line1", "line2"):
         (tmp_path / line).mkdir()
         flows.pool.publish(str(tmp_path / line / "pool.h5"), result, summary, tmp_path / "report.md",

@@ -81,7 +81,8 @@ def test_a_tiled_pool_calibrates_and_scores_as_the_tiled_batch_would(mixing, par
     (row,) = result["rows"]
     assert Path(row["path"]).name == "pitted.png"
     assert row["score"] == pytest.approx(raw_scores(batch)["pitted.png"], rel=1e-5)
-    (anomaly_map,) = result["maps"].values()
+    (map_file,) = result["maps"].values()
+    anomaly_map = np.load(map_file)
     assert anomaly_map.shape == (128, 128)                      # stitched at the part's full resolution
     assert np.load(Path(row["map_png"]).with_suffix(".npy")).shape == (128, 128)
     assert Image.open(row["map_png"]).size[0] > 128             # the overlay of the full part
@@ -184,7 +185,7 @@ def test_a_tiled_pool_refuses_runs_made_otherwise_naming_the_setting(aligned, pa
     for image in sorted(parts["batch"].iterdir()):
         Image.open(image).resize((96, 96)).save(small / image.name)
     other_size = tiled_run(small, tmp_path / "small_artifacts")
-    with pytest.raises(PoolError, match=r"part_size: \(96, 96\) \(the pool: \(128, 128\)\)"):
+    with pytest.raises(PoolError, match=r"part_size: 96 x 96 pixels \(the pool: 128 x 128 pixels\)"):
         add_run_to_pool(pool, other_size["evaluate"]["path"], include_flagged=True)
     refused = cli("pool", "add", "--pool", pool, "--include-flagged", other_size["evaluate"]["path"])
     assert refused.exit_code == 2 and "part_size" in refused.stderr and "Traceback" not in refused.output

@@ -187,12 +187,17 @@ def plot_trends(history: pd.DataFrame, path: str | Path) -> str:
     return str(path)
 
 
-def thumbnail(anomaly_map: np.ndarray, size: int = 64, vmax: float | None = None) -> str:
-    """A small heat-map PNG as a data URI (for Markdown where the UI shows it)."""
+def thumbnail(anomaly_map: np.ndarray, size: int = 64, vmin: float | None = None, vmax: float | None = None) -> str:
+    """A small heat-map PNG as a data URI (for Markdown where the UI shows it): ``size`` pixels on its
+    longer side (a part's shape kept), coloured over [vmin, vmax] (the day's one scale; default 0 and
+    the map's maximum)."""
     from PIL import Image
     values = np.asarray(anomaly_map, dtype=np.float64)
+    low = 0.0 if vmin is None else float(vmin)
     top = vmax if vmax is not None else (values.max() or 1.0)
-    return png_data_uri(Image.fromarray(heat_colours(values, 0.0, top)).resize((size, size)))
+    height, width = values.shape
+    shape = (size, max(1, round(size * height / width))) if width >= height else (max(1, round(size * width / height)), size)
+    return png_data_uri(Image.fromarray(heat_colours(values, low, top)).resize(shape))
 
 
 def ordered(rows: Sequence[dict]) -> list[dict]:
@@ -233,14 +238,26 @@ def anomalous_parts(rows: Sequence[dict], folder: str | Path) -> list[dict[str, 
             for row in ordered(rows) if row["decision"] == ANOMALOUS]
 
 
+def not_scored_markdown(skipped: Sequence[tuple[str, str]], folder: str | Path) -> list[str]:
+    """The day's parts that could not be scored (unreadable, or not of a tiled pool's size), each with why."""
+    if not skipped:
+        return []
+    return ["## Not scored", "", "| part | why |", "|---|---|",
+            *(f"| {part_name(path, folder)} | {why.removeprefix(f'{path}: ')} |" for path, why in skipped), ""]
+
+
 def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence[dict], rule: str,
-                     trend_png: str, history: pd.DataFrame | None = None) -> Path:
+                     trend_png: str, history: pd.DataFrame | None = None,
+                     skipped: Sequence[tuple[str, str]] = ()) -> Path:
     """report.md (+ report.html) in the day's output folder: the counts, the trend plot, the days'
-    reviews (``history`` with ``review_counts``), the parts."""
+    reviews (``history`` with ``review_counts``), the parts, and those not scored (``skipped``:
+    (path, why))."""
     folder = Path(folder)
     lines = [f"# Parts of {summary['day']}", "",
              f"{summary['count']} part(s) scored against a pool of {summary['pool_size']}; "
-             f"**{summary['anomalous']} anomalous** (threshold {summary['threshold']:.6g}, {rule}).", "",
+             f"**{summary['anomalous']} anomalous** (threshold {summary['threshold']:.6g}, {rule})"
+             + (f"; **{len(skipped)} not scored** (below)." if skipped else "."), "",
+             *not_scored_markdown(skipped, folder),
              "## Trend", "", f"![trend]({Path(trend_png).name})", "",
              *(["## Inspectors' verdicts by day", "", *verdicts_by_day_markdown(history), ""] if history is not None and "confirmed" in history.columns
                and history[["confirmed", "dismissed"]].to_numpy().any() else []),
@@ -266,14 +283,15 @@ def overlay_uri(row: dict) -> str:
 
 
 def maps_markdown(summary: dict[str, Any], rows: Sequence[dict], rule: str, folder: str | Path,
-                  trend_png: str | Path | None = None) -> str:
+                  trend_png: str | Path | None = None, skipped: Sequence[tuple[str, str]] = ()) -> str:
     """The day at a glance (the daily maps artifact): each flagged part with its picture and heat
     map, score, threshold and decision; the trend plot; then the other parts' small heat maps
     (``row["thumbnail"]``, where a row has one). Pictures travel as data URIs: the UI cannot read the
     worker's disk."""
     threshold = threshold_text(summary["threshold"], rule)
     lines = [f"# Parts of {summary['day']}: {summary['anomalous']} anomalous of {summary['count']}", "",
-             f"Anomalous at score >= {threshold}. The heat maps share one colour scale for the day.", ""]
+             f"Anomalous at score >= {threshold}. The heat maps share one colour scale for the day.", "",
+             *not_scored_markdown(skipped, folder)]
     flagged = flagged_for_review(rows)  # the pictured ones; the rest keep their small heat map below
     if flagged:
         lines += ["## Flagged parts", "", "| part | score | threshold | decision | picture and heat map |",

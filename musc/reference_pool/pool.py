@@ -97,16 +97,23 @@ class PoolSettings:
 
     def differences(self, other: "PoolSettings") -> list[str]:
         """'field: theirs (the pool: ours)' for every setting that decides the scores and differs."""
+        mine, theirs = self.score.recorded(), other.score.recorded()
         found = []
-        for name, mine, theirs in (("category", self.category, other.category), ("r_list", self.r_list, other.r_list),
-                                   ("part_size", self.part_size, other.part_size),
+        for name, ours, others in (("category", self.category, other.category), ("r_list", self.r_list, other.r_list),
+                                   ("part_size", *(_size_text(s) for s in (self.part_size, other.part_size))),
                                    *((f"features.{k}", self.features.get(k), other.features.get(k))
                                      for k in sorted(set(self.features) | set(other.features))),
-                                   *((k, v, other.score.recorded().get(k)) for k, v in self.score.recorded().items()
+                                   *((k, mine.get(k), theirs.get(k)) for k in sorted(set(mine) | set(theirs))
                                      if k not in ("divide_num", "seed"))):
-            if mine != theirs:
-                found.append(f"{name}: {theirs!r} (the pool: {mine!r})")
+            if ours != others:
+                found.append(f"{name}: {others!r} (the pool: {ours!r})" if name != "part_size"
+                             else f"{name}: {others} (the pool: {ours})")
         return found
+
+
+def _size_text(size: tuple[int, int] | None) -> str:
+    """A part size (height, width) as people read it: width x height pixels."""
+    return "whole images" if size is None else f"{size[1]} x {size[0]} pixels"
 
 
 @dataclass

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
+import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -238,11 +240,12 @@ def _backbone(pool: PoolFile, device: str):
         return backbone_for(settings)
 
 
-def _readable(pool: PoolFile, images: Sequence[str | Path]) -> tuple[list[str], list]:
-    """The images that can be read (and, for a tiled pool, are of its parts' size), each skipped one
-    named in a warning."""
+def _readable(pool: PoolFile, images: Sequence[str | Path], warn: bool = True
+              ) -> tuple[list[str], list, list[tuple[str, str]]]:
+    """The images that can be read (and, for a tiled pool, are of its parts' size), loaded; and the
+    skipped ones as (name, why), each also named in a warning (``warn``)."""
     tiling = pool.settings.tiling
-    loaded, names = [], []
+    loaded, names, skipped = [], [], []
     for image in images:
         try:
             picture = load_image(image)
@@ -251,10 +254,24 @@ def _readable(pool: PoolFile, images: Sequence[str | Path]) -> tuple[list[str], 
             loaded.append(picture)
             names.append(image)
         except UnreadableImage as error:
-            warnings.warn(str(error), stacklevel=3)
+            skipped.append((str(image), str(error)))
         except TileSizeError as error:
-            warnings.warn(f"{error}; not scored (a tiled pool cuts parts of its runs' size only)", stacklevel=3)
-    return names, loaded
+            skipped.append((str(image), f"{error}; {NOT_SCORED}"))
+    for _, why in skipped if warn else ():
+        warnings.warn(why, stacklevel=3)
+    return names, loaded, skipped
+
+
+NOT_SCORED = "not scored (a tiled pool cuts parts of its runs' size only)"
+
+
+def _none_scored(pool: PoolFile, skipped: list[tuple[str, str]]) -> Exception:
+    """The error when no part could be scored: all of another size than a tiled pool's, or unreadable."""
+    tiling = pool.settings.tiling
+    if tiling is not None and all(why.endswith(NOT_SCORED) for _, why in skipped):
+        return PoolError(f"score-new: none of the {len(skipped)} part(s) has the size of the tiled pool "
+                         f"{pool.path.name}'s parts ({tiling.width} x {tiling.height} pixels; first: {skipped[0][0]})")
+    return UnreadableImage("score-new: none of the images could be read")
 
 
 def _features(backbone, pool: PoolFile, names: Sequence[str], loaded: Sequence) -> list[torch.Tensor]:
@@ -264,11 +281,21 @@ def _features(backbone, pool: PoolFile, names: Sequence[str], loaded: Sequence) 
     return forward(backbone, pictures, tiling)[0]
 
 
-def day_range(maps: Sequence[np.ndarray]) -> tuple[float, float]:
-    """(lowest, highest) value over all the day's maps: the one colour scale of its overlays, as the
-    batch reports normalise over their set (a map flat at its own range would look as hot as any)."""
-    low = min(float(np.min(m)) for m in maps)
-    return low, max(max(float(np.max(m)) for m in maps), low + 1e-12)
+def _scored_chunks(pool: PoolFile, names: Sequence[str], device: str, skipped: list[tuple[str, str]]):
+    """(names, pictures, maps, scores) of the readable parts among ``names``, a chunk at a time
+    (``PoolSettings.chunks``; a part's score does not depend on its chunk); the skipped parts, as
+    (name, why), are added to ``skipped``."""
+    settings, backbone = pool.settings, None
+    for start, stop in settings.chunks(len(names)):
+        readable, pictures, left = _readable(pool, names[start:stop])
+        skipped.extend(left)
+        if not readable:
+            continue
+        backbone = backbone or _backbone(pool, device)
+        tokens = _features(backbone, pool, readable, pictures)
+        per_degree = [torch.stack([pool.score(aggregate(layer_tokens, r), r, layer)
+                                   for layer, layer_tokens in enumerate(tokens)]) for r in settings.r_list]
+        yield (readable, pictures, *part_maps(per_degree, settings.image_size, settings.tiling))
 
 
 def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: str | Path,
@@ -280,8 +307,10 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     pool's at the part's full resolution, its overlay PNG at most 1024 x 1024 pixels, as the batch's)
     and the day's record ``day.json`` (``day``, default the folder's name; the pool; each part's
     digest; see ``review``) in ``out``; the overlays share one colour scale, the day's ``map_range``.
-    Parts are extracted and scored a chunk at a time (``PoolSettings.chunks``). Returns {"rows": [...],
-    "threshold", "rule", "pool_size", "maps": {path: map}, "map_range": (low, high)}."""
+    Parts are extracted, scored and their maps stored a chunk at a time (``PoolSettings.chunks``),
+    the overlays drawn one part at a time after: neither the parts' features nor their maps are all
+    held. Returns {"rows": [...], "threshold", "rule", "pool_size", "maps": {path: its .npy map},
+    "map_range": (low, high), "skipped": [(path, why)]}."""
     out = output_folder(out, images)  # before any work: a folder of its own, writable
     pool = PoolFile(pool_path)
     if not len(pool):
@@ -289,33 +318,33 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     threshold, rule_text = rule.apply(pool)
     evidence = rule.evidence(pool)
     groups = distinct_images(images)  # the same part by two names is scored once, reported for each
-    names, loaded = _readable(pool, list(groups))
-    if not names:
-        raise UnreadableImage("score-new: none of the images could be read")
-    backbone, settings = _backbone(pool, device), pool.settings
-    maps, scores = [], []
-    for start, stop in settings.chunks(len(names)):  # a part's score does not depend on its chunk
-        tokens = _features(backbone, pool, names[start:stop], loaded[start:stop])
-        per_degree = [torch.stack([pool.score(aggregate(layer_tokens, r), r, layer)
-                                   for layer, layer_tokens in enumerate(tokens)]) for r in settings.r_list]
-        chunk_maps, chunk_scores = part_maps(per_degree, settings.image_size, settings.tiling)
-        maps.extend(chunk_maps)
-        scores.extend(chunk_scores)
-    scores = np.asarray(scores)
-    verdicts = decision_words(decisions(scores, threshold))
+    stems = dict(zip(groups, map_names(list(groups))))
     (out / "maps").mkdir(parents=True, exist_ok=True)
-    rows, by_name = [], {}
-    low, high = day_range(maps)  # one colour scale for the day's maps: a hot map reads hotter than a cool one
-    for name, stem, image, anomaly_map, score, verdict in zip(names, map_names(names), loaded, maps, scores, verdicts):
-        target = out / "maps" / f"{stem}.png"
-        drawn = reduce_map(anomaly_map, evaluation_reduction(*anomaly_map.shape))  # as the batch draws a tiled map
-        picture = np.asarray(image.resize(drawn.shape[::-1]))
-        save_overlay(picture, drawn, target, vmin=low, vmax=high,
-                     title=f"{Path(name).name}  score {score:.4f}  {verdict}")
-        np.save(target.with_suffix(".npy"), anomaly_map.astype(np.float32))
-        for alias in groups[name]:
-            rows.append({"path": alias, "score": float(score), "decision": str(verdict), "map_png": str(target)})
-            by_name[alias] = anomaly_map
+    skipped: list[tuple[str, str]] = []
+    names, scores, low, high = [], [], np.inf, -np.inf
+    with tempfile.TemporaryDirectory(dir=out / "maps", prefix=".pending-") as pending:  # earlier maps stay until the end
+        for chunk_names, _, maps, chunk_scores in _scored_chunks(pool, list(groups), device, skipped):
+            for name, anomaly_map in zip(chunk_names, maps):
+                np.save(Path(pending) / f"{stems[name]}.npy", anomaly_map.astype(np.float32))
+            low, high = min(low, float(maps.min())), max(high, float(maps.max()))
+            names += chunk_names
+            scores += list(chunk_scores)
+        if not names:
+            raise _none_scored(pool, skipped)
+        high = max(high, low + 1e-12)  # one colour scale for the day's maps: a hot map reads hotter than a cool one
+        verdicts = decision_words(decisions(np.asarray(scores), threshold))
+        rows, by_name = [], {}
+        for name, score, verdict in zip(names, scores, verdicts):
+            target = out / "maps" / f"{stems[name]}.png"
+            anomaly_map = np.load(Path(pending) / f"{stems[name]}.npy")
+            drawn = reduce_map(anomaly_map, evaluation_reduction(*anomaly_map.shape))  # as the batch draws a tiled map
+            picture = np.asarray(load_image(name).resize(drawn.shape[::-1]))
+            save_overlay(picture, drawn, target, vmin=low, vmax=high,
+                         title=f"{Path(name).name}  score {score:.4f}  {verdict}")
+            os.replace(Path(pending) / f"{stems[name]}.npy", target.with_suffix(".npy"))
+            for alias in groups[name]:
+                rows.append({"path": alias, "score": float(score), "decision": str(verdict), "map_png": str(target)})
+                by_name[alias] = str(target.with_suffix(".npy"))
     write_scores(out, rows, {"day": day or out.resolve().name, "pool": str(Path(pool_path).resolve()),
                              "pool_digest": pool.digest, "threshold": threshold, "rule": rule_text,
                              "threshold_rule": "fixed" if rule.threshold is not None else rule.rule,
@@ -323,7 +352,7 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
                                 if evidence else {}),
                              "parts": {row["path"]: file_digest(row["path"]) for row in rows}})
     return {"rows": rows, "threshold": threshold, "rule": rule_text, "pool_size": len(pool), "maps": by_name,
-            "map_range": (low, high)}
+            "map_range": (low, high), "skipped": skipped}
 
 
 def output_folder(out: str | Path, images: Sequence[str | Path]) -> Path:
@@ -385,22 +414,45 @@ def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int |
             raise ReviewError(f"{part}: confirmed good on {day.name}, but the file is gone")
         if part in recorded and file_digest(part) != recorded[part]:
             raise ReviewError(f"{part}: the file changed since it was scored on {day.name}; not added")
-    with warnings.catch_warnings(record=True):  # an unreadable part is named below
-        warnings.simplefilter("always")
-        names, loaded = _readable(pool, good)
-    if len(names) != len(good):
-        missing = next(p for p in good if p not in names)
-        raise ReviewError(f"{missing}: confirmed good on {day.name}, but unreadable now")
-    tokens = _features(_backbone(pool, device), pool, names, loaded)
-    features = {r: np.stack([aggregate(layer_tokens, r).numpy() for layer_tokens in tokens])
-                for r in pool.settings.r_list}
+    for part in good:  # each part read (and sized) now: the first that cannot join is named before any work
+        _, _, skipped = _readable(pool, [part], warn=False)
+        if skipped:
+            raise ReviewError(f"{part}: confirmed good on {day.name}, but it cannot join the pool {pool.path.name}: "
+                              f"{skipped[0][1].removeprefix(f'{part}: ').removesuffix(f'; {NOT_SCORED}')}")
     verdicts = dict(zip(day.table["path"].astype(str), day.table["verdict"].astype(str)))
-    images = Images(names, [file_digest(n) for n in names], now(len(names)),
-                    lambda r, layer, indices: features[r][layer, pool.settings.rows(np.sort(indices))],
-                    tuple(features[pool.settings.r_list[0]].shape[2:]),
-                    [f"day {day.name} (verdict good)" if verdicts.get(n) == "good" else f"day {day.name} (decided normal)"
-                     for n in names])
+    sources = [f"day {day.name} (verdict good)" if verdicts.get(n) == "good" else f"day {day.name} (decided normal)"
+               for n in good]
+    with tempfile.TemporaryDirectory(dir=Path(pool_path).resolve().parent, prefix=".musc-day-") as scratch:
+        features = _day_features(pool, good, device, Path(scratch) / "features.h5")
+        shape = tuple(features[pool.settings.r_list[0]].shape[2:])
+        images = Images(good, [file_digest(n) for n in good], now(len(good)),
+                        lambda r, layer, indices: read_rows(lambda rows: features[r][layer, rows],
+                                                            pool.settings.rows(np.sort(indices))), shape, sources)
+        size = _append(pool_path, pool.settings, images, max_images, {"last_day": file_digest(day.folder / SCORES_CSV)})
+        features[pool.settings.r_list[0]].file.close()
     left_out = [(str(row.path), f"verdict {row.verdict}" if row.verdict else f"not reviewed, decided {row.decision}"
                  if include_normal else "not reviewed") for row in day.table.itertuples() if str(row.path) not in good]
-    size = _append(pool_path, pool.settings, images, max_images, {"last_day": file_digest(day.folder / SCORES_CSV)})
     return Addition(len(images), size, left_out)
+
+
+def _day_features(pool: PoolFile, parts: Sequence[str], device: str, scratch: Path) -> dict[int, Any]:
+    """The parts' LNAMD features per degree, made as the pool's were, written a chunk of parts at a
+    time (``PoolSettings.chunks``) into the HDF5 file ``scratch``: per degree an open dataset
+    (layers, rows, L, C), from which the pool is then written. Never all held in memory."""
+    settings, backbone = pool.settings, _backbone(pool, device)
+    handle, features = h5py.File(scratch, "w"), {}
+    for start, stop in settings.chunks(len(parts)):
+        names, pictures, skipped = _readable(pool, parts[start:stop], warn=False)
+        if skipped:  # changed since it was checked
+            raise ReviewError(skipped[0][1])
+        tokens = _features(backbone, pool, names, pictures)
+        rows = slice(start * settings.tiles_per_image, stop * settings.tiles_per_image)
+        for r in settings.r_list:
+            for layer, layer_tokens in enumerate(tokens):
+                values = aggregate(layer_tokens, r).numpy()
+                if r not in features:
+                    features[r] = handle.create_dataset(
+                        f"r{r}", shape=(len(tokens), len(parts) * settings.tiles_per_image, *values.shape[1:]),
+                        dtype="float32", chunks=(1, 1, *values.shape[1:]))
+                features[r][layer, rows] = values
+    return features
