@@ -15,6 +15,7 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from musc.inputs.config import DEFAULT_K_LISTS, ConfigError, MuscConfig, check_decision
 from musc.inputs.datasets import DATASETS, DatasetError
@@ -88,7 +89,7 @@ def _print_metrics(result: dict) -> None:
         if outcome is None:
             table.add_section()
         table.add_row(row["category"], flagged_text(outcome) if outcome else "", *list(row.values())[1:])
-    out = Console()
+    out = Console(markup=False)
     if any(value != "n/a" for row in rows for value in list(row.values())[1:]):
         out.print(table)
     else:  # nothing could be computed (no labels, no masks): no table of n/a
@@ -274,9 +275,9 @@ def inspect(path: Annotated[Path, typer.Argument(help="An artifact (.h5).")],
         if not path.is_file():
             raise ArtifactError(f"{path}: no such artifact")
         info = describe(path)
-        out = Console(soft_wrap=True)  # long lines whole: a digest is never cut or broken
+        out = Console(soft_wrap=True, markup=False)  # long lines whole: a digest is never cut or broken
         attrs = info["attrs"]
-        out.print(f"[bold]{path}[/]  stage: {attrs.get('stage')}  ({info['status']})")
+        out.print(Text.assemble((str(path), "bold"), f"  stage: {attrs.get('stage')}  ({info['status']})"))
         out.print(f"digest: {info['digest']}  code: {attrs.get('code_version')}  created: {attrs.get('created')}",
                   highlight=False)
         out.print("config: " + json.dumps(attrs.get("config"), sort_keys=True), markup=False, highlight=False)
@@ -333,7 +334,7 @@ def report_command(path: Annotated[Path, typer.Argument(help="An evaluate artifa
     def go():
         from musc.outputs.rebuild import rebuild_reports
         rebuilt = rebuild_reports(path)
-        out = Console(soft_wrap=True, highlight=False)
+        out = Console(soft_wrap=True, highlight=False, markup=False)
         for written in rebuilt.written:
             out.print(f"report: {written}")
         for page in rebuilt.pages:
@@ -359,7 +360,7 @@ def clean_command(artifacts: Annotated[Path, typer.Argument(help="An artifacts f
     def go():
         from musc.outputs.rebuild import clean_artifacts
         removed, busy = clean_artifacts(artifacts, dry_run)
-        out = Console()
+        out = Console(markup=False)
         for victim in removed:
             out.print(f"{'would remove' if dry_run else 'removed'}: {victim}", highlight=False, soft_wrap=True)
         for artifact in busy:
@@ -400,7 +401,7 @@ def pool_add(pool: Annotated[Path, typer.Option(help="The pool file (.h5); creat
             if include_normal:
                 raise ConfigError("--include-normal: for a day's folder (scores.csv); a run adds its good images")
             added = add_run_to_pool(pool, run, include_flagged, max_images)
-        out = Console(soft_wrap=True, highlight=False)
+        out = Console(soft_wrap=True, highlight=False, markup=False)
         for name, reason in added.left_out:
             out.print(f"left out: {name} ({reason})")
         out.print(f"added {added.added} image(s); the pool holds {added.size}: {pool}"
@@ -424,9 +425,9 @@ def pool_info(pool: Annotated[Path, typer.Argument(help="The pool file (.h5).")]
         if not pool.is_file():
             raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
         info = PoolFile(pool).info()
-        settings, out = info["settings"], Console(soft_wrap=True)
-        out.print(f"[bold]{pool}[/]: {info['images']} image(s) of category {settings['category']!r} "
-                  f"(at most {info['max_images']}), features (L, C) = {tuple(info['feature_shape'])}")
+        settings, out = info["settings"], Console(soft_wrap=True, markup=False)
+        out.print(Text.assemble((str(pool), "bold"), f": {info['images']} image(s) of category {settings['category']!r} "
+                  f"(at most {info['max_images']}), features (L, C) = {tuple(info['feature_shape'])}"))
         out.print("features: " + json.dumps(settings["features"], sort_keys=True))
         scoring = settings["score"]
         out.print(f"scoring: r_list {settings['r_list']}, topmin {scoring['topmin_min']}-{scoring['topmin_max']}, "
@@ -464,7 +465,7 @@ def review(day: Annotated[Path, typer.Argument(help="A day's results folder (its
     (column verdict) and in the verdict history (beside the pool, else in the day folder)."""
     def go():
         from musc.reference_pool.review import load_day, pool_change, record_verdicts
-        out = Console(soft_wrap=True, highlight=False)
+        out = Console(soft_wrap=True, highlight=False, markup=False)
         scored, recorded = record_verdicts(day, good or [], defect or [], note) if good or defect else (load_day(day), [])
         change = pool_change(scored)
         if change:
@@ -504,9 +505,9 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
         check_decision(threshold, false_alarm_rate, ("--threshold", "--false-alarm-rate"))  # NaN: all normal
         result = score_new_images(pool, images, out, DecisionRule(threshold, false_alarm_rate, threshold_rule), device)
         for row in result["rows"]:
-            Console(soft_wrap=True).print(f"{row['path']}: score {row['score']:.4f}  {row['decision']}  "
+            Console(soft_wrap=True, markup=False).print(f"{row['path']}: score {row['score']:.4f}  {row['decision']}  "
                                           f"map {row['map_png']}")
-        Console(soft_wrap=True).print(f"threshold {result['threshold']:.6g} ({result['rule']}); scores: {Path(out) / 'scores.csv'}")
+        Console(soft_wrap=True, markup=False).print(f"threshold {result['threshold']:.6g} ({result['rule']}); scores: {Path(out) / 'scores.csv'}")
     terminal.run_guarded(go)
 
 

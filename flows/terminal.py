@@ -18,6 +18,7 @@ from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from flows import use_prefect_startup_timeout
 from musc.inputs.config import ConfigError
@@ -25,7 +26,7 @@ from musc.inputs.datasets import DatasetError, UnreadableImage
 from musc.store import ArtifactError
 
 USER_ERRORS = (ConfigError, DatasetError, ArtifactError, UnreadableImage, FileNotFoundError)
-console = Console(stderr=True)  # errors and warnings; results go to stdout
+console = Console(stderr=True, markup=False)  # errors and warnings; results go to stdout (text as it is: no markup)
 T = TypeVar("T")
 
 
@@ -49,11 +50,14 @@ def prefect_environment() -> None:
 
 # Errors: one line on the terminal ------------------------------------------------------------------
 
+ERROR = Text("error:", style="bold red")
+
+
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A Python warning on the terminal as a user reads it: ``warning: <message>``, one line (the
     code location only with --debug)."""
     where = f" ({filename}:{lineno}, {category.__name__})" if SESSION.debug else ""
-    console.print(f"[yellow]warning:[/] {message}{where}", highlight=False, soft_wrap=True)
+    console.print(Text("warning:", style="yellow"), f"{message}{where}", highlight=False, soft_wrap=True)
 
 
 def run_guarded(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -70,8 +74,8 @@ def run_guarded(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         full = no_space(error)
         if full is not None:
             fail(full)
-        console.print(f"[bold red]error:[/] {type(error).__name__}: {first_line(error)}"
-                      " (rerun with --debug for the traceback)", highlight=False, soft_wrap=True)
+        console.print(ERROR, f"{type(error).__name__}: {first_line(error)} (rerun with --debug for the traceback)",
+                      highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     finally:
         warnings.showwarning = shown
@@ -81,7 +85,7 @@ def fail(error: BaseException) -> None:
     """End the command for an error in its input: one line, status 2 (``--debug``: raised)."""
     if SESSION.debug:
         raise error
-    console.print(f"[bold red]error:[/] {first_line(error) or type(error).__name__}", highlight=False, soft_wrap=True)
+    console.print(ERROR, first_line(error) or type(error).__name__, highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -236,7 +240,7 @@ def run_output(verbose: bool, server_given: bool = False):
     """In a terminal: progress bars, and Prefect's INFO lines off the screen (``--verbose`` keeps
     them, without bars) but for the run's URL when ``server_given`` (PREFECT_API_URL named a
     server: its UI shows the run). Not a terminal (CI, a log file): Prefect's lines as they are."""
-    out = Console()
+    out = Console(markup=False)
     if verbose or not out.is_terminal:
         return contextlib.nullcontext()
     quiet = QuietConsole(show_url=server_given)

@@ -4,6 +4,8 @@ artifact's and the form's Markdown with their pictures, one colour scale for a d
 import base64
 import io
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -79,7 +81,8 @@ def test_the_review_form_has_a_choice_per_part_titled_by_its_name_and_a_note():
 def test_a_days_overlays_share_one_colour_scale(pool_file, tiny_dataset, tmp_path, monkeypatch):
     import musc.reference_pool.service as service
     scales = []
-    monkeypatch.setattr(service, "save_overlay", lambda *a, vmin=None, vmax=None, **k: scales.append((vmin, vmax)))
+    monkeypatch.setattr(service, "save_overlay", lambda image, anomaly_map, path, vmin=None, vmax=None, **k: (
+        scales.append((vmin, vmax)), Path(path).write_bytes(b"")))  # the picture itself is not looked at
     images = [tiny_dataset / "fabric/test" / name for name in ("good/000.png", "hole/000.png", "stain/001.png")]
     service.score_new_images(pool_file, images, tmp_path / "out", service.DecisionRule(1.0), device="cpu")
     maps = [np.load(path) for path in sorted((tmp_path / "out/maps").glob("*.npy"))]

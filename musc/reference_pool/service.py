@@ -2,14 +2,13 @@
 (``musc score-new``, the daily-folder flow) and decide normal or anomalous."""
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
-import h5py
 import numpy as np
 import pandas as pd
 import torch
@@ -23,7 +22,7 @@ from ..outputs.evaluation import decision_words, decisions, evaluation_reduction
 from ..outputs.figures import save_overlay
 from ..outputs.rebuild import inputs_of
 from ..store import (ArtifactError, artifact_lock, atomic_output, file_digest, mark_artifacts_root,
-                     open_artifact)
+                     open_artifact, scratch_folder)
 from ..store.catalog import derived_name
 from .pool import DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, write_pool
 from .review import (SCORES_CSV, ReviewError, load_day, load_day_record, read_verdicts, verdict_history_path,
@@ -195,10 +194,11 @@ class DecisionRule:
 def map_names(paths: Sequence[str | Path]) -> list[str]:
     """One distinct, bounded file stem per image whatever the names: the path relative to the
     images' common folder, named by the one rule for derived files (``catalog.derived_name``:
-    'day1/part.png' -> 'day1__part-<8 hex>')."""
+    'day1/part.png' -> 'day1__part-<8 hex>'), the hex of its resolved path, so that parts of two
+    calls into one folder never share a map."""
     resolved = [Path(p).resolve() for p in paths]
     base = Path(os.path.commonpath([p.parent for p in resolved])) if resolved else Path()
-    return [derived_name(str(p.relative_to(base)).replace(os.sep, "/"), suffix="") for p in resolved]
+    return [derived_name(str(p.relative_to(base)).replace(os.sep, "/"), suffix="", identity=str(p)) for p in resolved]
 
 
 def pool_backbone(pool: PoolFile, device: str) -> ExtractSettings:
@@ -219,7 +219,13 @@ def pool_backbone(pool: PoolFile, device: str) -> ExtractSettings:
     return settings
 
 
-def distinct_images(images: Sequence[str | Path]) -> dict[str, list[str]]:
+class DistinctParts(dict):
+    """The first name of each part -> all its names; ``digests``: the first name -> the SHA-256 of
+    its file as read when grouped (None: it could not be read)."""
+    digests: dict[str, str | None]
+
+
+def distinct_images(images: Sequence[str | Path]) -> DistinctParts:
     """Each part once: the names given, grouped by the file they are (the same file by any path, or
     identical bytes), in order of first appearance; the first name of a group stands for it."""
     groups: dict[str, list[str]] = {}
@@ -229,7 +235,9 @@ def distinct_images(images: Sequence[str | Path]) -> dict[str, list[str]]:
         except OSError:
             key = f"unreadable:{Path(image).resolve()}"  # said when it is loaded
         groups.setdefault(key, []).append(image)
-    return {names[0]: names for names in groups.values()}
+    parts = DistinctParts({names[0]: names for names in groups.values()})
+    parts.digests = {names[0]: None if key.startswith("unreadable:") else key for key, names in groups.items()}
+    return parts
 
 
 def _backbone(pool: PoolFile, device: str):
@@ -266,12 +274,17 @@ NOT_SCORED = "not scored (a tiled pool cuts parts of its runs' size only)"
 
 
 def _none_scored(pool: PoolFile, skipped: list[tuple[str, str]]) -> Exception:
-    """The error when no part could be scored: all of another size than a tiled pool's, or unreadable."""
+    """The error when no part could be scored, naming the first and why: all of another size than a
+    tiled pool's, all unreadable, or some of each."""
+    sized = [why for _, why in skipped if why.endswith(NOT_SCORED)]
     tiling = pool.settings.tiling
-    if tiling is not None and all(why.endswith(NOT_SCORED) for _, why in skipped):
+    if tiling is not None and len(sized) == len(skipped):
         return PoolError(f"score-new: none of the {len(skipped)} part(s) has the size of the tiled pool "
                          f"{pool.path.name}'s parts ({tiling.width} x {tiling.height} pixels; first: {skipped[0][0]})")
-    return UnreadableImage("score-new: none of the images could be read")
+    if not sized:
+        return UnreadableImage(f"score-new: none of the images could be read (first: {skipped[0][1]})")
+    return PoolError(f"score-new: none of the {len(skipped)} part(s) could be scored: {len(skipped) - len(sized)} "
+                     f"unreadable, {len(sized)} not of the tiled pool's size (first: {skipped[0][1]})")
 
 
 def _features(backbone, pool: PoolFile, names: Sequence[str], loaded: Sequence) -> list[torch.Tensor]:
@@ -282,12 +295,12 @@ def _features(backbone, pool: PoolFile, names: Sequence[str], loaded: Sequence) 
 
 
 def _scored_chunks(pool: PoolFile, names: Sequence[str], device: str, skipped: list[tuple[str, str]]):
-    """(names, pictures, maps, scores) of the readable parts among ``names``, a chunk at a time
+    """(names, maps, scores) of the readable parts among ``names``, a chunk at a time
     (``PoolSettings.chunks``; a part's score does not depend on its chunk); the skipped parts, as
     (name, why), are added to ``skipped``."""
     settings, backbone = pool.settings, None
     for start, stop in settings.chunks(len(names)):
-        readable, pictures, left = _readable(pool, names[start:stop])
+        readable, pictures, left = _readable(pool, names[start:stop], warn=False)
         skipped.extend(left)
         if not readable:
             continue
@@ -295,7 +308,7 @@ def _scored_chunks(pool: PoolFile, names: Sequence[str], device: str, skipped: l
         tokens = _features(backbone, pool, readable, pictures)
         per_degree = [torch.stack([pool.score(aggregate(layer_tokens, r), r, layer)
                                    for layer, layer_tokens in enumerate(tokens)]) for r in settings.r_list]
-        yield (readable, pictures, *part_maps(per_degree, settings.image_size, settings.tiling))
+        yield (readable, *part_maps(per_degree, settings.image_size, settings.tiling))
 
 
 def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: str | Path,
@@ -308,9 +321,11 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     and the day's record ``day.json`` (``day``, default the folder's name; the pool; each part's
     digest; see ``review``) in ``out``; the overlays share one colour scale, the day's ``map_range``.
     Parts are extracted, scored and their maps stored a chunk at a time (``PoolSettings.chunks``),
-    the overlays drawn one part at a time after: neither the parts' features nor their maps are all
-    held. Returns {"rows": [...], "threshold", "rule", "pool_size", "maps": {path: its .npy map},
-    "map_range": (low, high), "skipped": [(path, why)]}."""
+    the overlays drawn one part at a time after, all in a scratch folder: neither the parts'
+    features nor their maps are all held, and the maps join ``out/maps`` together with scores.csv,
+    under its lock (a failed call leaves the earlier results as they were). Returns {"rows": [...],
+    "threshold", "rule", "pool_size", "maps": {path: its .npy map}, "map_range": (low, high),
+    "skipped": [(path, why)], each name of a part not scored}."""
     out = output_folder(out, images)  # before any work: a folder of its own, writable
     pool = PoolFile(pool_path)
     if not len(pool):
@@ -320,37 +335,41 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     groups = distinct_images(images)  # the same part by two names is scored once, reported for each
     stems = dict(zip(groups, map_names(list(groups))))
     (out / "maps").mkdir(parents=True, exist_ok=True)
-    skipped: list[tuple[str, str]] = []
+    first_skipped: list[tuple[str, str]] = []
     names, scores, low, high = [], [], np.inf, -np.inf
-    with tempfile.TemporaryDirectory(dir=out / "maps", prefix=".pending-") as pending:  # earlier maps stay until the end
-        for chunk_names, _, maps, chunk_scores in _scored_chunks(pool, list(groups), device, skipped):
+    with scratch_folder(out / "maps", "pending") as pending:
+        for chunk_names, maps, chunk_scores in _scored_chunks(pool, list(groups), device, first_skipped):
             for name, anomaly_map in zip(chunk_names, maps):
-                np.save(Path(pending) / f"{stems[name]}.npy", anomaly_map.astype(np.float32))
+                np.save(pending / f"{stems[name]}.npy", anomaly_map.astype(np.float32))
             low, high = min(low, float(maps.min())), max(high, float(maps.max()))
             names += chunk_names
             scores += list(chunk_scores)
+        skipped = [(alias, why.replace(name, alias, 1)) for name, why in first_skipped for alias in groups[name]]
+        for _, why in skipped:
+            warnings.warn(why, stacklevel=2)
         if not names:
             raise _none_scored(pool, skipped)
         high = max(high, low + 1e-12)  # one colour scale for the day's maps: a hot map reads hotter than a cool one
         verdicts = decision_words(decisions(np.asarray(scores), threshold))
-        rows, by_name = [], {}
+        rows, by_name, kept = [], {}, []
         for name, score, verdict in zip(names, scores, verdicts):
             target = out / "maps" / f"{stems[name]}.png"
-            anomaly_map = np.load(Path(pending) / f"{stems[name]}.npy")
+            anomaly_map = np.load(pending / f"{stems[name]}.npy")
             drawn = reduce_map(anomaly_map, evaluation_reduction(*anomaly_map.shape))  # as the batch draws a tiled map
             picture = np.asarray(load_image(name).resize(drawn.shape[::-1]))
-            save_overlay(picture, drawn, target, vmin=low, vmax=high,
+            save_overlay(picture, drawn, pending / target.name, vmin=low, vmax=high,
                          title=f"{Path(name).name}  score {score:.4f}  {verdict}")
-            os.replace(Path(pending) / f"{stems[name]}.npy", target.with_suffix(".npy"))
+            kept += [(pending / target.name, target), (pending / f"{stems[name]}.npy", target.with_suffix(".npy"))]
             for alias in groups[name]:
                 rows.append({"path": alias, "score": float(score), "decision": str(verdict), "map_png": str(target)})
                 by_name[alias] = str(target.with_suffix(".npy"))
-    write_scores(out, rows, {"day": day or out.resolve().name, "pool": str(Path(pool_path).resolve()),
-                             "pool_digest": pool.digest, "threshold": threshold, "rule": rule_text,
-                             "threshold_rule": "fixed" if rule.threshold is not None else rule.rule,
-                             **({"evidence": {k: evidence[k] for k in ("history", "defect", "good")}}
-                                if evidence else {}),
-                             "parts": {row["path"]: file_digest(row["path"]) for row in rows}})
+        write_scores(out, rows, {"day": day or out.resolve().name, "pool": str(Path(pool_path).resolve()),
+                                 "pool_digest": pool.digest, "threshold": threshold, "rule": rule_text,
+                                 "threshold_rule": "fixed" if rule.threshold is not None else rule.rule,
+                                 **({"evidence": {k: evidence[k] for k in ("history", "defect", "good")}}
+                                    if evidence else {}),
+                                 "parts": {alias: groups.digests[name] for name in names for alias in groups[name]}},
+                     kept)
     return {"rows": rows, "threshold": threshold, "rule": rule_text, "pool_size": len(pool), "maps": by_name,
             "map_range": (low, high), "skipped": skipped}
 
@@ -368,12 +387,15 @@ def output_folder(out: str | Path, images: Sequence[str | Path]) -> Path:
         raise PoolError(f"out: {str(error).split(': ', 1)[1]}") from None
 
 
-def write_scores(out: Path, rows: list[dict], record: dict[str, Any]) -> None:
-    """scores.csv and the day's record of ``out``, under one lock: the rows (and recorded parts) of
-    an earlier call into the same folder stay (a part scored again gets its new row), so two calls
-    into one ``out`` lose nothing."""
+def write_scores(out: Path, rows: list[dict], record: dict[str, Any], files: Sequence[tuple[Path, Path]] = ()
+                 ) -> None:
+    """scores.csv and the day's record of ``out``, under one lock, with ``files`` (source, target)
+    moved into place first: the rows (and recorded parts) of an earlier call into the same folder
+    stay (a part scored again gets its new row), so two calls into one ``out`` lose nothing."""
     target = out / SCORES_CSV
     with artifact_lock(target):
+        for source, destination in files:
+            os.replace(source, destination)
         try:
             earlier_parts = load_day_record(out).get("parts", {})
         except (OSError, ValueError):
@@ -414,6 +436,9 @@ def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int |
             raise ReviewError(f"{part}: confirmed good on {day.name}, but the file is gone")
         if part in recorded and file_digest(part) != recorded[part]:
             raise ReviewError(f"{part}: the file changed since it was scored on {day.name}; not added")
+    good, twins = _once(good)  # a part confirmed under two names joins once
+    digests = [file_digest(n) for n in good]
+    check_addition(pool, pool.settings, Images(good, digests, now(len(good)), None))  # already in it: said now
     for part in good:  # each part read (and sized) now: the first that cannot join is named before any work
         _, _, skipped = _readable(pool, [part], warn=False)
         if skipped:
@@ -422,37 +447,56 @@ def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int |
     verdicts = dict(zip(day.table["path"].astype(str), day.table["verdict"].astype(str)))
     sources = [f"day {day.name} (verdict good)" if verdicts.get(n) == "good" else f"day {day.name} (decided normal)"
                for n in good]
-    with tempfile.TemporaryDirectory(dir=Path(pool_path).resolve().parent, prefix=".musc-day-") as scratch:
-        features = _day_features(pool, good, device, Path(scratch) / "features.h5")
-        shape = tuple(features[pool.settings.r_list[0]].shape[2:])
-        images = Images(good, [file_digest(n) for n in good], now(len(good)),
-                        lambda r, layer, indices: read_rows(lambda rows: features[r][layer, rows],
-                                                            pool.settings.rows(np.sort(indices))), shape, sources)
+    with contextlib.ExitStack() as stack:
+        try:
+            folder = stack.enter_context(scratch_folder(Path(pool_path).resolve().parent, "day"))
+        except OSError as error:
+            raise PoolError(f"pool: cannot write the day's features beside {pool_path} ({error.strerror or error}); "
+                            "a day's parts are extracted into a scratch folder there before they join") from None
+        features = _DayFeatures(pool, good, device, folder)
+        images = Images(good, digests, now(len(good)), features.read, features.shape, sources)
         size = _append(pool_path, pool.settings, images, max_images, {"last_day": file_digest(day.folder / SCORES_CSV)})
-        features[pool.settings.r_list[0]].file.close()
     left_out = [(str(row.path), f"verdict {row.verdict}" if row.verdict else f"not reviewed, decided {row.decision}"
-                 if include_normal else "not reviewed") for row in day.table.itertuples() if str(row.path) not in good]
-    return Addition(len(images), size, left_out)
+                 if include_normal else "not reviewed") for row in day.table.itertuples()
+                if str(row.path) not in good and str(row.path) not in twins]
+    return Addition(len(images), size, left_out + [(name, f"the same file as {first}") for name, first in twins.items()])
 
 
-def _day_features(pool: PoolFile, parts: Sequence[str], device: str, scratch: Path) -> dict[int, Any]:
-    """The parts' LNAMD features per degree, made as the pool's were, written a chunk of parts at a
-    time (``PoolSettings.chunks``) into the HDF5 file ``scratch``: per degree an open dataset
-    (layers, rows, L, C), from which the pool is then written. Never all held in memory."""
-    settings, backbone = pool.settings, _backbone(pool, device)
-    handle, features = h5py.File(scratch, "w"), {}
-    for start, stop in settings.chunks(len(parts)):
-        names, pictures, skipped = _readable(pool, parts[start:stop], warn=False)
-        if skipped:  # changed since it was checked
-            raise ReviewError(skipped[0][1])
-        tokens = _features(backbone, pool, names, pictures)
-        rows = slice(start * settings.tiles_per_image, stop * settings.tiles_per_image)
-        for r in settings.r_list:
-            for layer, layer_tokens in enumerate(tokens):
-                values = aggregate(layer_tokens, r).numpy()
-                if r not in features:
-                    features[r] = handle.create_dataset(
-                        f"r{r}", shape=(len(tokens), len(parts) * settings.tiles_per_image, *values.shape[1:]),
-                        dtype="float32", chunks=(1, 1, *values.shape[1:]))
-                features[r][layer, rows] = values
-    return features
+def _once(parts: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """Each file once: the first name of each group of names of one file (``distinct_images``), and
+    the other names -> the first."""
+    groups = distinct_images(parts)
+    return list(groups), {name: first for first, names in groups.items() for name in names[1:]}
+
+
+class _DayFeatures:
+    """A day's parts' LNAMD features per degree, made as the pool's were, extracted a chunk of parts
+    at a time (``PoolSettings.chunks``) into ``.npy`` files of the scratch ``folder`` (plain writes: a
+    full disk is an OSError, as everywhere), read back per layer and image for the pool's writer.
+    Never all held in memory."""
+
+    def __init__(self, pool: PoolFile, parts: Sequence[str], device: str, folder: Path):
+        settings, backbone = pool.settings, _backbone(pool, device)
+        self.settings, self.folder, self.chunks = settings, folder, settings.chunks(len(parts))
+        for start, stop in self.chunks:
+            names, pictures, skipped = _readable(pool, parts[start:stop], warn=False)
+            if skipped:  # changed since it was checked
+                raise ReviewError(skipped[0][1])
+            tokens = _features(backbone, pool, names, pictures)
+            for r in settings.r_list:
+                values = np.stack([aggregate(layer_tokens, r).numpy() for layer_tokens in tokens])
+                np.save(self._file(r, start), values)
+        self.shape = tuple(np.load(self._file(settings.r_list[0], 0), mmap_mode="r").shape[2:])
+
+    def _file(self, r: int, start: int) -> Path:
+        return self.folder / f"r{r}_{start:08d}.npy"
+
+    def read(self, r: int, layer: int, indices: np.ndarray) -> np.ndarray:
+        """The rows (layers' ``layer``) of the parts ``indices``, as ``Images.read``."""
+        count, wanted, found = self.settings.tiles_per_image, np.sort(np.asarray(indices)), []
+        for start, stop in self.chunks:
+            inside = wanted[(wanted >= start) & (wanted < stop)] - start
+            if inside.size:
+                rows = (inside[:, None] * count + np.arange(count)).ravel()
+                found.append(np.load(self._file(r, start), mmap_mode="r")[layer, rows])
+        return np.concatenate(found)

@@ -123,6 +123,15 @@ def run_marker(category_folder: str | Path) -> Path:
     return Path(category_folder) / ".musc-run.lock"
 
 
+SCRATCH_HELD = ".held"  # inside a scratch folder: locked (shared) while a process works in it
+
+
+def scratch_prefix(kind: str) -> str:
+    """The name start of a scratch folder of ``kind`` (score-new's maps before they are kept, a
+    day's features before they join a pool): hidden, ours, removed after."""
+    return f".musc-{kind}-"
+
+
 def report_folder(artifact: str | Path) -> Path:
     """Where an evaluate artifact's CSV, Markdown, HTML and figures live: the folder beside it."""
     return Path(artifact).with_suffix("")
@@ -172,17 +181,18 @@ def key_of(entry: str | Path) -> str | None:
 DERIVED_READABLE = 80  # characters of the readable part: with the digest, far below any file-name limit
 
 
-def derived_name(name: str, suffix: str = ".png") -> str:
+def derived_name(name: str, suffix: str = ".png", identity: str | None = None) -> str:
     """The one name of every file we derive from an input's name (overlays, thumbnails, binary
     masks, score-new's maps): a readable part (the name without its extension, '/' as '__', other
     characters than letters, digits, '.', '_' and '-' as '_', at most DERIVED_READABLE characters)
-    and 8 hex digits of the SHA-256 of the whole name: distinct names never share a file
-    ('x.y.png' and 'x_y.png', 'a/b.png' and 'a__b.png', '000.png' and '000.jpg'), and a name of any
-    length gives a name the file system takes."""
+    and 8 hex digits of the SHA-256 of the whole name (or of ``identity``, where the name is short
+    for something longer: a file's resolved path): distinct names never share a file ('x.y.png' and
+    'x_y.png', 'a/b.png' and 'a__b.png', '000.png' and '000.jpg'), and a name of any length gives a
+    name the file system takes."""
     text = str(name)
     stem = text.rsplit(".", 1)[0] if "." in text.rsplit("/", 1)[-1] else text
     readable = re.sub(r"[^A-Za-z0-9._-]+", "_", stem.replace("/", "__")).strip(".")[:DERIVED_READABLE] or "image"
-    return f"{readable}-{hashlib.sha256(text.encode()).hexdigest()[:8]}{suffix}"
+    return f"{readable}-{hashlib.sha256((text if identity is None else identity).encode()).hexdigest()[:8]}{suffix}"
 
 
 # Input roles and lineage --------------------------------------------------------------------------

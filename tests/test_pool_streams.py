@@ -1,0 +1,205 @@
+"""score-new and day additions as streams, and what a person reads of them: a second call into one
+OUT keeps the first call's maps; a call that fails or is killed midway leaves the earlier results
+as scores.csv says and nothing behind once rerun; copies of a part not scored are named too; a full
+disk during a day addition is one line; a part under two names joins a pool once; messages name
+the file and the reasons, and file names with rich markup in them print as they are."""
+import errno
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import ROOT, TINY_CONFIG
+
+
+def good_images(tiny_dataset):
+    return sorted((tiny_dataset / "fabric/test/good").glob("*.png"))
+
+
+def test_a_second_call_into_one_out_keeps_the_first_calls_map(pool_file, tiny_dataset, tmp_path):
+    """Two calls into one OUT keep the first call's results: its rows *and* the maps they point at,
+    also when a part of the second call has the same file name in another folder."""
+    from musc.reference_pool import score_new_images
+    for day, source in (("d1", good_images(tiny_dataset)[0]), ("d2", next((tiny_dataset / "fabric/test/hole").glob("*.png")))):
+        (tmp_path / day).mkdir()
+        shutil.copy(source, tmp_path / day / "a.png")
+    out = tmp_path / "out"
+    first = score_new_images(pool_file, [str(tmp_path / "d1/a.png")], out, device="cpu")
+    before = np.load(first["maps"][str(tmp_path / "d1/a.png")])
+    score_new_images(pool_file, [str(tmp_path / "d2/a.png")], out, device="cpu")
+    table = pd.read_csv(out / "scores.csv").set_index("path")
+    kept = table.loc[str(tmp_path / "d1/a.png")]
+    assert table.loc[str(tmp_path / "d2/a.png"), "map_png"] != kept["map_png"]   # two parts, two maps
+    np.testing.assert_array_equal(np.load(Path(kept["map_png"]).with_suffix(".npy")), before)
+
+
+def test_a_call_that_fails_while_drawing_leaves_the_earlier_maps_as_scores_csv_says(pool_file, tiny_dataset,
+                                                                                     tmp_path, monkeypatch):
+    """A call that fails midway (here: the disk fills while the 2nd overlay is drawn) never leaves
+    maps/ inconsistent with scores.csv: the earlier call's map of a rescored part stays until the
+    new rows are written."""
+    from musc.reference_pool import score_new_images, service
+    day = tmp_path / "day"
+    day.mkdir()
+    images = good_images(tiny_dataset)
+    for index in range(2):
+        shutil.copy(images[index], day / f"p{index}.png")
+    out = tmp_path / "out"
+    first = score_new_images(pool_file, sorted(str(p) for p in day.iterdir()), out, device="cpu")
+    kept = {row["path"]: np.load(first["maps"][row["path"]]) for row in first["rows"]}
+    shutil.copy(next((tiny_dataset / "fabric/test/hole").glob("*.png")), day / "p0.png")  # p0 changed: rescored
+    real, drawn = service.save_overlay, []
+
+    def failing(*args, **kwargs):
+        drawn.append(1)
+        if len(drawn) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(args[2]))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(service, "save_overlay", failing)
+    with pytest.raises(OSError):
+        score_new_images(pool_file, sorted(str(p) for p in day.iterdir()), out, device="cpu")
+    table = pd.read_csv(out / "scores.csv")
+    for path, map_png in zip(table["path"], table["map_png"]):
+        np.testing.assert_array_equal(np.load(Path(map_png).with_suffix(".npy")), kept[path], err_msg=path)
+
+
+def test_a_copy_of_an_unreadable_part_is_named_as_not_scored_too(pool_file, tiny_dataset, tmp_path):
+    """The same part under two names is reported under each name (docs/RELIABILITY.md): also when
+    it cannot be scored, so that no part of the day silently vanishes from the results."""
+    from musc.reference_pool import score_new_images
+    day = tmp_path / "day"
+    day.mkdir()
+    shutil.copy(good_images(tiny_dataset)[0], day / "good.png")
+    (day / "broken.png").write_bytes(b"not a picture")
+    (day / "broken_copy.png").write_bytes(b"not a picture")
+    with pytest.warns(UserWarning):
+        result = score_new_images(pool_file, sorted(str(p) for p in day.iterdir()), tmp_path / "out", device="cpu")
+    named = {Path(row["path"]).name for row in result["rows"]} | {Path(path).name for path, _ in result["skipped"]}
+    assert named == {"good.png", "broken.png", "broken_copy.png"}
+
+
+def test_a_killed_call_leaves_nothing_behind_once_rerun(pool_file, tiny_dataset, tmp_path):
+    """kill -9 mid-call, then the same call again: the results are whole, and nothing of the killed
+    call (its pending maps folder) is left in OUT."""
+    from conftest import killed_child
+    from musc.reference_pool import score_new_images
+    day = tmp_path / "day"
+    day.mkdir()
+    for index, image in enumerate(good_images(tiny_dataset)[:3]):
+        shutil.copy(image, day / f"p{index}.png")
+    images = sorted(str(p) for p in day.iterdir())
+    out = tmp_path / "out"
+    code = ("import os; from musc.reference_pool import service, score_new_images; real = service.save_overlay; "
+            "service.save_overlay = lambda *a, **k: os.kill(os.getpid(), 9); "
+            f"score_new_images({str(pool_file)!r}, {images!r}, {str(out)!r}, device='cpu')")
+    killed_child(code, "none", tmp_path)
+    result = score_new_images(pool_file, images, out, device="cpu")
+    assert len(result["rows"]) == 3
+    assert [p.name for p in (out / "maps").iterdir() if p.name.startswith(".pending-")] == []
+
+
+@pytest.mark.slow
+def test_a_day_addition_on_a_full_disk_ends_with_one_line_and_no_crash(pool_file, tiny_dataset, tmp_path):
+    """A full disk while a day's parts are extracted into the scratch file beside the pool: one
+    line, status 2, the pool unchanged, no scratch left, and no traceback or crash of the
+    interpreter (HDF5 must never see the failed write: musc.store's _Sink)."""
+    from musc.reference_pool import record_verdicts, score_new_images
+    from musc import store
+    pool = tmp_path / "pool" / "line.h5"
+    pool.parent.mkdir()
+    shutil.copy(pool_file, pool)
+    shutil.copy(store.manifest_path(pool_file), store.manifest_path(pool))
+    day = tmp_path / "day"
+    day.mkdir()
+    for index, image in enumerate(good_images(tiny_dataset)[:1] * 4):
+        shutil.copy(image, day / f"g{index}.png")
+        (day / f"g{index}.png").write_bytes((day / f"g{index}.png").read_bytes() + bytes([index]))  # distinct files
+    score_new_images(pool, sorted(str(p) for p in day.iterdir()), tmp_path / "out", device="cpu")
+    record_verdicts(tmp_path / "out", good=sorted(str(p) for p in day.iterdir()))
+    before = pool.read_bytes()
+    limit = pool.stat().st_size // 4   # smaller than the 4 parts' features: the scratch file cannot be written
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); sys.path.insert(0, {str(ROOT)!r}); "
+            f"sys.argv = ['musc', 'pool', 'add', '--pool', {str(pool)!r}, {str(tmp_path / 'out')!r}]; "
+            "from flows.cli import app; app()")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PREFECT_HOME": str(tmp_path / ".prefect"),
+                               "PREFECT_SERVER_ANALYTICS_ENABLED": "false"})
+    assert done.returncode in (1, 2), (done.returncode, done.stderr[-1500:])
+    assert "Traceback" not in done.stderr and len([line for line in done.stderr.splitlines() if line.strip()]) == 1, \
+        done.stderr[-1500:]
+    assert pool.read_bytes() == before
+    assert not [p for p in pool.parent.iterdir() if p.name.startswith(".musc-day-")]
+
+
+@pytest.fixture(scope="module")
+def tiled_pool(tmp_path_factory):
+    from musc.inputs.config import MuscConfig
+    from musc.inputs.datasets import load_category
+    from musc.inputs.synthetic import make_parts
+    from musc.reference_pool import add_run_to_pool
+    from musc.stages import Run, build_all
+    base = tmp_path_factory.mktemp("red23b_tiled")
+    made = make_parts(base / "made", n_good=6, n_defective=1, size=128, seed=8) / "plate" / "test"
+    line = base / "line"
+    line.mkdir()
+    for index in range(5):
+        shutil.copy(made / "good" / f"{index:03d}.png", line / f"good_{index}.png")
+    refs = build_all(Run(load_category("folder", line, "plate"),
+                         MuscConfig(**{**TINY_CONFIG, "tiles": [2, 2], "tile_overlap": 0.1}), str(base / "artifacts")))
+    add_run_to_pool(base / "pool.h5", refs["evaluate"]["path"], include_flagged=True)
+    return base / "pool.h5", made
+
+
+def test_when_no_part_can_be_scored_the_message_names_a_part_and_each_reason(tiled_pool, tmp_path):
+    """Bad input: a clear line naming the file. Of one part of another size and one unreadable
+    part, the first *was* read: 'none of the images could be read' is wrong and names no file."""
+    from PIL import Image
+    from musc.reference_pool import score_new_images
+    pool, made = tiled_pool
+    Image.open(made / "good" / "005.png").resize((96, 128)).save(tmp_path / "odd.png")
+    (tmp_path / "broken.png").write_bytes(b"not a picture")
+    with pytest.warns(UserWarning), pytest.raises(Exception) as raised:
+        score_new_images(pool, [str(tmp_path / "odd.png"), str(tmp_path / "broken.png")], tmp_path / "out",
+                         device="cpu")
+    assert "could be read" not in str(raised.value) and "odd.png" in str(raised.value), str(raised.value)
+
+
+@pytest.mark.parametrize("name", ["lot[b].png", "lot[/].png"])
+def test_a_warning_shows_a_file_name_with_brackets_as_it_is(name):
+    """A warning names the file as it is: rich markup in a path ('[b]', '[/]') is text, never a style
+    that eats part of the name or a MarkupError that ends the command with a traceback."""
+    from flows import terminal
+    with terminal.console.capture() as captured:
+        terminal.show_warning(f"/day/{name}: unreadable image", UserWarning, "service.py", 1)
+    assert f"/day/{name}: unreadable image" in captured.get()
+    import typer
+    from musc.inputs.datasets import DatasetError
+    with terminal.console.capture() as captured, pytest.raises(typer.Exit):
+        terminal.fail(DatasetError(f"/day/{name}: unreadable image"))
+    assert captured.get() == f"error: /day/{name}: unreadable image\n"
+
+
+def test_a_part_scored_under_two_names_joins_the_pool_once(pool_file, tiny_dataset, tmp_path):
+    """The same part under two names is one part: confirmed good under both names, it joins the
+    pool once (a pool holding a part twice calibrates on a twin and votes twice)."""
+    from musc import store
+    from musc.reference_pool import PoolFile, add_day_to_pool, record_verdicts, score_new_images
+    pool = tmp_path / "pool.h5"
+    shutil.copy(pool_file, pool)
+    shutil.copy(store.manifest_path(pool_file), store.manifest_path(pool))
+    day = tmp_path / "day"
+    day.mkdir()
+    shutil.copy(good_images(tiny_dataset)[0], day / "a.png")
+    shutil.copy(good_images(tiny_dataset)[0], day / "a_copy.png")
+    score_new_images(pool, [str(day / "a.png"), str(day / "a_copy.png")], tmp_path / "out", device="cpu")
+    record_verdicts(tmp_path / "out", good=[str(day / "a.png"), str(day / "a_copy.png")])
+    before = len(PoolFile(pool))
+    add_day_to_pool(pool, tmp_path / "out", device="cpu")
+    after = PoolFile(pool)
+    assert len(after) == before + 1 and len(set(after.digests)) == len(after.digests)
