@@ -404,8 +404,10 @@ def pool_add(pool: Annotated[Path, typer.Option(help="The pool file (.h5); creat
         out = Console(soft_wrap=True, highlight=False, markup=False)
         for name, reason in added.left_out:
             out.print(f"left out: {name} ({reason})")
+        day = (run / "scores.csv").is_file()
+        adds = "--include-normal adds the parts decided normal" if day else "--include-flagged adds them"
         out.print(f"added {added.added} image(s); the pool holds {added.size}: {pool}"
-                  + (f"; {len(added.left_out)} left out (--include-flagged adds them)" if added.left_out else ""))
+                  + (f"; {len(added.left_out)} left out ({adds})" if added.left_out else ""))
         if added.size == 0:
             out.print("the pool is empty: this run had no good image (--include-flagged adds all)")
     terminal.run_guarded(go)

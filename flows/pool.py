@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo
@@ -59,14 +60,18 @@ def run_day(timezone: str = "UTC") -> str:
 @task(name="score-day", cache_policy=NO_CACHE, persist_result=False)
 def score_day_task(pool: str, images: list[str], out: str, rule: DecisionRule, day: str) -> dict:
     """Scores, decisions, maps, scores.csv and the day's record; the maps come back as small thumbnails
-    only (on the day's one colour scale); each part not scored is named in the run's log."""
-    result = score_new_images(pool, images, out, rule, day=day)
+    only (on the day's one colour scale); the warnings (each part not scored, named) go to the run's log."""
+    with warnings.catch_warnings(record=True) as caught:  # each said once, in the run's log
+        warnings.simplefilter("always")
+        try:
+            result = score_new_images(pool, images, out, rule, day=day)
+        finally:
+            for warning in caught:
+                _warn(str(warning.message))
     maps = result.pop("maps")
     low, high = result["map_range"]
     for row in ordered(result["rows"])[:THUMBNAILS]:
         row["thumbnail"] = thumbnail(np.load(maps[row["path"]]), vmin=low, vmax=high)
-    for _, why in result["skipped"]:
-        _warn(why)
     return result
 
 

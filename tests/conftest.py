@@ -131,13 +131,14 @@ def pool_file(tiny_dataset, tmp_path_factory):
 
     import musc
     from musc.inputs.backbone_spec import backbone_settings
+    from musc.inputs.backbones import backbone_for
     from musc.inputs.config import MuscConfig
     from musc.inputs.datasets import load_image
     from musc.reference_pool import Images, PoolSettings, write_pool
     cfg = MuscConfig.from_dict({**TINY_CONFIG})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        backbone = musc.load_backbone(cfg.backbone, cfg.pretrained, cfg.image_size, cfg.layers, device="cpu")
+        backbone = backbone_for(cfg.extract)  # the run's own backbone, seed included: score-new extracts with it
     paths = sorted((tiny_dataset / "fabric/test/good").glob("*.png"))[1:]
     tokens, _ = backbone.extract(torch.stack([backbone.preprocess(load_image(p)) for p in paths]))
     features = {r: np.stack([musc.aggregate(t, r).numpy() for t in tokens]) for r in cfg.r_list}

@@ -65,7 +65,7 @@ def test_a_day_is_reviewed_in_the_ui_while_the_next_runs(ui_server, worker, pool
     day_folder(root, "2026-12-02", ["good/000.png"], tiny_dataset)
     third = day_folder(root, "2026-12-03", ["hole/000.png", "stain/001.png"], tiny_dataset)
     common = {"pool": str(pool_file), "root": str(root),
-              "decision": {"threshold": 1.38}}  # between good (1.377) and defects (1.383 to 1.392)
+              "decision": {"threshold": 0.55}}  # between good (0.34) and defects (0.64 to 0.82)
 
     reviewed = start_run(ui_server, "daily-folder", **common, day="2026-12-01", review_wait_s=900)
     wait_paused(ui_server, reviewed)

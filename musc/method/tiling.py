@@ -81,12 +81,16 @@ class ImageTiling:
     def count(self) -> int:
         return len(self.boxes)
 
-    def cut(self, image, path: str, expected: str = "the category's first image has") -> list:
-        """The tiles of one image (PIL), in the order of ``boxes``; TileSizeError naming the file when
-        it is not of the tiling's size (the tiles of the images must lie at the same places)."""
+    def check_size(self, image, path: str, expected: str = "the category's first image has") -> None:
+        """TileSizeError naming the file when an image (PIL) is not of the tiling's size (the tiles of
+        the images must lie at the same places)."""
         if image.size != (self.width, self.height):
             raise TileSizeError(f"{path}: {image.size[0]} x {image.size[1]} pixels, but {expected} "
                                 f"{self.width} x {self.height}")
+
+    def cut(self, image, path: str) -> list:
+        """The tiles of one image (PIL), in the order of ``boxes`` (``check_size`` first)."""
+        self.check_size(image, path)
         return [image.crop((int(left), int(top), int(right), int(bottom))) for top, left, bottom, right in self.boxes]
 
     def stitch(self, patch_maps) -> np.ndarray:

@@ -214,12 +214,13 @@ def leave_one_out_scores(read: Callable[[int, int, Sequence[int] | None], BlockR
     if n_images < 2:
         return np.zeros(0)
     count = settings.tiles_per_image
+    several = count > 1 and settings.score.tile_mixing == "all"  # a set holds several rows of each image
     per_degree = []
     for r in settings.r_list:
         layers = []
         for layer in range(len(settings.layers)):
             scored = [(rows, set_scores(read(r, layer, rows), len(rows), window, settings.score,
-                                        np.asarray(rows) // count if len(rows) > n_images else None))
+                                        np.asarray(rows) // count if several else None))
                       for rows, window in settings.sets(n_images)]
             scores = torch.empty((n_images * count, scored[0][1].shape[1]), dtype=torch.float64)
             for rows, values in scored:

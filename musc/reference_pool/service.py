@@ -258,7 +258,7 @@ def _readable(pool: PoolFile, images: Sequence[str | Path], warn: bool = True
         try:
             picture = load_image(image)
             if tiling is not None:
-                tiling.cut(picture, str(image), expected=f"the parts of the tiled pool {pool.path.name} have")
+                tiling.check_size(picture, str(image), expected=f"the parts of the tiled pool {pool.path.name} have")
             loaded.append(picture)
             names.append(image)
         except UnreadableImage as error:

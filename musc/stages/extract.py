@@ -93,7 +93,7 @@ def _extract_batch(backbone, category: Category, indices, image_size, tiling: Im
         try:
             image = load_image(path)
             if tiling is not None:
-                tiling.cut(image, path)  # checked before any tile is forwarded
+                tiling.check_size(image, path)  # before any tile is forwarded
             pictures.append(image if tiling is None else (image, path))
             kept.append(index)
         except UnreadableImage as error:

@@ -46,8 +46,8 @@ NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def no_space(folder: str | Path) -> NoSpaceError:
-    return NoSpaceError(f"{folder}: no space left on the device; free some space (or give another artifacts "
-                        f"folder) and rerun: finished batches, tiles and stages are kept")
+    return NoSpaceError(f"{folder}: no space left on the device; free some space (or write to another folder) "
+                        f"and rerun: what was finished is kept (a run's batches, tiles and stages; a pool as it was)")
 
 
 class _Sink(io.FileIO):
