@@ -14,6 +14,7 @@ from typing import Annotated, Any, Callable, List, Optional
 import typer
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
@@ -78,20 +79,38 @@ def _print_metrics(result: dict) -> None:
     from musc.outputs.published import LEGEND, metric_rows
     from musc.outputs.summary import flagged_text, unlabeled_lines
     rows = metric_rows(pd.read_csv(result["table"], index_col="category"))
-    table = Table(title="MuSc metrics (x100)", caption=LEGEND, box=box.SIMPLE_HEAD, pad_edge=False,
-                  collapse_padding=True)
-    table.add_column("category", no_wrap=True, min_width=8)
-    for name in ["flagged", *list(rows[0])[1:]]:  # a narrow terminal folds a name, never cuts it
-        table.add_column(name, justify="right", overflow="fold", min_width=7 if name == "flagged" else 6)
     outcomes = result["categories"]
-    for row in rows:
-        outcome = outcomes.get(row["category"])  # none for the mean row
-        if outcome is None:
-            table.add_section()
-        table.add_row(row["category"], flagged_text(outcome) if outcome else "", *list(row.values())[1:])
     out = Console(markup=False)
+
+    def metrics_table(names: list[str], title: str, caption: str | None) -> Table:
+        table = Table(title=title, caption=caption, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+        table.add_column("category", no_wrap=True, min_width=8)
+        for name in ["flagged", *names]:
+            table.add_column(name, justify="right", no_wrap=True)
+        for row in rows:
+            outcome = outcomes.get(row["category"])  # none for the mean row
+            if outcome is None:
+                table.add_section()
+            table.add_row(row["category"], flagged_text(outcome) if outcome else "", *(row[name] for name in names))
+        return table
+
+    def fits(names: list[str]) -> bool:
+        return Measurement.get(out, out.options.update_width(10**5), metrics_table(names, "", None)).maximum <= out.width
+
+    names, groups = list(rows[0])[1:], []
+    if fits(names):
+        groups = [names]
+    else:  # a narrow terminal: the image-level metrics, then the pixel-level ones, as many tables as it takes
+        for level in ("I-", "P-"):
+            for name in (n for n in names if n.startswith(level)):
+                if groups and groups[-1][0][:2] == level and fits(groups[-1] + [name]):
+                    groups[-1].append(name)
+                else:
+                    groups.append([name])
     if any(value != "n/a" for row in rows for value in list(row.values())[1:]):
-        out.print(table)
+        for index, group in enumerate(groups):
+            out.print(metrics_table(group, "MuSc metrics (x100)" if index == 0 else "",
+                                    LEGEND if index == len(groups) - 1 else None))
     else:  # nothing could be computed (no labels, no masks): no table of n/a
         out.print("MuSc: no labels or masks, so no metrics; what the run decided:", highlight=False)
     for name, outcome in outcomes.items():

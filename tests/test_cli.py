@@ -237,3 +237,32 @@ def test_help_shows_no_bool_placeholder_for_any_flag():
         assert shown.exit_code == 0, (command, shown.output)
         assert "<bool>" not in shown.output, (command, shown.output)
     assert "--reference" in runner.invoke(app, ["run", "--help"], terminal_width=120).output
+
+
+@pytest.mark.parametrize("width", [60, 80, 100, 200])
+def test_the_metrics_table_shows_every_value_whole_at_any_terminal_width(width, tmp_path, monkeypatch, capsys):
+    """One table where it fits; in a narrower terminal, the image-level metrics, then the pixel-level
+    ones, in as many tables as it takes: never a value cut or folded, never a line past the width."""
+    from flows.cli import _print_metrics
+    from musc.method.metrics import METRIC_NAMES
+    from musc.outputs.published import SHORT_NAMES
+    values = {"screw_bag": [100.0, 99.125, 98.5, 97.0, 96.25, 95.0, 94.5, 93.75], "fabric": [90.0 + i for i in range(8)],
+              "mean": [80.0 + i for i in range(8)]}
+    pd.DataFrame([dict(zip(METRIC_NAMES, v)) for v in values.values()],
+                 index=pd.Index(list(values), name="category")).to_csv(tmp_path / "metrics.csv")
+    outcome = {"flagged": 108, "images": 160, "threshold": 0.1, "threshold_rule": "F1-optimal on the labels",
+               "metrics": {"image_auroc": 1.0}, "outputs": str(tmp_path)}
+    monkeypatch.setenv("COLUMNS", str(width))
+    _print_metrics({"table": str(tmp_path / "metrics.csv"), "report": "report.html",
+                    "categories": {"screw_bag": outcome, "fabric": {**outcome, "flagged": 11, "images": 26}}})
+    lines = capsys.readouterr().out.splitlines()
+    lines = lines[:next(i for i, line in enumerate(lines) if line.startswith("screw_bag: "))]  # the tables
+    assert max(len(line) for line in lines) <= width
+    headers = [name for line in lines if line.split()[:2] == ["category", "flagged"] for name in line.split()[2:]]
+    assert headers == [SHORT_NAMES[name] for name in METRIC_NAMES]
+    tables = sum(line.split()[:2] == ["category", "flagged"] for line in lines)
+    assert (tables == 1) if width >= 100 else (tables >= 2)
+    for category, expected in values.items():
+        shown = [word for line in lines if line.split()[:1] == [category] for word in line.split()[1:]
+                 if word[0].isdigit() and "." in word]
+        assert shown == [f"{value:.2f}" for value in expected], (category, lines)
