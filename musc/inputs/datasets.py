@@ -8,6 +8,7 @@ each type.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import random
@@ -548,12 +549,13 @@ def max_image_pixels() -> int:
         raise DatasetError(f"MUSC_MAX_IMAGE_PIXELS: expected a number of pixels, got {value!r}") from None
 
 
-def _open_checked(path: str | Path, what: str) -> Image.Image:
+def _open_checked(path: str | Path, what: str, data: bytes | None = None) -> Image.Image:
     """Decode an image or mask after checking its size from the header: UnreadableImage (naming the
-    file) when it cannot be read or is above the pixel limit."""
+    file) when it cannot be read or is above the pixel limit. ``data``: the file's bytes, already
+    read (then ``path`` only names it)."""
     limit = max_image_pixels()
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(data) if data is not None else path) as image:
             width, height = image.size
             if width * height > limit:
                 raise UnreadableImage(f"{path}: {what} of {width} x {height} pixels is above the limit of "
@@ -589,10 +591,10 @@ def _combined_mask(paths: Sequence[str | Path]) -> Image.Image:
     return Image.fromarray(union.astype(np.uint8) * 255, mode="L")
 
 
-def load_image(path: str | Path) -> Image.Image:
+def load_image(path: str | Path, data: bytes | None = None) -> Image.Image:
     """An image as 8-bit RGB. UnreadableImage (one line, naming the file) when it cannot be decoded
-    or is too large."""
-    return _open_checked(path, "image").convert("RGB")
+    or is too large. ``data``: the file's bytes, already read (decoded from them; ``path`` names them)."""
+    return _open_checked(path, "image", data).convert("RGB")
 
 
 def load_mask(path: str | Path | Sequence[str | Path] | None, image_size: int | tuple[int, int], rule: str

@@ -147,12 +147,19 @@ def thumbnail_picture(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarr
 
 
 def save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: str | Path, mask: np.ndarray | None = None,
-                 vmin: float | None = None, vmax: float | None = None, title: str = "") -> str:
-    """Image | heat map over the image (ground-truth contour when known), as a PNG written atomically."""
+                 vmin: float | None = None, vmax: float | None = None, title: str = "",
+                 meta: dict[str, str] | None = None) -> str:
+    """Image | heat map over the image (ground-truth contour when known), as a PNG written atomically;
+    ``meta``: text chunks kept in the PNG (what it was drawn from)."""
+    from PIL.PngImagePlugin import PngInfo
+    from ..store import atomic_output
     path = Path(path)
-    scratch = path.with_name(f".{path.name}.tmp")
-    overlay_picture(image, anomaly_map, mask, vmin, vmax, title).save(scratch, format="PNG", compress_level=1)
-    os.replace(scratch, path)
+    info = PngInfo()
+    for key, value in (meta or {}).items():
+        info.add_text(key, value)
+    with atomic_output(path) as scratch:
+        overlay_picture(image, anomaly_map, mask, vmin, vmax, title).save(scratch, format="PNG", compress_level=1,
+                                                                          pnginfo=info)
     return str(path)
 
 

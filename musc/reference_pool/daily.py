@@ -17,7 +17,7 @@ from ..inputs.datasets import IMAGE_SUFFIXES, DatasetError
 from ..outputs.figures import heat_colours, new_figure
 from ..outputs.gallery import data_uri, png_data_uri
 from ..outputs.html import markdown_page
-from ..store import artifact_lock, atomic_output
+from ..store import artifact_lock, atomic_output, atomic_write_text
 
 HISTORY_COLUMNS = ("day", "count", "anomalous", "anomalous_rate", "score_q50", "score_q90", "score_q99",
                    "score_max", "threshold", "pool_size")
@@ -35,14 +35,16 @@ def parse_day(day: Any) -> date:
         raise ConfigError(f"day: expected a date YYYY-MM-DD, got {str(day)[:40]!r}") from None
 
 
-def day_images(root: str | Path, day: str) -> tuple[list[str], list[str]]:
-    """(images, skipped) of the folder ``root/day``: image files, in name order; skipped: entries that
-    lead out of ``root`` (symlinks), never read. DatasetError when the day's folder itself does."""
+def day_images(root: str | Path, day: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """(images, skipped) of the folder ``root/day``: image files, in name order (none when the
+    folder is missing or empty); skipped: entries that lead out of ``root`` (symlinks) or nowhere (a
+    symlink loop, a broken link), never read, each with why. DatasetError when the day's folder
+    itself leads out of the root."""
     parse_day(day)
     root = Path(root)
     folder = root / day
     if not folder.is_dir():
-        raise FileNotFoundError(f"root: no folder {folder} for {day}")
+        return [], []
     top = root.resolve()
     if not folder.resolve().is_relative_to(top):
         raise DatasetError(f"root: {folder} leads out of {root} (a symlink to {folder.resolve()}); refused")
@@ -50,16 +52,23 @@ def day_images(root: str | Path, day: str) -> tuple[list[str], list[str]]:
     for entry in sorted(folder.iterdir()):
         if entry.suffix.lower() not in IMAGE_SUFFIXES:
             continue
-        if not entry.resolve().is_relative_to(top):
-            skipped.append(str(entry))
-        elif entry.is_file():
+        try:
+            target = entry.resolve(strict=True)
+        except (OSError, RuntimeError) as error:  # a loop of symlinks, a link to nothing
+            why = "a symlink loop" if isinstance(error, RuntimeError) or "loop" in str(error).lower() else \
+                f"cannot be read ({getattr(error, 'strerror', None) or error})"
+            skipped.append((str(entry), f"{entry}: {why}; not scored"))
+            continue
+        if not target.is_relative_to(top):
+            skipped.append((str(entry), f"{entry}: leads out of {root} (a symlink); not scored"))
+        elif target.is_file():
             images.append(str(entry))
     return images, skipped
 
 
 def history_path(pool_path: str | Path) -> Path:
-    """The history of daily summaries, beside the pool: <pool>.history.csv."""
-    pool_path = Path(pool_path)
+    """The history of daily summaries, beside the pool's real file: <pool>.history.csv."""
+    pool_path = Path(pool_path).resolve()
     return pool_path.with_name(pool_path.stem + ".history.csv")
 
 
@@ -127,8 +136,8 @@ REVIEW_COLUMNS = ("parts", "flagged", "confirmed", "dismissed", "false_alarm_rat
 
 def review_counts(history: pd.DataFrame, verdicts: pd.DataFrame) -> pd.DataFrame:
     """The history of days with what the inspectors saw, per day: parts (scored), flagged (decided
-    anomalous), confirmed and dismissed (flagged parts whose latest verdict is defect or good:
-    ``review.read_verdicts``) and the false-alarm rate the inspectors see, dismissed / flagged
+    anomalous), confirmed and dismissed (flagged parts whose latest verdict that day is defect or
+    good: ``verdicts.per_day``) and the false-alarm rate the inspectors see, dismissed / flagged
     (NaN on a day without flagged parts)."""
     table = history.copy()
     table["parts"] = table["count"].astype(int)
@@ -183,7 +192,8 @@ def plot_trends(history: pd.DataFrame, path: str | Path) -> str:
     for axis in axes:
         axis.tick_params(axis="x", labelrotation=45, labelsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    with atomic_output(path) as scratch:
+        fig.savefig(scratch, dpi=80, format="png")
     return str(path)
 
 
@@ -246,6 +256,19 @@ def not_scored_markdown(skipped: Sequence[tuple[str, str]], folder: str | Path) 
             *(f"| {part_name(path, folder)} | {why.removeprefix(f'{path}: ')} |" for path, why in skipped), ""]
 
 
+def write_day_outputs(day) -> Path:
+    """A daily run's day (a ``DayView``): its summary in the history of days beside the pool (a rerun
+    of the day replaces its row), the trend plot with the inspectors' verdicts per day, and the
+    report. Returns report.md."""
+    from .verdicts import per_day, verdict_history_path
+    record = day.record
+    summary = day.summary()
+    history = review_counts(append_history(history_path(record.pool["path"]), summary),
+                            per_day(verdict_history_path(record.pool["path"]), record.pool["id"]))
+    trend = plot_trends(history, record.folder / "trend.png")
+    return write_day_report(record.folder, summary, day.rows, day.rule, trend, history, day.skipped)
+
+
 def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence[dict], rule: str,
                      trend_png: str, history: pd.DataFrame | None = None,
                      skipped: Sequence[tuple[str, str]] = ()) -> Path:
@@ -267,7 +290,7 @@ def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence
         relative = Path(row["map_png"]).relative_to(folder) if Path(row["map_png"]).is_relative_to(folder) else row["map_png"]
         lines.append(f"| {row['path']} | {row['score']:.4f} | {row['decision']} | ![map]({relative}) |")
     report = folder / "report.md"
-    report.write_text("\n".join(lines) + "\n")
+    atomic_write_text(report, "\n".join(lines) + "\n")
     markdown_page(report, f"Parts of {summary['day']}")
     return report
 

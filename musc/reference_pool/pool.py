@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import h5py
 import numpy as np
@@ -142,7 +143,8 @@ class PoolFile:
     """A pool artifact opened for reading: a snapshot. The file is opened once and every read (its
     record, names, calibration and the features, block by block) goes through that handle, so a
     ``pool add`` that replaces the file meanwhile (an atomic rename) cannot mix two versions: this
-    reader keeps the file it verified."""
+    reader keeps the file it verified. ``id``: the pool's identity (``pool_id``), ``digest``: its
+    content's (the SHA-256 of the file)."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -160,6 +162,7 @@ class PoolFile:
             raise PoolError(f"{self.path}: a pool written by another version of musc-flow "
                             f"({artifact.attrs.get('code_version') or 'unknown'}); rebuild it with musc pool add")
         self.digest = artifact.digest
+        self.id = str(artifact.attrs["pool_id"])
         self.settings = PoolSettings.from_config(artifact.config["settings"])
         self.max_images = int(artifact.config["max_images"])
         self.names = [v.decode() if isinstance(v, bytes) else str(v) for v in handle["names"][()]]
@@ -177,6 +180,10 @@ class PoolFile:
         """Block reader of the pool's features of one degree and layer: every row, or ``rows``."""
         features = self._file[f"features_r{r}"]
         return rows_reader(lambda selection: features[layer, selection], rows)
+
+    def ref(self) -> dict[str, str]:
+        """What a stage's plan keeps of the pool (plain data): its path as given, identity and digest."""
+        return {"path": str(self.path), "id": self.id, "digest": self.digest}
 
     def score(self, new: torch.Tensor, r: int, layer: int) -> torch.Tensor:
         """MSM patch scores (rows, L) of new parts' features (rows, L, C) of one degree and layer,
@@ -230,15 +237,53 @@ def leave_one_out_scores(read: Callable[[int, int, Sequence[int] | None], BlockR
     return image_scores(per_degree, settings.image_size, settings.tiling)
 
 
+_OPEN: dict[tuple[str, tuple], PoolFile] = {}
+
+
+def open_pool(path: str | Path, digest: str | None = None) -> PoolFile:
+    """The pool at ``path``, opened (and verified) once per process while the file stays the same
+    (same inode, size and times): the stages of a day share one snapshot. ``digest``: the content
+    a plan was made for; PoolError when the file holds another now (replaced meanwhile)."""
+    path = Path(path)
+    check_pool_path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        raise PoolError(f"{path}: no such pool file (create it with musc pool add)") from None
+    key = (str(path.resolve()), (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
+    if key not in _OPEN:
+        _OPEN.clear()  # one pool at a time stays open (its file handle and record)
+        _OPEN[key] = PoolFile(path)
+    pool = _OPEN[key]
+    if digest is not None and pool.digest != digest:
+        raise PoolError(f"{path}: the pool changed while it was in use (digest {pool.digest[:12]}, planned for "
+                        f"{digest[:12]}); run again to score against the pool as it is now")
+    return pool
+
+
+def new_pool_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Kept(NamedTuple):
+    """What ``write_pool`` kept: the number of images, and the names of those the bound left out
+    (oldest first), each with where it came from."""
+    count: int
+    dropped: list[tuple[str, str]]
+
+
 def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images], max_images: int,
-               inputs: dict[str, str], calibrate: bool = True) -> int:
+               inputs: dict[str, str], calibrate: bool = True, pool_id: str | None = None) -> Kept:
     """Write the pool made of ``parts`` in order (oldest first), keeping the newest ``max_images``;
     streamed image by image, then calibrated (leave-one-out scores; ``calibrate=False`` leaves them
-    empty: a fixed threshold is then needed). Returns the number of images kept."""
+    empty: a fixed threshold is then needed). ``pool_id``: the pool's identity (a pool written anew:
+    a new one). Returns what was kept and dropped."""
     check_pool_path(path)
     if max_images < 1:
         raise PoolError(f"max_images: must be at least 1, got {max_images}")
-    owners = [(part, index) for part in parts for index in range(len(part))][-max_images:]
+    every = [(part, index) for part in parts for index in range(len(part))]
+    owners = every[-max_images:]
+    dropped = [(part.names[index], part.sources[index]) for part, index in every[:len(every) - len(owners)]]
     n_layers, count = len(settings.layers), settings.tiles_per_image
     n_patches, channels = next((p.shape for p in parts if p.shape != (0, 0)), (0, 0))
 
@@ -265,8 +310,9 @@ def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images]
                     "digests": np.array([p.digests[i] for p, i in owners] or [], dtype=object),
                     "added": np.array([p.added[i] for p, i in owners], dtype=np.float64),
                     "sources": np.array([p.sources[i] for p, i in owners] or [], dtype=object)},
-                   code_version=stage_schema("pool").code_version, fill=fill)
-    return len(owners)
+                   attrs={"pool_id": pool_id or new_pool_id()}, code_version=stage_schema("pool").code_version,
+                   fill=fill)
+    return Kept(len(owners), dropped)
 
 
 def check_pool_path(path: str | Path) -> Path:
@@ -306,3 +352,22 @@ def check_addition(pool: PoolFile | None, settings: PoolSettings, images: Images
 
 def now(count: int) -> np.ndarray:
     return np.full(count, time.time())
+
+
+def pool_backbone(pool: PoolFile, device: str):
+    """The extraction settings of the pool's images (``ExtractSettings``), refused (one line naming
+    both) when the model or weights file now at the recorded path is not the one the pool was made
+    with (edited since, or a relative path that now finds another file)."""
+    from ..inputs.backbone_spec import backbone_settings
+    from ..inputs.config import ExtractSettings
+    recorded = pool.settings.features
+    settings = ExtractSettings.from_recorded(recorded, device=device, batch_size=4)
+    now = backbone_settings(settings)
+    for name in ("backbone", "pretrained"):
+        key = f"{name}_sha256"
+        if recorded.get(key) != now.get(key):
+            found = now.get(key) or "no such file"
+            raise PoolError(f"{name}: {settings.__dict__[name]} is not the file the pool {pool.path.name} was made "
+                            f"with (SHA-256 {str(recorded.get(key))[:12]} in the pool, {found[:12]} now); score with "
+                            f"that file, or build a pool with this one")
+    return settings

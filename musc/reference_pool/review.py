@@ -1,211 +1,132 @@
-"""Inspectors' verdicts on a day's scored parts, without a server (``musc review DAY_FOLDER``).
+"""Inspectors' verdicts on a day's scored parts (``musc review DAY``, the daily run's review form).
 
-A day's results folder (written by ``score_new_images``: ``musc score-new`` or the daily flow) holds
-``scores.csv`` and ``day.json``, the day's record: its name, the pool it was scored against (path
-and digest), the threshold and each part's content digest (SHA-256 of its file). A verdict is
-``good`` (the part is fine: a false alarm when it was flagged) or ``defect`` (confirmed). It is
-written twice:
-
-* into ``scores.csv``, a ``verdict`` column (empty: not reviewed); a later verdict for a part
-  replaces the earlier one there;
-* appended to the verdict history, columns day, part, verdict, note, time (UTC, ISO 8601), and
-  the part's score and decision that day (what the ``reviewed`` threshold rule learns from): beside
-  the pool (``<pool>.verdicts.csv``) when the day records its pool, else ``verdicts.csv`` in the day
-  folder. Every verdict is kept there, a part judged twice has two rows.
-
-Both files are replaced whole (atomically, under a lock), so a reader never sees half of either.
-Every name is checked before anything is written: a name that matches no scored part writes nothing.
+A verdict is given on a part (the content the day saw: its SHA-256), named by the path it was seen
+under, its file name, or its identity; it is recorded in the verdict history of the pool the day
+was scored against (``verdicts``: by the pool's identity, appended, never replayed by position),
+with the reviewer and a note of its own. Then the pool follows the verdicts (a part confirmed
+defective that had joined the pool leaves it, named), and the day's outputs (scores.csv, report,
+trend) are drawn again. Every name is checked before anything is written: a name that matches no
+scored part, or a pool that is not the day's, writes nothing.
 """
 from __future__ import annotations
 
-import io
-import json
+import getpass
+import re
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Mapping, Sequence
 
-import pandas as pd
-
-from ..store import artifact_lock, atomic_write_text
-from .pool import PoolError
-
-VERDICTS = ("good", "defect")
-HISTORY_COLUMNS = ("day", "part", "verdict", "note", "time", "score", "decision")
-SCORES_CSV = "scores.csv"
-DAY_RECORD = "day.json"
+from ..store import ArtifactError
+from .day import DayError, DayRecord, DayView, load_day, view, write_views
+from .pool import PoolFile, open_pool
+from .verdicts import Verdict, append, verdict_history_path
 
 
-class ReviewError(PoolError):
+class ReviewError(DayError):
     """A review refused: one line naming the part, day or file; nothing was written."""
 
 
 @dataclass
-class Day:
-    """A day's results folder: its scores table and its record (empty for a folder without day.json)."""
-    folder: Path
-    table: pd.DataFrame
-    record: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return str(self.record.get("day") or self.folder.name)
-
-    @property
-    def pool(self) -> Path | None:
-        return Path(self.record["pool"]) if self.record.get("pool") else None
-
-    def history_path(self) -> Path:
-        """Beside the pool when the day records it, else in the day folder."""
-        if self.pool is not None:
-            return verdict_history_path(self.pool)
-        return self.folder / "verdicts.csv"
-
-    def flagged(self) -> pd.DataFrame:
-        """The parts decided anomalous, highest score first."""
-        return self.table[self.table["decision"] == "anomalous"].sort_values("score", ascending=False)
-
-    def joining(self, include_normal: bool = False) -> list[str]:
-        """The parts that may join a pool: confirmed good; with ``include_normal`` also those decided
-        normal that no inspector called a defect."""
-        table = self.table
-        chosen = (table["verdict"] == "good") | (include_normal & (table["decision"] == "normal")
-                                                 & (table["verdict"] != "defect"))
-        return [str(p) for p in table.loc[chosen, "path"]]
+class Review:
+    """What a review did: the day as it stands now, the verdicts recorded (name, part, verdict; a
+    verdict equal to the part's standing one is not recorded again), and the pool images that left
+    the pool with a defect verdict."""
+    day: DayView
+    recorded: list[tuple[str, str, str]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    history: Path | None = None
 
 
-def verdict_history_path(pool: str | Path) -> Path:
-    """The verdict history of the days scored against a pool: ``<pool>.verdicts.csv`` beside it."""
-    pool = Path(pool)
-    return pool.with_name(pool.stem + ".verdicts.csv")
-
-
-def read_verdicts(path: str | Path) -> pd.DataFrame:
-    """The verdict history as it stands: one row per (day, part), the latest verdict (every verdict
-    stays in the file); empty when there is none. Rows of a history written before scores were
-    recorded have no score (NaN)."""
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return pd.DataFrame(columns=list(HISTORY_COLUMNS))
-    history = pd.read_csv(path, dtype={"day": str, "part": str, "verdict": str}, keep_default_na=False,
-                          na_values={"score": ["", "nan", "NaN"]})
-    for column in HISTORY_COLUMNS:
-        if column not in history.columns:
-            history[column] = float("nan") if column == "score" else ""
-    history["score"] = pd.to_numeric(history["score"], errors="coerce")
-    return history.drop_duplicates(["day", "part"], keep="last").reset_index(drop=True)
-
-
-def read_table(path: Path) -> pd.DataFrame:
-    table = pd.read_csv(path, dtype={"path": str, "verdict": str}, keep_default_na=False,
-                        na_values={"score": ["", "nan", "NaN"]})
-    if "verdict" not in table.columns:
-        table["verdict"] = ""
-    return table
-
-
-def load_day(folder: str | Path) -> Day:
-    """The day in ``folder``; ReviewError (one line) when it is not a day's results folder."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ReviewError(f"{folder}: no such day folder")
-    scores = folder / SCORES_CSV
-    if not scores.is_file():
-        raise ReviewError(f"{folder}: no {SCORES_CSV} here (give the folder musc score-new or the daily flow "
-                          "wrote a day's results to)")
-    table = read_table(scores)
-    missing = [c for c in ("path", "score", "decision") if c not in table.columns]
-    if missing:
-        raise ReviewError(f"{scores}: no column {missing[0]!r} (not a scores table of musc?)")
-    record_path = folder / DAY_RECORD
+def default_reviewer() -> str:
     try:
-        record = json.loads(record_path.read_text()) if record_path.is_file() else {}
-    except json.JSONDecodeError as error:
-        raise ReviewError(f"{record_path}: not JSON ({error.msg}, line {error.lineno})") from None
-    return Day(folder, table, record)
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return ""
 
 
-def pool_change(day: Day) -> str | None:
-    """A line saying the day's pool changed (or is gone) since the day was scored, else None. The
-    verdicts are about the parts, so they are recorded all the same."""
-    if day.pool is None or not day.record.get("pool_digest"):
+def resolve(record: DayRecord, name: str) -> tuple[str, str]:
+    """(part, name) of the scored part a name means: the path it was seen under, its identity (at
+    least 8 hex digits of its SHA-256), the same file by another path, or a file name (or name
+    without suffix) only one scored part has. ReviewError naming the day when it means none, or
+    several (a camera writing one path again and again: give the identity)."""
+    scored = [seen for seen in record.seen if seen["part"] in record.parts]
+
+    def one(found: list[dict], how: str) -> tuple[str, str] | None:
+        parts = {seen["part"] for seen in found}
+        if len(parts) == 1:
+            return found[0]["part"], found[0]["name"]
+        if parts:
+            shown = ", ".join(sorted(part[:12] for part in parts))
+            raise ReviewError(f"{name}: {len(parts)} parts of {record.day} {how} ({shown}); name one by its "
+                              "identity (at least 8 hex digits, as scores.csv's part column shows)")
         return None
-    from ..store import ArtifactError, open_artifact
-    try:
-        digest = open_artifact(day.pool, "pool").digest
-    except ArtifactError:
-        return f"the pool {day.pool} that {day.name} was scored against is gone or unreadable"
-    if digest != day.record["pool_digest"]:
-        return (f"the pool {day.pool} changed since {day.name} was scored (digest {digest[:12]}, then "
-                f"{day.record['pool_digest'][:12]}): the scores are those of the pool of then")
-    return None
 
-
-def load_day_record(folder: str | Path) -> dict[str, Any]:
-    """The day's record as written (an OSError or ValueError when it is missing or unreadable)."""
-    record = json.loads((Path(folder) / DAY_RECORD).read_text())
-    if not isinstance(record, dict):
-        raise ValueError(f"{Path(folder) / DAY_RECORD}: not a record")
-    return record
-
-
-def write_day_record(folder: str | Path, record: dict[str, Any]) -> None:
-    atomic_write_text(Path(folder) / DAY_RECORD, json.dumps(record, indent=1, sort_keys=True) + "\n")
-
-
-def resolve(day: Day, name: str) -> str:
-    """The scored part a name means: its path as in scores.csv, the same file by another path, or a
-    file name (or name without suffix) only one scored part has."""
-    paths = [str(p) for p in day.table["path"]]
-    if name in paths:
-        return name
+    for found, how in (([s for s in scored if s["name"] == name], "were seen at this path"),
+                       ([s for s in scored if re.fullmatch(r"[0-9a-f]{8,64}", name) and s["part"].startswith(name)],
+                        "have an identity starting so")):
+        chosen = one(found, how)
+        if chosen:
+            return chosen
     target = Path(name).expanduser()
-    same = [p for p in paths if target.exists() and Path(p).exists() and Path(p).resolve() == target.resolve()]
-    if not same:
-        same = [p for p in paths if Path(p).name == name] or [p for p in paths if Path(p).stem == name]
-    if len(same) == 1:
-        return same[0]
-    if same:
-        raise ReviewError(f"{name}: {len(same)} parts of {day.name} have this name ({same[0]}, {same[1]}, ...); "
-                          "give the path as in scores.csv")
-    raise ReviewError(f"{name}: no part of that name was scored on {day.name} ({day.folder / SCORES_CSV})")
+    if target.exists():
+        same = [s for s in scored if Path(s["name"]).exists() and Path(s["name"]).resolve() == target.resolve()]
+        chosen = one(same, "were seen at this file")
+        if chosen:
+            return chosen
+    for key in (lambda s: Path(s["name"]).name, lambda s: Path(s["name"]).stem):
+        chosen = one([s for s in scored if key(s) == name], "have this name")
+        if chosen:
+            return chosen
+    raise ReviewError(f"{name}: no part of that name was scored on {record.day} ({record.folder})")
+
+
+def day_pool(record: DayRecord, pool: str | Path | None = None) -> PoolFile:
+    """The pool a day was scored against: at the path the day records, or ``pool`` (the same pool,
+    moved or copied); ReviewError when it is not there or is another pool (another identity)."""
+    path = Path(pool) if pool is not None else Path(record.pool["path"])
+    try:
+        found = open_pool(path)
+    except ArtifactError as error:
+        hint = "" if pool is not None else "; give --pool POOL (the same pool, moved)"
+        raise ReviewError(f"{record.day}: the pool it was scored against is not readable at {path} "
+                          f"({str(error).split(': ', 1)[-1]}){hint}") from None
+    if found.id != record.pool["id"]:
+        raise ReviewError(f"{path}: not the pool {record.day} was scored against (identity {found.id[:12]}, the "
+                          f"day's {record.pool['id'][:12]}); its verdicts belong to that pool")
+    return found
 
 
 def record_verdicts(folder: str | Path, good: Sequence[str] = (), defect: Sequence[str] = (), note: str = "",
-                    when: datetime | None = None) -> tuple[Day, list[tuple[str, str]]]:
-    """Record the verdicts: checked first (every name a scored part, none both good and defect),
-    then the history, then scores.csv. Returns the day as now written and (part, verdict) pairs."""
-    day = load_day(folder)
-    chosen: dict[str, str] = {}
+                    reviewer: str | None = None, notes: Mapping[str, str] | None = None,
+                    pool: str | Path | None = None, when: datetime | None = None) -> Review:
+    """Record verdicts on a day's parts: each name resolved first (``resolve``; none both good and
+    defect), then appended to the pool's verdict history (``note`` for each, or ``notes[name]``),
+    then the parts confirmed defective that are in the pool leave it, then the day's outputs are
+    drawn again. Returns what was done."""
+    from .additions import remove_from_pool
+    from .line import day_lock
+    record = load_day(folder)
+    chosen: dict[str, tuple[str, str, str]] = {}
     for verdict, names in (("good", good), ("defect", defect)):
         for name in names:
-            part = resolve(day, name)
-            if chosen.get(part, verdict) != verdict:
+            part, seen = resolve(record, name)
+            if part in chosen and chosen[part][1] != verdict:
                 raise ReviewError(f"{name}: given both --good and --defect; one verdict per part in a call")
-            chosen[part] = verdict
+            chosen[part] = (seen, verdict, (notes or {}).get(name, note))
+    found = day_pool(record, pool)
+    history = verdict_history_path(found.path)
     if not chosen:
-        return day, []
-    stamp = (when or datetime.now(timezone.utc)).astimezone(timezone.utc).isoformat(timespec="seconds")
-    history = day.history_path()
-    scored = day.table.drop_duplicates("path").set_index("path")
-    rows = pd.DataFrame([{"day": day.name, "part": part, "verdict": verdict, "note": note, "time": stamp,
-                          "score": float(scored.loc[part, "score"]), "decision": str(scored.loc[part, "decision"])}
-                         for part, verdict in chosen.items()], columns=list(HISTORY_COLUMNS))
-    with artifact_lock(history):  # two inspectors at once: neither loses the other's rows
-        if history.is_file():
-            rows = pd.concat([pd.read_csv(history, dtype=str, keep_default_na=False), rows], ignore_index=True)
-        atomic_write_text(history, _csv(rows))
-    scores = day.folder / SCORES_CSV
-    with artifact_lock(scores):
-        table = read_table(scores)  # as it is now (another review may have written since)
-        for part, verdict in chosen.items():
-            table.loc[table["path"] == part, "verdict"] = verdict
-        atomic_write_text(scores, _csv(table))
-    day.table = table
-    return day, list(chosen.items())
-
-
-def _csv(table: pd.DataFrame) -> str:
-    buffer = io.StringIO()
-    table.to_csv(buffer, index=False)
-    return buffer.getvalue()
+        return Review(view(record), history=history)
+    who = default_reviewer() if reviewer is None else reviewer
+    today = view(record)
+    scored = {row["part"]: row for row in today.rows}
+    written = append(history, [Verdict(found.id, record.day, part, seen, verdict, who, text,
+                                       scored[part]["score"], scored[part]["decision"])
+                               for part, (seen, verdict, text) in chosen.items()], when)
+    confirmed = [v.part for v in written if v.verdict == "defect"]
+    removed = remove_from_pool(found.path, confirmed, f"confirmed defective on {record.day}") if confirmed else []
+    with day_lock(record.folder):
+        now = view(load_day(folder))
+        write_views(now)
+    return Review(now, [(v.name, v.part, v.verdict) for v in written], removed, history)

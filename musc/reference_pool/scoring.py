@@ -19,7 +19,6 @@ new images' features of that layer, one pool block, one tile, and the votes of t
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import numpy as np
@@ -84,13 +83,14 @@ def mutual_votes(query: BlockReader, n_query: int, others: BlockReader, n_others
     return torch.cat(rows).float()
 
 
-def pool_votes(query: BlockReader, n_query: int, pool: BlockReader, n_pool: int, settings: ScoreSettings
-               ) -> torch.Tensor:
+def pool_votes(query: BlockReader, n_query: int, pool: BlockReader, n_pool: int, settings: ScoreSettings,
+               query_rows: int | None = None) -> torch.Tensor:
     """Votes (n_query, n_pool, L) of each query image against every pool image, and against nothing
     else: the query images never vote for each other. The pool is read block by block, once; the
-    query images are taken ``block_size`` at a time (one image's votes do not depend on its block)."""
+    query images are taken ``query_rows`` at a time (default ``block_size``; 1: each row's votes
+    computed on their own, so that they cannot depend, even in the last bit, on the rows beside it)."""
     options = {"radius": settings.aligned_radius, "precision": settings.msm_precision}
-    query_blocks = [(a, b, query(a, b)) for a, b in image_blocks(n_query, settings.block_size)]
+    query_blocks = [(a, b, query(a, b)) for a, b in image_blocks(n_query, query_rows or settings.block_size)]
     columns: list[list[torch.Tensor]] = [[] for _ in query_blocks]
     for p0, p1 in image_blocks(n_pool, settings.block_size):
         block = pool(p0, p1)
@@ -107,8 +107,10 @@ def pool_patch_scores(votes: torch.Tensor, settings: ScoreSettings) -> torch.Ten
 
 
 def part_scores(new: torch.Tensor, pool: BlockReader, n_pool: int, settings: ScoreSettings) -> torch.Tensor:
-    """MSM patch scores (M, L) of new parts (M, L, C) of one layer and degree, each against the pool only."""
-    return pool_patch_scores(pool_votes(in_memory(new), new.shape[0], pool, n_pool, settings), settings)
+    """MSM patch scores (M, L) of new parts (M, L, C) of one layer and degree, each against the pool
+    only, each row on its own (``pool_votes`` with ``query_rows=1``): a part's scores are the same,
+    bit for bit, whichever parts are scored with it."""
+    return pool_patch_scores(pool_votes(in_memory(new), new.shape[0], pool, n_pool, settings, query_rows=1), settings)
 
 
 def patch_scores(votes: torch.Tensor, settings: ScoreSettings) -> torch.Tensor:
@@ -169,21 +171,3 @@ def image_scores(per_degree: Sequence[torch.Tensor], image_size: int, tiling: Im
         scores[start:stop] = part_maps([d[:, start * per_image:stop * per_image] for d in per_degree],
                                        image_size, tiling)[1]
     return scores
-
-
-# The decision rule ---------------------------------------------------------------------------------
-
-def calibrated_threshold(self_scores, false_alarm_rate: float) -> float:
-    """The threshold at which at most ``false_alarm_rate`` of the pool's own (leave-one-out) scores
-    would be flagged: with P scores sorted ascending and k = floor(rate * P), just above the
-    (k+1)-th largest. A score flags its image when it reaches the threshold (``>=``), so exactly
-    the k largest pool scores (fewer with ties) lie at or above it; k = 0 (P < 1/rate) puts it just
-    above the pool's largest score."""
-    scores = np.sort(np.asarray(self_scores, dtype=np.float64))
-    if not 0.0 <= false_alarm_rate < 1.0:
-        raise ValueError(f"false_alarm_rate: must be in [0, 1), got {false_alarm_rate}")
-    if scores.size == 0:
-        raise ValueError("false_alarm_rate: the pool has no calibration scores (fewer than 2 images); "
-                         "give a fixed threshold")
-    allowed = math.floor(false_alarm_rate * scores.size)
-    return float(np.nextafter(scores[scores.size - 1 - allowed], np.inf))

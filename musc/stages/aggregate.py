@@ -13,6 +13,10 @@ from .key import Ref, StageKey
 IMAGES_PER_CHUNK = 16
 
 
+def plans(run, extract: Ref) -> list[Plan]:
+    return [plan(extract, r) for r in run.config.r_list]
+
+
 def plan(extract: Ref, r: int) -> Plan:
     key = StageKey("aggregate", {"r": int(r)}, {"extract": extract["digest"]})
     return Plan("aggregate", key, str(key.beside(extract)), f"aggregate r={int(r)}", {"extract": extract, "r": int(r)})

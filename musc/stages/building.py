@@ -1,33 +1,61 @@
 """One cache mechanism, with the artifact on disk as the truth: a stage's plan names its artifact
 (the path is the key), and the artifact is built only when no valid one is there, under a lock, so
-two runs never build it twice. Used alike by Prefect's tasks, the benchmarks and plain Python."""
+two runs never build it twice. Used alike by Prefect's tasks, the benchmarks and plain Python.
+
+A stage of many small subjects (the line's parts) builds its missing artifacts together
+(``ensure_many``: the stage's ``build_many``, e.g. a pool read once for a chunk of parts), each
+still an artifact of its own; a subject that cannot be built (an unreadable part) is reported as
+not built (``NotBuilt``), never as a failed stage."""
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .. import store
-from .faults import fail_once_point
+from .faults import fail_once_point, note_work
 from .key import Ref, StageKey
 
 log = logging.getLogger("musc.stages")
 
 
+class NotBuilt(Exception):
+    """A stage cannot make its artifact for one subject (a part that cannot be read, or not of a
+    tiled pool's size); the message says why, naming the file. Its other subjects go on."""
+
+
 @dataclass(frozen=True)
 class Plan:
     """What one stage will do: its key and artifact path, the upstream references and settings its
-    build needs (plain data: it travels to Dask workers), and a label for people ("score r=3")."""
+    build needs (plain data: it travels to Dask workers), and a label for people ("score r=3").
+    ``subject``: for a stage with one artifact per part, the part's identity (its image's SHA-256),
+    carried into the artifact's reference."""
     stage: str
     key: StageKey
     path: str
     label: str
     needs: dict[str, Any] = field(default_factory=dict)
+    subject: str | None = None
 
     def build(self, path: Path) -> None:
         from .graph import builder
         builder(self.stage)(path, self)
+
+    def ref(self, digest: str) -> Ref:
+        """The reference of this plan's artifact of ``digest``."""
+        return {"stage": self.stage, "path": str(self.path), "digest": digest,
+                **({"part": self.subject} if self.subject is not None else {})}
+
+    def not_built(self, why: str) -> Ref:
+        """What stands for the artifact of a subject that could not be built: its stage, part and why."""
+        return {"stage": self.stage, "part": str(self.subject), "not_built": why}
+
+
+def built(ref: Ref) -> bool:
+    """Whether a reference names an artifact (not a subject that could not be built)."""
+    return "not_built" not in ref
 
 
 def valid_ref(stage: str, path: str | Path) -> Ref | None:
@@ -44,23 +72,94 @@ def valid_ref(stage: str, path: str | Path) -> Ref | None:
     return {"stage": stage, "path": str(path), "digest": digest}
 
 
+def _reuse(plan: Plan) -> Ref | None:
+    ref = valid_ref(plan.stage, plan.path)
+    if ref is None:
+        return None
+    log.info(f"{plan.label}: reusing {plan.path}")
+    store.clear_parts(plan.path)  # parts a concurrent run may have left: the artifact is complete
+    return plan.ref(ref["digest"])
+
+
+def _prepare(plan: Plan) -> None:
+    """Under the plan's lock, before building: what a killed writer left there goes."""
+    path = Path(plan.path)
+    if path.exists():
+        log.warning(f"{plan.label}: {path} is partial, corrupt or foreign; rebuilding it")
+    store.remove_artifact(path)
+    store.clear_temporary_files(path)
+    log.info(f"{plan.label}: computing {path}")
+    note_work(f"build {plan.stage}")
+
+
 def ensure(plan: Plan, build: Callable[[Path], None] | None = None) -> tuple[Ref, bool]:
     """(reference, reused): the plan's artifact if valid, else built there under a lock."""
     fail_once_point(plan.stage)
-    path = Path(plan.path)
-    ref = valid_ref(plan.stage, path)
+    ref = _reuse(plan)
     if ref is not None:
-        log.info(f"{plan.label}: reusing {path}")
-        store.clear_parts(path)  # parts a concurrent run may have left: the artifact is complete
         return ref, True
+    path = Path(plan.path)
     with store.artifact_lock(path):
         ref = valid_ref(plan.stage, path)  # another run may have built it while we waited
         if ref is not None:
-            return ref, True
-        if path.exists():
-            log.warning(f"{plan.label}: {path} is partial, corrupt or foreign; rebuilding it")
-        store.remove_artifact(path)
-        store.clear_temporary_files(path)
-        log.info(f"{plan.label}: computing {path}")
+            return plan.ref(ref["digest"]), True
+        _prepare(plan)
         (build or plan.build)(path)
-        return {"stage": plan.stage, "path": str(path), "digest": store.verify(path, plan.stage)}, False
+        return plan.ref(store.verify(path, plan.stage)), False
+
+
+def ensure_many(plans: Sequence[Plan], build_many: Callable[[list[tuple[Path, Plan]]], dict[str, str]] | None = None
+                ) -> list[tuple[Ref, bool]]:
+    """(reference, reused) of each plan (plans of one stage, each a subject of its own): the valid
+    artifacts reused, the missing ones built together by ``build_many`` (default: the stage's own,
+    else its ``build`` one plan at a time) under their locks, taken in path order. ``build_many``
+    returns, for each plan it could not build, its path -> why; such a plan's reference is a
+    ``Plan.not_built`` one."""
+    if not plans:
+        return []
+    fail_once_point(plans[0].stage)
+    unique = list({plan.path: plan for plan in plans}.values())
+    results: dict[str, tuple[Ref, bool]] = {}
+    for plan in unique:
+        ref = _reuse(plan)
+        if ref is not None:
+            results[plan.path] = (ref, True)
+    missing = [plan for plan in unique if plan.path not in results]
+    if missing:
+        with contextlib.ExitStack() as held:
+            for plan in sorted(missing, key=lambda p: p.path):
+                held.enter_context(store.artifact_lock(plan.path))
+            todo = []
+            for plan in missing:
+                ref = valid_ref(plan.stage, plan.path)  # built by another run while we waited
+                if ref is not None:
+                    results[plan.path] = (plan.ref(ref["digest"]), True)
+                else:
+                    _prepare(plan)
+                    todo.append(plan)
+            if todo:
+                failed = (build_many or stage_build_many(todo[0].stage))([(Path(p.path), p) for p in todo])
+                for plan in todo:
+                    why = failed.get(plan.path)
+                    results[plan.path] = ((plan.not_built(why), False) if why is not None
+                                          else (plan.ref(store.verify(plan.path, plan.stage)), False))
+    return [results[plan.path] for plan in plans]
+
+
+def stage_build_many(stage: str) -> Callable[[list[tuple[Path, Plan]]], dict[str, str]]:
+    """A stage's ``build_many`` where it has one, else its ``build`` one plan at a time; either way
+    a ``NotBuilt`` of one plan is that plan's reason, and the others are built."""
+    from .graph import STAGE_SPECS
+    module = STAGE_SPECS[stage].module
+    if hasattr(module, "build_many"):
+        return module.build_many
+
+    def one_at_a_time(items: list[tuple[Path, Plan]]) -> dict[str, str]:
+        failed = {}
+        for path, plan in items:
+            try:
+                module.build(path, plan)
+            except NotBuilt as why:
+                failed[str(path)] = str(why)
+        return failed
+    return one_at_a_time

@@ -16,6 +16,10 @@ from .key import Ref, StageKey
 IMAGES_PER_CHUNK = 32
 
 
+def plans(run, extract: Ref, score: list[Ref]) -> list[Plan]:
+    return [plan(extract, score, run.config.k_list_for(run.images.dataset), run.config.image_size)]
+
+
 def plan(extract: Ref, scores: list[Ref], k_list, image_size: int) -> Plan:
     k_list = [int(k) for k in k_list]
     key = StageKey("classify", {"k_list": k_list, "image_size": int(image_size)},

@@ -18,6 +18,10 @@ from .key import Ref, StageKey
 log = logging.getLogger("musc.stages")
 
 
+def plans(run, extract: Ref, classify: Ref) -> list[Plan]:
+    return [plan(extract, classify, run.config.evaluate)]
+
+
 def plan(extract: Ref, classify: Ref, settings: EvaluateSettings) -> Plan:
     key = StageKey("evaluate", settings.recorded(), {"extract": extract["digest"], "classify": classify["digest"]})
     return Plan("evaluate", key, str(key.beside(extract)), "evaluate", {"extract": extract, "classify": classify})

@@ -39,6 +39,10 @@ def _mask_digest(mask_path: str | tuple[str, ...] | None) -> str | list[str] | N
     return store.file_digest(mask_path) if isinstance(mask_path, str) else [store.file_digest(p) for p in mask_path]
 
 
+def plans(run) -> list[Plan]:
+    return [plan(run.images, run.config.extract, run.artifacts)]
+
+
 def plan(category: Category, settings: ExtractSettings, artifacts: str) -> Plan:
     key = StageKey("extract", {"dataset": category.dataset, "category": category.name, **backbone_settings(settings)},
                    {"images": store.stable_hash(image_listing(category))})

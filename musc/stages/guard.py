@@ -1,14 +1,62 @@
-"""An optional step after evaluate: the systematic-defect guard of a run (``musc run --reference
-POOL``; the scoring is musc/reference_pool/guard.py). Not in ``GRAPH``: the batch's own stages and
-keys are the same with or without it; flows/category.py runs it after the walk. Its key: the
-decision rule, the run's evaluate digest and the pool's digest."""
+"""The systematic-defect guard of a batch (``musc run --reference POOL``), a stage of the graph
+present when the run names a reference pool: every image of the run scored against the pool alone
+(its aggregate features, read a chunk at a time) and decided with the pool's rule. The batch's own
+stages and keys are the same with or without it. Its key: the decision rule, the run's evaluate
+digest and the pool's content digest."""
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .. import store
 from .building import Plan
 from .key import Ref, StageKey
 
+log = logging.getLogger("musc.stages")
 
-def plan(evaluate: Ref, pool: str, pool_digest: str, threshold: float | None, false_alarm_rate: float) -> Plan:
-    key = StageKey("guard", {"threshold": threshold, "false_alarm_rate": float(false_alarm_rate)},
-                   {"evaluate": evaluate["digest"], "pool": pool_digest})
-    return Plan("guard", key, str(key.beside(evaluate)), "guard", {"evaluate": evaluate, "pool": pool})
+
+def plans(run, evaluate: Ref) -> list[Plan]:
+    from ..reference_pool.pool import open_pool
+    from ..reference_pool.rule import DecisionRule
+    return [plan(evaluate, open_pool(run.config.reference), DecisionRule())]
+
+
+def plan(evaluate: Ref, pool, rule) -> Plan:
+    from ..reference_pool.pool import PoolError
+    if rule.rule != "calibrated":
+        raise PoolError(f"threshold rule: the guard decides with a fixed or calibrated threshold, not {rule.rule!r}")
+    key = StageKey("guard", {"threshold": rule.threshold, "false_alarm_rate": float(rule.false_alarm_rate)},
+                   {"evaluate": evaluate["digest"], "pool": pool.digest})
+    return Plan("guard", key, str(key.beside(evaluate)), "guard", {"evaluate": evaluate, "pool": pool.ref(),
+                                                                   "rule": rule})
+
+
+def build(path: Path, plan: Plan) -> None:
+    import torch
+
+    from ..outputs.evaluation import decisions
+    from ..reference_pool.pool import check_compatible, open_pool
+    from ..reference_pool.runs import run_lineage
+    from ..reference_pool.scoring import image_scores
+    evaluate, reference, rule = plan.needs["evaluate"], plan.needs["pool"], plan.needs["rule"]
+    pool = open_pool(reference["path"], reference["digest"])
+    settings, aggregates, extract = run_lineage(evaluate["path"])
+    check_compatible(pool, settings)
+    threshold, how = rule.apply(pool)
+    names = [str(n) for n in extract.read("names")]
+    features = {r: store.open_artifact(aggregates[r], "aggregate") for r in pool.settings.r_list}
+    count, scores = pool.settings.tiles_per_image, np.empty(len(names))
+    for start, stop in pool.settings.chunks(len(names)):  # a chunk of the run's images (their rows) at a time
+        rows = slice(start * count, stop * count)
+        per_degree = [torch.stack([pool.score(torch.from_numpy(features[r].read("features", (layer, rows))), r, layer)
+                                   for layer in range(len(pool.settings.layers))]) for r in pool.settings.r_list]
+        scores[start:stop] = image_scores(per_degree, pool.settings.image_size, pool.settings.tiling)
+    store.write_artifact(path, "guard", plan.key.config, plan.key.inputs,
+                         {"names": np.array(names, dtype=object), "pool_scores": scores.astype(np.float64),
+                          "pool_decisions": decisions(scores, threshold).astype(np.int8)},
+                         attrs={"threshold": float(threshold), "threshold_rule": how, "pool": str(pool.path),
+                                "pool_size": len(pool)},
+                         code_version=plan.key.code_version)
+    log.info(f"guard: {len(names)} images scored against the pool {pool.path} ({len(pool)} images)")

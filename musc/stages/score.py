@@ -28,6 +28,10 @@ from .key import Ref, StageKey
 log = logging.getLogger("musc.stages")
 
 
+def plans(run, aggregate: list[Ref], extract: Ref) -> list[Plan]:
+    return [plan(degree, extract, run.config.score, r) for r, degree in zip(run.config.r_list, aggregate)]
+
+
 def plan(aggregate: Ref, extract: Ref, settings: ScoreSettings, r: int) -> Plan:
     key = StageKey("score", settings.recorded(), {"aggregate": aggregate["digest"], "extract": extract["digest"]})
     return Plan("score", key, str(key.beside(aggregate)), f"score r={int(r)}",

@@ -217,7 +217,18 @@ def write_artifact(path: str | Path, stage: str, config: Mapping[str, Any], inpu
         if error.errno in NO_SPACE:
             raise no_space(path.parent) from None
         raise
+    _remember_written(path, digest, stage)
     return digest
+
+
+def _remember_written(path: Path, digest: str, stage: str) -> None:
+    """This process hashed what it wrote: it trusts that digest (in memory only, never in a record
+    beside the file) while the file and its manifest keep the identity they have now (a replacement
+    is a new inode), so that an artifact is hashed once in the process that writes it."""
+    identity = _identity(path)
+    if identity is not None:
+        with _verified_lock:
+            _verified[str(path)] = (identity, digest, stage)
 
 
 def _fill_artifact(f: h5py.File, path: Path, stage: str, config: Mapping[str, Any], inputs: Mapping[str, str],

@@ -134,7 +134,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
                                               "pixel metrics and figures used (the images' full resolution, "
                                               "reduced by an integer factor above 1024 x 1024 pixels)"),
     )),
-    Stage("pool", "4", "a reference pool of one category: LNAMD features of earlier images, what they were "
+    Stage("pool", "5", "a reference pool of one category: LNAMD features of earlier images, what they were "
                        "made and scored with (config: settings = category, backbone/feature settings with image "
                        "size, layers and tiling, r_list, score: the MSM settings, part_size [H, W]: tiled "
                        "pools; max_images)", datasets=(
@@ -149,6 +149,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
               required=False),
         Field("self_scores", "float64", "(P,) or (0,)", "each pool image's score against the rest of the pool "
                                                         "(calibrates the threshold; empty below 2 images)"),
+    ), attrs=(
+        Field("pool_id", "str", "", "the pool's identity: made when the pool is created, kept by every addition "
+                                    "and removal (a moved, copied or symlinked pool is the same pool; a pool made "
+                                    "anew at the same path is another); verdicts and learnt thresholds belong to it"),
     )),
     Stage("guard", "1", "the systematic-defect guard of a run (musc run --reference POOL): each image of the "
                         "run scored against a reference pool only and decided with the pool's rule (config: the "
@@ -161,6 +165,47 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("threshold_rule", "str", "", "how it was chosen (fixed, or calibrated on the pool)"),
         Field("pool", "str", "", "the pool file (a record: the key holds its digest)"),
         Field("pool_size", "int", "", "images in the pool"),
+    )),
+    Stage("features", "1", "a new part's LNAMD features, made with a pool's backbone and settings (the line: "
+                           "one artifact per part; config: the pool's feature settings, r_list and, tiled, "
+                           "part_size; inputs: the SHA-256 of the part's image file)", datasets=(
+        Field("features_r<r>", "float32", "(layers, T, L, C)", "LNAMD features of degree r: one row (T = 1), or "
+                                                               "one row per tile of a tiled pool's parts"),
+        Field("picture", "uint8", "(h, w, 3)", "the part's picture at the resolution its overlay is drawn at (the "
+                                               "map's: S x S; tiled: the full resolution, reduced above 1024 x "
+                                               "1024 pixels)"),
+    ), attrs=(
+        Field("size", "JSON", "", "[height, width] of the part's image in pixels"),
+        Field("backbone", "str", "", "the backbone as loaded (model, weights, blocks, patch size)"),
+    )),
+    Stage("pool_score", "1", "a part scored against a pool only, as it would score in one batch of the pool "
+                             "and itself (config: the pool's MSM settings and image size; inputs: the part's "
+                             "features and the pool's content digest)", datasets=(
+        Field("patch_scores", "float64", "(degrees, layers, T, L)", "MSM patch scores against the pool"),
+        Field("map", "float32", "(S, S) or (H, W)", "the anomaly map (tiled: the tiles' maps stitched at the "
+                                                    "part's full resolution)"),
+        Field("score", "float64", "()", "the part's score: the maximum of its map"),
+    ), attrs=(
+        Field("pool_id", "str", "", "the identity of the pool it was scored against"),
+        Field("pool_size", "int", "", "images in the pool"),
+        Field("map_min", "float", "", "the map's minimum"),
+        Field("map_max", "float", "", "the map's maximum"),
+    )),
+    Stage("decide", "1", "the decisions of a day's parts (or of a score-new output folder's): each part's score "
+                         "against the pool and its decision at the rule's threshold (config: the rule; inputs: "
+                         "the parts' pool_score digests, the pool's digest and the rule's evidence)", datasets=(
+        Field("parts", "str", "(P,)", "the SHA-256 of each part's image file, ascending"),
+        Field("scores", "float64", "(P,)", "each part's score against the pool"),
+        Field("decisions", "int8", "(P,)", "1 anomalous, 0 normal, at the threshold"),
+    ), attrs=(
+        Field("threshold", "float", "", "the image-score threshold"),
+        Field("threshold_rule", "str", "", "how it was chosen (fixed, calibrated on the pool, or reviewed)"),
+        Field("map_range", "JSON", "", "[low, high]: the lowest and highest value of the parts' maps (the day's one "
+                                       "colour scale)"),
+        Field("pool_id", "str", "", "the identity of the pool"),
+        Field("pool_size", "int", "", "images in the pool"),
+        Field("evidence", "JSON", "", "the reviewed rule: the verdict history and its counts of defect and good "
+                                      "verdicts it learnt from"),
     )),
     Stage("part", "1", "one batch or tile of a long stage, kept for resuming", open_datasets=True),
 )}

@@ -1,0 +1,91 @@
+"""What a scored batch run gives a pool: its images' settings and features, read from its artifacts
+(the lineage its evaluate artifact records), and what a run will record, known before it runs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..inputs.config import ScoreSettings
+from ..outputs.rebuild import inputs_of
+from ..store import ArtifactError, open_artifact
+from .pool import Images, PoolError, PoolSettings, now
+from .scoring import read_rows
+
+RUN_FIELDS = ("dataset", "category")  # what the extract config says of the run, not of the features
+
+
+def evaluation_in(path: str | Path) -> Path:
+    """An evaluate artifact, or the newest one under a category folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    candidates = sorted(path.glob("evaluate/*.h5"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ArtifactError(f"{path}: no evaluate artifact here (give a category folder of a run, or the .h5)")
+    return candidates[-1]
+
+
+def run_lineage(run: str | Path) -> tuple[PoolSettings, dict[int, Path], Any]:
+    """What a scored run's images were made and scored with (as a pool records it), its aggregate
+    artifact per degree r, and its extract artifact."""
+    evaluate_path = evaluation_in(run)
+    classify_path = inputs_of(evaluate_path, "classify")[0]
+    extract = open_artifact(inputs_of(evaluate_path, "extract")[0], "extract")
+    aggregates, scoring = {}, None
+    for score_path in inputs_of(classify_path, "score"):
+        scoring = ScoreSettings.from_recorded(open_artifact(score_path, "score").config)
+        aggregate_path = inputs_of(score_path, "aggregate")[0]
+        aggregates[int(open_artifact(aggregate_path, "aggregate").config["r"])] = aggregate_path
+    tiled = extract.config.get("tiles") is not None  # a tiled run's masks are at its parts' full resolution
+    settings = PoolSettings(str(extract.config["category"]),
+                            {k: v for k, v in extract.config.items() if k not in RUN_FIELDS},
+                            tuple(sorted(aggregates)), scoring,
+                            tuple(int(n) for n in extract.shape("masks")[1:]) if tiled else None)
+    return settings, aggregates, extract
+
+
+def planned_settings(run) -> PoolSettings:
+    """What a run (``musc.stages.Run``) will record as ``run_lineage`` reads it, known before any
+    work: its extract plan's recorded settings, its degrees and MSM settings, and, tiled, the size of
+    its images (their first readable one's)."""
+    from ..stages import first_plan
+    from ..stages.extract import tiling_of
+    recorded = first_plan(run).key.config
+    tiling = tiling_of(run.images, run.config.extract)
+    return PoolSettings(str(recorded["category"]), {k: v for k, v in recorded.items() if k not in RUN_FIELDS},
+                        tuple(sorted({int(r) for r in run.config.r_list})), run.config.score,
+                        None if tiling is None else (tiling.height, tiling.width))
+
+
+def run_images(run: str | Path, include_flagged: bool = False
+               ) -> tuple[PoolSettings, Images, str, list[tuple[str, str]]]:
+    """What a scored run would put in a pool: its settings, its images with their features (their
+    source: ``run <evaluate digest[:12]>``), the run's evaluate digest, and the images left out
+    with why (``(name, reason)``). A pool holds good parts only: images labelled defective (label
+    1) and images the run decided anomalous are left out, unless ``include_flagged``."""
+    evaluate_path = evaluation_in(run)
+    evaluation = open_artifact(evaluate_path, "evaluate")
+    settings, aggregates, extract = run_lineage(evaluate_path)
+    names = [str(n) for n in extract.read("names")]
+    category = settings.category
+    labelled = np.asarray(extract.read("labels")) == 1
+    decided = np.asarray(evaluation.read("decisions")) == 1
+    reasons = [", ".join(why for why, flagged in (("labelled defective", labelled[i]), ("decided anomalous", decided[i]))
+                         if flagged) for i in range(len(names))]
+    keep = np.ones(len(names), bool) if include_flagged else ~(labelled | decided)
+    left_out = [(f"{category}/{names[i]}", reasons[i]) for i in np.flatnonzero(~keep)]
+    if int(settings.score.divide_num) > 1:
+        raise PoolError(f"{evaluate_path}: this run scored its images in {settings.score.divide_num} subsets "
+                        "(divide_num); a pool reproduces whole-batch scoring only")
+    chosen = np.flatnonzero(keep)
+
+    def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
+        artifact = open_artifact(aggregates[r], "aggregate")
+        return read_rows(lambda rows: artifact.read("features", (layer, rows)), settings.rows(chosen[np.sort(indices)]))
+    shape = tuple(open_artifact(aggregates[settings.r_list[0]], "aggregate").shape("features")[2:])
+    images = Images([f"{category}/{names[i]}" for i in chosen],
+                    [str(d) for d in extract.read("digests")[chosen]], now(chosen.size), read, shape,
+                    [f"run {evaluation.digest[:12]}"] * int(chosen.size))
+    return settings, images, evaluation.digest, left_out

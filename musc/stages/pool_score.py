@@ -1,0 +1,78 @@
+"""The line, per new part: its scores against a reference pool only, its anomaly map and score.
+
+The part's features vote against the pool's images and nothing else, averaged over the rank window
+of a set of the pool and the part: the score it would get in one batch made of the pool and itself
+(docs/METHOD.md section 4), whichever parts arrive with it. Keyed by the part's features and the
+pool's content digest: a pool that changed (an addition, a removal) scores its parts again.
+
+Parts are built a chunk at a time (``build_many``): the pool is read block by block once for the
+chunk, and each part's rows vote on their own, so a part's artifact is the same, bit for bit,
+whichever chunk it was built in (a retry after a crash builds other chunks).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .. import store
+from .building import Plan, built
+from .faults import fault_point
+from .key import Ref, StageKey
+
+
+def plans(run, features: list[Ref]) -> list[Plan]:
+    from ..reference_pool.pool import open_pool
+    pool = open_pool(run.pool["path"], run.pool["digest"])
+    return [plan(ref, pool) for ref in features if built(ref)]
+
+
+def plan(features: Ref, pool) -> Plan:
+    config = {**pool.settings.score.recorded(), "image_size": pool.settings.image_size}
+    key = StageKey("pool_score", config, {"features": features["digest"], "pool": pool.digest})
+    return Plan("pool_score", key, str(key.beside(features)), "pool score",
+                {"features": features, "pool": pool.ref()}, subject=features["part"])
+
+
+def build(path: Path, plan: Plan) -> None:
+    build_many([(path, plan)])
+
+
+def build_many(items: list[tuple[Path, Plan]]) -> dict[str, str]:
+    """The parts of ``items`` scored against the pool a chunk of rows at a time (the pool read once
+    per chunk), each part's artifact written as soon as its chunk is scored."""
+    import torch
+
+    from ..reference_pool.pool import open_pool
+    from ..reference_pool.scoring import part_maps
+    reference = items[0][1].needs["pool"]
+    pool = open_pool(reference["path"], reference["digest"])
+    settings = pool.settings
+    per_part = settings.tiles_per_image
+    done = 0
+    for start, stop in settings.chunks(len(items)):
+        chunk = items[start:stop]
+        sources = [store.open_artifact(plan.needs["features"]["path"], "features", plan.needs["features"]["digest"])
+                   for _, plan in chunk]
+        per_degree = []
+        for r in settings.r_list:
+            name = f"features_r{r}"
+            layers = []
+            for layer in range(len(settings.layers)):
+                rows = torch.from_numpy(np.concatenate([source.read(name, (layer,)) for source in sources]))
+                layers.append(pool.score(rows, r, layer))
+            per_degree.append(torch.stack(layers))  # (layers, rows, L)
+        for index, (path, plan) in enumerate(chunk):
+            mine = [degree[:, index * per_part:(index + 1) * per_part] for degree in per_degree]
+            maps, scores = part_maps(mine, settings.image_size, settings.tiling)
+            anomaly_map = maps[0]
+            store.write_artifact(
+                path, "pool_score", plan.key.config, plan.key.inputs,
+                {"patch_scores": torch.stack(mine).numpy(), "map": anomaly_map.astype(np.float32),
+                 "score": np.float64(scores[0])},
+                attrs={"pool_id": pool.id, "pool_size": len(pool), "map_min": float(anomaly_map.min()),
+                       "map_max": float(anomaly_map.max())},
+                code_version=plan.key.code_version)
+            done += 1
+            fault_point("pool_score", done)
+    return {}
