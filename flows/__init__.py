@@ -6,7 +6,7 @@ up before Prefect is imported."""
 import importlib
 import os
 
-_MODULES = {"category_flow": "category", "dataset_flow": "dataset", "demo_flow": "demo", "daily_folder_flow": "pool"}
+_MODULES = {"category_flow": "category", "dataset_flow": "dataset", "demo_flow": "demo", "daily_folder_flow": "daily"}
 
 # How long a temporary Prefect server may take to answer: Prefect's own 20 s is too short on a busy
 # machine. The one value for the command line, a flow called from Python (Prefect's ephemeral

@@ -15,7 +15,8 @@ from musc.inputs.datasets import Category, load_category
 from musc.outputs import published, summary
 from musc.outputs.rebuild import REPORT_FILES, rebuild_one
 from musc.stages import Plan, Run, StageSpec, walk
-from tasks import stage_task, tile_task
+from musc.stages.graph import PARTS_AT_ONCE
+from tasks import parts_task, stage_task, tile_task
 from tasks.publish import artifact_key, publish
 
 from .names import category_run_name
@@ -40,15 +41,16 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
         from musc.reference_pool.guard import check_reference
         check_reference(cfg.reference, [Run(images, cfg, artifacts)])
     store.mark_artifacts_root(artifacts)  # later listings skip it, wherever it lies
-    with store.running(store.catalog.category_folder(artifacts, images.dataset, images.name)):  # musc clean waits
-        refs = walk(Run(images, cfg, artifacts), lambda spec, plans: run_stage(images, spec, plans))
+    run = Run(images, cfg, artifacts)
+    with store.running(run.folder):  # musc clean waits
+        refs = walk(run, lambda spec, plans: run_stage(spec, plans, images.name, images.dataset, len(images.samples)))
     evaluated = refs["evaluate"]
     evaluation = store.open_artifact(evaluated["path"], "evaluate", evaluated["digest"])
     decided = summary.outcome(evaluation)
     outputs = store.report_folder(evaluated["path"])
     if not all((outputs / name).is_file() for name in REPORT_FILES):  # deleted since: drawn again
         rebuild_one(Path(evaluated["path"]))
-    guarded = guard_step(evaluated, cfg.reference, outputs) if cfg.reference else {}
+    guarded = guard_step(refs["guard"], evaluated, outputs) if cfg.reference else {}
     refs = {"extract": refs["extract"], "scores": refs["score"], "classify": refs["classify"], "evaluate": evaluated}
     publish_category(dataset, category, str(outputs), refs, cfg.r_list)
     print(summary.category_line(category, decided, outputs / "report.html"))
@@ -57,14 +59,15 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
             "outputs": str(outputs), "flow_run": str(flow_run.id or ""), **guarded}
 
 
-def guard_step(evaluated: dict, reference: str, outputs: Path) -> dict:
-    """The systematic-defect guard after evaluate (``--reference POOL``): every image scored against
-    the pool alone (its own artifact, reused on a rerun), the marks written into the report folder
-    (per_image.csv, report.md, report.html redrawn when they changed), a warning naming the marked
-    images when several are. Returns {"guard": its reference, "guard_marked": the names}."""
+def guard_step(guarded: dict, evaluated: dict, outputs: Path) -> dict:
+    """The systematic-defect guard's marks (``--reference POOL``: the graph's guard stage scored
+    every image against the pool alone) written into the report folder (per_image.csv, report.md,
+    report.html redrawn when they changed), a warning naming the marked images when several are.
+    Returns {"guard": its reference, "guard_marked": the names}."""
     from musc.outputs import guarding
-    from musc.reference_pool.guard import run_guard
-    guard = run_guard(evaluated, reference)
+    from musc.reference_pool.guard import read_guard
+    guard = read_guard(guarded, evaluated)
+    reference = guard.pool
     per_image = outputs / "per_image.csv"
     if guarding.write_guard(outputs, guard.record()) or "guard" not in per_image.read_text().splitlines()[0]:
         rebuild_one(Path(evaluated["path"]))
@@ -77,29 +80,34 @@ def guard_step(evaluated: dict, reference: str, outputs: Path) -> dict:
     return {"guard": guard.ref, "guard_marked": guard.marked}
 
 
-def run_stage(images: Category, spec: StageSpec, plans: list[Plan]) -> list[dict]:
-    """One stage as tasks, one progress job: the tiles of a tiled stage first (only those without a
-    part, as tasks on the flow's task runner: threads or Dask), then each plan's task, one at a
-    time (a stage may need much memory). The job ends 'reused' when every artifact was reused."""
+def run_stage(spec: StageSpec, plans: list[Plan], name: str, dataset: str, count: int) -> list[dict]:
+    """One stage as tasks, one progress job (``name`` and ``dataset`` name it; ``count``: the images
+    or parts the run has): the tiles of a tiled stage first (only those without a part, as tasks on
+    the flow's task runner: threads or Dask), then each plan's task, one at a time (a stage may need
+    much memory); a per-part stage's plans a chunk at a time (``parts_task``). The job ends 'reused'
+    when every artifact was reused."""
     # progress.TRACKER, not TRACKER: a Dask task runner pickles this function by value, with the
     # globals it names, and a module travels by reference (the tracker holds a lock)
+    todo = []
     if spec.tiled:
         todo = [(plan, tile) for plan in plans if store.valid_digest(plan.path, plan.stage) is None
                 for tile in spec.module.tiles(plan) if not spec.module.tile_done(plan, tile)]
-        total, unit = len(todo), spec.unit
+        total = len(todo)
     else:
-        todo, total = [], (len(images.samples) if spec.unit == "images" else len(plans))
-        unit = spec.unit
-    with progress.TRACKER.job(images.name, spec.name, total, unit, images.dataset) as job:
+        total = count if spec.unit in ("images", "parts") else len(plans)
+    with progress.TRACKER.job(name, spec.name, total, spec.unit, dataset) as job:
         for tile in as_completed([tile_task.submit(plan, tile) for plan, tile in todo]):
             tile.result()
             job.advance()
         futures, refs = [], []
-        for plan in plans:
-            futures.append(stage_task.submit(plan))
-            refs.append(futures[-1].result())
-            if spec.unit in ("degrees", "step"):
-                job.advance()
+        step = PARTS_AT_ONCE if spec.per_part else 1
+        for start in range(0, len(plans), step):
+            chunk = plans[start:start + step]
+            futures.append(parts_task.submit(chunk) if spec.per_part else stage_task.submit(chunk[0]))
+            result = futures[-1].result()
+            refs += result if spec.per_part else [result]
+            if spec.unit in ("degrees", "step", "parts"):
+                job.advance(len(chunk))
         reused = all(f.state.name == "Cached" for f in futures) and not todo
         job.finish("reused" if reused else "")
     return refs

@@ -344,7 +344,8 @@ def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
 
 
 @app.command("report")
-def report_command(path: Annotated[Path, typer.Argument(help="An evaluate artifact, or a folder holding them.")]
+def report_command(path: Annotated[Path, typer.Argument(help="An evaluate artifact, a folder holding them, or a "
+                                                            "day's results folder (day.json).")]
                    ) -> None:
     """Rebuild figures and reports from artifacts alone, without recomputing any stage; prints the
     pages (report.html) written. In a folder, stale evaluate artifacts (an input missing or changed
@@ -352,8 +353,13 @@ def report_command(path: Annotated[Path, typer.Argument(help="An evaluate artifa
     (_report/index.html) is rebuilt too."""
     def go():
         from musc.outputs.rebuild import rebuild_reports
-        rebuilt = rebuild_reports(path)
+        from musc.reference_pool.day import DAY_RECORD
         out = Console(soft_wrap=True, highlight=False, markup=False)
+        if (path / DAY_RECORD).is_file():  # a day of the line: its outputs from its artifacts
+            from musc.reference_pool.line import rebuild_day
+            out.print(f"day: {rebuild_day(path)}")
+            return
+        rebuilt = rebuild_reports(path)
         for written in rebuilt.written:
             out.print(f"report: {written}")
         for page in rebuilt.pages:
@@ -410,23 +416,27 @@ def pool_add(pool: Annotated[Path, typer.Option(help="The pool file (.h5); creat
     From a day's results folder: the parts an inspector confirmed good (re-extracted with the pool's settings)."""
     def go():
         from musc.reference_pool import add_day_to_pool, add_run_to_pool
+        from musc.reference_pool.day import DAY_RECORD
         if max_images is not None and max_images < 1:
             raise ConfigError(f"--max-images: must be at least 1, got {max_images}")
-        if (run / "scores.csv").is_file():
+        day = (run / DAY_RECORD).is_file() or (run / "scores.csv").is_file()
+        if day:
             if include_flagged:
                 raise ConfigError("--include-flagged: a day's folder adds only the parts confirmed good")
             added = add_day_to_pool(pool, run, max_images, include_normal=include_normal)
         else:
             if include_normal:
-                raise ConfigError("--include-normal: for a day's folder (scores.csv); a run adds its good images")
+                raise ConfigError("--include-normal: for a day's folder (day.json); a run adds its good images")
             added = add_run_to_pool(pool, run, include_flagged, max_images)
         out = Console(soft_wrap=True, highlight=False, markup=False)
         for name, reason in added.left_out:
             out.print(f"left out: {name} ({reason})")
-        day = (run / "scores.csv").is_file()
+        for name, source in added.dropped:
+            out.print(f"dropped (the oldest, beyond the pool's bound): {name} ({source})")
         adds = "--include-normal adds the parts decided normal" if day else "--include-flagged adds them"
         out.print(f"added {added.added} image(s); the pool holds {added.size}: {pool}"
-                  + (f"; {len(added.left_out)} left out ({adds})" if added.left_out else ""))
+                  + (f"; {len(added.left_out)} left out ({adds})" if added.left_out else "")
+                  + (f"; {len(added.dropped)} dropped (--max-images)" if added.dropped else ""))
         if added.size == 0:
             out.print("the pool is empty: this run had no good image (--include-flagged adds all)")
     terminal.run_guarded(go)
@@ -473,41 +483,57 @@ def pool_info(pool: Annotated[Path, typer.Argument(help="The pool file (.h5).")]
 
 
 @app.command("review")
-def review(day: Annotated[Path, typer.Argument(help="A day's results folder (its scores.csv), written by "
+def review(day: Annotated[Path, typer.Argument(help="A day's results folder (its day.json), written by "
                                                    "musc score-new or the daily flow.")],
            good: Annotated[Optional[List[str]], typer.Option(
                metavar="NAME", help="A part found good (a false alarm when flagged); repeat for several. NAME: "
-                                    "its path as in scores.csv, or its file name.")] = None,
+                                    "its path as in scores.csv, its file name, or its identity (the part column).")] = None,
            defect: Annotated[Optional[List[str]], typer.Option(
-               metavar="NAME", help="A part confirmed defective; repeat for several.")] = None,
-           note: Annotated[str, typer.Option(help="A note kept with these verdicts in the history.")] = ""
+               metavar="NAME", help="A part confirmed defective; repeat for several. A part that had joined the "
+                                    "pool leaves it.")] = None,
+           note: Annotated[str, typer.Option(help="A note kept with each verdict of this call.")] = "",
+           reviewer: Annotated[Optional[str], typer.Option(help="Who reviewed. Default: the user name.")] = None,
+           pool: Annotated[Optional[Path], typer.Option(
+               help="The pool the day was scored against, where it is now (moved or copied); default: where "
+                    "the day's record says.")] = None,
            ) -> None:
-    """List a day's flagged parts; record inspectors' verdicts (--good, --defect) in its scores.csv
-    (column verdict) and in the verdict history (beside the pool, else in the day folder)."""
+    """List a day's flagged parts; record inspectors' verdicts (--good, --defect) in the verdict
+    history of the pool the day was scored against, then draw the day's outputs again."""
     def go():
-        from musc.reference_pool.review import load_day, pool_change, record_verdicts
+        from musc.reference_pool.day import flagged, load_day, view
+        from musc.reference_pool.review import day_pool, record_verdicts
         out = Console(soft_wrap=True, highlight=False, markup=False)
-        scored, recorded = record_verdicts(day, good or [], defect or [], note) if good or defect else (load_day(day), [])
-        change = pool_change(scored)
-        if change:
-            terminal.console.print(f"warning: {change}", highlight=False, soft_wrap=True)
-        for part, verdict in recorded:
-            out.print(f"{part}: {verdict}")
-        if recorded:
-            out.print(f"{len(recorded)} verdict(s) recorded in {day / 'scores.csv'} and {scored.history_path()}")
-            from .pool import emit_verdicts
-            out.print(emit_verdicts(scored, recorded, note))
-        flagged = scored.flagged()
-        out.print(f"{scored.name}: {len(flagged)} flagged of {len(scored.table)} part(s)")
-        for row in flagged.itertuples():
-            out.print(f"  {row.path}  score {row.score:.4f}  {row.verdict or 'not reviewed'}  map {row.map_png}")
+        record = load_day(day)
+        found = day_pool(record, pool)
+        if found.digest != record.pool["digest"]:
+            terminal.console.print(f"warning: the pool {found.path} changed since {record.day} was scored (digest "
+                                   f"{found.digest[:12]}, then {record.pool['digest'][:12]}): the scores are those of "
+                                   "the pool of then", highlight=False, soft_wrap=True)
+        if good or defect:
+            done = record_verdicts(day, good or [], defect or [], note, reviewer, pool=pool)
+            for verdict in done.recorded:
+                out.print(f"{verdict.name}: {verdict.verdict}")
+            for removed in done.removed:
+                out.print(f"left the pool {found.path.name}: {removed}")
+            out.print(f"{len(done.recorded)} verdict(s) recorded in {done.history}"
+                      + ("" if done.recorded else " (each part had that verdict already)"))
+            from .daily import emit_verdicts
+            out.print(emit_verdicts(done))
+            shown = done.day
+        else:
+            shown = view(record)
+        marked = flagged(shown.rows)
+        out.print(f"{shown.record.day}: {len(marked)} flagged of {len(shown.rows)} part(s)")
+        for row in marked:
+            out.print(f"  {row['path']}  score {row['score']:.4f}  {row['verdict'] or 'not reviewed'}  "
+                      f"part {row['part'][:12]}  map {row['map_png']}")
     terminal.run_guarded(go)
 
 
 @app.command("score-new")
 def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool add).")],
               images: Annotated[List[Path], typer.Argument(help="Image files to score.")],
-              out: Annotated[Path, typer.Option(help="Where scores.csv and maps/ go.")] = Path("score_new"),
+              out: Annotated[Path, typer.Option(help="Where scores.csv, maps/ and the day's record go.")] = Path("score_new"),
               threshold: Annotated[Optional[float], typer.Option(help="Fixed image-score threshold (default: "
                                                                       "calibrated on the pool).")] = None,
               false_alarm_rate: Annotated[float, typer.Option(
@@ -515,20 +541,25 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
                        "reach it.")] = 0.01,
               threshold_rule: Annotated[str, typer.Option(
                   help="calibrated (on the pool, at --false-alarm-rate) or reviewed (F1-optimal on the scores "
-                       "of the parts inspectors reviewed, once the pool's verdict history holds both "
-                       "verdicts).")] = "calibrated",
+                       "of the parts inspectors reviewed against this pool, once both verdicts are there).")]
+              = "calibrated",
+              artifacts: Annotated[Optional[Path], typer.Option(
+                  help="Where the parts' artifacts go (HDF5: features, scores, decisions; reused by reruns and "
+                       "by musc pool add). Default: OUT/artifacts.")] = None,
               device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto") -> None:
-    """Score new images, each against the pool only (one image is enough); decide normal/anomalous."""
+    """Score new images, each against the pool only (one image is enough); decide normal/anomalous.
+    Images scored before (the same content) reuse their artifacts."""
     def go():
         from musc.reference_pool import DecisionRule, score_new_images
         if not pool.is_file():
             raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
         check_decision(threshold, false_alarm_rate, ("--threshold", "--false-alarm-rate"))  # NaN: all normal
-        result = score_new_images(pool, images, out, DecisionRule(threshold, false_alarm_rate, threshold_rule), device)
-        for row in result["rows"]:
-            Console(soft_wrap=True, markup=False).print(f"{row['path']}: score {row['score']:.4f}  {row['decision']}  "
-                                          f"map {row['map_png']}")
-        Console(soft_wrap=True, markup=False).print(f"threshold {result['threshold']:.6g} ({result['rule']}); scores: {Path(out) / 'scores.csv'}")
+        day = score_new_images(pool, images, out, DecisionRule(threshold, false_alarm_rate, threshold_rule), device,
+                               artifacts=artifacts)
+        console = Console(soft_wrap=True, markup=False, highlight=False)
+        for row in day.rows:
+            console.print(f"{row['path']}: score {row['score']:.4f}  {row['decision']}  map {row['map_png']}")
+        console.print(f"threshold {day.threshold:.6g} ({day.rule}); scores: {Path(out) / 'scores.csv'}")
     terminal.run_guarded(go)
 
 

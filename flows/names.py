@@ -44,7 +44,15 @@ def dataset_run_name() -> str:
     return dataset_name(_parameters())
 
 
+def run_day(timezone: str = "UTC") -> str:
+    """The day a daily run scores: the date of its *scheduled* start (a retry after midnight of a
+    run scheduled at 23:30 still scores that day), in ``timezone``."""
+    from zoneinfo import ZoneInfo
+
+    from prefect.runtime import flow_run
+    return flow_run.scheduled_start_time.astimezone(ZoneInfo(timezone)).strftime("%Y-%m-%d")
+
+
 def daily_run_name() -> str:
-    from .pool import run_day
     parameters = _parameters()
     return daily_name(parameters, parameters.get("day") or run_day(parameters.get("timezone") or "UTC"))

@@ -1,5 +1,5 @@
-"""Prefect's face of the stages (musc.stages): one task runs a stage's plan, one task computes a
-tile of a tiled stage. A reused artifact ends its task in the state Prefect calls Cached, so the UI
+"""Prefect's face of the stages (musc.stages): one task runs a stage's plan, one task runs a chunk
+of a per-part stage's plans (the line's parts), one task computes a tile of a tiled stage. A reused artifact ends its task in the state Prefect calls Cached, so the UI
 shows what was reused; Prefect's own result cache is off (task results are small references,
 never pickles): the artifact on disk is the one truth (musc/stages/building.py)."""
 from __future__ import annotations
@@ -12,7 +12,7 @@ from prefect.exceptions import MissingContextError
 from prefect.states import Completed
 
 from musc.method.tiles import Tile
-from musc.stages import STAGE_SPECS, Plan, ensure
+from musc.stages import STAGE_SPECS, Plan, ensure, ensure_many
 
 
 class _ToRunLogger(logging.Handler):
@@ -58,3 +58,21 @@ def _tile_run_name() -> str:
 def tile_task(plan: Plan, tile: Tile) -> bool:
     """One tile of a tiled stage, written as a part of the plan's artifact (False: already there)."""
     return STAGE_SPECS[plan.stage].module.compute_tile(plan, tile)
+
+
+def _parts_run_name() -> str:
+    from prefect.runtime import task_run
+    plans = task_run.parameters["plans"]
+    return f"{plans[0].stage} of {len(plans)} part(s)"
+
+
+@task(name="parts", task_run_name=_parts_run_name, cache_policy=NO_CACHE, persist_result=False)
+def parts_task(plans: list[Plan]):
+    """A chunk of a per-part stage's plans (one artifact per part, the missing ones built together:
+    ``ensure_many``): Cached when every one was reused. Returns their references (a part that could
+    not be built: a ``not_built`` reference saying why)."""
+    results = ensure_many(plans)
+    refs = [ref for ref, _ in results]
+    if all(reused for _, reused in results):
+        return Completed(data=refs, name="Cached", message=f"reused {len(refs)} artifact(s)")
+    return refs

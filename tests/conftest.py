@@ -257,3 +257,30 @@ def count_work(monkeypatch) -> dict:
     monkeypatch.setattr(score, "tile_minima",
                         lambda *a, **k: (calls.__setitem__("tiles", calls["tiles"] + 1), real_tile(*a, **k))[1])
     return calls
+
+
+def copy_pool(source, target):
+    """A pool file and its manifest, copied (the same pool: its identity travels with it)."""
+    import shutil
+
+    from musc.store import manifest_path
+    shutil.copy(source, target)
+    shutil.copy(manifest_path(source), manifest_path(target))
+    return Path(target)
+
+
+def scored_day(pool, dataset, images, out, day="2026-12-01", threshold=None):
+    """A day of new parts (``images``: names under the tiny dataset's fabric/test, copied into
+    ``out``'s sibling folder incoming-<day>) scored against ``pool`` into ``out``; a fixed
+    ``threshold``, or the calibrated rule. Returns (the day's view, the parts' paths)."""
+    import shutil
+
+    from musc.reference_pool import DecisionRule, score_new_images
+    incoming = Path(out).parent / f"incoming-{day}"
+    incoming.mkdir(exist_ok=True)
+    paths = []
+    for image in images:
+        target = incoming / image.replace("/", "_")
+        shutil.copy(Path(dataset) / "fabric/test" / image, target)
+        paths.append(str(target))
+    return score_new_images(pool, paths, out, DecisionRule(threshold=threshold), day=day, device="cpu"), paths

@@ -111,9 +111,9 @@ CODE = ("musc", "tasks", "flows", "bench")
 def test_the_key_recipe_is_written_once():
     """Only the key object hashes a stage's settings and inputs (extract also hashes its image list,
     which is one of its recorded inputs)."""
+    from musc.stages import STAGE_SPECS
     assert _calls(CODE, "stable_hash") == {"musc/stages/key.py", "musc/stages/extract.py"}
-    assert _calls(CODE, "StageKey") <= {f"musc/stages/{s}.py" for s in ("extract", "aggregate", "score", "classify",
-                                                                        "evaluate", "guard")}
+    assert _calls(CODE, "StageKey") <= {f"musc/stages/{s}.py" for s in STAGE_SPECS}  # each stage's own module
 
 
 def test_the_layout_and_the_input_roles_are_written_once():
@@ -125,14 +125,17 @@ def test_the_layout_and_the_input_roles_are_written_once():
 
 
 def test_the_stage_graph_is_walked_from_its_one_declaration():
-    """Stages are submitted in one place (the category flow's stage runner, over musc.stages.walk);
-    benchmarks build stages without importing Prefect's task layer."""
-    assert _calls(("flows", "tasks", "bench"), "walk") == {"flows/category.py", "bench/gpu_paper.py", "bench/evaluate.py",
-                                                          "bench/tiling.py"}
+    """Stages are submitted through one stage runner (the category flow's, over musc.stages.walk: a
+    category's batch, and the daily flow's line); benchmarks build stages without importing Prefect's
+    task layer. Every stage is declared in the one graph."""
+    assert _calls(("flows", "tasks", "bench"), "walk") == {"flows/category.py", "flows/daily.py", "bench/gpu_paper.py",
+                                                          "bench/evaluate.py", "bench/tiling.py"}
+    assert _calls(("flows", "tasks"), "run_stage") == {"flows/category.py", "flows/daily.py"}
     for path in python_files("bench"):
         assert not re.search(r"^\s*(from|import) tasks\b", path.read_text(), re.M), path
     graph = (ROOT / "musc/stages/graph.py").read_text()
-    for stage in ("extract", "aggregate", "score", "classify", "evaluate"):
+    for stage in ("extract", "aggregate", "score", "classify", "evaluate", "guard", "features", "pool_score",
+                  "decide"):
         assert f'StageSpec("{stage}"' in graph
 
 
@@ -156,7 +159,7 @@ def test_the_tiling_facts_are_written_once():
     assert _calls(CODE, "tile_sets") == {"musc/stages/score.py", "musc/reference_pool/pool.py"}
     assert _calls(CODE, "tile_boxes") <= {"musc/method/tiling.py", "bench/tiling.py"}
     assert _calls(CODE, "stitch") <= {"musc/method/tiling.py", "musc/stages/classify.py", "musc/reference_pool/scoring.py"}
-    assert _calls(CODE, "forward") == {"musc/stages/extract.py", "musc/reference_pool/service.py"}
+    assert _calls(CODE, "forward") == {"musc/stages/extract.py", "musc/stages/features.py"}
     for path in python_files("musc"):  # images are cut into tiles by the tiling object only
         if path.name != "tiling.py":
             assert ".crop(" not in path.read_text(), path

@@ -56,38 +56,50 @@ def test_the_maps_markdown_shows_the_flagged_parts_pictured_then_the_trend_then_
 def test_the_review_description_pictures_each_part_the_form_asks_about_in_its_order(day, monkeypatch):
     import musc.reference_pool.daily as daily
     summary, rows, folder, _ = day
-    text = daily.review_markdown(summary, rows, "fixed", folder, folder / "musc")
+    asked = daily.flagged_for_review(rows)
+    text = daily.review_markdown(summary, asked, 2, "fixed", folder, folder / "musc")
     assert text.index("**1. c.png**: score **0.9500**") < text.index("**2. b.png**: score **0.9000**")
     assert "a.png" not in text and len(uris(text)) == 2
     assert f"musc review {folder / 'musc'}" in text
-    monkeypatch.setattr(daily, "REVIEW_PARTS", 1)
-    text = daily.review_markdown(summary, rows, "fixed", folder, folder / "musc")
+    text = daily.review_markdown(summary, asked[:1], 2, "fixed", folder, folder / "musc")  # one reviewed already
     assert "**1. c.png**" in text and "b.png" not in text and "1 more flagged part(s)" in text
 
 
-def test_the_review_form_has_a_choice_per_part_titled_by_its_name_and_a_note():
-    from flows.pool import review_form
-    form = review_form(["line/hole 1.png", "stain.png"])
+def test_the_review_form_asks_per_part_by_its_identity_with_a_note_of_its_own():
+    from flows.daily import review_form
+    asked = [{"part": "a" * 64, "name": "line/hole 1.png"}, {"part": "b" * 64, "name": "stain.png"}]
+    form = review_form(asked)
     schema = form.model_json_schema()["properties"]
-    assert list(schema) == ["part_1", "part_2", "note"]
-    assert [schema[f]["title"] for f in ("part_1", "part_2")] == ["line/hole 1.png", "stain.png"]
-    assert schema["part_1"]["enum"] == ["defect", "good", "not reviewed"]
-    answer = form(part_2="good")
-    assert (answer.part_1, answer.part_2, answer.note) == ("not reviewed", "good", "")
+    first, second = f"part_{'a' * 16}", f"part_{'b' * 16}"  # named by identity: never by position
+    assert list(schema) == [first, f"note_{'a' * 16}", second, f"note_{'b' * 16}", "reviewer"]
+    assert [schema[f]["title"] for f in (first, second)] == ["line/hole 1.png", "stain.png"]
+    assert schema[first]["enum"] == ["defect", "good", "not reviewed"]
+    answer = form(**{second: "good", f"note_{'b' * 16}": "a shadow"})
+    assert (getattr(answer, first), getattr(answer, second), answer.reviewer) == ("not reviewed", "good", "")
     with pytest.raises(ValidationError):
-        form(part_1="maybe")
+        form(**{first: "maybe"})
 
 
 def test_a_days_overlays_share_one_colour_scale(pool_file, tiny_dataset, tmp_path, monkeypatch):
-    import musc.reference_pool.service as service
+    import musc.outputs.figures as figures
+    from musc.reference_pool import DecisionRule, score_new_images
+    from musc.reference_pool.day import part_map
     scales = []
-    monkeypatch.setattr(service, "save_overlay", lambda image, anomaly_map, path, vmin=None, vmax=None, **k: (
-        scales.append((vmin, vmax)), Path(path).write_bytes(b"")))  # the picture itself is not looked at
+    real = figures.save_overlay
+    monkeypatch.setattr(figures, "save_overlay", lambda image, anomaly_map, path, vmin=None, vmax=None, **k: (
+        scales.append((vmin, vmax)), real(image, anomaly_map, path, vmin=vmin, vmax=vmax, **k)))
     images = [tiny_dataset / "fabric/test" / name for name in ("good/000.png", "hole/000.png", "stain/001.png")]
-    service.score_new_images(pool_file, images, tmp_path / "out", service.DecisionRule(1.0), device="cpu")
-    maps = [np.load(path) for path in sorted((tmp_path / "out/maps").glob("*.npy"))]
-    assert len(maps) == 3 and len(set(scales)) == 1
+    day = score_new_images(pool_file, images, tmp_path / "out", DecisionRule(1.0), device="cpu")
+    maps = [part_map(day.record, row["part"]) for row in day.rows]
+    assert len(maps) == 3 and len(scales) == 3 and len(set(scales)) == 1
     (low, high), = set(scales)
     assert low == pytest.approx(min(m.min() for m in maps), rel=1e-6)
     assert high == pytest.approx(max(m.max() for m in maps), rel=1e-6)
     assert any(m.max() < high * (1 - 1e-4) for m in maps)  # a cooler part is not stretched to its own maximum
+    score_new_images(pool_file, images, tmp_path / "out", DecisionRule(1.0), device="cpu")
+    assert len(scales) == 3  # scored again, nothing changed: no overlay drawn again
+    hotter = tiny_dataset / "fabric/test/hole/001.png"
+    again = score_new_images(pool_file, [hotter], tmp_path / "out", DecisionRule(1.0), device="cpu")
+    assert len(again.rows) == 4  # the day's parts: the earlier call's and this one's
+    moved = again.map_range != day.map_range  # the day's scale moved: every overlay drawn again on it
+    assert len(scales) == 3 + (4 if moved else 1) and set(scales[3:]) == {again.map_range}

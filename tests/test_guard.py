@@ -113,12 +113,14 @@ def test_a_batch_without_defects_gets_no_mark(clean_pool, tmp_path):
 
 @pytest.mark.slow  # runs category flows
 def test_a_pool_of_other_settings_is_refused_naming_the_difference(clean_pool, stained_run):
-    from musc.reference_pool import PoolError
-    from musc.reference_pool.guard import run_guard
+    from musc.reference_pool import DecisionRule, PoolError, open_pool
+    from musc.stages import ensure, guard
     result, _, folder = stained_run
     other = run_category(folder / "batch", folder / "other_artifacts", r_list=[1])
-    with pytest.raises(PoolError, match=r"r_list: \(1,\) \(the pool: \(1, 3\)\)"):
-        run_guard(other["evaluate"], clean_pool[0])
+    with pytest.raises(PoolError, match=r"r_list: \(1,\) \(the pool: \(1, 3\)\)"):  # the stage itself refuses
+        ensure(guard.plan(other["evaluate"], open_pool(clean_pool[0]), DecisionRule()))
+    with pytest.raises(PoolError, match=r"r_list: \(1,\) \(the pool: \(1, 3\)\)"):  # and the flow, before any work
+        run_category(folder / "batch", folder / "other_artifacts", r_list=[1], reference=str(clean_pool[0]))
 
 
 def test_run_refuses_a_missing_reference_before_any_work(tmp_path):
@@ -153,7 +155,7 @@ def test_the_pool_records_where_each_image_came_from(clean_pool, tmp_path):
         Image.open(made / f"fabric/test/good/{index:03d}.png").save(target)
         parts.append(str(target))
     scored = score_new_images(copy, parts, tmp_path / "out", device="cpu")
-    assert [row["decision"] for row in scored["rows"]] == ["normal", "normal"]
+    assert [row["decision"] for row in scored.rows] == ["normal", "normal"]
     record_verdicts(tmp_path / "out", good=[parts[0]])
     add_day_to_pool(copy, tmp_path / "out", device="cpu", include_normal=True)
     pool = PoolFile(copy)

@@ -93,17 +93,18 @@ def test_the_pool_holds_good_parts_only(clean_pool, tmp_path):
 
 
 def test_a_repeated_defect_is_caught_and_every_part_scores_as_alone(clean_pool, stained_day, tmp_path):
+    from musc.reference_pool.day import part_map
     pool = clean_pool[0]
     paths, stained = stained_day
     together = score_new_images(pool, paths, tmp_path / "together", device="cpu")
     alone = {}
     for index, path in enumerate(paths):
         result = score_new_images(pool, [path], tmp_path / f"alone_{index}", device="cpu")
-        alone[path] = (result["rows"][0], np.load(result["maps"][path]))
-    rows = {row["path"]: row for row in together["rows"]}
-    for path in paths:
-        np.testing.assert_allclose(rows[path]["score"], alone[path][0]["score"], rtol=0, atol=1e-5)
-        np.testing.assert_allclose(np.load(together["maps"][path]), alone[path][1], rtol=0, atol=1e-5)
+        alone[path] = (result.rows[0], part_map(result.record, result.rows[0]["part"]))
+    rows = {row["path"]: row for row in together.rows}
+    for path in paths:  # the same, bit for bit: a part is scored on its own, whatever comes with it
+        assert rows[path]["score"] == alone[path][0]["score"]
+        np.testing.assert_array_equal(part_map(together.record, rows[path]["part"]), alone[path][1])
         assert rows[path]["decision"] == alone[path][0]["decision"]
     good = [p for p in paths if p not in stained]
     for ranked in ({p: rows[p]["score"] for p in paths}, {p: alone[p][0]["score"] for p in paths}):
@@ -113,11 +114,10 @@ def test_a_repeated_defect_is_caught_and_every_part_scores_as_alone(clean_pool, 
     shuffled = paths[:]
     random.Random(3).shuffle(shuffled)
     again = score_new_images(pool, shuffled, tmp_path / "shuffled", device="cpu")
-    assert [row["path"] for row in again["rows"]] == shuffled
-    for row in again["rows"]:
-        np.testing.assert_allclose(row["score"], rows[row["path"]]["score"], rtol=0, atol=1e-5)
-        np.testing.assert_allclose(np.load(again["maps"][row["path"]]), np.load(together["maps"][row["path"]]),
-                                   rtol=0, atol=1e-5)
+    assert [row["path"] for row in again.rows] == shuffled
+    for row in again.rows:
+        assert row["score"] == rows[row["path"]]["score"]
+        np.testing.assert_array_equal(part_map(again.record, row["part"]), part_map(together.record, row["part"]))
         assert row["decision"] == rows[row["path"]]["decision"]
 
 
@@ -141,11 +141,13 @@ def copy_pool(source, target):
     shutil.copy(manifest_path(source), manifest_path(target))
 
 
-def test_parts_confirmed_good_join_the_pool(clean_pool, stained_day, tmp_path):
+def test_parts_confirmed_good_join_the_pool(clean_pool, stained_day, tmp_path, monkeypatch):
     """A day scored, reviewed (two good, one defect), then `musc pool add --pool P DAY_FOLDER`: the
-    two good parts join the pool with their features extracted again with the pool's settings, the
-    others are named as left out; a second addition, a missing pool and a part whose file changed
-    since scoring are refused with one line."""
+    two good parts join the pool with the features they were scored with, read from the day's
+    artifacts (no backbone forward), the others are named as left out; a second addition and a
+    missing pool are refused with one line; a part's file changed after it was scored does not
+    matter (the part is what was scored)."""
+    from musc.inputs.backbones import Backbone
     pool = tmp_path / "pool.h5"
     copy_pool(clean_pool[0], pool)
     before = PoolFile(pool)
@@ -159,25 +161,34 @@ def test_parts_confirmed_good_join_the_pool(clean_pool, stained_day, tmp_path):
             stained.append(str(copy))
     good = [p for p in chosen if p not in stained][:2]
     out = tmp_path / "results"
-    score_new_images(pool, chosen, out, device="cpu", day="2026-12-01")
+    day = score_new_images(pool, chosen, out, device="cpu", day="2026-12-01")
     record = json.loads((out / "day.json").read_text())
-    assert record["day"] == "2026-12-01" and record["pool_digest"] == before.digest
-    assert set(record["parts"]) == set(chosen)
+    assert record["day"] == "2026-12-01" and record["pool"]["digest"] == before.digest
+    assert record["pool"]["id"] == before.id
+    assert [seen["name"] for seen in record["seen"]] == chosen
     reviewed = cli("review", out, "--good", good[0], "--good", Path(good[1]).name, "--defect", stained[0])
     assert reviewed.exit_code == 0, reviewed.output
     assert (tmp_path / "pool.verdicts.csv").is_file()
 
+    forwards = []
+    real = Backbone.extract
+    monkeypatch.setattr(Backbone, "extract", lambda self, images: (forwards.append(len(images)), real(self, images))[1])
+    Image.open(good[0]).transpose(Image.FLIP_LEFT_RIGHT).save(good[0])  # changed since: it joins as it was scored
     added = cli("pool", "add", "--pool", pool, out)
     assert added.exit_code == 0, added.output
+    assert forwards == []  # the parts' features come from the day's artifacts
     grown = PoolFile(pool)
     assert grown.names == before.names + good and len(grown.self_scores) == len(grown) == len(before) + 2
+    assert grown.id == before.id
     assert f"left out: {stained[0]} (verdict defect)" in added.stdout
     assert sum("(not reviewed)" in line for line in added.stdout.splitlines()) == len(chosen) - 3
+    monkeypatch.setattr(Backbone, "extract", real)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         backbone = musc.load_backbone(DEMO_BACKBONE, "none", 64, [0, 1, 2, 3], device="cpu",
                                       seed=grown.settings.features["seed"])  # the run's seed (42)
-    tokens, _ = backbone.extract(torch.stack([backbone.preprocess(load_image(p)) for p in good]))
+    scored = [p for p in stained_day[0][:5] if str(tmp_path / "incoming" / Path(p).name) in good]  # as scored
+    tokens, _ = backbone.extract(torch.stack([backbone.preprocess(load_image(p)) for p in scored]))
     for r in grown.settings.r_list:
         for layer, layer_tokens in enumerate(tokens):
             np.testing.assert_allclose(grown.reader(r, layer)(len(before), len(grown)).numpy(),
@@ -187,8 +198,7 @@ def test_parts_confirmed_good_join_the_pool(clean_pool, stained_day, tmp_path):
     assert twice.exit_code == 2 and "already in the pool" in twice.stderr and twice.stderr.count("\n") == 1
     missing = cli("pool", "add", "--pool", tmp_path / "other.h5", out)
     assert missing.exit_code == 2 and "no such pool" in missing.stderr
-    copy_pool(clean_pool[0], tmp_path / "other.h5")
-    copy_pool(clean_pool[0], tmp_path / "third.h5")
+    copy_pool(clean_pool[0], tmp_path / "other.h5")  # a copy of the pool the day was scored against: the same pool
     # --include-normal: also the parts decided normal that no inspector called a defect
     table = pd.read_csv(out / "scores.csv", keep_default_na=False)
     decided_normal = set(table.loc[table["decision"] == "normal", "path"])
@@ -199,16 +209,12 @@ def test_parts_confirmed_good_join_the_pool(clean_pool, stained_day, tmp_path):
     assert PoolFile(tmp_path / "other.h5").names == before.names + joined and len(joined) > len(good)
     assert f"left out: {stained[0]} (verdict defect)" in with_normal.stdout
     assert f"left out: {stained[1]} (not reviewed, decided anomalous)" in with_normal.stdout
-    Image.open(good[0]).transpose(Image.FLIP_LEFT_RIGHT).save(good[0])
-    changed = cli("pool", "add", "--pool", tmp_path / "third.h5", out)
-    assert changed.exit_code == 2 and f"{good[0]}: the file changed since it was scored" in changed.stderr
-    assert len(PoolFile(tmp_path / "third.h5")) == len(before)
 
 
 def test_the_daily_flow_records_its_day_for_review(clean_pool, stained_day, tmp_path):
     """The daily flow's results folder names its day and pool: `musc review` on it records verdicts
     under that day, beside the pool."""
-    from flows.pool import daily_folder_flow
+    from flows.daily import daily_folder_flow
     pool = tmp_path / "line3.h5"
     copy_pool(clean_pool[0], pool)
     paths, stained = stained_day
@@ -220,6 +226,7 @@ def test_the_daily_flow_records_its_day_for_review(clean_pool, stained_day, tmp_
     reviewed = cli("review", out, "--defect", Path(stained[0]).name)
     assert reviewed.exit_code == 0, reviewed.output
     history = pd.read_csv(tmp_path / "line3.verdicts.csv", keep_default_na=False)
-    assert list(history[["day", "part", "verdict"]].itertuples(index=False, name=None)) == [
-        ("2026-12-01", stained[0], "defect")]
+    assert list(history[["pool_id", "day", "name", "verdict"]].itertuples(index=False, name=None)) == [
+        (PoolFile(pool).id, "2026-12-01", stained[0], "defect")]
+    assert history["part"][0] == musc.store.file_digest(stained[0])
     assert "2026-12-01:" in reviewed.stdout and "flagged of 16 part(s)" in reviewed.stdout

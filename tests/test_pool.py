@@ -18,7 +18,8 @@ from musc.inputs.synthetic import make_dataset
 from musc.method.maps import anomaly_maps
 from musc.method.msm import reference_mutual_scores
 from musc.reference_pool import (DecisionRule, Images, PoolError, PoolFile, PoolSettings, calibrated_threshold,
-                                 map_names, run_images, score_against_pool, write_pool)
+                                 run_images, score_against_pool, write_pool)
+from musc.reference_pool.day import overlay_name
 from musc.reference_pool.pool import check_addition
 from musc.inputs.config import ScoreSettings
 from musc.reference_pool.scoring import in_memory, mutual_votes, patch_scores
@@ -86,12 +87,14 @@ def test_pool_is_bounded_oldest_first_and_calibrated_on_itself(tmp_path):
     features = {r: torch.nn.functional.normalize(torch.randn(2, 6, 16, 8), dim=-1).numpy() for r in (1, 3)}
     settings = PoolSettings("fabric", {"image_size": 32, "layers": [0, 1]}, (1, 3))
     path = tmp_path / "pool.h5"
-    assert write_pool(path, settings, [fake_images("abc", {r: f[:, :3] for r, f in features.items()})], 5, {}) == 3
+    assert write_pool(path, settings, [fake_images("abc", {r: f[:, :3] for r, f in features.items()})], 5, {}).count == 3
     first = PoolFile(path)
-    assert write_pool(path, settings, [first.images(), fake_images("def", {r: f[:, 3:] for r, f in features.items()})],
-                      5, {}) == 5
+    kept = write_pool(path, settings, [first.images(), fake_images("def", {r: f[:, 3:] for r, f in features.items()})],
+                      5, {}, pool_id=first.id)
+    assert kept.count == 5 and [name for name, _ in kept.dropped] == ["a"]  # the oldest, named
     pool = PoolFile(path)
     assert pool.names == list("bcdef") and pool.digests == list("bcdef") and pool.max_images == 5
+    assert pool.id == first.id  # grown, the same pool
     kept = {r: torch.from_numpy(f[:, 1:]) for r, f in features.items()}
     np.testing.assert_array_equal(pool.reader(3, 1)(0, 5).numpy(), kept[3][1].numpy())
     batch = [torch.stack([musc.mutual_scores(kept[r][layer]) for layer in range(2)]) for r in (1, 3)]
@@ -136,13 +139,16 @@ def test_pool_refuses_other_categories_settings_and_duplicates(tmp_path):
         write_pool(tmp_path / "other.h5", settings, [], 0, {})
 
 
-def test_map_names_are_distinct_whatever_the_file_names(tmp_path):
-    paths = [tmp_path / "day1/part.png", tmp_path / "day2/part.png", tmp_path / "day2/sub/part.png"]
-    assert [name.rsplit("-", 1)[0] for name in map_names(paths)] == ["day1__part", "day2__part", "day2__sub__part"]
-    both = map_names([tmp_path / "a/part.png", tmp_path / "a/part.jpg"])
-    assert len(set(both)) == 2
-    dotted = map_names([tmp_path / "d/x.y.png", tmp_path / "d/x_y.png", tmp_path / "d/e/f.png", tmp_path / "d/e__f.png"])
-    assert len(set(dotted)) == 4  # '.' and '_', '/' and '__' never meet in one file
+def test_overlay_names_are_distinct_per_name_and_part(tmp_path):
+    """A day's overlay file is named by where the part was seen and by the part itself: one path
+    seen holding two parts (a camera writing cam/part.png again and again) gives two overlays."""
+    names = [overlay_name(name, part) for name, part in (("day1/part.png", "a" * 64), ("day2/part.png", "a" * 64),
+                                                          ("day1/part.png", "b" * 64), ("day1/part.jpg", "a" * 64),
+                                                          ("d/x.y.png", "a" * 64), ("d/x_y.png", "a" * 64))]
+    assert len(set(names)) == len(names)
+    assert [name.rsplit("-", 1)[0] for name in names[:3]] == ["day1__part", "day2__part", "day1__part"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")  # the file system takes each
 
 
 def test_files_named_after_an_input_are_unique_and_bounded(tmp_path):
@@ -200,7 +206,9 @@ def test_score_new_equals_the_batch_for_non_default_settings(prefect_harness, ti
     scored = cli("score-new", "--pool", pool_file, *new, "--out", tmp_path / "new")
     assert scored.returncode == 0, scored.stderr
     table = pd.read_csv(tmp_path / "new/scores.csv")
-    assert list(table.columns) == ["path", "score", "decision", "map_png"] and len(table) == 2
+    assert list(table.columns) == ["path", "part", "score", "decision", "verdict", "map_png"] and len(table) == 2
+    from musc.reference_pool.day import load_day, part_map
+    record = load_day(tmp_path / "new")
     _, whole, _, _ = run_images(tmp_path / "full/mvtec_ad/fabric", include_flagged=True)
     in_pool = [whole.names.index(name) for name in pool.names]
     at = [batch_names.index(str(p.relative_to(tiny_dataset / "fabric/test"))) for p in new]
@@ -213,7 +221,7 @@ def test_score_new_equals_the_batch_for_non_default_settings(prefect_harness, ti
         expected_maps, expected_scores = anomaly_maps(per_degree, pool.settings.image_size)
         assert row.score == pytest.approx(expected_scores[0], abs=1e-5)
         assert os.path.getsize(row.map_png) > 1000
-        np.testing.assert_allclose(np.load(row.map_png.replace(".png", ".npy")), expected_maps[0], atol=1e-5)
+        np.testing.assert_allclose(part_map(record, row.part), expected_maps[0], atol=1e-5)
     threshold = calibrated_threshold(pool.self_scores, 0.01)
     assert threshold > pool.self_scores.max()  # 10 pool images, 1%: no pool image would be flagged
     assert list(table["decision"]) == ["anomalous" if s >= threshold else "normal" for s in table["score"]]
@@ -256,7 +264,7 @@ def test_daily_table_rows_are_rounded_and_named_within_the_day_folder(tmp_path):
             {"path": str(tmp_path / "elsewhere" / "x.png"), "score": 0.5, "decision": "normal",
              "map_png": str(tmp_path / "out" / "x.png")}]
     shown = table_rows(rows, day)
-    assert shown[0] == {"part": "hole_000.png", "score": "0.9126", "decision": "anomalous",
+    assert shown[0] == {"part": "hole_000.png", "score": "0.9126", "decision": "anomalous", "verdict": "",
                         "map": "musc/maps/hole_000.png"}  # anomalous first
     assert [r["part"] for r in shown] == ["hole_000.png", "x.png", "good_000.png"]
     assert [r["score"] for r in shown] == ["0.9126", "0.5000", "0.4123"]

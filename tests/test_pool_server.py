@@ -69,7 +69,7 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     anomalous = table[table["decision"] == "anomalous"]
     assert 0 < len(anomalous) < 3  # parts of both kinds: the order below means something
 
-    from flows.pool import pool_name
+    from flows.daily import pool_name
     name = pool_name(pool_file)  # line3-<digest of the pool's path>
     assert name.startswith("line3-")
     key = f"musc-daily-{name}"

@@ -13,12 +13,31 @@ from musc import store
 from musc.store import files as store_files
 
 
-def write_sample(path, value=0.0):
-    return store.write_artifact(path, "pool", {"r": 1}, {"aggregate": "abc"},
-                                {"features_r1": np.full((3, 4), value), "names": ["a", "b", "c"],
-                                 "digests": ["0", "1", "2"], "added": np.zeros(3), "self_scores": np.zeros(3),
-                                 "sources": ["run a", "run a", "run a"]},
-                                code_version="test")
+def write_sample(path, value=0.0, here=False):
+    """A small artifact, as another process (a run before this command) would have written it: this
+    process keeps no memory of the digest it wrote, unless ``here``."""
+    digest = store.write_artifact(path, "pool", {"r": 1}, {"aggregate": "abc"},
+                                  {"features_r1": np.full((3, 4), value), "names": ["a", "b", "c"],
+                                   "digests": ["0", "1", "2"], "added": np.zeros(3), "self_scores": np.zeros(3),
+                                   "sources": ["run a", "run a", "run a"]},
+                                  attrs={"pool_id": "test"}, code_version="test")
+    if not here:
+        store_files._verified.pop(str(path), None)
+    return digest
+
+
+def test_an_artifact_is_hashed_once_by_the_process_that_writes_it(tmp_path, monkeypatch):
+    """The writer hashes what it writes (the temporary file, before the rename) and trusts that digest
+    in memory while the file keeps its identity (a replacement is another inode): a stage's output
+    is not read back to be hashed again by the process that made it; another process hashes it."""
+    reads = []
+    original = store_files.file_sha256
+    monkeypatch.setattr(store_files, "file_sha256", lambda p: reads.append(p) or original(p))
+    path = tmp_path / "k.h5"
+    digest = write_sample(path, here=True)
+    assert len(reads) == 1 and store.verify(path) == digest and len(reads) == 1
+    store_files._verified.clear()  # another process
+    assert store.verify(path) == digest and len(reads) == 2
 
 
 def edit_in_place_keeping_size_and_mtime(path):
@@ -352,13 +371,15 @@ def test_the_daily_listing_never_reads_through_a_symlink_out_of_its_root(tmp_pat
         (root / "2026-11-08").mkdir()
         (root / "2026-11-08" / "part.png").write_bytes(b"png")
         (root / "2026-11-08" / "linked.png").symlink_to(outside / "secret.png")
+        (root / "2026-11-08" / "loop.png").symlink_to("loop.png")  # a symlink loop: named, never a crash
         images, skipped = day_images(root, "2026-11-08")
         assert images == [str(root / "2026-11-08" / "part.png")]
-        assert skipped == [str(root / "2026-11-08" / "linked.png")]
+        assert [path for path, _ in skipped] == [str(root / "2026-11-08" / name) for name in ("linked.png", "loop.png")]
+        assert "leads out of" in skipped[0][1] and "a symlink loop" in skipped[1][1]
 
 
 def test_the_daily_flow_refuses_nan_and_a_bad_day_before_any_work(tmp_path):
-    from flows.pool import daily_folder_flow
+    from flows.daily import daily_folder_flow
     from musc.reference_pool import DecisionRule
     with pytest.raises(ConfigError, match="^threshold: expected a finite number"):
         daily_folder_flow.fn(pool=str(tmp_path / "p.h5"), root=str(tmp_path), day="2026-11-08",
@@ -373,15 +394,15 @@ def test_the_daily_flow_refuses_nan_and_a_bad_day_before_any_work(tmp_path):
                                      b"threshold,pool_size\nnot-a-day,1,0,0,0,0,0,0,0.5,3\n", b"\n"])
 def test_a_corrupt_history_fails_the_day_before_scoring_in_one_line_naming_the_file(tmp_path, content,
                                                                                      monkeypatch):
-    import flows.pool
+    import flows.daily
     from musc.reference_pool.daily import HistoryError
     (tmp_path / "in" / "2026-11-08").mkdir(parents=True)
     (tmp_path / "in" / "2026-11-08" / "part.png").write_bytes(b"png")
     history = tmp_path / "line.history.csv"
     history.write_bytes(content)
-    monkeypatch.setattr(flows.pool, "score_day_task", lambda *a, **k: pytest.fail("scored despite the history"))
+    monkeypatch.setattr(flows.daily, "prepare", lambda *a, **k: pytest.fail("scored despite the history"))
     with pytest.raises(HistoryError) as caught:
-        flows.pool.daily_folder_flow.fn(pool=str(tmp_path / "line.h5"), root=str(tmp_path / "in"), day="2026-11-08",
+        flows.daily.daily_folder_flow.fn(pool=str(tmp_path / "line.h5"), root=str(tmp_path / "in"), day="2026-11-08",
                                         decision={"threshold": 0.5})
     assert str(caught.value).startswith(f"{history}: ") and "\n" not in str(caught.value)
     assert history.read_bytes() == content and not list(tmp_path.glob(".*tmp*"))
@@ -431,25 +452,17 @@ def test_non_ascii_names_get_valid_distinct_artifact_keys():
     assert artifact_key("mvtec_ad", "fabric", "extract", "progress") == "musc-mvtec-ad-fabric-extract-progress"
 
 
-def test_two_lines_pools_of_one_file_name_publish_under_distinct_keys_and_resources(tmp_path, monkeypatch):
-    import flows.pool
-    published, events = [], []
-    monkeypatch.setattr(flows.pool, "publish_artifact", lambda kind, key, content, text: published.append((key, text)))
-    monkeypatch.setattr(flows.pool, "emit_event", lambda **event: events.append(event))
-    summary = {"day": "2026-11-08", "count": 1, "anomalous": 0, "threshold": 0.5}
-    result = {"rows": [{"path": "p.png", "score": 0.1, "decision": "normal", "map_png": "m.png"}], "rule": "fixed",
-              "skipped": []}
-    for line in ("line1", "line2"):
-        (tmp_path / line).mkdir()
-        flows.pool.publish(str(tmp_path / line / "pool.h5"), result, summary, tmp_path / "report.md",
-                           tmp_path)
-    keys = [key for key, _ in published]
-    assert len(set(keys)) == 4 and all(key.startswith("musc-daily-pool-") for key in keys)
-    resources = [event["resource"]["prefect.resource.id"] for event in events]
+def test_two_lines_pools_of_one_file_name_publish_under_distinct_keys_and_resources(tmp_path):
+    import flows.daily
+    from tasks.publish import artifact_key
+    pools = [tmp_path / line / "pool.h5" for line in ("line1", "line2")]
+    keys = [artifact_key("daily", flows.daily.pool_name(pool)) for pool in pools]
+    assert len(set(keys)) == 2 and all(key.startswith("musc-daily-pool-") for key in keys)
+    resources = [flows.daily.pool_resource(pool, "id")["prefect.resource.id"] for pool in pools]
     assert len(set(resources)) == 2 and all(r.startswith("musc.pool.pool-") for r in resources)
-    assert all("pool.h5" in text for _, text in published)
+    assert all(flows.daily.pool_resource(pool)["prefect.resource.name"] == "pool.h5" for pool in pools)
     relative = os.path.relpath(tmp_path / "line1" / "pool.h5")
-    assert flows.pool.pool_name(relative) == flows.pool.pool_name(tmp_path / "line1" / "pool.h5")
+    assert flows.daily.pool_name(relative) == flows.daily.pool_name(tmp_path / "line1" / "pool.h5")
 
 
 SERVE = """
@@ -650,7 +663,7 @@ def test_score_new_refuses_a_backbone_file_that_is_not_the_pools(tmp_path):
     from musc.inputs.backbone_spec import backbone_settings
     from musc.inputs.config import ExtractSettings
     from musc.reference_pool.pool import PoolError, PoolSettings
-    from musc.reference_pool.service import pool_backbone
+    from musc.reference_pool.pool import pool_backbone
     model = tmp_path / "vit.json"
     shutil.copyfile(DEMO_BACKBONE, model)
     recorded = backbone_settings(ExtractSettings(str(model), "none", 64, (0, 1), device="cpu"))
@@ -670,7 +683,7 @@ def test_score_new_refuses_a_backbone_file_that_is_not_the_pools(tmp_path):
 def test_the_same_part_by_two_names_is_scored_once_and_reported_for_each(tmp_path):
     import shutil
 
-    from musc.reference_pool.service import distinct_images
+    from musc.reference_pool.line import identify
     part = tmp_path / "part.png"
     part.write_bytes(b"\x89PNG one part")
     copy = tmp_path / "copy.png"
@@ -679,13 +692,18 @@ def test_the_same_part_by_two_names_is_scored_once_and_reported_for_each(tmp_pat
     link.symlink_to(part)
     other = tmp_path / "other.png"
     other.write_bytes(b"\x89PNG another part")
-    groups = distinct_images([part, copy, link, other, part])
-    assert groups == {str(part): [str(part), str(copy), str(link)], str(other): [str(other)]}
+    loop = tmp_path / "loop.png"
+    loop.symlink_to(loop.name)
+    parts, unreadable = identify([part, copy, link, other, part, loop])
+    assert parts[str(part)] is parts[str(copy)] is parts[str(link)] and parts[str(part)].names == (
+        str(part), str(copy), str(link))
+    assert parts[str(other)].digest == store.file_sha256(other) and parts[str(other)].names == (str(other),)
+    assert [name for name, _ in unreadable] == [str(loop)] and "cannot be read" in unreadable[0][1]
 
 
-def test_score_new_output_is_never_an_input_folder_and_two_calls_into_it_lose_no_rows(tmp_path):
+def test_score_new_output_is_never_an_input_folder(tmp_path):
+    from musc.reference_pool.line import output_folder
     from musc.reference_pool.pool import PoolError
-    from musc.reference_pool.service import output_folder, write_scores
     day = tmp_path / "2026-12-01"
     day.mkdir()
     (day / "a.png").write_bytes(b"x")
@@ -695,16 +713,6 @@ def test_score_new_output_is_never_an_input_folder_and_two_calls_into_it_lose_no
         output_folder(tmp_path, [day / "a.png"])  # a folder above them too
     out = output_folder(tmp_path / "results", [day / "a.png"])
     assert (out / store.ARTIFACTS_MARKER).is_file()  # never listed as inputs later
-    record = {"day": "d", "pool": "p", "pool_digest": "x", "threshold": 0.5, "rule": "fixed"}
-    write_scores(out, [{"path": "a.png", "score": 0.1, "decision": "normal", "map_png": "m/a.png"}],
-                 {**record, "parts": {"a.png": "1"}})
-    write_scores(out, [{"path": "b.png", "score": 0.9, "decision": "anomalous", "map_png": "m/b.png"},
-                       {"path": "a.png", "score": 0.2, "decision": "normal", "map_png": "m/a.png"}],
-                 {**record, "parts": {"b.png": "2", "a.png": "1"}})
-    import pandas as pd
-    table = pd.read_csv(out / "scores.csv")
-    assert sorted(table["path"]) == ["a.png", "b.png"] and table.set_index("path").loc["a.png", "score"] == 0.2
-    assert json.loads((out / "day.json").read_text())["parts"] == {"a.png": "1", "b.png": "2"}
 
 
 def test_musc_clean_leaves_a_category_alone_while_a_run_of_it_is_going_on(tmp_path):

@@ -111,7 +111,7 @@ def test_a_day_is_reviewed_in_the_ui_while_the_next_runs(ui_server, worker, pool
         run = wait_for(ui_server, reviewed, FINAL, timeout=120)
         assert run["state"]["type"] == "COMPLETED", worker_log(ui_server)
 
-        from flows.pool import pool_name  # the day at a glance: flagged parts pictured, the trend, the rest
+        from flows.daily import pool_name  # the day at a glance: flagged parts pictured, the trend, the rest
         maps, = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {
             "key": {"any_": [f"musc-daily-{pool_name(pool_file)}-maps"]}, "flow_run_id": {"any_": [reviewed]}}}).json()
         browser.open_artifact(driver, ui_server["url"], maps["id"], min_images=len(table) + 1)

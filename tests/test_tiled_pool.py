@@ -77,14 +77,12 @@ def test_a_tiled_pool_calibrates_and_scores_as_the_tiled_batch_would(mixing, par
     pool = PoolFile(pool_path)
     line_scores = raw_scores(line)
     np.testing.assert_allclose(pool.self_scores, [line_scores[n.split("/", 1)[1]] for n in pool.names], rtol=1e-5)
+    from musc.reference_pool.day import part_map
     result = score_new_images(pool_path, [str(parts["batch"] / "pitted.png")], tmp_path / "out", device="cpu")
-    (row,) = result["rows"]
+    (row,) = result.rows
     assert Path(row["path"]).name == "pitted.png"
     assert row["score"] == pytest.approx(raw_scores(batch)["pitted.png"], rel=1e-5)
-    (map_file,) = result["maps"].values()
-    anomaly_map = np.load(map_file)
-    assert anomaly_map.shape == (128, 128)                      # stitched at the part's full resolution
-    assert np.load(Path(row["map_png"]).with_suffix(".npy")).shape == (128, 128)
+    assert part_map(result.record, row["part"]).shape == (128, 128)   # stitched at the part's full resolution
     assert Image.open(row["map_png"]).size[0] > 128             # the overlay of the full part
 
 
@@ -96,7 +94,7 @@ def test_a_tiled_pool_flags_a_pit_and_skips_a_part_of_another_size_naming_it(mix
     with pytest.warns(UserWarning, match=r"odd\.png: 96 x 128 pixels, but the parts of the tiled pool pool\.h5 "
                                          r"have 128 x 128; not scored"):
         result = score_new_images(pool_path, sorted(str(p) for p in day.iterdir()), tmp_path / "out", device="cpu")
-    scores = {Path(row["path"]).name: row for row in result["rows"]}
+    scores = {Path(row["path"]).name: row for row in result.rows}
     assert set(scores) == {"pitted.png", "new_good.png"}
     assert scores["pitted.png"]["score"] > scores["new_good.png"]["score"]
 
@@ -124,18 +122,19 @@ def aligned(parts, tmp_path_factory):
 
 
 def test_the_daily_flow_scores_a_day_against_a_tiled_pool(prefect_harness, aligned, parts, tmp_path):
-    from flows.pool import daily_folder_flow
+    from flows.daily import daily_folder_flow
     pool, _, batch = aligned
     shutil.copytree(parts["day"], tmp_path / "line" / "2026-12-02")
     out = tmp_path / "results"
     summary = daily_folder_flow(str(pool), str(tmp_path / "line"), day="2026-12-02", out=str(out))
     assert summary["count"] == 2
-    table = {Path(p).name: s for p, s in
-             zip(*np.loadtxt(out / "scores.csv", delimiter=",", skiprows=1, usecols=(0, 1), dtype=str).T)}
+    import pandas as pd
+    table = {Path(p).name: s for p, s in pd.read_csv(out / "scores.csv")[["path", "score"]].itertuples(index=False)}
     assert float(table["pitted.png"]) == pytest.approx(raw_scores(batch)["pitted.png"], rel=1e-5)
     assert float(table["pitted.png"]) > float(table["new_good.png"])
-    maps = sorted((out / "maps").glob("*.npy"))
-    assert len(maps) == 2 and all(np.load(m).shape == (128, 128) for m in maps)
+    from musc.reference_pool.day import load_day, part_map
+    record = load_day(out)
+    assert len(record.parts) == 2 and all(part_map(record, part).shape == (128, 128) for part in record.parts)
 
 
 def test_parts_confirmed_good_join_a_tiled_pool_with_all_their_tiles(aligned, parts, tmp_path):
@@ -154,7 +153,7 @@ def test_parts_confirmed_good_join_a_tiled_pool_with_all_their_tiles(aligned, pa
     after = PoolFile(grown)
     assert store.open_artifact(grown).shape("features_r3")[1] == (POOL_PARTS + 1) * 4
     assert len(after.self_scores) == POOL_PARTS + 1
-    # the new part's tiles, extracted again, are the rows a run of it would have made
+    # the new part's tiles, as it was scored, are the rows a run of it would have made
     batch = shutil.copytree(parts["line"], tmp_path / "with_new")
     shutil.copy(day / "new_good.png", batch / "new_good.png")
     rerun = tiled_run(batch, tmp_path / "day_artifacts")
@@ -166,12 +165,14 @@ def test_parts_confirmed_good_join_a_tiled_pool_with_all_their_tiles(aligned, pa
 
 
 def test_the_guard_scores_a_tiled_run_against_a_tiled_pool(aligned, parts, tmp_path):
-    from musc.reference_pool.guard import run_guard
-    pool, _, batch = aligned
-    guard = run_guard(batch["evaluate"], pool)
+    from musc.reference_pool.guard import read_guard
+    pool, _, _ = aligned
+    guarded = build_all(Run(load_category("folder", parts["batch"], "plate"), MuscConfig(**{**TILED, "reference": str(pool)}),
+                            str(tmp_path / "guarded")))
+    guard = read_guard(guarded["guard"], guarded["evaluate"])
     scores = dict(zip(guard.names, guard.pool_scores))
     alone = score_new_images(pool, [str(parts["batch"] / "pitted.png")], tmp_path / "out", device="cpu")
-    assert scores["pitted.png"] == pytest.approx(alone["rows"][0]["score"], rel=1e-6)
+    assert scores["pitted.png"] == alone.rows[0]["score"]  # the same arithmetic, part by part
 
 
 def test_a_tiled_pool_refuses_runs_made_otherwise_naming_the_setting(aligned, parts, tmp_path):
@@ -212,17 +213,17 @@ def test_score_new_names_each_part_it_skips_in_one_terminal_line(aligned, parts,
 
 def test_large_tiled_maps_are_kept_whole_and_drawn_at_the_batchs_bounded_resolution(aligned, parts, tmp_path,
                                                                                       monkeypatch):
-    from musc.outputs import evaluation
-    from musc.reference_pool import service
+    from musc.outputs import evaluation, figures
+    from musc.reference_pool.day import part_map
     pool, _, _ = aligned
     drawn = []
-    real = service.save_overlay
-    monkeypatch.setattr(service, "save_overlay", lambda picture, anomaly_map, *a, **k: (
+    real = figures.save_overlay
+    monkeypatch.setattr(figures, "save_overlay", lambda picture, anomaly_map, *a, **k: (
         drawn.append((picture.shape, anomaly_map.shape)), real(picture, anomaly_map, *a, **k))[1])
     monkeypatch.setattr(evaluation, "EVALUATION_MAX_PIXELS", 64 * 64)  # as a 2048 px part at the real bound
     result = score_new_images(pool, [str(parts["day"] / "pitted.png")], tmp_path / "out", device="cpu")
     assert drawn == [((64, 64, 3), (64, 64))]                                  # the overlay: reduced by 2
-    assert np.load(Path(result["rows"][0]["map_png"]).with_suffix(".npy")).shape == (128, 128)  # the map: whole
+    assert part_map(result.record, result.rows[0]["part"]).shape == (128, 128)  # the map: whole
 
 
 def test_a_parts_score_does_not_depend_on_how_the_parts_are_chunked(mixing, parts, tmp_path, monkeypatch):
@@ -234,12 +235,12 @@ def test_a_parts_score_does_not_depend_on_how_the_parts_are_chunked(mixing, part
     monkeypatch.setattr(pool_module, "VOTES_AT_ONCE", 1)    # one tile's votes at a time
     assert PoolFile(pool_path).settings.chunks(2) == [(0, 1), (1, 2)]
     chunked = score_new_images(pool_path, images, tmp_path / "chunked", device="cpu")
-    assert [r["path"] for r in chunked["rows"]] == [r["path"] for r in whole["rows"]]
-    np.testing.assert_allclose([r["score"] for r in chunked["rows"]], [r["score"] for r in whole["rows"]], rtol=1e-6)
+    assert [r["path"] for r in chunked.rows] == [r["path"] for r in whole.rows]
+    assert [r["score"] for r in chunked.rows] == [r["score"] for r in whole.rows]  # bit for bit
 
 
 def test_what_a_run_will_record_is_known_before_it_runs(aligned, parts, tmp_path):
-    from musc.reference_pool.service import planned_settings, run_lineage
+    from musc.reference_pool.runs import planned_settings, run_lineage
     pool, line, batch = aligned
     for refs, folder in ((line, parts["line"]), (batch, parts["batch"])):
         recorded = run_lineage(refs["evaluate"]["path"])[0]

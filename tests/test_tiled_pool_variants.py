@@ -59,8 +59,9 @@ def test_non_square_parts_and_odd_pools_score_as_the_tiled_batch(tmp_path, size,
     opened, own = PoolFile(pool), raw_scores(line_run)
     np.testing.assert_allclose(opened.self_scores, [own[n.split("/", 1)[1]] for n in opened.names], rtol=1e-5)
     result = score_new_images(pool, [str(batch / "pitted.png")], tmp_path / "out", device="cpu")
-    assert result["rows"][0]["score"] == pytest.approx(raw_scores(batch_run)["pitted.png"], rel=1e-5)
-    assert np.load(next(iter(result["maps"].values()))).shape == (size[1], size[0])
+    from musc.reference_pool.day import part_map
+    assert result.rows[0]["score"] == pytest.approx(raw_scores(batch_run)["pitted.png"], rel=1e-5)
+    assert part_map(result.record, result.rows[0]["part"]).shape == (size[1], size[0])
 
 
 def test_eviction_keeps_each_parts_tiles_together_and_recalibrates(tmp_path):
@@ -93,9 +94,9 @@ def pools(tmp_path_factory):
     return made, base
 
 
-def test_a_day_part_of_another_size_is_named_as_such_when_it_would_join_a_tiled_pool(pools, tmp_path):
-    """A part scored (and confirmed good) against another pool, of another size than a tiled pool's
-    parts: the refusal should say so, not that the file is unreadable (it reads fine)."""
+def test_a_day_scored_against_another_pool_cannot_join_a_tiled_pool(pools, tmp_path):
+    """A part scored (and confirmed good) against another pool (untiled, of another size than the
+    tiled pool's parts): the refusal names the pools (their identities), not an unreadable file."""
     from musc.reference_pool import add_day_to_pool, record_verdicts
     from musc.reference_pool.review import ReviewError
     made, _ = pools
@@ -106,7 +107,7 @@ def test_a_day_part_of_another_size_is_named_as_such_when_it_would_join_a_tiled_
     before = Path(made["tiled"]).read_bytes()
     with pytest.raises((ReviewError, PoolError)) as refused:
         add_day_to_pool(made["tiled"], tmp_path / "out", device="cpu")
-    assert "96 x 96" in str(refused.value) and "unreadable" not in str(refused.value), str(refused.value)
+    assert "not the pool" in str(refused.value) and "unreadable" not in str(refused.value), str(refused.value)
     assert Path(made["tiled"]).read_bytes() == before
 
 
@@ -120,28 +121,23 @@ def test_score_new_of_parts_all_of_another_size_says_so(pools, tmp_path):
     assert "could be read" not in str(refused.value) and "size" in str(refused.value), str(refused.value)
 
 
-def test_a_day_addition_extracts_new_parts_a_chunk_at_a_time(pools, tmp_path, monkeypatch):
-    """A day's confirmed-good parts are extracted again when they join, a chunk at a time, as
-    score-new's are (``PoolSettings.chunks``), so their tiles' features are never all held: with 16
-    rows per chunk, 9 parts of 4 tiles are 3 chunks."""
-    from musc.reference_pool import add_day_to_pool, pool as pool_module, record_verdicts, service
+def test_a_day_addition_reads_each_parts_tiles_as_they_were_scored(pools, tmp_path, monkeypatch):
+    """A day's confirmed-good parts join a tiled pool with all their tiles, read from the day's
+    features artifacts: no backbone forward, nothing extracted again."""
+    from musc.inputs.backbones import Backbone
+    from musc.reference_pool import DecisionRule, add_day_to_pool, record_verdicts
     made, _ = pools
     pool = tmp_path / "pool.h5"
     shutil.copy(made["tiled"], pool)
     shutil.copy(store.manifest_path(made["tiled"]), store.manifest_path(pool))
     day = make(tmp_path / "day", 13, 9)
     parts = sorted(str(p) for p in day.iterdir())
-    score_new_images(pool, parts, tmp_path / "out", device="cpu", rule=service.DecisionRule(threshold=1e9))
+    score_new_images(pool, parts, tmp_path / "out", device="cpu", rule=DecisionRule(threshold=1e9))
     record_verdicts(tmp_path / "out", good=parts)
-    seen, features = [], service._features
-    monkeypatch.setattr(service, "_features", lambda backbone, p, names, loaded: seen.append(len(names))
-                        or features(backbone, p, names, loaded))
-    monkeypatch.setattr(pool_module, "ROWS_PER_CHUNK", 16)
+    monkeypatch.setattr(Backbone, "extract", lambda *a: pytest.fail("a part went through the backbone again"))
     assert add_day_to_pool(pool, tmp_path / "out", device="cpu").added == 9
-    assert seen == [4, 4, 1]
     after = PoolFile(pool)
     assert len(after) == 3 + 9 and store.open_artifact(pool).shape("features_r1")[1] == 12 * 4
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".musc-day-")]  # the scratch file is gone
 
 
 @pytest.mark.slow
@@ -152,7 +148,7 @@ def test_the_daily_flow_logs_a_part_it_skips_in_the_runs_log(prefect_harness, po
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
     from prefect.logging.handlers import APILogHandler
 
-    from flows.pool import daily_folder_flow
+    from flows.daily import daily_folder_flow
     made, base = pools
     day = tmp_path / "line" / "2026-12-02"
     day.mkdir(parents=True)

@@ -554,8 +554,9 @@ def _open_checked(path: str | Path, what: str, data: bytes | None = None) -> Ima
     file) when it cannot be read or is above the pixel limit. ``data``: the file's bytes, already
     read (then ``path`` only names it)."""
     limit = max_image_pixels()
+    source = io.BytesIO(data) if data is not None else path
     try:
-        with Image.open(io.BytesIO(data) if data is not None else path) as image:
+        with Image.open(source) as image:
             width, height = image.size
             if width * height > limit:
                 raise UnreadableImage(f"{path}: {what} of {width} x {height} pixels is above the limit of "
@@ -570,6 +571,7 @@ def _open_checked(path: str | Path, what: str, data: bytes | None = None) -> Ima
                               f"(MUSC_MAX_IMAGE_PIXELS)") from None
     except (OSError, ValueError, SyntaxError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = reason.replace(repr(source), repr(str(path)))  # the file's name, not the buffer it was read into
         raise UnreadableImage(f"{path}: unreadable {what} ({reason})") from None
 
 

@@ -144,14 +144,15 @@ def _upstream(path: Path) -> list[Path]:
     if artifact.stage == "extract":  # its inputs are images, not artifacts
         return []
     return [find_input(path, catalog.role_stage(role), digest) for role, digest in artifact.inputs.items()
-            if catalog.role_stage(role) in STAGES]
+            if catalog.role_stage(role) in catalog.ROOT_STAGES]
 
 
 def in_use(root: str | Path) -> set[Path]:
-    """Every artifact an intact run uses: each evaluate artifact whose whole chain of inputs is
-    present and valid, and that chain (classify, scores, aggregates, extract)."""
+    """Every artifact an intact run uses: each evaluate artifact (a batch's) and decide artifact (a
+    day's of the line) whose whole chain of inputs is present and valid, and that chain (classify,
+    scores, aggregates, extract; pool scores and features)."""
     used: set[Path] = set()
-    for evaluation in catalog.evaluate_artifacts(root):
+    for evaluation in catalog.chain_heads(root):
         chain, todo = {evaluation}, [evaluation]
         try:
             while todo:

@@ -47,6 +47,7 @@ def add_run_to_pool(pool_path: str | Path, run: str | Path, include_flagged: boo
 
 def _append(pool_path: str | Path, settings: PoolSettings, images: Images, max_images: int | None,
             inputs: dict[str, str], expected_id: str | None = None):
+    pool_path = Path(pool_path).resolve()  # a pool reached through a symlink: its target is written
     with artifact_lock(pool_path):  # two additions at once: the second waits and adds to the first's pool
         clear_temporary_files(pool_path)  # what a killed addition left
         pool = PoolFile(pool_path) if Path(pool_path).exists() else None
@@ -63,6 +64,7 @@ def _append(pool_path: str | Path, settings: PoolSettings, images: Images, max_i
 def remove_from_pool(pool_path: str | Path, parts: Sequence[str], why: str) -> list[str]:
     """Take the images of these contents (SHA-256) out of the pool, if they are in it: the pool
     rewritten without them and recalibrated, keeping its identity. Returns their names."""
+    pool_path = Path(pool_path).resolve()
     with artifact_lock(pool_path):
         clear_temporary_files(pool_path)
         pool = PoolFile(pool_path)

@@ -1,8 +1,9 @@
 """A production day: its summary, the history of days kept beside the pool, the trend plot, heat-map
-thumbnails and the day's report. Plain files; the daily-folder flow (flows/pool.py) publishes them
+thumbnails and the day's report. Plain files; the daily-folder flow (flows/daily.py) publishes them
 to Prefect."""
 from __future__ import annotations
 
+import functools
 import warnings
 from datetime import date, datetime
 from pathlib import Path
@@ -18,13 +19,10 @@ from ..outputs.figures import heat_colours, new_figure
 from ..outputs.gallery import data_uri, png_data_uri
 from ..outputs.html import markdown_page
 from ..store import artifact_lock, atomic_output, atomic_write_text
+from .pool import HistoryError
 
 HISTORY_COLUMNS = ("day", "count", "anomalous", "anomalous_rate", "score_q50", "score_q90", "score_q99",
                    "score_max", "threshold", "pool_size")
-
-
-class HistoryError(ValueError):
-    """A history file that cannot be read as one; the message names it."""
 
 
 def parse_day(day: Any) -> date:
@@ -227,9 +225,10 @@ def part_name(path: str | Path, folder: str | Path) -> str:
 
 def table_rows(rows: Sequence[dict], folder: str | Path) -> list[dict[str, str]]:
     """The day's table at a glance, anomalous parts first: part and map relative to the day's
-    folder, the score with 4 decimals, the decision."""
+    folder, the score with 4 decimals, the decision and the inspectors' verdict."""
     return [{"part": part_name(row["path"], folder), "score": f"{row['score']:.{SCORE_DECIMALS}f}",
-             "decision": row["decision"], "map": part_name(row["map_png"], folder)} for row in ordered(rows)]
+             "decision": row["decision"], "verdict": row.get("verdict") or "",
+             "map": part_name(row["map_png"], folder)} for row in ordered(rows)]
 
 
 def readable(summary: dict[str, Any]) -> dict[str, Any]:
@@ -285,10 +284,11 @@ def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence
              *(["## Inspectors' verdicts by day", "", *verdicts_by_day_markdown(history), ""] if history is not None and "confirmed" in history.columns
                and history[["confirmed", "dismissed"]].to_numpy().any() else []),
              "## Parts (anomalous first)", "", "The heat maps share one colour scale for the day.", "",
-             "| path | score | decision | map |", "|---|---|---|---|"]
+             "| path | score | decision | verdict | map |", "|---|---|---|---|---|"]
     for row in ordered(rows):
         relative = Path(row["map_png"]).relative_to(folder) if Path(row["map_png"]).is_relative_to(folder) else row["map_png"]
-        lines.append(f"| {row['path']} | {row['score']:.4f} | {row['decision']} | ![map]({relative}) |")
+        lines.append(f"| {row['path']} | {row['score']:.4f} | {row['decision']} | {row.get('verdict') or ''} | "
+                     f"![map]({relative}) |")
     report = folder / "report.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     markdown_page(report, f"Parts of {summary['day']}")
@@ -301,8 +301,15 @@ REVIEW_PARTS = 24  # flagged parts a review form holds, highest score first; mus
 
 
 def overlay_uri(row: dict) -> str:
-    """A part's overlay PNG (maps/, written by score-new) scaled down, as a palette PNG data URI."""
-    return data_uri(row["map_png"], OVERLAY_PX, colors=256)
+    """A part's overlay PNG (maps/) scaled down, as a palette PNG data URI: read and encoded once per
+    process while the file stays the same (the day's artifact and its review form share it)."""
+    stat = Path(row["map_png"]).stat()
+    return _overlay_uri(str(row["map_png"]), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=512)
+def _overlay_uri(path: str, inode: int, modified: int, size: int) -> str:
+    return data_uri(path, OVERLAY_PX, colors=256)
 
 
 def maps_markdown(summary: dict[str, Any], rows: Sequence[dict], rule: str, folder: str | Path,
@@ -339,20 +346,20 @@ def flagged_for_review(rows: Sequence[dict]) -> list[dict]:
     return [row for row in ordered(rows) if row["decision"] == ANOMALOUS][:REVIEW_PARTS]
 
 
-def review_markdown(summary: dict[str, Any], rows: Sequence[dict], rule: str, folder: str | Path,
+def review_markdown(summary: dict[str, Any], asked: Sequence[dict], flagged: int, rule: str, folder: str | Path,
                     results: str | Path) -> str:
-    """The review form's description: each part it asks about, in the order of the form's fields,
-    with its score and its picture and heat map; how many flagged parts the form leaves out."""
-    asked = flagged_for_review(rows)
-    flagged = sum(row["decision"] == ANOMALOUS for row in rows)
+    """The review form's description: each part it asks about (``asked``, in the order of the form's
+    fields) with its score and its picture and heat map; how many flagged parts the form leaves out
+    (``flagged``: the day's flagged parts; those with a verdict already are not asked again)."""
     lines = [f"# Review of {summary['day']}: {flagged} flagged part(s)", "",
              f"Anomalous at score >= {threshold_text(summary['threshold'], rule)}. For each part choose "
-             "**defect** (confirmed) or **good** (a false alarm); a part left *not reviewed* records nothing. "
-             "The verdicts go to the day's scores.csv and the verdict history, as "
+             "**defect** (confirmed) or **good** (a false alarm), with a note of its own if you like; a part "
+             "left *not reviewed* records nothing. The verdicts go to the pool's verdict history, as "
              f"`musc review {results}` records them.", ""]
     for i, row in enumerate(asked, 1):  # one below the other: the form's dialog is narrow
         name = part_name(row["path"], folder)
         lines += [f"**{i}. {name}**: score **{row['score']:.{SCORE_DECIMALS}f}**", "", f"![{name}]({overlay_uri(row)})", ""]
     if flagged > len(asked):
-        lines += ["", f"{flagged - len(asked)} more flagged part(s), of lower scores: `musc review {results}`."]
+        lines += ["", f"{flagged - len(asked)} more flagged part(s), reviewed already or of lower scores: "
+                      f"`musc review {results}`."]
     return "\n".join(lines) + "\n"

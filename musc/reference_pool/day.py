@@ -25,7 +25,7 @@ import pandas as pd
 
 from ..outputs.evaluation import ANOMALOUS, decision_words
 from ..store import ArtifactError, atomic_output, atomic_write_text, open_artifact
-from ..store.catalog import derived_name
+from ..store.catalog import derived_name, leftover_writes
 from .pool import PoolError
 from .verdicts import standing, verdict_history_path
 
@@ -162,7 +162,11 @@ def overlay_name(name: str, part: str) -> str:
 
 def write_views(day: DayView) -> None:
     """The day's outputs from its artifacts: overlays (drawn where what they show changed),
-    scores.csv, and, for a daily run's day, its report and trend."""
+    scores.csv, and, for a daily run's day, its report and trend. Called under the day's lock: what
+    a killed writer left (temporary files) goes first."""
+    for folder in (day.record.folder, day.record.folder / MAPS):
+        for leftover in leftover_writes(folder):
+            leftover.unlink(missing_ok=True)
     _draw_overlays(day)
     table = pd.DataFrame([{column: row[column] for column in SCORES_COLUMNS} for row in day.rows],
                          columns=list(SCORES_COLUMNS))

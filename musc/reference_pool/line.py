@@ -76,12 +76,12 @@ def prepare(pool_path: str | Path, images: Sequence[str | Path], out: str | Path
     (the reviewed rule's verdicts read now); then the images named by content and added to the
     day's record. Returns the walk's run (every part of the day: earlier calls' too, so that the
     day's decisions share one threshold and one colour scale) and the record."""
-    out = output_folder(out, images)
     pool = open_pool(pool_path)
     if not len(pool):
         raise PoolError(f"{pool_path}: the pool is empty; add a scored run first (musc pool add)")
     learnt = evidence(pool) if rule.learns else None
     rule.apply(pool, learnt)  # a rule that cannot decide (no calibration, no verdicts yet): said now
+    out = output_folder(out, images)
     parts, unreadable = identify(images)
     with day_lock(out):
         record = DayRecord.load(out)
@@ -179,4 +179,14 @@ def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: s
     return conclude(run, record, build_all(run))
 
 
-__all__ = ["PoolFile", "conclude", "identify", "output_folder", "prepare", "score_new_images"]
+def rebuild_day(folder: str | Path) -> Path:
+    """A day's outputs drawn again from its artifacts and the pool's verdict history (``musc report
+    DAY``); returns its scores.csv."""
+    from .day import SCORES_CSV, load_day
+    record = load_day(folder)
+    with day_lock(record.folder):
+        write_views(view(load_day(folder)))
+    return record.folder / SCORES_CSV
+
+
+__all__ = ["PoolFile", "rebuild_day", "conclude", "identify", "output_folder", "prepare", "score_new_images"]

@@ -39,6 +39,11 @@ class PoolError(ArtifactError):
     """A pool refuses an operation; one line saying why."""
 
 
+class HistoryError(PoolError):
+    """A history kept beside a pool (of days, of verdicts) that cannot be read as one; the message
+    names the file and what to do."""
+
+
 @dataclass(frozen=True)
 class PoolSettings:
     """What the pool's images were made and scored with; new images are extracted and scored the same way."""
@@ -149,10 +154,11 @@ class PoolFile:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         check_pool_path(self.path)
+        real = self.path.resolve()  # a pool reached through a symlink: its file and manifest are the target's
         for _ in range(3):  # the file replaced between opening and verifying: open the new one
-            handle = h5py.File(self.path, "r")
-            artifact = open_artifact(self.path, "pool")
-            if os.fstat(handle.id.get_vfd_handle()).st_ino == os.stat(self.path).st_ino:
+            handle = h5py.File(real, "r")
+            artifact = open_artifact(real, "pool")
+            if os.fstat(handle.id.get_vfd_handle()).st_ino == os.stat(real).st_ino:
                 break
             handle.close()
         else:

@@ -29,11 +29,11 @@ class ReviewError(DayError):
 
 @dataclass
 class Review:
-    """What a review did: the day as it stands now, the verdicts recorded (name, part, verdict; a
-    verdict equal to the part's standing one is not recorded again), and the pool images that left
-    the pool with a defect verdict."""
+    """What a review did: the day as it stands now, the verdicts recorded (a verdict equal to the
+    part's standing one is not recorded again), and the pool images that left the pool with a
+    defect verdict."""
     day: DayView
-    recorded: list[tuple[str, str, str]] = field(default_factory=list)
+    recorded: list[Verdict] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     history: Path | None = None
 
@@ -129,4 +129,4 @@ def record_verdicts(folder: str | Path, good: Sequence[str] = (), defect: Sequen
     with day_lock(record.folder):
         now = view(load_day(folder))
         write_views(now)
-    return Review(now, [(v.name, v.part, v.verdict) for v in written], removed, history)
+    return Review(now, written, removed, history)

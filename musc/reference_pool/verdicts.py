@@ -23,16 +23,12 @@ from typing import Sequence
 import pandas as pd
 
 from ..store import artifact_lock, atomic_write_text
-from .pool import PoolError
+from .pool import HistoryError, PoolError
 from .rule import Evidence
 
 VERDICTS = ("good", "defect")
 COLUMNS = ("pool_id", "day", "part", "name", "verdict", "reviewer", "note", "time", "score", "decision")
 MAX_HISTORY_BYTES = 1 << 30  # a history of verdicts grows by some 200 bytes a verdict
-
-
-class HistoryError(ValueError):
-    """A history file that cannot be read as one; the message names it and what to do."""
 
 
 @dataclass(frozen=True)

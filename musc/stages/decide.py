@@ -18,7 +18,8 @@ from .key import Ref, StageKey
 
 
 def plans(run, pool_score: list[Ref]) -> list[Plan]:
-    return [plan(pool_score, run.pool, run.rule, run.evidence)]
+    """The day's one plan; none when none of its parts could be scored."""
+    return [plan(pool_score, run.pool, run.rule, run.evidence)] if pool_score else []
 
 
 def plan(scores: list[Ref], pool: dict, rule, evidence=None) -> Plan:

@@ -27,6 +27,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from .schema import STAGES
+
 ARTIFACTS_MARKER = ".musc-artifacts"
 DATASET_REPORT = "_report"
 KEY_PATTERN = re.compile(r"[0-9a-f]{16}")  # what ``stable_hash`` makes: nothing else in a stage folder is ours
@@ -82,6 +84,17 @@ def stage_folders(root: str | Path, stages) -> list[Path]:
 
 def evaluate_artifacts(root: str | Path) -> list[Path]:
     return sorted(Path(root).glob("*/*/evaluate/*.h5"))
+
+
+CHAIN_HEADS = ("evaluate", "decide")  # the last stage of a batch's chain, of a day's of the line
+# the stages whose artifacts lie in an artifacts root (a pool is a file of its own, wherever the user
+# keeps it; parts lie inside an artifact's .parts folder)
+ROOT_STAGES = tuple(name for name in STAGES if name not in ("pool", "part"))
+
+
+def chain_heads(root: str | Path) -> list[Path]:
+    """The artifacts at the end of a chain under the root: a batch's evaluate, a day's decide."""
+    return sorted(p for stage in CHAIN_HEADS for p in Path(root).glob(f"*/*/{stage}/*.h5"))
 
 
 # The files beside an artifact ---------------------------------------------------------------------
@@ -142,6 +155,12 @@ def temporary_path(target: str | Path) -> Path:
     per process and thread (concurrent writers never share one)."""
     target = Path(target)
     return target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+def leftover_writes(folder: str | Path) -> Iterator[Path]:
+    """Writes in progress of any file of a folder (``temporary_path``): under the folder's writer's
+    lock, what a killed writer left."""
+    return Path(folder).glob(".*.tmp-*")
 
 
 def temporary_files(target: str | Path) -> Iterator[Path]:
