@@ -209,13 +209,14 @@ def start_run(server, deployment, **parameters):
 
 
 @contextlib.contextmanager
-def process_worker(server, deployments: list[str], failing_stage: str, folder: Path):
+def process_worker(server, deployments: list[str], failing_stage: str, folder: Path, env: dict | None = None):
     """Deploy from prefect.yaml and run a process worker on musc-pool; ``failing_stage`` fails once
-    while the yielded marker file exists (MUSC_FAIL_ONCE)."""
+    while the yielded marker file exists (MUSC_FAIL_ONCE); ``env``: more variables for the worker and
+    its flow runs."""
     prefect(server, "work-pool", "create", "musc-pool", "--type", "process")
     prefect(server, "deploy", *deployments)
     marker = folder / f"fail-{failing_stage}-once"
-    env = {**server["env"], "MUSC_FAIL_ONCE": f"{failing_stage}:{marker}"}
+    env = {**server["env"], "MUSC_FAIL_ONCE": f"{failing_stage}:{marker}", **(env or {})}
     process = subprocess.Popen([PREFECT, "worker", "start", "--pool", "musc-pool"], cwd=ROOT, env=env,
                                stdout=open(server["home"] / "worker.log", "w"), stderr=subprocess.STDOUT,
                                start_new_session=True)

@@ -17,8 +17,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def worker(server, tmp_path_factory):
-    with process_worker(server, ["--name", "daily-folder"], "daily", tmp_path_factory.mktemp("fail")) as started:
-        yield started
+    """A process worker for the daily deployment: its runs fail once while worker["marker"] exists,
+    kill themselves (SIGKILL) after their 2nd part's features while worker["kill"] exists, and log
+    their backbone forwards and stage builds to worker["work"]."""
+    folder = tmp_path_factory.mktemp("fail")
+    env = {"MUSC_KILL_ONCE": f"features:2:{folder / 'kill-once'}", "MUSC_WORK_LOG": str(folder / "work.log")}
+    with process_worker(server, ["--name", "daily-folder"], "daily", folder, env) as started:
+        yield {**started, "kill": folder / "kill-once", "work": folder / "work.log"}
 
 
 def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server, worker, pool_file,
@@ -37,7 +42,7 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     # (scored here without Prefect): the run below must then decide both ways
     from musc.reference_pool import DecisionRule, score_new_images
     probe = score_new_images(pool_file, sorted((root / day).glob("*.png")), tmp_path / "probe", DecisionRule(threshold=0.0))
-    scores = {Path(row["path"]).name: row["score"] for row in probe["rows"]}
+    scores = {Path(row["path"]).name: row["score"] for row in probe.rows}
     good, worst = scores["good_000.png"], max(scores["hole_000.png"], scores["stain_001.png"])
     assert good < worst, scores  # a defect stands out against a pool of good parts
     threshold = (good + worst) / 2
@@ -62,6 +67,7 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
 
     table = pd.read_csv(root / day / "musc/scores.csv")  # that day's folder, not today's
     assert sorted(table["path"]) == sorted(str(p) for p in (root / day).glob("*.png"))
+    assert list(table.columns) == ["path", "part", "score", "decision", "verdict", "map_png"]
     assert not (root / next_day / "musc").exists()
     assert (root / day / "musc/report.md").read_text().count("![") >= 4  # trend plot and three maps
     history = pd.read_csv(pool_file.with_name("line3.history.csv"), dtype={"day": str})
@@ -116,3 +122,56 @@ def test_the_readme_automation_matches_the_event():
     assert automation.trigger.expect == {"musc.daily.scored"}
     assert automation.trigger.match.includes([Resource.model_validate({**resource, "musc.anomalous": "true"})])
     assert not automation.trigger.match.includes([Resource.model_validate({**resource, "musc.anomalous": "false"})])
+
+
+def test_a_day_killed_mid_scoring_and_retried_recomputes_only_what_was_unfinished(server, worker, pool_file,
+                                                                                 tiny_dataset, tmp_path):
+    """kill -9 of the flow run's process after two of five parts' features: the worker marks the run
+    Crashed; `prefect flow-run retry` runs it again, which forwards only the three parts left and
+    builds only what was unfinished, and the day's artifacts equal an uninterrupted day's bit for bit."""
+    import h5py
+    import numpy as np
+
+    from conftest import copy_pool
+    from musc.reference_pool import DecisionRule, score_new_images
+    from musc.reference_pool.day import load_day
+    pool = copy_pool(pool_file, tmp_path / "line4.h5")
+    day = "2026-11-20"
+    root = tmp_path / "incoming"
+    (root / day).mkdir(parents=True)
+    for image in ("good/000.png", "good/001.png", "hole/000.png", "stain/001.png", "scratch/000.png"):
+        (root / day / image.replace("/", "_")).write_bytes((tiny_dataset / "fabric/test" / image).read_bytes())
+    worker["kill"].write_text("kill the first try")
+    worker["work"].unlink(missing_ok=True)
+    deployment = httpx.post(f"{server['api']}/deployments/filter",
+                            json={"deployments": {"name": {"any_": ["daily-folder"]}}}).json()[0]
+    created = httpx.post(f"{server['api']}/deployments/{deployment['id']}/create_flow_run", json={
+        "parameters": {"pool": str(pool), "root": str(root), "day": day, "decision": {"threshold": 0.55},
+                       "review_wait_s": 0}})
+    created.raise_for_status()
+    flow_run = created.json()["id"]
+    run = wait_for(server, flow_run, {"COMPLETED", "FAILED", "CRASHED"})
+    assert run["state"]["type"] == "CRASHED" and not worker["kill"].exists(), (server["home"] / "worker.log").read_text()[-3000:]
+    killed = worker["work"].read_text().splitlines()
+    assert killed.count("forward") == 2 and killed.count("build features") == 2, killed
+    prefect(server, "flow-run", "retry", flow_run)
+    run = wait_for(server, flow_run, {"COMPLETED", "FAILED", "CRASHED"})
+    assert run["state"]["type"] == "COMPLETED", (server["home"] / "worker.log").read_text()[-3000:]
+    retried = worker["work"].read_text().splitlines()[len(killed):]
+    assert retried.count("forward") == 3 and retried.count("build features") == 3, retried  # only the rest
+    assert retried.count("build pool_score") == 5 and retried.count("build decide") == 1, retried
+
+    record = load_day(root / day / "musc")
+    alone = score_new_images(pool, sorted(str(p) for p in (root / day).glob("*.png")), tmp_path / "alone",
+                             DecisionRule(threshold=0.55), day=day, device="cpu")
+    assert sorted(record.parts) == sorted(alone.record.parts)
+    for part, artifacts in record.parts.items():
+        for kind in ("features", "pool_score"):
+            with h5py.File(record.root / artifacts[kind]) as retry, h5py.File(alone.record.root /
+                                                                             alone.record.parts[part][kind]) as whole:
+                assert set(retry) == set(whole)
+                for name in retry:
+                    np.testing.assert_array_equal(retry[name][()], whole[name][()], err_msg=f"{kind} {name}")
+    with h5py.File(record.root / record.decide) as retry, h5py.File(alone.record.root / alone.record.decide) as whole:
+        for name in ("parts", "scores", "decisions"):
+            assert list(retry[name][()]) == list(whole[name][()])

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import store
-from .faults import fail_once_point, note_work
+from .faults import fail_once_point, fault_point, note_work
 from .key import Ref, StageKey
 
 log = logging.getLogger("musc.stages")
@@ -89,7 +89,13 @@ def _prepare(plan: Plan) -> None:
     store.remove_artifact(path)
     store.clear_temporary_files(path)
     log.info(f"{plan.label}: computing {path}")
+
+
+def _built(plan: Plan) -> Ref:
+    """The reference of the artifact a build just wrote (its digest: remembered by the writer)."""
+    ref = plan.ref(store.verify(plan.path, plan.stage))
     note_work(f"build {plan.stage}")
+    return ref
 
 
 def ensure(plan: Plan, build: Callable[[Path], None] | None = None) -> tuple[Ref, bool]:
@@ -105,7 +111,7 @@ def ensure(plan: Plan, build: Callable[[Path], None] | None = None) -> tuple[Ref
             return plan.ref(ref["digest"]), True
         _prepare(plan)
         (build or plan.build)(path)
-        return plan.ref(store.verify(path, plan.stage)), False
+        return _built(plan), False
 
 
 def ensure_many(plans: Sequence[Plan], build_many: Callable[[list[tuple[Path, Plan]]], dict[str, str]] | None = None
@@ -146,9 +152,13 @@ def ensure_many(plans: Sequence[Plan], build_many: Callable[[list[tuple[Path, Pl
     return [results[plan.path] for plan in plans]
 
 
+_FINISHED: dict[str, int] = {}  # per-subject builds this process finished, by stage (what a crash test counts)
+
+
 def stage_build_many(stage: str) -> Callable[[list[tuple[Path, Plan]]], dict[str, str]]:
     """A stage's ``build_many`` where it has one, else its ``build`` one plan at a time; either way
-    a ``NotBuilt`` of one plan is that plan's reason, and the others are built."""
+    a ``NotBuilt`` of one plan is that plan's reason, and the others are built. Each build finished
+    is noted (``note_work``) as it finishes."""
     from .graph import STAGE_SPECS
     module = STAGE_SPECS[stage].module
     if hasattr(module, "build_many"):
@@ -161,5 +171,9 @@ def stage_build_many(stage: str) -> Callable[[list[tuple[Path, Plan]]], dict[str
                 module.build(path, plan)
             except NotBuilt as why:
                 failed[str(path)] = str(why)
+            else:
+                note_work(f"build {plan.stage}")
+                _FINISHED[plan.stage] = _FINISHED.get(plan.stage, 0) + 1
+                fault_point(plan.stage, _FINISHED[plan.stage])
         return failed
     return one_at_a_time

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import store
 from .building import NotBuilt, Plan
-from .faults import fault_point, note_work
+from .faults import note_work
 from .key import StageKey
 
 TILE_BATCH = 4  # tiles of one part forwarded at once
@@ -117,8 +117,4 @@ def build(path: Path, plan: Plan) -> None:
     store.write_artifact(path, "features", plan.key.config, plan.key.inputs, {**arrays, "picture": shown},
                          attrs={"size": [picture.height, picture.width], "backbone": backbone.describe()},
                          code_version=plan.key.code_version)
-    _BUILT.append(path)
-    fault_point("features", len(_BUILT))
 
-
-_BUILT: list[Path] = []  # features built by this process (what a crash test counts)

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import store
 from .building import Plan, built
-from .faults import fault_point
+from .faults import fault_point, note_work
 from .key import Ref, StageKey
 
 
@@ -73,6 +73,7 @@ def build_many(items: list[tuple[Path, Plan]]) -> dict[str, str]:
                 attrs={"pool_id": pool.id, "pool_size": len(pool), "map_min": float(anomaly_map.min()),
                        "map_max": float(anomaly_map.max())},
                 code_version=plan.key.code_version)
+            note_work("build pool_score")
             done += 1
             fault_point("pool_score", done)
     return {}
