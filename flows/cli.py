@@ -307,6 +307,12 @@ def inspect(path: Annotated[Path, typer.Argument(help="An artifact (.h5).")],
         out.print(table)
         if attrs.get("stage") == "evaluate" and info["digest"]:
             _print_evaluation(out, path, attrs, top)
+        if attrs.get("stage") == "decide" and info["digest"]:  # a day's decisions
+            from musc.outputs.evaluation import threshold_text
+            from musc.store import open_artifact
+            decisions = open_artifact(path, "decide").read("decisions")
+            out.print(f"{int(decisions.sum())} anomalous of {len(decisions)} part(s), at score >= "
+                      f"{threshold_text(float(attrs['threshold']), attrs.get('threshold_rule'))}", highlight=False)
     with read_only():  # a read-only command: no verification record written beside any file
         terminal.run_guarded(go)
 

@@ -5,6 +5,7 @@ resumes; the verdicts reach scores.csv and the verdict history beside the pool, 
 artifact shows its parts' pictures and the trend plot. Meanwhile the next
 day's run runs to its end; a day nobody reviews ends "not reviewed" after its wait, and a form sent
 after that is refused. Marked slow (some minutes); skipped, saying why, without Chromium."""
+import json
 import time
 from pathlib import Path
 
@@ -13,8 +14,12 @@ import pandas as pd
 import pytest
 
 import browser
-from musc.reference_pool.review import load_day
-from conftest import ROOT, process_worker, start_run, wait_for
+from conftest import ROOT, copy_pool, process_worker, start_run, wait_for
+
+
+def verdicts_of(folder: Path) -> set:
+    """The verdicts a day's scores.csv shows."""
+    return set(pd.read_csv(folder / "scores.csv", keep_default_na=False)["verdict"])
 
 pytestmark = pytest.mark.slow
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -64,7 +69,8 @@ def test_a_day_is_reviewed_in_the_ui_while_the_next_runs(ui_server, worker, pool
     first = day_folder(root, "2026-12-01", parts, tiny_dataset)
     day_folder(root, "2026-12-02", ["good/000.png"], tiny_dataset)
     third = day_folder(root, "2026-12-03", ["hole/000.png", "stain/001.png"], tiny_dataset)
-    common = {"pool": str(pool_file), "root": str(root),
+    pool = copy_pool(pool_file, tmp_path / "line3.h5")
+    common = {"pool": str(pool), "root": str(root),
               "decision": {"threshold": 0.55}}  # between good (0.34) and defects (0.64 to 0.82)
 
     reviewed = start_run(ui_server, "daily-folder", **common, day="2026-12-01", review_wait_s=900)
@@ -97,8 +103,8 @@ def test_a_day_is_reviewed_in_the_ui_while_the_next_runs(ui_server, worker, pool
         driver.save_screenshot(str(tmp_path / "review.png"))
         choose(dialog, names[0], "defect")
         choose(dialog, names[1], "good")
-        note = dialog.find_element(By.CSS_SELECTOR, "textarea")
-        note.send_keys("checked at the line")
+        write(dialog, f"note on {names[0]}", "a hole, checked at the line")  # a note of its own per part
+        write(dialog, "reviewed by", "ana")
         submit = next(b for b in dialog.find_elements(By.TAG_NAME, "button") if b.text.strip() == "Submit")
         driver.execute_script("arguments[0].scrollIntoView({block: 'center'}); arguments[0].click()", submit)
         try:
@@ -112,8 +118,11 @@ def test_a_day_is_reviewed_in_the_ui_while_the_next_runs(ui_server, worker, pool
         assert run["state"]["type"] == "COMPLETED", worker_log(ui_server)
 
         from flows.daily import pool_name  # the day at a glance: flagged parts pictured, the trend, the rest
-        maps, = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {
-            "key": {"any_": [f"musc-daily-{pool_name(pool_file)}-maps"]}, "flow_run_id": {"any_": [reviewed]}}}).json()
+        versions = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {
+            "key": {"any_": [f"musc-daily-{pool_name(pool)}-maps"]}, "flow_run_id": {"any_": [reviewed]}}}).json()
+        assert len(versions) == 2  # the day when scored, and again once reviewed
+        maps = max(versions, key=lambda artifact: artifact["created"])
+        assert "review: 2 verdict(s) recorded" in maps["description"]
         browser.open_artifact(driver, ui_server["url"], maps["id"], min_images=len(table) + 1)
         states = browser.image_states(driver)
         assert len(states) == len(table) + 1 and not browser.broken_images(driver), states  # each part, the trend
@@ -123,10 +132,17 @@ def test_a_day_is_reviewed_in_the_ui_while_the_next_runs(ui_server, worker, pool
     top, second = flagged["path"].iloc[0], flagged["path"].iloc[1]
     assert table.loc[top, "verdict"] == "defect" and table.loc[second, "verdict"] == "good"
     assert set(table.drop(index=[top, second])["verdict"]) == {""}  # the rest not reviewed
-    history = pd.read_csv(pool_file.with_name(pool_file.stem + ".verdicts.csv"), keep_default_na=False)
-    assert sorted(zip(history["part"], history["verdict"], history["note"])) == sorted(
-        [(top, "defect", "checked at the line"), (second, "good", "checked at the line")])
+    history = pd.read_csv(pool.with_name(pool.stem + ".verdicts.csv"), keep_default_na=False)
+    assert sorted(zip(history["name"], history["verdict"], history["note"], history["reviewer"])) == sorted(
+        [(top, "defect", "a hole, checked at the line", "ana"), (second, "good", "", "ana")])
     assert set(history["day"]) == {"2026-12-01"}
+    assert httpx.get(f"{api}/flow_runs/{reviewed}").json()["state"]["name"] == "Reviewed"
+    tables = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {
+        "key": {"any_": [f"musc-daily-{pool_name(pool)}"]}, "flow_run_id": {"any_": [reviewed]}}}).json()
+    newest = max(tables, key=lambda artifact: artifact["created"])
+    assert "review: 2 verdict(s) recorded" in newest["description"]  # published again after the review
+    assert sorted(row["verdict"] for row in (json.loads(newest["data"]) if isinstance(newest["data"], str)
+                                            else newest["data"]) if row["verdict"]) == ["defect", "good"]
     events = []
     for _ in range(30):  # the form's verdicts are events too, as musc review's
         events = httpx.post(f"{api}/events/filter", json={"filter": {"event": {
@@ -139,13 +155,15 @@ def test_a_day_is_reviewed_in_the_ui_while_the_next_runs(ui_server, worker, pool
 
     run = wait_for(ui_server, nobody, FINAL, timeout=400)  # its 20 s wait ran out: it ends, not reviewed
     assert run["state"]["type"] == "COMPLETED", worker_log(ui_server)
-    assert set(load_day(third / "musc").table["verdict"]) == {""}
+    assert run["state"]["name"] == "Not reviewed"  # told apart from a reviewed day
+    assert verdicts_of(third / "musc") == {""}
+    part = pd.read_csv(third / "musc/scores.csv")["part"][0]
     late = httpx.post(f"{api}/flow_runs/{nobody}/resume",
-                      json={"run_input": {"part_1": "defect", "note": ""}}).json()  # a form sent too late
+                      json={"run_input": {f"part_{part[:16]}": "defect"}}).json()  # a form sent too late
     assert late["status"] == "ABORT" and "not paused" in late["details"]["reason"], late
-    assert set(load_day(third / "musc").table["verdict"]) == {""}
+    assert verdicts_of(third / "musc") == {""}
     assert httpx.get(f"{api}/flow_runs/{nobody}").json()["state"]["type"] == "COMPLETED"
-    assert len(pd.read_csv(pool_file.with_name(pool_file.stem + ".verdicts.csv"))) == 2  # nothing added
+    assert len(pd.read_csv(pool.with_name(pool.stem + ".verdicts.csv"))) == 2  # nothing added
 
 
 def choose(dialog, part: str, verdict: str) -> None:
@@ -155,3 +173,11 @@ def choose(dialog, part: str, verdict: str) -> None:
     field = next(f for f in dialog.find_elements(By.CSS_SELECTOR, ".schema-form-property")
                  if f.find_element(By.CSS_SELECTOR, ".schema-form-property__label").text.split(" (")[0] == part)
     Select(field.find_element(By.CSS_SELECTOR, "select")).select_by_value(verdict)
+
+
+def write(dialog, title: str, text: str) -> None:
+    """Type ``text`` into the form's text field titled ``title``."""
+    from selenium.webdriver.common.by import By
+    field = next(f for f in dialog.find_elements(By.CSS_SELECTOR, ".schema-form-property")
+                 if f.find_element(By.CSS_SELECTOR, ".schema-form-property__label").text.split(" (")[0] == title)
+    field.find_element(By.CSS_SELECTOR, "textarea, input").send_keys(text)
