@@ -108,9 +108,10 @@ def pool_patch_scores(votes: torch.Tensor, settings: ScoreSettings) -> torch.Ten
 
 def part_scores(new: torch.Tensor, pool: BlockReader, n_pool: int, settings: ScoreSettings) -> torch.Tensor:
     """MSM patch scores (M, L) of new parts (M, L, C) of one layer and degree, each against the pool
-    only, each row on its own (``pool_votes`` with ``query_rows=1``): a part's scores are the same,
-    bit for bit, whichever parts are scored with it."""
-    return pool_patch_scores(pool_votes(in_memory(new), new.shape[0], pool, n_pool, settings, query_rows=1), settings)
+    only. A row's votes are its own rows of one matrix product with the pool block: the same, bit for
+    bit, whichever rows share its product (tests/test_per_part.py and tests/test_tiled_pool.py hold
+    a part's score alone and with others, in any chunking, exactly equal)."""
+    return pool_patch_scores(pool_votes(in_memory(new), new.shape[0], pool, n_pool, settings), settings)
 
 
 def patch_scores(votes: torch.Tensor, settings: ScoreSettings) -> torch.Tensor:

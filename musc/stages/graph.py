@@ -156,7 +156,7 @@ def reused_throughout(run) -> bool:
     return walk(run, existing) is not None
 
 
-PARTS_AT_ONCE = 16  # per-part plans built together (one pool read for them; a lock file open each)
+PARTS_AT_ONCE = 64  # per-part plans built together, a task each (one pool read for them; a lock file open each)
 
 
 def resolve_here(spec: StageSpec, plans: list[Plan]) -> list[Ref]:

@@ -52,14 +52,12 @@ def build_many(items: list[tuple[Path, Plan]]) -> dict[str, str]:
     done = 0
     for start, stop in settings.chunks(len(items)):
         chunk = items[start:stop]
-        sources = [store.open_artifact(plan.needs["features"]["path"], "features", plan.needs["features"]["digest"])
-                   for _, plan in chunk]
+        features = [_features_of(plan.needs["features"], settings.r_list) for _, plan in chunk]  # each file read once
         per_degree = []
         for r in settings.r_list:
-            name = f"features_r{r}"
             layers = []
             for layer in range(len(settings.layers)):
-                rows = torch.from_numpy(np.concatenate([source.read(name, (layer,)) for source in sources]))
+                rows = torch.from_numpy(np.concatenate([part[r][layer] for part in features]))
                 layers.append(pool.score(rows, r, layer))
             per_degree.append(torch.stack(layers))  # (layers, rows, L)
         for index, (path, plan) in enumerate(chunk):
@@ -77,3 +75,11 @@ def build_many(items: list[tuple[Path, Plan]]) -> dict[str, str]:
             done += 1
             fault_point("pool_score", done)
     return {}
+
+
+def _features_of(ref: Ref, r_list) -> dict[int, np.ndarray]:
+    """A part's features artifact (checked against its digest), every degree read in one opening."""
+    import h5py
+    artifact = store.open_artifact(ref["path"], "features", ref["digest"])
+    with h5py.File(artifact.path, "r") as f:
+        return {int(r): f[f"features_r{int(r)}"][()] for r in r_list}
