@@ -523,8 +523,9 @@ def review(day: Annotated[Path, typer.Argument(help="A day's results folder (its
                 out.print(f"left the pool {found.path.name}: {removed}")
             out.print(f"{len(done.recorded)} verdict(s) recorded in {done.history}"
                       + ("" if done.recorded else " (each part had that verdict already)"))
-            from .daily import emit_verdicts
+            from .daily import emit_verdicts, republish
             out.print(emit_verdicts(done))
+            out.print(republish(done))
             shown = done.day
         else:
             shown = view(record)

@@ -182,6 +182,23 @@ def emit_verdicts(review: Review) -> str:
         return f"events not sent: {str(error).splitlines()[0][:160] if str(error) else type(error).__name__}"
 
 
+def republish(review: Review) -> str:
+    """A daily day's UI artifacts published again after ``musc review`` recorded verdicts (its report
+    and trend are drawn again by the review itself), with a Prefect server configured; a line saying
+    what happened."""
+    from prefect.settings import get_current_settings
+    record = review.day.record
+    if not record.daily or not review.recorded:
+        return "the day's outputs drawn again" if review.recorded else "nothing changed"
+    if not get_current_settings().api.url:
+        return "the day's report and trend drawn again; its UI artifacts not published (no Prefect server configured)"
+    try:
+        publish(review.day, Path(record.source), review=f"{len(review.recorded)} verdict(s) recorded by musc review")
+        return "the day's report, trend and UI artifacts published again"
+    except Exception as error:  # noqa: BLE001 - the verdicts are recorded; the artifacts are a view
+        return f"the day's UI artifacts not published: {str(error).splitlines()[0][:160] if str(error) else type(error).__name__}"
+
+
 def ask_review(day: DayView, folder: Path, wait_s: int):
     """Pause the run for the inspectors' verdicts on the day's flagged parts that have none yet (the
     Resume form in the UI, pictures in its description); record what they chose as ``musc review``
@@ -269,7 +286,7 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", decisi
     read_history(history_path(pool))  # a corrupt history fails now, naming it, not after the work
     fail_once_point("daily")
     target = Path(out or folder / "musc")
-    run, record = prepare(pool, images, target, rule, day, daily=True)
+    run, record = prepare(pool, images, target, rule, day, source=folder)
     with store.running(run.folder):  # musc clean waits
         refs = walk(run, lambda spec, plans: run_stage(spec, plans, day, "line", len(run.parts)))
     with warnings.catch_warnings(record=True) as caught:  # each said once, in the run's log

@@ -16,6 +16,13 @@ import pytest
 from flows import PREFECT_STARTUP_SECONDS  # importing flows sets it for Prefect, before Prefect is imported
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Prefect's logging set up once here, on the session's stderr: set up first inside a CliRunner call, its
+# console log handler would keep that call's captured stream, closed once the call ends (a later flow
+# then fails writing its log lines). Its home is the session's own folder.
+os.environ.setdefault("PREFECT_HOME", __import__("tempfile").mkdtemp(prefix="musc-tests-prefect-"))
+from prefect.logging.configuration import setup_logging  # noqa: E402
+
+setup_logging()
 
 ROOT = Path(__file__).resolve().parents[1]
 # generated output of the reference code, kept in the repository (tests/fixtures/README.md)

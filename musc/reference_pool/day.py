@@ -53,6 +53,7 @@ class DayRecord:
     decide: str | None = None                              # relative to the artifacts root
     parts: dict[str, dict[str, str]] = field(default_factory=dict)  # part -> {"features", "pool_score"}
     daily: bool = False                                    # a daily run's day: report and trend too
+    source: str = ""                                       # a daily run's day: the folder of its images
 
     @property
     def root(self) -> Path:

@@ -70,12 +70,14 @@ def day_lock(folder: Path) -> Iterator[None]:
 
 
 def prepare(pool_path: str | Path, images: Sequence[str | Path], out: str | Path, rule: DecisionRule = DecisionRule(),
-            day: str | None = None, artifacts: str | Path | None = None, device: str = "auto", daily: bool = False
-            ) -> tuple[LineRun, DayRecord]:
+            day: str | None = None, artifacts: str | Path | None = None, device: str = "auto",
+            source: str | Path | None = None) -> tuple[LineRun, DayRecord]:
     """Before any work: the output folder, the pool (one of the day's, if it has one), the rule
     (the reviewed rule's verdicts read now); then the images named by content and added to the
-    day's record. Returns the walk's run (every part of the day: earlier calls' too, so that the
-    day's decisions share one threshold and one colour scale) and the record."""
+    day's record. ``source``: a daily run's folder of the day's images (the day then gets a report
+    and a trend, and its parts are named relative to it). Returns the walk's run (every part of the
+    day: earlier calls' too, so that the day's decisions share one threshold and one colour scale)
+    and the record."""
     pool = open_pool(pool_path)
     if not len(pool):
         raise PoolError(f"{pool_path}: the pool is empty; add a scored run first (musc pool add)")
@@ -95,7 +97,8 @@ def prepare(pool_path: str | Path, images: Sequence[str | Path], out: str | Path
         elif day is not None and record.day != day:
             raise DayError(f"out: {out} holds the day {record.day}, not {day}; give each day a folder of its own")
         record.pool = {"id": pool.id, "path": str(Path(pool_path).resolve()), "digest": pool.digest}
-        record.daily = record.daily or daily
+        if source is not None:
+            record.daily, record.source = True, str(source)
         for name, part in parts.items():
             record.see(name, part.digest)
         record.save()

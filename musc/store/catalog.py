@@ -136,15 +136,6 @@ def run_marker(category_folder: str | Path) -> Path:
     return Path(category_folder) / ".musc-run.lock"
 
 
-SCRATCH_HELD = ".held"  # inside a scratch folder: locked (shared) while a process works in it
-
-
-def scratch_prefix(kind: str) -> str:
-    """The name start of a scratch folder of ``kind`` (score-new's maps before they are kept, a
-    day's features before they join a pool): hidden, ours, removed after."""
-    return f".musc-{kind}-"
-
-
 def report_folder(artifact: str | Path) -> Path:
     """Where an evaluate artifact's CSV, Markdown, HTML and figures live: the folder beside it."""
     return Path(artifact).with_suffix("")

@@ -32,8 +32,8 @@ from typing import Any, Callable, Iterator, Mapping
 import h5py
 import numpy as np
 
-from .catalog import (ARTIFACTS_MARKER, SCRATCH_HELD, ArtifactError, artifact_path, is_part, lock_path, manifest_path,
-                      part_path, parts_dir, parts_folders, run_marker, scratch_prefix, temporary_files, temporary_path,
+from .catalog import (ARTIFACTS_MARKER, ArtifactError, artifact_path, is_part, lock_path, manifest_path,
+                      part_path, parts_dir, parts_folders, run_marker, temporary_files, temporary_path,
                       verification_record)
 from .schema import SCHEMA_VERSION, STAGES, stage_schema
 
@@ -490,29 +490,6 @@ def running(category_folder: str | Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def scratch_folder(parent: str | Path, kind: str) -> Iterator[Path]:
-    """A folder of our own under ``parent`` for work in progress (``catalog.scratch_prefix``),
-    removed after, whatever happens. Folders of this kind that no live process holds (left by a
-    kill -9) are removed first; one without its lock file yet is left alone for a minute."""
-    import tempfile
-    parent = Path(parent)
-    for stale in parent.glob(f"{scratch_prefix(kind)}*"):
-        held = stale / SCRATCH_HELD
-        if not held.exists() and time.time() - stale.stat().st_mtime < 60:
-            continue
-        with alone(held) as free:
-            if free:
-                shutil.rmtree(stale, ignore_errors=True)
-    folder = Path(tempfile.mkdtemp(dir=parent, prefix=scratch_prefix(kind)))
-    try:
-        with open(folder / SCRATCH_HELD, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_SH)
-            yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @contextlib.contextmanager
