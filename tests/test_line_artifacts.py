@@ -87,3 +87,22 @@ def test_a_pool_addition_names_what_the_bound_drops_and_clears_a_killed_addition
     assert [line.split(": ", 1)[1].rsplit(" (", 1)[0] for line in dropped] == oldest
     assert f"{len(oldest)} dropped (--max-images)" in added.stdout and "holds 2" in added.stdout
     assert PoolFile(pool).names[-1] == paths[0] and not leftover.exists()
+
+
+def test_a_changed_rule_decides_again_and_a_changed_pool_scores_again_without_forwarding(day, monkeypatch,
+                                                                                        tmp_path):
+    """What a change reaches, and only that: another rule builds the day's decide artifact alone;
+    a pool that changed (a part joined it) scores the parts again from their stored features."""
+    from musc.reference_pool import DecisionRule, add_day_to_pool, score_new_images
+    from musc.stages import faults
+    pool, scored, paths = day
+    log = tmp_path / "work.log"
+    monkeypatch.setattr(faults, "WORK_LOG", str(log))
+    score_new_images(pool, paths, scored.record.folder, DecisionRule(threshold=0.6), device="cpu")
+    assert log.read_text().splitlines() == ["build decide"]
+    log.unlink()
+    assert cli("review", scored.record.folder, "--good", paths[0]).exit_code == 0
+    add_day_to_pool(pool, scored.record.folder)
+    again = score_new_images(pool, paths, scored.record.folder, DecisionRule(threshold=0.6), device="cpu")
+    assert sorted(log.read_text().splitlines()) == ["build decide"] + ["build pool_score"] * 3  # no forward
+    assert again.pool_size == scored.pool_size + 1
