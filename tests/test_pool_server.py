@@ -154,6 +154,10 @@ def test_a_day_killed_mid_scoring_and_retried_recomputes_only_what_was_unfinishe
     assert run["state"]["type"] == "CRASHED" and not worker["kill"].exists(), (server["home"] / "worker.log").read_text()[-3000:]
     killed = worker["work"].read_text().splitlines()
     assert killed.count("forward") == 2 and killed.count("build features") == 2, killed
+    deadline = time.time() + 60  # the worker's own report of the dead process, before the retry it would overwrite
+    while f"Reported flow run '{flow_run}' as crashed: Flow run infrastructure exited" not in \
+            (server["home"] / "worker.log").read_text() and time.time() < deadline:
+        time.sleep(1)
     prefect(server, "flow-run", "retry", flow_run)
     run = wait_for(server, flow_run, {"COMPLETED", "FAILED", "CRASHED"})
     assert run["state"]["type"] == "COMPLETED", (server["home"] / "worker.log").read_text()[-3000:]

@@ -110,10 +110,12 @@ def test_a_day_is_reviewed_in_the_ui_while_the_next_runs(ui_server, worker, pool
         try:
             WebDriverWait(driver, 60, 0.5).until(lambda d: httpx.get(f"{api}/flow_runs/{reviewed}").json()
                                                  ["state"]["type"] != "PAUSED")
-        except Exception:  # the form not taken: say what the dialog shows
+        except Exception:  # the form not taken: say what the dialog and the server say
             driver.save_screenshot(str(tmp_path / "submitted.png"))
+            server_log = (Path(ui_server["home"]) / "server.log").read_text(errors="replace")
             pytest.fail("the run stayed paused after Submit; the page says: "
-                        + driver.execute_script("return document.body.innerText")[-1500:])
+                        + driver.execute_script("return document.body.innerText")[-1500:]
+                        + "\nthe server's log ends: " + server_log[-3000:])
         run = wait_for(ui_server, reviewed, FINAL, timeout=120)
         assert run["state"]["type"] == "COMPLETED", worker_log(ui_server)
 

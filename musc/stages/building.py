@@ -76,7 +76,7 @@ def _reuse(plan: Plan) -> Ref | None:
     ref = valid_ref(plan.stage, plan.path)
     if ref is None:
         return None
-    log.info(f"{plan.label}: reusing {plan.path}")
+    log.log(_level(plan), f"{plan.label}: reusing {plan.path}")
     store.clear_parts(plan.path)  # parts a concurrent run may have left: the artifact is complete
     return plan.ref(ref["digest"])
 
@@ -88,7 +88,13 @@ def _prepare(plan: Plan) -> None:
         log.warning(f"{plan.label}: {path} is partial, corrupt or foreign; rebuilding it")
     store.remove_artifact(path)
     store.clear_temporary_files(path)
-    log.info(f"{plan.label}: computing {path}")
+    log.log(_level(plan), f"{plan.label}: computing {path}")
+
+
+def _level(plan: Plan) -> int:
+    """A stage's own artifact is said at INFO; a part's (one of many) at DEBUG: ``ensure_many``
+    says what a chunk did in one line."""
+    return logging.DEBUG if plan.subject is not None else logging.INFO
 
 
 def _built(plan: Plan) -> Ref:
@@ -149,6 +155,10 @@ def ensure_many(plans: Sequence[Plan], build_many: Callable[[list[tuple[Path, Pl
                     why = failed.get(plan.path)
                     results[plan.path] = ((plan.not_built(why), False) if why is not None
                                           else (plan.ref(store.verify(plan.path, plan.stage)), False))
+    reused = sum(was_reused for _, was_reused in results.values())
+    failed = sum(not built(ref) for ref, _ in results.values())
+    log.info(f"{plans[0].stage}: {len(unique)} part(s): {reused} reused, {len(unique) - reused - failed} built"
+             + (f", {failed} not built" if failed else ""))
     return [results[plan.path] for plan in plans]
 
 
