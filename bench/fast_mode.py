@@ -30,7 +30,7 @@ DEMO_BACKBONE = str(ROOT / "configs" / "demo_vit.json")
 def tokens_of(category, image_size: int):
     """Layer tokens, embeddings, labels, masks and whether each image has a mask."""
     from musc.inputs.backbones import load_backbone
-    from musc.inputs.datasets import load_image, load_mask
+    from musc.inputs.images import load_image, load_mask
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load_backbone(DEMO_BACKBONE, "none", image_size, [0, 1, 2, 3], device="cpu")

@@ -53,7 +53,8 @@ def child(job: dict) -> dict:
     import torch.nn.functional as F
     from musc import store
     from musc.inputs.config import MuscConfig
-    from musc.inputs.datasets import load_category, load_mask
+    from musc.inputs.datasets import load_category
+    from musc.inputs.images import load_mask
     from musc.method.metrics import pixel_metrics
     from musc.stages import Run, ensure, walk
     torch.set_num_threads(job["threads"])

@@ -22,7 +22,6 @@ from prefect.states import Completed, Running
 from pydantic import Field, create_model
 
 from musc import store
-from musc.inputs.config import check_decision
 from musc.outputs.evaluation import ANOMALOUS, threshold_text
 from musc.reference_pool.daily import (SCORE_DECIMALS, anomalous_parts, day_images, flagged_for_review,
                                        history_path, maps_markdown, ordered, parse_day, part_name, read_history,
@@ -271,8 +270,8 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", decisi
         timezone: The time zone in which the scheduled start gives the day.
         review_wait_s: How long a day with flagged parts waits for the review form (seconds; 0: no form).
     """
-    rule = decision if isinstance(decision, DecisionRule) else DecisionRule(**dict(decision or {}))
-    check_decision(rule.threshold, rule.false_alarm_rate)  # NaN would make every part normal
+    rule = decision if isinstance(decision, DecisionRule) else DecisionRule(**dict(decision or {}))  # checked: NaN
+    # would make every part normal
     day = day or run_day(timezone)
     parse_day(day)  # a malformed day fails here, naming it
     folder = Path(root) / day

@@ -8,7 +8,8 @@ from prefect import flow
 from prefect.settings import temporary_settings
 
 from musc.inputs.config import MuscConfig
-from musc.inputs.datasets import MASK_RULES, Category, list_categories
+from musc.inputs.datasets import Category, list_categories
+from musc.inputs.layouts.registry import layout
 from musc.outputs import published, reports, summary
 from musc.stages import Run, reused_throughout
 from musc.store import catalog
@@ -52,7 +53,7 @@ def dataset_flow(dataset: str, root: str, categories: list[str | Category] | Non
     folder = catalog.dataset_report_folder(artifacts, dataset)
     table, index = reports.dataset_report(folder, dataset, {name: r["metrics"] for name, r in results.items()},
                                           {name: r["outputs"] for name, r in results.items()}, cfg.image_size,
-                                          MASK_RULES[dataset])
+                                          layout(dataset).mask_rule)
     publish_dataset(dataset, folder, table, results)
     line = summary.dataset_line(dataset, results, index)
     print(line)

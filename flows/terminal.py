@@ -22,7 +22,8 @@ from rich.text import Text
 
 from flows import use_prefect_startup_timeout
 from musc.inputs.config import ConfigError
-from musc.inputs.datasets import DatasetError, UnreadableImage
+from musc.inputs.datasets import DatasetError
+from musc.inputs.images import UnreadableImage
 from musc.store import ArtifactError
 
 USER_ERRORS = (ConfigError, DatasetError, ArtifactError, UnreadableImage, FileNotFoundError)

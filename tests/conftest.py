@@ -140,7 +140,7 @@ def pool_file(tiny_dataset, tmp_path_factory):
     from musc.inputs.backbone_spec import backbone_settings
     from musc.inputs.backbones import backbone_for
     from musc.inputs.config import MuscConfig
-    from musc.inputs.datasets import load_image
+    from musc.inputs.images import load_image
     from musc.reference_pool import Images, PoolSettings, write_pool
     cfg = MuscConfig.from_dict({**TINY_CONFIG})
     with warnings.catch_warnings():

@@ -163,44 +163,6 @@ def test_failure_inside_the_flow_keeps_the_traceback_off_the_terminal(tmp_path):
     assert "Traceback" in (tmp_path / "artifacts/musc-errors.log").read_text()
 
 
-def test_every_configuration_field_has_a_run_flag_that_is_none_when_left_out():
-    import dataclasses
-
-    import typer.main
-
-    from flows.cli import app
-    from musc.inputs.config import MuscConfig
-    options = {param.name: param for param in typer.main.get_command(app).commands["run"].params}
-    for field in dataclasses.fields(MuscConfig):
-        assert field.name in options, f"musc run has no flag for the configuration field {field.name}"
-        assert options[field.name].opts == [f"--{field.name.replace('_', '-')}"]
-        assert options[field.name].default is None, field.name  # left out: --config's value stays
-
-
-def test_run_flags_override_the_config_file_and_flags_left_out_keep_it(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from flows import cli, terminal
-    from musc.inputs.config import ConfigError, MuscConfig
-    (tmp_path / "data/cat/test/good").mkdir(parents=True)
-    (tmp_path / "run.yaml").write_text("seed: 3\ntopmin_max: 0.5\nlayers: [1, 2]\n")
-    real, built = cli._run_config, []
-
-    def build_then_stop(config_file, flags):
-        built.append(real(config_file, flags))
-        raise ConfigError("stopped before any work")
-    monkeypatch.setattr(cli, "_run_config", build_then_stop)
-    monkeypatch.setattr(terminal, "prefect_environment", lambda: None)  # this process's environment stays
-    result = CliRunner().invoke(cli.app, ["run", "--dataset", "mvtec_ad", "--root", str(tmp_path / "data"),
-                                          "--config", str(tmp_path / "run.yaml"), "--seed", "7", "--r-list", "1,3",
-                                          "--topmin-min", "0.1", "--aligned-radius", "2", "--quick-gelu", "false"])
-    assert result.exit_code == 2 and "error: stopped before any work" in result.output, result.output
-    [cfg] = built
-    assert (cfg.seed, cfg.r_list, cfg.topmin_min, cfg.aligned_radius, cfg.quick_gelu) == (7, (1, 3), 0.1, 2, "false")
-    assert (cfg.topmin_max, cfg.layers) == (0.5, (1, 2))  # in the file, no flag
-    assert (cfg.backbone, cfg.threshold) == (MuscConfig().backbone, None)  # neither
-
-
 @pytest.mark.slow
 def test_first_contact_offline_says_the_cheap_errors_first_and_an_unreachable_hub_in_one_line(tiny_dataset, tmp_path):
     """The default backbone (open_clip's ViT-L-14-336 with the openai weights) with no model hub in
@@ -222,47 +184,3 @@ def test_first_contact_offline_says_the_cheap_errors_first_and_an_unreachable_hu
     assert lines[0].startswith("error: pretrained:") and "unreachable" in lines[0] and "--pretrained" in lines[0]
     assert "Retrying" not in weights.stderr + weights.stdout
     assert not (tmp_path / "a" / "mvtec_ad").exists()  # nothing computed
-
-
-def test_help_shows_no_bool_placeholder_for_any_flag():
-    """Every command's --help as a person reads it: on/off flags (``--verbose``, ``--debug``,
-    ``--help`` itself) without a ``<bool>`` value, and every configuration field explained."""
-    from typer.testing import CliRunner
-
-    from flows.cli import app
-    runner = CliRunner()
-    for command in (["--help"], ["run", "--help"], ["demo", "--help"], ["pool", "add", "--help"],
-                    ["score-new", "--help"], ["review", "--help"], ["clean", "--help"]):
-        shown = runner.invoke(app, command, env={"COLUMNS": "120"}, terminal_width=120)
-        assert shown.exit_code == 0, (command, shown.output)
-        assert "<bool>" not in shown.output, (command, shown.output)
-    assert "--reference" in runner.invoke(app, ["run", "--help"], terminal_width=120).output
-
-
-@pytest.mark.parametrize("width", [60, 80, 100, 200])
-def test_the_metrics_table_shows_every_value_whole_at_any_terminal_width(width, tmp_path, monkeypatch, capsys):
-    """One table where it fits; in a narrower terminal, the image-level metrics, then the pixel-level
-    ones, in as many tables as it takes: never a value cut or folded, never a line past the width."""
-    from flows.cli import _print_metrics
-    from musc.method.metrics import METRIC_NAMES
-    from musc.outputs.published import SHORT_NAMES
-    values = {"screw_bag": [100.0, 99.125, 98.5, 97.0, 96.25, 95.0, 94.5, 93.75], "fabric": [90.0 + i for i in range(8)],
-              "mean": [80.0 + i for i in range(8)]}
-    pd.DataFrame([dict(zip(METRIC_NAMES, v)) for v in values.values()],
-                 index=pd.Index(list(values), name="category")).to_csv(tmp_path / "metrics.csv")
-    outcome = {"flagged": 108, "images": 160, "threshold": 0.1, "threshold_rule": "F1-optimal on the labels",
-               "metrics": {"image_auroc": 1.0}, "outputs": str(tmp_path)}
-    monkeypatch.setenv("COLUMNS", str(width))
-    _print_metrics({"table": str(tmp_path / "metrics.csv"), "report": "report.html",
-                    "categories": {"screw_bag": outcome, "fabric": {**outcome, "flagged": 11, "images": 26}}})
-    lines = capsys.readouterr().out.splitlines()
-    lines = lines[:next(i for i, line in enumerate(lines) if line.startswith("screw_bag: "))]  # the tables
-    assert max(len(line) for line in lines) <= width
-    headers = [name for line in lines if line.split()[:2] == ["category", "flagged"] for name in line.split()[2:]]
-    assert headers == [SHORT_NAMES[name] for name in METRIC_NAMES]
-    tables = sum(line.split()[:2] == ["category", "flagged"] for line in lines)
-    assert (tables == 1) if width >= 100 else (tables >= 2)
-    for category, expected in values.items():
-        shown = [word for line in lines if line.split()[:1] == [category] for word in line.split()[1:]
-                 if word[0].isdigit() and "." in word]
-        assert shown == [f"{value:.2f}" for value in expected], (category, lines)

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from musc.inputs.datasets import (DatasetError, UnreadableImage, list_categories, load_category, load_image, load_mask,
-                       subset_groups, subsets)
+from musc.inputs.datasets import DatasetError, list_categories, load_category, subset_groups
+from musc.inputs.images import UnreadableImage, load_image, load_mask
+from musc.method.subsets import subsets
 
 
 def save(path, array, mode=None):

@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from musc.inputs.config import DEFAULT_K_LISTS
-from musc.inputs.datasets import (DATASETS, MASK_RULES, DatasetError, list_categories, load_category, load_mask,
-                                  subset_groups, subsets)
+from musc.inputs.datasets import DATASETS, DatasetError, list_categories, load_category, subset_groups
+from musc.inputs.layouts.registry import layout as registered
+from musc.inputs.images import load_mask
+from musc.method.subsets import subsets
 from musc.inputs.synthetic import DEFECTS, make_dataset
 
 from conftest import TINY_CONFIG
@@ -144,9 +145,14 @@ def make_kolektor(root: Path, source) -> Path:
 
 # --- the registry --------------------------------------------------------------------------------
 
-def test_every_layout_has_a_mask_rule_and_k_list():
-    assert set(MASK_RULES) == set(DATASETS) and set(DEFAULT_K_LISTS) == set(DATASETS)
-    assert {"mvtec_ad2", "mvtec_loco", "mpdd", "real_iad", "kolektor", "autovi"} <= set(DATASETS)
+def test_every_layout_declares_its_mask_rule_and_k_list_once():
+    assert {"mvtec_ad", "visa", "btad", "folder", "mvtec_ad2", "mvtec_loco", "mpdd", "real_iad", "kolektor",
+            "autovi"} == set(DATASETS)
+    for name in DATASETS:
+        assert registered(name).mask_rule in ("truncate", "nonzero") and registered(name).k_list
+    assert registered("visa").k_list == (1, 8, 9) and registered("mvtec_ad").mask_rule == "truncate"
+    with pytest.raises(DatasetError, match="dataset: unknown layout 'kitti'"):
+        registered("kitti")
 
 
 # --- MVTec AD 2 ----------------------------------------------------------------------------------
@@ -373,7 +379,7 @@ def test_layout_end_to_end(prefect_harness, tmp_path, source, layout):
     result = category_flow(dataset, str(root), category, dict(TINY_CONFIG), str(tmp_path / "artifacts"))
     metrics = result["metrics"]
     table = pd.read_csv(Path(result["outputs"]) / "metrics.csv", keep_default_na=False)
-    assert table.loc[0, "mask_binarisation"] == MASK_RULES[dataset]
+    assert table.loc[0, "mask_binarisation"] == registered(dataset).mask_rule
     if evaluated:
         for name in ("image_auroc", "pixel_auroc", "pixel_aupro"):
             assert metrics[name] is not None and 0.0 <= metrics[name] <= 1.0, name

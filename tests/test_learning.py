@@ -106,7 +106,8 @@ def test_the_reviewed_rule_is_refused_until_both_verdicts_are_there(pool_file, t
     assert outcome.exit_code != 0 and "threshold rule reviewed" in outcome.output
     assert len([line for line in outcome.output.splitlines() if line.strip()]) == 1
     assert not (tmp_path / "x").exists()  # refused before any work
-    with pytest.raises(PoolError, match="threshold rule: expected calibrated or reviewed"):
+    from musc.inputs.config import ConfigError
+    with pytest.raises(ConfigError, match="^rule: expected 'calibrated' or 'reviewed', got 'learned'"):
         DecisionRule(rule="learned")
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 import musc
 from conftest import DEMO_BACKBONE, run_category
-from musc.inputs.datasets import load_image
+from musc.inputs.images import load_image
 from musc.store import manifest_path
 from musc.inputs.synthetic import make_dataset
 from musc.method.msm import mutual_scores

@@ -13,7 +13,8 @@ from sklearn.metrics import roc_auc_score
 import musc
 from conftest import DEMO_BACKBONE, run_category
 from musc import store
-from musc.inputs.datasets import load_category, load_image, load_mask
+from musc.inputs.datasets import load_category
+from musc.inputs.images import load_image, load_mask
 from musc.inputs.synthetic import make_dataset
 from musc.method.maps import anomaly_maps
 from musc.method.msm import reference_mutual_scores

@@ -23,7 +23,8 @@ import torch
 from conftest import DEMO_BACKBONE, TINY_CONFIG, run_category, run_musc
 from musc import store
 from musc.inputs.config import ConfigError, MuscConfig
-from musc.inputs.datasets import DatasetError, UnreadableImage, list_categories, load_category, load_image, load_mask
+from musc.inputs.datasets import DatasetError, list_categories, load_category
+from musc.inputs.images import UnreadableImage, load_image, load_mask
 from musc.outputs.rebuild import clean_artifacts, rebuild_reports
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")  # flows in this process talk to one test server

@@ -205,11 +205,11 @@ def test_nan_and_infinite_thresholds_in_a_config_are_refused(text, tmp_path):
                                                     (None, float("nan"), "false_alarm_rate"),
                                                     (None, 1.0, "false_alarm_rate"), ("0.5", 0.01, "threshold")])
 def test_a_decision_rule_refuses_nan_infinity_and_rates_outside_0_1(threshold, rate, field):
-    from musc.inputs.config import check_decision
+    from musc.reference_pool import DecisionRule
     with pytest.raises(ConfigError, match=rf"^{field}: "):
-        check_decision(threshold, rate)
-    check_decision(0.5, 0.0)
-    check_decision(None, 0.99)
+        DecisionRule(threshold, rate)
+    DecisionRule(0.5, 0.0)
+    DecisionRule(None, 0.99)
 
 
 def test_score_new_refuses_a_nan_threshold_naming_the_option(tmp_path):
@@ -222,7 +222,7 @@ def test_score_new_refuses_a_nan_threshold_naming_the_option(tmp_path):
     image.write_bytes(b"")
     result = CliRunner().invoke(app, ["score-new", "--pool", str(pool), "--threshold", "nan", "--out",
                                       str(tmp_path / "out"), str(image)])
-    assert result.exit_code != 0 and "--threshold: expected a finite number, got nan" in result.output, result.output
+    assert result.exit_code != 0 and "error: threshold: expected a finite number, got nan" in result.output, result.output
     assert not (tmp_path / "out").exists()
 
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 import musc
 from musc.method import screening
 from musc.method.msm import _minima_between, tile_minima
+from musc.inputs.config import ScoreSettings
 from musc.reference_pool import score_against_pool
 from musc.method.screening import BlockScreen, ScreenBound
 
@@ -155,7 +156,7 @@ def test_mutual_scores_and_pool_scores_match_fp32(always_screen):
     bf16 = musc.mutual_scores(Z, block_size=5, precision="bf16")
     np.testing.assert_allclose(bf16.numpy(), fp32.numpy(), atol=1e-6, rtol=0)
     new, pool = [unit(3, 81, 64, seed=16)], [Z]
-    np.testing.assert_allclose(score_against_pool(new, pool, precision="bf16").numpy(),
+    np.testing.assert_allclose(score_against_pool(new, pool, ScoreSettings(msm_precision="bf16")).numpy(),
                                score_against_pool(new, pool).numpy(), atol=1e-6, rtol=0)
     assert len(always_screen) >= 3 + 2  # tiles of 5 images (one split into halves), and the pool
 

@@ -31,7 +31,8 @@ def test_fast_mode_enters_the_score_key_and_exact_modes_share_it():
 @pytest.mark.slow
 def test_fast_mode_stays_within_its_stated_bounds(tiny_dataset):
     from musc.inputs.backbones import load_backbone
-    from musc.inputs.datasets import load_category, load_image, load_mask
+    from musc.inputs.datasets import load_category
+    from musc.inputs.images import load_image, load_mask
     from musc.method.pipeline import score_images
     from musc.outputs.evaluation import evaluate_arrays
     category = load_category("mvtec_ad", str(tiny_dataset), "fabric")

@@ -13,7 +13,8 @@ from PIL import Image
 from conftest import DEMO_BACKBONE, TINY_CONFIG, run_musc
 from musc import store
 from musc.inputs.config import MuscConfig
-from musc.inputs.datasets import UnreadableImage, load_category
+from musc.inputs.datasets import load_category
+from musc.inputs.images import UnreadableImage
 from musc.reference_pool import PoolError, PoolFile, add_run_to_pool, score_new_images
 from musc.stages import Run, build_all
 

@@ -11,7 +11,8 @@ from PIL import Image
 from conftest import TINY_CONFIG, assert_same_arrays, count_work, killed_child, read_all, snapshot
 from musc import store
 from musc.inputs.config import ConfigError, MuscConfig
-from musc.inputs.datasets import load_category, load_mask
+from musc.inputs.datasets import load_category
+from musc.inputs.images import load_mask
 from musc.method.tiling import stitch, tile_boxes
 from musc.stages import Run, build_all, ensure, reused_throughout, walk
 

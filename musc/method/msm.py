@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-from .checks import EXACT_PRECISIONS, PRECISIONS, check_precision
+from .checks import EXACT_PRECISIONS, PRECISIONS, TOPMIN_MAX, TOPMIN_MIN, check_precision
 from .tiles import Tile, block_row, image_blocks, msm_rank_window, set_tiles, tile_pairs
 
 
@@ -204,7 +204,7 @@ def block_scores(first: int, n_blocks: int, votes_of: Callable[[int, int], tuple
     return reduce_votes(torch.cat(block_row(first, n_blocks, votes_of), dim=-2), k_min, k_max)
 
 
-def mutual_scores(Z, topmin_min: float = 0.0, topmin_max: float = 0.3, block_size: int | None = None,
+def mutual_scores(Z, topmin_min: float = TOPMIN_MIN, topmin_max: float = TOPMIN_MAX, block_size: int | None = None,
                   progress: Callable[[int, int], None] | None = None, radius: int | None = None,
                   precision: str = "fp32") -> torch.Tensor:
     """MSM patch scores of one layer and degree: Z (N, L, C) L2-normalised -> (N, L) float64.
@@ -240,7 +240,7 @@ def _rows(Z: torch.Tensor, images: tuple[int, ...]) -> torch.Tensor:
     return Z[images[0]:images[-1] + 1]
 
 
-def reference_mutual_scores(Z, topmin_min: float = 0.0, topmin_max: float = 0.3) -> torch.Tensor:
+def reference_mutual_scores(Z, topmin_min: float = TOPMIN_MIN, topmin_max: float = TOPMIN_MAX) -> torch.Tensor:
     """The straightforward per-image formulation of the reference, for benchmarks and tests.
 
     Each image against all others with ``torch.cdist``: every pair is computed twice and an

@@ -8,12 +8,13 @@ import torch
 
 from .lnamd import aggregate
 from .maps import combine_patch_scores, image_scores_from_maps, upsample_maps
+from .checks import TOPMIN_MAX, TOPMIN_MIN
 from .msm import mutual_scores
 from .rscin import rescore
 
 
 def score_images(layer_tokens: Sequence, embeddings, image_size: int, r_list=(1, 3, 5),
-                 topmin_max: float = 0.3, k_list=(1, 2, 3), topmin_min: float = 0.0,
+                 topmin_max: float = TOPMIN_MAX, k_list=(1, 2, 3), topmin_min: float = TOPMIN_MIN,
                  block_size: int | None = None, precision: str = "fp32") -> dict[str, np.ndarray]:
     """The MuSc method on one set of images.
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from .checks import check_image_count
+from .checks import TOPMIN_MAX, TOPMIN_MIN, check_image_count
 
 
-def msm_rank_window(n_images: int, topmin_min: float = 0.0, topmin_max: float = 0.3) -> tuple[int, int]:
+def msm_rank_window(n_images: int, topmin_min: float = TOPMIN_MIN, topmin_max: float = TOPMIN_MAX) -> tuple[int, int]:
     """The 0-based rank window [k_min, k_max) of the sorted votes that is averaged.
 
     The reference uses k_max = int((N-1)*topmin_max), which is 0 for N <= 4 and makes every score

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..inputs.datasets import UnreadableImage, load_image
+from ..inputs.images import UnreadableImage, load_image
 from ..method.metrics import METRIC_NAMES, BinaryCurves
 from ..store.catalog import derived_name
 from .evaluation import ANOMALOUS, NORMAL, SHORT_NAMES, Evaluation, EvaluationInputs, metric_text

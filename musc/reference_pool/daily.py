@@ -14,7 +14,8 @@ import pandas as pd
 
 from ..outputs.evaluation import ANOMALOUS, threshold_text
 from ..inputs.config import ConfigError
-from ..inputs.datasets import IMAGE_SUFFIXES, DatasetError
+from ..inputs.datasets import DatasetError
+from ..inputs.images import IMAGE_SUFFIXES
 from ..outputs.figures import heat_colours, new_figure
 from ..outputs.gallery import data_uri, png_data_uri
 from ..outputs.html import markdown_page

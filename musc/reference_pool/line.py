@@ -164,7 +164,7 @@ def none_scored(run: LineRun, record: DayRecord) -> Exception:
     if tiling is not None and len(sized) == len(skipped):
         return PoolError(f"score-new: none of the {len(skipped)} part(s) has the size of the tiled pool "
                          f"{pool.path.name}'s parts ({tiling.width} x {tiling.height} pixels; first: {skipped[0][0]})")
-    from ..inputs.datasets import UnreadableImage
+    from ..inputs.images import UnreadableImage
     if not sized:
         return UnreadableImage(f"score-new: none of the images could be read (first: {skipped[0][1]})")
     return PoolError(f"score-new: none of the {len(skipped)} part(s) could be scored: {len(skipped) - len(sized)} "

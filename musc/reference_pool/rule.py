@@ -9,13 +9,13 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 
+from ..inputs.values import ConfigError, about, check_fields
 from .pool import PoolError
 
-DEFAULT_FALSE_ALARM_RATE = 0.01
 THRESHOLD_RULES = ("calibrated", "reviewed")
 
 
@@ -51,16 +51,19 @@ class DecisionRule:
     """A fixed threshold; or, by ``rule``: one calibrated on the pool at a false-alarm rate (see
     ``calibrated_threshold``, the default), or, opt-in, ``reviewed``: F1-optimal on the scores of
     the parts inspectors reviewed against this pool (the latest verdict per part; defect =
-    anomalous, good = normal), once the history holds both verdicts."""
-    threshold: float | None = None
-    false_alarm_rate: float = DEFAULT_FALSE_ALARM_RATE
-    rule: str = "calibrated"
+    anomalous, good = normal), once the history holds both verdicts. Each field declared once: the
+    command line's options and the daily deployment's form derive from it."""
+    threshold: Annotated[float | None, about("A fixed image-score threshold. Empty: by the rule.")] = None
+    false_alarm_rate: Annotated[float, about("The calibrated rule: the fraction of the pool's own leave-one-out "
+                                             "scores allowed to reach the threshold.", ge=0, lt=1)] = 0.01
+    rule: Annotated[Literal[THRESHOLD_RULES], about(
+        "calibrated (on the pool, at the false-alarm rate) or reviewed (F1-optimal on the scores of the parts "
+        "inspectors reviewed against this pool, once both verdicts are there).")] = "calibrated"
 
     def __post_init__(self) -> None:
-        if self.rule not in THRESHOLD_RULES:
-            raise PoolError(f"threshold rule: expected {' or '.join(THRESHOLD_RULES)}, got {self.rule!r}")
+        check_fields(self)
         if self.rule == "reviewed" and self.threshold is not None:
-            raise PoolError("threshold rule: reviewed sets the threshold itself; give no fixed threshold with it")
+            raise ConfigError("rule: reviewed sets the threshold itself; give no fixed threshold with it")
 
     @property
     def learns(self) -> bool:
@@ -114,3 +117,6 @@ def calibrated_threshold(self_scores, false_alarm_rate: float) -> float:
                          "give a fixed threshold")
     allowed = math.floor(false_alarm_rate * scores.size)
     return float(np.nextafter(scores[scores.size - 1 - allowed], np.inf))
+
+
+DEFAULT_FALSE_ALARM_RATE = DecisionRule().false_alarm_rate

@@ -139,11 +139,8 @@ def set_scores(rows: BlockReader, n_rows: int, window: int, settings: ScoreSetti
 
 
 def score_against_pool(new_layers: Sequence[torch.Tensor], pool_layers: Sequence[torch.Tensor],
-                       topmin_min: float = 0.0, topmin_max: float = 0.3, radius: int | None = None,
-                       precision: str = "fp32") -> torch.Tensor:
+                       settings: ScoreSettings = ScoreSettings()) -> torch.Tensor:
     """In-memory form: MSM scores (layers, M, L) of new images (M, L, C), each against pool (P, L, C) only."""
-    settings = ScoreSettings(topmin_min=topmin_min, topmin_max=topmin_max, aligned_radius=radius,
-                             msm_precision=precision)
     return torch.stack([part_scores(new, in_memory(pool), pool.shape[0], settings)
                         for new, pool in zip(new_layers, pool_layers)])
 

@@ -16,7 +16,8 @@ import numpy as np
 from .. import store
 from ..inputs.backbone_spec import backbone_settings
 from ..inputs.config import ExtractSettings
-from ..inputs.datasets import Category, DatasetError, UnreadableImage, load_image, load_mask
+from ..inputs.datasets import Category, DatasetError
+from ..inputs.images import UnreadableImage, load_image, load_mask
 from ..method.checks import MIN_IMAGES
 from ..method.tiling import ImageTiling, TileSizeError
 from ..progress import TRACKER

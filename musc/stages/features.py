@@ -63,7 +63,7 @@ def read_part(part, pool):
     is not of a tiled pool's parts' size."""
     import hashlib
 
-    from ..inputs.datasets import UnreadableImage, load_image
+    from ..inputs.images import UnreadableImage, load_image
     from ..method.tiling import TileSizeError
     try:
         data = Path(part.path).read_bytes()

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import store
 from ..inputs.config import ScoreSettings
-from ..inputs.datasets import subsets
+from ..method.subsets import subsets
 from ..method.tiles import Tile, msm_rank_window, set_tiles, tile_sets
 from ..progress import TRACKER
 from .building import Plan

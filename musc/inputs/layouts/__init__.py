@@ -1,0 +1,1 @@
+"""Dataset layouts, one module per family, each registering its layouts (``registry``)."""
