@@ -76,7 +76,7 @@ def msm_features(source: str, n: int, patches: int, channels: int) -> torch.Tens
     size = 8 * int(patches ** 0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = load_backbone(str(ROOT / "configs" / "demo_vit.json"), "none", size, [3], device="cpu")
+        model = load_backbone(str(ROOT / "musc" / "inputs" / "demo_vit.json"), "none", size, [3], device="cpu")
     images = [preprocess(Image.open(p).convert("RGB"), size) for p in sorted(REAL_IMAGES.glob("*/*.png"))[:n]]
     with torch.no_grad():
         tokens, _ = model.extract(torch.stack(images))
@@ -214,7 +214,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, default=256)
     parser.add_argument("--block-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--backbone", default=str(ROOT / "configs" / "demo_vit.json"))
+    parser.add_argument("--backbone", default=str(ROOT / "musc" / "inputs" / "demo_vit.json"))
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--layers", default="0,1,2,3")
     parser.add_argument("--scaling", default="", help="comma-separated N for the score-stage scaling table")

@@ -68,7 +68,7 @@ def build_upstream(data: Path, artifacts: Path, image_size: int):
     from musc.inputs.config import MuscConfig
     from musc.inputs.datasets import load_category
     from musc.stages import STAGE_SPECS, Run, ensure, walk
-    cfg = MuscConfig(backbone=str(ROOT / "configs" / "demo_vit.json"), pretrained="none", image_size=image_size,
+    cfg = MuscConfig(backbone=str(ROOT / "musc" / "inputs" / "demo_vit.json"), pretrained="none", image_size=image_size,
                      layers=(0, 1, 2, 3), r_list=(1,), device="cpu", batch_size=8, msm_precision="bf16-fast")
     category = load_category("mvtec_ad", str(data), "fabric")
     built = {}

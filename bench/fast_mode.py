@@ -3,7 +3,7 @@
     python bench/fast_mode.py                       # the two demo categories and the real bottle images
     python bench/fast_mode.py --image-size 256
 
-Tokens are extracted once per set (demo backbone configs/demo_vit.json, seeded random weights), then
+Tokens are extracted once per set (demo backbone musc/inputs/demo_vit.json, seeded random weights), then
 the method runs twice on them (fp32, bf16-fast). Times are MSM + LNAMD + maps + RsCIN (the part the
 precision changes), measured in this run. The real bottle images have no masks here: their image
 metrics come from the folder labels (good vs every defect folder), pixel metrics are n/a.
@@ -24,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 REAL_ROOT = ROOT.parent / "shared" / "data" / "real"
-DEMO_BACKBONE = str(ROOT / "configs" / "demo_vit.json")
+DEMO_BACKBONE = str(ROOT / "musc" / "inputs" / "demo_vit.json")
 
 
 def tokens_of(category, image_size: int):

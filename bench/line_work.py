@@ -45,7 +45,8 @@ def measure(tree: Path, parts: int, pool_size: int, base: Path) -> dict:
     from musc.inputs.synthetic import make_dataset
     from musc.reference_pool import (DecisionRule, Images, PoolSettings, add_day_to_pool, record_verdicts,
                                      score_new_images, write_pool)
-    config = MuscConfig(backbone=str(tree / "configs" / "demo_vit.json"), pretrained="none", image_size=64,
+    demo = next(p for p in (tree / "musc/inputs/demo_vit.json", tree / "configs/demo_vit.json") if p.is_file())
+    config = MuscConfig(backbone=str(demo), pretrained="none", image_size=64,
                         layers=(0, 1, 2, 3), r_list=(1, 3), device="cpu", block_size=8)
     data = make_dataset(base / "data", n_good=pool_size + parts, n_per_defect=max(1, parts // 20), size=PART_PX,
                         seed=3, categories=("fabric",))

@@ -1,7 +1,7 @@
 """Tiling of high-resolution parts: cost, and what it finds.
 
 On generated 512 px plates with pits of 6-10 px (musc.inputs.synthetic.make_parts), with the tiny
-demo backbone (configs/demo_vit.json, random weights, CPU):
+demo backbone (musc/inputs/demo_vit.json, random weights, CPU):
 
 1. time per stage and peak RSS of a tiled run (2 x 2 tiles at image size S, default 64) against an
    untiled run at twice the image size (2 S: four times the pixels, as many as the four tiles), each
@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-TINY = {"backbone": str(ROOT / "configs" / "demo_vit.json"), "pretrained": "none", "layers": [0, 1, 2, 3],
+TINY = {"backbone": str(ROOT / "musc" / "inputs" / "demo_vit.json"), "pretrained": "none", "layers": [0, 1, 2, 3],
         "batch_size": 4, "block_size": 8, "device": "cpu", "r_list": [1, 3]}
 SIZE = 512
 

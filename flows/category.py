@@ -12,12 +12,12 @@ from musc import progress, store
 from musc.inputs.backbone_spec import check_degrees
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import Category, load_category
-from musc.outputs import published, summary
+from musc.outputs import ui_content, summary
 from musc.outputs.rebuild import REPORT_FILES, rebuild_one
 from musc.stages import Plan, Run, StageSpec, walk
 from musc.stages.graph import PARTS_AT_ONCE
 from tasks import parts_task, stage_task, tile_task
-from tasks.publish import artifact_key, publish
+from tasks.ui import artifact_key, publish
 
 from .names import category_run_name
 from .runners import task_runner
@@ -119,7 +119,7 @@ def publish_category(dataset: str, category: str, outputs: str, refs: dict, r_li
     artifacts = {"extract": refs["extract"]["path"],
                  **{f"score r={r}": ref["path"] for r, ref in zip(r_list, refs["scores"])},
                  "classify": refs["classify"]["path"], "evaluate": refs["evaluate"]["path"]}
-    content = published.category_content(outputs, f"{dataset} / {category}", artifacts)
+    content = ui_content.category_content(outputs, f"{dataset} / {category}", artifacts)
     key = artifact_key(dataset, category)
     publish("table", f"{key}-metrics", content.rows, content.table_description, on_root=False)
     publish("markdown", f"{key}-report", content.markdown, f"MuSc report, {dataset} / {category}", on_root=False)

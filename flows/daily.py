@@ -34,8 +34,8 @@ from musc.reference_pool.rule import DecisionRule
 from musc.reference_pool.verdicts import per_day, verdict_history_path
 from musc.stages import walk
 from musc.stages.faults import fail_once_point
-from tasks.publish import artifact_key
-from tasks.publish import publish as publish_artifact
+from tasks.ui import artifact_key
+from tasks.ui import publish as publish_artifact
 
 from .category import run_stage
 from .names import daily_run_name, run_day

@@ -10,10 +10,10 @@ from prefect.settings import temporary_settings
 from musc.inputs.config import MuscConfig
 from musc.inputs.datasets import Category, list_categories
 from musc.inputs.layouts.registry import layout
-from musc.outputs import published, reports, summary
+from musc.outputs import ui_content, reports, summary
 from musc.stages import Run, reused_throughout
 from musc.store import catalog
-from tasks.publish import artifact_key, publish, ui_link
+from tasks.ui import artifact_key, publish, ui_link
 
 from .category import category_flow, checked_category
 from .names import dataset_run_name
@@ -92,7 +92,7 @@ def publish_dataset(dataset: str, folder: Path, table, results: dict) -> None:
     links = {name: {"its report in the UI": ui_link(f"/artifacts/key/{artifact_key(dataset, name)}-report"),
                     **({"its run": ui_link(f"/runs/flow-run/{r['flow_run']}")} if r.get("flow_run") else {})}
              for name, r in results.items()}
-    content = published.dataset_content(folder, dataset, table, {n: r["outputs"] for n, r in results.items()},
+    content = ui_content.dataset_content(folder, dataset, table, {n: r["outputs"] for n, r in results.items()},
                                         artifacts, links=links)
     key = artifact_key(dataset)
     publish("table", f"{key}-metrics", content.rows, content.table_description)

@@ -5,11 +5,11 @@ from pathlib import Path
 
 from prefect import flow
 
+from musc.inputs.backbone_spec import DEMO_BACKBONE
 from musc.inputs.synthetic import make_dataset
 
 from .dataset import dataset_flow
 
-DEMO_BACKBONE = str(Path(__file__).resolve().parents[1] / "configs" / "demo_vit.json")
 DEMO_CONFIG = {"backbone": DEMO_BACKBONE, "pretrained": "none", "image_size": 128, "layers": [0, 1, 2, 3],
                "batch_size": 8, "device": "cpu"}
 

@@ -16,7 +16,7 @@ def print_metrics(result: dict) -> None:
     import pandas as pd
 
     from musc.outputs.evaluation import threshold_text
-    from musc.outputs.published import LEGEND, metric_rows
+    from musc.outputs.ui_content import LEGEND, metric_rows
     from musc.outputs.summary import flagged_text, unlabeled_lines
     rows = metric_rows(pd.read_csv(result["table"], index_col="category"))
     outcomes = result["categories"]

@@ -21,12 +21,9 @@ from rich.console import Console
 from rich.text import Text
 
 from flows import use_prefect_startup_timeout
-from musc.inputs.config import ConfigError
-from musc.inputs.datasets import DatasetError
-from musc.inputs.images import UnreadableImage
-from musc.store import ArtifactError
+from musc.errors import MuscError
 
-USER_ERRORS = (ConfigError, DatasetError, ArtifactError, UnreadableImage, FileNotFoundError)
+USER_ERRORS = (MuscError,)  # everything a user can cause and mend: one line, exit status 2
 console = Console(stderr=True, markup=False)  # errors and warnings; results go to stdout (text as it is: no markup)
 T = TypeVar("T")
 

@@ -11,9 +11,14 @@ The library, in four layers (no Prefect, no flows, no tasks anywhere in this pac
 plus ``musc.reference_pool``, the service that scores new images against earlier ones.
 """
 import importlib
+import importlib.metadata
 
 from .inputs.config import ConfigError, MuscConfig
-from .store.schema import PACKAGE_VERSION as __version__
+
+try:
+    __version__ = importlib.metadata.version("musc-flow")  # written once: pyproject.toml
+except importlib.metadata.PackageNotFoundError:  # a checkout that was never installed
+    __version__ = "unknown"
 
 # Loaded on first use: torch, open_clip, sklearn are slow imports that a cached rerun never needs.
 _LAZY = {"aggregate": "method.lnamd", "layer_norm_average": "method.lnamd", "upsample_maps": "method.maps",

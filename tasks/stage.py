@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.states import Completed
 
-from musc.method.tiles import Tile
+from musc.method.blocks import Tile
 from musc.stages import STAGE_SPECS, Plan, ensure, ensure_many
 
 

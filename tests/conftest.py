@@ -32,7 +32,7 @@ SHARED = ROOT.parent / "shared"
 REAL_DATA = SHARED / "data" / "real"
 # set by .ci/run: there, missing real images are a failure, not a skip
 REQUIRE_SHARED = "MUSC_REQUIRE_SHARED"
-DEMO_BACKBONE = str(ROOT / "configs" / "demo_vit.json")
+DEMO_BACKBONE = str(ROOT / "musc" / "inputs" / "demo_vit.json")
 TINY_CONFIG = {"backbone": DEMO_BACKBONE, "pretrained": "none", "image_size": 64, "layers": [0, 1, 2, 3],
                "batch_size": 4, "block_size": 4, "device": "cpu", "r_list": [1, 3]}
 PREFECT = str(Path(sys.executable).with_name("prefect"))

@@ -71,7 +71,7 @@ def _evaluation(cwd, category):
 @pytest.mark.slow
 def test_demo_terminal_shows_every_metric_of_the_csv_the_mean_and_the_flagged(demo_run):
     from musc.method.metrics import METRIC_NAMES
-    from musc.outputs.published import SHORT_NAMES
+    from musc.outputs.ui_content import SHORT_NAMES
     cwd, result = demo_run
     table = pd.read_csv(cwd / "artifacts/mvtec_ad/_report/metrics.csv", index_col="category")
     lines = result.stdout.splitlines()

@@ -67,7 +67,7 @@ def test_the_metrics_table_shows_every_value_whole_at_any_terminal_width(width, 
     ones, in as many tables as it takes: never a value cut or folded, never a line past the width."""
     from flows.metrics_table import print_metrics
     from musc.method.metrics import METRIC_NAMES
-    from musc.outputs.published import SHORT_NAMES
+    from musc.outputs.ui_content import SHORT_NAMES
     values = {"screw_bag": [100.0, 99.125, 98.5, 97.0, 96.25, 95.0, 94.5, 93.75], "fabric": [90.0 + i for i in range(8)],
               "mean": [80.0 + i for i in range(8)]}
     pd.DataFrame([dict(zip(METRIC_NAMES, v)) for v in values.values()],

@@ -58,7 +58,7 @@ def test_msm_tiles_on_the_gpu_equal_the_cpu(precision):
 def test_score_tile_task_runs_on_the_gpu(tmp_path):
     """The score stage's tile (musc/stages/score.py) with device cuda writes the CPU's votes."""
     from musc import MuscConfig, store
-    from musc.method.tiles import Tile
+    from musc.method.blocks import Tile
     from musc.stages import score
     torch.manual_seed(0)
     features = F.normalize(torch.randn(1, 6, 64, 32), dim=-1).numpy()

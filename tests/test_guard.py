@@ -80,7 +80,7 @@ def test_a_systematic_defect_is_marked_and_named(stained_run):
     assert report.count(f"**{GUARD_MARK}**") == STAINED
     page = (outputs / "report.html").read_text()
     assert page.count(f"<span class='tag guard'>{GUARD_MARK}</span>") == STAINED
-    from musc.outputs.published import category_content
+    from musc.outputs.ui_content import category_content
     markdown = category_content(outputs, "mvtec_ad / fabric", {}).markdown
     assert "Systematic-defect guard (6 marked)" in markdown and all(name in markdown for name in stained)
 

@@ -443,7 +443,7 @@ def test_a_full_disk_while_writing_the_history_names_the_folder_and_leaves_no_te
 def test_non_ascii_names_get_valid_distinct_artifact_keys():
     from prefect.types.names import LOWERCASE_LETTERS_NUMBERS_AND_DASHES_ONLY_REGEX as VALID
 
-    from tasks.publish import artifact_key
+    from tasks.ui import artifact_key
     import re
     keys = [artifact_key("folder", name, "metrics") for name in ("Gehäuse", "部品", "部品2", "gehause")]
     assert all(re.fullmatch(VALID, key) for key in keys), keys
@@ -454,7 +454,7 @@ def test_non_ascii_names_get_valid_distinct_artifact_keys():
 
 def test_two_lines_pools_of_one_file_name_publish_under_distinct_keys_and_resources(tmp_path):
     import flows.daily
-    from tasks.publish import artifact_key
+    from tasks.ui import artifact_key
     pools = [tmp_path / line / "pool.h5" for line in ("line1", "line2")]
     keys = [artifact_key("daily", flows.daily.pool_name(pool)) for pool in pools]
     assert len(set(keys)) == 2 and all(key.startswith("musc-daily-pool-") for key in keys)

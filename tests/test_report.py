@@ -116,10 +116,10 @@ def test_dataset_flow_publishes_prefect_artifacts(prefect_harness, tiny_dataset,
 
 
 def test_ui_table_values_are_strings_with_two_decimals():
-    from musc.outputs import published
+    from musc.outputs import ui_content
     table = reports.metrics_table({"a": {n: 1 / 3 for n in METRIC_NAMES}, "b": {n: float("nan") for n in METRIC_NAMES}},
                                   {}, 64, "truncate")
-    rows = published.metric_rows(table)
+    rows = ui_content.metric_rows(table)
     assert [r["category"] for r in rows] == ["a", "b", "mean"]
     assert rows[0]["I-AUROC"] == "33.33" and rows[1]["P-AUPRO"] == "n/a" and rows[2]["I-AP"] == "n/a"
     assert len(rows[0]) == 1 + len(METRIC_NAMES)  # narrow: no settings columns (they are in the description)
@@ -220,7 +220,7 @@ def test_a_data_uri_keeps_the_rare_hot_colours_of_a_heat_map(tmp_path):
 
     from musc.outputs.figures import heat_colours
     from musc.outputs.gallery import data_uri
-    from musc.outputs.published import THUMB_COLOURS
+    from musc.outputs.ui_content import THUMB_COLOURS
     rng = np.random.default_rng(0)
     grey = np.repeat(rng.integers(60, 200, (96, 96, 1)), 3, axis=2).astype(np.uint8)
     values = rng.random((96, 96)) * 0.3

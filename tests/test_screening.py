@@ -1,4 +1,4 @@
-"""bf16 screening of MSM (musc/screening.py): the error bound holds, and the result is the fp32 one."""
+"""bf16 screening of MSM (musc/method/screening.py): the error bound holds, and the result is the fp32 one."""
 import numpy as np
 import pytest
 import torch
@@ -10,21 +10,6 @@ from musc.method.msm import _minima_between, tile_minima
 from musc.inputs.config import ScoreSettings
 from musc.reference_pool import score_against_pool
 from musc.method.screening import BlockScreen, ScreenBound
-
-
-@pytest.fixture(scope="module", autouse=True)
-def kernel_cache(tmp_path_factory):
-    """Build the kernels into a temporary cache once for this module."""
-    folder = tmp_path_factory.mktemp("kernels")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MUSC_KERNEL_CACHE", str(folder))
-        screening.kernels.cache_clear()
-        try:
-            screening.kernels()
-        except screening.ScreeningUnavailable as error:
-            pytest.skip(f"no C compiler here: {error}")
-        yield folder
-    screening.kernels.cache_clear()
 
 
 @pytest.fixture
@@ -166,47 +151,6 @@ def test_unknown_precision_names_the_field():
         musc.mutual_scores(unit(5, 9, 8), precision="fp16")
 
 
-@pytest.fixture
-def fresh_kernels(tmp_path, monkeypatch):
-    """An empty kernel cache in tmp_path/cache, for tests that break the build on purpose."""
-    monkeypatch.setenv("MUSC_KERNEL_CACHE", str(tmp_path / "cache"))
-    screening.kernels.cache_clear()
-    yield tmp_path / "cache"
-    screening.kernels.cache_clear()
-
-
-def test_without_a_compiler_bf16_warns_and_computes_fp32(fresh_kernels, monkeypatch):
-    monkeypatch.setenv("CC", str(fresh_kernels / "no-such-cc"))
-    Z = unit(6, 16, 8, seed=17)
-    with pytest.warns(UserWarning, match="msm_precision: cannot run the C compiler"):
-        scores = musc.mutual_scores(Z, precision="bf16")
-    np.testing.assert_array_equal(scores.numpy(), musc.mutual_scores(Z).numpy())
-
-
-def test_a_failing_build_is_reported_and_leaves_no_library(fresh_kernels, monkeypatch):
-    monkeypatch.setenv("CC", "false")
-    with pytest.raises(screening.ScreeningUnavailable, match="^msm_precision: building screen.c"):
-        screening.kernels()
-    assert not list(fresh_kernels.rglob("*.so"))
-
-
-def test_an_unwritable_kernel_cache_is_named(fresh_kernels, monkeypatch):
-    blocker = fresh_kernels.parent / "a-file"
-    blocker.write_text("")
-    monkeypatch.setenv("MUSC_KERNEL_CACHE", str(blocker / "cache"))
-    with pytest.raises(screening.ScreeningUnavailable, match="^msm_precision: cannot write the kernel cache"):
-        screening.kernels()
-
-
-def test_kernels_are_built_once_and_reused(kernel_cache):
-    libraries = list(kernel_cache.glob("musc-screen-*.so"))
-    assert len(libraries) == 1
-    built = libraries[0].stat().st_mtime_ns
-    screening.kernels.cache_clear()
-    screening.kernels()
-    assert libraries[0].stat().st_mtime_ns == built
-
-
 def test_a_matmul_outside_the_bound_disables_the_screen(monkeypatch):
     """If this PyTorch's bf16 matmul were less accurate than the bound assumes, MSM must not trust it."""
     monkeypatch.setattr(ScreenBound, "for_blocks", classmethod(lambda cls, *blocks: cls(absolute=0.0, relative=0.0)))
@@ -220,13 +164,3 @@ def test_a_matmul_outside_the_bound_disables_the_screen(monkeypatch):
     finally:
         screening.check_bf16_matmul.cache_clear()
     np.testing.assert_array_equal(scores.numpy(), musc.mutual_scores(Z).numpy())
-
-
-def test_the_portable_kernels_give_the_same_minima(fresh_kernels, monkeypatch, always_screen):
-    """Built without -march=native (no AVX-512: the plain-C chunks), the kernels agree with fp32 too."""
-    monkeypatch.setattr(screening, "COMPILE_FLAGS", ("-O2", "-shared", "-fPIC"))
-    block_a, block_b = unit(3, 50, 40, seed=19), unit(2, 50, 40, seed=20)
-    (fa, fb), (sa, sb) = exact_and_screened(block_a, block_b)
-    torch.testing.assert_close(sa, fa, atol=1e-6, rtol=0)
-    torch.testing.assert_close(sb, fb, atol=1e-6, rtol=0)
-    assert always_screen and len(list(fresh_kernels.glob("musc-screen-*.so"))) == 1

@@ -21,6 +21,9 @@ TIMM_PREFIX = "timm:"
 RANDOM_WEIGHTS = ("", "none", "random")
 
 
+# The demo's backbone: a tiny ViT (open_clip JSON config) with seeded random weights, shipped in the package
+DEMO_BACKBONE = str(Path(__file__).with_name("demo_vit.json"))
+
 def backbone_family(model: str) -> str:
     return "timm" if str(model).startswith(TIMM_PREFIX) else "clip"
 

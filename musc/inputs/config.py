@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict
 
 from ..method.checks import EXACT_PRECISIONS, PRECISIONS, TOPMIN_MAX, TOPMIN_MIN
-from ..method.tiles import TILE_MIXINGS
+from ..method.blocks import TILE_MIXINGS
 from .values import ConfigError, about, check_fields, shown
 
 MAX_TILES = 16  # tiles per side: beyond it a part is better cut into several images

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..errors import MuscError
+
 MIN_IMAGES = 2  # mutual scoring compares each image with at least one other
 # The paper's MSM window: each patch's score is the mean of its sorted votes from this share of the
 # other images to that one (docs/METHOD.md section 4); every default of the window is this one.
 TOPMIN_MIN, TOPMIN_MAX = 0.0, 0.3
 
 
-class TooFewImages(ValueError):
+class TooFewImages(MuscError, ValueError):
     """A set of images is too small for the method or one of its settings."""
 
 

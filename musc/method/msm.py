@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from .checks import EXACT_PRECISIONS, PRECISIONS, TOPMIN_MAX, TOPMIN_MIN, check_precision
-from .tiles import Tile, block_row, image_blocks, msm_rank_window, set_tiles, tile_pairs
+from .blocks import Tile, block_row, image_blocks, msm_rank_window, set_tiles, tile_pairs
 
 
 def _augmented(features: torch.Tensor, left: bool) -> torch.Tensor:
@@ -213,7 +213,7 @@ def mutual_scores(Z, topmin_min: float = TOPMIN_MIN, topmin_max: float = TOPMIN_
     ``progress(done, total)`` is called after each tile. ``radius``: aligned-parts option, compare
     each patch only with patches within that many grid steps of its position (None: all patches,
     as the paper). ``precision``: "fp32", or "bf16" to screen in bf16 and recompute the nearest
-    candidates in fp32 (the same scores, faster on CPUs with AVX512-BF16 or AMX; musc/screening.py),
+    candidates in fp32 (the same scores, faster on CPUs with AVX512-BF16 or AMX; musc/method/screening.py),
     or "bf16-fast": bf16 products without the exact refine (faster, slightly different scores).
     """
     check_precision(precision)

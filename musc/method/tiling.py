@@ -1,7 +1,7 @@
 """Image tiling for large parts (docs/METHOD.md section 10): where each of an image's R x C tiles lies,
 and how the tiles' patch scores are stitched back into one map at the image's full resolution.
 
-(Not to be confused with MSM's tiles of image blocks, ``musc.method.tiles``: an image tile here is a
+(Not to be confused with MSM's tiles of image blocks, ``musc.method.blocks``: an image tile here is a
 crop of one image, scored as an image of its own.)
 """
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..errors import MuscError
 
 
 def _axis_spans(length: int, count: int, overlap: float) -> list[tuple[int, int]]:
@@ -61,7 +63,7 @@ def stitch(patch_maps, boxes, height: int, width: int) -> np.ndarray:
     return total / covered
 
 
-class TileSizeError(ValueError):
+class TileSizeError(MuscError, ValueError):
     """An image that is not of the size its tiles were laid out for."""
 
 

@@ -26,7 +26,7 @@ import torch
 from ..store import ArtifactError, open_artifact, write_artifact
 from ..store.schema import stage_schema
 from ..inputs.config import ScoreSettings
-from ..method.tiles import image_blocks, tile_sets
+from ..method.blocks import image_blocks, tile_sets
 from ..method.tiling import ImageTiling
 from .scoring import BlockReader, image_scores, part_scores, read_rows, rows_reader, set_scores
 

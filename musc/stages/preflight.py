@@ -11,7 +11,7 @@ from .graph import Run, first_plan
 
 def preflight(config: MuscConfig, runs: Sequence[Run] | None) -> list[str]:
     """Reject a bad backbone configuration before any work (ConfigError naming the field); returns
-    warnings to show (the bf16 screen unavailable: MSM then runs in fp32, with the same scores).
+    warnings to show (bf16 screening on a CPU that multiplies bf16 no faster than fp32).
 
     The backbone is built only when some category still needs its first stage: a valid extract
     artifact for every category (planned from the settings and the image digests, no model) proves
@@ -24,9 +24,8 @@ def preflight(config: MuscConfig, runs: Sequence[Run] | None) -> list[str]:
             backbone_for(config.extract)
     notes = []
     if config.msm_precision == "bf16":
-        from ..method.screening import ScreeningUnavailable, kernels
-        try:
-            kernels()
-        except ScreeningUnavailable as error:
-            notes.append(f"{error}; MSM runs in fp32 (the same scores)")
+        from ..method.screening import native_bf16
+        if not native_bf16():
+            notes.append("msm_precision: this CPU has no native bf16 (AVX512-BF16 or AMX), so bf16 screening is "
+                         "likely slower than fp32; the scores are the same either way")
     return notes

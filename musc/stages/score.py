@@ -1,7 +1,7 @@
 """Stage 3, score (one per degree r): MSM patch scores of every layer, tile by tile.
 
 Within each subset (divide_num), image blocks (I, J) with I <= J are scored once for both
-directions (``musc.method.tiles``). Each tile writes its nearest-patch votes to a part of its own,
+directions (``musc.method.blocks``). Each tile writes its nearest-patch votes to a part of its own,
 so a crash loses at most one tile and finished tiles are never recomputed; tiles can run anywhere
 (Prefect's tile tasks: threads, or Dask workers). The build then reduces, block by block, each
 patch's votes to the mean of its smallest ones: it holds one block row of votes at a time, plus
@@ -19,7 +19,7 @@ import numpy as np
 from .. import store
 from ..inputs.config import ScoreSettings
 from ..method.subsets import subsets
-from ..method.tiles import Tile, msm_rank_window, set_tiles, tile_sets
+from ..method.blocks import Tile, msm_rank_window, set_tiles, tile_sets
 from ..progress import TRACKER
 from .building import Plan
 from .faults import fault_point

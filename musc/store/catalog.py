@@ -27,6 +27,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from ..errors import MuscError
 from .schema import STAGES
 
 ARTIFACTS_MARKER = ".musc-artifacts"
@@ -35,7 +36,7 @@ KEY_PATTERN = re.compile(r"[0-9a-f]{16}")  # what ``stable_hash`` makes: nothing
 _SIDE_FILE = re.compile(r"^\.(?P<key>.+?)\.(h5|json)\.(lock|verified|(?:verified\.)?tmp-.*)$")
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(MuscError, RuntimeError):
     """An artifact is missing, partial, corrupt or foreign, or a name would lead out of the artifacts
     root; the message names the file or field."""
 

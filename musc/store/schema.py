@@ -12,7 +12,6 @@ import re
 from dataclasses import dataclass
 
 SCHEMA_VERSION = 1
-PACKAGE_VERSION = "0.1.0"
 
 
 @dataclass(frozen=True)
@@ -38,7 +37,9 @@ class Stage:
 
     @property
     def code_version(self) -> str:
-        return f"musc-{PACKAGE_VERSION}/{self.name}-{self.version}"
+        """The version of the code that writes the stage (not the package's: a release that leaves a
+        stage's output as it was keeps its artifacts)."""
+        return f"musc/{self.name}-{self.version}"
 
     def field(self, name: str) -> Field | None:
         top = name.split("/", 1)[0]
