@@ -97,7 +97,7 @@ def main() -> None:
                      size=args.image_size, categories=("fabric",))
         cfg, plan, build_evaluate = build_upstream(scratch / "data", scratch / "artifacts", args.image_size)
         path = Path(plan.path)
-        extract, classify = plan.needs["extract"], plan.needs["classify"]
+        extract, classify = plan.needs.extract, plan.needs.classify
         spent = timed_parts()
         started = time.perf_counter()
         build_evaluate(path, plan)

@@ -163,3 +163,50 @@ def test_the_tiling_facts_are_written_once():
     for path in python_files("musc"):  # images are cut into tiles by the tiling object only
         if path.name != "tiling.py":
             assert ".crop(" not in path.read_text(), path
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Which module imports which, over musc, tasks and flows: every import statement, at the top or
+    inside a function, each to the most specific module it names (``from . import x``: the module x)."""
+    modules = {}
+    for path in python_files("musc", "tasks", "flows"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else [])) \
+                    if node.level else node.module
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def test_no_import_cycle_anywhere():
+    """No module reaches itself through its imports (lazy ones included): each layer and each module
+    stands on those below it."""
+    graph, cycles, state = import_graph(), [], {}
+
+    def visit(module, trail):
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                cycles.append(trail[trail.index(target):] + [target])
+            elif target not in state:
+                visit(target, trail + [target])
+        state[module] = "done"
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, cycles[:3]
+    assert "musc.stages.graph" in graph["musc.stages.preflight"]  # the graph is read, not empty

@@ -185,7 +185,7 @@ def test_reports_refuse_an_evaluate_config_without_the_overlay_setting(tmp_path)
 
 def test_progress_jobs_rate_eta_and_throttled_prefect_updates(monkeypatch):
     from musc.progress import Throttle, Tracker
-    from tasks import publish
+    from tasks import ui as publish
     clock = iter([0.0, 0.5, 1.0, 2.5, 3.0, 5.0])
     throttle = Throttle(2.0, clock=lambda: next(clock))
     assert [throttle.ready() for _ in range(6)] == [True, False, False, True, False, True]

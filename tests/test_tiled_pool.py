@@ -240,7 +240,8 @@ def test_a_parts_score_does_not_depend_on_how_the_parts_are_chunked(mixing, part
 
 
 def test_what_a_run_will_record_is_known_before_it_runs(aligned, parts, tmp_path):
-    from musc.reference_pool.runs import planned_settings, run_lineage
+    from musc.reference_pool.lineage import run_lineage
+    from musc.reference_pool.runs import planned_settings
     pool, line, batch = aligned
     for refs, folder in ((line, parts["line"]), (batch, parts["batch"])):
         recorded = run_lineage(refs["evaluate"]["path"])[0]

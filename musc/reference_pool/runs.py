@@ -3,55 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from ..inputs.config import ScoreSettings
-from ..outputs.rebuild import inputs_of
-from ..store import ArtifactError, open_artifact
+from ..store import open_artifact
+from .lineage import RUN_FIELDS, evaluation_in, run_lineage
 from .pool import Images, PoolError, PoolSettings, now
 from .scoring import read_rows
-
-RUN_FIELDS = ("dataset", "category")  # what the extract config says of the run, not of the features
-
-
-def evaluation_in(path: str | Path) -> Path:
-    """An evaluate artifact, or the newest one under a category folder."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    candidates = sorted(path.glob("evaluate/*.h5"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise ArtifactError(f"{path}: no evaluate artifact here (give a category folder of a run, or the .h5)")
-    return candidates[-1]
-
-
-def run_lineage(run: str | Path) -> tuple[PoolSettings, dict[int, Path], Any]:
-    """What a scored run's images were made and scored with (as a pool records it), its aggregate
-    artifact per degree r, and its extract artifact."""
-    evaluate_path = evaluation_in(run)
-    classify_path = inputs_of(evaluate_path, "classify")[0]
-    extract = open_artifact(inputs_of(evaluate_path, "extract")[0], "extract")
-    aggregates, scoring = {}, None
-    for score_path in inputs_of(classify_path, "score"):
-        scoring = ScoreSettings.from_recorded(open_artifact(score_path, "score").config)
-        aggregate_path = inputs_of(score_path, "aggregate")[0]
-        aggregates[int(open_artifact(aggregate_path, "aggregate").config["r"])] = aggregate_path
-    tiled = extract.config.get("tiles") is not None  # a tiled run's masks are at its parts' full resolution
-    settings = PoolSettings(str(extract.config["category"]),
-                            {k: v for k, v in extract.config.items() if k not in RUN_FIELDS},
-                            tuple(sorted(aggregates)), scoring,
-                            tuple(int(n) for n in extract.shape("masks")[1:]) if tiled else None)
-    return settings, aggregates, extract
 
 
 def planned_settings(run) -> PoolSettings:
     """What a run (``musc.stages.Run``) will record as ``run_lineage`` reads it, known before any
     work: its extract plan's recorded settings, its degrees and MSM settings, and, tiled, the size of
     its images (their first readable one's)."""
-    from ..stages import first_plan
     from ..stages.extract import tiling_of
+    from ..stages.graph import first_plan
     recorded = first_plan(run).key.config
     tiling = tiling_of(run.images, run.config.extract)
     return PoolSettings(str(recorded["category"]), {k: v for k, v in recorded.items() if k not in RUN_FIELDS},

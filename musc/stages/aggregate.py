@@ -1,6 +1,7 @@
 """Stage 2, aggregate (one per degree r): LNAMD features of every layer, L2-normalised."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -17,15 +18,21 @@ def plans(run, extract: Ref) -> list[Plan]:
     return [plan(extract, r) for r in run.config.r_list]
 
 
+@dataclass(frozen=True)
+class Needs:
+    extract: Ref
+    r: int
+
+
 def plan(extract: Ref, r: int) -> Plan:
     key = StageKey("aggregate", {"r": int(r)}, {"extract": extract["digest"]})
-    return Plan("aggregate", key, str(key.beside(extract)), f"aggregate r={int(r)}", {"extract": extract, "r": int(r)})
+    return Plan(key, str(key.beside(extract)), f"aggregate r={int(r)}", Needs(extract, int(r)), build)
 
 
 def build(path: Path, plan: Plan) -> None:
     import torch
     from ..method.lnamd import aggregate
-    extract, r = plan.needs["extract"], plan.needs["r"]
+    extract, r = plan.needs.extract, plan.needs.r
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
     n_layers, n_images, n_tokens, channels = source.shape("tokens")
 

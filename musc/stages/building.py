@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -28,20 +28,26 @@ class NotBuilt(Exception):
 
 @dataclass(frozen=True)
 class Plan:
-    """What one stage will do: its key and artifact path, the upstream references and settings its
-    build needs (plain data: it travels to Dask workers), and a label for people ("score r=3").
-    ``subject``: for a stage with one artifact per part, the part's identity (its image's SHA-256),
-    carried into the artifact's reference."""
-    stage: str
+    """What one stage will do: its key and artifact path, what its build needs (``needs``: the
+    stage's own frozen dataclass of upstream references and settings; plain data, it travels to Dask
+    workers), a label for people ("score r=3"), and the stage's build (``builder(path, plan)``;
+    ``builder_many(items)`` for a stage of many subjects built together). ``subject``: for a stage
+    with one artifact per part, the part's identity (its image's SHA-256), carried into the
+    artifact's reference."""
     key: StageKey
     path: str
     label: str
-    needs: dict[str, Any] = field(default_factory=dict)
+    needs: Any
+    builder: Callable[[Path, "Plan"], None]
+    builder_many: Callable[[list[tuple[Path, "Plan"]]], dict[str, str]] | None = None
     subject: str | None = None
 
+    @property
+    def stage(self) -> str:
+        return self.key.stage
+
     def build(self, path: Path) -> None:
-        from .graph import builder
-        builder(self.stage)(path, self)
+        self.builder(path, self)
 
     def ref(self, digest: str) -> Ref:
         """The reference of this plan's artifact of ``digest``."""
@@ -150,7 +156,7 @@ def ensure_many(plans: Sequence[Plan], build_many: Callable[[list[tuple[Path, Pl
                     _prepare(plan)
                     todo.append(plan)
             if todo:
-                failed = (build_many or stage_build_many(todo[0].stage))([(Path(p.path), p) for p in todo])
+                failed = (build_many or stage_build_many(todo[0]))([(Path(p.path), p) for p in todo])
                 for plan in todo:
                     why = failed.get(plan.path)
                     results[plan.path] = ((plan.not_built(why), False) if why is not None
@@ -165,25 +171,23 @@ def ensure_many(plans: Sequence[Plan], build_many: Callable[[list[tuple[Path, Pl
 _FINISHED: dict[str, int] = {}  # per-subject builds this process finished, by stage (what a crash test counts)
 
 
-def stage_build_many(stage: str) -> Callable[[list[tuple[Path, Plan]]], dict[str, str]]:
-    """A stage's ``build_many`` where it has one, else its ``build`` one plan at a time; either way
+def stage_build_many(plan: Plan) -> Callable[[list[tuple[Path, Plan]]], dict[str, str]]:
+    """A stage's ``builder_many`` where it has one, else its ``builder`` one plan at a time; either way
     a ``NotBuilt`` of one plan is that plan's reason, and the others are built. Each build finished
     is noted (``note_work``) as it finishes."""
-    from .graph import STAGE_SPECS
-    module = STAGE_SPECS[stage].module
-    if hasattr(module, "build_many"):
-        return module.build_many
+    if plan.builder_many is not None:
+        return plan.builder_many
 
     def one_at_a_time(items: list[tuple[Path, Plan]]) -> dict[str, str]:
         failed = {}
-        for path, plan in items:
+        for path, one in items:
             try:
-                module.build(path, plan)
+                one.build(path)
             except NotBuilt as why:
                 failed[str(path)] = str(why)
             else:
-                note_work(f"build {plan.stage}")
-                _FINISHED[plan.stage] = _FINISHED.get(plan.stage, 0) + 1
-                fault_point(plan.stage, _FINISHED[plan.stage])
+                note_work(f"build {one.stage}")
+                _FINISHED[one.stage] = _FINISHED.get(one.stage, 0) + 1
+                fault_point(one.stage, _FINISHED[one.stage])
         return failed
     return one_at_a_time

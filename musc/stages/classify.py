@@ -2,6 +2,7 @@
 maps stitched at the image's full resolution) and image scores before and after RsCIN."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -24,14 +25,20 @@ def plan(extract: Ref, scores: list[Ref], k_list, image_size: int) -> Plan:
     k_list = [int(k) for k in k_list]
     key = StageKey("classify", {"k_list": k_list, "image_size": int(image_size)},
                    {"extract": extract["digest"], **{role_name("score", i): s["digest"] for i, s in enumerate(scores)}})
-    return Plan("classify", key, str(key.beside(extract)), "classify",
-                {"extract": extract, "scores": list(scores), "k_list": k_list})
+    return Plan(key, str(key.beside(extract)), "classify", Needs(extract, tuple(scores), tuple(k_list)), build)
+
+
+@dataclass(frozen=True)
+class Needs:
+    extract: Ref
+    scores: tuple[Ref, ...]   # one per degree r
+    k_list: tuple[int, ...]
 
 
 def build(path: Path, plan: Plan) -> None:
     from ..method.maps import combine_patch_scores, image_scores_from_maps, upsample_maps
     from ..method.rscin import rescore
-    extract, scores, k_list = plan.needs["extract"], plan.needs["scores"], plan.needs["k_list"]
+    extract, scores, k_list = plan.needs.extract, plan.needs.scores, list(plan.needs.k_list)
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
     image_size = int(plan.key.config["image_size"])
     patch_map = combine_patch_scores([store.open_artifact(s["path"], "score", s["digest"]).read("scores")

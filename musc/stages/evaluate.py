@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,13 @@ def plans(run, extract: Ref, classify: Ref) -> list[Plan]:
 
 def plan(extract: Ref, classify: Ref, settings: EvaluateSettings) -> Plan:
     key = StageKey("evaluate", settings.recorded(), {"extract": extract["digest"], "classify": classify["digest"]})
-    return Plan("evaluate", key, str(key.beside(extract)), "evaluate", {"extract": extract, "classify": classify})
+    return Plan(key, str(key.beside(extract)), "evaluate", Needs(extract, classify), build)
+
+
+@dataclass(frozen=True)
+class Needs:
+    extract: Ref
+    classify: Ref
 
 
 def _pixel_resolution(source) -> dict:
@@ -41,7 +48,7 @@ def _pixel_resolution(source) -> dict:
 def build(path: Path, plan: Plan) -> None:
     from ..outputs.evaluation import metric_text
     from ..outputs.reports import evaluate_into  # sklearn, pandas, figures: only when evaluating
-    extract, classify = plan.needs["extract"], plan.needs["classify"]
+    extract, classify = plan.needs.extract, plan.needs.classify
     source = store.open_artifact(extract["path"], "extract", extract["digest"])
     classified = store.open_artifact(classify["path"], "classify", classify["digest"])
     outputs = store.report_folder(path)

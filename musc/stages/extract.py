@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -48,7 +49,13 @@ def plan(category: Category, settings: ExtractSettings, artifacts: str) -> Plan:
     key = StageKey("extract", {"dataset": category.dataset, "category": category.name, **backbone_settings(settings)},
                    {"images": store.stable_hash(image_listing(category))})
     path = store.artifact_path(artifacts, category.dataset, category.name, "extract", key.value)
-    return Plan("extract", key, str(path), f"extract {category.name}", {"category": category, "settings": settings})
+    return Plan(key, str(path), f"extract {category.name}", Needs(category, settings), build)
+
+
+@dataclass(frozen=True)
+class Needs:
+    category: Category
+    settings: ExtractSettings
 
 
 def tiling_of(category: Category, settings: ExtractSettings) -> ImageTiling | None:
@@ -116,7 +123,7 @@ def _extract_batch(backbone, category: Category, indices, image_size, tiling: Im
 
 def build(path: Path, plan: Plan) -> None:
     from ..inputs.backbones import backbone_for  # torch and open_clip: only when extracting
-    category, settings = plan.needs["category"], plan.needs["settings"]
+    category, settings = plan.needs.category, plan.needs.settings
     samples = category.samples
     backbone = backbone_for(settings)
     batch_size = settings.batch_size

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +40,17 @@ def plans(run) -> list[Plan]:
 
 
 def plan(part, pool, artifacts: str, device: str = "auto") -> Plan:
-    from .graph import LINE
     key = StageKey("features", settings_of(pool), {"image": part.digest})
-    path = store.artifact_path(artifacts, LINE, pool.settings.category, "features", key.value)
-    return Plan("features", key, str(path), f"features {Path(part.path).name}",
-                {"part": part, "pool": pool.ref(), "device": device}, subject=part.digest)
+    path = store.artifact_path(artifacts, store.catalog.LINE, pool.settings.category, "features", key.value)
+    return Plan(key, str(path), f"features {Path(part.path).name}", Needs(part, pool.ref(), device), build,
+                subject=part.digest)
+
+
+@dataclass(frozen=True)
+class Needs:
+    part: object        # a graph.Part: its identity, file and names
+    pool: dict          # PoolFile.ref(): path, identity, digest
+    device: str = "auto"
 
 
 @functools.lru_cache(maxsize=4)
@@ -102,10 +109,10 @@ def build(path: Path, plan: Plan) -> None:
     from ..method.lnamd import aggregate
     from ..reference_pool.pool import open_pool
     from .extract import forward
-    part, reference = plan.needs["part"], plan.needs["pool"]
+    part, reference = plan.needs.part, plan.needs.pool
     pool = open_pool(reference["path"], reference["digest"])
     picture = read_part(part, pool)
-    backbone = _backbone(reference["path"], reference["digest"], plan.needs.get("device", "auto"))
+    backbone = _backbone(reference["path"], reference["digest"], plan.needs.device)
     tiling = pool.settings.tiling
     tokens = forward(backbone, [picture] if tiling is None else [(picture, str(part.path))], tiling, TILE_BATCH)[0]
     note_work("forward")

@@ -26,12 +26,11 @@ from typing import Any, Callable
 from ..inputs.config import MuscConfig
 from ..inputs.datasets import Category
 from ..store import running
-from ..store.catalog import category_folder
+from ..store.catalog import LINE, category_folder
 from . import aggregate, classify, decide, evaluate, extract, features, guard, pool_score, score
 from .building import Plan, ensure, ensure_many, valid_ref
 from .key import Ref
 
-LINE = "line"  # the dataset folder of the line's artifacts: <artifacts>/line/<category>/<stage>/
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ class LineRun:
 @dataclass(frozen=True)
 class StageSpec:
     name: str
-    module: ModuleType                    # its plans(run, **inputs), build(path, plan) [, build_many(items)]
+    module: ModuleType                    # its plans(run, **inputs) (each plan names its build)
     inputs: tuple[str, ...]               # upstream stages or sources of a run, in the order plans() takes them
     fan: str = "one"                      # artifacts per run: "one", "degree" (per r) or "part" (per new part)
     tiled: bool = False                   # its work is tiles (``module.tiles``, ``module.compute_tile``)
@@ -113,10 +112,6 @@ STAGE_SPECS = {spec.name: spec for spec in GRAPH}
 
 # resolve(spec, plans) -> the artifacts' references, or None to stop the walk
 Resolver = Callable[[StageSpec, list[Plan]], "list[Ref] | None"]
-
-
-def builder(stage: str) -> Callable[..., None]:
-    return STAGE_SPECS[stage].module.build
 
 
 def applies(spec: StageSpec, run, refs: dict) -> bool:

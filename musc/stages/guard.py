@@ -6,6 +6,7 @@ digest and the pool's content digest."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +30,14 @@ def plan(evaluate: Ref, pool, rule) -> Plan:
         raise PoolError(f"threshold rule: the guard decides with a fixed or calibrated threshold, not {rule.rule!r}")
     key = StageKey("guard", {"threshold": rule.threshold, "false_alarm_rate": float(rule.false_alarm_rate)},
                    {"evaluate": evaluate["digest"], "pool": pool.digest})
-    return Plan("guard", key, str(key.beside(evaluate)), "guard", {"evaluate": evaluate, "pool": pool.ref(),
-                                                                   "rule": rule})
+    return Plan(key, str(key.beside(evaluate)), "guard", Needs(evaluate, pool.ref(), rule), build)
+
+
+@dataclass(frozen=True)
+class Needs:
+    evaluate: Ref
+    pool: dict          # PoolFile.ref(): path, identity, digest
+    rule: object        # a DecisionRule (fixed or calibrated)
 
 
 def build(path: Path, plan: Plan) -> None:
@@ -38,9 +45,9 @@ def build(path: Path, plan: Plan) -> None:
 
     from ..outputs.evaluation import decisions
     from ..reference_pool.pool import check_compatible, open_pool
-    from ..reference_pool.runs import run_lineage
+    from ..reference_pool.lineage import run_lineage
     from ..reference_pool.scoring import image_scores
-    evaluate, reference, rule = plan.needs["evaluate"], plan.needs["pool"], plan.needs["rule"]
+    evaluate, reference, rule = plan.needs.evaluate, plan.needs.pool, plan.needs.rule
     pool = open_pool(reference["path"], reference["digest"])
     settings, aggregates, extract = run_lineage(evaluate["path"])
     check_compatible(pool, settings)

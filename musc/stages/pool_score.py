@@ -11,6 +11,7 @@ whichever chunk it was built in (a retry after a crash builds other chunks).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,14 @@ def plans(run, features: list[Ref]) -> list[Plan]:
 def plan(features: Ref, pool) -> Plan:
     config = {**pool.settings.score.recorded(), "image_size": pool.settings.image_size}
     key = StageKey("pool_score", config, {"features": features["digest"], "pool": pool.digest})
-    return Plan("pool_score", key, str(key.beside(features)), "pool score",
-                {"features": features, "pool": pool.ref()}, subject=features["part"])
+    return Plan(key, str(key.beside(features)), "pool score", Needs(features, pool.ref()), build, build_many,
+                subject=features["part"])
+
+
+@dataclass(frozen=True)
+class Needs:
+    features: Ref
+    pool: dict          # PoolFile.ref(): path, identity, digest
 
 
 def build(path: Path, plan: Plan) -> None:
@@ -45,14 +52,14 @@ def build_many(items: list[tuple[Path, Plan]]) -> dict[str, str]:
 
     from ..reference_pool.pool import open_pool
     from ..reference_pool.scoring import part_maps
-    reference = items[0][1].needs["pool"]
+    reference = items[0][1].needs.pool
     pool = open_pool(reference["path"], reference["digest"])
     settings = pool.settings
     per_part = settings.tiles_per_image
     done = 0
     for start, stop in settings.chunks(len(items)):
         chunk = items[start:stop]
-        features = [_features_of(plan.needs["features"], settings.r_list) for _, plan in chunk]  # each file read once
+        features = [_features_of(plan.needs.features, settings.r_list) for _, plan in chunk]  # each file read once
         per_degree = []
         for r in settings.r_list:
             layers = []

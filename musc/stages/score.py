@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -34,8 +35,14 @@ def plans(run, aggregate: list[Ref], extract: Ref) -> list[Plan]:
 
 def plan(aggregate: Ref, extract: Ref, settings: ScoreSettings, r: int) -> Plan:
     key = StageKey("score", settings.recorded(), {"aggregate": aggregate["digest"], "extract": extract["digest"]})
-    return Plan("score", key, str(key.beside(aggregate)), f"score r={int(r)}",
-                {"aggregate": aggregate, "extract": extract, "settings": settings})
+    return Plan(key, str(key.beside(aggregate)), f"score r={int(r)}", Needs(aggregate, extract, settings), build)
+
+
+@dataclass(frozen=True)
+class Needs:
+    aggregate: Ref
+    extract: Ref
+    settings: ScoreSettings
 
 
 def scoring_sets(extract: Ref, settings: ScoreSettings) -> list[tuple[list[int], int]]:
@@ -56,22 +63,22 @@ def subset_members(extract: Ref, settings: ScoreSettings) -> list[list[int]]:
 
 def tiles(plan: Plan) -> list[Tile]:
     """Every tile of the plan's images."""
-    settings: ScoreSettings = plan.needs["settings"]
-    return set_tiles(subset_members(plan.needs["extract"], settings), int(settings.block_size))
+    settings: ScoreSettings = plan.needs.settings
+    return set_tiles(subset_members(plan.needs.extract, settings), int(settings.block_size))
 
 
 def _row_sources(plan: Plan):
     """The source image of each token row when votes between tiles of one image are left out
     (tile mixing ``all``), else None."""
-    if plan.needs["settings"].tile_mixing != "all":
+    if plan.needs.settings.tile_mixing != "all":
         return None
-    extract = plan.needs["extract"]
+    extract = plan.needs.extract
     artifact = store.open_artifact(extract["path"], "extract", extract["digest"])
     return artifact.read("tile_source") if artifact.config.get("tiles") is not None else None
 
 
 def tile_done(plan: Plan, tile: Tile) -> bool:
-    return store.valid_digest(store.part_path(plan.path, tile.part_name(plan.needs["settings"].block_size))) is not None
+    return store.valid_digest(store.part_path(plan.path, tile.part_name(plan.needs.settings.block_size))) is not None
 
 
 def tile_minima(*args, **kwargs):
@@ -82,13 +89,13 @@ def tile_minima(*args, **kwargs):
 
 def compute_tile(plan: Plan, tile: Tile) -> bool:
     """Votes of one tile, written as a part; False when the part was already there."""
-    settings: ScoreSettings = plan.needs["settings"]
+    settings: ScoreSettings = plan.needs.settings
     if tile_done(plan, tile):
         return False
     import torch
     from ..inputs.backbones import resolve_device
     target = resolve_device(settings.device)
-    with h5py.File(plan.needs["aggregate"]["path"], "r") as f:
+    with h5py.File(plan.needs.aggregate["path"], "r") as f:
         block_a = torch.from_numpy(f["features"][:, np.asarray(tile.images_a)]).to(target)
         block_b = block_a if tile.same_block else torch.from_numpy(f["features"][:, np.asarray(tile.images_b)]).to(target)
     votes = [tile_minima(block_a[layer], block_b[layer], same_block=tile.same_block, radius=settings.aligned_radius,
@@ -109,8 +116,8 @@ def compute_tile(plan: Plan, tile: Tile) -> bool:
 
 def build(path: Path, plan: Plan) -> None:
     from ..method.msm import block_scores
-    settings: ScoreSettings = plan.needs["settings"]
-    aggregate, extract = plan.needs["aggregate"], plan.needs["extract"]
+    settings: ScoreSettings = plan.needs.settings
+    aggregate, extract = plan.needs.aggregate, plan.needs.extract
     n_layers, n_images, n_patches, _ = store.open_artifact(aggregate["path"], "aggregate",
                                                            aggregate["digest"]).shape("features")
     scores = np.full((n_layers, n_images, n_patches), np.nan)

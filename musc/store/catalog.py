@@ -32,6 +32,7 @@ from .schema import STAGES
 
 ARTIFACTS_MARKER = ".musc-artifacts"
 DATASET_REPORT = "_report"
+LINE = "line"  # the dataset folder of the line's artifacts: <root>/line/<category>/<stage>/<key>.h5
 KEY_PATTERN = re.compile(r"[0-9a-f]{16}")  # what ``stable_hash`` makes: nothing else in a stage folder is ours
 _SIDE_FILE = re.compile(r"^\.(?P<key>.+?)\.(h5|json)\.(lock|verified|(?:verified\.)?tmp-.*)$")
 
