@@ -94,7 +94,7 @@ def first_line(error: BaseException) -> str:
 def no_space(error: BaseException) -> Exception | None:
     """A disk-full error anywhere in the chain (a figure, a CSV, a log, an artifact), as one line
     naming the folder and what to do."""
-    from musc.store.files import NO_SPACE, no_space as no_space_error
+    from musc.store.writing import NO_SPACE, no_space as no_space_error
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))

@@ -111,8 +111,8 @@ def test_a_failed_write_leaves_the_previous_artifact_intact(tmp_path, monkeypatc
 
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(store.files, "file_sha256", disk_full)
-    with pytest.raises(store.files.NoSpaceError, match="no space left on the device; free some space"):
+    monkeypatch.setattr(store.digests, "file_sha256", disk_full)
+    with pytest.raises(store.NoSpaceError, match="no space left on the device; free some space"):
         write_sample(path)
     monkeypatch.undo()
     assert store.verify(path, "pool") == digest

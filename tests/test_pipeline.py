@@ -32,15 +32,16 @@ def test_second_run_recomputes_nothing_and_reads_each_artifact_once(tiny_dataset
     before = snapshot(tmp_path)
     records = sorted(tmp_path.rglob(".*.h5.verified"))
     # a check is recorded beside an artifact only from a hash made once its timestamps are older than
-    # their resolution (store.files.settled): the process that writes an artifact trusts the hash it
+    # their resolution (store.digests.settled): the process that writes an artifact trusts the hash it
     # made of what it wrote (in memory), so a run records few or none; a later command hashes each once
     assert len(records) <= len(before)
     for record in records:
         record.unlink()
-    store.files._verified.clear()  # as in a new process, and no record of earlier checks
+    store.forget()  # as in a new process, and no record of earlier checks
     reads = []
-    original = store.files._verify_file
-    monkeypatch.setattr(store.files, "_verify_file", lambda path, stage: reads.append(path) or original(path, stage))
+    original = store.digests.file_sha256
+    monkeypatch.setattr(store.digests, "file_sha256",  # the artifacts hashed (not the images)
+                        lambda path: (reads.append(Path(path)) if Path(path).suffix == ".h5" else None) or original(path))
     from flows import category_flow
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
@@ -59,14 +60,14 @@ def test_second_run_recomputes_nothing_and_reads_each_artifact_once(tiny_dataset
 
     assert len(sorted(tmp_path.rglob(".*.h5.verified"))) == len(before)  # all settled by now: all recorded
     reads.clear()
-    store.files._verified.clear()  # a later command: the records vouch for the unchanged artifacts
+    store.forget()  # a later command: the records vouch for the unchanged artifacts
     run_category(tiny_dataset, tmp_path)
     assert reads == [] and snapshot(tmp_path) == before
     victim = Path(result["classify"]["path"])
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))  # same size, same inode: a record of the old file must not vouch for it
-    store.files._verified.clear()
+    store.forget()
     second = run_category(tiny_dataset, tmp_path)
     assert str(victim) in map(str, reads)  # checked again, found corrupt, rebuilt
     assert second["classify"]["path"] == str(victim) and second["classify"]["digest"] != result["classify"]["digest"]

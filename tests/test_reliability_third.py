@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from musc import store
-from musc.store import files as store_files
+from musc.store import digests, verification
 
 
 def write_sample(path, value=0.0, here=False):
@@ -22,7 +22,7 @@ def write_sample(path, value=0.0, here=False):
                                    "sources": ["run a", "run a", "run a"]},
                                   attrs={"pool_id": "test"}, code_version="test")
     if not here:
-        store_files._verified.pop(str(path), None)
+        verification._verified.pop(str(path), None)
     return digest
 
 
@@ -31,12 +31,12 @@ def test_an_artifact_is_hashed_once_by_the_process_that_writes_it(tmp_path, monk
     in memory while the file keeps its identity (a replacement is another inode): a stage's output
     is not read back to be hashed again by the process that made it; another process hashes it."""
     reads = []
-    original = store_files.file_sha256
-    monkeypatch.setattr(store_files, "file_sha256", lambda p: reads.append(p) or original(p))
+    original = digests.file_sha256
+    monkeypatch.setattr(digests, "file_sha256", lambda p: reads.append(p) or original(p))
     path = tmp_path / "k.h5"
     digest = write_sample(path, here=True)
     assert len(reads) == 1 and store.verify(path) == digest and len(reads) == 1
-    store_files._verified.clear()  # another process
+    store.forget()  # another process
     assert store.verify(path) == digest and len(reads) == 2
 
 
@@ -55,16 +55,16 @@ def edit_in_place_keeping_size_and_mtime(path):
 
 def settle():
     """Wait until the files just written have timestamps older than the file system's resolution."""
-    time.sleep(getattr(store_files, "FINE_TIMESTAMP_NS", 50_000_000) / 1e9 + 0.05)
+    time.sleep(digests.FINE_TIMESTAMP_NS / 1e9 + 0.05)
 
 
 @pytest.fixture(autouse=True)
 def fresh_process_memory():
-    store_files._verified.clear()
-    store_files._cached_file_sha256.cache_clear()
+    store.forget()
+    store.forget()
     yield
-    store_files._verified.clear()
-    store_files._cached_file_sha256.cache_clear()
+    store.forget()
+    store.forget()
 
 
 # 1. Records that cannot be fooled ------------------------------------------------------------------
@@ -81,7 +81,7 @@ def test_an_artifact_edited_in_place_after_verification_is_refused_and_not_recor
     with pytest.raises(store.ArtifactError, match="digest mismatch"):
         store.verify(path)  # the same process: its memory of the old file must not vouch for the new one
     assert record.read_text() == old_record  # the edited file's identity was not recorded
-    store_files._verified.clear()
+    store.forget()
     with pytest.raises(store.ArtifactError, match="digest mismatch"):
         store.verify(path)  # a later command: the record does not vouch for it either
 
@@ -106,25 +106,25 @@ def test_an_identity_younger_than_the_timestamp_resolution_is_hashed_each_time_a
     keeps the identity: until the tick has passed, the file is hashed, not trusted."""
     path = tmp_path / "k.h5"
     write_sample(path)
-    monkeypatch.setattr(store_files, "FINE_TIMESTAMP_NS", 3_600 * 10**9)  # as if the resolution were an hour
+    monkeypatch.setattr(digests, "FINE_TIMESTAMP_NS", 3_600 * 10**9)  # as if the resolution were an hour
     reads = []
-    original = store_files.file_sha256
-    monkeypatch.setattr(store_files, "file_sha256", lambda p: reads.append(p) or original(p))
+    original = digests.file_sha256
+    monkeypatch.setattr(digests, "file_sha256", lambda p: reads.append(p) or original(p))
     digest = store.verify(path)
     assert store.verify(path) == digest and len(reads) == 2  # hashed both times: nothing remembered
     assert not store.verification_record(path).exists()
-    monkeypatch.setattr(store_files, "FINE_TIMESTAMP_NS", 0)  # now the tick has passed
+    monkeypatch.setattr(digests, "FINE_TIMESTAMP_NS", 0)  # now the tick has passed
     assert store.verify(path) == digest and store.verification_record(path).is_file()
     assert store.verify(path) == digest and len(reads) == 3  # trusted from here on
 
 
 def test_whole_second_timestamps_are_trusted_only_after_two_seconds():
     second = 1_700_000_000 * 10**9
-    assert not store_files.settled((second, second), at_ns=second + 1_500_000_000)  # FAT: 2 s apart
-    assert store_files.settled((second, second), at_ns=second + 2_000_000_001)
+    assert not digests.settled((second, second), at_ns=second + 1_500_000_000)  # FAT: 2 s apart
+    assert digests.settled((second, second), at_ns=second + 2_000_000_001)
     fine = second + 123_456_789
-    assert store_files.settled((fine, fine), at_ns=fine + 10**9 // 5)
-    assert not store_files.settled((fine, fine), at_ns=fine + 1_000_000)  # within a kernel tick
+    assert digests.settled((fine, fine), at_ns=fine + 10**9 // 5)
+    assert not digests.settled((fine, fine), at_ns=fine + 1_000_000)  # within a kernel tick
 
 
 def test_a_record_not_made_from_a_hash_after_the_identity_settled_is_not_trusted(tmp_path):
@@ -132,13 +132,13 @@ def test_a_record_not_made_from_a_hash_after_the_identity_settled_is_not_trusted
     path = tmp_path / "k.h5"
     write_sample(path)
     settle()
-    identity = store_files._identity(path)
+    identity = verification._identity(path)
     forged = {"identity": list(identity), "digest": "f" * 64, "stage": "pool",
               "schema_version": store.SCHEMA_VERSION, "hashed_at_ns": max(identity)}
     record = store.verification_record(path)
     record.write_text(json.dumps(forged))
     assert store.verify(path) == store.file_sha256(path)
-    store_files._verified.clear()
+    store.forget()
     forged.pop("hashed_at_ns")
     record.write_text(json.dumps(forged))
     assert store.verify(path) == store.file_sha256(path)
@@ -426,7 +426,7 @@ def test_a_full_disk_while_writing_the_history_names_the_folder_and_leaves_no_te
     import pandas as pd
 
     from musc.reference_pool.daily import append_history
-    from musc.store.files import NoSpaceError
+    from musc.store import NoSpaceError
 
     def full(self, path, *args, **kwargs):
         Path(path).write_bytes(b"day,co")
@@ -538,7 +538,7 @@ def test_musc_inspect_of_an_evaluate_artifact_writes_no_record_anywhere(finished
     time.sleep(0.2)
     for record in artifacts.rglob(".*.verified"):
         record.unlink()
-    store_files._verified.clear()
+    store.forget()
     before = sorted(str(p) for p in artifacts.rglob("*"))
     shown = CliRunner().invoke(app, ["inspect", result["evaluate"]["path"]])
     assert shown.exit_code == 0 and "top 5 most anomalous" in shown.output, shown.output

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..store.files import file_digest
+from ..store.digests import file_digest
 from .config import ConfigError, ExtractSettings
 
 TIMM_PREFIX = "timm:"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..store import (ARTIFACTS_MARKER, STAGES, ArtifactError, catalog, open_artifact, report_folder, unless_running,
                      valid_digest)
-from ..store.files import alone
+from ..store import alone
 from .reports import dataset_report, evaluate_into
 
 REPORT_FILES = ("metrics.csv", "per_image.csv", "report.md", "report.html")  # what an evaluation's folder holds

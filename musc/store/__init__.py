@@ -1,18 +1,24 @@
-"""The artifact store: HDF5 files with manifests, atomic writes, parts for resuming, locks
-(``files``), the format declared once (``schema``) and the catalog of an artifacts root: layout,
-side files, input roles and lineage (``catalog``)."""
+"""The artifact store, one concern a module: digests (``digests``), the one atomic writer and the
+HDF5 artifact writer (``writing``), trusting and opening artifacts (``verification``), parts for
+resuming (``parts``), locks between processes (``locks``), the format declared once (``schema``) and
+the catalog of an artifacts root: layout, side files, input roles and lineage (``catalog``), the
+only module that knows where things lie."""
 from . import catalog
 from .catalog import (ARTIFACTS_MARKER, ArtifactError, artifact_path, manifest_path, part_path, parts_dir,
                       report_folder, verification_record)
-from .files import (Artifact, NoSpaceError, artifact_lock, atomic_output, atomic_write_bytes, atomic_write_text,
-                    clear_orphan_parts, clear_parts, clear_temporary_files, describe, file_digest, file_sha256,
-                    mark_artifacts_root, open_artifact, running, unless_running, read_only, read_part, remove_artifact, stable_hash, valid_digest, verify,
-                    write_artifact, write_part)
+from .digests import file_digest, file_sha256, stable_hash
+from .locks import alone, artifact_lock, running, unless_running
+from .parts import clear_orphan_parts, clear_parts, clear_temporary_files, read_part, write_part
 from .schema import SCHEMA_VERSION, STAGES, stage_schema
+from .verification import (Artifact, describe, forget, open_artifact, read_only, remove_artifact, valid_digest,
+                           verify)
+from .writing import (NoSpaceError, atomic_output, atomic_write_bytes, atomic_write_text, mark_artifacts_root,
+                      write_artifact)
 
-__all__ = ["catalog", "ARTIFACTS_MARKER", "Artifact", "ArtifactError", "NoSpaceError", "artifact_lock",
+__all__ = ["catalog", "ARTIFACTS_MARKER", "Artifact", "ArtifactError", "NoSpaceError", "alone", "artifact_lock",
            "artifact_path", "atomic_output", "atomic_write_bytes", "atomic_write_text", "clear_orphan_parts",
-           "clear_parts", "clear_temporary_files", "describe", "file_digest", "file_sha256", "manifest_path",
-           "mark_artifacts_root", "open_artifact", "part_path", "parts_dir", "read_only", "read_part", "remove_artifact", "running", "unless_running",
-           "report_folder", "stable_hash", "valid_digest", "verification_record", "verify", "write_artifact",
-           "write_part", "SCHEMA_VERSION", "STAGES", "stage_schema"]
+           "clear_parts", "clear_temporary_files", "describe", "file_digest", "file_sha256", "forget",
+           "manifest_path", "mark_artifacts_root", "open_artifact", "part_path", "parts_dir", "read_only", "read_part",
+           "remove_artifact", "running", "unless_running", "report_folder", "stable_hash", "valid_digest",
+           "verification_record", "verify", "write_artifact", "write_part", "SCHEMA_VERSION", "STAGES",
+           "stage_schema"]

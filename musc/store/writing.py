@@ -1,0 +1,190 @@
+"""Writing, the one way: every file we write goes to a temporary name in its folder and is renamed
+into place when complete (``atomic_output``); an artifact is an HDF5 file so written, with its
+manifest (``write_artifact``). A full disk is one line naming the folder (``NoSpaceError``)."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import h5py
+import numpy as np
+
+from . import digests
+from .catalog import ARTIFACTS_MARKER, ArtifactError, manifest_path, temporary_path
+from .schema import SCHEMA_VERSION, stage_schema
+from .verification import remember_written
+
+
+class NoSpaceError(ArtifactError):
+    """A write ran out of disk space (or quota); the message names the folder and what to do."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space(folder: str | Path) -> NoSpaceError:
+    return NoSpaceError(f"{folder}: no space left on the device; free some space (or write to another folder) "
+                        f"and rerun: what was finished is kept (a run's batches, tiles and stages; a pool as it was)")
+
+
+class _Sink(io.FileIO):
+    """The file HDF5 writes through. A failed write (disk full) is remembered and its data dropped,
+    so that HDF5 itself never sees an error: a failed HDF5 close leaves the library in a state
+    that crashes the interpreter at exit (a segmentation fault). The writer checks ``failure``
+    once HDF5 has closed, and the half-written temporary file is removed."""
+    failure: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.failure is None and done < len(view):
+            try:
+                written = super().write(view[done:])
+            except OSError as error:
+                self.failure = error
+                break
+            if not written:
+                self.failure = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                break
+            done += written
+        return len(view)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_output(target: str | Path) -> Iterator[Path]:
+    """The one way we write a file: yields a temporary path in the target's folder to write to;
+    when the block ends without error it is synced and renamed onto ``target`` (readers see the old
+    file or the new one, never half of one); on any error it is removed. A full disk is one line
+    naming the folder (``NoSpaceError``)."""
+    target = Path(target)
+    scratch = temporary_path(target)
+    try:
+        yield scratch
+        with open(scratch, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(scratch, target)
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise no_space(target.parent) from None
+        raise
+    finally:
+        scratch.unlink(missing_ok=True)
+    _fsync_dir(target.parent)
+
+
+def atomic_write_bytes(target: str | Path, data: bytes) -> None:
+    with atomic_output(target) as scratch:
+        scratch.write_bytes(data)
+
+
+def atomic_write_text(target: str | Path, text: str) -> None:
+    atomic_write_bytes(target, text.encode())
+
+
+def _write_value(group: h5py.Group, name: str, value: Any) -> None:
+    if isinstance(value, Mapping):
+        sub = group.create_group(name)
+        for child, child_value in value.items():
+            _write_value(sub, child, child_value)
+        return
+    array = np.asarray(value)
+    if array.dtype.kind in "US" or (array.dtype == object):
+        group.create_dataset(name, data=np.asarray(value, dtype=object), dtype=h5py.string_dtype())
+    else:
+        group.create_dataset(name, data=array)
+
+
+def write_artifact(path: str | Path, stage: str, config: Mapping[str, Any], inputs: Mapping[str, str],
+                   arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None = None,
+                   code_version: str = "", fill: Callable[[h5py.File], None] | None = None) -> str:
+    """Write an artifact atomically; returns its digest (SHA-256 of the HDF5 file).
+
+    ``fill(file)``, when given, streams further datasets into the open file (for arrays too large
+    to hold in memory at once)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        with _Sink(tmp, "w+") as sink:
+            try:
+                with h5py.File(sink, "w") as f:
+                    _fill_artifact(f, path, stage, config, inputs, arrays, attrs, code_version, fill)
+            finally:
+                if sink.failure is not None:  # what HDF5 did after a dropped write does not matter
+                    if sink.failure.errno in NO_SPACE:
+                        raise no_space(path.parent) from None
+                    raise ArtifactError(f"{path}: write failed ({sink.failure.strerror or sink.failure})") from None
+            sink.flush()
+            os.fsync(sink.fileno())
+        digest = digests.file_sha256(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise no_space(path.parent) from None
+        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    try:
+        atomic_write_bytes(manifest_path(path), json.dumps(
+            {"sha256": digest, "size": path.stat().st_size, "stage": stage}).encode())
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise no_space(path.parent) from None
+        raise
+    remember_written(path, digest, stage)
+    return digest
+
+
+def _fill_artifact(f: h5py.File, path: Path, stage: str, config: Mapping[str, Any], inputs: Mapping[str, str],
+                   arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None, code_version: str,
+                   fill: Callable[[h5py.File], None] | None) -> None:
+    for name, value in arrays.items():
+        _write_value(f, name, value)
+    if fill is not None:
+        fill(f)
+    stage_schema(stage).check_names(list(f.keys()), path)
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["stage"] = stage
+    f.attrs["config"] = json.dumps(dict(config), sort_keys=True, default=str)
+    f.attrs["inputs"] = json.dumps(dict(inputs), sort_keys=True)
+    f.attrs["code_version"] = code_version
+    f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    for name, value in (attrs or {}).items():
+        f.attrs[name] = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
+    f.attrs["complete"] = True
+
+
+def mark_artifacts_root(root: str | Path) -> Path:
+    """Create the artifacts root (if needed) with its marker file; ArtifactError naming the folder
+    when it cannot be written (read-only, no space): the real cause, before any work starts."""
+    root = Path(root)
+    marker = root / ARTIFACTS_MARKER
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if not marker.is_file():
+            marker.write_text("Written by musc: artifacts and reports. Dataset listings skip this folder.\n")
+        probe = root / f".musc-write-test-{os.getpid()}-{threading.get_ident()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise no_space(root) from None
+        raise ArtifactError(f"artifacts: cannot write to {root} ({error.strerror or error})") from None
+    return root
