@@ -53,7 +53,7 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
     guarded = guard_step(refs["guard"], evaluated, outputs) if cfg.reference else {}
     refs = {"extract": refs["extract"], "scores": refs["score"], "classify": refs["classify"], "evaluate": evaluated}
     publish_category(dataset, category, str(outputs), refs, cfg.r_list)
-    print(summary.category_line(category, decided, outputs / "report.html"))
+    print(summary.category_line(category, decided, outputs / store.catalog.REPORT.html))
     from prefect.runtime import flow_run
     return {"category": category, **refs, "metrics": json.loads(evaluation.attrs["metrics"]), **decided,
             "outputs": str(outputs), "flow_run": str(flow_run.id or ""), **guarded}
@@ -68,7 +68,7 @@ def guard_step(guarded: dict, evaluated: dict, outputs: Path) -> dict:
     from musc.reference_pool.guard import read_guard
     guard = read_guard(guarded, evaluated)
     reference = guard.pool
-    per_image = outputs / "per_image.csv"
+    per_image = outputs / store.catalog.REPORT.per_image
     if guarding.write_guard(outputs, guard.record()) or "guard" not in per_image.read_text().splitlines()[0]:
         rebuild_one(Path(evaluated["path"]))
     logger = get_run_logger()

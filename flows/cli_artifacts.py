@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from musc.store import ArtifactError
+from musc.store import ArtifactError, catalog
 
 from . import terminal
 from .options import flag
@@ -70,7 +70,7 @@ def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
     extract = open_artifact(inputs_of(path, "extract")[0])
     count = extract.shape("names")[0]
     ranking = artifact.read("ranking", slice(0, max(top, 0)))
-    per_image_file = report_folder(path) / "per_image.csv"
+    per_image_file = report_folder(path) / catalog.REPORT.per_image
     per_image = pd.read_csv(per_image_file) if per_image_file.is_file() else None
     out.print(f"top {len(ranking)} most anomalous:")
     for rank, index in enumerate(int(i) for i in ranking):

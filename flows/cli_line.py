@@ -12,6 +12,7 @@ from rich.text import Text
 from musc.inputs.config import ConfigError
 from musc.reference_pool.rule import DecisionRule
 from musc.store import ArtifactError
+from musc.store.catalog import DAY
 
 from . import terminal
 from .options import flag, options_of
@@ -34,10 +35,9 @@ def pool_add(pool: Annotated[Path, typer.Option(help="The pool file (.h5); creat
     From a day's results folder: the parts an inspector confirmed good (re-extracted with the pool's settings)."""
     def go():
         from musc.reference_pool import add_day_to_pool, add_run_to_pool
-        from musc.reference_pool.day import DAY_RECORD
         if max_images is not None and max_images < 1:
             raise ConfigError(f"--max-images: must be at least 1, got {max_images}")
-        day = (run / DAY_RECORD).is_file() or (run / "scores.csv").is_file()
+        day = (run / DAY.record).is_file() or (run / DAY.scores).is_file()
         if day:
             if include_flagged:
                 raise ConfigError("--include-flagged: a day's folder adds only the parts confirmed good")

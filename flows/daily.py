@@ -22,6 +22,7 @@ from prefect.states import Completed, Running
 from pydantic import Field, create_model
 
 from musc import store
+from musc.store.catalog import DAY
 from musc.outputs.evaluation import ANOMALOUS, threshold_text
 from musc.reference_pool.daily import (SCORE_DECIMALS, anomalous_parts, day_images, flagged_for_review,
                                        history_path, maps_markdown, ordered, parse_day, part_name, read_history,
@@ -94,7 +95,7 @@ def publish(day: DayView, folder: Path, review: str = "") -> None:
     key = artifact_key("daily", name)
     pool = Path(record.pool["path"]).name
     rows = with_thumbnails(day)
-    report = record.folder / "report.md"
+    report = record.folder / DAY.report
     said = f"; review: {review}" if review else ""
     publish_artifact("table", key, table_rows(rows, folder),
                      f"Parts of {record.day} (pool {pool}): {summary['anomalous']} anomalous of "
@@ -102,7 +103,7 @@ def publish(day: DayView, folder: Path, review: str = "") -> None:
                      + (f"; {len(day.skipped)} not scored" if day.skipped else "") + f"{said}; report {report}")
     history = review_counts(read_history(history_path(record.pool["path"])),
                             per_day(verdict_history_path(record.pool["path"]), record.pool["id"]))
-    maps = maps_markdown(summary, rows, day.rule, folder, record.folder / "trend.png", day.skipped)
+    maps = maps_markdown(summary, rows, day.rule, folder, record.folder / DAY.trend, day.skipped)
     reviews = verdicts_by_day_markdown(history)
     if reviews:  # the days' parts, flagged, confirmed and dismissed (the false alarms inspectors saw)
         maps += "\n\n## Inspectors' verdicts by day\n\n" + "\n".join(reviews)
@@ -114,7 +115,7 @@ def publish(day: DayView, folder: Path, review: str = "") -> None:
                                       "musc.anomalous": "true" if summary["anomalous"] else "false"},
                payload={**readable(summary), "threshold_rule": day.rule, "anomalous_parts": anomalous_parts(rows, folder),
                         "not_scored": [part_name(path, folder) for path, _ in day.skipped],
-                        "report": str(report), "scores_csv": str(record.folder / "scores.csv")})
+                        "report": str(report), "scores_csv": str(record.folder / DAY.scores)})
 
 
 def no_parts(pool: str, day: str, folder: Path, why: str) -> dict:
@@ -174,7 +175,7 @@ def emit_verdicts(review: Review) -> str:
                                 "verdict": verdict.verdict, "note": verdict.note, "reviewer": verdict.reviewer,
                                 "score": round(float(rows[verdict.part]["score"]), SCORE_DECIMALS),
                                 "decision": str(rows[verdict.part]["decision"]),
-                                "scores_csv": str(record.folder / "scores.csv")})
+                                "scores_csv": str(record.folder / DAY.scores)})
         return (f"{len(review.recorded)} event(s) sent: "
                 f"{', '.join(sorted({VERDICT_EVENTS[v.verdict] for v in review.recorded}))}")
     except Exception as error:  # noqa: BLE001 - the verdicts are recorded; an event is a notice

@@ -57,7 +57,7 @@ def dataset_flow(dataset: str, root: str, categories: list[str | Category] | Non
     publish_dataset(dataset, folder, table, results)
     line = summary.dataset_line(dataset, results, index)
     print(line)
-    return {"categories": results, "report": str(index), "table": str(folder / "metrics.csv"), "summary": line}
+    return {"categories": results, "report": str(index), "table": str(folder / catalog.REPORT.metrics), "summary": line}
 
 
 def load_config(config: MuscConfig | dict | None, config_file: str | None) -> MuscConfig:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 
 from .evaluation import ANOMALOUS, NORMAL
+from ..store.catalog import REPORT
 
 
 @dataclass
@@ -62,7 +63,7 @@ def entries(per_image: pd.DataFrame) -> list[Entry]:
 
 
 def read_per_image(folder: str | Path) -> pd.DataFrame:
-    return pd.read_csv(Path(folder) / "per_image.csv", dtype={"label": "Int64"}, keep_default_na=False,
+    return pd.read_csv(Path(folder) / REPORT.per_image, dtype={"label": "Int64"}, keep_default_na=False,
                        na_values={"label": [""]})
 
 

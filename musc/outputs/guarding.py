@@ -16,8 +16,9 @@ from typing import Any
 import pandas as pd
 
 from .evaluation import ANOMALOUS, NORMAL
+from ..store.catalog import REPORT
 
-GUARD_FILE = "guard.json"
+GUARD_FILE = REPORT.guard
 GUARD_MARK = "pool flags, batch does not"
 GUARD_COLUMNS = ("pool_score", "pool_decision", "guard")
 

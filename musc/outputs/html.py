@@ -12,6 +12,7 @@ import pandas as pd
 from ..method.metrics import METRIC_NAMES
 from .evaluation import ANOMALOUS, NORMAL, metric_text
 from .gallery import Entry, entries
+from ..store.catalog import REPORT
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
@@ -166,7 +167,7 @@ def category_page(folder: Path, title: str, table: pd.DataFrame, figures: dict[s
                 f"<a href='per_image.csv'>per_image.csv</a></p>{per_image_html(per_image, items, folder)}")
     body.append("<h2>Artifacts</h2><ul>" + "".join(f"<li>{esc(k)}: <code>{esc(v)}</code></li>"
                                                    for k, v in artifacts.items()) + "</ul>")
-    target = folder / "report.html"
+    target = folder / REPORT.html
     target.write_text(page(title, "".join(body)))
     return target
 
@@ -180,7 +181,7 @@ def dataset_index(folder: Path, title: str, table: pd.DataFrame, figures: dict[s
         f"<img src='{esc(relative(p, folder))}' alt='{esc(n)}'>" for n, p in figures.items()) + "</div>"]
     for name, outputs in categories.items():
         items = entries(read_per_image(outputs))
-        report = relative(Path(outputs) / "report.html", folder)
+        report = relative(Path(outputs) / REPORT.html, folder)
         missed = sum(e.misclassified for e in items)
         body.append(f"<h2>{esc(name)}</h2><p><a href='{esc(report)}'>report</a> · {len(items)} images, "
                     f"{sum(e.decision == ANOMALOUS for e in items)} judged anomalous, {missed} misclassified. "
@@ -189,6 +190,6 @@ def dataset_index(folder: Path, title: str, table: pd.DataFrame, figures: dict[s
         if wrong:
             body.append(f"<p>Misclassified ({len(wrong)}{', first ' + str(shown) if len(wrong) > shown else ''}):</p>"
                         + gallery_html(wrong[:shown], folder))
-    target = folder / "index.html"
+    target = folder / REPORT.index
     target.write_text(page(title, "".join(body)))
     return target

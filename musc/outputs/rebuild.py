@@ -18,7 +18,7 @@ from ..store import (ARTIFACTS_MARKER, STAGES, ArtifactError, catalog, open_arti
 from ..store import alone
 from .reports import dataset_report, evaluate_into
 
-REPORT_FILES = ("metrics.csv", "per_image.csv", "report.md", "report.html")  # what an evaluation's folder holds
+REPORT_FILES = catalog.REPORT.essential  # what an evaluation's folder holds
 
 
 def find_input(artifact_path: Path, stage: str, digest: str) -> Path:
@@ -51,7 +51,7 @@ def rebuild_reports(path: str | Path) -> Rebuilt:
     dataset's page (``_report/index.html``) is made again too, from the current evaluations of its
     categories (``dataset_pages``)."""
     path = Path(path)
-    targets = [path] if path.is_file() else [target for target in sorted(path.rglob("evaluate/*.h5"))
+    targets = [path] if path.is_file() else [target for target in catalog.artifacts_below(path, "evaluate")
                                              if _stays_under(path, target.parent)]
     if not targets:
         raise ArtifactError(f"{path}: no evaluate artifacts found")
@@ -69,7 +69,7 @@ def rebuild_reports(path: str | Path) -> Rebuilt:
                             f"{result.skipped[0][1]})")
     if path.is_dir():  # a dataset's page only where every category of it was looked at
         whole = path.resolve()
-        result.pages = dataset_pages([t for t in current if whole == (dataset := t.resolve().parents[2])
+        result.pages = dataset_pages([t for t in current if whole == (dataset := catalog.located(t.resolve()).dataset_folder)
                                       or whole in dataset.parents])
     return result
 
@@ -103,7 +103,7 @@ def rebuild_one(target: Path) -> Path:
     extract = open_artifact(find_input(target, "extract", evaluation.inputs["extract"]), "extract")
     classify = open_artifact(find_input(target, "classify", evaluation.inputs["classify"]), "classify")
     evaluate_into(report_folder(target), extract, classify, evaluation.config, str(target))
-    return report_folder(target) / "report.html"
+    return report_folder(target) / catalog.REPORT.html
 
 
 def dataset_pages(current: list[Path]) -> list[Path]:
@@ -112,7 +112,8 @@ def dataset_pages(current: list[Path]) -> list[Path]:
     the image size and mask rule of the newest one. Returns the index.html pages written."""
     newest: dict[tuple[Path, str], dict[str, Path]] = {}
     for target in current:
-        root, dataset, category = target.parents[3], target.parents[2].name, target.parents[1].name
+        where = catalog.located(target)
+        root, dataset, category = where.root, where.dataset, where.category
         chosen = newest.setdefault((root, dataset), {})
         if category not in chosen or _age(target) > _age(chosen[category]):
             chosen[category] = target
@@ -163,7 +164,7 @@ def in_use(root: str | Path) -> set[Path]:
         except ArtifactError:
             continue  # a stale evaluate artifact: neither it nor its remains are in use
         used |= chain
-    for guard in sorted(Path(root).glob("*/*/guard/*.h5")):  # a run's guard (--reference) stays with its run
+    for guard in catalog.artifacts_of(root, "guard"):  # a run's guard (--reference) stays with its run
         try:
             if find_input(guard, "evaluate", open_artifact(guard, "guard").inputs["evaluate"]) in used:
                 used.add(guard)

@@ -12,6 +12,7 @@ from ..method.metrics import METRIC_NAMES
 from ..store import ArtifactError
 from . import figures, gallery, guarding, html
 from .evaluation import Evaluation, EvaluationInputs, evaluate, metric_text, threshold_text
+from ..store.catalog import REPORT
 
 
 def metrics_table(rows: dict[str, dict[str, float]], notes: dict[str, dict[str, str]],
@@ -69,7 +70,7 @@ def write_report(folder: str | Path, title: str, table: pd.DataFrame, figures: d
         lines += ["## Figures", ""]
         lines += [f"![{name}]({html.relative(path, folder)})" for name, path in figures.items()] + [""]
     lines += ["## Artifacts", ""] + [f"- {stage}: `{path}`" for stage, path in artifacts.items()] + [""]
-    report = folder / "report.md"
+    report = folder / REPORT.markdown
     report.write_text("\n".join(lines))
     return report
 
@@ -123,21 +124,21 @@ def write_outputs(extract, classify, inputs: EvaluationInputs, evaluation: Evalu
     per_image["thumb_png"] = pictures.thumbs
     guard = guarding.read_guard(folder)  # a guard run on this evaluation before (musc run --reference)
     per_image = guarding.with_guard(per_image, guard)
-    per_image.to_csv(folder / "per_image.csv", index=False)
+    per_image.to_csv(folder / REPORT.per_image, index=False)
     table = metrics_table({category: evaluation.metrics}, {category: notes}, int(extract.config["image_size"]),
                           extract.attrs.get("mask_rule", ""))
-    table.to_csv(folder / "metrics.csv")
-    (folder / "metrics.md").write_text(table_markdown(table))
+    table.to_csv(folder / REPORT.metrics)
+    (folder / REPORT.metrics_md).write_text(table_markdown(table))
     shown = {"score histograms (thresholds dashed)": figures.save_histograms(inputs, evaluation,
-                                                                             folder / "histograms.png")}
+                                                                             folder / REPORT.histograms)}
     for kind, curves in evaluation.curves.items():
-        shown[f"{kind} ROC/PR"] = figures.save_curves(curves, folder / f"curves_{kind}.png", kind)
+        shown[f"{kind} ROC/PR"] = figures.save_curves(curves, folder / REPORT.curves(kind), kind)
     title = f"MuSc results: {extract.config['dataset']} / {category}"
     artifacts = {"extract": str(extract.path), "classify": str(classify.path), "evaluate": evaluate_path}
     threshold = {"value": evaluation.threshold, "rule": evaluation.rule,
                  "pixel_value": evaluation.pixel_threshold, "pixel_rule": evaluation.pixel_rule}
     skipped = list(extract.read("skipped"))
-    report = write_report(folder, title, table, shown, str(folder / "per_image.csv"), artifacts, threshold, skipped)
+    report = write_report(folder, title, table, shown, str(folder / REPORT.per_image), artifacts, threshold, skipped)
     notes_shown = ([line[2:] for line in threshold_lines(threshold)] + guarding.guard_lines(guard, per_image)
                    + [f"skipped (unreadable): {m}" for m in skipped])
     html.category_page(folder, title, table, shown, notes_shown, artifacts, gallery.read_per_image(folder))
@@ -162,14 +163,14 @@ def write_dataset_report(folder: str | Path, dataset: str, table: pd.DataFrame,
     ``categories``: name -> the category's evaluate outputs folder. Returns index.html."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    table.to_csv(folder / "metrics.csv")
-    (folder / "metrics.md").write_text(table_markdown(table))
-    bars = folder / "metrics_bars.png"
+    table.to_csv(folder / REPORT.metrics)
+    (folder / REPORT.metrics_md).write_text(table_markdown(table))
+    bars = folder / REPORT.bars
     if table[list(METRIC_NAMES)].notna().to_numpy().any():
         shown = {"metrics per category": figures.save_metric_bars(table, bars)}
     else:  # nothing computed (no labels): no empty chart; each category's page shows its scores
         shown = {}
         bars.unlink(missing_ok=True)
-    reports = {name: str(Path(outputs) / "report.md") for name, outputs in categories.items()}
+    reports = {name: str(Path(outputs) / REPORT.markdown) for name, outputs in categories.items()}
     write_report(folder, f"MuSc results: {dataset}", table, shown, None, reports, None)
     return html.dataset_index(folder, f"MuSc results: {dataset}", table, shown, categories)

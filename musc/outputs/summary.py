@@ -9,6 +9,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .evaluation import threshold_text
+from ..store.catalog import REPORT
 
 
 def outcome(evaluation) -> dict[str, Any]:
@@ -43,7 +44,7 @@ def unlabeled_lines(category: str, outputs: str | Path, top: int = 5) -> list[st
     """What is known of a category without labels: its most anomalous parts (score, decision) and
     how its final scores spread (quantiles), from its per_image.csv."""
     import pandas as pd
-    table = pd.read_csv(Path(outputs) / "per_image.csv").sort_values("score_rscin", ascending=False, kind="stable")
+    table = pd.read_csv(Path(outputs) / REPORT.per_image).sort_values("score_rscin", ascending=False, kind="stable")
     scores = table["score_rscin"].to_numpy(dtype=float)
     worst = ", ".join(f"{row.name} {row.score_rscin:.4f} ({row.decision})"
                       for row in table.head(top).itertuples(index=False))

@@ -19,14 +19,15 @@ from ..method.metrics import METRIC_NAMES
 from .evaluation import ANOMALOUS, SHORT_NAMES, metric_text
 from .gallery import Entry, data_uri, entries, read_per_image
 from .guarding import guard_lines, read_guard
+from ..store.catalog import REPORT
 
 LEGEND = ("I- image level, P- pixel level; AUROC, F1max, AP (average precision), AUPRO (per-region overlap, "
           "the reference's), AUPRO-MVTec (the MVTec AD definition); x100")
 FIGURE_PX = 560       # charts scaled to this width in the UI
 FIGURE_COLOURS = 64
 THUMB_COLOURS = 256
-FIGURES = {"histograms.png": "score histograms (threshold dashed)", "curves_image.png": "image ROC / PR",
-           "curves_pixel.png": "pixel ROC / PR"}
+FIGURES = {REPORT.histograms: "score histograms (threshold dashed)", REPORT.curves("image"): "image ROC / PR",
+           REPORT.curves("pixel"): "pixel ROC / PR"}
 
 
 @dataclass
@@ -78,7 +79,7 @@ def category_content(outputs: str | Path, title: str, artifacts: dict[str, str],
                      missed: int = 8) -> Published:
     """The Prefect artifacts of one category, from its evaluate outputs folder."""
     folder = Path(outputs)
-    table = pd.read_csv(folder / "metrics.csv", index_col="category")
+    table = pd.read_csv(folder / REPORT.metrics, index_col="category")
     items = entries(read_per_image(folder))
     wrong = [e for e in items if e.misclassified]
     guarded = [e for e in items if e.guard]
@@ -105,14 +106,14 @@ def dataset_content(folder: str | Path, dataset: str, table: pd.DataFrame, categ
     UI), its image ROC/PR curves, its most anomalous and its misclassified images, its HDF5 files."""
     folder = Path(folder)
     lines = [f"# MuSc results: {dataset}", "", metrics_markdown(table), f"_{LEGEND}_", ""]
-    if (folder / "metrics_bars.png").is_file():
+    if (folder / REPORT.bars).is_file():
         lines += [f"![metrics per category]({data_uri(folder / 'metrics_bars.png', FIGURE_PX, FIGURE_COLOURS)})", ""]
     for name, outputs in categories.items():
         items = entries(read_per_image(outputs))
         wrong = [e for e in items if e.misclassified]
         ways = " · ".join(f"[{label}]({address})" for label, address in (links or {}).get(name, {}).items())
         lines += [f"## {name}", "", *([ways, ""] if ways else []), summary_line(items), "",
-                  *figure_markdown(Path(outputs), ["curves_image.png"]),
+                  *figure_markdown(Path(outputs), [REPORT.curves("image")]),
                   f"Most anomalous ({min(top, len(items))} of {len(items)}):", "", gallery_markdown(items[:top]),
                   f"Misclassified ({len(wrong)}):", "", gallery_markdown(wrong[:top]),
                   "HDF5 artifacts: " + ", ".join(f"{stage} `{path}`" for stage, path in artifacts.get(name, {}).items()),

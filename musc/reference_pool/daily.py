@@ -20,6 +20,7 @@ from ..outputs.figures import heat_colours, new_figure
 from ..outputs.gallery import data_uri, png_data_uri
 from ..outputs.html import markdown_page
 from ..store import artifact_lock, atomic_output, atomic_write_text
+from ..store.catalog import DAY
 from .pool import HistoryError
 
 HISTORY_COLUMNS = ("day", "count", "anomalous", "anomalous_rate", "score_q50", "score_q90", "score_q99",
@@ -265,7 +266,7 @@ def write_day_outputs(day) -> Path:
     summary = day.summary()
     history = review_counts(append_history(history_path(record.pool["path"]), summary),
                             per_day(verdict_history_path(record.pool["path"]), record.pool["id"]))
-    trend = plot_trends(history, record.folder / "trend.png")
+    trend = plot_trends(history, record.folder / DAY.trend)
     return write_day_report(record.folder, summary, day.rows, day.rule, trend, history, day.skipped)
 
 
@@ -290,7 +291,7 @@ def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence
         relative = Path(row["map_png"]).relative_to(folder) if Path(row["map_png"]).is_relative_to(folder) else row["map_png"]
         lines.append(f"| {row['path']} | {row['score']:.4f} | {row['decision']} | {row.get('verdict') or ''} | "
                      f"![map]({relative}) |")
-    report = folder / "report.md"
+    report = folder / DAY.report
     atomic_write_text(report, "\n".join(lines) + "\n")
     markdown_page(report, f"Parts of {summary['day']}")
     return report

@@ -25,13 +25,11 @@ import pandas as pd
 
 from ..outputs.evaluation import ANOMALOUS, decision_words
 from ..store import ArtifactError, atomic_output, atomic_write_text, open_artifact
-from ..store.catalog import derived_name, leftover_writes
+from ..store.catalog import DAY, derived_name, leftover_writes
 from .pool import PoolError
 from .verdicts import standing, verdict_history_path
 
-DAY_RECORD = "day.json"
-SCORES_CSV = "scores.csv"
-MAPS = "maps"
+DAY_RECORD, SCORES_CSV, MAPS = DAY.record, DAY.scores, DAY.maps
 SCORES_COLUMNS = ("path", "part", "score", "decision", "verdict", "map_png")
 RECORD_FORMAT = 2
 OVERLAY_KEY = "musc-overlay"  # PNG text: what an overlay was drawn from (drawn again only when it changes)

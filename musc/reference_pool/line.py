@@ -20,12 +20,12 @@ from typing import Any, Iterator, Sequence
 from ..stages import LineRun, Part, build_all
 from ..stages.building import built
 from ..store import ArtifactError, artifact_lock, file_digest, mark_artifacts_root
+from ..store.catalog import DAY
 from .day import DAY_RECORD, DayError, DayRecord, DayView, relative, view, write_views
 from .pool import PoolError, PoolFile, open_pool
 from .rule import DecisionRule
 from .verdicts import evidence
 
-ARTIFACTS = "artifacts"  # the line's artifacts root inside a day's output folder, by default
 
 
 def output_folder(out: str | Path, images: Sequence[str | Path]) -> Path:
@@ -91,7 +91,7 @@ def prepare(pool_path: str | Path, images: Sequence[str | Path], out: str | Path
             raise DayError(f"out: {out} holds a day scored against another pool ({Path(record.pool['path']).name}, "
                            f"identity {record.pool['id'][:12]}); give each pool's parts a folder of their own")
         if record is None:
-            root = Path(artifacts) if artifacts else out / ARTIFACTS
+            root = Path(artifacts) if artifacts else out / DAY.artifacts
             record = DayRecord(out, day or out.resolve().name, {}, pool.settings.category,
                                relative(root.resolve(), out.resolve()))
         elif day is not None and record.day != day:

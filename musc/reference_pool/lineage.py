@@ -7,7 +7,7 @@ from typing import Any
 
 from ..inputs.config import ScoreSettings
 from ..outputs.rebuild import inputs_of
-from ..store import ArtifactError, open_artifact
+from ..store import ArtifactError, catalog, open_artifact
 from .pool import PoolSettings
 
 RUN_FIELDS = ("dataset", "category")  # what the extract config says of the run, not of the features
@@ -18,7 +18,7 @@ def evaluation_in(path: str | Path) -> Path:
     path = Path(path)
     if path.is_file():
         return path
-    candidates = sorted(path.glob("evaluate/*.h5"), key=lambda p: p.stat().st_mtime)
+    candidates = sorted(catalog.category_artifacts(path, "evaluate"), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise ArtifactError(f"{path}: no evaluate artifact here (give a category folder of a run, or the .h5)")
     return candidates[-1]

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -85,7 +86,42 @@ def stage_folders(root: str | Path, stages) -> list[Path]:
 
 
 def evaluate_artifacts(root: str | Path) -> list[Path]:
-    return sorted(Path(root).glob("*/*/evaluate/*.h5"))
+    return artifacts_of(root, "evaluate")
+
+
+def artifacts_of(root: str | Path, stage: str) -> list[Path]:
+    """The artifacts of ``stage`` under an artifacts root."""
+    return sorted(Path(root).glob(f"*/*/{stage}/*.h5"))
+
+
+def artifacts_below(folder: str | Path, stage: str) -> list[Path]:
+    """The artifacts of ``stage`` anywhere below a folder (an artifacts root, a dataset's or a
+    category's folder)."""
+    return sorted(Path(folder).rglob(f"{stage}/*.h5"))
+
+
+def category_artifacts(category_folder: str | Path, stage: str) -> list[Path]:
+    """The artifacts of ``stage`` of one category (``category_folder``)."""
+    return sorted(Path(category_folder).glob(f"{stage}/*.h5"))
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where an artifact lies: its artifacts root, dataset, category and stage."""
+    root: Path
+    dataset: str
+    category: str
+    stage: str
+
+    @property
+    def dataset_folder(self) -> Path:
+        return self.root / self.dataset
+
+
+def located(artifact: str | Path) -> Location:
+    """The root, dataset, category and stage of ``<root>/<dataset>/<category>/<stage>/<key>.h5``."""
+    artifact = Path(artifact)
+    return Location(artifact.parents[3], artifact.parents[2].name, artifact.parents[1].name, artifact.parent.name)
 
 
 CHAIN_HEADS = ("evaluate", "decide")  # the last stage of a batch's chain, of a day's of the line
@@ -186,6 +222,41 @@ def key_of(entry: str | Path) -> str | None:
     else:
         key = entry.stem if entry.suffix in (".h5", ".json") else None
     return key if key is not None and KEY_PATTERN.fullmatch(key) else None
+
+
+# The files of the reports beside the artifacts, and of a day's outputs ------------------------------
+
+class REPORT:
+    """A category's report folder (beside its evaluate artifact, ``report_folder``) and a dataset's
+    page (``dataset_report_folder``): their file names, written once."""
+    per_image = "per_image.csv"
+    metrics = "metrics.csv"
+    metrics_md = "metrics.md"
+    markdown = "report.md"
+    html = "report.html"
+    histograms = "histograms.png"
+    guard = "guard.json"
+    index = "index.html"
+    bars = "metrics_bars.png"
+
+    @staticmethod
+    def curves(kind: str) -> str:
+        """The ROC / PR curves of ``kind`` (image or pixel)."""
+        return f"curves_{kind}.png"
+
+    # what a category's report folder holds once written (a folder missing one is drawn again)
+    essential = (metrics, per_image, markdown, html)
+
+
+class DAY:
+    """A day's output folder (the line's: score-new's ``--out``, the daily flow's ``out``): its
+    record, its views and the default folder of its artifacts."""
+    record = "day.json"
+    scores = "scores.csv"
+    maps = "maps"
+    report = "report.md"
+    trend = "trend.png"
+    artifacts = "artifacts"
 
 
 # Files named after an input ------------------------------------------------------------------------
