@@ -2,7 +2,7 @@
 parts, flagged, confirmed and dismissed (the false alarms inspectors see), and an opt-in threshold
 rule ``reviewed`` sets the threshold F1-optimally on the scores of the parts reviewed against the
 same pool (a pool made anew learns nothing from its predecessor's verdicts)."""
-from functools import partial
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -18,36 +18,34 @@ def cli(*args):
 
 
 @pytest.fixture
-def asserting_events(monkeypatch):
-    """Events go to Prefect's asserting client instead of a server."""
-    from prefect.events.clients import AssertingEventsClient
-    from prefect.events.worker import EventsWorker
-    worker = EventsWorker.instance(AssertingEventsClient)
-    monkeypatch.setattr(EventsWorker, "instance", partial(EventsWorker.instance, client_type=AssertingEventsClient))
-    yield worker
-    worker.drain()
+def sent_events(monkeypatch):
+    """The events the line emits, caught where it hands them to Prefect (``emit_event``); a real
+    server receives them in test_review_ui.py."""
+    import flows.daily
+    caught = []
+    monkeypatch.setattr(flows.daily, "emit_event", lambda **event: caught.append(SimpleNamespace(**event)))
+    return caught
 
 
 def test_verdicts_are_sent_as_events_with_the_part_day_score_and_pool(pool_file, tiny_dataset, tmp_path,
-                                                                      asserting_events):
-    from prefect.events.clients import AssertingEventsClient
+                                                                      sent_events):
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from flows.daily import pool_name
     pool = copy_pool(pool_file, tmp_path / "line3.h5")
     day, paths = scored_day(pool, tiny_dataset, ["hole/000.png", "stain/001.png"], tmp_path / "d1", threshold=0.0)
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         outcome = cli("review", tmp_path / "d1", "--defect", "hole_000.png", "--good", "stain_001.png", "--note", "x")
-        asserting_events.drain()
     assert outcome.exit_code == 0, outcome.output
     assert "2 event(s) sent" in outcome.stdout
-    events = {e.event: e for e in AssertingEventsClient.last.events}
+    events = {e.event: e for e in sent_events}
     assert set(events) == {"musc.part.confirmed", "musc.part.dismissed"}
     confirmed, dismissed = events["musc.part.confirmed"], events["musc.part.dismissed"]
     scores = {row["path"]: row for row in day.rows}
     assert confirmed.payload["part"] == paths[0] and confirmed.payload["score"] == round(scores[paths[0]]["score"], 4)
     assert confirmed.payload["identity"] == scores[paths[0]]["part"] and confirmed.payload["note"] == "x"
     assert dismissed.payload["part"] == paths[1] and dismissed.payload["day"] == "2026-12-01"
-    assert confirmed.resource.id == f"musc.pool.{pool_name(pool)}" == dismissed.resource.id
+    assert confirmed.resource["prefect.resource.id"] == f"musc.pool.{pool_name(pool)}" == \
+        dismissed.resource["prefect.resource.id"]
     assert confirmed.resource["musc.day"] == "2026-12-01" and confirmed.resource["musc.pool.id"] == PoolFile(pool).id
 
 

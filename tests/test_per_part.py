@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 import musc
-from conftest import DEMO_BACKBONE, run_category
+from conftest import DEMO_BACKBONE
 from musc.inputs.images import load_image
 from musc.store import manifest_path
 from musc.inputs.synthetic import make_dataset
@@ -28,12 +28,16 @@ PARTS = 16
 
 
 @pytest.fixture(scope="module")
-def clean_pool(prefect_harness, tmp_path_factory):
-    """A pool made from a scored run of 12 good and 3 defective images: the defective ones (labelled
-    1) stay out, and so does any image the run decided anomalous."""
+def clean_pool(tmp_path_factory):
+    """A pool made from a scored run of 12 good and 3 defective images (its stages built in plain
+    Python): the defective ones (labelled 1) stay out, and so does any image the run decided anomalous."""
+    from conftest import TINY_CONFIG
+    from musc.inputs.config import MuscConfig
+    from musc.inputs.datasets import load_category
+    from musc.stages import Run, build_all
     folder = tmp_path_factory.mktemp("per_part")
     data = make_dataset(folder / "data", n_good=12, n_per_defect=1, size=64, seed=5, categories=("fabric",))
-    run_category(data, folder / "artifacts")
+    build_all(Run(load_category("mvtec_ad", data, "fabric"), MuscConfig(**TINY_CONFIG), str(folder / "artifacts")))
     pool = folder / "pool.h5"
     addition = add_run_to_pool(pool, folder / "artifacts/mvtec_ad/fabric")
     return pool, addition, folder / "artifacts/mvtec_ad/fabric"
@@ -211,7 +215,7 @@ def test_parts_confirmed_good_join_the_pool(clean_pool, stained_day, tmp_path, m
     assert f"left out: {stained[1]} (not reviewed, decided anomalous)" in with_normal.stdout
 
 
-def test_the_daily_flow_records_its_day_for_review(clean_pool, stained_day, tmp_path):
+def test_the_daily_flow_records_its_day_for_review(prefect_harness, clean_pool, stained_day, tmp_path):
     """The daily flow's results folder names its day and pool: `musc review` on it records verdicts
     under that day, beside the pool."""
     from flows.daily import daily_folder_flow

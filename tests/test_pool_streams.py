@@ -92,6 +92,7 @@ def test_a_copy_of_an_unreadable_part_is_named_as_not_scored_too(pool_file, tiny
     assert any("broken_copy.png: unreadable" in why for _, why in result.skipped)
 
 
+@pytest.mark.slow  # a child process, killed
 def test_a_killed_call_leaves_nothing_behind_once_rerun(pool_file, tiny_dataset, tmp_path):
     """kill -9 mid-call (while an overlay is half written), then the same call again: the results
     are whole, the finished artifacts are reused, and nothing of the killed call is left in OUT."""

@@ -193,6 +193,7 @@ def test_a_tiled_pool_refuses_runs_made_otherwise_naming_the_setting(aligned, pa
     assert len(PoolFile(pool)) == POOL_PARTS
 
 
+@pytest.mark.slow  # the command in a child process
 def test_score_new_names_each_part_it_skips_in_one_terminal_line(aligned, parts, tmp_path):
     from conftest import run_musc
     pool, _, _ = aligned
@@ -252,6 +253,7 @@ def test_what_a_run_will_record_is_known_before_it_runs(aligned, parts, tmp_path
     assert untiled.part_size is None and "tiles" not in untiled.features
 
 
+@pytest.mark.slow  # the command in child processes
 def test_a_run_whose_settings_the_pool_cannot_guard_is_refused_before_any_work(aligned, parts, tmp_path):
     from conftest import run_musc
     pool, _, _ = aligned
