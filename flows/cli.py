@@ -8,7 +8,6 @@ commands are in ``cli_artifacts`` and ``cli_line``.
 import os
 import sys
 import warnings
-from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any, Callable, List, Optional
 
@@ -94,7 +93,7 @@ def run(
         chosen = list(category or []) or list_categories(dataset, root, exclude=[artifacts])
         if not chosen:
             raise DatasetError(f"root: no {dataset} categories found under {root}")
-        cfg = _run_config(config, flags)
+        cfg = run_config(config, flags)
         if cfg.reference is not None and not Path(cfg.reference).is_file():
             raise ArtifactError(f"--reference: no such pool file {cfg.reference} (create it with musc pool add)")
         if cfg.reference is not None:
@@ -116,7 +115,7 @@ def run(
     _launch(artifacts, verbose, prepare)
 
 
-def _run_config(config_file: Path | None, flags: dict[str, Any]) -> MuscConfig:
+def run_config(config_file: Path | None, flags: dict[str, Any]) -> MuscConfig:
     """The run's configuration: the YAML file's fields (else the defaults), then the flags given."""
     cfg = MuscConfig.from_yaml(config_file) if config_file else MuscConfig()
     return cfg.replace(**flags)

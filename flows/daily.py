@@ -143,7 +143,7 @@ def review_form(asked: list[dict]) -> type[RunInput]:
     return create_model("DayReview", __base__=RunInput, **fields)
 
 
-def _resume_after_wait() -> None:
+def resume_after_wait() -> None:
     """The wait ran out: the run is left Paused, whose pause the server now holds expired (it would
     fail the run on any move but to Failed); forced back to Running, the flow ends as it would have,
     and a form sent from now on is refused by the server (the run is no longer paused)."""
@@ -221,7 +221,7 @@ def ask_review(day: DayView, folder: Path, wait_s: int):
     try:
         answer = pause_flow_run(wait_for_input=form, timeout=wait_s, key=key)
     except FlowPauseTimeout:
-        _resume_after_wait()
+        resume_after_wait()
         logger.warning(f"{day.record.day}: no review within {wait_s} s; the flagged parts stay not reviewed "
                        f"(musc review {day.record.folder} records verdicts later)")
         publish(day, folder, review=f"not reviewed (the form waited {wait_s} s)")

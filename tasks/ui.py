@@ -100,7 +100,7 @@ class PrefectProgress:
         if job.stage not in PROGRESS_STAGES:
             return
         if event == "start":
-            self._create(job)
+            self.create(job)
             return
         with self.lock:
             entry = self.artifacts.get(id(job))
@@ -108,12 +108,12 @@ class PrefectProgress:
             return
         artifact_id, throttle = entry
         if event == "end" or throttle.ready():
-            self._send(artifact_id, job)
+            self.send(artifact_id, job)
         if event == "end":
             with self.lock:
                 self.artifacts.pop(id(job), None)
 
-    def _create(self, job: Job) -> None:
+    def create(self, job: Job) -> None:
         from prefect.artifacts import ProgressArtifact
         from prefect.context import get_run_context
         from prefect.exceptions import MissingContextError
@@ -134,7 +134,7 @@ class PrefectProgress:
             self.artifacts[id(job)] = (created.id, throttle)
 
     @staticmethod
-    def _send(artifact_id: UUID, job: Job) -> None:
+    def send(artifact_id: UUID, job: Job) -> None:
         from prefect.artifacts import update_progress_artifact
         try:
             update_progress_artifact(artifact_id, job.percent, description=describe(job))

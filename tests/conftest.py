@@ -38,6 +38,19 @@ TINY_CONFIG = {"backbone": DEMO_BACKBONE, "pretrained": "none", "image_size": 64
 PREFECT = str(Path(sys.executable).with_name("prefect"))
 
 
+def as_flags(config: dict) -> list[str]:
+    """``musc run``'s flags for the settings in ``config`` (lists as comma-separated values)."""
+    flags = []
+    for name, value in config.items():
+        flags += [f"--{name.replace('_', '-')}",
+                  ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)]
+    return flags
+
+
+# the tiny backbone and the device as ``musc run`` flags; the method's settings left to each test
+RUN_FLAGS = as_flags({name: TINY_CONFIG[name] for name in ("backbone", "pretrained", "image_size", "layers", "device")})
+
+
 @pytest.fixture(scope="session")
 def reference():
     """Every dataset of the parity fixture, by name, and its root attributes under "attrs"."""
@@ -80,6 +93,16 @@ def snapshot(root):
     """Identity of every artifact file under root: a rewritten file gets a new inode/mtime."""
     return {str(p.relative_to(root)): (p.stat().st_ino, p.stat().st_mtime_ns)
             for p in Path(root).rglob("*.h5") if ".parts" not in str(p)}
+
+
+@pytest.fixture
+def fresh_process_memory():
+    """This process's memory of digests it wrote or verified dropped before and after a test: the test
+    sees the store as a new command would."""
+    from musc import store
+    store.forget()
+    yield
+    store.forget()
 
 
 def run_category(data, artifacts, **changes):
@@ -259,8 +282,8 @@ def count_work(monkeypatch) -> dict:
     """Counts of extract batches and MSM tile computations from now on ({"batches", "tiles"})."""
     from musc.stages import extract, score
     calls = {"batches": 0, "tiles": 0}
-    real_batch, real_tile = extract._extract_batch, score.tile_minima
-    monkeypatch.setattr(extract, "_extract_batch",
+    real_batch, real_tile = extract.extract_batch, score.tile_minima
+    monkeypatch.setattr(extract, "extract_batch",
                         lambda *a: (calls.__setitem__("batches", calls["batches"] + 1), real_batch(*a))[1])
     monkeypatch.setattr(score, "tile_minima",
                         lambda *a, **k: (calls.__setitem__("tiles", calls["tiles"] + 1), real_tile(*a, **k))[1])
@@ -292,3 +315,26 @@ def scored_day(pool, dataset, images, out, day="2026-12-01", threshold=None):
         shutil.copy(Path(dataset) / "fabric/test" / image, target)
         paths.append(str(target))
     return score_new_images(pool, paths, out, DecisionRule(threshold=threshold), day=day, device="cpu"), paths
+
+
+# ``slow`` kept honest: a test not marked slow whose call takes longer than this (scaled by the
+# machine's load per core, so a busy shared machine does not fail it) fails, naming its time.
+QUICK_TEST_SECONDS = float(os.environ.get("MUSC_QUICK_TEST_SECONDS", "10"))
+
+
+def quick_limit() -> float:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return QUICK_TEST_SECONDS * max(1.0, load / (os.cpu_count() or 1))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if call.when != "call" or not report.passed or item.get_closest_marker("slow"):
+        return
+    limit = quick_limit()
+    if call.duration > limit:
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} took {call.duration:.1f} s, over {limit:.1f} s for a test not marked "
+                           f"slow: mark it @pytest.mark.slow, or make it quicker")

@@ -29,12 +29,12 @@ def test_run_flags_override_the_config_file_and_flags_left_out_keep_it(tmp_path,
     from musc.inputs.config import ConfigError, MuscConfig
     (tmp_path / "data/cat/test/good").mkdir(parents=True)
     (tmp_path / "run.yaml").write_text("seed: 3\ntopmin_max: 0.5\nlayers: [1, 2]\n")
-    real, built = cli._run_config, []
+    real, built = cli.run_config, []
 
     def build_then_stop(config_file, flags):
         built.append(real(config_file, flags))
         raise ConfigError("stopped before any work")
-    monkeypatch.setattr(cli, "_run_config", build_then_stop)
+    monkeypatch.setattr(cli, "run_config", build_then_stop)
     monkeypatch.setattr(terminal, "prefect_environment", lambda: None)  # this process's environment stays
     result = CliRunner().invoke(cli.app, ["run", "--dataset", "mvtec_ad", "--root", str(tmp_path / "data"),
                                           "--config", str(tmp_path / "run.yaml"), "--seed", "7", "--r-list", "1,3",

@@ -4,7 +4,6 @@ no build); a retry of a reviewed day with a late part keeps every verdict on the
 for and asks only about the new one (the form keyed by identity, never replayed by position); a
 day without parts ends Completed saying so; a review that timed out is named as such."""
 import shutil
-from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -140,7 +139,7 @@ def test_a_review_that_timed_out_is_named_so(line, monkeypatch):
     def pause(**_):
         raise FlowPauseTimeout("no answer")
     monkeypatch.setattr(flows.daily, "pause_flow_run", pause)
-    monkeypatch.setattr(flows.daily, "_resume_after_wait", lambda: None)
+    monkeypatch.setattr(flows.daily, "resume_after_wait", lambda: None)
     state = flows.daily.daily_folder_flow(str(pool), str(root), day=DAY, decision={"threshold": 0.55},
                                           review_wait_s=5, return_state=True)
     assert state.is_completed() and state.name == "Not reviewed"

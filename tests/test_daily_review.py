@@ -4,9 +4,7 @@ artifact's and the form's Markdown with their pictures, one colour scale for a d
 import base64
 import io
 
-from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 from pydantic import ValidationError

@@ -111,7 +111,7 @@ def test_the_reviewed_rule_is_refused_until_both_verdicts_are_there(pool_file, t
 
 def test_the_reviewed_rule_learns_from_its_own_pools_verdicts_only(pool_file, tiny_dataset, tmp_path):
     from musc.outputs.evaluation import f1_optimal_threshold
-    from musc.reference_pool import Images, write_pool
+    from musc.reference_pool import write_pool
     from musc.reference_pool.verdicts import evidence
     pool = copy_pool(pool_file, tmp_path / "line3.h5")
     day, paths = scored_day(pool, tiny_dataset, ["hole/000.png", "stain/001.png", "scratch/000.png", "good/000.png"],

@@ -2,7 +2,6 @@
 and h5py read (its datasets described by the schema); musc report draws the day's outputs again from
 them; musc clean keeps a day's chain; a pool addition names what the size bound drops and clears what
 a killed addition left."""
-import shutil
 from pathlib import Path
 
 import h5py

@@ -165,7 +165,7 @@ def test_parts_confirmed_good_join_the_pool(clean_pool, stained_day, tmp_path, m
             stained.append(str(copy))
     good = [p for p in chosen if p not in stained][:2]
     out = tmp_path / "results"
-    day = score_new_images(pool, chosen, out, device="cpu", day="2026-12-01")
+    score_new_images(pool, chosen, out, device="cpu", day="2026-12-01")
     record = json.loads((out / "day.json").read_text())
     assert record["day"] == "2026-12-01" and record["pool"]["digest"] == before.digest
     assert record["pool"]["id"] == before.id

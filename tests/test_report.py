@@ -192,8 +192,8 @@ def test_progress_jobs_rate_eta_and_throttled_prefect_updates(monkeypatch):
 
     sent = []
     listener = publish.PrefectProgress(interval=3600)
-    monkeypatch.setattr(listener, "_create", lambda job: listener.artifacts.__setitem__(id(job), ("id", Throttle(3600))))
-    monkeypatch.setattr(publish.PrefectProgress, "_send", staticmethod(lambda i, job: sent.append(job.percent)))
+    monkeypatch.setattr(listener, "create", lambda job: listener.artifacts.__setitem__(id(job), ("id", Throttle(3600))))
+    monkeypatch.setattr(publish.PrefectProgress, "send", staticmethod(lambda i, job: sent.append(job.percent)))
     tracker = Tracker()
     tracker.add_listener(listener)
     with tracker.job("fabric", "extract", 10, "images", "mvtec_ad") as job:

@@ -141,7 +141,7 @@ def test_a_pool_reached_through_a_symlink_keeps_one_history(pool_file, tiny_data
 
 
 def test_a_moved_pool_is_found_with_pool_and_another_pool_is_refused(day, pool_file, tmp_path):
-    from musc.reference_pool import Images, PoolFile, PoolSettings, write_pool
+    from musc.reference_pool import PoolFile, write_pool
     pool, results, paths, _ = day
     moved = tmp_path / "elsewhere" / "line3.h5"
     moved.parent.mkdir()
@@ -205,7 +205,7 @@ def test_a_part_confirmed_defective_after_it_joined_leaves_the_pool(day):
 def test_a_days_parts_join_only_the_pool_of_their_category_and_identity(day, tmp_path):
     """Parts confirmed good on a day scored against one pool never join another: a pool of another
     category, or another pool of the same category, is refused in one line, and left as it was."""
-    from musc.reference_pool import Images, PoolFile, PoolSettings, write_pool
+    from musc.reference_pool import PoolFile, PoolSettings, write_pool
     pool, results, paths, _ = day
     assert cli("review", results, "--good", paths[0]).exit_code == 0
     ours = PoolFile(pool)

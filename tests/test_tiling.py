@@ -122,7 +122,7 @@ def test_a_repeated_tiled_run_recomputes_nothing(tiled_run, monkeypatch):
     before = snapshot(root)
     assert reused_throughout(run)
     from musc.stages import extract, score
-    monkeypatch.setattr(extract, "_extract_batch", lambda *a: pytest.fail("extracted again"))
+    monkeypatch.setattr(extract, "extract_batch", lambda *a: pytest.fail("extracted again"))
     monkeypatch.setattr(score, "tile_minima", lambda *a, **k: pytest.fail("scored again"))
     again = build_all(run)
     assert again["classify"]["digest"] == refs["classify"]["digest"]

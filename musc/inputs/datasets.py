@@ -43,9 +43,9 @@ def load_category(dataset: str, root: str | Path, category: str | None = None,
     if category is not None:
         check_category_name(category)
     ours = Excluded(exclude)
-    for folder in ours.folders:  # a folder of images inside our own outputs would take them in
-        if root.resolve() == folder or (chosen.root_is_category and root.resolve().is_relative_to(folder)):
-            raise DatasetError(f"root: the dataset folder {root} lies in the artifacts folder {folder}; "
+    for artifacts in ours.folders:  # a folder of images inside our own outputs would take them in
+        if root.resolve() == artifacts or (chosen.root_is_category and root.resolve().is_relative_to(artifacts)):
+            raise DatasetError(f"root: the dataset folder {root} lies in the artifacts folder {artifacts}; "
                                f"give another artifacts folder")
     if category is None and not chosen.root_is_category:
         raise DatasetError("category: this layout needs a category name")

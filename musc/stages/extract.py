@@ -94,7 +94,7 @@ def forward(backbone, pictures: list, tiling: ImageTiling | None = None, batch_s
     return tokens, embeddings
 
 
-def _extract_batch(backbone, category: Category, indices, image_size, tiling: ImageTiling | None = None,
+def extract_batch(backbone, category: Category, indices, image_size, tiling: ImageTiling | None = None,
                    batch_size: int = 4):
     """Tokens, embeddings (``forward``) and masks of a batch of images; masks at the image size, or
     at the image's full resolution when tiled."""
@@ -140,7 +140,7 @@ def build(path: Path, plan: Plan) -> None:
             skipped.extend(json.loads(part.get("attr:skipped", "[]")))
             job.advance(len(indices))
             continue
-        arrays, batch_skipped = _extract_batch(backbone, category, indices, settings.image_size, tiling, batch_size)
+        arrays, batch_skipped = extract_batch(backbone, category, indices, settings.image_size, tiling, batch_size)
         for message in batch_skipped:
             log.warning(f"extract: skipping {message}")
         skipped.extend(batch_skipped)
