@@ -119,9 +119,8 @@ def write_artifact(path: str | Path, stage: str, config: Mapping[str, Any], inpu
     to hold in memory at once)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(path)
-    try:
-        with _Sink(tmp, "w+") as sink:
+    with atomic_output(path) as scratch:
+        with _Sink(scratch, "w+") as sink:
             try:
                 with h5py.File(sink, "w") as f:
                     _fill_artifact(f, path, stage, config, inputs, arrays, attrs, code_version, fill)
@@ -130,24 +129,8 @@ def write_artifact(path: str | Path, stage: str, config: Mapping[str, Any], inpu
                     if sink.failure.errno in NO_SPACE:
                         raise no_space(path.parent) from None
                     raise ArtifactError(f"{path}: write failed ({sink.failure.strerror or sink.failure})") from None
-            sink.flush()
-            os.fsync(sink.fileno())
-        digest = digests.file_sha256(tmp)
-        os.replace(tmp, path)
-    except OSError as error:
-        if error.errno in NO_SPACE:
-            raise no_space(path.parent) from None
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-    try:
-        atomic_write_bytes(manifest_path(path), json.dumps(
-            {"sha256": digest, "size": path.stat().st_size, "stage": stage}).encode())
-    except OSError as error:
-        if error.errno in NO_SPACE:
-            raise no_space(path.parent) from None
-        raise
+        digest = digests.file_sha256(scratch)  # hashed as written, before the rename: not read back later
+    atomic_write_text(manifest_path(path), json.dumps({"sha256": digest, "size": path.stat().st_size, "stage": stage}))
     remember_written(path, digest, stage)
     return digest
 
