@@ -15,6 +15,7 @@ from musc.inputs.datasets import Category, load_category
 from musc.outputs import ui_content, summary
 from musc.outputs.rebuild import REPORT_FILES, rebuild_one
 from musc.stages import Plan, Run, StageSpec, walk
+from musc.stages.extract import tiling_of
 from musc.stages.graph import PARTS_AT_ONCE
 from tasks import parts_task, stage_task, tile_task
 from tasks.ui import artifact_key, publish
@@ -50,7 +51,7 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
     outputs = store.report_folder(evaluated["path"])
     if not all((outputs / name).is_file() for name in REPORT_FILES):  # deleted since: drawn again
         rebuild_one(Path(evaluated["path"]))
-    guarded = guard_step(refs["guard"], evaluated, outputs) if cfg.reference else {}
+    guarded = guard_step(refs["guard"], evaluated, outputs) if cfg.reference else unguarded(evaluated, outputs)
     refs = {"extract": refs["extract"], "scores": refs["score"], "classify": refs["classify"], "evaluate": evaluated}
     publish_category(dataset, category, str(outputs), refs, cfg.r_list)
     print(summary.category_line(category, decided, outputs / store.catalog.REPORT.html))
@@ -78,6 +79,16 @@ def guard_step(guarded: dict, evaluated: dict, outputs: Path) -> dict:
         logger.info(f"guard: {len(guard.marked)} image(s) flagged by the pool {reference} and not by the batch"
                     + (f": {guard.marked[0]}" if guard.marked else ""))
     return {"guard": guard.ref, "guard_marked": guard.marked}
+
+
+def unguarded(evaluated: dict, outputs: Path) -> dict:
+    """A run without ``--reference`` whose report folder (shared by every run of the same
+    evaluation) holds an earlier run's guard record: the record goes, the reports are redrawn
+    without its marks (they tell this run)."""
+    from musc.outputs import guarding
+    if guarding.drop_guard(outputs):
+        rebuild_one(Path(evaluated["path"]))
+    return {}
 
 
 def run_stage(spec: StageSpec, plans: list[Plan], name: str, dataset: str, count: int) -> list[dict]:
@@ -127,9 +138,10 @@ def publish_category(dataset: str, category: str, outputs: str, refs: dict, r_li
 
 def checked_category(dataset: str, root: str, category: str, cfg: MuscConfig, artifacts: str) -> Category:
     """The category's images (never any under the artifacts root), after rejecting what would fail
-    late (a degree r beyond the patch grid, too few images for MuSc, for a subset or for RsCIN's k)
-    before any work."""
+    late or make no sense (a degree r beyond the patch grid, too few images for MuSc, for a subset or
+    for RsCIN's k, tiles smaller than the backbone's patch grid) before any work."""
     check_degrees(cfg.extract, cfg.r_list, cfg.aligned_radius)
     images = load_category(dataset, root, category, exclude=[artifacts])
     images.check_size(cfg.k_list_for(dataset), cfg.divide_num, cfg.seed)
+    tiling_of(images, cfg.extract)
     return images

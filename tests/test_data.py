@@ -52,11 +52,13 @@ def test_mask_of_another_size_is_resized_and_truncated():
     assert truncated.sum() < (30 * 40 / 90) ** 2 < dilated.sum()
 
 
-def test_mask_with_values_0_1_is_accepted_with_a_warning(tmp_path):
+def test_a_label_mask_of_0_and_1_is_its_mask_and_soft_low_values_are_said(tmp_path):
     mask = np.zeros((20, 20), np.uint8)
-    mask[5:15, 5:15] = 1
+    mask[5:15, 5:15] = 1  # a label image: 1 is the defect
+    assert load_mask(save(tmp_path / "m.png", mask), 20, "truncate").sum() == 100
+    mask[5:15, 5] = 60  # more than two levels, none at 255: which are defective is a guess, said
     with pytest.warns(UserWarning, match="non-zero"):
-        binary = load_mask(save(tmp_path / "m.png", mask), 20, "truncate")
+        binary = load_mask(save(tmp_path / "soft.png", mask), 20, "truncate")
     assert binary.sum() == 100
 
 

@@ -95,8 +95,14 @@ def test_the_guard_is_an_artifact_reused_and_the_batch_keys_unchanged(stained_ru
     plain = run_category(folder / "batch", folder / "artifacts")  # the same batch without the guard
     assert {k: plain[k]["path"] for k in ("extract", "classify", "evaluate")} == \
            {k: result[k]["path"] for k in ("extract", "classify", "evaluate")}
+    outputs = Path(plain["outputs"])  # the same report folder: it tells this run, without the guard
+    assert not {"pool_score", "pool_decision", "guard"} & set(pd.read_csv(outputs / "per_image.csv").columns)
+    assert GUARD_MARK not in (outputs / "report.md").read_text() and "reference pool" not in (
+        outputs / "report.md").read_text()
+    assert GUARD_MARK not in (outputs / "report.html").read_text()
     again = run_category(folder / "batch", folder / "artifacts", reference=str(pool))
     assert again["guard"] == result["guard"]
+    assert (pd.read_csv(outputs / "per_image.csv", keep_default_na=False)["guard"] == GUARD_MARK).sum() == STAINED
     assert {p: p.stat().st_mtime_ns for p in (folder / "artifacts").rglob("*.h5")} == before
 
 

@@ -301,7 +301,6 @@ def test_a_config_with_a_bom_reads(tmp_path):
 def test_labels_csv_with_a_utf8_bom_reads(tmp_path):
     from PIL import Image
 
-    from musc.inputs.datasets import load_category
     root = tmp_path / "plant"
     root.mkdir()
     for name in ("a.png", "b.png", "c.png"):
@@ -312,7 +311,6 @@ def test_labels_csv_with_a_utf8_bom_reads(tmp_path):
 
 
 def test_an_artifacts_folder_inside_an_image_folder_drops_no_image(tmp_path):
-    from musc.inputs.datasets import load_category
     from musc.inputs.synthetic import make_dataset
     data = make_dataset(tmp_path / "data", n_good=4, n_per_defect=1, size=32, seed=1, categories=("fabric",))
     before = [s.name for s in load_category("mvtec_ad", data, "fabric").samples]
@@ -321,3 +319,34 @@ def test_an_artifacts_folder_inside_an_image_folder_drops_no_image(tmp_path):
     after = [s.name for s in load_category("mvtec_ad", data, "fabric", exclude=[artifacts]).samples]
     assert after == before  # the good images beside it stay; nothing of ours is listed
 
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_tiles_smaller_than_the_backbones_patch_grid_are_refused_before_any_work(tiny_dataset, tmp_path):
+    """16 x 16 tiles of a 64-pixel image are 4-pixel tiles, each enlarged to 64 pixels for a backbone
+    that sees 8 x 8 patches: less than a pixel per patch, hundreds of times the work."""
+    with pytest.raises(ConfigError, match=r"^tiles: 16x16 tiles of .*\.png are 4 x 4 pixels, fewer than the 8 x 8 "
+                                          r"patches the backbone sees"):
+        run_category(tiny_dataset, tmp_path / "artifacts", tiles=[16, 16])
+    assert not (tmp_path / "artifacts").exists()
+    from musc.stages.extract import tiling_of
+    images = load_category("mvtec_ad", tiny_dataset, "fabric")
+    tiled = MuscConfig(**{**TINY_CONFIG, "tiles": [8, 8]})  # 8-pixel tiles: a pixel per patch, the least
+    assert tiling_of(images, tiled.extract).count == 64
+
+
+@pytest.mark.parametrize("flag, value", [("--tile-overlap", "0.2"), ("--tile-mixing", "all")])
+def test_tile_settings_without_tiles_are_refused_in_one_line(tmp_path, flag, value, monkeypatch):
+    from typer.testing import CliRunner
+
+    from flows import cli, terminal
+    monkeypatch.setattr(terminal, "prefect_environment", lambda: None)  # this process's environment stays
+    (tmp_path / "data/cat/test/good").mkdir(parents=True)
+    result = CliRunner().invoke(cli.app, ["run", "--dataset", "mvtec_ad", "--root", str(tmp_path / "data"),
+                                          flag, value, "--artifacts", str(tmp_path / "artifacts")])
+    name = flag[2:].replace("-", "_")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"error: {name}: ")
+    assert "applies only to a tiled run" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "artifacts").exists()
+    MuscConfig(tiles=(2, 2), **{name: float(value) if name == "tile_overlap" else value})  # tiled: accepted

@@ -1,8 +1,9 @@
-"""The layouts added after MVTec AD, VisA and BTAD: MVTec AD 2, MVTec LOCO, MPDD, Real-IAD,
-KolektorSDD and AutoVI, each generated small from the synthetic MVTec AD dataset (its images and
-exact masks moved into the other layout), read back, and run end to end."""
+"""The dataset layouts, each generated small from the synthetic MVTec AD dataset (its images and
+exact masks moved into the layout as the dataset is distributed: BTAD's per-product suffixes,
+VisA's split file, Real-IAD's folders and JSON split, ...), read back, and run end to end."""
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from musc import store
 from musc.inputs.datasets import DATASETS, DatasetError, list_categories, load_category, subset_groups
 from musc.inputs.layouts.registry import layout as registered
 from musc.inputs.images import load_mask
@@ -125,6 +127,62 @@ def make_real_iad(root: Path, source, with_json: bool = True) -> Path:
     return root
 
 
+def make_mvtec(root: Path, source) -> Path:
+    """MVTec AD: test/<type>/<stem>.png, ground_truth/<type>/<stem>_mask.png."""
+    goods, defects = source
+    for image in goods:
+        copy(image, root / "fabric/test/good" / image.name)
+    for kind, image, mask in defects:
+        copy(image, root / "fabric/test" / kind / image.name)
+        copy(mask, root / "fabric/ground_truth" / kind / f"{image.stem}_mask.png")
+    return root
+
+
+# BTAD as distributed: (image suffix, mask suffix) per product
+BTAD_SUFFIXES = {"01": (".bmp", ".png"), "02": (".png", ".png"), "03": (".bmp", ".bmp")}
+
+
+def make_btad(root: Path, source, product: str = "03") -> Path:
+    """One BTAD product: test/{ok,ko}/NNNN<image suffix>, ground_truth/ko/NNNN<mask suffix>."""
+    goods, defects = source
+    image_suffix, mask_suffix = BTAD_SUFFIXES[product]
+    for number, image in enumerate(goods):
+        copy(image, root / product / "test/ok" / f"{number:04d}{image_suffix}", "RGB")
+    for number, (_, image, mask) in enumerate(defects):
+        copy(image, root / product / "test/ko" / f"{number:04d}{image_suffix}", "RGB")
+        copy(mask, root / product / "ground_truth/ko" / f"{number:04d}{mask_suffix}", "L")
+    return root
+
+
+def make_visa(root: Path, source, folders: bool = True, bom: bool = False) -> Path:
+    """VisA's candle: Data/Images/{Normal,Anomaly}/NNN.JPG (without those folders: Data/Images/NNN.JPG),
+    Data/Masks/Anomaly/NNN.png, listed by split_csv/1cls.csv."""
+    goods, defects = source
+    rows = ["object,split,label,image,mask"]
+    for number, (image, mask) in enumerate([(g, None) for g in goods] + [(i, m) for _, i, m in defects]):
+        kind = "Anomaly" if mask else "Normal"
+        rel = f"candle/Data/Images/{kind + '/' if folders else ''}{number:03d}.JPG"
+        copy(image, root / rel, "RGB")
+        mask_rel = f"candle/Data/Masks/Anomaly/{number:03d}.png" if mask else ""
+        if mask:
+            copy(mask, root / mask_rel)
+        rows.append(f"candle,test,{kind.lower()},{rel},{mask_rel}")
+    (root / "split_csv").mkdir(parents=True, exist_ok=True)
+    (root / "split_csv/1cls.csv").write_bytes(("\ufeff" if bom else "").encode() + ("\n".join(rows) + "\n").encode())
+    return root
+
+
+def make_folder(root: Path, source) -> Path:
+    """A plain folder: good/<stem>.png, bad/<type>_<stem>.png with masks/bad/<type>_<stem>.png."""
+    goods, defects = source
+    for image in goods:
+        copy(image, root / "good" / image.name)
+    for kind, image, mask in defects:
+        copy(image, root / "bad" / f"{kind}_{image.name}")
+        copy(mask, root / "masks/bad" / f"{kind}_{image.stem}.png")
+    return root
+
+
 def make_kolektor(root: Path, source) -> Path:
     """Six kosNN folders of four parts each; a defective part's label is its mask, a good part's
     label is empty."""
@@ -153,6 +211,105 @@ def test_every_layout_declares_its_mask_rule_and_k_list_once():
     assert registered("visa").k_list == (1, 8, 9) and registered("mvtec_ad").mask_rule == "truncate"
     with pytest.raises(DatasetError, match="dataset: unknown layout 'kitti'"):
         registered("kitti")
+
+
+# --- masks by stem, whatever their suffix (MVTec AD's manner) ------------------------------------
+
+def no_warnings_load(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return load_category(*args, **kwargs)
+
+
+@pytest.mark.parametrize("product", sorted(BTAD_SUFFIXES))
+def test_btad_masks_are_found_whatever_their_suffix(tmp_path, source, product):
+    root = make_btad(tmp_path, source, product)
+    category = no_warnings_load("btad", root, product)  # no "have no mask" warning
+    anomalous = [s for s in category.samples if s.label]
+    assert len(anomalous) == 12 and len(category.samples) == 24
+    assert all(Path(s.mask_path).name == Path(s.name).stem + BTAD_SUFFIXES[product][1] for s in anomalous)
+    other = ".png" if BTAD_SUFFIXES[product][1] == ".bmp" else ".bmp"
+    shutil.copyfile(anomalous[0].mask_path, Path(anomalous[0].mask_path).with_suffix(other))
+    with pytest.raises(DatasetError, match=r"ko/0000\.\w+: two masks, 0000\.(bmp|png) and 0000\.(bmp|png)"):
+        load_category("btad", root, product)
+
+
+@pytest.mark.parametrize("dataset", ["mvtec_ad", "mpdd"])
+def test_mvtec_like_masks_of_another_suffix_are_found_two_are_refused(tmp_path, source, dataset):
+    root = make_mvtec(tmp_path, source)
+    masks = root / "fabric/ground_truth/hole"
+    copy(masks / "000_mask.png", masks / "000.bmp", "L")
+    (masks / "000_mask.png").unlink()
+    sample = next(s for s in no_warnings_load(dataset, root, "fabric").samples if s.name == "hole/000.png")
+    assert Path(sample.mask_path).name == "000.bmp"
+    shutil.copyfile(masks / "001_mask.png", masks / "000_mask.png")
+    with pytest.raises(DatasetError, match=r"hole/000\.png: two masks, 000_mask\.png and 000\.bmp"):
+        load_category(dataset, root, "fabric")
+
+
+@pytest.mark.parametrize("dataset", ["mvtec_ad", "btad", "mpdd", "folder"])
+def test_a_mask_name_too_long_for_the_file_system_is_absent(tmp_path, source, dataset):
+    """Images named with 250 characters before the suffix: their mask name with ``_mask`` would be
+    too long for the file system (ENAMETOOLONG when probed); the mask present is found, a missing
+    one is missing, and nothing crashes."""
+    goods, defects = source
+    long = "x" * 250
+    images, masks, category = {
+        "folder": (tmp_path / "bad", tmp_path / "masks/bad", None),
+        "btad": (tmp_path / "01/test/ko", tmp_path / "01/ground_truth/ko", "01"),
+    }.get(dataset, (tmp_path / "fabric/test/hole", tmp_path / "fabric/ground_truth/hole", "fabric"))
+    good = "ok" if dataset == "btad" else "good"
+    for image in goods[:4]:
+        copy(image, images.parent / good / image.name)
+    copy(defects[0][1], images / f"{long}a.png")
+    copy(defects[0][2], masks / f"{long}a.png")
+    copy(defects[1][1], images / f"{long}b.png")  # no mask
+    if dataset == "mpdd":
+        copy(defects[1][2], masks / f"{long}b.png")  # MPDD refuses a missing mask folder, not a missing mask
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        samples = {Path(s.name).name: s for s in load_category(dataset, tmp_path, category).samples}
+    assert Path(samples[f"{long}a.png"].mask_path).name == f"{long}a.png"
+    assert (samples[f"{long}b.png"].mask_path is None) == (dataset != "mpdd")
+
+
+# --- VisA ----------------------------------------------------------------------------------------
+
+def test_visa_labels_come_from_the_label_column(tmp_path, source):
+    """Without its Normal/Anomaly folders (a copy flattened, a split file of one's own), VisA's images
+    are labelled by the label column; a BOM before the header is no part of a column name."""
+    root = make_visa(tmp_path, source, folders=False, bom=True)
+    category = no_warnings_load("visa", root, "candle")
+    assert [s.label for s in category.samples] == [0] * 12 + [1] * 12
+    assert all((s.mask_path is not None) == bool(s.label) for s in category.samples)
+    assert [s.defect_type for s in category.samples] == ["good"] * 12 + ["bad"] * 12
+    assert list_categories("visa", root) == ["candle"]
+
+
+def test_visa_anomaly_without_mask_warns_once_naming_the_image(tmp_path, source):
+    root = make_visa(tmp_path, source)
+    split = root / "split_csv/1cls.csv"
+    lines = split.read_text().splitlines()
+    lines[13] = lines[13].rsplit(",", 1)[0] + ","  # the first anomaly row, its mask column empty
+    split.write_text("\n".join(lines) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            category = load_category("visa", root, "candle")
+    assert [str(w.message) for w in caught] == [
+        "category 'candle': 1 anomalous image(s) have no mask in 1cls.csv (first: "
+        "candle/Data/Images/Anomaly/012.JPG); pixel metrics leave them out"]
+    assert category.samples[12].label == 1 and category.samples[12].mask_path is None
+
+
+def test_visa_refuses_a_label_other_than_normal_or_anomaly(tmp_path, source):
+    root = make_visa(tmp_path, source)
+    split = root / "split_csv/1cls.csv"
+    lines = split.read_text().splitlines()
+    lines[2] = lines[2].replace(",normal,", ",defect,")
+    split.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=r"1cls\.csv: line 3 has label 'defect', expected one of normal, anomaly"):
+        load_category("visa", root, "candle")
 
 
 # --- MVTec AD 2 ----------------------------------------------------------------------------------
@@ -312,6 +469,30 @@ def test_real_iad_bad_names_and_layouts(tmp_path, source):
         load_category("real_iad", root, "fabric_C1")
 
 
+def test_real_iad_ok_in_any_case_is_normal(tmp_path, source):
+    root = make_real_iad(tmp_path, source)
+    split = root / "realiad_jsons" / "fabric.json"
+    data = json.loads(split.read_text())
+    for number, entry in enumerate(e for e in data["test"] if e["anomaly_class"] == "OK"):
+        entry["anomaly_class"] = ("ok", "Ok", "OK")[number % 3]
+    split.write_text(json.dumps(data))
+    c1 = load_category("real_iad", root, "fabric_C1")
+    assert [s.label for s in c1.samples] == [1] * 6 + [0] * 6
+    assert [s.defect_type for s in c1.samples][6:] == ["OK"] * 6  # one group for subsets, whatever the case
+
+
+def test_real_iad_without_its_split_file_says_so_once_naming_it(tmp_path, source):
+    root = make_real_iad(tmp_path, source, with_json=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for view in ("fabric_C1", "fabric_C2", "fabric_C1"):
+            load_category("real_iad", root, view)
+    assert len(caught) == 1, [str(w.message) for w in caught]
+    message = str(caught[0].message)
+    assert f"looked for {root / 'realiad_jsons' / 'fabric.json'}" in message
+    assert "labelled by their folders (OK: normal)" in message
+
+
 # --- KolektorSDD ---------------------------------------------------------------------------------
 
 def test_kolektor_is_one_category_a_non_empty_label_is_a_defect(tmp_path, source):
@@ -335,6 +516,35 @@ def test_kolektor_is_one_category_a_non_empty_label_is_a_defect(tmp_path, source
         load_category("kolektor", root)
 
 
+# --- a plain folder ------------------------------------------------------------------------------
+
+def test_folder_masks_follow_the_image_path(tmp_path, source):
+    """cam2/bad_000.png takes masks/cam2/bad_000.png, not the mask of the top-level bad_000.png."""
+    _, defects = source
+    for folder, (_, image, mask) in (("", defects[0]), ("cam2/", defects[5])):
+        copy(image, tmp_path / f"{folder}bad_000.png")
+        copy(mask, tmp_path / f"masks/{folder}bad_000.png")
+    copy(defects[1][1], tmp_path / "cam3/other.png")  # a unique name: masks/ need not mirror cam3/
+    copy(defects[1][2], tmp_path / "masks/other_mask.png")
+    samples = {s.name: s for s in load_category("folder", tmp_path).samples}
+    assert {name: Path(s.mask_path).relative_to(tmp_path).as_posix() for name, s in samples.items()} == {
+        "bad_000.png": "masks/bad_000.png", "cam2/bad_000.png": "masks/cam2/bad_000.png",
+        "cam3/other.png": "masks/other_mask.png"}
+
+
+def test_folder_mask_found_by_a_shared_name_alone_is_refused(tmp_path, source):
+    _, defects = source
+    copy(defects[0][1], tmp_path / "bad_000.png")
+    copy(defects[1][1], tmp_path / "cam2/bad_000.png")
+    copy(defects[0][2], tmp_path / "masks/bad_000.png")
+    with pytest.raises(DatasetError, match=r"masks/bad_000\.png: the mask of bad_000\.png or of cam2/bad_000\.png\? "
+                                           r"Masks follow the image's path below the root \(masks/cam2/bad_000\.png"):
+        load_category("folder", tmp_path)
+    (tmp_path / "masks/cam2").mkdir()  # masks/ mirrors cam2/: its image has no mask, unambiguously
+    samples = {s.name: s.mask_path for s in load_category("folder", tmp_path).samples}
+    assert samples["cam2/bad_000.png"] is None and samples["bad_000.png"].endswith("masks/bad_000.png")
+
+
 # --- shared behaviour --------------------------------------------------------------------------
 
 def test_new_layouts_never_list_the_artifacts_folder(tmp_path, source):
@@ -354,6 +564,51 @@ def test_new_layouts_refuse_links_out_of_the_root(tmp_path, source):
     (root / "kos01/Part0.jpg").symlink_to(outside)
     with pytest.raises(DatasetError, match="outside the dataset root"):
         load_category("kolektor", root)
+
+
+# an artifacts folder (marked as ours) inside a folder of images, per layout: (maker, category, the
+# folders it is put in, relative to the root); what lies beside it is listed, nothing inside it
+ARTIFACTS_INSIDE = {
+    "mvtec_ad": (make_mvtec, "fabric", ["fabric/test/good", "fabric/test", "fabric/ground_truth/hole"]),
+    "btad": (make_btad, "03", ["03/test/ok", "03/test", "03/ground_truth/ko"]),
+    "mpdd": (make_mpdd, "bracket_black", ["bracket_black/test/good", "bracket_black/test",
+                                          "bracket_black/ground_truth/hole"]),
+    "mvtec_ad2": (make_ad2, "fabric", ["fabric/test_public/good", "fabric/test_public",
+                                       "fabric/test_public/ground_truth/bad"]),
+    "mvtec_loco": (make_loco, "fabric", ["fabric/test/good", "fabric/test", "fabric/ground_truth/logical_anomalies"]),
+    "autovi": (lambda root, source: make_loco(root, source, ("0000.png",)), "fabric",
+               ["fabric/test/good", "fabric/test", "fabric/ground_truth/logical_anomalies"]),
+    "visa": (make_visa, "candle", ["candle/Data/Images/Normal", "candle/Data/Masks/Anomaly"]),
+    "real_iad": (lambda root, source: make_real_iad(root, source, with_json=False), "fabric_C1",
+                 ["fabric/OK/S0000", "fabric/OK", "fabric/NG", "fabric/NG/HOLE/S0100"]),
+    "kolektor": (make_kolektor, None, ["kos01", "."]),
+    "folder": (make_folder, None, ["good", "masks/bad", "."]),
+}
+
+
+@pytest.mark.parametrize("dataset", list(ARTIFACTS_INSIDE))
+def test_an_artifacts_folder_inside_an_image_folder_drops_no_image_whatever_the_layout(tmp_path, source, dataset):
+    maker, category, places = ARTIFACTS_INSIDE[dataset]
+    root = maker(tmp_path / "data", source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Real-IAD without its split file says so
+        before = load_category(dataset, root, category)
+    assert before.samples
+    artifacts = []
+    for place in places:  # each holding what the layout would take in: an image, its mask or label
+        folder = store.mark_artifacts_root(root / place / "musc_out")
+        for sample in before.samples[:: max(1, len(before.samples) // 3)]:
+            for path in [sample.path] + ([sample.mask_path] if isinstance(sample.mask_path, str) else []):
+                shutil.copyfile(path, folder / Path(path).name)
+                copy(Path(path), folder / "good" / Path(path).name)
+        artifacts.append(folder)
+    for exclude in (artifacts, []):  # given as the run's artifacts root, or only marked
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            after = load_category(dataset, root, category, exclude=exclude)
+        assert after.samples == before.samples
+        if category:
+            assert list_categories(dataset, root, exclude=exclude) == list_categories(dataset, root)
 
 
 # --- end to end ----------------------------------------------------------------------------------

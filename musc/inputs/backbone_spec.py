@@ -6,6 +6,7 @@ precision, fp16 autocast on CUDA, is part of the key).
 """
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.util
 import json
@@ -91,6 +92,19 @@ def geometry_of(model: str) -> tuple[int, int]:
     return int(vision.get("patch_size", 16)), int(blocks if isinstance(blocks, int) else sum(blocks))
 
 
+def check_tile_size(settings: ExtractSettings, tile_height: int, tile_width: int, path) -> None:
+    """ConfigError unless every tile holds at least one of its pixels per patch the backbone sees
+    (``image_size / patch`` per side): a smaller tile is enlarged past its detail, each patch seeing
+    less than a pixel, for many times the work (16 x 16 tiles of a 64-pixel image: 4-pixel tiles)."""
+    grid = settings.image_size // patch_size_of(settings.backbone)
+    if min(tile_height, tile_width) < grid:
+        rows, columns = settings.tiles
+        raise ConfigError(f"tiles: {rows}x{columns} tiles of {path} are {tile_width} x {tile_height} pixels, fewer "
+                          f"than the {grid} x {grid} patches the backbone sees in each (image_size "
+                          f"{settings.image_size}); use fewer tiles, or no tiles")
+
+
+@functools.lru_cache(maxsize=None)
 def patch_size_of(model: str) -> int:
     return geometry_of(model)[0]
 

@@ -100,6 +100,11 @@ class MuscConfig:
             raise ConfigError(f"device: expected 'auto', 'cpu' or 'cuda[:n]', got {shown(self.device)}")
         if self.tiles is not None and not all(1 <= n <= MAX_TILES for n in self.tiles):
             raise ConfigError(f"tiles: rows and columns must be between 1 and {MAX_TILES}, got {list(self.tiles)}")
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in ("tile_overlap", "tile_mixing"):  # settings of a tiled run, which no untiled run reads
+            if self.tiles is None and getattr(self, name) != defaults[name]:
+                raise ConfigError(f"{name}: {shown(getattr(self, name))} applies only to a tiled run; give tiles "
+                                  f"(e.g. --tiles 2x2) or leave {name} out")
 
     def k_list_for(self, dataset: str) -> tuple[int, ...]:
         """RsCIN window sizes: the configured ones, else the paper's for the dataset's layout."""

@@ -49,6 +49,15 @@ def write_guard(folder: str | Path, record: dict[str, Any]) -> bool:
     return True
 
 
+def drop_guard(folder: str | Path) -> bool:
+    """Remove a report folder's guard record; False when it held none."""
+    path = Path(folder) / GUARD_FILE
+    if not path.is_file():
+        return False
+    path.unlink()
+    return True
+
+
 def with_guard(per_image: pd.DataFrame, record: dict[str, Any] | None) -> pd.DataFrame:
     """The per-image table with the guard's columns (unchanged without a record)."""
     if record is None:

@@ -15,7 +15,7 @@ import h5py
 import numpy as np
 
 from .. import store
-from ..inputs.backbone_spec import backbone_settings
+from ..inputs.backbone_spec import backbone_settings, check_tile_size
 from ..inputs.config import ExtractSettings
 from ..inputs.datasets import Category, DatasetError
 from ..inputs.images import UnreadableImage, load_image, load_mask
@@ -59,7 +59,8 @@ class Needs:
 
 
 def tiling_of(category: Category, settings: ExtractSettings) -> ImageTiling | None:
-    """The tiling of a category's images (their size: the first readable image's), or None untiled."""
+    """The tiling of a category's images (their size: the first readable image's), or None untiled.
+    ConfigError when its tiles are too small for the backbone (``check_tile_size``)."""
     if settings.tiles is None:
         return None
     for sample in category.samples:
@@ -68,9 +69,12 @@ def tiling_of(category: Category, settings: ExtractSettings) -> ImageTiling | No
         except UnreadableImage:
             continue
         try:
-            return ImageTiling.of_size(height, width, settings.tiles, settings.tile_overlap)
+            tiling = ImageTiling.of_size(height, width, settings.tiles, settings.tile_overlap)
         except ValueError as error:
             raise DatasetError(f"{sample.path}: {error}") from None
+        sides = tiling.boxes[:, 2:] - tiling.boxes[:, :2]  # each tile's (height, width)
+        check_tile_size(settings, int(sides[:, 0].min()), int(sides[:, 1].min()), sample.path)
+        return tiling
     return None  # no readable image: the merge says so
 
 
@@ -116,7 +120,9 @@ def extract_batch(backbone, category: Category, indices, image_size, tiling: Ima
         return None, skipped
     tokens, embeddings = forward(backbone, pictures, tiling, len(pictures) if tiling is None else batch_size)
     mask_size = image_size if tiling is None else (tiling.height, tiling.width)
-    masks = np.stack([load_mask(category.samples[i].mask_path, mask_size, category.mask_rule) for i in kept])
+    sizes = [(picture if tiling is None else picture[0]).size for picture in pictures]
+    masks = np.stack([load_mask(category.samples[i].mask_path, mask_size, category.mask_rule, size)
+                      for i, size in zip(kept, sizes)])
     return {"tokens": torch.stack(tokens).numpy(), "embeddings": embeddings.numpy(),
             "indices": np.asarray(kept, dtype=np.int64), "masks": masks}, skipped
 

@@ -1,13 +1,15 @@
 """What every dataset layout shares: a category's samples, the folders a listing never reads (our
-outputs), warnings said once, and paths that must stay inside the dataset's root."""
+outputs), masks looked up by name in a folder listed once, warnings said once, and paths that must
+stay inside the dataset's root."""
 from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from ...errors import DatasetError
+from ..images import IMAGE_SUFFIXES
 from ...method.checks import MIN_IMAGES, TooFewImages, check_image_count
 from ...method.subsets import subsets
 from ...store.catalog import ARTIFACTS_MARKER
@@ -76,6 +78,41 @@ class Excluded:
         return (any(resolved.is_relative_to(folder) and folder != top and folder.is_relative_to(top)
                     for folder in self.folders)
                 or any((parent / ARTIFACTS_MARKER).exists() for parent in inside))
+
+
+class MaskFolder:
+    """The mask files of one folder, listed once and looked up by an image's stem: ``<stem>_mask`` or
+    ``<stem>``, whatever the image suffix of either (BTAD's product 03 keeps ``.bmp`` masks where 01
+    and 02 keep ``.png``). No path is probed by name, so a mask name too long for the file system is
+    simply absent, never an error, and a folder of many masks is read once."""
+
+    def __init__(self, folder: Path, files: Iterable[Path] | None = None):
+        self.folder = folder
+        self.stems: dict[str, list[Path]] = {}
+        self.folders: set[str] = set()  # its subfolders' names (MVTec LOCO, AutoVI: one per image)
+        if files is None:
+            entries = sorted(folder.iterdir()) if folder.is_dir() else []
+            self.folders = {p.name for p in entries if p.is_dir()}
+            files = [p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+        for path in sorted(files):
+            self.stems.setdefault(path.stem, []).append(path)
+
+    def of(self, image: Path) -> Path | None:
+        """The mask of ``image``; DatasetError naming both when two files could be it."""
+        found = [m for m in self.stems.get(f"{image.stem}_mask", []) + self.stems.get(image.stem, [])
+                 if m != image]
+        if len(found) > 1:
+            raise DatasetError(f"{image}: two masks, {found[0].name} and {found[1].name} in {self.folder} "
+                               f"(one mask per image)")
+        return found[0] if found else None
+
+
+def is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; a name the file system refuses (too long) is no file."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 _warned: set[str] = set()

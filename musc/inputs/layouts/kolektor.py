@@ -5,10 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 
 from ...errors import DatasetError
-from ..images import images_in, open_checked
+from ..images import images_in, mask_levels
 from .common import Excluded, Sample, inside
 from .registry import Layout, register
 
@@ -49,7 +48,7 @@ def _kolektor_samples(root: Path, ours: Excluded) -> list[Sample]:
             if len(found) > 1:
                 raise DatasetError(f"{image}: two labels, {found[0].name} and {found[1].name} "
                                    f"(KolektorSDD has one label per part)")
-            defective = bool(np.asarray(open_checked(found[0], "mask").convert("L")).any())
+            defective = bool(mask_levels(found[0]).any())
             samples.append(Sample(str(inside(root, image, "image")), f"{folder.name}/{image.name}",
                                   "defective" if defective else "good", int(defective),
                                   str(inside(root, found[0], "mask")) if defective else None))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ...errors import DatasetError
 from ..images import IMAGE_SUFFIXES, images_in
-from .common import Excluded, Sample, inside, warn_once
+from .common import Excluded, MaskFolder, Sample, inside, warn_once
 from .registry import Layout, register
 
 
@@ -55,7 +55,7 @@ def folder_samples(name: str):
     def samples(root: Path, category: str | None, ours: Excluded) -> tuple[str, list[Sample]]:
         if name == "mvtec_ad2" and (private := _ad2_private_set(root, category)):
             return str(category), _ad2_private_samples(root, str(category), private)
-        return str(category), _mvtec_style_samples(root, category, name)
+        return str(category), _mvtec_style_samples(root, category, name, ours)
     return samples
 
 
@@ -64,7 +64,7 @@ def _no_category_folder(dataset: str, root: Path, category: str, folder: Path) -
     return DatasetError(f"category {category!r}: no folder {folder} (categories here: {known})")
 
 
-def _mvtec_style_samples(root: Path, category: str | None, dataset: str) -> list[Sample]:
+def _mvtec_style_samples(root: Path, category: str | None, dataset: str, ours: Excluded) -> list[Sample]:
     if not category:
         raise DatasetError("category: this layout needs a category name")
     layout = FOLDER_LAYOUTS[dataset]
@@ -73,7 +73,7 @@ def _mvtec_style_samples(root: Path, category: str | None, dataset: str) -> list
         raise _no_category_folder(dataset, root, category, test)
     ground_truth = root / category / layout.ground_truth
     samples, missing_masks = [], []
-    for type_dir in sorted(p for p in test.iterdir() if p.is_dir() and p != ground_truth):
+    for type_dir in sorted(p for p in test.iterdir() if p.is_dir() and p != ground_truth and not ours(p)):
         defect = type_dir.name
         masks_dir = ground_truth / defect
         images = images_in(type_dir)
@@ -86,46 +86,46 @@ def _mvtec_style_samples(root: Path, category: str | None, dataset: str) -> list
         if layout.strict and anomalous and images and not masks_dir.is_dir():
             raise DatasetError(f"{masks_dir}: no ground-truth folder for the {len(images)} image(s) in {type_dir}")
         claimed: set[Path] = set()
+        listed = MaskFolder(masks_dir) if anomalous else None  # listed once, looked up by name
         for image in images:
-            mask = _masks_of(root, image, masks_dir, layout) if anomalous else None
+            mask = _masks_of(root, image, listed, layout) if listed is not None else None
             if mask is None and anomalous and masks_dir.is_dir():
                 missing_masks.append(f"{defect}/{image.name}")
             claimed.update(Path(m) for m in ([mask] if isinstance(mask, str) else mask or ()))
             samples.append(Sample(str(inside(root, image, "image")), f"{defect}/{image.name}", defect,
                                   int(anomalous), mask))
         if layout.strict and masks_dir.is_dir():
-            _refuse_unclaimed_masks(masks_dir, claimed, layout.mask_folders, type_dir)
+            _refuse_unclaimed_masks(masks_dir, claimed, layout.mask_folders, type_dir, ours)
     if missing_masks:
         warn_once(f"category {category!r}: {len(missing_masks)} anomalous image(s) have no mask "
                    f"(first: {missing_masks[0]}); pixel metrics leave them out", test)
     return samples
 
 
-def _masks_of(root: Path, image: Path, masks_dir: Path, layout: FolderLayout) -> str | tuple[str, ...] | None:
-    """An anomalous image's mask (its file), or for layouts with a folder of masks per image the
-    masks in ``<masks_dir>/<image stem>/``; None if it has none."""
+def _masks_of(root: Path, image: Path, masks: MaskFolder, layout: FolderLayout) -> str | tuple[str, ...] | None:
+    """An anomalous image's mask, found by the image's stem whatever the suffix of either
+    (``<stem>_mask.png``, ``<stem>.png``, BTAD's ``<stem>.bmp``; two of them: an error), or for
+    layouts with a folder of masks per image the masks in ``<masks_dir>/<image stem>/``; None if it
+    has none."""
     if layout.mask_folders:
-        folder = masks_dir / image.stem
-        if not folder.is_dir():
+        folder = masks.folder / image.stem
+        if image.stem not in masks.folders:
             return None
-        masks = images_in(folder)
-        if not masks:
+        found = images_in(folder)
+        if not found:
             raise DatasetError(f"{folder}: a mask folder holding no mask (for the image {image})")
-        return tuple(str(inside(root, m, "mask")) for m in masks)
-    names = dict.fromkeys([f"{image.stem}_mask.png", f"{image.stem}.png", f"{image.stem}_mask{image.suffix}"])
-    found = [masks_dir / name for name in names if (masks_dir / name).is_file()]
-    if len(found) > 1 and layout.strict:
-        raise DatasetError(f"{image}: two masks, {found[0].name} and {found[1].name} in {masks_dir} "
-                           f"(this layout has one mask per image)")
-    return str(inside(root, found[0], "mask")) if found else None
+        return tuple(str(inside(root, m, "mask")) for m in found)
+    mask = masks.of(image)
+    return str(inside(root, mask, "mask")) if mask else None
 
 
-def _refuse_unclaimed_masks(masks_dir: Path, claimed: set[Path], folders: bool, images: Path) -> None:
+def _refuse_unclaimed_masks(masks_dir: Path, claimed: set[Path], folders: bool, images: Path, ours: Excluded) -> None:
     """DatasetError naming the first mask (or, where masks come in a folder per image, mask folder)
-    in ``masks_dir`` that no image claims."""
+    in ``masks_dir`` that no image claims (an artifacts folder of ours there is none)."""
     claimed = {path.resolve() for path in claimed} | ({path.resolve().parent for path in claimed} if folders else set())
     for entry in sorted(masks_dir.iterdir()):
-        mask_like = (entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES) or (folders and entry.is_dir())
+        mask_like = ((entry.is_file() and entry.suffix.lower() in IMAGE_SUFFIXES)
+                     or (folders and entry.is_dir() and not ours(entry)))
         if mask_like and not entry.name.startswith(".") and entry.resolve() not in claimed:
             raise DatasetError(f"{entry}: a mask for no image (no image of that name in {images})")
 

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from ...errors import DatasetError
 from ..images import IMAGE_SUFFIXES
-from .common import Excluded, Sample, inside, warn_once
+from .common import Excluded, Sample, inside, is_file, warn_once
 from .registry import Layout, register
 
 # the camera view in a file name (audiojack_0001_OK_C1_20230922093040.jpg)
 REAL_IAD_VIEW = re.compile(r"_(C\d+)(?=_|$)")
+# the class of a normal part, in the split files' entries (their meta's normal_class) and folders
+REAL_IAD_NORMAL = "OK"
 
 
 def categories(root: Path, ours: Excluded) -> list[str]:
@@ -62,9 +64,10 @@ def _real_iad_samples(root: Path, category: str | None, ours: Excluded) -> list[
         raise DatasetError(f"category {category!r}: no folder {folder} (categories here: "
                            f"{', '.join(categories(root, Excluded())) or 'none'})")
     split = _real_iad_split(root, name)
-    if split is None:
-        warn_once(f"category {name!r}: no split file realiad_jsons/{name}.json in or beside {root}; "
-                   f"scoring every image in {folder}/OK and {folder}/NG", folder)
+    if split is None:  # said once for the category's views together
+        warn_once(f"category {name!r}: no split file realiad_jsons/{name}.json (looked for "
+                  f"{root / 'realiad_jsons' / f'{name}.json'}, and beside {root}); scoring every image in "
+                  f"{folder}/OK and {folder}/NG, labelled by their folders (OK: normal)", folder)
         entries = _real_iad_listed(folder, ours)
     else:
         entries = _real_iad_test_split(split, folder)
@@ -74,9 +77,10 @@ def _real_iad_samples(root: Path, category: str | None, ours: Excluded) -> list[
         if tag is None:
             raise DatasetError(f"{image}: no camera view (_C1_ ... _C5_) in the file name")
         if tag.group(1) == view:
-            label = 0 if defect == "OK" else 1
-            samples.append(Sample(str(inside(root, image, "image")), image.relative_to(folder).as_posix(), defect,
-                                  label, str(inside(root, mask, "mask")) if mask else None))
+            label = int(defect.upper() != REAL_IAD_NORMAL)  # "ok" as "OK": a normal part
+            samples.append(Sample(str(inside(root, image, "image")), image.relative_to(folder).as_posix(),
+                                  defect if label else REAL_IAD_NORMAL, label,
+                                  str(inside(root, mask, "mask")) if mask else None))
     missing = [s.name for s in samples if s.label == 1 and s.mask_path is None]
     if missing:
         warn_once(f"category {category!r}: {len(missing)} anomalous image(s) have no mask (first: {missing[0]}); "
@@ -86,19 +90,23 @@ def _real_iad_samples(root: Path, category: str | None, ours: Excluded) -> list[
 
 def _real_iad_test_split(split: Path, folder: Path) -> list[tuple[Path, str, Path | None]]:
     """(image, defect type or "OK", mask) for each test entry of a Real-IAD split file; its paths
-    are relative to the category folder."""
+    are relative to the category folder. An entry of the meta's normal class (OK, in any case) is
+    a normal part."""
     try:
-        entries = json.loads(split.read_text(encoding="utf-8")).get("test")
+        data = json.loads(split.read_text(encoding="utf-8"))
+        entries, normal = data.get("test"), (data.get("meta") or {}).get("normal_class") or REAL_IAD_NORMAL
         if not isinstance(entries, list):
             raise ValueError("no list 'test'")
         rows = [(str(e["image_path"]), str(e["anomaly_class"]), e.get("mask_path") or None) for e in entries]
+        rows = [(image, REAL_IAD_NORMAL if defect.upper() == str(normal).upper() else defect, mask)
+                for image, defect, mask in rows]
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as error:
         raise DatasetError(f"{split}: not a Real-IAD split file (expected a list 'test' of entries with "
                            f"image_path, anomaly_class and mask_path: {error})") from None
     out = []
     for image, defect, mask in rows:
         for path in (image, mask):
-            if path and not (folder / path).is_file():
+            if path and not is_file(folder / path):
                 raise DatasetError(f"{split}: lists {folder / path}, which does not exist")
         out.append((folder / image, defect, folder / mask if mask else None))
     return sorted(out, key=lambda row: row[0].relative_to(folder).as_posix())
