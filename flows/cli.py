@@ -39,6 +39,7 @@ def _launch(artifacts: Path, verbose: bool, prepare: Callable[[], Callable[[], d
     terminal.prefect_environment()
     server_given = bool(os.environ.get("PREFECT_API_URL"))  # before the temporary server sets it
 
+    @terminal.advice_when_read_only("give a writable --artifacts folder")
     def go() -> dict:
         start = prepare()
         terminal.SESSION.artifacts = artifacts

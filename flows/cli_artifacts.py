@@ -3,7 +3,7 @@ artifacts alone) and ``musc clean`` (what no intact run uses, removed)."""
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -83,7 +83,11 @@ def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:
 
 
 def report_command(path: Annotated[Path, typer.Argument(help="An evaluate artifact, a folder holding them, or a "
-                                                            "day's results folder (day.json).")]
+                                                            "day's results folder (day.json).")],
+                   to: Annotated[Optional[Path], typer.Option(
+                       "--to", metavar="FOLDER", help="Write the reports under FOLDER (laid out as under PATH) "
+                                                      "instead of beside the artifacts; nothing is written beside "
+                                                      "them (a read-only artifacts folder).")] = None
                    ) -> None:
     """Rebuild figures and reports from artifacts alone, without recomputing any stage; prints the
     pages (report.html) written. In a folder, stale evaluate artifacts (an input missing or changed
@@ -94,10 +98,14 @@ def report_command(path: Annotated[Path, typer.Argument(help="An evaluate artifa
         from musc.reference_pool.day import DAY_RECORD
         out = Console(soft_wrap=True, highlight=False, markup=False)
         if (path / DAY_RECORD).is_file():  # a day of the line: its outputs from its artifacts
+            if to is not None:
+                raise ArtifactError(f"--to: for evaluate artifacts; a day's outputs ({path}) are drawn in its folder")
             from musc.reference_pool.line import rebuild_day
             out.print(f"day: {rebuild_day(path)}")
             return
-        rebuilt = rebuild_reports(path)
+        with terminal.advice_when_read_only("give a writable --to folder" if to is not None else
+                                            f"write the reports elsewhere: musc report {path} --to ELSEWHERE"):
+            rebuilt = rebuild_reports(path, to)
         for written in rebuilt.written:
             out.print(f"report: {written}")
         for page in rebuilt.pages:

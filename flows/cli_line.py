@@ -163,7 +163,8 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
         rule = DecisionRule(**{name: value for name, value in decision.items() if value is not None})  # checked: NaN
         if not pool.is_file():
             raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
-        day = score_new_images(pool, images, out, rule, device, artifacts=artifacts)
+        with terminal.advice_when_read_only("give a writable --out folder (and --artifacts, if given)"):
+            day = score_new_images(pool, images, out, rule, device, artifacts=artifacts)
         console = Console(soft_wrap=True, markup=False, highlight=False)
         for row in day.rows:
             console.print(f"{row['path']}: score {row['score']:.4f}  {row['decision']}  map {row['map_png']}")

@@ -284,6 +284,9 @@ def daily_folder_flow(pool: str, root: str, day: str = "", out: str = "", decisi
     if not images:
         return no_parts(pool, day, folder, f"no images in {folder}")
     read_history(history_path(pool))  # a corrupt history fails now, naming it, not after the work
+    store.check_writable(history_path(pool).parent, "the history of days",  # and so does a read-only one
+                         "the daily flow keeps each day's summary beside the pool: put the pool in a folder the "
+                         "flow can write")
     fail_once_point("daily")
     target = Path(out or folder / "musc")
     run, record = prepare(pool, images, target, rule, day, source=folder)

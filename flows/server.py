@@ -6,6 +6,11 @@ factory under uvicorn, the UI off) as our child, ask Linux to end it when its pa
 (``PR_SET_PDEATHSIG``), and point the command's Prefect client at it, with flow-run heartbeats
 off (see below). A PREFECT_API_URL given by the user is used as it is, heartbeats included.
 
+The server runs in a session of its own: a SIGTERM or SIGINT sent to the command's process group
+(Ctrl-C in a terminal, ``kill -- -PGID``, a CI job's end) does not reach it, so the command's flow
+can still record its stop, and the server is stopped last, by this process, once the flow has
+stopped (``flows.stopping``).
+
 Its own log goes to an unlinked temporary file, not to the terminal: stopping a server whose
 task-run recorder still has a backlog (a run of 1,395 score tiles: the recorder writes one event
 per transaction by default) cancels that flush, and Prefect logs each cancelled flush as an
@@ -101,7 +106,7 @@ def _start(env: dict) -> tuple[subprocess.Popen, str, object]:
                    "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
         log = tempfile.TemporaryFile()
         process = subprocess.Popen(command, env=env, stdout=log, stderr=log,  # noqa: PLW1509 - preexec: see above
-                                   preexec_fn=_die_with_parent(os.getpid()))
+                                   preexec_fn=_die_with_parent(os.getpid()), start_new_session=True)
         url = f"http://127.0.0.1:{port}/api"
         try:
             _wait_healthy(process, url, log)
@@ -129,6 +134,26 @@ def _drain_clients() -> None:
             worker.drain_all(timeout=30)
 
 
+_RUNNING: set[subprocess.Popen] = set()  # this process's temporary servers, for stop_servers
+
+
+def _stop(process: subprocess.Popen, timeout: float = 10) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    _RUNNING.discard(process)
+
+
+def stop_servers(timeout: float = 10) -> None:
+    """Stop every temporary server this process started (a command ending at once, on a signal
+    whose stop took too long)."""
+    for process in list(_RUNNING):
+        _stop(process, timeout)
+
+
 @contextlib.contextmanager
 def temporary_server() -> Iterator[str | None]:
     """Within the block, Prefect talks to a server that ends with this process, however it ends.
@@ -142,6 +167,7 @@ def temporary_server() -> Iterator[str | None]:
            "PREFECT_SERVER_SERVICES_TASK_RUN_RECORDER_READ_BATCH_SIZE": "200"}
     with _one_start_at_a_time():
         process, url, log = _start(env)
+    _RUNNING.add(process)
     try:
         os.environ["PREFECT_API_URL"] = url  # for child processes (Dask workers)
         # Heartbeats let a long-lived server mark crashed runs; nothing watches them on a server that
@@ -151,10 +177,5 @@ def temporary_server() -> Iterator[str | None]:
     finally:
         _drain_clients()
         os.environ.pop("PREFECT_API_URL", None)
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)
         log.close()

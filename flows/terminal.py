@@ -2,8 +2,10 @@
 kept in a log file, and the progress bars.
 
 Errors in the input (configuration, dataset, artifact) print one line naming the field or file and
-exit with status 2; anything else prints one line and exits with status 1. ``--debug``
-(``SESSION.debug``) shows the traceback instead.
+exit with status 2, and so does a write the file system refused (a full disk, a read-only
+location), wherever it happened; anything else prints one line and exits with status 1.
+SIGTERM and SIGINT stop the command promptly with one line, ``stopped: ...``, and exit status
+128 + signal (``flows.stopping``). ``--debug`` (``SESSION.debug``) shows the traceback instead.
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,6 +24,8 @@ from rich.text import Text
 
 from flows import use_prefect_startup_timeout
 from musc.errors import MuscError
+
+from . import stopping
 
 USER_ERRORS = (MuscError,)  # everything a user can cause and mend: one line, exit status 2
 console = Console(stderr=True, markup=False)  # errors and warnings; results go to stdout (text as it is: no markup)
@@ -60,23 +64,55 @@ def show_warning(message, category, filename, lineno, file=None, line=None) -> N
 
 def run_guarded(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """``fn(*args, **kwargs)``; an error ends the command with one line: status 2 for an error in
-    the input or a full disk, 1 for anything else. Warnings show as one line each (``show_warning``)."""
+    the input, a full disk or a read-only location, 1 for anything else; SIGTERM or SIGINT stops
+    it (``stopped``). Warnings show as one line each (``show_warning``)."""
     shown, warnings.showwarning = warnings.showwarning, show_warning
     try:
-        return fn(*args, **kwargs)
-    except USER_ERRORS as error:
-        fail(error)
-    except Exception as error:  # noqa: BLE001 - unexpected: one line, traceback with --debug
-        if SESSION.debug:
+        with stopping.stop_on_signals(announce_stop):
+            return fn(*args, **kwargs)
+    except BaseException as error:  # noqa: BLE001 - a stop, then errors: one line each
+        signum = stopping.stop_signal(error)
+        if signum is not None and not SESSION.debug:
+            stopped(signum)
+        if isinstance(error, USER_ERRORS):
+            fail(error)
+        if not isinstance(error, Exception) or SESSION.debug:
             raise
-        full = no_space(error)
-        if full is not None:
-            fail(full)
+        written = refused_write(error)
+        if written is not None:
+            fail(written)
         console.print(ERROR, f"{type(error).__name__}: {first_line(error)} (rerun with --debug for the traceback)",
                       highlight=False, soft_wrap=True)
         raise typer.Exit(1)
     finally:
         warnings.showwarning = shown
+
+
+@contextlib.contextmanager
+def advice_when_read_only(advice: str) -> Iterator[None]:
+    """Within the block, a write refused by a read-only or forbidden location
+    (``musc.store.ReadOnlyLocation``) says ``advice`` (this command's way out) as what to do."""
+    from musc.store import ReadOnlyLocation
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - a refused write, wherever it was made; others go on
+        mapped = error if isinstance(error, ReadOnlyLocation) else refused_write(error)
+        if isinstance(mapped, ReadOnlyLocation):
+            raise mapped.advised(advice) from None
+        raise
+
+
+STOPPED = Text("stopped:", style="bold yellow")
+
+
+def announce_stop(signum: int) -> None:
+    console.print(STOPPED, stopping.stop_message(signum), highlight=False, soft_wrap=True)
+
+
+def stopped(signum: int) -> None:
+    """End the command stopped by a signal: one line (once), exit status 128 + signal."""
+    stopping.announce(signum)
+    raise typer.Exit(128 + signum)
 
 
 def fail(error: BaseException) -> None:
@@ -91,16 +127,21 @@ def first_line(error: BaseException) -> str:
     return str(error).splitlines()[0] if str(error) else ""
 
 
-def no_space(error: BaseException) -> Exception | None:
-    """A disk-full error anywhere in the chain (a figure, a CSV, a log, an artifact), as one line
-    naming the folder and what to do."""
-    from musc.store.writing import NO_SPACE, no_space as no_space_error
+def refused_write(error: BaseException) -> Exception | None:
+    """A write the file system refused, anywhere in the chain (a figure, a CSV, a log, an artifact,
+    a removal): a full disk, or a read-only file system (which only a write gets), as one line
+    naming the folder and what to do (``musc.store.writing.refused``, the one mapping; permission
+    errors are mapped where we write, since a read gets them too)."""
+    import errno
+
+    from musc.store.writing import NO_SPACE, refused
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in NO_SPACE:
-            folder = Path(error.filename).parent if error.filename else SESSION.artifacts
-            return no_space_error(folder)
+        if isinstance(error, OSError) and (error.errno in NO_SPACE or error.errno == errno.EROFS):
+            folder = Path(os.fsdecode(error.filename)).parent if isinstance(error.filename, (str, bytes)) \
+                else SESSION.artifacts
+            return refused(error, folder)
         error = error.__cause__ or error.__context__
     return None
 

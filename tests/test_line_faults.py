@@ -249,3 +249,21 @@ def test_score_new_output_is_never_an_input_folder(tmp_path):
     out = output_folder(tmp_path / "results", [day / "a.png"])
     assert (out / store.ARTIFACTS_MARKER).is_file()  # never listed as inputs later
 
+
+
+@pytest.mark.parametrize("content, empty", [(b"", True), (b"\x00\xff\xfe\x89PNG garbage", False),
+                                            (b"day,count\n2026-11-08,3\n", False), (b"\xef\xbb\xbf", False)])
+def test_a_verdict_history_that_is_empty_or_not_one_is_named_never_a_traceback(tmp_path, content, empty):
+    """A 0-byte history holds no verdicts (a new one starts); a binary file, or one of another
+    table, is refused in one line naming it and saying what to do."""
+    from musc.reference_pool.pool import HistoryError
+    from musc.reference_pool.verdicts import read_records, standing
+    path = tmp_path / "line.verdicts.csv"
+    path.write_bytes(content)
+    if empty:
+        assert read_records(path).empty and standing(path, "pool-id").empty
+        return
+    with pytest.raises(HistoryError) as refused:
+        standing(path, "pool-id")
+    message = str(refused.value)
+    assert message.startswith(f"{path}: not a") and "move it away" in message and "\n" not in message

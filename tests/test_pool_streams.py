@@ -219,3 +219,28 @@ def test_a_part_scored_under_two_names_joins_the_pool_once(pool_file, tiny_datas
     add_day_to_pool(pool, tmp_path / "out", device="cpu")
     after = PoolFile(pool)
     assert len(after) == before + 1 and len(set(after.digests)) == len(after.digests)
+
+
+@pytest.mark.slow  # a child process, killed
+def test_a_pool_write_killed_midway_leaves_the_pool_whole_and_the_next_addition_clears_its_leftover(
+        pool_file, tmp_path):
+    """kill -9 while a pool is written anew (here: a part taken out): the pool is the one before, the
+    half-written file is a temporary beside it, and the next change of the pool removes it."""
+    from conftest import killed_child
+    from musc import store
+    from musc.reference_pool import PoolFile
+    from musc.reference_pool.additions import remove_from_pool
+    pool = tmp_path / "line.h5"
+    shutil.copy(pool_file, pool)
+    shutil.copy(store.manifest_path(pool_file), store.manifest_path(pool))
+    before = PoolFile(pool)
+    leaving = before.digests[0]
+    killed_child(f"from musc.reference_pool.additions import remove_from_pool; remove_from_pool({str(pool)!r}, "
+                 f"[{leaving!r}], 'test')", "pool:1", tmp_path)
+    left = [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+    assert left, sorted(p.name for p in tmp_path.iterdir())  # the killed write's file
+    assert store.verify(pool) == before.digest  # the pool as it was
+    [removed] = remove_from_pool(pool, [leaving], "test")
+    assert removed.startswith(before.names[0])
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+    assert leaving not in PoolFile(pool).digests and PoolFile(pool).id == before.id

@@ -125,7 +125,8 @@ def test_a_read_only_artifacts_folder_names_itself(tiny_dataset, tmp_path):
         target.chmod(0o755)
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.strip().splitlines() == [
-        f"error: artifacts: cannot write to {target} ({'Read-only file system' if mounted else 'Permission denied'})"]
+        f"error: artifacts: cannot write to {target} ({'Read-only file system' if mounted else 'Permission denied'}): "
+        "give a writable --artifacts folder"]
 
 
 @pytest.mark.slow

@@ -3,19 +3,24 @@
 
 Every path written here is derived from the artifact's own location (the folder beside it), never
 from paths stored inside an artifact: a copied artifacts folder writes into the copy, and a
-crafted artifact cannot send writes elsewhere.
+crafted artifact cannot send writes elsewhere. ``musc report --to ELSEWHERE`` writes the same
+folders under ELSEWHERE instead, laid out as they lie under the folder given, and nothing beside
+the artifacts (a read-only artifacts folder: no lock, no verification record).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..store import (ARTIFACTS_MARKER, STAGES, ArtifactError, catalog, open_artifact, report_folder, unless_running,
-                     valid_digest)
+from ..store import (ARTIFACTS_MARKER, STAGES, ArtifactError, NoSpaceError, ReadOnlyLocation, catalog, open_artifact,
+                     read_only, report_folder, unless_running, valid_digest, writing_in)
 from ..store import alone
+from . import guarding
 from .reports import dataset_report, evaluate_into
 
 REPORT_FILES = catalog.REPORT.essential  # what an evaluation's folder holds
@@ -44,34 +49,60 @@ class Rebuilt:
     pages: list[Path] = field(default_factory=list)             # the dataset pages (_report/index.html) written
 
 
-def rebuild_reports(path: str | Path) -> Rebuilt:
+def rebuild_reports(path: str | Path, to: str | Path | None = None) -> Rebuilt:
     """Reports of one evaluate artifact (an error if it is stale), or of every current one under a
     folder; stale ones (an input missing or changed since) are skipped and named. Given a folder
     that holds a dataset's whole folder (an artifacts root, or the dataset's folder), that
     dataset's page (``_report/index.html``) is made again too, from the current evaluations of its
-    categories (``dataset_pages``)."""
+    categories (``dataset_pages``). ``to``: the folder the reports go to (see the module's
+    docstring), else beside the artifacts."""
     path = Path(path)
     targets = [path] if path.is_file() else [target for target in catalog.artifacts_below(path, "evaluate")
                                              if _stays_under(path, target.parent)]
     if not targets:
         raise ArtifactError(f"{path}: no evaluate artifacts found")
+    place = _Placement(path, None if to is None else Path(to))
     result, current = Rebuilt(), []
-    for target in targets:
-        try:
-            result.written.append(rebuild_one(target))
-            current.append(target)
-        except ArtifactError as error:
-            if path.is_file():
+    with read_only() if to is not None else contextlib.nullcontext():
+        for target in targets:
+            try:
+                result.written.append(rebuild_one(target, place.report(target)))
+                current.append(target)
+            except (NoSpaceError, ReadOnlyLocation):  # the place written, not the artifact: stops the command
                 raise
-            result.skipped.append((target, str(error).splitlines()[0]))
-    if not result.written:
-        raise ArtifactError(f"{path}: no current evaluate artifact ({len(result.skipped)} stale: "
-                            f"{result.skipped[0][1]})")
-    if path.is_dir():  # a dataset's page only where every category of it was looked at
-        whole = path.resolve()
-        result.pages = dataset_pages([t for t in current if whole == (dataset := catalog.located(t.resolve()).dataset_folder)
-                                      or whole in dataset.parents])
+            except ArtifactError as error:
+                if path.is_file():
+                    raise
+                result.skipped.append((target, str(error).splitlines()[0]))
+        if not result.written:
+            raise ArtifactError(f"{path}: no current evaluate artifact ({len(result.skipped)} stale: "
+                                f"{result.skipped[0][1]})")
+        if path.is_dir():  # a dataset's page only where every category of it was looked at
+            whole = path.resolve()
+            result.pages = dataset_pages([t for t in current
+                                          if whole == (dataset := catalog.located(t.resolve()).dataset_folder)
+                                          or whole in dataset.parents], place)
     return result
+
+
+@dataclass
+class _Placement:
+    """Where the reports of the artifacts found under ``given`` go: beside them, or (``to``) under
+    ``to`` as they lie under ``given`` (a single artifact's: ``to/<key>``)."""
+    given: Path
+    to: Path | None = None
+
+    def _moved(self, folder: Path) -> Path:
+        if self.to is None:
+            return folder
+        base = self.given if self.given.is_dir() else self.given.parent
+        return self.to / Path(os.path.abspath(folder)).relative_to(os.path.abspath(base))
+
+    def report(self, evaluation: Path) -> Path:
+        return self._moved(report_folder(evaluation))
+
+    def dataset(self, root: Path, dataset: str) -> Path:
+        return self._moved(catalog.dataset_report_folder(root, dataset))
 
 
 def _stays_under(root: Path, folder: Path) -> bool:
@@ -96,20 +127,29 @@ def check_report_folder(folder: Path) -> None:
                             "or file; refusing to write through it (remove it and rerun)")
 
 
-def rebuild_one(target: Path) -> Path:
-    """The reports of one evaluate artifact, drawn again from its artifacts; returns report.html."""
-    check_report_folder(report_folder(target))
+def rebuild_one(target: Path, folder: Path | None = None) -> Path:
+    """The reports of one evaluate artifact, drawn again from its artifacts into its report folder
+    (or ``folder``: the guard's record, if any, is carried there); returns report.html."""
+    own = report_folder(target)
+    folder = own if folder is None else Path(folder)
+    check_report_folder(folder)
     evaluation = open_artifact(target, "evaluate")
     extract = open_artifact(find_input(target, "extract", evaluation.inputs["extract"]), "extract")
     classify = open_artifact(find_input(target, "classify", evaluation.inputs["classify"]), "classify")
-    evaluate_into(report_folder(target), extract, classify, evaluation.config, str(target))
-    return report_folder(target) / catalog.REPORT.html
+    if folder != own and (guard := guarding.read_guard(own)) is not None:
+        with writing_in(folder.parent):
+            folder.mkdir(parents=True, exist_ok=True)
+        guarding.write_guard(folder, guard)
+    evaluate_into(folder, extract, classify, evaluation.config, str(target))
+    return folder / catalog.REPORT.html
 
 
-def dataset_pages(current: list[Path]) -> list[Path]:
-    """The page of each dataset (``<root>/<dataset>/_report``) the current evaluate artifacts
-    ``current`` belong to: per category its newest evaluation (by its recorded creation time),
-    the image size and mask rule of the newest one. Returns the index.html pages written."""
+def dataset_pages(current: list[Path], place: _Placement | None = None) -> list[Path]:
+    """The page of each dataset (``<root>/<dataset>/_report``, or where ``place`` puts it) the
+    current evaluate artifacts ``current`` belong to: per category its newest evaluation (by its
+    recorded creation time), the image size and mask rule of the newest one. Returns the
+    index.html pages written."""
+    place = place or _Placement(Path("."))
     newest: dict[tuple[Path, str], dict[str, Path]] = {}
     for target in current:
         where = catalog.located(target)
@@ -123,9 +163,9 @@ def dataset_pages(current: list[Path]) -> list[Path]:
         latest = max(chosen.values(), key=_age)
         extract = open_artifact(find_input(latest, "extract", open_artifact(latest, "evaluate").inputs["extract"]),
                                 "extract")
-        _, page = dataset_report(catalog.dataset_report_folder(root, dataset), dataset,
+        _, page = dataset_report(place.dataset(root, dataset), dataset,
                                  {name: json.loads(e.attrs["metrics"]) for name, e in evaluations.items()},
-                                 {name: str(report_folder(chosen[name])) for name in evaluations},
+                                 {name: str(place.report(chosen[name])) for name in evaluations},
                                  int(extract.config["image_size"]), str(extract.attrs.get("mask_rule", "")))
         pages.append(page)
     return pages
@@ -204,7 +244,14 @@ def clean_artifacts(root: str | Path, dry_run: bool = False) -> tuple[list[Path]
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
+    """Remove a file or folder; a removal the file system refuses (a read-only folder) is one line."""
+    with writing_in(path.parent):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, onerror=_unless_gone)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _unless_gone(function, path, info) -> None:
+    if not isinstance(info[1], FileNotFoundError):  # gone meanwhile: removed all the same
+        raise info[1]

@@ -28,6 +28,7 @@ from ..store.schema import stage_schema
 from ..inputs.config import ScoreSettings
 from ..method.blocks import image_blocks, tile_sets
 from ..method.tiling import ImageTiling
+from ..stages.faults import fault_point
 from .scoring import BlockReader, image_scores, part_scores, read_rows, rows_reader, set_scores
 
 DEFAULT_MAX_IMAGES = 200
@@ -306,6 +307,7 @@ def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images]
                         indices = chosen[offset:offset + 16]
                         target[layer, start:start + indices.size * count] = part.read(r, layer, indices)
                         start += indices.size * count
+            fault_point("pool", r)  # the crash tests: a pool half written
 
         def reader(r: int, layer: int, rows: Sequence[int] | None = None) -> BlockReader:
             return rows_reader(lambda selection: f[f"features_r{r}"][layer, selection], rows)

@@ -1,6 +1,8 @@
 """Writing, the one way: every file we write goes to a temporary name in its folder and is renamed
 into place when complete (``atomic_output``); an artifact is an HDF5 file so written, with its
-manifest (``write_artifact``). A full disk is one line naming the folder (``NoSpaceError``)."""
+manifest (``write_artifact``). A write the file system refuses is one line naming the folder and
+what to do, mapped in one place (``refused``, ``writing_in``): a full disk (``NoSpaceError``), a
+read-only or forbidden location (``ReadOnlyLocation``)."""
 from __future__ import annotations
 
 import contextlib
@@ -26,12 +28,65 @@ class NoSpaceError(ArtifactError):
     """A write ran out of disk space (or quota); the message names the folder and what to do."""
 
 
+class ReadOnlyLocation(ArtifactError):
+    """A write the file system refused (a read-only mount, no permission): one line naming the
+    folder, why, and what to do (``advice``; a command that knows a better way out gives its own:
+    ``advised``). Reading needs no write access: ``musc inspect FILE`` and ``musc report ROOT --to
+    ELSEWHERE`` work on a read-only artifacts folder."""
+
+    def __init__(self, folder: str | Path, reason: str, what: str = "", advice: str = ""):
+        self.folder, self.reason, self.what = Path(folder), reason, what
+        self.advice = advice or READ_ONLY_ADVICE
+        super().__init__(f"{what + ': ' if what else ''}cannot write to {folder} ({reason}): {self.advice}")
+
+    def advised(self, advice: str) -> "ReadOnlyLocation":
+        """The same refusal with ``advice`` as what to do."""
+        return ReadOnlyLocation(self.folder, self.reason, self.what, advice)
+
+    def __reduce__(self):  # rebuilt from its fields, not its message (a Dask worker's error travels pickled)
+        return ReadOnlyLocation, (self.folder, self.reason, self.what, self.advice)
+
+
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+READ_ONLY_ADVICE = "make it writable, or work in a folder you can write"
 
 
 def no_space(folder: str | Path) -> NoSpaceError:
     return NoSpaceError(f"{folder}: no space left on the device; free some space (or write to another folder) "
                         f"and rerun: what was finished is kept (a run's batches, tiles and stages; a pool as it was)")
+
+
+def read_only_location(folder: str | Path, error: OSError, what: str = "",
+                       advice: str = READ_ONLY_ADVICE) -> ReadOnlyLocation:
+    """``[what: ]cannot write to <folder> (<reason>): <advice>``, one line."""
+    return ReadOnlyLocation(folder, error.strerror or os.strerror(error.errno or 0) or str(error), what, advice)
+
+
+def refused(error: BaseException, folder: str | Path, what: str = "") -> ArtifactError | None:
+    """The one mapping of a write the file system refused to the line a user reads: a full disk
+    (``NoSpaceError``), a read-only or forbidden location (``ReadOnlyLocation``); None for any
+    other error. ``folder``: where the write went."""
+    if not isinstance(error, OSError):
+        return None
+    if error.errno in NO_SPACE:
+        return no_space(folder)
+    if error.errno in READ_ONLY:
+        return read_only_location(folder, error, what)
+    return None
+
+
+@contextlib.contextmanager
+def writing_in(folder: str | Path, what: str = "") -> Iterator[None]:
+    """A block that writes in ``folder`` (creates, replaces, removes, locks files there): an
+    OSError the file system gave for that write (``refused``) becomes its one line."""
+    try:
+        yield
+    except OSError as error:
+        mapped = refused(error, folder, what)
+        if mapped is None:
+            raise
+        raise mapped from None
 
 
 class _Sink(io.FileIO):
@@ -71,7 +126,9 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
     """The one way we write a file: yields a temporary path in the target's folder to write to;
     when the block ends without error it is synced and renamed onto ``target`` (readers see the old
     file or the new one, never half of one); on any error it is removed. A full disk is one line
-    naming the folder (``NoSpaceError``)."""
+    naming the folder (``NoSpaceError``), and so is a read-only or forbidden folder
+    (``ReadOnlyLocation``): a refused write of the temporary file, the target or its folder (a
+    refused read of another file inside the block keeps its own error)."""
     target = Path(target)
     scratch = temporary_path(target)
     try:
@@ -80,12 +137,22 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
             os.fsync(handle.fileno())
         os.replace(scratch, target)
     except OSError as error:
-        if error.errno in NO_SPACE:
-            raise no_space(target.parent) from None
-        raise
+        ours = error.filename is None or _named(error.filename) in (scratch, target, target.parent)
+        mapped = refused(error, target.parent) if error.errno in NO_SPACE or ours else None
+        if mapped is None:
+            raise
+        raise mapped from None
     finally:
-        scratch.unlink(missing_ok=True)
+        if os.path.lexists(scratch):  # (unlink of a missing file in a read-only folder: EROFS, not ENOENT)
+            scratch.unlink()
     _fsync_dir(target.parent)
+
+
+def _named(filename: Any) -> Path | None:
+    try:
+        return Path(os.fsdecode(filename))
+    except TypeError:  # a file descriptor
+        return None
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> None:
@@ -118,7 +185,8 @@ def write_artifact(path: str | Path, stage: str, config: Mapping[str, Any], inpu
     ``fill(file)``, when given, streams further datasets into the open file (for arrays too large
     to hold in memory at once)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing_in(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as scratch:
         with _Sink(scratch, "w+") as sink:
             try:
@@ -126,8 +194,9 @@ def write_artifact(path: str | Path, stage: str, config: Mapping[str, Any], inpu
                     _fill_artifact(f, path, stage, config, inputs, arrays, attrs, code_version, fill)
             finally:
                 if sink.failure is not None:  # what HDF5 did after a dropped write does not matter
-                    if sink.failure.errno in NO_SPACE:
-                        raise no_space(path.parent) from None
+                    mapped = refused(sink.failure, path.parent)
+                    if mapped is not None:
+                        raise mapped from None
                     raise ArtifactError(f"{path}: write failed ({sink.failure.strerror or sink.failure})") from None
         digest = digests.file_sha256(scratch)  # hashed as written, before the rename: not read back later
     atomic_write_text(manifest_path(path), json.dumps({"sha256": digest, "size": path.stat().st_size, "stage": stage}))
@@ -163,11 +232,24 @@ def mark_artifacts_root(root: str | Path) -> Path:
         root.mkdir(parents=True, exist_ok=True)
         if not marker.is_file():
             marker.write_text("Written by musc: artifacts and reports. Dataset listings skip this folder.\n")
-        probe = root / f".musc-write-test-{os.getpid()}-{threading.get_ident()}"
+    except OSError as error:
+        raise (refused(error, root, "artifacts")
+               or ArtifactError(f"artifacts: cannot write to {root} ({error.strerror or error})")) from None
+    return check_writable(root, "artifacts")
+
+
+def check_writable(folder: str | Path, what: str = "", advice: str = READ_ONLY_ADVICE) -> Path:
+    """``folder`` (existing) if a file can be made in it; else the one line (``refused``) naming it,
+    ``what`` writes there and ``advice``: asked before any work that ends by writing there."""
+    folder = Path(folder)
+    probe = folder / f".musc-write-test-{os.getpid()}-{threading.get_ident()}"
+    try:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as error:
-        if error.errno in NO_SPACE:
-            raise no_space(root) from None
-        raise ArtifactError(f"artifacts: cannot write to {root} ({error.strerror or error})") from None
-    return root
+        mapped = refused(error, folder, what)
+        if isinstance(mapped, ReadOnlyLocation):
+            mapped = read_only_location(folder, error, what, advice)
+        raise (mapped or ArtifactError(f"{what + ': ' if what else ''}cannot write to {folder} "
+                                       f"({error.strerror or error})")) from None
+    return folder

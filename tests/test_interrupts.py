@@ -1,0 +1,160 @@
+"""SIGTERM and SIGINT: a command stops promptly with one line and exit status 128 + signal, work in
+other threads stops at its next batch or tile, the temporary Prefect server is stopped last and
+none is left running, and the same command again resumes from what was finished."""
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import typer
+
+from conftest import RUN_FLAGS, snapshot
+
+STOP_LINE = "stopped: interrupted by {}; finished work is kept, run the same command again to resume"
+
+
+def _children(pid):
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                pass
+    return found
+
+
+def _alive(pid):
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_command_in_one_line_with_status_128_plus_signal(signum, capsys):
+    from flows import terminal
+
+    def work():
+        os.kill(os.getpid(), signum)
+        time.sleep(5)  # interrupted at once
+        return "finished"
+    started = time.monotonic()
+    with pytest.raises(typer.Exit) as stopped:
+        terminal.run_guarded(work)
+    assert stopped.value.exit_code == 128 + signum and time.monotonic() - started < 3
+    assert capsys.readouterr().err.strip().splitlines() == [STOP_LINE.format(signal.Signals(signum).name)]
+    assert signal.getsignal(signum) in (signal.default_int_handler, signal.SIG_DFL)  # handlers given back
+
+
+def test_work_in_another_thread_stops_at_its_next_batch_and_keeps_the_finished_ones(capsys):
+    """A task thread (as Prefect's runs a stage) reports each batch through the progress tracker:
+    after the signal it stops at the next one, while the main thread waits for it."""
+    from flows import terminal
+    from musc.progress import TRACKER
+    done, failure = [], []
+
+    def stage():
+        job = TRACKER.job("fabric", "extract", 1000, "images")
+        try:
+            for batch in range(1000):
+                time.sleep(0.01)  # a batch's work
+                done.append(batch)  # its part written
+                job.advance()
+        except BaseException as error:  # noqa: BLE001 - what stopped it
+            failure.append(error)
+        finally:
+            job.finish("failed" if failure else "")
+
+    def work():
+        worker = threading.Thread(target=stage)
+        worker.start()
+        try:
+            while len(done) < 3:
+                time.sleep(0.005)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the main thread is interrupted at once
+        finally:
+            worker.join()  # however the flow ends, Prefect's task runner waits for its threads
+
+    with pytest.raises(typer.Exit) as stopped:
+        terminal.run_guarded(work)
+    assert stopped.value.exit_code == 143
+    assert 3 <= len(done) < 50 and type(failure[0]).__name__ == "Interrupted"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == STOP_LINE.format("SIGTERM")
+
+
+def test_without_a_signal_errors_and_results_are_as_before(capsys):
+    from flows import terminal
+    from musc.store import ArtifactError
+    def broken():
+        raise ArtifactError("x.h5: broken")
+    assert terminal.run_guarded(lambda: 7) == 7
+    with pytest.raises(typer.Exit) as failed:
+        terminal.run_guarded(broken)
+    assert failed.value.exit_code == 2 and capsys.readouterr().err.strip() == "error: x.h5: broken"
+
+
+SLOW = "batch_size: 1\n"  # 12 extraction batches, each a part: a stop lands between two of them
+
+
+def _musc_run(data, cwd):
+    """``musc run`` of the tiny dataset into cwd/artifacts (the command, its environment), as run_musc."""
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(cwd / ".prefect"),
+           "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)
+    (cwd / "run.yaml").write_text(SLOW)
+    return [sys.executable, "-m", "flows.cli", "run", "--dataset", "mvtec_ad", "--root", str(data), *map(str, RUN_FLAGS),
+            "--config", str(cwd / "run.yaml"), "--artifacts", str(cwd / "artifacts")], env
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_process_group_of_a_run_stops_it_and_the_same_command_resumes(tiny_dataset, tmp_path,
+                                                                                    signum):
+    cwd = tmp_path
+    command, env = _musc_run(tiny_dataset, cwd)
+    artifacts = cwd / "artifacts"
+    run = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True)  # its own process group, as a shell job or a CI step
+    servers = set()
+    deadline = time.monotonic() + 300
+    while run.poll() is None and not list(artifacts.rglob("*.parts/*.h5")) and time.monotonic() < deadline:
+        servers.update(_children(run.pid))
+        time.sleep(0.02)
+    assert run.poll() is None, run.communicate()[1][-3000:]
+    servers.update(_children(run.pid))
+    os.killpg(run.pid, signum)  # the whole group: the command and, were it in the group, its server
+    sent = time.monotonic()
+    try:
+        out, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    took = time.monotonic() - sent
+    assert run.returncode == 128 + signum, err[-3000:]
+    assert took < 20, took
+    assert err.strip().splitlines()[-1] == STOP_LINE.format(signal.Signals(signum).name)
+    assert "Traceback" not in err and "All connection attempts failed" not in err, err[-3000:]
+    assert servers, "the run started no server process"
+    assert not [pid for pid in servers if _alive(pid)], "a temporary Prefect server outlived its run"
+    with pytest.raises(ProcessLookupError):
+        os.killpg(run.pid, 0)  # nothing of the group is left
+    assert not list(artifacts.rglob(".*.tmp-*"))
+
+    parts = sorted(artifacts.rglob("extract/*.parts/batch_*.h5"))
+    extracted = list(artifacts.rglob("extract/*.h5"))
+    finished = snapshot(artifacts)
+    again = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    after = snapshot(artifacts)
+    assert all(after[name] == identity for name, identity in finished.items())  # finished artifacts reused
+    batches = again.stderr.count("extract: batch ")  # the batches computed again
+    assert batches == (0 if extracted else 12 - len(parts)), (batches, len(parts))
