@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.futures import as_completed
 
 from musc import progress, store
 from musc.inputs.backbone_spec import check_degrees
@@ -21,7 +20,7 @@ from tasks import parts_task, stage_task, tile_task
 from tasks.ui import artifact_key, publish
 
 from .names import category_run_name
-from .runners import task_runner
+from .runners import in_flight, task_runner
 
 
 @flow(name="musc-category", flow_run_name=category_run_name, log_prints=True, task_runner=task_runner())
@@ -107,7 +106,7 @@ def run_stage(spec: StageSpec, plans: list[Plan], name: str, dataset: str, count
     else:
         total = count if spec.unit in ("images", "parts") else len(plans)
     with progress.TRACKER.job(name, spec.name, total, spec.unit, dataset) as job:
-        for tile in as_completed([tile_task.submit(plan, tile) for plan, tile in todo]):
+        for tile in in_flight(lambda work: tile_task.submit(*work), todo):  # submitted as they can run
             tile.result()
             job.advance()
         futures, refs = [], []

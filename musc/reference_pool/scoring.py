@@ -13,8 +13,9 @@ settings (topmin window, aligned radius, precision). Two kinds of set:
   arrived with it, and a defect shared by many parts of one day cannot hide behind its siblings.
 
 Memory is bounded whatever the pool size: the pool is never loaded whole. Per degree and layer,
-blocks of ``block_size`` pool images are read from the HDF5 file one at a time; what is held is the
-new images' features of that layer, one pool block, one tile, and the votes of the new images
+blocks of ``block_size`` pool images are read from the HDF5 file as they are scored, one per core
+at a time (``musc.method.threads``: each block's products on one thread); what is held is the new
+images' features of that layer, a pool block and a tile per core, and the votes of the new images
 (M x P x L float32: 9 MB for 8 new images against 200 at L = 1369).
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..inputs.config import ScoreSettings
 from ..method.tiling import ImageTiling
 from ..method.maps import anomaly_maps, combine_patch_scores
 from ..method.msm import block_row, image_blocks, msm_rank_window, reduce_votes, set_tiles, tile_minima
+from ..method.threads import parallel_map
 
 # read(start, stop) -> (stop - start, L, C) float32 features of one layer and degree
 BlockReader = Callable[[int, int], torch.Tensor]
@@ -70,17 +72,15 @@ def mutual_votes(query: BlockReader, n_query: int, others: BlockReader, n_others
     options = {"radius": settings.aligned_radius, "precision": settings.msm_precision}
     tiles = set_tiles([range(n_query)], settings.block_size)
     blocks = [t.images_a for t in tiles if t.same_block]
-    against_others = [[] for _ in blocks]
-    for o0, o1 in image_blocks(n_others, settings.block_size):
-        block = others(o0, o1)
-        for index, images in enumerate(blocks):
-            against_others[index].append(tile_minima(query(images[0], images[-1] + 1), block, **options)[0])
-    among = {(t.first, t.second): tile_minima(query(t.images_a[0], t.images_a[-1] + 1),
-                                              query(t.images_b[0], t.images_b[-1] + 1),
-                                              same_block=t.same_block, **options) for t in tiles}
-    rows = [torch.cat([*against_others[first], *block_row(first, len(blocks), lambda i, j: among[i, j])], dim=1)
-            for first in range(len(blocks))]
-    return torch.cat(rows).float()
+    against_others = pool_votes(query, n_query, others, n_others, settings) if n_others else None
+
+    def among_tile(t):
+        return tile_minima(query(t.images_a[0], t.images_a[-1] + 1), query(t.images_b[0], t.images_b[-1] + 1),
+                           same_block=t.same_block, **options)
+    among = dict(zip([(t.first, t.second) for t in tiles], parallel_map(among_tile, tiles)))
+    rows = [torch.cat([*block_row(first, len(blocks), lambda i, j: among[i, j])], dim=1) for first in range(len(blocks))]
+    votes = torch.cat(rows).float()
+    return votes if against_others is None else torch.cat([against_others, votes], dim=1)
 
 
 def pool_votes(query: BlockReader, n_query: int, pool: BlockReader, n_pool: int, settings: ScoreSettings,
@@ -90,13 +90,14 @@ def pool_votes(query: BlockReader, n_query: int, pool: BlockReader, n_pool: int,
     query images are taken ``query_rows`` at a time (default ``block_size``; 1: each row's votes
     computed on their own, so that they cannot depend, even in the last bit, on the rows beside it)."""
     options = {"radius": settings.aligned_radius, "precision": settings.msm_precision}
-    query_blocks = [(a, b, query(a, b)) for a, b in image_blocks(n_query, query_rows or settings.block_size)]
-    columns: list[list[torch.Tensor]] = [[] for _ in query_blocks]
-    for p0, p1 in image_blocks(n_pool, settings.block_size):
-        block = pool(p0, p1)
-        for index, (_, _, features) in enumerate(query_blocks):
-            columns[index].append(tile_minima(features, block, **options)[0])
-    return torch.cat([torch.cat(row, dim=1) for row in columns]).float()
+    query_blocks = [query(a, b) for a, b in image_blocks(n_query, query_rows or settings.block_size)]
+
+    def column(bounds: tuple[int, int]) -> list[torch.Tensor]:  # one pool block against every query block
+        block = pool(*bounds)
+        return [tile_minima(features, block, **options)[0] for features in query_blocks]
+    columns = parallel_map(column, image_blocks(n_pool, settings.block_size))  # blocks read as they are scored
+    return torch.cat([torch.cat([column[index] for column in columns], dim=1)
+                      for index in range(len(query_blocks))]).float()
 
 
 def pool_patch_scores(votes: torch.Tensor, settings: ScoreSettings) -> torch.Tensor:

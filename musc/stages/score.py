@@ -88,10 +88,21 @@ def tile_minima(*args, **kwargs):
 
 
 def compute_tile(plan: Plan, tile: Tile) -> bool:
-    """Votes of one tile, written as a part; False when the part was already there."""
-    settings: ScoreSettings = plan.needs.settings
+    """Votes of one tile, written as a part; False when the part was already there. Its products
+    run on the calling thread alone: tiles are the parallelism (Prefect's task threads, Dask
+    workers, ``build``'s own threads), never two OpenMP threads waiting for each other
+    (``musc.method.threads``)."""
     if tile_done(plan, tile):
         return False
+    from ..method.threads import one_thread
+    with one_thread():
+        _compute_tile(plan, tile)
+    fault_point("score", lambda: len(list(store.parts_dir(plan.path).glob("tile_*.json"))))  # manifests: complete parts
+    return True
+
+
+def _compute_tile(plan: Plan, tile: Tile) -> None:
+    settings: ScoreSettings = plan.needs.settings
     import torch
     from ..inputs.backbones import resolve_device
     target = resolve_device(settings.device)
@@ -110,8 +121,6 @@ def compute_tile(plan: Plan, tile: Tile) -> bool:
     store.write_part(plan.path, tile.part_name(settings.block_size),
                      {"a_votes": torch.stack([v[0] for v in votes]).cpu().numpy(),
                       "b_votes": torch.stack([v[1] for v in votes]).cpu().numpy()})
-    fault_point("score", lambda: len(list(store.parts_dir(plan.path).glob("tile_*.json"))))  # manifests: complete parts
-    return True
 
 
 def build(path: Path, plan: Plan) -> None:
@@ -128,10 +137,14 @@ def build(path: Path, plan: Plan) -> None:
         config = store.open_artifact(extract["path"], "extract", extract["digest"]).config
         opened = TRACKER.find(config["category"], "score") is None  # else the flow's job: it closes it
         job = TRACKER.job(config["category"], "score", len(missing), "tiles", config["dataset"])
-        for done, tile in enumerate(missing, start=1):
+        from ..method.threads import parallel_map
+        done = iter(range(1, len(missing) + 1))
+
+        def one(tile: Tile) -> None:  # on one of the usable cores
             compute_tile(plan, tile)
             job.advance()
-            log.info(f"{plan.label}: tile {done}/{len(missing)} ({time.perf_counter() - started:.1f}s)")
+            log.info(f"{plan.label}: tile {next(done)}/{len(missing)} ({time.perf_counter() - started:.1f}s)")
+        parallel_map(one, missing)
         if opened:
             job.finish()
     by_position = {(t.subset, t.first, t.second): t for t in every}
