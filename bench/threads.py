@@ -30,6 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from benchmark import best_of  # noqa: E402 - bench/benchmark.py, beside this file
 
 PATCHES, CHANNELS, LAYERS, DEGREES = 256, 96, 4, 3  # the demo backbone at 128 px, r_list (1, 3, 5)
 
@@ -38,16 +39,6 @@ def _features(n: int, seed: int):
     import torch
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(LAYERS, n, PATCHES, CHANNELS, generator=generator)
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def case(name: str, pool_size: int, images: int, repeats: int) -> float:
@@ -74,7 +65,7 @@ def case(name: str, pool_size: int, images: int, repeats: int) -> float:
             for _ in range(DEGREES):
                 for layer in range(LAYERS):
                     part_scores(part[layer], in_memory(pool[layer]), pool_size, settings)
-        return _best(before if name.endswith("before") else after, repeats)
+        return best_of(before if name.endswith("before") else after, repeats)
     tokens = _features(images, 2)
     tiles = set_tiles([range(images)], settings.block_size)
 
@@ -84,17 +75,17 @@ def case(name: str, pool_size: int, images: int, repeats: int) -> float:
     if name == "tiles before, flow":
         from concurrent.futures import ThreadPoolExecutor
         with ThreadPoolExecutor(2) as threads:  # Prefect's two task threads, products on default threads
-            return _best(lambda: list(threads.map(tile, tiles)), repeats)
+            return best_of(lambda: list(threads.map(tile, tiles)), repeats)
     if name == "tiles before, build":
-        return _best(lambda: [tile(t) for t in tiles], repeats)
-    return _best(lambda: parallel_map(tile, tiles), repeats)
+        return best_of(lambda: [tile(t) for t in tiles], repeats)
+    return best_of(lambda: parallel_map(tile, tiles), repeats)
 
 
 def matrix_rate() -> float:
     """fp32 GFLOP/s of a large product on every core (torch's default threads, alone)."""
     import torch
     a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    seconds = _best(lambda: a @ b, 5)
+    seconds = best_of(lambda: a @ b, 5)
     return 2 * 2048 ** 3 / seconds / 1e9
 
 

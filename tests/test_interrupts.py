@@ -7,34 +7,13 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import typer
 
-from conftest import RUN_FLAGS, snapshot
+from conftest import RUN_FLAGS, alive, child_pids, snapshot
 
 STOP_LINE = "stopped: interrupted by {}; finished work is kept, run the same command again to resume"
-
-
-def _children(pid):
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return found
-
-
-def _alive(pid):
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -127,10 +106,10 @@ def test_a_signal_to_the_process_group_of_a_run_stops_it_and_the_same_command_re
     servers = set()
     deadline = time.monotonic() + 300
     while run.poll() is None and not list(artifacts.rglob("*.parts/*.h5")) and time.monotonic() < deadline:
-        servers.update(_children(run.pid))
+        servers.update(child_pids(run.pid))
         time.sleep(0.02)
     assert run.poll() is None, run.communicate()[1][-3000:]
-    servers.update(_children(run.pid))
+    servers.update(child_pids(run.pid))
     os.killpg(run.pid, signum)  # the whole group: the command and, were it in the group, its server
     sent = time.monotonic()
     try:
@@ -144,7 +123,7 @@ def test_a_signal_to_the_process_group_of_a_run_stops_it_and_the_same_command_re
     assert err.strip().splitlines()[-1] == STOP_LINE.format(signal.Signals(signum).name)
     assert "Traceback" not in err and "All connection attempts failed" not in err, err[-3000:]
     assert servers, "the run started no server process"
-    assert not [pid for pid in servers if _alive(pid)], "a temporary Prefect server outlived its run"
+    assert not [pid for pid in servers if alive(pid)], "a temporary Prefect server outlived its run"
     with pytest.raises(ProcessLookupError):
         os.killpg(run.pid, 0)  # nothing of the group is left
     assert not list(artifacts.rglob(".*.tmp-*"))

@@ -256,7 +256,7 @@ def test_score_new_output_is_never_an_input_folder(tmp_path):
 def test_a_verdict_history_that_is_empty_or_not_one_is_named_never_a_traceback(tmp_path, content, empty):
     """A 0-byte history holds no verdicts (a new one starts); a binary file, or one of another
     table, is refused in one line naming it and saying what to do."""
-    from musc.reference_pool.pool import HistoryError
+    from musc.reference_pool.errors import HistoryError
     from musc.reference_pool.verdicts import read_records, standing
     path = tmp_path / "line.verdicts.csv"
     path.write_bytes(content)

@@ -14,7 +14,7 @@ import pytest
 
 from musc import store
 
-from conftest import ROOT, RUN_FLAGS, TINY_CONFIG, run_category, run_musc
+from conftest import ROOT, RUN_FLAGS, TINY_CONFIG, alive, child_pids, run_category, run_musc
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -102,26 +102,6 @@ def test_a_log_file_that_cannot_be_written_is_said_in_the_line_not_in_logging_tr
         assert out.count("stage failed (traceback not saved: ") == 20, out
 
 
-def _children(pid):
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-            except (OSError, IndexError, ValueError):
-                pass
-    return found
-
-
-def _alive(pid):
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.usefixtures("prefect_harness")
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -134,14 +114,14 @@ def test_kill_9_of_a_run_leaves_no_prefect_server_running(tiny_dataset, tmp_path
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     servers = set()
     while run.poll() is None:
-        servers.update(_children(run.pid))
+        servers.update(child_pids(run.pid))
         time.sleep(0.05)
     assert run.returncode == -signal.SIGKILL
     assert servers, "the run started no server process"
     deadline = time.monotonic() + 15
-    while any(_alive(pid) for pid in servers) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in servers) and time.monotonic() < deadline:
         time.sleep(0.2)
-    left = [pid for pid in servers if _alive(pid)]
+    left = [pid for pid in servers if alive(pid)]
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, "the temporary Prefect server outlived its run"

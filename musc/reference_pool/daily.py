@@ -21,7 +21,7 @@ from ..outputs.gallery import data_uri, png_data_uri
 from ..outputs.html import markdown_page
 from ..store import artifact_lock, atomic_output, atomic_write_text
 from ..store.catalog import DAY
-from .pool import HistoryError
+from .errors import HistoryError
 
 HISTORY_COLUMNS = ("day", "count", "anomalous", "anomalous_rate", "score_q50", "score_q90", "score_q99",
                    "score_max", "threshold", "pool_size")

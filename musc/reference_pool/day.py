@@ -26,7 +26,7 @@ import pandas as pd
 from ..outputs.evaluation import ANOMALOUS, decision_words
 from ..store import ArtifactError, atomic_output, atomic_write_text, open_artifact
 from ..store.catalog import DAY, derived_name, leftover_writes
-from .pool import PoolError
+from .errors import PoolError
 from .verdicts import standing, verdict_history_path
 
 DAY_RECORD, SCORES_CSV, MAPS = DAY.record, DAY.scores, DAY.maps

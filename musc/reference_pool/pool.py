@@ -23,26 +23,18 @@ import h5py
 import numpy as np
 import torch
 
-from ..store import ArtifactError, open_artifact, write_artifact
+from ..store import open_artifact, write_artifact
 from ..store.schema import stage_schema
 from ..inputs.config import ScoreSettings
 from ..method.blocks import image_blocks, tile_sets
 from ..method.tiling import ImageTiling
 from ..stages.faults import fault_point
+from .errors import PoolError
 from .scoring import BlockReader, image_scores, part_scores, read_rows, rows_reader, set_scores
 
 DEFAULT_MAX_IMAGES = 200
 ROWS_PER_CHUNK = 64          # feature rows (images, or tiles) scored together against a pool
 VOTES_AT_ONCE = 64 * 256     # query rows x pool rows of votes held at once (x L: 90 MB at L = 1369)
-
-
-class PoolError(ArtifactError):
-    """A pool refuses an operation; one line saying why."""
-
-
-class HistoryError(PoolError):
-    """A history kept beside a pool (of days, of verdicts) that cannot be read as one; the message
-    names the file and what to do."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 
 from ..inputs.values import ConfigError, about, check_fields
-from .pool import PoolError
+from .errors import PoolError
 
 THRESHOLD_RULES = ("calibrated", "reviewed")
 

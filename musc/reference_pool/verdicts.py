@@ -23,7 +23,7 @@ from typing import Sequence
 import pandas as pd
 
 from ..store import artifact_lock, atomic_write_text
-from .pool import HistoryError, PoolError
+from .errors import HistoryError, PoolError
 from .rule import Evidence
 
 VERDICTS = ("good", "defect")

@@ -1,0 +1,162 @@
+"""Every call at the machine's speed: ``musc score-new`` as a user runs it (a command, a fresh
+process each), its first call after the pool was written and its second, per part, beside the
+FLOP bound measured on this machine.
+
+    python bench/calls.py                          # a 300-image pool, 50 parts per call
+    python bench/calls.py --before 85c33c3         # and the code of that commit, side by side
+    python bench/calls.py --pool-size 100 --parts 20
+
+Setting: the seeded demo backbone at 128 px (L = 256 patches), layers 0-3, r_list (1, 3, 5); the
+pool holds the LNAMD features of ``--pool-size`` generated good images. Calls, each a fresh
+``musc score-new`` process: one part (what a call costs before its parts: start-up, backbone, pool
+opened and verified), then ``--parts`` new parts (the first call after the pool was written: its
+digest not yet recorded), then ``--parts`` other new parts (the second call). Per part: the call's
+wall time over its parts, and per extra part (minus the one-part call). The FLOP bound is the votes'
+products, 2 L (C + 2) L per pool image, layer and degree, at the fp32 matrix rate measured here on
+every core (one product per core, each on one thread).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]
+IMAGE_SIZE, LAYERS, R_LIST = 128, (0, 1, 2, 3), (1, 3, 5)
+
+
+def make_pool(tree: Path, base: Path, pool_size: int, parts: int) -> tuple[Path, list[Path]]:
+    """The pool (written with the code of ``tree``) and 1 + 2 x ``parts`` new parts' files."""
+    sys.path.insert(0, str(tree))
+    import warnings
+    warnings.simplefilter("ignore")
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import musc.inputs.backbones as backbones
+    from musc.inputs.backbone_spec import backbone_settings
+    from musc.inputs.config import MuscConfig
+    from musc.inputs.synthetic import make_dataset
+    from musc.method.lnamd import aggregate
+    from musc.reference_pool import Images, PoolSettings, write_pool
+    demo = next(p for p in (tree / "musc/inputs/demo_vit.json", tree / "configs/demo_vit.json") if p.is_file())
+    config = MuscConfig(backbone=str(demo), pretrained="none", image_size=IMAGE_SIZE, layers=LAYERS, r_list=R_LIST,
+                        device="cpu")
+    data = make_dataset(base / "data", n_good=pool_size + 1 + 2 * parts, n_per_defect=1, size=IMAGE_SIZE, seed=3,
+                        categories=("fabric",))
+    images = sorted((data / "fabric/test/good").glob("*.png"))
+    backbone = backbones.backbone_for(config.extract)
+    features = {r: [] for r in R_LIST}
+    with torch.no_grad():
+        for start in range(0, pool_size, 16):
+            tokens, _ = backbone.extract(torch.stack([backbone.preprocess(Image.open(p).convert("RGB"))
+                                                      for p in images[start:min(start + 16, pool_size)]]))
+            for r in R_LIST:
+                features[r].append(np.stack([aggregate(t, r).numpy() for t in tokens]))
+    features = {r: np.concatenate(f, axis=1) for r, f in features.items()}
+    pool = base / "pool.h5"
+    write_pool(pool, PoolSettings("fabric", backbone_settings(config.extract), R_LIST),
+               [Images([p.name for p in images[:pool_size]], [f"pool-{i}" for i in range(pool_size)],
+                       np.zeros(pool_size), lambda r, layer, idx: features[r][layer, np.sort(idx)],
+                       features[1].shape[2:])], pool_size, {})
+    incoming = base / "incoming"
+    incoming.mkdir()
+    new = []
+    for index, source in enumerate(images[pool_size:]):
+        new.append(incoming / f"part_{index:03d}.png")
+        shutil.copy(source, new[-1])
+    print(json.dumps({"channels": int(features[1].shape[-1]), "patches": int(features[1].shape[-2])}))
+    return pool, new
+
+
+def score_new(tree: Path, base: Path, pool: Path, parts: list[Path], name: str) -> float:
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(base / "prefect")}
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "flows.cli", "score-new", "--pool", str(pool), "--threshold", "0.5",
+                    "--device", "cpu", "--out", str(base / name), *map(str, parts)], cwd=tree, env=env, check=True,
+                   capture_output=True, text=True)
+    return time.perf_counter() - started
+
+
+def matrix_rate() -> float:
+    """fp32 GFLOP/s on every core: one 1024 x 98 x 4096 product per core at once, each on one thread."""
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from musc.method.threads import parallel_map, usable_cores
+    a, b = torch.randn(1024, 98), torch.randn(98, 4096)
+    cores = usable_cores()
+    work = lambda _: [a @ b for _ in range(20)]  # noqa: E731
+    parallel_map(work, range(cores))
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        parallel_map(work, range(cores))
+        best = min(best, time.perf_counter() - started)
+    return cores * 20 * 2 * 1024 * 98 * 4096 / best / 1e9
+
+
+def measure(tree: Path, pool_size: int, parts: int) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        base = Path(folder)
+        made = subprocess.run([sys.executable, __file__, "--make", str(tree), "--base", str(base), "--pool-size",
+                               str(pool_size), "--parts", str(parts)], capture_output=True, text=True, check=True)
+        shape = json.loads(made.stdout.strip().splitlines()[-1])
+        new = sorted((base / "incoming").glob("*.png"))
+        pool = base / "pool.h5"
+        one = score_new(tree, base, pool, new[:1], "one")
+        first = score_new(tree, base, pool, new[1:1 + parts], "first")
+        second = score_new(tree, base, pool, new[1 + parts:1 + 2 * parts], "second")
+    return {"one": one, "first": first, "second": second, **shape}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pool-size", type=int, default=300)
+    parser.add_argument("--parts", type=int, default=50)
+    parser.add_argument("--before", help="a commit to measure beside this tree (a git worktree of it)")
+    parser.add_argument("--make", help=argparse.SUPPRESS)
+    parser.add_argument("--base", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.make:
+        make_pool(Path(args.make), Path(args.base), args.pool_size, args.parts)
+        return
+    print(f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}")
+    rate = matrix_rate()
+    trees = {"this tree": HERE}
+    worktree = None
+    if args.before:
+        worktree = Path(tempfile.mkdtemp()) / "before"
+        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=HERE, check=True,
+                       capture_output=True)
+        trees = {f"before {args.before}": worktree, **trees}
+    try:
+        results = {name: measure(tree, args.pool_size, args.parts) for name, tree in trees.items()}
+    finally:
+        if worktree is not None:
+            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=HERE, capture_output=True)
+    some = next(iter(results.values()))
+    pair = 2 * some["patches"] * (some["channels"] + 2) * some["patches"] * len(LAYERS) * len(R_LIST)
+    bound = args.pool_size * pair / (rate * 1e9)
+    print(f"fp32 rate {rate:.1f} GFLOP/s on every core; FLOP bound per part against {args.pool_size} pool images "
+          f"(L {some['patches']}, C {some['channels']}, {len(LAYERS)} layers, {len(R_LIST)} degrees): {bound:.3f} s")
+    print(f"| code | one-part call s | first call s/part | second call s/part | first/second | "
+          f"first extra part s (x bound) | second extra part s (x bound) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, r in results.items():
+        extra = [(r[call] - r["one"]) / max(1, args.parts - 1) for call in ("first", "second")]
+        print(f"| {name} | {r['one']:.2f} | {r['first'] / args.parts:.3f} | {r['second'] / args.parts:.3f} | "
+              f"{r['first'] / r['second']:.2f} | {extra[0]:.3f} ({extra[0] / bound:.2f}x) | "
+              f"{extra[1]:.3f} ({extra[1] / bound:.2f}x) |")
+    print(f"load average at the end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
