@@ -13,7 +13,7 @@ opened and verified), then ``--parts`` new parts (the first call after the pool 
 digest not yet recorded), then ``--parts`` other new parts (the second call). Per part: the call's
 wall time over its parts, and per extra part (minus the one-part call). The FLOP bound is the votes'
 products, 2 L (C + 2) L per pool image, layer and degree, at the fp32 matrix rate measured here on
-every core (one product per core, each on one thread).
+every core (``bench/benchmark.matmul_rate``: a 4096 x 256 x 4096 product).
 """
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(HERE / "bench"))
+from benchmark import matmul_rate  # noqa: E402 - bench/benchmark.py, beside this file
 IMAGE_SIZE, LAYERS, R_LIST = 128, (0, 1, 2, 3), (1, 3, 5)
 
 
@@ -85,24 +87,6 @@ def score_new(tree: Path, base: Path, pool: Path, parts: list[Path], name: str) 
     return time.perf_counter() - started
 
 
-def matrix_rate() -> float:
-    """fp32 GFLOP/s on every core: one 1024 x 98 x 4096 product per core at once, each on one thread."""
-    import torch
-
-    sys.path.insert(0, str(HERE))
-    from musc.method.threads import parallel_map, usable_cores
-    a, b = torch.randn(1024, 98), torch.randn(98, 4096)
-    cores = usable_cores()
-    work = lambda _: [a @ b for _ in range(20)]  # noqa: E731
-    parallel_map(work, range(cores))
-    best = float("inf")
-    for _ in range(5):
-        started = time.perf_counter()
-        parallel_map(work, range(cores))
-        best = min(best, time.perf_counter() - started)
-    return cores * 20 * 2 * 1024 * 98 * 4096 / best / 1e9
-
-
 def measure(tree: Path, pool_size: int, parts: int) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder)
@@ -129,7 +113,7 @@ def main() -> None:
         make_pool(Path(args.make), Path(args.base), args.pool_size, args.parts)
         return
     print(f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}")
-    rate = matrix_rate()
+    rate = matmul_rate()  # torch's default threads, alone
     trees = {"this tree": HERE}
     worktree = None
     if args.before:
@@ -147,8 +131,8 @@ def main() -> None:
     bound = args.pool_size * pair / (rate * 1e9)
     print(f"fp32 rate {rate:.1f} GFLOP/s on every core; FLOP bound per part against {args.pool_size} pool images "
           f"(L {some['patches']}, C {some['channels']}, {len(LAYERS)} layers, {len(R_LIST)} degrees): {bound:.3f} s")
-    print(f"| code | one-part call s | first call s/part | second call s/part | first/second | "
-          f"first extra part s (x bound) | second extra part s (x bound) |")
+    print("| code | one-part call s | first call s/part | second call s/part | first/second | "
+          "first extra part s (x bound) | second extra part s (x bound) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, r in results.items():
         extra = [(r[call] - r["one"]) / max(1, args.parts - 1) for call in ("first", "second")]

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmark import best_of  # noqa: E402 - bench/benchmark.py, beside this file
+from benchmark import best_of, matmul_rate  # noqa: E402 - bench/benchmark.py, beside this file
 
 PATCHES, CHANNELS, LAYERS, DEGREES = 256, 96, 4, 3  # the demo backbone at 128 px, r_list (1, 3, 5)
 
@@ -81,14 +81,6 @@ def case(name: str, pool_size: int, images: int, repeats: int) -> float:
     return best_of(lambda: parallel_map(tile, tiles), repeats)
 
 
-def matrix_rate() -> float:
-    """fp32 GFLOP/s of a large product on every core (torch's default threads, alone)."""
-    import torch
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    seconds = best_of(lambda: a @ b, 5)
-    return 2 * 2048 ** 3 / seconds / 1e9
-
-
 CASES = ("pool before", "pool after", "tiles before, flow", "tiles before, build", "tiles after")
 
 
@@ -120,7 +112,7 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"cores {cores}, load average at start {os.getloadavg()[0]:.2f}; pool {args.pool} images, "
           f"tiles of {args.images} images; L {PATCHES}, C {CHANNELS}, {LAYERS} layers, {DEGREES} degrees")
-    rate = matrix_rate()
+    rate = matmul_rate()  # torch's default threads, alone
     pair = 2 * PATCHES * (CHANNELS + 2) * PATCHES * LAYERS * DEGREES
     bounds = {"pool": args.pool * pair / (rate * 1e9),
               "tiles": args.images * (args.images - 1) / 2 * pair / DEGREES / (rate * 1e9)}

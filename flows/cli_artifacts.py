@@ -18,7 +18,10 @@ from .options import flag
 
 def inspect(path: Annotated[Path, typer.Argument(help="An artifact (.h5).")],
             top: Annotated[int, typer.Option(help="For evaluate artifacts: how many most anomalous images "
-                                                  "to list.")] = 5
+                                                  "to list.")] = 5,
+            as_json: Annotated[bool, flag("--json", help="Print one JSON document (stage, status, digest, "
+                                                         "config, inputs resolved to files, datasets) instead.")]
+            = False
             ) -> None:
     """What an artifact holds: stage, config, provenance, datasets; metrics for evaluate artifacts."""
     from musc.store import describe, read_only
@@ -27,6 +30,9 @@ def inspect(path: Annotated[Path, typer.Argument(help="An artifact (.h5).")],
         if not path.is_file():
             raise ArtifactError(f"{path}: no such artifact")
         info = describe(path)
+        if as_json:
+            print(json.dumps(_as_json(path, info), sort_keys=True, default=str))
+            return
         out = Console(soft_wrap=True, markup=False)  # long lines whole: a digest is never cut or broken
         attrs = info["attrs"]
         out.print(Text.assemble((str(path), "bold"), f"  stage: {attrs.get('stage')}  ({info['status']})"))
@@ -48,6 +54,29 @@ def inspect(path: Annotated[Path, typer.Argument(help="An artifact (.h5).")],
                       f"{threshold_text(float(attrs['threshold']), attrs.get('threshold_rule'))}", highlight=False)
     with read_only():  # a read-only command: no verification record written beside any file
         terminal.run_guarded(go)
+
+
+def _as_json(path: Path, info: dict) -> dict:
+    """``musc inspect --json``: what the text shows, as data; inputs resolved to the files they are
+    now (``resolved_inputs``) when the artifact is intact."""
+    from musc.outputs.rebuild import resolved_inputs
+    attrs = dict(info["attrs"])
+    document = {"path": str(path), "status": info["status"], "digest": info["digest"],
+                "stage": attrs.pop("stage", None), "code_version": attrs.pop("code_version", None),
+                "created": attrs.pop("created", None), "config": attrs.pop("config", None),
+                "inputs": attrs.pop("inputs", None), "datasets": {
+                    name: {"shape_dtype": shape, "description": info["meanings"].get(name, "")}
+                    for name, shape in info["datasets"].items()}}
+    if info["digest"] and isinstance(document["inputs"], dict):
+        document["inputs"] = resolved_inputs(path)
+    for name in ("metrics", "notes"):
+        if isinstance(attrs.get(name), str):
+            try:
+                attrs[name] = json.loads(attrs[name])
+            except json.JSONDecodeError:
+                pass
+    document["attrs"] = {name: value for name, value in attrs.items() if name not in ("complete",)}
+    return document
 
 
 def _print_evaluation(out: Console, path: Path, attrs: dict, top: int) -> None:

@@ -469,3 +469,60 @@ def test_musc_clean_leaves_a_category_alone_while_a_run_of_it_is_going_on(tmp_pa
     removed, busy = clean_artifacts(root)
     assert stray in removed and busy == [] and not stray.exists()
 
+
+
+@pytest.mark.slow
+def test_every_dataset_of_every_artifact_describes_itself(reference_run, pool_file):
+    """Meaning, declared shape and axis names from the schema on each dataset: what h5dump -A,
+    HDFView or h5py show a person who opens a file without our code."""
+    _, artifacts = reference_run
+    files = [p for p in artifacts.rglob("*.h5") if ".parts" not in str(p)] + [pool_file]
+    seen = set()
+    for path in files:
+        with h5py.File(path, "r") as f:
+            schema = store.STAGES[f.attrs["stage"]]
+
+            def check(name, item, path=path, schema=schema):
+                if isinstance(item, h5py.Dataset):
+                    declared = schema.field(name)
+                    assert item.attrs["description"] == declared.meaning, (path, name)
+                    assert [axis.label for axis in item.dims] == list(declared.dimensions(item.ndim) or
+                                                                      [""] * item.ndim), (path, name)
+                    seen.add((schema.name, name))
+            f.visititems(check)
+    assert {"extract", "aggregate", "score", "classify", "evaluate", "pool"} <= {stage for stage, _ in seen}
+    with h5py.File(next(p for p in files if "/score/" in str(p)), "r") as f:
+        assert [axis.label for axis in f["scores"].dims] == ["layers", "N", "L"]
+    if shutil.which("h5dump") is None:
+        pytest.skip("h5dump (hdf5-tools) not installed: checked through h5py only")
+    evaluation = next(p for p in files if "/evaluate/" in str(p))
+    dumped = subprocess.run(["h5dump", "-A", str(evaluation)], capture_output=True, text=True, check=True).stdout
+    with h5py.File(evaluation, "r") as f:
+        datasets = []
+        f.visititems(lambda name, item: datasets.append(name) if isinstance(item, h5py.Dataset) else None)
+    assert dumped.count('ATTRIBUTE "description"') == len(datasets) > 0
+    assert store.STAGES["evaluate"].field("ranking").meaning in dumped
+
+
+@pytest.mark.slow
+def test_inspect_json_resolves_the_inputs_to_their_files(reference_run, tmp_path):
+    _, artifacts = reference_run
+    copy = tmp_path / "artifacts"
+    shutil.copytree(artifacts, copy)
+    [evaluation] = copy.rglob("evaluate/*.h5")
+    result = run_musc("inspect", "--json", evaluation, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    document = json.loads(result.stdout)
+    assert document["stage"] == "evaluate" and document["digest"] == store.file_sha256(evaluation)
+    assert set(document["inputs"]) == {"extract", "classify"}
+    for role, entry in document["inputs"].items():
+        found = Path(entry["file"])
+        assert found.parent == copy / evaluation.parent.parent.relative_to(copy) / role  # beside it, in the copy
+        assert store.file_sha256(found) == entry["digest"]
+    assert document["datasets"]["ranking"]["description"] == store.STAGES["evaluate"].field("ranking").meaning
+    assert document["attrs"]["metrics"]["image_auroc"] is not None
+    [classify] = copy.rglob("classify/*.h5")
+    classify.write_bytes(classify.read_bytes()[:-10])  # the input changed: named, not a traceback
+    again = json.loads(run_musc("inspect", "--json", evaluation, cwd=tmp_path).stdout)
+    assert again["inputs"]["classify"]["file"] is None and "missing or changed" in again["inputs"]["classify"]["why"]
+    assert again["inputs"]["extract"]["file"] == document["inputs"]["extract"]["file"]

@@ -69,14 +69,25 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(restore)
 
 
-def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> list[R]:
+PIECES_MEMORY = 512 << 20  # bytes the pieces running at once may hold together (their products)
+
+
+def parallel_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None, each_bytes: int = 0
+                 ) -> list[R]:
     """``[fn(item) for item in items]``, computed on up to ``workers`` threads (default: the usable
-    cores), each in ``one_thread()``; results in the order of ``items``. The first error is raised
-    once the pieces already running have ended; pieces not started are dropped. Called from inside
-    a piece, it runs serially (no nested pools)."""
+    cores), each in ``one_thread()``; results in the order of ``items``. ``each_bytes``: what a
+    piece holds while it runs: no more pieces run at once than ``PIECES_MEMORY`` allows, and when
+    that is one, they run one after the other on torch's own threads (a product that large has
+    few barriers for its work). The first error is raised once the pieces already running have
+    ended; pieces not started are dropped. Called from inside a piece, it runs serially (no nested
+    pools)."""
     items = list(items)
-    workers = min(workers or usable_cores(), len(items))
-    if workers <= 1 or getattr(_inside, "depth", 0):
+    workers = min(workers or usable_cores(), len(items), max(1, PIECES_MEMORY // max(1, each_bytes)))
+    if getattr(_inside, "depth", 0):
+        return [fn(item) for item in items]
+    if workers <= 1:
+        if each_bytes * 2 > PIECES_MEMORY:  # large pieces: each one's products on torch's threads
+            return [fn(item) for item in items]
         with one_thread():
             return [fn(item) for item in items]
 

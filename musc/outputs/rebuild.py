@@ -42,6 +42,25 @@ def inputs_of(artifact_path: str | Path, stage: str) -> list[Path]:
     return [find_input(Path(artifact_path), stage, recorded[role]) for role in catalog.roles_of(recorded, stage)]
 
 
+def resolved_inputs(artifact_path: str | Path) -> dict[str, dict[str, str | None]]:
+    """Each recorded input of an artifact: its digest and the file it is now (an upstream artifact
+    found beside it and verified), or None with why (missing or changed; an image, named by
+    content only)."""
+    path = Path(artifact_path)
+    resolved: dict[str, dict[str, str | None]] = {}
+    for role, digest in open_artifact(path).inputs.items():
+        entry: dict[str, str | None] = {"digest": digest, "file": None, "why": None}
+        if catalog.role_stage(role) in catalog.ROOT_STAGES:
+            try:
+                entry["file"] = str(find_input(path, catalog.role_stage(role), digest))
+            except ArtifactError as error:
+                entry["why"] = str(error).split(": ", 1)[-1]
+        else:
+            entry["why"] = "not an artifact of this root (named by its content)"
+        resolved[role] = entry
+    return resolved
+
+
 @dataclass
 class Rebuilt:
     written: list[Path] = field(default_factory=list)           # the category pages (report.html) written

@@ -144,7 +144,7 @@ def build(path: Path, plan: Plan) -> None:
             compute_tile(plan, tile)
             job.advance()
             log.info(f"{plan.label}: tile {next(done)}/{len(missing)} ({time.perf_counter() - started:.1f}s)")
-        parallel_map(one, missing)
+        parallel_map(one, missing, each_bytes=2 * 4 * (int(settings.block_size) * n_patches) ** 2)  # a tile's distances
         if opened:
             job.finish()
     by_position = {(t.subset, t.first, t.second): t for t in every}

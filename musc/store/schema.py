@@ -25,6 +25,15 @@ class Field:
     def matches(self, name: str) -> bool:
         return re.fullmatch(re.escape(self.name).replace(re.escape("<r>"), r"\d+"), name) is not None
 
+    def dimensions(self, ndim: int) -> tuple[str, ...]:
+        """The names of a dataset's axes from its declared shape (``(layers, N, L)``): none when the
+        shape has alternatives or another number of axes."""
+        found = re.fullmatch(r"\((.*)\)", self.shape.strip())
+        if found is None or " or " in self.shape:
+            return ()
+        names = tuple(name.strip() for name in found.group(1).split(",") if name.strip())
+        return names if len(names) == ndim else ()
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -231,6 +240,11 @@ def markdown() -> str:
              "artifact without reading it again, and any write, replacement or copy makes it check again. "
              "Shapes: N images, L patches per image, C channels, S image size, P pool images; tiled runs: "
              "T tiles per image, H x W the images' full resolution.", "",
+             "Each dataset describes itself for a person who opens the file without musc-flow (h5dump -A, "
+             "HDFView, h5py): the attribute `description` holds its meaning below, `shape` its declared "
+             "shape, and its axes are named where the shape is one tuple (h5py's `dims`, HDF5 dimension "
+             "labels). `musc inspect FILE --json` prints the same as one JSON document, with each input "
+             "resolved to the file it is now.", "",
              "The key is a hash of exactly what the artifact records: its code version, its `config` and its "
              "`inputs` (musc/stages/key.py), so an artifact whose record does not give the key it sits under "
              "is not used. Where an artifact root's files lie: musc/store/catalog.py.", "",

@@ -212,6 +212,7 @@ def _fill_artifact(f: h5py.File, path: Path, stage: str, config: Mapping[str, An
     if fill is not None:
         fill(f)
     stage_schema(stage).check_names(list(f.keys()), path)
+    _describe_datasets(f, stage)
     f.attrs["schema_version"] = SCHEMA_VERSION
     f.attrs["stage"] = stage
     f.attrs["config"] = json.dumps(dict(config), sort_keys=True, default=str)
@@ -221,6 +222,23 @@ def _fill_artifact(f: h5py.File, path: Path, stage: str, config: Mapping[str, An
     for name, value in (attrs or {}).items():
         f.attrs[name] = json.dumps(value, default=str) if isinstance(value, (dict, list)) else value
     f.attrs["complete"] = True
+
+
+def _describe_datasets(f: h5py.File, stage: str) -> None:
+    """Each dataset describes itself (for h5dump, HDFView, h5py): its meaning and declared shape
+    from the schema as attributes ``description`` and ``shape``, its axes named (``dims``)."""
+    schema = stage_schema(stage)
+
+    def describe(name: str, item: Any) -> None:
+        declared = schema.field(name) if isinstance(item, h5py.Dataset) else None
+        if declared is None:
+            return
+        item.attrs["description"] = declared.meaning
+        if declared.shape:
+            item.attrs["shape"] = declared.shape
+        for axis, label in zip(item.dims, declared.dimensions(item.ndim)):
+            axis.label = label
+    f.visititems(describe)
 
 
 def mark_artifacts_root(root: str | Path) -> Path:
