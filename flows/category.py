@@ -55,6 +55,7 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
     publish_category(dataset, category, str(outputs), refs, cfg.r_list)
     print(summary.category_line(category, decided, outputs / store.catalog.REPORT.html))
     from prefect.runtime import flow_run
+    summary.write_latest(evaluated["path"], outputs / store.catalog.REPORT.html, str(flow_run.id or ""))
     return {"category": category, **refs, "metrics": json.loads(evaluation.attrs["metrics"]), **decided,
             "outputs": str(outputs), "flow_run": str(flow_run.id or ""), **guarded}
 

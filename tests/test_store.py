@@ -526,3 +526,17 @@ def test_inspect_json_resolves_the_inputs_to_their_files(reference_run, tmp_path
     again = json.loads(run_musc("inspect", "--json", evaluation, cwd=tmp_path).stdout)
     assert again["inputs"]["classify"]["file"] is None and "missing or changed" in again["inputs"]["classify"]["why"]
     assert again["inputs"]["extract"]["file"] == document["inputs"]["extract"]["file"]
+
+
+@pytest.mark.slow
+def test_each_category_points_to_its_latest_run_relative_to_its_folder(reference_run, tmp_path):
+    result, artifacts = reference_run
+    evaluation = Path(result["evaluate"]["path"])
+    folder = evaluation.parent.parent
+    latest = json.loads((folder / store.catalog.LATEST).read_text())
+    assert folder / latest["evaluate"] == evaluation and (folder / latest["report"]).is_file()
+    assert latest["report"] == f"evaluate/{evaluation.stem}/report.html" and latest["flow_run"] == result["flow_run"]
+    moved = tmp_path / "moved"
+    shutil.copytree(artifacts, moved)  # relative: the pointer still holds in a moved root
+    again = json.loads((moved / folder.relative_to(artifacts) / store.catalog.LATEST).read_text())
+    assert (moved / folder.relative_to(artifacts) / again["evaluate"]).is_file()

@@ -12,6 +12,22 @@ from .evaluation import threshold_text
 from ..store.catalog import REPORT
 
 
+def write_latest(evaluate_path: str | Path, report: str | Path, flow_run: str = "") -> Path:
+    """The category's ``latest.json`` (``catalog.latest_path``): this run's evaluate artifact and
+    report page relative to the category folder, its flow run id and the time; written atomically."""
+    import json
+    import time
+
+    from ..store import atomic_write_text
+    from ..store.catalog import latest_path, located
+    folder = located(Path(evaluate_path)).category_folder
+    record = {"evaluate": Path(evaluate_path).relative_to(folder).as_posix(),
+              "report": Path(report).relative_to(folder).as_posix(), "flow_run": flow_run,
+              "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_text(latest_path(folder), json.dumps(record, indent=1) + "\n")
+    return latest_path(folder)
+
+
 def outcome(evaluation) -> dict[str, Any]:
     """The decisions of an opened evaluate artifact: images, flagged (judged anomalous), the image
     threshold and its rule."""

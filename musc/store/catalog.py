@@ -117,6 +117,10 @@ class Location:
     def dataset_folder(self) -> Path:
         return self.root / self.dataset
 
+    @property
+    def category_folder(self) -> Path:
+        return self.root / self.dataset / self.category
+
 
 def located(artifact: str | Path) -> Location:
     """The root, dataset, category and stage of ``<root>/<dataset>/<category>/<stage>/<key>.h5``."""
@@ -166,6 +170,15 @@ def part_path(artifact: str | Path, name: str) -> Path:
 
 def is_part(path: str | Path) -> bool:
     return Path(path).parent.suffix == ".parts"
+
+
+LATEST = "latest.json"  # a category's newest finished run (``latest_path``)
+
+
+def latest_path(category_folder: str | Path) -> Path:
+    """A category's pointer to its newest finished run: its evaluate artifact and report page,
+    relative to the category folder (the folder can move), the flow run and when."""
+    return Path(category_folder) / LATEST
 
 
 def run_marker(category_folder: str | Path) -> Path:
