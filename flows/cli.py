@@ -5,9 +5,13 @@ exit with status 2; ``--debug`` shows the traceback instead (``flows.terminal``)
 configuration options are derived from ``MuscConfig``'s declaration (``flows.options``); the other
 commands are in ``cli_artifacts`` and ``cli_line``.
 """
-import os
-import sys
-import warnings
+if __name__ == "__main__":  # python -m flows.cli, as the musc command (flows.entry): a stop while loading
+    from flows.stopping import stop_while_loading
+    stop_while_loading()
+
+import os  # noqa: E402
+import sys  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path
 from typing import Annotated, Any, Callable, List, Optional
 

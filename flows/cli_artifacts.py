@@ -158,7 +158,9 @@ def clean_command(artifacts: Annotated[Path, typer.Argument(help="An artifacts f
     where its lock shows it."""
     def go():
         from musc.outputs.rebuild import clean_artifacts
-        removed, busy = clean_artifacts(artifacts, dry_run)
+        with terminal.advice_when_read_only("clean removes files where they are: make the artifacts folder "
+                                            "writable (--dry-run lists them without it)"):
+            removed, busy = clean_artifacts(artifacts, dry_run)
         out = Console(markup=False)
         for victim in removed:
             out.print(f"{'would remove' if dry_run else 'removed'}: {victim}", highlight=False, soft_wrap=True)

@@ -44,6 +44,20 @@ def stop_message(signum: int) -> str:
             "to resume")
 
 
+def _stopped_while_loading(signum: int, frame) -> None:
+    os.write(2, f"stopped: {stop_message(signum)}\n".encode())
+    os._exit(128 + signum)
+
+
+def stop_while_loading() -> None:
+    """Until the command's work starts (``stop_on_signals``, which gives this back when it ends),
+    SIGINT and SIGTERM end the process at once with the stop line: a stop asked for while Python
+    still imports the command (Ctrl-C at once, a job cancelled as it starts) is never a traceback
+    from inside an import. Installed first thing by ``flows.entry`` and ``python -m flows.cli``."""
+    for number in STOP_SIGNALS:
+        signal.signal(number, _stopped_while_loading)
+
+
 class _State:
     """The running command's stop: the signal asked for (None: none), whether the main thread's
     handler raised already, whether the line was printed."""

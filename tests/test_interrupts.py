@@ -11,7 +11,7 @@ import time
 import pytest
 import typer
 
-from conftest import RUN_FLAGS, alive, child_pids, snapshot
+from conftest import ROOT, RUN_FLAGS, alive, child_pids, snapshot
 
 STOP_LINE = "stopped: interrupted by {}; finished work is kept, run the same command again to resume"
 
@@ -137,3 +137,19 @@ def test_a_signal_to_the_process_group_of_a_run_stops_it_and_the_same_command_re
     assert all(after[name] == identity for name, identity in finished.items())  # finished artifacts reused
     batches = again.stderr.count("extract: batch ")  # the batches computed again
     assert batches == (0 if extracted else 12 - len(parts)), (batches, len(parts))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_command_loads_is_the_same_one_line(tmp_path, signum):
+    """Ctrl-C at once, or a job cancelled as it starts, while Python still imports the command:
+    the stop line and 128 + signal, never a traceback from inside an import."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    command = subprocess.Popen([sys.executable, "-m", "flows.cli", "inspect", str(tmp_path / "none.h5")],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.25)  # importing the command takes longer (typer, rich, the settings' declarations)
+    command.send_signal(signum)
+    out, err = command.communicate(timeout=60)
+    if command.returncode == 2:  # this machine loaded it within 0.25 s: the command ran (its one error line)
+        pytest.skip("the command finished loading before the signal")
+    assert command.returncode == 128 + signum, err
+    assert err.strip().splitlines() == [STOP_LINE.format(signal.Signals(signum).name)]

@@ -93,7 +93,7 @@ def test_clean_of_a_read_only_artifacts_root_is_one_line(finished_run, tmp_path)
         listed = run_musc("clean", root, "--dry-run", cwd=tmp_path)
         removed = run_musc("clean", root, cwd=tmp_path)
     assert listed.returncode == 0 and stray.name in listed.stdout, listed.stderr[-3000:]
-    one_line_error(removed, f"cannot write to {stray.parent}", reason)
+    one_line_error(removed, f"cannot write to {stray.parent} ({reason}): clean removes files where they are")
     assert stray.is_file()
 
 
@@ -115,20 +115,36 @@ def test_score_new_against_a_pool_on_a_read_only_mount_writes_into_its_out(day_s
     assert (tmp_path / "new" / "scores.csv").is_file() and len(result.stdout.strip().splitlines()) == 3
 
 
-def test_review_with_the_pools_folder_or_the_days_folder_read_only_is_one_line(day_scored, tmp_path):
+def _pool_state(pool: Path) -> tuple:
+    """What a review may change beside the pool: the pool's content and its verdict history."""
+    from musc.store import file_sha256
+    history = pool.with_name(f"{pool.stem}.verdicts.csv")
+    return file_sha256(pool), history.read_bytes() if history.is_file() else None
+
+
+def test_review_with_the_pools_folder_or_the_days_folder_read_only_is_one_line_and_changes_nothing(
+        day_scored, tiny_dataset, tmp_path):
+    """Refused before anything is recorded: no verdict written, no part taken out of the pool, when
+    the day's outputs could not be drawn again afterwards."""
     pool, day, paths = day_scored
-    before = snapshot(day)
+    defect = Path(paths[1]).name
+    assert run_musc("review", day, "--good", defect, cwd=tmp_path).returncode == 0  # called good first
+    assert run_musc("pool", "add", "--pool", pool, day, cwd=tmp_path).returncode == 0  # so it joins the pool
+    scored_day(pool, tiny_dataset, ["good/000.png", "hole/000.png"], day, threshold=0.55)  # the day against it
+    before, state = snapshot(day), _pool_state(pool)
     with read_only(pool.parent) as reason:
         listed = run_musc("review", day, cwd=tmp_path)  # reading the day needs no write
-        verdict = run_musc("review", day, "--good", Path(paths[1]).name, cwd=tmp_path)
+        verdict = run_musc("review", day, "--defect", defect, cwd=tmp_path)
     assert listed.returncode == 0 and "flagged" in listed.stdout, listed.stderr[-3000:]
-    one_line_error(verdict, f"cannot write to {pool.parent}", reason)
+    one_line_error(verdict, f"verdicts: cannot write to {pool.parent} ({reason}): the verdicts are kept beside the pool")
     with read_only(day) as reason:
-        verdict = run_musc("review", day, "--good", Path(paths[1]).name, cwd=tmp_path)
+        verdict = run_musc("review", day, "--defect", defect, cwd=tmp_path)
+        good = run_musc("review", day, "--good", Path(paths[0]).name, cwd=tmp_path)
         redrawn = run_musc("report", day, cwd=tmp_path)
-    one_line_error(verdict, "cannot write to", reason)
+    one_line_error(verdict, f"review: cannot write to {day} ({reason})")
+    one_line_error(good, f"review: cannot write to {day} ({reason})")
     one_line_error(redrawn, f"cannot write to {day}", reason)
-    assert snapshot(day) == before
+    assert snapshot(day) == before and _pool_state(pool) == state  # nothing recorded, the pool as it was
 
 
 def test_the_daily_flow_with_its_pools_folder_read_only_stops_before_scoring(day_scored, tiny_dataset, tmp_path):

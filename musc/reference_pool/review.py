@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from ..store import ArtifactError
+from ..store import ArtifactError, check_writable
 from .day import DayError, DayRecord, DayView, load_day, view, write_views
 from .pool import PoolFile, open_pool
 from .verdicts import Verdict, append, verdict_history_path
@@ -118,6 +118,12 @@ def record_verdicts(folder: str | Path, good: Sequence[str] = (), defect: Sequen
     history = verdict_history_path(found.path)
     if not chosen:
         return Review(view(record), history=history)
+    # nothing recorded unless all of it can be: the verdicts and the pool beside the pool, the
+    # day's outputs in its folder (a read-only one refused now, not after the pool changed)
+    check_writable(found.path.parent, "verdicts", "the verdicts are kept beside the pool: make its folder "
+                                                  "writable, or copy the pool with its files elsewhere and pass --pool")
+    check_writable(record.folder, "review", "the day's outputs are drawn again with the verdicts: make the "
+                                            "day's folder writable")
     who = default_reviewer() if reviewer is None else reviewer
     today = view(record)
     scored = {row["part"]: row for row in today.rows}
