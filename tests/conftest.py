@@ -141,6 +141,15 @@ def reference_run(prefect_harness, tiny_dataset, tmp_path_factory):
     return run_category(tiny_dataset, artifacts), artifacts
 
 
+@pytest.fixture
+def run_copy(reference_run, tmp_path):
+    """A copy of the reference run's artifacts root (tmp_path/artifacts), for a test to change."""
+    import shutil
+    copy = tmp_path / "artifacts"
+    shutil.copytree(reference_run[1], copy)
+    return copy
+
+
 def run_musc(*args, cwd, env=None, timeout=600):
     """The ``musc`` command in a child process of its own (own Prefect home and temporary server);
     ``env``: variables to add."""

@@ -55,13 +55,10 @@ def one_line_error(result, *parts: str) -> str:
 
 
 @pytest.fixture
-def finished_run(reference_run, tmp_path):
+def finished_run(run_copy):
     """A copy of a finished run's artifacts root, its evaluate artifact."""
-    _, artifacts = reference_run
-    root = tmp_path / "artifacts"
-    shutil.copytree(artifacts, root)
-    [evaluation] = [p for p in root.rglob("evaluate/*.h5")]
-    return root, evaluation
+    [evaluation] = [p for p in run_copy.rglob("evaluate/*.h5")]
+    return run_copy, evaluation
 
 
 def test_inspect_and_report_to_elsewhere_work_on_a_read_only_artifacts_root(finished_run, tmp_path):

@@ -46,10 +46,8 @@ def test_report_writes_beside_the_artifact_it_reads_not_where_the_artifact_says(
 
 
 @pytest.mark.slow
-def test_report_skips_stale_evaluate_artifacts_and_clean_removes_what_no_run_uses(reference_run, tmp_path):
-    _, artifacts = reference_run
-    copy = tmp_path / "artifacts"
-    shutil.copytree(artifacts, copy)
+def test_report_skips_stale_evaluate_artifacts_and_clean_removes_what_no_run_uses(run_copy, tmp_path):
+    copy = run_copy
     current = sorted(copy.rglob("*.h5"))
     evaluate = next(copy.rglob("evaluate/*.h5"))
     stale = evaluate.with_name("00000000057a1e00.h5")  # an earlier run's evaluation: its classify is gone
@@ -86,10 +84,8 @@ def test_clean_refuses_a_folder_that_is_not_a_musc_artifacts_folder(tmp_path):
     assert theirs.is_dir()
 
 
-def test_clean_touches_only_entries_named_by_our_keys(reference_run, tmp_path):
-    _, artifacts = reference_run
-    copy = tmp_path / "artifacts"
-    shutil.copytree(artifacts, copy)
+def test_clean_touches_only_entries_named_by_our_keys(run_copy, tmp_path):
+    copy = run_copy
     mine = copy / "mvtec_ad" / "fabric" / "score" / "notes"
     mine.mkdir()
     removed, _ = clean_artifacts(copy)
@@ -130,10 +126,8 @@ def test_a_read_only_artifacts_folder_names_itself(tiny_dataset, tmp_path):
 
 
 @pytest.mark.slow
-def test_inspect_names_the_file_of_a_non_json_attribute_and_reads_only_what_it_shows(reference_run, tmp_path):
-    _, artifacts = reference_run
-    copy = tmp_path / "artifacts"
-    shutil.copytree(artifacts, copy)
+def test_inspect_names_the_file_of_a_non_json_attribute_and_reads_only_what_it_shows(run_copy, tmp_path):
+    copy = run_copy
     evaluate = next(copy.rglob("evaluate/*.h5"))
     with h5py.File(evaluate, "r+") as f:  # a crafted ranking of 10^13 entries (80 TB if read whole)
         del f["ranking"]
@@ -505,10 +499,8 @@ def test_every_dataset_of_every_artifact_describes_itself(reference_run, pool_fi
 
 
 @pytest.mark.slow
-def test_inspect_json_resolves_the_inputs_to_their_files(reference_run, tmp_path):
-    _, artifacts = reference_run
-    copy = tmp_path / "artifacts"
-    shutil.copytree(artifacts, copy)
+def test_inspect_json_resolves_the_inputs_to_their_files(run_copy, tmp_path):
+    copy = run_copy
     [evaluation] = copy.rglob("evaluate/*.h5")
     result = run_musc("inspect", "--json", evaluation, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
