@@ -1,12 +1,19 @@
-"""Flow-run names that say what a run is, in the run lists of the Prefect UI: a category run is
-named by its category (``fabric``), a dataset run by its dataset and how many categories it scores
-(``mvtec_ad: 2 categories``), a daily run by its pool and day (``line3 2026-12-01``). Each name is
-made from the run's parameters (``*_name`` take them as a dict, for tests); the ``*_run_name``
-callables are the flows' ``flow_run_name``."""
+"""Flow-run names that say what a run is and tell runs apart, in the run lists of the Prefect UI: a
+category run is named by its category, a dataset run by its dataset and how many categories it
+scores, a daily run by its pool and day, each followed by when the run was scheduled to start
+(UTC): ``fabric 2026-12-06 01:00``, ``mvtec_ad: 2 categories 2026-12-06 01:00``, ``line3 2026-12-01
+(23:30)``; a retry keeps its run's name. A name typed for the run (the UI's form, ``prefect
+deployment run --flow-run-name``) is kept: only a name Prefect made up (two lowercase words joined
+by a hyphen, ``bright-eagle``) is replaced. Each name is made from the run's parameters (``*_name``
+take them as a dict, for tests); the ``*_run_name`` callables are the flows' ``flow_run_name``."""
 from __future__ import annotations
 
+import re
+from datetime import datetime, timezone as utc_zone
 from pathlib import Path
 from typing import Any, Mapping
+
+MADE_UP = re.compile(r"[a-z]+-[a-z]+")  # Prefect's own names for runs (adjective-animal)
 
 
 def category_name(parameters: Mapping[str, Any]) -> str:
@@ -31,17 +38,37 @@ def daily_name(parameters: Mapping[str, Any], day: str) -> str:
     return f"{Path(str(parameters['pool'])).stem} {day}"
 
 
+def stamped(name: str, scheduled: datetime | None) -> str:
+    """``name`` followed by the scheduled start, in UTC to the minute."""
+    return name if scheduled is None else f"{name} {scheduled.astimezone(utc_zone.utc):%Y-%m-%d %H:%M}"
+
+
+def kept(current: str | None, made: str) -> str:
+    """The run's name: ``current`` when a person gave it, else ``made``."""
+    return current if current and not MADE_UP.fullmatch(current) else made
+
+
 def _parameters() -> dict[str, Any]:
     from prefect.runtime import flow_run
     return dict(flow_run.parameters)
 
 
+def _scheduled() -> datetime | None:
+    from prefect.runtime import flow_run
+    return flow_run.scheduled_start_time
+
+
+def _current() -> str | None:
+    from prefect.runtime import flow_run
+    return flow_run.name
+
+
 def category_run_name() -> str:
-    return category_name(_parameters())
+    return kept(_current(), stamped(category_name(_parameters()), _scheduled()))
 
 
 def dataset_run_name() -> str:
-    return dataset_name(_parameters())
+    return kept(_current(), stamped(dataset_name(_parameters()), _scheduled()))
 
 
 def run_day(timezone: str = "UTC") -> str:
@@ -55,4 +82,6 @@ def run_day(timezone: str = "UTC") -> str:
 
 def daily_run_name() -> str:
     parameters = _parameters()
-    return daily_name(parameters, parameters.get("day") or run_day(parameters.get("timezone") or "UTC"))
+    name = daily_name(parameters, parameters.get("day") or run_day(parameters.get("timezone") or "UTC"))
+    scheduled = _scheduled()
+    return kept(_current(), name if scheduled is None else f"{name} ({scheduled.astimezone(utc_zone.utc):%H:%M})")

@@ -193,3 +193,26 @@ def test_a_temporary_server_start_waits_for_another_start_on_the_same_prefect_ho
     assert waiting and started_servers == [], output
     assert process.returncode == 0 and "served" in output, output
 
+
+
+def test_run_names_tell_runs_apart_and_a_typed_name_is_kept():
+    from datetime import datetime, timedelta, timezone
+
+    from flows.names import category_name, kept, stamped
+    scheduled = datetime(2026, 12, 6, 2, 30, tzinfo=timezone(timedelta(hours=1)))
+    made = stamped(category_name({"category": "fabric"}), scheduled)
+    assert made == "fabric 2026-12-06 01:30"  # in UTC
+    assert stamped("fabric", scheduled + timedelta(days=1)) != made  # the next night's run
+    assert kept("bright-eagle", made) == made  # a name Prefect made up is replaced
+    assert kept("rerun after the lamp fix", made) == "rerun after the lamp fix"  # a person's is kept
+    assert kept(made, "anything") == made  # a retry keeps its run's name
+    assert kept(None, made) == made
+
+
+@pytest.mark.slow
+def test_a_category_run_is_named_by_its_category_and_scheduled_start(reference_run):
+    from prefect import get_client
+    result, _ = reference_run
+    with get_client(sync_client=True) as client:
+        name = client.read_flow_run(result["flow_run"]).name
+    assert re.fullmatch(r"fabric \d{4}-\d\d-\d\d \d\d:\d\d", name), name
