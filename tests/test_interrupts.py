@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import typer
@@ -139,12 +140,20 @@ def test_a_signal_to_the_process_group_of_a_run_stops_it_and_the_same_command_re
     assert batches == (0 if extracted else 12 - len(parts)), (batches, len(parts))
 
 
+SCRIPT = Path(sys.executable).with_name("musc")  # the console script pip installed (flows.entry:main)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_while_the_command_loads_is_the_same_one_line(tmp_path, signum):
-    """Ctrl-C at once, or a job cancelled as it starts, while Python still imports the command:
-    the stop line and 128 + signal, never a traceback from inside an import."""
+@pytest.mark.parametrize("launch", ["module", "script"])
+def test_a_signal_while_the_command_loads_is_the_same_one_line(tmp_path, signum, launch):
+    """Ctrl-C at once, or a job cancelled as it starts, while Python still imports the command
+    (``python -m flows.cli`` or the installed ``musc``): the stop line and 128 + signal, never a
+    traceback from inside an import."""
+    if launch == "script" and not SCRIPT.is_file():
+        pytest.skip(f"no console script {SCRIPT} (pip install -e . makes it)")
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / ".prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    command = subprocess.Popen([sys.executable, "-m", "flows.cli", "inspect", str(tmp_path / "none.h5")],
+    start = [sys.executable, "-m", "flows.cli"] if launch == "module" else [str(SCRIPT)]
+    command = subprocess.Popen([*start, "inspect", str(tmp_path / "none.h5")],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.25)  # importing the command takes longer (typer, rich, the settings' declarations)
     command.send_signal(signum)
