@@ -140,3 +140,18 @@ def test_every_deployment_parameter_has_a_description_for_the_run_form():
             assert not blank, (name, blank)
     config = parameter_schema(flows.dataset_flow.fn).model_dump()["definitions"]["MuscConfig"]
     assert len(config["properties"]) >= 20  # every MuscConfig field is in the form
+
+
+def test_prefect_yaml_is_what_prefect_deploy_reads_with_tags_and_one_nightly_at_a_time():
+    """Read with Prefect's own model of prefect.yaml (what ``prefect deploy`` validates): every
+    deployment tagged, the heavy nightly ones limited to one run at a time with their devices set."""
+    import yaml
+
+    from conftest import ROOT
+    models = pytest.importorskip("prefect.cli.deploy._models", reason="this Prefect keeps its prefect.yaml model elsewhere")
+    model = models.PrefectYamlModel.model_validate(yaml.safe_load((ROOT / "prefect.yaml").read_text()))
+    by_name = {d.name: d for d in model.deployments}
+    assert all("musc" in (d.tags or []) for d in model.deployments)
+    for name in ("mvtec-nightly", "visa-nightly"):
+        assert by_name[name].concurrency_limit == 1
+        assert by_name[name].work_pool.job_variables["env"]["CUDA_VISIBLE_DEVICES"] == "0"
