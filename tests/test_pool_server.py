@@ -63,7 +63,7 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     run = wait_for(server, flow_run, {"COMPLETED", "FAILED", "CRASHED"})
     assert run["state"]["type"] == "COMPLETED", (server["home"] / "worker.log").read_text()[-3000:]
     assert run["run_count"] >= 2
-    assert run["name"] == f"line3 {day}"  # the pool and the day it scored, not a random name
+    assert run["name"] == f"line3 {day} (23:30)"  # the pool, the day it scored, its scheduled time: not a random name
 
     table = pd.read_csv(root / day / "musc/scores.csv")  # that day's folder, not today's
     assert sorted(table["path"]) == sorted(str(p) for p in (root / day).glob("*.png"))

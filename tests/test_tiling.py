@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+
+from musc.method.threads import usable_cores
 from PIL import Image
 
 from conftest import TINY_CONFIG, assert_same_arrays, count_work, killed_child, read_all, snapshot
@@ -196,7 +198,8 @@ def test_a_killed_tiled_run_resumes_to_identical_artifacts(small_parts, tiled_ru
     artifacts = tmp_path / "artifacts"
     _killed_build(small_parts, artifacts, fault, tmp_path)
     done = [p for p in (artifacts / "mvtec_ad/plate" / stage).glob("*.parts/*.h5") if store.valid_digest(p)]
-    assert len(done) == parts and not list((artifacts / "mvtec_ad/plate" / stage).glob("*.h5"))
+    # killed at the fault point's part; tiles computed beside it on the other cores may have finished too
+    assert parts <= len(done) <= parts + usable_cores() - 1 and not list((artifacts / "mvtec_ad/plate" / stage).glob("*.h5"))
 
     calls = count_work(monkeypatch)
     resumed = build_all(Run(load_category("mvtec_ad", small_parts, "plate"), MuscConfig(**TILED), str(artifacts)))
