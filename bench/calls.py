@@ -18,6 +18,7 @@ every core (``bench/benchmark.matmul_rate``: a 4096 x 256 x 4096 product).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "bench"))
 from benchmark import matmul_rate  # noqa: E402 - bench/benchmark.py, beside this file
+from trees import commit_tree  # noqa: E402 - bench/trees.py
 IMAGE_SIZE, LAYERS, R_LIST = 128, (0, 1, 2, 3), (1, 3, 5)
 
 
@@ -114,18 +116,9 @@ def main() -> None:
         return
     print(f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}")
     rate = matmul_rate()  # torch's default threads, alone
-    trees = {"this tree": HERE}
-    worktree = None
-    if args.before:
-        worktree = Path(tempfile.mkdtemp()) / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=HERE, check=True,
-                       capture_output=True)
-        trees = {f"before {args.before}": worktree, **trees}
-    try:
-        results = {name: measure(tree, args.pool_size, args.parts) for name, tree in trees.items()}
-    finally:
-        if worktree is not None:
-            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=HERE, capture_output=True)
+    with contextlib.ExitStack() as stack:
+        trees = {f"before {args.before}": stack.enter_context(commit_tree(args.before))} if args.before else {}
+        results = {name: measure(tree, args.pool_size, args.parts) for name, tree in {**trees, "this tree": HERE}.items()}
     some = next(iter(results.values()))
     pair = 2 * some["patches"] * (some["channels"] + 2) * some["patches"] * len(LAYERS) * len(R_LIST)
     bound = args.pool_size * pair / (rate * 1e9)

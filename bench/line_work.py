@@ -164,13 +164,9 @@ def main() -> None:
         return
     results = {}
     if args.before:
-        worktree = Path(tempfile.mkdtemp()) / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(worktree), args.before], cwd=HERE, check=True,
-                       capture_output=True)
-        try:
+        from trees import commit_tree  # bench/trees.py, beside this file
+        with commit_tree(args.before) as worktree:
             results[f"before {args.before}"] = run_tree(worktree, args.parts, args.pool_size)
-        finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=HERE, capture_output=True)
     results["after"] = run_tree(HERE, args.parts, args.pool_size)
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min), {os.cpu_count()} cores")
     print(table(results, args.parts))

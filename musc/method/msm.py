@@ -32,7 +32,7 @@ def _augmented(features: torch.Tensor, left: bool) -> torch.Tensor:
 
 
 __all__ = ["EXACT_PRECISIONS", "PRECISIONS", "Tile", "block_row", "block_scores", "check_precision", "image_blocks",
-           "msm_rank_window", "mutual_scores", "set_tiles", "tile_minima", "tile_pairs"]
+           "msm_rank_window", "mutual_scores", "set_tiles", "tile_bytes", "tile_minima", "tile_pairs"]
 
 
 def _pair_minima(left: torch.Tensor, right: torch.Tensor, n_a: int, n_b: int, n_patches: int
@@ -165,6 +165,12 @@ def tile_minima(block_a: torch.Tensor, block_b: torch.Tensor, same_block: bool =
     a_votes = a_votes.clamp_min(0).sqrt_()
     b_votes = a_votes if same_block else b_votes.clamp_min(0).sqrt_()
     return a_votes.contiguous(), b_votes.contiguous()
+
+
+def tile_bytes(images_a: int, images_b: int, patches: int) -> int:
+    """What computing one tile holds at its peak: the fp32 squared distances between every patch of
+    ``images_a`` and of ``images_b`` images, twice (the product and its minima's working copy)."""
+    return 2 * 4 * images_a * patches * images_b * patches
 
 
 def aligned_minima(block_a: torch.Tensor, block_b: torch.Tensor, radius: int) -> torch.Tensor:

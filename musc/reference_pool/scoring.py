@@ -28,7 +28,8 @@ import torch
 from ..inputs.config import ScoreSettings
 from ..method.tiling import ImageTiling
 from ..method.maps import anomaly_maps, combine_patch_scores
-from ..method.msm import block_row, image_blocks, msm_rank_window, reduce_votes, set_tiles, tile_minima
+from ..method.msm import (block_row, image_blocks, msm_rank_window, reduce_votes, set_tiles, tile_bytes,
+                          tile_minima)
 from ..method.threads import parallel_map
 
 # read(start, stop) -> (stop - start, L, C) float32 features of one layer and degree
@@ -78,8 +79,9 @@ def mutual_votes(query: BlockReader, n_query: int, others: BlockReader, n_others
         return tile_minima(query(t.images_a[0], t.images_a[-1] + 1), query(t.images_b[0], t.images_b[-1] + 1),
                            same_block=t.same_block, **options)
     patches = query(0, 1).shape[1]
-    tile_bytes = 2 * 4 * (settings.block_size * patches) ** 2  # fp32 distances of a tile, twice
-    among = dict(zip([(t.first, t.second) for t in tiles], parallel_map(among_tile, tiles, each_bytes=tile_bytes)))
+    among = dict(zip([(t.first, t.second) for t in tiles],
+                     parallel_map(among_tile, tiles, each_bytes=tile_bytes(settings.block_size, settings.block_size,
+                                                                           patches))))
     rows = [torch.cat([*block_row(first, len(blocks), lambda i, j: among[i, j])], dim=1) for first in range(len(blocks))]
     votes = torch.cat(rows).float()
     return votes if against_others is None else torch.cat([against_others, votes], dim=1)
@@ -98,8 +100,8 @@ def pool_votes(query: BlockReader, n_query: int, pool: BlockReader, n_pool: int,
         block = pool(*bounds)
         return [tile_minima(features, block, **options)[0] for features in query_blocks]
     patches = query_blocks[0].shape[1]
-    tile_bytes = 2 * 4 * max(map(len, query_blocks)) * patches * settings.block_size * patches  # fp32 distances, twice
-    columns = parallel_map(column, image_blocks(n_pool, settings.block_size), each_bytes=tile_bytes)  # read as scored
+    columns = parallel_map(column, image_blocks(n_pool, settings.block_size),  # blocks read as they are scored
+                           each_bytes=tile_bytes(max(map(len, query_blocks)), settings.block_size, patches))
     return torch.cat([torch.cat([column[index] for column in columns], dim=1)
                       for index in range(len(query_blocks))]).float()
 

@@ -137,6 +137,7 @@ def build(path: Path, plan: Plan) -> None:
         config = store.open_artifact(extract["path"], "extract", extract["digest"]).config
         opened = TRACKER.find(config["category"], "score") is None  # else the flow's job: it closes it
         job = TRACKER.job(config["category"], "score", len(missing), "tiles", config["dataset"])
+        from ..method.msm import tile_bytes
         from ..method.threads import parallel_map
         done = iter(range(1, len(missing) + 1))
 
@@ -144,7 +145,8 @@ def build(path: Path, plan: Plan) -> None:
             compute_tile(plan, tile)
             job.advance()
             log.info(f"{plan.label}: tile {next(done)}/{len(missing)} ({time.perf_counter() - started:.1f}s)")
-        parallel_map(one, missing, each_bytes=2 * 4 * (int(settings.block_size) * n_patches) ** 2)  # a tile's distances
+        size = int(settings.block_size)
+        parallel_map(one, missing, each_bytes=tile_bytes(size, size, n_patches))
         if opened:
             job.finish()
     by_position = {(t.subset, t.first, t.second): t for t in every}
