@@ -22,7 +22,7 @@ from musc.inputs.datasets import DATASETS
 from musc.errors import DatasetError
 from musc.store import ArtifactError
 
-from . import cli_artifacts, cli_line, terminal
+from . import cli_artifacts, cli_automations, cli_line, terminal
 from .metrics_table import print_metrics
 from .options import Command, Group, flag, options_of
 
@@ -147,6 +147,9 @@ pool_app.command("add", cls=Command)(cli_line.pool_add)
 pool_app.command("info", cls=Command)(cli_line.pool_info)
 app.command("review", cls=Command)(cli_line.review)
 app.command("score-new", cls=Command)(cli_line.score_new)
+automations_app = typer.Typer(cls=Group, help="Prefect Automations of configs/ on the server PREFECT_API_URL names.")
+app.add_typer(automations_app, name="automations")
+automations_app.command("install", cls=Command)(cli_automations.install)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -60,6 +60,14 @@ def dataset_flow(dataset: str, root: str, categories: list[str | Category] | Non
     return {"categories": results, "report": str(index), "table": str(folder / catalog.REPORT.metrics), "summary": line}
 
 
+# The nightly deployments' flow (prefect.yaml): a run that fails (a GPU error, a full disk, the data
+# share away for a while) is tried again by its own process, twice, 5 minutes apart; each try reuses
+# every stage the earlier ones finished. A run whose process or machine died cannot retry itself: the
+# automation of configs/automation-crashed.yaml marks it Crashed, and `prefect flow-run retry` runs it
+# again (docs/OPERATIONS.md, "Crashed machines").
+nightly_dataset_flow = dataset_flow.with_options(retries=2, retry_delay_seconds=300)
+
+
 def load_config(config: MuscConfig | dict | None, config_file: str | None) -> MuscConfig:
     """The run's configuration: ``config`` (an object, or a dict of fields) over the YAML file's."""
     if isinstance(config, MuscConfig) and not config_file:
