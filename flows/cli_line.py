@@ -142,8 +142,8 @@ def review(day: Annotated[Path, typer.Argument(help="A day's results folder (its
         marked = flagged(shown.rows)
         out.print(f"{shown.record.day}: {len(marked)} flagged of {len(shown.rows)} part(s)")
         for row in marked:
-            out.print(f"  {row['path']}  score {row['score']:.4f}  {row['verdict'] or 'not reviewed'}  "
-                      f"part {row['part'][:12]}  map {row['map_png']}")
+            out.print(f"  {terminal.shown(row['file'])}  score {row['score']:.4f}  {row['verdict'] or 'not reviewed'}  "
+                      f"part {row['part'][:12]}  map {terminal.shown(row['map_file'])}")
     terminal.run_guarded(go)
 
 
@@ -155,6 +155,11 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
                   help="Where the parts' artifacts go (HDF5: features, scores, decisions; reused by reruns and "
                        "by musc pool add). Default: OUT/artifacts.")] = None,
               device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+              backbone: Annotated[Optional[Path], typer.Option(
+                  help="The pool's model file (or a folder holding it) when it moved since the pool was made; "
+                       "found by its content (also looked for beside the pool and in $MUSC_MODELS).")] = None,
+              pretrained: Annotated[Optional[Path], typer.Option(
+                  help="The pool's checkpoint file (or a folder holding it), likewise.")] = None,
               **decision) -> None:
     """Score new images, each against the pool only (one image is enough); decide normal/anomalous.
     Images scored before (the same content) reuse their artifacts."""
@@ -164,10 +169,12 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
         if not pool.is_file():
             raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
         with terminal.advice_when_read_only("give a writable --out folder (and --artifacts, if given)"):
-            day = score_new_images(pool, images, out, rule, device, artifacts=artifacts)
+            day = score_new_images(pool, images, out, rule, device, artifacts=artifacts,
+                                   models=[str(p) for p in (backbone, pretrained) if p is not None])
         console = Console(soft_wrap=True, markup=False, highlight=False)
         for row in day.rows:
-            console.print(f"{row['path']}: score {row['score']:.4f}  {row['decision']}  map {row['map_png']}")
+            console.print(f"{terminal.shown(row['file'])}: score {row['score']:.4f}  {row['decision']}  "
+                          f"map {terminal.shown(row['map_file'])}")
         console.print(f"threshold {day.threshold:.6g} ({day.rule}); scores: {Path(out) / 'scores.csv'}")
     terminal.run_guarded(go)
 

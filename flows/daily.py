@@ -22,7 +22,7 @@ from prefect.states import Completed, Running
 from pydantic import Field, create_model
 
 from musc import store
-from musc.store.catalog import DAY
+from musc.store.catalog import DAY, named_from
 from musc.outputs.evaluation import ANOMALOUS, threshold_text
 from musc.reference_pool.daily import (SCORE_DECIMALS, anomalous_parts, day_images, flagged_for_review,
                                        history_path, maps_markdown, ordered, parse_day, part_name, read_history,
@@ -91,18 +91,18 @@ def publish(day: DayView, folder: Path, review: str = "") -> None:
     numbers are rounded for reading (the raw values stay in scores.csv). ``review``: how the review
     stands (said in the artifacts' descriptions)."""
     record, summary = day.record, day.summary()
-    name = pool_name(record.pool["path"])
+    name = pool_name(record.pool_file)
     key = artifact_key("daily", name)
-    pool = Path(record.pool["path"]).name
+    pool = record.pool_file.name
     rows = with_thumbnails(day)
-    report = record.folder / DAY.report
+    report = named_from(record.folder / DAY.report, folder)  # the day's files named from its folder
     said = f"; review: {review}" if review else ""
     publish_artifact("table", key, table_rows(rows, folder),
                      f"Parts of {record.day} (pool {pool}): {summary['anomalous']} anomalous of "
                      f"{summary['count']}; anomalous at score >= {threshold_text(summary['threshold'], day.rule)}"
                      + (f"; {len(day.skipped)} not scored" if day.skipped else "") + f"{said}; report {report}")
-    history = review_counts(read_history(history_path(record.pool["path"])),
-                            per_day(verdict_history_path(record.pool["path"]), record.pool["id"]))
+    history = review_counts(read_history(history_path(record.pool_file)),
+                            per_day(verdict_history_path(record.pool_file), record.pool["id"]))
     maps = maps_markdown(summary, rows, day.rule, folder, record.folder / DAY.trend, day.skipped)
     reviews = verdicts_by_day_markdown(history)
     if reviews:  # the days' parts, flagged, confirmed and dismissed (the false alarms inspectors saw)
@@ -111,11 +111,11 @@ def publish(day: DayView, folder: Path, review: str = "") -> None:
                                                       f"(pool {pool}){said}")
     if review:
         return
-    emit_event(event=EVENT, resource={**pool_resource(record.pool["path"], record.pool["id"]), "musc.day": record.day,
+    emit_event(event=EVENT, resource={**pool_resource(record.pool_file, record.pool["id"]), "musc.day": record.day,
                                       "musc.anomalous": "true" if summary["anomalous"] else "false"},
                payload={**readable(summary), "threshold_rule": day.rule, "anomalous_parts": anomalous_parts(rows, folder),
-                        "not_scored": [part_name(path, folder) for path, _ in day.skipped],
-                        "report": str(report), "scores_csv": str(record.folder / DAY.scores)})
+                        "not_scored": [path for path, _ in day.skipped],
+                        "folder": str(folder), "report": report, "scores_csv": named_from(record.folder / DAY.scores, folder)})
 
 
 def no_parts(pool: str, day: str, folder: Path, why: str) -> dict:
@@ -170,12 +170,12 @@ def emit_verdicts(review: Review) -> str:
         rows = {row["part"]: row for row in review.day.rows}
         for verdict in review.recorded:
             emit_event(event=VERDICT_EVENTS[verdict.verdict],
-                       resource={**pool_resource(record.pool["path"], record.pool["id"]), "musc.day": record.day},
+                       resource={**pool_resource(record.pool_file, record.pool["id"]), "musc.day": record.day},
                        payload={"part": verdict.name, "identity": verdict.part, "day": record.day,
                                 "verdict": verdict.verdict, "note": verdict.note, "reviewer": verdict.reviewer,
                                 "score": round(float(rows[verdict.part]["score"]), SCORE_DECIMALS),
                                 "decision": str(rows[verdict.part]["decision"]),
-                                "scores_csv": str(record.folder / DAY.scores)})
+                                "scores_csv": str(record.folder / DAY.scores)})  # where musc review ran: its own path
         return (f"{len(review.recorded)} event(s) sent: "
                 f"{', '.join(sorted({VERDICT_EVENTS[v.verdict] for v in review.recorded}))}")
     except Exception as error:  # noqa: BLE001 - the verdicts are recorded; an event is a notice
@@ -193,7 +193,7 @@ def republish(review: Review) -> str:
     if not get_current_settings().api.url:
         return "the day's report and trend drawn again; its UI artifacts not published (no Prefect server configured)"
     try:
-        publish(review.day, Path(record.source), review=f"{len(review.recorded)} verdict(s) recorded by musc review")
+        publish(review.day, record.source_folder, review=f"{len(review.recorded)} verdict(s) recorded by musc review")
         return "the day's report, trend and UI artifacts published again"
     except Exception as error:  # noqa: BLE001 - the verdicts are recorded; the artifacts are a view
         return f"the day's UI artifacts not published: {str(error).splitlines()[0][:160] if str(error) else type(error).__name__}"
@@ -208,7 +208,7 @@ def ask_review(day: DayView, folder: Path, wait_s: int):
     named "Reviewed", or "Not reviewed" after ``wait_s`` seconds without an answer."""
     summary, logger = day.summary(), get_run_logger()
     flagged = [row for row in day.scored_rows() if row["decision"] == ANOMALOUS]
-    asked = [dict(row, name=part_name(row["path"], folder)) for row in flagged_for_review(day.scored_rows())
+    asked = [dict(row, name=part_name(row["file"], folder)) for row in flagged_for_review(day.scored_rows())
              if not row["verdict"]]
     if not asked:
         logger.info(f"{day.record.day}: every flagged part has a verdict already; nothing to review")

@@ -42,6 +42,12 @@ class Session:
 SESSION = Session()
 
 
+def shown(path: str | Path) -> str:
+    """A file as the terminal shows it: from the working directory when under it, else whole."""
+    whole = os.path.abspath(path)
+    return os.path.relpath(whole) if Path(whole).is_relative_to(os.getcwd()) else whole
+
+
 def prefect_environment() -> None:
     """Serverless (ephemeral) Prefect unless PREFECT_API_URL names a server; no telemetry."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -28,7 +28,8 @@ def day(tmp_path):
     for name, score, decision in (("b.png", 0.9, "anomalous"), ("a.png", 0.2, "normal"), ("c.png", 0.95, "anomalous")):
         overlay = folder / "musc/maps" / name
         Image.new("RGB", (1000, 400), (200, 30, 30)).save(overlay)
-        rows.append({"path": str(folder / name), "score": score, "decision": decision, "map_png": str(overlay)})
+        rows.append({"path": name, "score": score, "decision": decision, "map_png": f"maps/{name}",
+                     "file": folder / name, "map_file": overlay})  # a day's row (musc.reference_pool.day.view)
     rows[1]["thumbnail"] = "data:image/png;base64,AAAA"
     trend = folder / "musc/trend.png"
     Image.new("RGB", (900, 300), "white").save(trend)

@@ -53,12 +53,12 @@ def test_report_draws_a_days_outputs_again_from_its_artifacts(day):
     folder = scored.record.folder
     before = pd.read_csv(folder / "scores.csv")
     for row in scored.rows:
-        Path(row["map_png"]).unlink()
+        (folder / row["map_png"]).unlink()  # named from the results folder
     (folder / "scores.csv").unlink()
     rebuilt = cli("report", folder)
     assert rebuilt.exit_code == 0 and f"day: {folder / 'scores.csv'}" in rebuilt.stdout, rebuilt.output
     pd.testing.assert_frame_equal(pd.read_csv(folder / "scores.csv"), before)
-    assert all(Path(row["map_png"]).is_file() for row in scored.rows)
+    assert all(row["map_file"].is_file() for row in scored.rows)
 
 
 def test_clean_keeps_a_days_chain_and_removes_what_no_day_uses(day):

@@ -200,18 +200,21 @@ def test_score_new_refuses_a_backbone_file_that_is_not_the_pools(tmp_path):
 
     from conftest import DEMO_BACKBONE
     model = tmp_path / "vit.json"
-    shutil.copyfile(DEMO_BACKBONE, model)
+    model.write_text(Path(DEMO_BACKBONE).read_text() + "\n")  # a model of the user's (musc's own is found by its digest)
     recorded = backbone_settings(ExtractSettings(str(model), "none", 64, (0, 1), device="cpu"))
 
     class Pool:  # what pool_backbone reads of a pool
         path = tmp_path / "pool.h5"
         settings = PoolSettings("fabric", recorded, (1,))
-    assert pool_backbone(Pool, "cpu").backbone == str(model)  # the same file: accepted
+        model_files = []
+    assert recorded["backbone"] == "vit.json"  # its name and its digest, not where it lay
+    assert pool_backbone(Pool, "cpu").backbone == str(model)  # the same file, beside the pool: accepted
     model.write_text(model.read_text().replace('"width"', '"width" ', 1))  # edited in place
-    with pytest.raises(PoolError, match=r"^backbone: .*vit\.json is not the file the pool pool\.h5 was made with"):
+    with pytest.raises(ConfigError, match=r"^backbone: the pool pool\.h5 was made with vit\.json \(SHA-256 "
+                                          r"[0-9a-f]{12}\), found in none of .*vit\.json is another file; give"):
         pool_backbone(Pool, "cpu")
     model.unlink()
-    with pytest.raises(PoolError, match="no such file"):
+    with pytest.raises(ConfigError, match="found in none of .*--backbone PATH"):
         pool_backbone(Pool, "cpu")
 
 

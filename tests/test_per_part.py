@@ -231,6 +231,6 @@ def test_the_daily_flow_records_its_day_for_review(prefect_harness, clean_pool, 
     assert reviewed.exit_code == 0, reviewed.output
     history = pd.read_csv(tmp_path / "line3.verdicts.csv", keep_default_na=False)
     assert list(history[["pool_id", "day", "name", "verdict"]].itertuples(index=False, name=None)) == [
-        (PoolFile(pool).id, "2026-12-01", stained[0], "defect")]
+        (PoolFile(pool).id, "2026-12-01", Path(stained[0]).name, "defect")]  # named within its day's folder
     assert history["part"][0] == musc.store.file_digest(stained[0])
     assert "2026-12-01:" in reviewed.stdout and "flagged of 16 part(s)" in reviewed.stdout

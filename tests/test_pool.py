@@ -258,12 +258,12 @@ def test_daily_table_rows_are_rounded_and_named_within_the_day_folder(tmp_path):
     from musc.reference_pool.daily import anomalous_parts, readable, table_rows
     day = tmp_path / "incoming" / "2026-12-01"
     maps = day / "musc" / "maps"
-    rows = [{"path": str(day / "good_000.png"), "score": 0.41234567891, "decision": "normal",
-             "map_png": str(maps / "good_000.png")},
-            {"path": str(day / "hole_000.png"), "score": 0.9126229372799104, "decision": "anomalous",
-             "map_png": str(maps / "hole_000.png")},
-            {"path": str(tmp_path / "elsewhere" / "x.png"), "score": 0.5, "decision": "normal",
-             "map_png": str(tmp_path / "out" / "x.png")}]
+    rows = [{"file": day / "good_000.png", "score": 0.41234567891, "decision": "normal",
+             "map_file": maps / "good_000.png"},
+            {"file": day / "hole_000.png", "score": 0.9126229372799104, "decision": "anomalous",
+             "map_file": maps / "hole_000.png", "path": "hole_000.png", "map_png": "maps/hole_000.png"},
+            {"file": tmp_path / "elsewhere" / "x.png", "score": 0.5, "decision": "normal",
+             "map_file": tmp_path / "out" / "x.png"}]
     shown = table_rows(rows, day)
     assert shown[0] == {"part": "hole_000.png", "score": "0.9126", "decision": "anomalous", "verdict": "",
                         "map": "musc/maps/hole_000.png"}  # anomalous first
@@ -271,8 +271,8 @@ def test_daily_table_rows_are_rounded_and_named_within_the_day_folder(tmp_path):
     assert [r["score"] for r in shown] == ["0.9126", "0.5000", "0.4123"]
     assert not any(str(tmp_path) in value for row in shown for value in row.values())  # no worker paths
     parts = anomalous_parts(rows, day)
-    assert parts == [{"part": "hole_000.png", "path": str(day / "hole_000.png"), "score": 0.9126,
-                      "map_png": str(maps / "hole_000.png")}]
+    assert parts == [{"part": "hole_000.png", "path": "hole_000.png", "score": 0.9126,  # as scores.csv names them
+                      "map_png": "maps/hole_000.png"}]
     summary = {"day": "2026-12-01", "count": 3, "anomalous": 1, "anomalous_rate": 1 / 3,
                "score_q50": 0.41234567891, "score_max": 0.9126229372799104, "threshold": 0.7012345678,
                "pool_size": 20}

@@ -112,7 +112,7 @@ def test_two_parts_seen_at_one_path_are_two_parts(day, tiny_dataset):
     second = score_new_images(pool, [camera], results, DecisionRule(threshold=threshold), day="2026-12-01")
     rows = [row for row in second.rows if row["path"] == str(camera)]
     assert {row["part"] for row in rows} == {first_part, file_digest(camera)} and len(rows) == 2
-    assert rows[0]["map_png"] != rows[1]["map_png"] and all(Path(row["map_png"]).is_file() for row in rows)
+    assert rows[0]["map_png"] != rows[1]["map_png"] and all((results / row["map_png"]).is_file() for row in rows)
     ambiguous = cli("review", results, "--defect", str(camera))
     assert ambiguous.exit_code == 2 and "2 parts of 2026-12-01 were seen at this path" in ambiguous.stderr
     assert ambiguous.stderr.count("\n") == 1

@@ -39,16 +39,82 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+LOCAL_FILES = ("backbone", "pretrained")  # settings that may name a local model or checkpoint file
+MODELS_VARIABLE = "MUSC_MODELS"  # folders (os.pathsep between) where recorded model files are looked for
+
+
 def backbone_settings(settings: ExtractSettings) -> dict:
     """What decides the extracted tokens: the backbone fields of the settings, the precision the
-    device implies, and the content digest of any local model or checkpoint file."""
+    device implies and, for a local model or checkpoint file, its content digest with its file
+    name: not its path, so that artifacts and pools keep their identity when the file moves
+    (``model_file`` finds it again by its digest)."""
     chosen = settings.recorded()
     on_cuda = settings.device.startswith("cuda") or (settings.device == "auto" and cuda_available())
     chosen["precision"] = "fp16-autocast" if on_cuda else "fp32"
-    for name in ("backbone", "pretrained"):
-        if Path(chosen[name]).is_file():  # a local file: its content decides, not its name
+    for name in LOCAL_FILES:
+        if Path(chosen[name]).is_file():  # a local file: its content decides, not where it lies
             chosen[f"{name}_sha256"] = file_digest(chosen[name])
+            chosen[name] = Path(chosen[name]).name
     return chosen
+
+
+def model_files(settings: ExtractSettings, folder: str | Path) -> str:
+    """Where the settings' local model files lie, named from ``folder`` (a JSON list, recorded beside
+    an artifact's or a pool's key: a hint for ``model_file``, which trusts only the digest)."""
+    from ..store.catalog import named_from
+    return json.dumps([named_from(os.path.abspath(getattr(settings, name)), folder) for name in LOCAL_FILES
+                       if Path(getattr(settings, name)).is_file()])
+
+
+def recorded_model_files(value: str | None, folder: str | Path) -> list[Path]:
+    """The files a ``model_files`` record names, from ``folder`` (none where nothing was recorded)."""
+    from ..store.catalog import named_in
+    try:
+        return [named_in(name, folder) for name in json.loads(value or "[]")]
+    except (TypeError, ValueError):
+        return []
+
+
+def model_file(setting: str, recorded: str, sha256: str, places=(), made: str = "the pool") -> str:
+    """The local file a recorded model or checkpoint (its name, or an older record's path, and its
+    SHA-256) is now: the first file of that content among ``places`` (files, or folders holding it,
+    under its name or another), the recorded path itself, the folders in $MUSC_MODELS and the models
+    shipped with musc. ConfigError in one line naming the setting, the file and where it looked."""
+    name = Path(recorded).name
+    folders = [*places, *(p for p in os.environ.get(MODELS_VARIABLE, "").split(os.pathsep) if p),
+               Path(DEMO_BACKBONE).parent]
+    others = []
+    for candidate in _candidates(recorded, name, folders, len(places)):
+        try:
+            if file_digest(candidate) == sha256:
+                return str(candidate)
+        except OSError:
+            continue
+        if candidate.name == name:
+            others.append(str(candidate))
+    looked = ", ".join(dict.fromkeys(str(p) for p in [*places[:3], recorded, f"${MODELS_VARIABLE}"]))
+    differing = f"; {others[0]} is another file" if others else ""
+    raise ConfigError(f"{setting}: {made} was made with {name} (SHA-256 {sha256[:12]}), found in none of "
+                      f"{looked}{differing}; give the file (or a folder holding it) with --{setting} PATH, or "
+                      f"name its folder in {MODELS_VARIABLE}")
+
+
+def _candidates(recorded: str, name: str, places, given: int):
+    """Files that may be the recorded one: ``given`` places first, then the recorded path, then the
+    other folders; a folder's file of the name first, then its other files of the same suffix."""
+    for index, place in enumerate(places):
+        if index == given:
+            yield Path(recorded)
+        place = Path(place)
+        if place.is_file():
+            yield place
+        elif place.is_dir():
+            yield place / name
+            try:
+                yield from sorted(p for p in place.iterdir() if p.suffix == Path(name).suffix and p.name != name
+                                  and p.is_file())
+            except OSError:
+                continue
 
 
 def clip_config(model: str) -> tuple[str, dict[str, Any]]:

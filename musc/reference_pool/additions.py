@@ -16,7 +16,7 @@ from ..store import artifact_lock, clear_temporary_files, open_artifact
 from .day import DayError, load_day
 from .pool import (DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings, check_addition, now, open_pool,
                    write_pool)
-from .runs import run_images
+from .runs import run_images, run_model_files
 from .verdicts import standing, verdict_history_path
 
 
@@ -41,12 +41,12 @@ def add_run_to_pool(pool_path: str | Path, run: str | Path, include_flagged: boo
     the pool."""
     _check_bound(max_images)
     settings, images, digest, left_out = run_images(run, include_flagged)
-    kept = _append(pool_path, settings, images, max_images, {"last_run": digest})
+    kept = _append(pool_path, settings, images, max_images, {"last_run": digest}, model_files=run_model_files(run))
     return Addition(len(images), kept.count, left_out, kept.dropped)
 
 
 def _append(pool_path: str | Path, settings: PoolSettings, images: Images, max_images: int | None,
-            inputs: dict[str, str], expected_id: str | None = None):
+            inputs: dict[str, str], expected_id: str | None = None, model_files: Sequence[Path] = ()):
     pool_path = Path(pool_path).resolve()  # a pool reached through a symlink: its target is written
     with artifact_lock(pool_path):  # two additions at once: the second waits and adds to the first's pool
         clear_temporary_files(pool_path)  # what a killed addition left
@@ -58,7 +58,7 @@ def _append(pool_path: str | Path, settings: PoolSettings, images: Images, max_i
         if pool is not None:  # the pool's own record of how it scores (precision) stays
             settings = pool.settings
         return write_pool(pool_path, settings, ([pool.images()] if pool else []) + [images], bound, inputs,
-                          pool_id=pool.id if pool else None)
+                          pool_id=pool.id if pool else None, model_files=[*(pool.model_files if pool else []), *model_files])
 
 
 def remove_from_pool(pool_path: str | Path, parts: Sequence[str], why: str) -> list[str]:
@@ -78,7 +78,7 @@ def remove_from_pool(pool_path: str | Path, parts: Sequence[str], why: str) -> l
                          [every.sources[i] for i in keep])
         gone = [name for name, digest in zip(pool.names, pool.digests) if digest in leaving]
         write_pool(pool_path, pool.settings, [staying], pool.max_images, {"removed": ",".join(sorted(leaving))},
-                   pool_id=pool.id)
+                   pool_id=pool.id, model_files=pool.model_files)
     return [f"{name} ({why})" for name in gone]
 
 
@@ -102,11 +102,11 @@ def add_day_to_pool(pool_path: str | Path, folder: str | Path, max_images: int |
                         f"{record.day} are {record.category!r} (one pool per category)")
     if pool.id != record.pool["id"]:
         raise PoolError(f"{pool_path}: not the pool {record.day} was scored against (identity {pool.id[:12]}, the "
-                        f"day's {record.pool['id'][:12]} at {record.pool['path']}); a day's parts join the pool "
+                        f"day's {record.pool['id'][:12]} at {record.pool_file}); a day's parts join the pool "
                         "they were scored and reviewed against")
     day = view(record)
     verdicts = {}  # the standing verdicts: in the history beside the pool the day names, and this one's (a copy)
-    for history in dict.fromkeys([verdict_history_path(record.pool["path"]), verdict_history_path(pool_path)]):
+    for history in dict.fromkeys([verdict_history_path(record.pool_file), verdict_history_path(pool_path)]):
         table = standing(history, pool.id)
         verdicts.update(zip(table["part"], table["verdict"]))
     first = {}

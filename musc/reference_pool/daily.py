@@ -219,8 +219,8 @@ SCORE_DECIMALS = 4  # how a part's score reads in the UI and the event (scores.c
 
 
 def part_name(path: str | Path, folder: str | Path) -> str:
-    """A file of the day as people read it: relative to the day's folder (the worker's absolute
-    path stays in scores.csv); a file elsewhere by its name."""
+    """A file of the day (a row's ``file`` or ``map_file``) as people read it: relative to the day's
+    folder; a file elsewhere by its name."""
     path, folder = Path(path).resolve(), Path(folder).resolve()
     return str(path.relative_to(folder)) if path.is_relative_to(folder) else path.name
 
@@ -228,9 +228,9 @@ def part_name(path: str | Path, folder: str | Path) -> str:
 def table_rows(rows: Sequence[dict], folder: str | Path) -> list[dict[str, str]]:
     """The day's table at a glance, anomalous parts first: part and map relative to the day's
     folder, the score with 4 decimals, the decision and the inspectors' verdict."""
-    return [{"part": part_name(row["path"], folder), "score": f"{row['score']:.{SCORE_DECIMALS}f}",
+    return [{"part": part_name(row["file"], folder), "score": f"{row['score']:.{SCORE_DECIMALS}f}",
              "decision": row["decision"], "verdict": row.get("verdict") or "",
-             "map": part_name(row["map_png"], folder)} for row in ordered(rows)]
+             "map": part_name(row["map_file"], folder)} for row in ordered(rows)]
 
 
 def readable(summary: dict[str, Any]) -> dict[str, Any]:
@@ -242,9 +242,9 @@ def readable(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def anomalous_parts(rows: Sequence[dict], folder: str | Path) -> list[dict[str, Any]]:
-    """The parts judged anomalous, for the event: the part's name (relative to the day's folder),
-    its file and map, its score with 4 decimals; highest score first."""
-    return [{"part": part_name(row["path"], folder), "path": str(row["path"]),
+    """The parts judged anomalous, for the event: the part's name (relative to the day's folder), its
+    file and map as scores.csv names them, its score with 4 decimals; highest score first."""
+    return [{"part": part_name(row["file"], folder), "path": str(row["path"]),
              "score": round(float(row["score"]), SCORE_DECIMALS), "map_png": str(row["map_png"])}
             for row in ordered(rows) if row["decision"] == ANOMALOUS]
 
@@ -254,7 +254,7 @@ def not_scored_markdown(skipped: Sequence[tuple[str, str]], folder: str | Path) 
     if not skipped:
         return []
     return ["## Not scored", "", "| part | why |", "|---|---|",
-            *(f"| {part_name(path, folder)} | {why.removeprefix(f'{path}: ')} |" for path, why in skipped), ""]
+            *(f"| {path} | {why.removeprefix(f'{path}: ')} |" for path, why in skipped), ""]
 
 
 def write_day_outputs(day) -> Path:
@@ -264,8 +264,8 @@ def write_day_outputs(day) -> Path:
     from .verdicts import per_day, verdict_history_path
     record = day.record
     summary = day.summary()
-    history = review_counts(append_history(history_path(record.pool["path"]), summary),
-                            per_day(verdict_history_path(record.pool["path"]), record.pool["id"]))
+    history = review_counts(append_history(history_path(record.pool_file), summary),
+                            per_day(verdict_history_path(record.pool_file), record.pool["id"]))
     trend = plot_trends(history, record.folder / DAY.trend)
     return write_day_report(record.folder, summary, day.rows, day.rule, trend, history, day.skipped)
 
@@ -287,10 +287,9 @@ def write_day_report(folder: str | Path, summary: dict[str, Any], rows: Sequence
                and history[["confirmed", "dismissed"]].to_numpy().any() else []),
              "## Parts (anomalous first)", "", "The heat maps share one colour scale for the day.", "",
              "| path | score | decision | verdict | map |", "|---|---|---|---|---|"]
-    for row in ordered(rows):
-        relative = Path(row["map_png"]).relative_to(folder) if Path(row["map_png"]).is_relative_to(folder) else row["map_png"]
+    for row in ordered(rows):  # the report lies beside scores.csv: its maps as scores.csv names them
         lines.append(f"| {row['path']} | {row['score']:.4f} | {row['decision']} | {row.get('verdict') or ''} | "
-                     f"![map]({relative}) |")
+                     f"![map]({row['map_png']}) |")
     report = folder / DAY.report
     atomic_write_text(report, "\n".join(lines) + "\n")
     markdown_page(report, f"Parts of {summary['day']}")
@@ -305,8 +304,8 @@ REVIEW_PARTS = 24  # flagged parts a review form holds, highest score first; mus
 def overlay_uri(row: dict) -> str:
     """A part's overlay PNG (maps/) scaled down, as a palette PNG data URI: read and encoded once per
     process while the file stays the same (the day's artifact and its review form share it)."""
-    stat = Path(row["map_png"]).stat()
-    return _overlay_uri(str(row["map_png"]), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    stat = Path(row["map_file"]).stat()
+    return _overlay_uri(str(row["map_file"]), stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=512)
@@ -328,8 +327,8 @@ def maps_markdown(summary: dict[str, Any], rows: Sequence[dict], rule: str, fold
     if flagged:
         lines += ["## Flagged parts", "", "| part | score | threshold | decision | picture and heat map |",
                   "|---|---|---|---|---|"]
-        lines += [f"| {part_name(row['path'], folder)} | **{row['score']:.{SCORE_DECIMALS}f}** | "
-                  f"{summary['threshold']:.6g} | **{ANOMALOUS}** | ![{part_name(row['path'], folder)}]"
+        lines += [f"| {part_name(row['file'], folder)} | **{row['score']:.{SCORE_DECIMALS}f}** | "
+                  f"{summary['threshold']:.6g} | **{ANOMALOUS}** | ![{part_name(row['file'], folder)}]"
                   f"({overlay_uri(row)}) |" for row in flagged]
         lines.append("")
     if trend_png and Path(trend_png).is_file():
@@ -338,7 +337,7 @@ def maps_markdown(summary: dict[str, Any], rows: Sequence[dict], rule: str, fold
     others = [row for row in ordered(rows) if id(row) not in shown and "thumbnail" in row]
     if others:
         lines += ["## Other parts", "", "| part | score | decision | heat map |", "|---|---|---|---|"]
-        lines += [f"| {part_name(row['path'], folder)} | {row['score']:.{SCORE_DECIMALS}f} | {row['decision']} | "
+        lines += [f"| {part_name(row['file'], folder)} | {row['score']:.{SCORE_DECIMALS}f} | {row['decision']} | "
                   f"![map]({row['thumbnail']}) |" for row in others]
     return "\n".join(lines) + "\n"
 
@@ -359,7 +358,7 @@ def review_markdown(summary: dict[str, Any], asked: Sequence[dict], flagged: int
              "left *not reviewed* records nothing. The verdicts go to the pool's verdict history, as "
              f"`musc review {results}` records them.", ""]
     for i, row in enumerate(asked, 1):  # one below the other: the form's dialog is narrow
-        name = part_name(row["path"], folder)
+        name = part_name(row["file"], folder)
         lines += [f"**{i}. {name}**: score **{row['score']:.{SCORE_DECIMALS}f}**", "", f"![{name}]({overlay_uri(row)})", ""]
     if flagged > len(asked):
         lines += ["", f"{flagged - len(asked)} more flagged part(s), reviewed already or of lower scores: "

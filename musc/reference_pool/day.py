@@ -7,6 +7,12 @@ the day, the pool (identity, path, digest) and its category, the artifacts root,
 day, a camera writing ``cam/part.png`` again and again), the parts not scored and why, and the
 walk's artifacts: each part's features and pool_score artifact, the day's decide artifact.
 
+Every path in the record and the outputs is named as ``store.catalog.named_from`` names paths, so
+that a day's folder travels: the artifacts root, the pool and a daily day's images folder relative
+to the results folder (absolute only where a person gave them so, outside it); a part by its path
+relative to its day's folder (the daily run's folder of images; score-new's results folder); a map
+relative to the results folder.
+
 Everything else in the folder is an output drawn from the artifacts and the pool's verdict
 history (``write_views``, rebuilt by ``musc report DAY`` and after each review): ``scores.csv``
 (one row per sighting: path, part, score, decision, verdict, map_png), the overlays in ``maps/``
@@ -16,6 +22,7 @@ history (``write_views``, rebuilt by ``musc report DAY`` and after each review):
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,13 +32,13 @@ import pandas as pd
 
 from ..outputs.evaluation import ANOMALOUS, decision_words
 from ..store import ArtifactError, atomic_output, atomic_write_text, open_artifact
-from ..store.catalog import DAY, derived_name, leftover_writes
+from ..store.catalog import DAY, derived_name, leftover_writes, named_from, named_in
 from .errors import PoolError
 from .verdicts import standing, verdict_history_path
 
 DAY_RECORD, SCORES_CSV, MAPS = DAY.record, DAY.scores, DAY.maps
 SCORES_COLUMNS = ("path", "part", "score", "decision", "verdict", "map_png")
-RECORD_FORMAT = 2
+RECORD_FORMAT = 3  # 3: every path named relative (store.catalog.named_from)
 OVERLAY_KEY = "musc-overlay"  # PNG text: what an overlay was drawn from (drawn again only when it changes)
 
 
@@ -43,9 +50,9 @@ class DayError(PoolError):
 class DayRecord:
     folder: Path
     day: str
-    pool: dict[str, str]                                   # id, path (as given), digest (as last scored)
+    pool: dict[str, str]                                   # id, path (named_from the folder), digest (as last scored)
     category: str
-    artifacts: str                                         # relative to the folder when inside it
+    artifacts: str                                         # the artifacts root, named_from the folder
     seen: list[dict[str, str]] = field(default_factory=list)        # {"name", "part"}, in order
     not_scored: list[dict[str, str]] = field(default_factory=list)  # {"name", "why"}
     decide: str | None = None                              # relative to the artifacts root
@@ -56,8 +63,30 @@ class DayRecord:
     @property
     def root(self) -> Path:
         """The artifacts root."""
-        root = Path(self.artifacts)
-        return root if root.is_absolute() else self.folder / root
+        return named_in(self.artifacts, self.folder)
+
+    @property
+    def pool_file(self) -> Path:
+        """The pool the day was scored against."""
+        return named_in(self.pool["path"], self.folder)
+
+    @property
+    def source_folder(self) -> Path | None:
+        """A daily run's folder of the day's images."""
+        return named_in(self.source, self.folder) if self.source else None
+
+    @property
+    def parts_folder(self) -> Path:
+        """The folder a part's name is relative to: a daily run's folder of images, else the results folder."""
+        return self.source_folder or self.folder
+
+    def name_of(self, path: str | Path) -> str:
+        """A part's name in the record and the outputs: its file relative to its day's folder."""
+        return named_from(path, self.parts_folder)
+
+    def file_of(self, name: str) -> Path:
+        """The file a part's name names (absolute, for reading from any working directory)."""
+        return Path(os.path.abspath(named_in(name, self.parts_folder)))
 
     def see(self, name: str, part: str) -> None:
         if {"name": name, "part": part} not in self.seen:
@@ -90,12 +119,6 @@ class DayRecord:
             return cls(folder=folder, **values)
         except TypeError as error:
             raise DayError(f"{path}: not a day's record ({error})") from None
-
-
-def relative(path: str | Path, root: Path) -> str:
-    """A path under ``root`` as written in the record (relative), else as it is."""
-    path = Path(path)
-    return str(path.relative_to(root)) if path.is_absolute() and path.is_relative_to(root) else str(path)
 
 
 @dataclass
@@ -134,7 +157,7 @@ def view(record: DayRecord) -> DayView:
     scores = np.asarray(decided.read("scores"), dtype=np.float64)
     words = decision_words(np.asarray(decided.read("decisions")) == 1)
     by_part = {part: (float(score), str(word)) for part, score, word in zip(parts, scores, words)}
-    verdicts = standing(verdict_history_path(record.pool["path"]), record.pool["id"])
+    verdicts = standing(verdict_history_path(record.pool_file), record.pool["id"])
     verdict_of = dict(zip(verdicts["part"], verdicts["verdict"]))
     rows = []
     for sighting in record.seen:
@@ -142,9 +165,12 @@ def view(record: DayRecord) -> DayView:
         if part not in by_part:
             continue
         score, decision = by_part[part]
+        overlay = f"{MAPS}/{overlay_name(sighting['name'], part)}"  # named from the results folder
         rows.append({"path": sighting["name"], "part": part, "score": score, "decision": decision,
-                     "verdict": verdict_of.get(part, ""),
-                     "map_png": str(record.folder / MAPS / overlay_name(sighting["name"], part))})
+                     "verdict": verdict_of.get(part, ""), "map_png": overlay,
+                     # not in scores.csv: the files themselves, from any working directory
+                     "file": record.file_of(sighting["name"]),
+                     "map_file": Path(os.path.abspath(named_in(overlay, record.folder)))})
     low, high = (float(v) for v in json.loads(decided.attrs["map_range"]))
     evidence = json.loads(decided.attrs["evidence"]) if "evidence" in decided.attrs else None
     return DayView(record, rows, float(decided.attrs["threshold"]), str(decided.attrs["threshold_rule"]),
@@ -188,7 +214,7 @@ def _draw_overlays(day: DayView) -> None:
         artifacts = day.record.parts[row["part"]]
         signature = json.dumps([artifacts["pool_score"], artifacts["features"], low, high, row["score"],
                                 row["decision"], Path(row["path"]).name])
-        target = Path(row["map_png"])
+        target = row["map_file"]
         try:
             with Image.open(target) as drawn:
                 if drawn.info.get(OVERLAY_KEY) == signature:

@@ -20,8 +20,8 @@ from typing import Any, Iterator, Sequence
 from ..stages import LineRun, Part, build_all
 from ..stages.building import built
 from ..store import ArtifactError, artifact_lock, file_digest, mark_artifacts_root
-from ..store.catalog import DAY
-from .day import DAY_RECORD, DayError, DayRecord, DayView, relative, view, write_views
+from ..store.catalog import DAY, named_from
+from .day import DAY_RECORD, DayError, DayRecord, DayView, view, write_views
 from .pool import PoolError, PoolFile, open_pool
 from .rule import DecisionRule
 from .verdicts import evidence
@@ -71,11 +71,12 @@ def day_lock(folder: Path) -> Iterator[None]:
 
 def prepare(pool_path: str | Path, images: Sequence[str | Path], out: str | Path, rule: DecisionRule = DecisionRule(),
             day: str | None = None, artifacts: str | Path | None = None, device: str = "auto",
-            source: str | Path | None = None) -> tuple[LineRun, DayRecord]:
+            source: str | Path | None = None, models=()) -> tuple[LineRun, DayRecord]:
     """Before any work: the output folder, the pool (one of the day's, if it has one), the rule
     (the reviewed rule's verdicts read now); then the images named by content and added to the
     day's record. ``source``: a daily run's folder of the day's images (the day then gets a report
-    and a trend, and its parts are named relative to it). Returns the walk's run (every part of the
+    and a trend, and its parts are named relative to it). ``models``: files or folders where the pool's model
+    files may be now (moved since the pool was made). Returns the walk's run (every part of the
     day: earlier calls' too, so that the day's decisions share one threshold and one colour scale)
     and the record."""
     pool = open_pool(pool_path)
@@ -88,26 +89,27 @@ def prepare(pool_path: str | Path, images: Sequence[str | Path], out: str | Path
     with day_lock(out):
         record = DayRecord.load(out)
         if record is not None and record.pool["id"] != pool.id:
-            raise DayError(f"out: {out} holds a day scored against another pool ({Path(record.pool['path']).name}, "
+            raise DayError(f"out: {out} holds a day scored against another pool ({record.pool_file.name}, "
                            f"identity {record.pool['id'][:12]}); give each pool's parts a folder of their own")
         if record is None:
             root = Path(artifacts) if artifacts else out / DAY.artifacts
-            record = DayRecord(out, day or out.resolve().name, {}, pool.settings.category,
-                               relative(root.resolve(), out.resolve()))
+            record = DayRecord(out, day or out.resolve().name, {}, pool.settings.category, named_from(root, out))
         elif day is not None and record.day != day:
             raise DayError(f"out: {out} holds the day {record.day}, not {day}; give each day a folder of its own")
-        record.pool = {"id": pool.id, "path": str(Path(pool_path).resolve()), "digest": pool.digest}
+        record.pool = {"id": pool.id, "path": named_from(pool_path, out), "digest": pool.digest}
         if source is not None:
-            record.daily, record.source = True, str(source)
+            record.daily, record.source = True, named_from(source, out)
         for name, part in parts.items():
-            record.see(name, part.digest)
+            record.see(record.name_of(name), part.digest)
         record.save()
     mark_artifacts_root(record.root)
     known = {part.digest: part for part in parts.values()}
     for seen in record.seen:  # earlier calls' parts: read from where they were seen, if needed at all
-        known.setdefault(seen["part"], Part(seen["part"], seen["name"], (seen["name"],)))
-    run = LineRun(tuple(known.values()), pool.ref(), pool.settings.category, rule, learnt, str(record.root), device)
-    record.not_scored = [{"name": name, "why": why} for name, why in unreadable]
+        known.setdefault(seen["part"], Part(seen["part"], str(record.file_of(seen["name"])), (seen["name"],)))
+    run = LineRun(tuple(known.values()), pool.ref(), pool.settings.category, rule, learnt, str(record.root), device,
+                  tuple(str(m) for m in models))
+    record.not_scored = [{"name": record.name_of(name), "why": why.replace(name, record.name_of(name), 1)}
+                         for name, why in unreadable]
     return run, record
 
 
@@ -128,8 +130,8 @@ def conclude(run: LineRun, record: DayRecord, refs: dict[str, Any]) -> DayView:
             for kind in ("features", "pool_score"):
                 for ref in refs.get(kind, []):
                     if built(ref):
-                        current.parts.setdefault(ref["part"], {})[kind] = relative(ref["path"], root)
-            current.decide = relative(refs["decide"]["path"], root) if refs.get("decide") else None
+                        current.parts.setdefault(ref["part"], {})[kind] = named_from(ref["path"], root)
+            current.decide = named_from(refs["decide"]["path"], root) if refs.get("decide") else None
             current.not_scored = not_scored
             current.pool = dict(run.pool, path=record.pool["path"])
             current.save()
@@ -173,12 +175,12 @@ def none_scored(run: LineRun, record: DayRecord) -> Exception:
 
 def score_new_images(pool_path: str | Path, images: Sequence[str | Path], out: str | Path,
                      rule: DecisionRule = DecisionRule(), device: str = "auto", day: str | None = None,
-                     artifacts: str | Path | None = None) -> DayView:
+                     artifacts: str | Path | None = None, models=()) -> DayView:
     """Score each new image against the pool only, with the pool's settings (as it would score in
     one batch made of the pool and itself; the other new images never vote), and decide: the
     stages built here in plain Python (``prepare``, ``build_all``, ``conclude``). The outputs go to
     ``out`` (scores.csv, maps/, day.json); the artifacts to ``artifacts`` (default ``out/artifacts``)."""
-    run, record = prepare(pool_path, images, out, rule, day, artifacts, device)
+    run, record = prepare(pool_path, images, out, rule, day, artifacts, device, models=models)
     return conclude(run, record, build_all(run))
 
 

@@ -11,6 +11,7 @@ pool's part size. Images made otherwise are refused, never mixed in.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 import uuid
@@ -24,7 +25,9 @@ import numpy as np
 import torch
 
 from ..store import open_artifact, write_artifact
+from ..store.naming import link
 from ..store.schema import stage_schema
+from ..inputs.backbone_spec import recorded_model_files
 from ..inputs.config import ScoreSettings
 from ..method.blocks import image_blocks, tile_sets
 from ..method.tiling import ImageTiling
@@ -171,6 +174,7 @@ class PoolFile:
                         if "sources" in handle else ["unrecorded"] * len(self.names))
         self.self_scores = handle["self_scores"][()]
         self.feature_shape = tuple(handle[f"features_r{self.settings.r_list[0]}"].shape[2:])
+        self.model_files = recorded_model_files(artifact.attrs.get("model_files"), self.path.parent)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -272,11 +276,13 @@ class Kept(NamedTuple):
 
 
 def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images], max_images: int,
-               inputs: dict[str, str], calibrate: bool = True, pool_id: str | None = None) -> Kept:
+               inputs: dict[str, str], calibrate: bool = True, pool_id: str | None = None,
+               model_files: Sequence[str | Path] = ()) -> Kept:
     """Write the pool made of ``parts`` in order (oldest first), keeping the newest ``max_images``;
     streamed image by image, then calibrated (leave-one-out scores; ``calibrate=False`` leaves them
     empty: a fixed threshold is then needed). ``pool_id``: the pool's identity (a pool written anew:
-    a new one). Returns what was kept and dropped."""
+    a new one). ``model_files``: where its model files lay (a hint beside their digests, named from the
+    pool's folder). Returns what was kept and dropped."""
     check_pool_path(path)
     if max_images < 1:
         raise PoolError(f"max_images: must be at least 1, got {max_images}")
@@ -310,7 +316,9 @@ def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images]
                     "digests": np.array([p.digests[i] for p, i in owners] or [], dtype=object),
                     "added": np.array([p.added[i] for p, i in owners], dtype=np.float64),
                     "sources": np.array([p.sources[i] for p, i in owners] or [], dtype=object)},
-                   attrs={"pool_id": pool_id or new_pool_id()}, code_version=stage_schema("pool").code_version,
+                   attrs={"pool_id": pool_id or new_pool_id(), "model_files": json.dumps(list(dict.fromkeys(
+                       link(file, Path(path).parent) for file in model_files if Path(file).is_file())))},
+                   code_version=stage_schema("pool").code_version,
                    fill=fill)
     return Kept(len(owners), dropped)
 
@@ -354,20 +362,17 @@ def now(count: int) -> np.ndarray:
     return np.full(count, time.time())
 
 
-def pool_backbone(pool: PoolFile, device: str):
-    """The extraction settings of the pool's images (``ExtractSettings``), refused (one line naming
-    both) when the model or weights file now at the recorded path is not the one the pool was made
-    with (edited since, or a relative path that now finds another file)."""
-    from ..inputs.backbone_spec import backbone_settings
+def pool_backbone(pool: PoolFile, device: str, places=()):
+    """The extraction settings of the pool's images (``ExtractSettings``), with each local model or
+    checkpoint file found by the digest the pool recorded (``model_file``): among ``places`` (files
+    or folders a person named), at the recorded path, beside the pool, in $MUSC_MODELS; refused in
+    one line naming the file when none has that content."""
+    from ..inputs.backbone_spec import LOCAL_FILES, model_file
     from ..inputs.config import ExtractSettings
-    recorded = pool.settings.features
-    settings = ExtractSettings.from_recorded(recorded, device=device, batch_size=4)
-    now = backbone_settings(settings)
-    for name in ("backbone", "pretrained"):
-        key = f"{name}_sha256"
-        if recorded.get(key) != now.get(key):
-            found = now.get(key) or "no such file"
-            raise PoolError(f"{name}: {settings.__dict__[name]} is not the file the pool {pool.path.name} was made "
-                            f"with (SHA-256 {str(recorded.get(key))[:12]} in the pool, {found[:12]} now); score with "
-                            f"that file, or build a pool with this one")
-    return settings
+    recorded = dict(pool.settings.features)
+    for name in LOCAL_FILES:
+        digest = recorded.get(f"{name}_sha256")
+        if digest:
+            recorded[name] = model_file(name, recorded[name], digest, (*places, *pool.model_files, pool.path.parent),
+                                        made=f"the pool {pool.path.name}")
+    return ExtractSettings.from_recorded(recorded, device=device, batch_size=4)

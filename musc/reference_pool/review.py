@@ -70,7 +70,7 @@ def resolve(record: DayRecord, name: str) -> tuple[str, str]:
             return chosen
     target = Path(name).expanduser()
     if target.exists():
-        same = [s for s in scored if Path(s["name"]).exists() and Path(s["name"]).resolve() == target.resolve()]
+        same = [s for s in scored if (seen := record.file_of(s["name"])).exists() and seen.resolve() == target.resolve()]
         chosen = one(same, "were seen at this file")
         if chosen:
             return chosen
@@ -84,7 +84,7 @@ def resolve(record: DayRecord, name: str) -> tuple[str, str]:
 def day_pool(record: DayRecord, pool: str | Path | None = None) -> PoolFile:
     """The pool a day was scored against: at the path the day records, or ``pool`` (the same pool,
     moved or copied); ReviewError when it is not there or is another pool (another identity)."""
-    path = Path(pool) if pool is not None else Path(record.pool["path"])
+    path = Path(pool) if pool is not None else record.pool_file
     try:
         found = open_pool(path)
     except ArtifactError as error:

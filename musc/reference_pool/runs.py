@@ -25,6 +25,13 @@ def planned_settings(run) -> PoolSettings:
                         None if tiling is None else (tiling.height, tiling.width))
 
 
+def run_model_files(run: str | Path) -> list[Path]:
+    """Where a scored run's model files lay when it extracted (its extract artifact's hint)."""
+    from ..inputs.backbone_spec import recorded_model_files
+    extract = run_lineage(evaluation_in(run))[2]
+    return recorded_model_files(extract.attrs.get("model_files"), extract.path.parent)
+
+
 def run_images(run: str | Path, include_flagged: bool = False
                ) -> tuple[PoolSettings, Images, str, list[tuple[str, str]]]:
     """What a scored run would put in a pool: its settings, its images with their features (their

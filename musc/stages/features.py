@@ -36,13 +36,13 @@ def settings_of(pool) -> dict:
 def plans(run) -> list[Plan]:
     from ..reference_pool.pool import open_pool
     pool = open_pool(run.pool["path"], run.pool["digest"])
-    return [plan(part, pool, run.artifacts, run.device) for part in run.parts]
+    return [plan(part, pool, run.artifacts, run.device, run.models) for part in run.parts]
 
 
-def plan(part, pool, artifacts: str, device: str = "auto") -> Plan:
+def plan(part, pool, artifacts: str, device: str = "auto", models: tuple[str, ...] = ()) -> Plan:
     key = StageKey("features", settings_of(pool), {"image": part.digest})
     path = store.artifact_path(artifacts, store.catalog.LINE, pool.settings.category, "features", key.value)
-    return Plan(key, str(path), f"features {Path(part.path).name}", Needs(part, pool.ref(), device), build,
+    return Plan(key, str(path), f"features {Path(part.path).name}", Needs(part, pool.ref(), device, tuple(models)), build,
                 subject=part.digest)
 
 
@@ -51,15 +51,16 @@ class Needs:
     part: object        # a graph.Part: its identity, file and names
     pool: dict          # PoolFile.ref(): path, identity, digest
     device: str = "auto"
+    models: tuple[str, ...] = ()  # where the pool's model files may be now (pool_backbone)
 
 
 @functools.lru_cache(maxsize=4)
-def _backbone(pool_path: str, pool_digest: str, device: str):
-    """The pool's backbone (its model and weights files checked against the pool's record), loaded
-    once per process."""
+def _backbone(pool_path: str, pool_digest: str, device: str, models: tuple[str, ...] = ()):
+    """The pool's backbone (its model and weights files found by the pool's record of them),
+    loaded once per process."""
     from ..inputs.backbones import backbone_for
     from ..reference_pool.pool import open_pool, pool_backbone
-    settings = pool_backbone(open_pool(pool_path, pool_digest), device)
+    settings = pool_backbone(open_pool(pool_path, pool_digest), device, models)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return backbone_for(settings)
@@ -112,7 +113,7 @@ def build(path: Path, plan: Plan) -> None:
     part, reference = plan.needs.part, plan.needs.pool
     pool = open_pool(reference["path"], reference["digest"])
     picture = read_part(part, pool)
-    backbone = _backbone(reference["path"], reference["digest"], plan.needs.device)
+    backbone = _backbone(reference["path"], reference["digest"], plan.needs.device, plan.needs.models)
     tiling = pool.settings.tiling
     tokens = forward(backbone, [picture] if tiling is None else [(picture, str(part.path))], tiling, TILE_BATCH)[0]
     note_work("forward")

@@ -36,10 +36,12 @@ from .key import Ref
 @dataclass(frozen=True)
 class Run:
     """One category's run: its images, the configuration and the artifacts root (guarded against
-    ``config.reference`` when it names a pool)."""
+    ``config.reference`` when it names a pool); ``artifacts_given``: the artifacts folder as the
+    person gave it, which the outputs record (None: ``artifacts``)."""
     images: Category
     config: MuscConfig
     artifacts: str
+    artifacts_given: str | None = None
 
     @property
     def sources(self) -> frozenset[str]:
@@ -63,7 +65,8 @@ class Part:
 class LineRun:
     """New parts scored against a reference pool (a day of the line, a score-new call): the parts,
     the pool (``PoolFile.ref()``: path, identity, digest) and its category, the decision rule and
-    its evidence (the reviewed rule's verdicts), the artifacts root and the device."""
+    its evidence (the reviewed rule's verdicts), the artifacts root, the device and where the pool's
+    model files may be now (besides where it recorded them)."""
     parts: tuple[Part, ...]
     pool: dict[str, str]
     category: str
@@ -71,6 +74,7 @@ class LineRun:
     evidence: Any
     artifacts: str
     device: str = "auto"
+    models: tuple[str, ...] = ()  # files or folders where the pool's model files may be now
 
     sources = frozenset({"parts", "pool"})
 
