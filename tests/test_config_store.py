@@ -126,12 +126,15 @@ def test_every_deployment_parameter_has_a_description_for_the_run_form():
     import yaml
     from prefect.utilities.callables import parameter_schema
 
+    import importlib
+
     import flows
     from conftest import ROOT
-    deployed = {d["entrypoint"].split(":")[1] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
-    assert deployed == {"demo_flow", "dataset_flow", "daily_folder_flow"}
-    for name in deployed:
-        schema = parameter_schema(getattr(flows, name).fn).model_dump()
+    deployed = {tuple(d["entrypoint"].replace(".py:", ":").replace("/", ".").split(":"))
+                for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    assert {name for _, name in deployed} == {"demo_flow", "nightly_dataset_flow", "daily_folder_flow"}
+    for module, name in deployed:
+        schema = parameter_schema(getattr(importlib.import_module(module), name).fn).model_dump()
         missing = [p for p, field in schema["properties"].items() if not field.get("description")]
         assert not missing, (name, missing)
         for definition in schema.get("definitions", {}).values():
