@@ -113,7 +113,8 @@ def main() -> None:
         from musc import store
         maps = store.open_artifact(classify["path"]).read("maps", (slice(0, 1),))[0]
         source = store.open_artifact(extract["path"])
-        image = np.asarray(figures.load_image(source.read("paths")[0]).resize(maps.shape[::-1]))
+        from musc.outputs.evaluation import image_files
+        image = np.asarray(figures.load_image(image_files(source)[0]).resize(maps.shape[::-1]))
         mask = source.read("masks", (slice(0, 1),))[0]
         times = {}
         for name, draw in (("pillow", figures.save_overlay), ("matplotlib", matplotlib_overlay)):

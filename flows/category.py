@@ -34,14 +34,15 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
     category as already loaded and checked (the dataset flow's), else loaded here. The run is named
     by its category (``flows.names``)."""
     cfg = config if isinstance(config, MuscConfig) else MuscConfig.from_dict(config or {})
-    artifacts = str(Path(artifacts).resolve())
+    # the work uses the folders resolved; the outputs record them as given (musc/store/naming.py)
+    given, artifacts = store.naming.as_given(artifacts), str(Path(artifacts).resolve())
     if images is None:
-        images = checked_category(dataset, str(Path(root).resolve()), category, cfg, artifacts)
+        images = checked_category(dataset, root, category, cfg, artifacts)
     if cfg.reference:  # a pool that cannot guard this run: said before any work
         from musc.reference_pool.guard import check_reference
         check_reference(cfg.reference, [Run(images, cfg, artifacts)])
     store.mark_artifacts_root(artifacts)  # later listings skip it, wherever it lies
-    run = Run(images, cfg, artifacts)
+    run = Run(images, cfg, artifacts, given)
     with store.running(run.folder):  # musc clean waits
         refs = walk(run, lambda spec, plans: run_stage(spec, plans, images.name, images.dataset, len(images.samples)))
     evaluated = refs["evaluate"]
@@ -52,7 +53,8 @@ def category_flow(dataset: str, root: str, category: str, config: MuscConfig | N
         rebuild_one(Path(evaluated["path"]))
     guarded = guard_step(refs["guard"], evaluated, outputs) if cfg.reference else unguarded(evaluated, outputs)
     refs = {"extract": refs["extract"], "scores": refs["score"], "classify": refs["classify"], "evaluate": evaluated}
-    publish_category(dataset, category, str(outputs), refs, cfg.r_list)
+    publish_category(dataset, category, str(outputs), refs, cfg.r_list,
+                     lambda path: store.naming.under_given(path, artifacts, given))
     print(summary.category_line(category, decided, outputs / store.catalog.REPORT.html))
     from prefect.runtime import flow_run
     summary.write_latest(evaluated["path"], outputs / store.catalog.REPORT.html, str(flow_run.id or ""))
@@ -124,13 +126,13 @@ def run_stage(spec: StageSpec, plans: list[Plan], name: str, dataset: str, count
     return refs
 
 
-def publish_category(dataset: str, category: str, outputs: str, refs: dict, r_list) -> None:
+def publish_category(dataset: str, category: str, outputs: str, refs: dict, r_list, named=str) -> None:
     """The category's metrics table (2 decimals) and its report (figures and heat-map gallery as
-    small embedded PNGs, the HDF5 paths) on this run's Artifacts tab."""
+    small embedded PNGs, the HDF5 paths as ``named`` names them) on this run's Artifacts tab."""
     artifacts = {"extract": refs["extract"]["path"],
                  **{f"score r={r}": ref["path"] for r, ref in zip(r_list, refs["scores"])},
                  "classify": refs["classify"]["path"], "evaluate": refs["evaluate"]["path"]}
-    content = ui_content.category_content(outputs, f"{dataset} / {category}", artifacts)
+    content = ui_content.category_content(outputs, f"{dataset} / {category}", artifacts, named=named)
     key = artifact_key(dataset, category)
     publish("table", f"{key}-metrics", content.rows, content.table_description, on_root=False)
     publish("markdown", f"{key}-report", content.markdown, f"MuSc report, {dataset} / {category}", on_root=False)

@@ -58,8 +58,9 @@ def inspect(path: Annotated[Path, typer.Argument(help="An artifact (.h5).")],
 
 def _as_json(path: Path, info: dict) -> dict:
     """``musc inspect --json``: what the text shows, as data; inputs resolved to the files they are
-    now (``resolved_inputs``) when the artifact is intact."""
-    from musc.outputs.rebuild import resolved_inputs
+    now (``resolved_inputs``) and the paths it records found where they are now (``located``:
+    ``located_records``) when the artifact is intact."""
+    from musc.outputs.rebuild import located_records, resolved_inputs
     attrs = dict(info["attrs"])
     document = {"path": str(path), "status": info["status"], "digest": info["digest"],
                 "stage": attrs.pop("stage", None), "code_version": attrs.pop("code_version", None),
@@ -69,6 +70,7 @@ def _as_json(path: Path, info: dict) -> dict:
                     for name, shape in info["datasets"].items()}}
     if info["digest"] and isinstance(document["inputs"], dict):
         document["inputs"] = resolved_inputs(path)
+        document["located"] = located_records(path)
     for name in ("metrics", "notes"):
         if isinstance(attrs.get(name), str):
             try:

@@ -12,7 +12,7 @@ from musc.inputs.datasets import Category, list_categories
 from musc.inputs.layouts.registry import layout
 from musc.outputs import ui_content, reports, summary
 from musc.stages import Run, reused_throughout
-from musc.store import catalog
+from musc.store import catalog, naming
 from tasks.ui import artifact_key, publish, ui_link
 
 from .category import category_flow, checked_category
@@ -42,19 +42,21 @@ def dataset_flow(dataset: str, root: str, categories: list[str | Category] | Non
         config_file: A YAML file of settings, which the fields of config override.
     """
     cfg = load_config(config, config_file)
-    root, artifacts = str(Path(root).resolve()), str(Path(artifacts).resolve())
+    # the work uses the artifacts folder resolved; the outputs record it, and the root, as given
+    # (musc/store/naming.py)
+    given, artifacts = naming.as_given(artifacts), str(Path(artifacts).resolve())
     loaded = [item if isinstance(item, Category) else checked_category(dataset, root, item, cfg, artifacts)
               for item in (categories or list_categories(dataset, root, exclude=[artifacts]))]
     run_category = category_flow.with_options(task_runner=task_runner(dask)) if dask else category_flow
     results = {}
     for images in loaded:
-        with _heartbeats_unless_reused(Run(images, cfg, artifacts)):
-            results[images.name] = run_category(dataset, root, images.name, cfg, artifacts, images)
+        with _heartbeats_unless_reused(Run(images, cfg, artifacts, given)):
+            results[images.name] = run_category(dataset, root, images.name, cfg, given, images)
     folder = catalog.dataset_report_folder(artifacts, dataset)
     table, index = reports.dataset_report(folder, dataset, {name: r["metrics"] for name, r in results.items()},
                                           {name: r["outputs"] for name, r in results.items()}, cfg.image_size,
                                           layout(dataset).mask_rule)
-    publish_dataset(dataset, folder, table, results)
+    publish_dataset(dataset, folder, table, results, lambda path: naming.under_given(path, artifacts, given))
     line = summary.dataset_line(dataset, results, index)
     print(line)
     return {"categories": results, "report": str(index), "table": str(folder / catalog.REPORT.metrics), "summary": line}
@@ -91,17 +93,19 @@ def _heartbeats_unless_reused(run: Run):
         yield
 
 
-def publish_dataset(dataset: str, folder: Path, table, results: dict) -> None:
+def publish_dataset(dataset: str, folder: Path, table, results: dict, named=str) -> None:
     """The metrics table (2 decimals) and the run's report (figures and galleries embedded as small
-    PNGs, the HDF5 paths) on the run the user started (``musc demo``, ``musc run``, a deployment's
-    run), so they are on its Artifacts tab even when this flow is a subflow."""
+    PNGs, the HDF5 paths as ``named`` names them) on the run the user started (``musc demo``,
+    ``musc run``, a deployment's run), so they are on its Artifacts tab even when this flow is a
+    subflow."""
     artifacts = {name: {"extract": r["extract"]["path"], "classify": r["classify"]["path"],
                         "evaluate": r["evaluate"]["path"]} for name, r in results.items()}
     links = {name: {"its report in the UI": ui_link(f"/artifacts/key/{artifact_key(dataset, name)}-report"),
                     **({"its run": ui_link(f"/runs/flow-run/{r['flow_run']}")} if r.get("flow_run") else {})}
              for name, r in results.items()}
     content = ui_content.dataset_content(folder, dataset, table, {n: r["outputs"] for n, r in results.items()},
-                                        artifacts, links=links)
+                                        artifacts, links=links, named=named)
     key = artifact_key(dataset)
     publish("table", f"{key}-metrics", content.rows, content.table_description)
-    publish("markdown", f"{key}-report", content.markdown, f"MuSc run report, {dataset}: {folder / 'index.html'}")
+    publish("markdown", f"{key}-report", content.markdown,
+            f"MuSc run report, {dataset}: {named(folder / catalog.REPORT.index)}")

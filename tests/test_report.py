@@ -70,7 +70,7 @@ def test_tables_match_metrics_computed_directly(reference_run):
     assert (per_image.loc[~flagged, "score_rscin"] < evaluation["threshold"]).all()
     assert per_image["score_norm"].min() == 0 and per_image["score_norm"].max() == 1
     for column in ("map_png", "mask_png"):
-        assert all(Path(p).stat().st_size > 0 for p in per_image[column])
+        assert all((outputs / p).stat().st_size > 0 for p in per_image[column])  # named from its folder
 
 
 def test_metrics_that_cannot_be_computed_are_not_zero():

@@ -269,7 +269,7 @@ def test_heat_map_thumbnails_in_the_ui_keep_the_colours_of_the_disk_thumbnails(d
     hot_total = 0
     for name, uri in drawn:
         shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")).astype(int)
-        with Image.open(per_image.loc[name, "thumb_png"]) as disk:
+        with Image.open(demo["outputs"]["fabric"] / per_image.loc[name, "thumb_png"]) as disk:
             original = np.asarray(disk.convert("RGB")).astype(int)
         assert shown.shape == original.shape, name
         difference = np.abs(shown - original)

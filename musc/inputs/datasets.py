@@ -56,7 +56,7 @@ def load_category(dataset: str, root: str | Path, category: str | None = None,
     names = [s.path for s in samples]
     if len(set(names)) != len(names):
         raise DatasetError(f"category {category!r}: the same image is listed twice")
-    return Category(dataset, str(category), str(root), tuple(samples), chosen.mask_rule)
+    return Category(dataset, str(category), str(root), tuple(samples), chosen.mask_rule, str(root.resolve()))
 
 
 __all__ = ["Category", "DATASETS", "DatasetError", "Sample", "list_categories", "load_category", "subset_groups"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -186,7 +187,7 @@ class EvaluationInputs:
     """What evaluating a category reads from its extract and classify artifacts, read once and
     shared by the metrics, the pictures and the written outputs."""
     names: np.ndarray
-    paths: np.ndarray
+    paths: np.ndarray       # as the extract names them: relative to the dataset root (store.naming)
     defect_types: np.ndarray
     labels: np.ndarray      # 1 anomalous, 0 normal, -1 unknown
     has_mask: np.ndarray
@@ -194,6 +195,11 @@ class EvaluationInputs:
     maps: np.ndarray        # (N, S, S)
     raw: np.ndarray         # image scores before RsCIN (maxima of the maps)
     scores: np.ndarray      # final image scores
+    files: Sequence[str] | None = None  # the image files where they are now (None: ``paths``)
+
+    @property
+    def image_files(self) -> Sequence[str]:
+        return self.paths if self.files is None else self.files
 
     @classmethod
     def read(cls, extract, classify) -> "EvaluationInputs":
@@ -201,7 +207,8 @@ class EvaluationInputs:
             return cls.read_tiled(extract, classify)
         return cls(*(extract.read(name) for name in ("names", "paths", "defect_types", "labels", "has_mask",
                                                       "masks")),
-                   *(classify.read(name) for name in ("maps", "image_scores_raw", "image_scores")))
+                   *(classify.read(name) for name in ("maps", "image_scores_raw", "image_scores")),
+                   files=image_files(extract))
 
     @classmethod
     def read_tiled(cls, extract, classify) -> "EvaluationInputs":
@@ -218,7 +225,22 @@ class EvaluationInputs:
             masks.append(reduce_mask(mask, factor, rule))
             maps.append(reduce_map(anomaly_map, factor))
         return cls(*(extract.read(name) for name in ("names", "paths", "defect_types", "labels", "has_mask")),
-                   np.stack(masks), np.stack(maps), *(classify.read(name) for name in ("image_scores_raw", "image_scores")))
+                   np.stack(masks), np.stack(maps), *(classify.read(name) for name in ("image_scores_raw", "image_scores")),
+                   files=image_files(extract))
+
+
+def image_files(extract) -> list[str]:
+    """The image files of an opened extract artifact, where they are now: its ``paths`` under its
+    dataset root, found from the root and the artifacts folder it recorded and the artifacts root it
+    lies in (``store.naming.dataset_root``)."""
+    from ..store import naming
+    from ..store.catalog import located
+    names = [str(name) for name in extract.read("paths")]
+    if all(Path(name).is_absolute() for name in names):  # an artifact of an earlier version
+        return names
+    root = naming.dataset_root(str(extract.attrs.get("root", ".")), extract.attrs.get("artifacts"),
+                               located(extract.path).root)
+    return [str(naming.image_file(name, root)) for name in names]
 
 
 EVALUATION_MAX_PIXELS = 1 << 20  # per image (1024 x 1024): a tiled run's maps are evaluated at most at this size

@@ -255,15 +255,18 @@ PICTURE_INDEX = ".index.json"  # in the overlays folder: the key each image's pi
 PICTURE_THREADS = 2
 
 
-def picture_key(image_path: str, anomaly_map: np.ndarray, mask: np.ndarray | None, vmin, vmax, title: str) -> str:
+def picture_key(image_path: str, anomaly_map: np.ndarray, mask: np.ndarray | None, vmin, vmax, title: str,
+                name: str | None = None) -> str:
     """What an image's pictures show: the drawing code, the map and mask values, the scaling, the
-    title and the image file (path, size, modification time). The same key means the same PNGs."""
+    title and the image file (its ``name`` as the outputs name it, else its path; its size and
+    modification time). The same key means the same PNGs: a dataset moved with its times kept
+    draws nothing again."""
     digest = hashlib.blake2b(digest_size=16)
     try:
         stat = os.stat(image_path)
-        identity = (str(image_path), stat.st_size, stat.st_mtime_ns)
+        identity = (str(name or image_path), stat.st_size, stat.st_mtime_ns)
     except OSError:
-        identity = (str(image_path), None, None)
+        identity = (str(name or image_path), None, None)
     digest.update(json.dumps([RENDER_VERSION, identity, vmin, vmax, title, list(anomaly_map.shape)]).encode())
     digest.update(np.ascontiguousarray(anomaly_map).tobytes())
     if mask is not None:
@@ -290,7 +293,7 @@ def render_pictures(folder: Path, inputs: EvaluationInputs, overlay_normalisatio
     overlays, thumbs = Path(folder) / "overlays", Path(folder) / "thumbs"
     overlays.mkdir(parents=True, exist_ok=True)
     thumbs.mkdir(parents=True, exist_ok=True)
-    paths, names, maps, masks, has_mask = inputs.paths, inputs.names, inputs.maps, inputs.masks, inputs.has_mask
+    paths, names, maps, masks, has_mask = inputs.image_files, inputs.names, inputs.maps, inputs.masks, inputs.has_mask
     low, high = (float(maps.min()), float(maps.max())) if overlay_normalisation == "set" else (None, None)
     size = (maps.shape[-1], maps.shape[-2])  # (width, height): S x S, or a tiled run's full resolution
     index_file = overlays / PICTURE_INDEX
@@ -303,7 +306,7 @@ def render_pictures(folder: Path, inputs: EvaluationInputs, overlay_normalisatio
         file_name = png_name(name)
         mask = masks[index] if has_mask[index] else None
         title = f"{name}  score {inputs.scores[index]:.4f}"
-        key = picture_key(str(path), maps[index], mask, low, high, title)
+        key = picture_key(str(path), maps[index], mask, low, high, title, str(inputs.paths[index]))
         if drawn.get(file_name) != key or not (overlays / file_name).is_file() or not (thumbs / file_name).is_file():
             todo.append((path, maps[index], file_name, mask, title))
         keys[file_name] = key

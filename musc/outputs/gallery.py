@@ -12,6 +12,7 @@ import pandas as pd
 
 from .evaluation import ANOMALOUS, NORMAL
 from ..store.catalog import REPORT
+from ..store.naming import linked
 
 
 @dataclass
@@ -62,9 +63,18 @@ def entries(per_image: pd.DataFrame) -> list[Entry]:
     return out
 
 
+FILE_COLUMNS = ("map_png", "mask_png", "thumb_png")  # files the report made, named from its folder
+
+
 def read_per_image(folder: str | Path) -> pd.DataFrame:
-    return pd.read_csv(Path(folder) / REPORT.per_image, dtype={"label": "Int64"}, keep_default_na=False,
-                       na_values={"label": [""]})
+    """A report folder's per_image.csv, its files (``FILE_COLUMNS``) found from the folder
+    (``store.naming.linked``): paths any page or the UI can read, wherever the folder lies now."""
+    table = pd.read_csv(Path(folder) / REPORT.per_image, dtype={"label": "Int64"}, keep_default_na=False,
+                        na_values={"label": [""]})
+    for column in FILE_COLUMNS:
+        if column in table.columns:
+            table[column] = [str(linked(name, folder)) if str(name) else "" for name in table[column]]
+    return table
 
 
 def data_uri(path: str | Path, max_width: int | None = None, colors: int | None = None) -> str:

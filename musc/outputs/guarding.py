@@ -39,8 +39,12 @@ def read_guard(folder: str | Path) -> dict[str, Any] | None:
 
 
 def write_guard(folder: str | Path, record: dict[str, Any]) -> bool:
-    """Write the record; False when the folder already holds the same one (nothing to redraw)."""
+    """Write the record (its guard artifact named from the folder: ``store.naming.link``); False when
+    the folder already holds the same one (nothing to redraw)."""
     from ..store import atomic_write_text
+    from ..store.naming import link
+    if record.get("artifact") and Path(record["artifact"]).is_absolute():
+        record = {**record, "artifact": link(record["artifact"], folder)}
     text = json.dumps(record, indent=1, sort_keys=True) + "\n"
     path = Path(folder) / GUARD_FILE
     if path.is_file() and path.read_text() == text:

@@ -3,7 +3,6 @@ sorting script inline and every link relative, so the artifacts folder opens off
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -13,6 +12,7 @@ from ..method.metrics import METRIC_NAMES
 from .evaluation import ANOMALOUS, NORMAL, metric_text
 from .gallery import Entry, entries
 from ..store.catalog import REPORT
+from ..store.naming import link as relative  # every link relative to the page's folder
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
@@ -57,11 +57,6 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
 
 def esc(value) -> str:
     return html.escape(str(value), quote=True)
-
-
-def relative(path: str | Path, folder: Path) -> str:
-    """A link from a page in ``folder`` to ``path`` (POSIX separators)."""
-    return Path(os.path.relpath(Path(path).resolve(), folder.resolve())).as_posix()
 
 
 def page(title: str, body: str) -> str:
@@ -165,8 +160,9 @@ def category_page(folder: Path, title: str, table: pd.DataFrame, figures: dict[s
                 " white). Click it for the full overlay.</p>" + gallery_html(items, folder))
     body.append(f"<h2>Per-image results</h2><p>Click a column head to sort. "
                 f"<a href='per_image.csv'>per_image.csv</a></p>{per_image_html(per_image, items, folder)}")
-    body.append("<h2>Artifacts</h2><ul>" + "".join(f"<li>{esc(k)}: <code>{esc(v)}</code></li>"
-                                                   for k, v in artifacts.items()) + "</ul>")
+    body.append("<h2>Artifacts</h2><ul>" + "".join(
+        f"<li>{esc(k)}: <a href='{esc(relative(v, folder))}'><code>{esc(relative(v, folder))}</code></a></li>"
+        for k, v in artifacts.items()) + "</ul>")
     target = folder / REPORT.html
     target.write_text(page(title, "".join(body)))
     return target

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..store import (ARTIFACTS_MARKER, STAGES, ArtifactError, NoSpaceError, ReadOnlyLocation, catalog, open_artifact,
                      read_only, report_folder, unless_running, valid_digest, writing_in)
-from ..store import alone
+from ..store import alone, naming
 from . import guarding
 from .reports import dataset_report, evaluate_into
 
@@ -59,6 +59,20 @@ def resolved_inputs(artifact_path: str | Path) -> dict[str, dict[str, str | None
             entry["why"] = "not an artifact of this root (named by its content)"
         resolved[role] = entry
     return resolved
+
+
+def located_records(artifact_path: str | Path) -> dict[str, str]:
+    """The paths an artifact records, found where they are now (``musc inspect --json``): an
+    extract's dataset root (``root``: ``store.naming.dataset_root``), an evaluate's report folder
+    (``outputs``: the folder beside it, whatever it recorded)."""
+    path = Path(artifact_path)
+    artifact = open_artifact(path)
+    if artifact.stage == "extract" and "root" in artifact.attrs:
+        return {"root": str(naming.dataset_root(str(artifact.attrs["root"]), artifact.attrs.get("artifacts"),
+                                                catalog.located(path).root))}
+    if artifact.stage == "evaluate":
+        return {"outputs": str(report_folder(path))}
+    return {}
 
 
 @dataclass
@@ -158,6 +172,8 @@ def rebuild_one(target: Path, folder: Path | None = None) -> Path:
     if folder != own and (guard := guarding.read_guard(own)) is not None:
         with writing_in(folder.parent):
             folder.mkdir(parents=True, exist_ok=True)
+        if guard.get("artifact"):  # named from its own folder: named again from the new one
+            guard = {**guard, "artifact": os.path.abspath(naming.linked(guard["artifact"], own))}
         guarding.write_guard(folder, guard)
     evaluate_into(folder, extract, classify, evaluation.config, str(target))
     return folder / catalog.REPORT.html

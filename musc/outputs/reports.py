@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..method.metrics import METRIC_NAMES
 from ..store import ArtifactError
+from ..store.naming import link
 from . import figures, gallery, guarding, html
 from .evaluation import Evaluation, EvaluationInputs, evaluate, metric_text, threshold_text
 from ..store.catalog import REPORT
@@ -42,8 +43,9 @@ def table_markdown(table: pd.DataFrame) -> str:
 
 def write_report(folder: str | Path, title: str, table: pd.DataFrame, figures: dict[str, str],
                  per_image_csv: str | None, artifacts: dict[str, str], threshold: dict[str, Any] | None,
-                 skipped: Sequence[str] = ()) -> Path:
-    """A Markdown report linking the table, figures and artifacts (paths relative to the report)."""
+                 skipped: Sequence[str] = (), dataset_root: str = "") -> Path:
+    """A Markdown report linking the table, figures and artifacts (each link relative to the report's
+    folder: ``store.naming.link``)."""
     folder = Path(folder)
     lines = [f"# {title}", "", "## Metrics (x100)", "", table_markdown(table)]
     if len(skipped):
@@ -54,10 +56,11 @@ def write_report(folder: str | Path, title: str, table: pd.DataFrame, figures: d
     if guard:
         lines += ["## Systematic-defect guard (reference pool)", ""] + [f"- {line}" for line in guard] + [""]
     if per_image_csv:
-        lines += ["## Per-image results", "", f"[{Path(per_image_csv).name}]({html.relative(per_image_csv, folder)})",
+        where = f" (image paths relative to the dataset root `{dataset_root}`)" if dataset_root else ""
+        lines += ["## Per-image results", "", f"[{Path(per_image_csv).name}]({link(per_image_csv, folder)}){where}",
                   "", "Most anomalous first (image | heat map; [report.html](report.html) shows every image):", ""]
         for entry in gallery.entries(gallery.read_per_image(folder))[:GALLERY_IN_MARKDOWN]:
-            thumb = f"![{entry.name}]({html.relative(entry.thumb, folder)}) " if entry.thumb else ""
+            thumb = f"![{entry.name}]({link(entry.thumb, folder)}) " if entry.thumb else ""
             miss = " **misclassified**" if entry.misclassified else ""
             mark = f" **{entry.guard}** (pool score {entry.pool_score:.4f})" if entry.guard else ""
             lines.append(f"- {thumb}#{entry.rank} {entry.name}: score {entry.score:.4f}, {entry.decision}, "
@@ -68,8 +71,9 @@ def write_report(folder: str | Path, title: str, table: pd.DataFrame, figures: d
         lines += [""]
     if figures:
         lines += ["## Figures", ""]
-        lines += [f"![{name}]({html.relative(path, folder)})" for name, path in figures.items()] + [""]
-    lines += ["## Artifacts", ""] + [f"- {stage}: `{path}`" for stage, path in artifacts.items()] + [""]
+        lines += [f"![{name}]({link(path, folder)})" for name, path in figures.items()] + [""]
+    lines += ["## Artifacts", ""] + [f"- {stage}: [{link(path, folder)}]({link(path, folder)})"
+                                     for stage, path in artifacts.items()] + [""]
     report = folder / REPORT.markdown
     report.write_text("\n".join(lines))
     return report
@@ -118,10 +122,11 @@ def write_outputs(extract, classify, inputs: EvaluationInputs, evaluation: Evalu
     notes = evaluation.notes
 
     (folder / "binary_masks").mkdir(parents=True, exist_ok=True)
-    per_image = evaluation.per_image.copy()
-    per_image.insert(per_image.columns.get_loc("decision") + 1, "map_png", pictures.overlays)
-    per_image["mask_png"] = figures.save_binary_masks(folder / "binary_masks", inputs, evaluation)
-    per_image["thumb_png"] = pictures.thumbs
+    per_image = evaluation.per_image.copy()  # its files named from its folder (store.naming.link)
+    per_image.insert(per_image.columns.get_loc("decision") + 1, "map_png", [link(p, folder) for p in pictures.overlays])
+    per_image["mask_png"] = [link(p, folder) for p in
+                             figures.save_binary_masks(folder / "binary_masks", inputs, evaluation)]
+    per_image["thumb_png"] = [link(p, folder) for p in pictures.thumbs]
     guard = guarding.read_guard(folder)  # a guard run on this evaluation before (musc run --reference)
     per_image = guarding.with_guard(per_image, guard)
     per_image.to_csv(folder / REPORT.per_image, index=False)
@@ -134,11 +139,13 @@ def write_outputs(extract, classify, inputs: EvaluationInputs, evaluation: Evalu
     for kind, curves in evaluation.curves.items():
         shown[f"{kind} ROC/PR"] = figures.save_curves(curves, folder / REPORT.curves(kind), kind)
     title = f"MuSc results: {extract.config['dataset']} / {category}"
-    artifacts = {"extract": str(extract.path), "classify": str(classify.path), "evaluate": evaluate_path}
+    artifacts = {stage: path for stage, path in (("extract", str(extract.path)), ("classify", str(classify.path)),
+                                                 ("evaluate", evaluate_path)) if path}
     threshold = {"value": evaluation.threshold, "rule": evaluation.rule,
                  "pixel_value": evaluation.pixel_threshold, "pixel_rule": evaluation.pixel_rule}
     skipped = list(extract.read("skipped"))
-    report = write_report(folder, title, table, shown, str(folder / REPORT.per_image), artifacts, threshold, skipped)
+    report = write_report(folder, title, table, shown, str(folder / REPORT.per_image), artifacts, threshold, skipped,
+                          str(extract.attrs.get("root", "")))
     notes_shown = ([line[2:] for line in threshold_lines(threshold)] + guarding.guard_lines(guard, per_image)
                    + [f"skipped (unreadable): {m}" for m in skipped])
     html.category_page(folder, title, table, shown, notes_shown, artifacts, gallery.read_per_image(folder))

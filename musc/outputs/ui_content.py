@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import pandas as pd
 
@@ -76,8 +76,10 @@ def summary_line(items: Sequence[Entry]) -> str:
 
 
 def category_content(outputs: str | Path, title: str, artifacts: dict[str, str], top: int = 8,
-                     missed: int = 8) -> Published:
-    """The Prefect artifacts of one category, from its evaluate outputs folder."""
+                     missed: int = 8, named: Callable[[str | Path], str] = str) -> Published:
+    """The Prefect artifacts of one category, from its evaluate outputs folder; ``named``: how a file
+    of the artifacts root is named to a person (the flows: under the artifacts folder as given,
+    ``store.naming.under_given``)."""
     folder = Path(outputs)
     table = pd.read_csv(folder / REPORT.metrics, index_col="category")
     items = entries(read_per_image(folder))
@@ -91,8 +93,8 @@ def category_content(outputs: str | Path, title: str, artifacts: dict[str, str],
              f"## Most anomalous (highest score first, {min(top, len(items))} of {len(items)})", "",
              gallery_markdown(items[:top]),
              f"## Misclassified ({len(wrong)})", "", gallery_markdown(wrong[:missed]),
-             "## Files", "", f"- report with every image: `{folder / 'report.html'}`",
-             *[f"- {stage}: `{path}`" for stage, path in artifacts.items()], ""]
+             "## Files", "", f"- report with every image: `{named(folder / REPORT.html)}`",
+             *[f"- {stage}: `{named(path)}`" for stage, path in artifacts.items()], ""]
     size, rule = table["image_size"].iloc[0], table["mask_binarisation"].iloc[0]
     return Published(metric_rows(table), f"MuSc metrics (x100), {title}; image size {size}, masks {rule}",
                      "\n".join(lines))
@@ -100,10 +102,12 @@ def category_content(outputs: str | Path, title: str, artifacts: dict[str, str],
 
 def dataset_content(folder: str | Path, dataset: str, table: pd.DataFrame, categories: dict[str, str],
                     artifacts: dict[str, dict[str, str]], top: int = 4,
-                    links: dict[str, dict[str, str]] | None = None) -> Published:
+                    links: dict[str, dict[str, str]] | None = None,
+                    named: Callable[[str | Path], str] = str) -> Published:
     """The Prefect artifacts of a dataset run: the metrics of every category, the bar chart, and per
     category its links (``links``: label -> address, e.g. its report artifact and its run in the
-    UI), its image ROC/PR curves, its most anomalous and its misclassified images, its HDF5 files."""
+    UI), its image ROC/PR curves, its most anomalous and its misclassified images, its HDF5 files
+    (``named`` as ``category_content`` names them)."""
     folder = Path(folder)
     lines = [f"# MuSc results: {dataset}", "", metrics_markdown(table), f"_{LEGEND}_", ""]
     if (folder / REPORT.bars).is_file():
@@ -116,10 +120,11 @@ def dataset_content(folder: str | Path, dataset: str, table: pd.DataFrame, categ
                   *figure_markdown(Path(outputs), [REPORT.curves("image")]),
                   f"Most anomalous ({min(top, len(items))} of {len(items)}):", "", gallery_markdown(items[:top]),
                   f"Misclassified ({len(wrong)}):", "", gallery_markdown(wrong[:top]),
-                  "HDF5 artifacts: " + ", ".join(f"{stage} `{path}`" for stage, path in artifacts.get(name, {}).items()),
+                  "HDF5 artifacts: " + ", ".join(f"{stage} `{named(path)}`"
+                                                 for stage, path in artifacts.get(name, {}).items()),
                   ""]
-    lines += ["## Files", "", f"- index of this run: `{folder / 'index.html'}`",
-              f"- metrics: `{folder / 'metrics.csv'}`", ""]
+    lines += ["## Files", "", f"- index of this run: `{named(folder / REPORT.index)}`",
+              f"- metrics: `{named(folder / REPORT.metrics)}`", ""]
     size, rule = table["image_size"].iloc[0], table["mask_binarisation"].iloc[0]
     return Published(metric_rows(table), f"MuSc metrics (x100), {dataset}; image size {size}, masks {rule}",
                      "\n".join(lines))

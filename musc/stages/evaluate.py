@@ -59,7 +59,7 @@ def build(path: Path, plan: Plan) -> None:
         {"metrics": {k: np.float64(v) for k, v in decided.metrics.items()}, "ranking": decided.ranking,
          "decisions": decided.decisions},
         attrs={**decided.summary(), "category": source.config["category"], "dataset": source.config["dataset"],
-               "outputs": str(outputs), **_pixel_resolution(source)},
+               "outputs": store.naming.link(outputs, path.parent), **_pixel_resolution(source)},
         code_version=plan.key.code_version)
     shown = ", ".join(f"{k} {metric_text(v)}" for k, v in decided.metrics.items() if not math.isnan(v)) or "none"
     log.info(f"evaluate {source.config['category']}: {shown}"

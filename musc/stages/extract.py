@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 
 from .. import store
+from ..store import naming
 from ..inputs.backbone_spec import backbone_settings, check_tile_size
 from ..inputs.config import ExtractSettings
 from ..inputs.datasets import Category, DatasetError
@@ -42,20 +43,24 @@ def _mask_digest(mask_path: str | tuple[str, ...] | None) -> str | list[str] | N
 
 
 def plans(run) -> list[Plan]:
-    return [plan(run.images, run.config.extract, run.artifacts)]
+    return [plan(run.images, run.config.extract, run.artifacts, run.artifacts_given)]
 
 
-def plan(category: Category, settings: ExtractSettings, artifacts: str) -> Plan:
+def plan(category: Category, settings: ExtractSettings, artifacts: str, artifacts_given: str | None = None) -> Plan:
+    """``artifacts_given``: the artifacts folder as the person gave it (recorded beside the dataset
+    root, so that a relative root is found again: ``store.naming.dataset_root``)."""
     key = StageKey("extract", {"dataset": category.dataset, "category": category.name, **backbone_settings(settings)},
                    {"images": store.stable_hash(image_listing(category))})
     path = store.artifact_path(artifacts, category.dataset, category.name, "extract", key.value)
-    return Plan(key, str(path), f"extract {category.name}", Needs(category, settings), build)
+    return Plan(key, str(path), f"extract {category.name}", Needs(category, settings, artifacts_given or artifacts),
+                build)
 
 
 @dataclass(frozen=True)
 class Needs:
     category: Category
     settings: ExtractSettings
+    artifacts: str = ""  # the artifacts folder as given: a record, not in the key
 
 
 def tiling_of(category: Category, settings: ExtractSettings) -> ImageTiling | None:
@@ -112,8 +117,8 @@ def extract_batch(backbone, category: Category, indices, image_size, tiling: Ima
                 tiling.check_size(image, path)  # before any tile is forwarded
             pictures.append(image if tiling is None else (image, path))
             kept.append(index)
-        except UnreadableImage as error:
-            skipped.append(str(error))
+        except UnreadableImage as error:  # recorded naming the image as outputs do
+            skipped.append(str(error).replace(str(path), naming.image_name(path, category.root_folder)))
         except TileSizeError as error:
             raise DatasetError(f"{error}; a tiled run needs images of one size") from None
     if not pictures:
@@ -148,7 +153,7 @@ def build(path: Path, plan: Plan) -> None:
             continue
         arrays, batch_skipped = extract_batch(backbone, category, indices, settings.image_size, tiling, batch_size)
         for message in batch_skipped:
-            log.warning(f"extract: skipping {message}")
+            log.warning(f"extract: skipping {message} (under {category.root})")
         skipped.extend(batch_skipped)
         store.write_part(path, name, arrays or {"indices": np.zeros(0, dtype=np.int64)},
                          attrs={"skipped": json.dumps(batch_skipped)})
@@ -191,12 +196,13 @@ def build(path: Path, plan: Plan) -> None:
     labels = np.array([-1 if s.label is None else s.label for s in chosen], dtype=np.int64)
     store.write_artifact(
         path, "extract", plan.key.config, plan.key.inputs,
-        arrays={"names": [s.name for s in chosen], "paths": [s.path for s in chosen],
+        arrays={"names": [s.name for s in chosen],
+                "paths": [naming.image_name(s.path, category.root_folder) for s in chosen],
                 "digests": [store.file_digest(s.path) for s in chosen],
                 "defect_types": [s.defect_type for s in chosen], "labels": labels, "has_mask": has_mask,
                 "skipped": skipped or np.zeros(0, dtype=object)},
         attrs={"backbone": backbone.describe(), "mask_rule": category.mask_rule, "n_skipped": len(skipped),
-               "root": category.root},
+               "root": naming.as_given(category.root), "artifacts": naming.as_given(plan.needs.artifacts)},
         code_version=plan.key.code_version, fill=fill)
     store.clear_parts(path)
     for orphan in store.clear_orphan_parts(path):

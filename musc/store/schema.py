@@ -87,7 +87,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("masks", "uint8", "(N, S, S) or (N, H, W)", "ground-truth masks resized to S and binarised (0/1; zeros "
                                                           "if none); tiled runs: at the images' full resolution H x W"),
         Field("names", "str", "(N,)", "image names relative to the category folder"),
-        Field("paths", "str", "(N,)", "absolute image paths"),
+        Field("paths", "str", "(N,)", "image paths relative to the dataset root (attribute `root`; absolute in "
+                                      "artifacts of earlier versions)"),
         Field("digests", "str", "(N,)", "SHA-256 of each image file"),
         Field("defect_types", "str", "(N,)", "defect folder of each image ('good' for normal MVTec images)"),
         Field("labels", "int64", "(N,)", "1 anomalous, 0 normal, -1 unknown"),
@@ -102,7 +103,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("backbone", "str", "", "the backbone as loaded (model, weights, blocks, patch size)"),
         Field("mask_rule", "str", "", "how resized masks were binarised: truncate or nonzero"),
         Field("n_skipped", "int", "", "number of unreadable files left out"),
-        Field("root", "str", "", "the dataset root the images were read from (a record: not in the key)"),
+        Field("root", "str", "", "the dataset root the images were read from, as the person gave it (a record: "
+                                 "not in the key)"),
+        Field("artifacts", "str", "", "the artifacts folder as the person gave it: with it, a relative `root` is "
+                                      "found again from where the artifacts root lies now (a record)",
+              required=False),
     )),
     Stage("aggregate", "1", "LNAMD features of one degree r", datasets=(
         Field("features", "float32", "(layers, N, L, C)", "LayerNorm, r x r neighbourhood mean, L2 normalisation"),
@@ -125,7 +130,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("image_scores_raw", "float64", "(N,)", "maximum of each map"),
         Field("image_scores", "float32|float64", "(N,)", "image scores after RsCIN (the final scores)"),
     )),
-    Stage("evaluate", "3", "metrics, thresholds and decisions (reports in the folder beside it)", datasets=(
+    Stage("evaluate", "4", "metrics, thresholds and decisions (reports in the folder beside it)", datasets=(
         Field("metrics", "group of float64", "()", "each metric as a fraction; NaN where not computed"),
         Field("ranking", "int64", "(N,)", "image indices, most anomalous first"),
         Field("decisions", "int8", "(N,)", "1 anomalous, 0 normal, at the image threshold"),
@@ -138,8 +143,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("pixel_threshold_rule", "str", "", "how the pixel threshold was chosen"),
         Field("category", "str", "", "category name"),
         Field("dataset", "str", "", "dataset layout"),
-        Field("outputs", "str", "", "the folder of reports and figures when written (a record only: readers "
-                                     "use the folder beside the artifact)"),
+        Field("outputs", "str", "", "the folder of reports and figures when written, relative to the artifact's "
+                                     "folder (a record only: readers use the folder beside the artifact)"),
         Field("pixel_resolution", "JSON", "", "tiled runs: [height, width] per image of the maps and masks the "
                                               "pixel metrics and figures used (the images' full resolution, "
                                               "reduced by an integer factor above 1024 x 1024 pixels)"),
@@ -228,6 +233,15 @@ def stage_schema(stage: str) -> Stage:
         raise ValueError(f"stage: unknown stage {stage!r} (known: {', '.join(STAGES)})") from None
 
 
+def paths_text() -> str:
+    """How outputs name paths: the rule as ``musc/store/naming.py`` states it (its docstring, less its
+    first paragraph)."""
+    import inspect
+
+    from . import naming
+    return inspect.cleandoc(naming.__doc__).split("\n\n", 1)[1].strip()
+
+
 def markdown() -> str:
     """The format as a Markdown document (docs/ARTIFACTS.md)."""
     lines = ["# Artifact format", "",
@@ -248,6 +262,7 @@ def markdown() -> str:
              "The key is a hash of exactly what the artifact records: its code version, its `config` and its "
              "`inputs` (musc/stages/key.py), so an artifact whose record does not give the key it sits under "
              "is not used. Where an artifact root's files lie: musc/store/catalog.py.", "",
+             "## Paths in outputs", "", paths_text(), "",
              "## Attributes of every artifact", "", "| attribute | type | meaning |", "|---|---|---|"]
     lines += [f"| `{f.name}` | {f.dtype} | {f.meaning} |" for f in COMMON_ATTRS]
     for stage in STAGES.values():

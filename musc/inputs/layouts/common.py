@@ -31,9 +31,15 @@ class Sample:
 class Category:
     dataset: str
     name: str
-    root: str
+    root: str                   # the dataset root as the person gave it (recorded so: musc/store/naming.py)
     samples: tuple[Sample, ...]
     mask_rule: str = "nonzero"  # how its resized masks are binarised (the layout's rule: docs/METHOD.md 1.3)
+    folder: str = ""            # the dataset root resolved when the category was loaded ("": ``root`` resolved)
+
+    @property
+    def root_folder(self) -> str:
+        """The dataset root as a folder, whatever the current folder is now."""
+        return self.folder or str(Path(self.root).resolve())
 
     def check_size(self, k_list: Sequence[int] = (), divide_num: int = 1, seed: int = 0) -> None:
         """DatasetError (naming the category) unless its images suffice for the method's settings."""
