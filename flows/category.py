@@ -17,7 +17,7 @@ from musc.stages import Plan, Run, StageSpec, walk
 from musc.stages.extract import tiling_of
 from musc.stages.graph import PARTS_AT_ONCE
 from tasks import parts_task, stage_task, tile_task
-from tasks.ui import artifact_key, publish
+from tasks.ui import artifact_key, publish, run_source
 
 from .names import category_run_name
 from .runners import in_flight, task_runner
@@ -72,7 +72,7 @@ def guard_step(guarded: dict, evaluated: dict, outputs: Path) -> dict:
     guard = read_guard(guarded, evaluated)
     reference = guard.pool
     per_image = outputs / store.catalog.REPORT.per_image
-    if guarding.write_guard(outputs, guard.record()) or "guard" not in per_image.read_text().splitlines()[0]:
+    if guarding.write_guard(outputs, guard.record(outputs)) or "guard" not in per_image.read_text().splitlines()[0]:
         rebuild_one(Path(evaluated["path"]))
     logger = get_run_logger()
     if guard.warning:
@@ -133,7 +133,7 @@ def publish_category(dataset: str, category: str, outputs: str, refs: dict, r_li
                  **{f"score r={r}": ref["path"] for r, ref in zip(r_list, refs["scores"])},
                  "classify": refs["classify"]["path"], "evaluate": refs["evaluate"]["path"]}
     content = ui_content.category_content(outputs, f"{dataset} / {category}", artifacts, named=named)
-    key = artifact_key(dataset, category)
+    key = artifact_key(run_source(), dataset, category)
     publish("table", f"{key}-metrics", content.rows, content.table_description, on_root=False)
     publish("markdown", f"{key}-report", content.markdown, f"MuSc report, {dataset} / {category}", on_root=False)
 

@@ -101,8 +101,6 @@ def run(
         cfg = run_config(config, flags)
         if cfg.reference is not None and not Path(cfg.reference).is_file():
             raise ArtifactError(f"--reference: no such pool file {cfg.reference} (create it with musc pool add)")
-        if cfg.reference is not None:
-            cfg = cfg.replace(reference=str(Path(cfg.reference).resolve()))
         from .category import checked_category
         from .dataset import dataset_flow
         # the cheap checks first (settings, the backbone's geometry from its configuration, the dataset),

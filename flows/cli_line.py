@@ -155,11 +155,10 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
                   help="Where the parts' artifacts go (HDF5: features, scores, decisions; reused by reruns and "
                        "by musc pool add). Default: OUT/artifacts.")] = None,
               device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-              backbone: Annotated[Optional[Path], typer.Option(
-                  help="The pool's model file (or a folder holding it) when it moved since the pool was made; "
-                       "found by its content (also looked for beside the pool and in $MUSC_MODELS).")] = None,
-              pretrained: Annotated[Optional[Path], typer.Option(
-                  help="The pool's checkpoint file (or a folder holding it), likewise.")] = None,
+              backbone: Annotated[List[Path], typer.Option(
+                  help="The pool's model or checkpoint file (or a folder holding it) when it moved since the pool "
+                       "was made; found by its content (also looked for beside the pool and in $MUSC_MODELS). "
+                       "Repeat for several.")] = [],  # noqa: B006 - typer's way for a repeated option
               **decision) -> None:
     """Score new images, each against the pool only (one image is enough); decide normal/anomalous.
     Images scored before (the same content) reuse their artifacts."""
@@ -170,7 +169,7 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
             raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
         with terminal.advice_when_read_only("give a writable --out folder (and --artifacts, if given)"):
             day = score_new_images(pool, images, out, rule, device, artifacts=artifacts,
-                                   models=[str(p) for p in (backbone, pretrained) if p is not None])
+                                   models=[str(p) for p in backbone])
         console = Console(soft_wrap=True, markup=False, highlight=False)
         for row in day.rows:
             console.print(f"{terminal.shown(row['file'])}: score {row['score']:.4f}  {row['decision']}  "

@@ -22,7 +22,8 @@ from prefect.states import Completed, Running
 from pydantic import Field, create_model
 
 from musc import store
-from musc.store.catalog import DAY, named_from
+from musc.store.catalog import DAY
+from musc.store.naming import named_from
 from musc.outputs.evaluation import ANOMALOUS, threshold_text
 from musc.reference_pool.daily import (SCORE_DECIMALS, anomalous_parts, day_images, flagged_for_review,
                                        history_path, maps_markdown, ordered, parse_day, part_name, read_history,

@@ -13,7 +13,7 @@ from musc.inputs.layouts.registry import layout
 from musc.outputs import ui_content, reports, summary
 from musc.stages import Run, reused_throughout
 from musc.store import catalog, naming
-from tasks.ui import artifact_key, publish, ui_link
+from tasks.ui import artifact_key, publish, run_source, ui_link
 
 from .category import category_flow, checked_category
 from .names import dataset_run_name
@@ -100,12 +100,13 @@ def publish_dataset(dataset: str, folder: Path, table, results: dict, named=str)
     subflow."""
     artifacts = {name: {"extract": r["extract"]["path"], "classify": r["classify"]["path"],
                         "evaluate": r["evaluate"]["path"]} for name, r in results.items()}
-    links = {name: {"its report in the UI": ui_link(f"/artifacts/key/{artifact_key(dataset, name)}-report"),
+    source = run_source()  # the deployment (or the demo): each keeps its own history
+    links = {name: {"its report in the UI": ui_link(f"/artifacts/key/{artifact_key(source, dataset, name)}-report"),
                     **({"its run": ui_link(f"/runs/flow-run/{r['flow_run']}")} if r.get("flow_run") else {})}
              for name, r in results.items()}
     content = ui_content.dataset_content(folder, dataset, table, {n: r["outputs"] for n, r in results.items()},
                                         artifacts, links=links, named=named)
-    key = artifact_key(dataset)
+    key = artifact_key(source, dataset)
     publish("table", f"{key}-metrics", content.rows, content.table_description)
     publish("markdown", f"{key}-report", content.markdown,
             f"MuSc run report, {dataset}: {named(folder / catalog.REPORT.index)}")

@@ -11,8 +11,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.exceptions import MissingContextError
 from prefect.states import Completed
 
+from musc import store
 from musc.method.blocks import Tile
 from musc.stages import STAGE_SPECS, Plan, ensure, ensure_many
+
+from .ui import made_by
 
 
 class _ToRunLogger(logging.Handler):
@@ -44,7 +47,8 @@ def _stage_run_name() -> str:
 @task(name="stage", task_run_name=_stage_run_name, cache_policy=NO_CACHE, persist_result=False)
 def stage_task(plan: Plan):
     """The plan's artifact: reused (Cached) when valid, else built."""
-    ref, reused = ensure(plan)
+    with store.made_by(made_by()):
+        ref, reused = ensure(plan)
     return Completed(data=ref, name="Cached", message=f"reused {plan.path}") if reused else ref
 
 
@@ -71,7 +75,8 @@ def parts_task(plans: list[Plan]):
     """A chunk of a per-part stage's plans (one artifact per part, the missing ones built together:
     ``ensure_many``): Cached when every one was reused. Returns their references (a part that could
     not be built: a ``not_built`` reference saying why)."""
-    results = ensure_many(plans)
+    with store.made_by(made_by()):
+        results = ensure_many(plans)
     refs = [ref for ref, _ in results]
     if all(reused for _, reused in results):
         return Completed(data=refs, name="Cached", message=f"reused {len(refs)} artifact(s)")

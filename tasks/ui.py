@@ -72,6 +72,40 @@ def root_flow_run_id() -> UUID | None:
     return run_id
 
 
+_origins: dict[UUID, tuple[str, str, str]] = {}
+
+
+def run_origin() -> tuple[str, str, str]:
+    """(the id of the flow run the user started, its deployment's name or '' when started by hand,
+    its flow's name); empty outside a run or when the API cannot tell."""
+    try:
+        root = root_flow_run_id()
+        if root is None:
+            return "", "", ""
+        if root not in _origins:
+            from prefect.client.orchestration import get_client
+            with get_client(sync_client=True) as client:
+                run = client.read_flow_run(root)
+                deployment = client.read_deployment(run.deployment_id).name if run.deployment_id else ""
+                _origins[root] = (str(root), deployment, client.read_flow(run.flow_id).name)
+        return _origins[root]
+    except Exception:  # noqa: BLE001 - a record and a key part: never fail the work for them
+        return "", "", ""
+
+
+def run_source() -> str:
+    """What started the run, as batch artifact keys name it, so that each history stays apart: the
+    deployment's name ('mvtec-nightly'), 'demo' for musc demo, '' for a run started by hand."""
+    _, deployment, flow = run_origin()
+    return (deployment or ("demo" if flow == "musc-demo" else "")).removeprefix("musc-")
+
+
+def made_by() -> dict[str, str]:
+    """What HDF5 artifacts record of the run that made them (``store.made_by``)."""
+    run, deployment, _ = run_origin()
+    return {"flow_run": run, "deployment": deployment}
+
+
 def publish(kind: str, key: str, content, description: str, on_root: bool = True) -> UUID | None:
     """A 'markdown' or 'table' artifact on the run the user started (on_root) or the current run.
     The results are on disk already: a Prefect API failure here is a warning, not a failed run."""
@@ -122,7 +156,7 @@ class PrefectProgress:
         except MissingContextError:
             return  # not inside a flow run: nothing to attach it to
         try:
-            created = ProgressArtifact(key=artifact_key(job.dataset, job.label, job.stage, "progress"),
+            created = ProgressArtifact(key=artifact_key(run_source(), job.dataset, job.label, job.stage, "progress"),
                                        progress=0.0, description=describe(job),
                                        flow_run_id=root_flow_run_id()).create(_sync=True)
         except Exception as error:  # noqa: BLE001 - the UI is a view, the run goes on

@@ -86,6 +86,21 @@ def test_the_artifact_format_document_is_generated_from_the_schema():
         "regenerate it: python -m musc.store.schema > docs/ARTIFACTS.md"
 
 
+def test_an_artifact_records_the_run_that_made_it_only_inside_one(tmp_path):
+    import json
+    write_sample(tmp_path / "alone.h5")
+    assert "made_by" not in store.open_artifact(tmp_path / "alone.h5").attrs
+    with store.made_by({"flow_run": "0f3c", "deployment": "mvtec-nightly"}):
+        write_sample(tmp_path / "run.h5")
+    with store.made_by({"flow_run": "0f3d", "deployment": ""}):  # started by hand: no deployment named
+        write_sample(tmp_path / "hand.h5")
+    assert json.loads(store.open_artifact(tmp_path / "run.h5").attrs["made_by"]) == {
+        "flow_run": "0f3c", "deployment": "mvtec-nightly"}
+    assert json.loads(store.open_artifact(tmp_path / "hand.h5").attrs["made_by"]) == {"flow_run": "0f3d"}
+    write_sample(tmp_path / "after.h5")
+    assert "made_by" not in store.open_artifact(tmp_path / "after.h5").attrs
+
+
 def test_reader_refuses_partial_foreign_or_corrupt_files(tmp_path):
     path = tmp_path / "k.h5"
     write_sample(path)

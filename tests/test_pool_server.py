@@ -66,7 +66,7 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     assert run["name"] == f"line3 {day} (23:30)"  # the pool, the day it scored, its scheduled time: not a random name
 
     table = pd.read_csv(root / day / "musc/scores.csv")  # that day's folder, not today's
-    assert sorted(table["path"]) == sorted(str(p) for p in (root / day).glob("*.png"))
+    assert sorted(table["path"]) == sorted(p.name for p in (root / day).glob("*.png"))  # named within the day
     assert list(table.columns) == ["path", "part", "score", "decision", "verdict", "map_png"]
     assert not (root / next_day / "musc").exists()
     assert (root / day / "musc/report.md").read_text().count("![") >= 4  # trend plot and three maps
@@ -87,7 +87,7 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     decisions = [row["decision"] for row in rows]
     assert sorted(row["part"] for row in rows) == sorted(p.name for p in (root / day).glob("*.png"))
     assert all(str(tmp_path) not in json.dumps(row) for row in rows)  # no worker paths in the table
-    assert all(row["score"] == f"{table.set_index('path').loc[str(root / day / row['part']), 'score']:.4f}"
+    assert all(row["score"] == f"{table.set_index('path').loc[row['part'], 'score']:.4f}"
                for row in rows)
     assert decisions == sorted(decisions)  # "anomalous" < "normal": anomalous parts first
     maps = artifacts[f"{key}-maps"]["data"]
@@ -106,6 +106,10 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     assert payload["day"] == day and payload["count"] == 3 and payload["anomalous"] == len(anomalous)
     assert sorted(p["path"] for p in payload["anomalous_parts"]) == sorted(anomalous["path"])
     assert [p["score"] for p in payload["anomalous_parts"]] == sorted(round(s, 4) for s in anomalous["score"])[::-1]
+    # the day's files named from the day's folder (the root as the deployment's parameter gives it)
+    assert payload["folder"] == str(root / day) and payload["report"] == "musc/report.md"
+    assert (root / day / payload["scores_csv"]).is_file() and all(
+        (root / day / "musc" / p["map_png"]).is_file() for p in payload["anomalous_parts"])
     assert events[0]["resource"]["prefect.resource.id"] == f"musc.pool.{name}"
     assert events[0]["resource"]["musc.anomalous"] == ("true" if len(anomalous) else "false")
 

@@ -32,14 +32,14 @@ def test_a_second_call_into_one_out_keeps_the_first_calls_map(pool_file, tiny_da
     out = tmp_path / "out"
     first = score_new_images(pool_file, [str(tmp_path / "d1/a.png")], out, device="cpu")
     before = part_map(first.record, first.rows[0]["part"])
-    overlay = Path(first.rows[0]["map_png"]).read_bytes()
+    overlay = first.rows[0]["map_file"].read_bytes()
     score_new_images(pool_file, [str(tmp_path / "d2/a.png")], out, device="cpu")
     table = pd.read_csv(out / "scores.csv").set_index("path")
     kept = table.loc[str(tmp_path / "d1/a.png")]
     assert table.loc[str(tmp_path / "d2/a.png"), "map_png"] != kept["map_png"]   # two parts, two maps
     from musc.reference_pool.day import load_day
     np.testing.assert_array_equal(part_map(load_day(out), kept["part"]), before)
-    assert Path(kept["map_png"]).is_file() and Path(kept["map_png"]).read_bytes() != b""
+    assert (out / kept["map_png"]).is_file() and (out / kept["map_png"]).read_bytes() != b""  # named from OUT
     assert overlay  # drawn again on the day's scale only where it moved
 
 
@@ -69,11 +69,11 @@ def test_a_call_that_fails_while_drawing_leaves_outputs_that_a_rerun_completes(p
     with pytest.raises(OSError):
         score_new_images(pool_file, sorted(str(p) for p in day.iterdir()), out, device="cpu")
     table = pd.read_csv(out / "scores.csv")
-    assert all(Path(map_png).is_file() for map_png in table["map_png"])
+    assert all((out / map_png).is_file() for map_png in table["map_png"])
     monkeypatch.setattr(figures, "save_overlay", real)
     from musc.stages.faults import note_work  # noqa: F401 - the builds are counted below by their artifacts
     again = score_new_images(pool_file, sorted(str(p) for p in day.iterdir()), out, device="cpu")
-    assert len(again.rows) == 3 and all(Path(row["map_png"]).is_file() for row in again.rows)
+    assert len(again.rows) == 3 and all((out / row["map_png"]).is_file() for row in again.rows)
 
 
 def test_a_copy_of_an_unreadable_part_is_named_as_not_scored_too(pool_file, tiny_dataset, tmp_path):

@@ -265,3 +265,19 @@ def test_runs_are_named_by_what_they_are_and_log_a_summary(prefect_harness, tiny
     assert any(message.startswith(f"mvtec_ad: 1 category, {len(per_image)} images, {flagged} flagged anomalous")
                and message.endswith("index.html") for message in logs[top]), logs[top]
     assert result["categories"]["fabric"]["flagged"] == flagged
+
+
+def test_batch_artifact_keys_keep_each_source_apart(monkeypatch):
+    """A deployment's runs, the demo and runs started by hand publish under keys of their own, so
+    that the demo never lands in a nightly deployment's history."""
+    from tasks import ui
+    for origin, source in ((("1", "mvtec-nightly", "musc-dataset"), "mvtec-nightly"),
+                           (("2", "musc-demo", "musc-demo"), "demo"),  # the demo deployment
+                           (("3", "", "musc-demo"), "demo"),  # musc demo
+                           (("4", "", "musc-dataset"), ""),  # musc run
+                           (("", "", ""), "")):  # outside a run
+        monkeypatch.setattr(ui, "run_origin", lambda origin=origin: origin)
+        assert ui.run_source() == source
+        assert ui.artifact_key(ui.run_source(), "mvtec_ad") == "-".join(filter(None, ["musc", source, "mvtec-ad"]))
+    monkeypatch.setattr(ui, "run_origin", lambda: ("4", "", "musc-dataset"))
+    assert ui.made_by() == {"flow_run": "4", "deployment": ""}

@@ -24,8 +24,13 @@ def test_demo_deployment_runs_and_publishes_artifacts(server, worker, tmp_path):
     run = wait_for(server, flow_run, {"COMPLETED", "FAILED", "CRASHED"})
     assert run["state"]["type"] == "COMPLETED", (server["home"] / "worker.log").read_text()[-3000:]
     found = httpx.post(f"{server['api']}/artifacts/filter",
-                       json={"artifacts": {"key": {"any_": ["musc-mvtec-ad-metrics"]}}}).json()
+                       json={"artifacts": {"key": {"any_": ["musc-demo-mvtec-ad-metrics"]}}}).json()
     assert found and found[0]["type"] == "table"
+    # the demo deployment's history is its own: nothing under the keys of runs started by hand or nightly
+    assert not httpx.post(f"{server['api']}/artifacts/filter",
+                          json={"artifacts": {"key": {"like_": "musc-mvtec-ad-%"}}}).json()
+    made = json.loads(store.open_artifact(next(artifacts.glob("mvtec_ad/*/evaluate/*.h5"))).attrs["made_by"])
+    assert made == {"flow_run": flow_run, "deployment": "musc-demo"}  # the run that made it, recorded
     rows = json.loads(found[0]["data"]) if isinstance(found[0]["data"], str) else found[0]["data"]
     assert {row["category"] for row in rows} >= {"fabric", "washer", "mean"}
     evaluations = list(artifacts.glob("mvtec_ad/*/evaluate/*.h5"))

@@ -83,7 +83,7 @@ def test_a_tiled_pool_calibrates_and_scores_as_the_tiled_batch_would(mixing, par
     assert Path(row["path"]).name == "pitted.png"
     assert row["score"] == pytest.approx(raw_scores(batch)["pitted.png"], rel=1e-5)
     assert part_map(result.record, row["part"]).shape == (128, 128)   # stitched at the part's full resolution
-    assert Image.open(row["map_png"]).size[0] > 128             # the overlay of the full part
+    assert Image.open(row["map_file"]).size[0] > 128             # the overlay of the full part
 
 
 def test_a_tiled_pool_flags_a_pit_and_skips_a_part_of_another_size_naming_it(mixing, parts, tmp_path):

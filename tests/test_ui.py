@@ -146,7 +146,7 @@ def test_demo_in_a_terminal_fits_one_screen_with_progress_bars(demo):
 def test_progress_artifacts_follow_extraction_and_scoring(demo):
     for category in ("fabric", "washer"):
         for stage, unit in (("extract", "images"), ("score", "tiles")):
-            found = artifacts(demo, f"musc-mvtec-ad-{category}-{stage}-progress")
+            found = artifacts(demo, f"musc-demo-mvtec-ad-{category}-{stage}-progress")
             assert len(found) == 1 and found[0]["type"] == "progress"
             assert found[0]["flow_run_id"] == demo["run"]  # on the run the user started
             assert float(found[0]["data"]) == 100.0
@@ -155,13 +155,13 @@ def test_progress_artifacts_follow_extraction_and_scoring(demo):
 
 
 def test_the_run_the_user_started_shows_rounded_metrics_and_its_report(demo, driver, tmp_path):
-    table = artifacts(demo, "musc-mvtec-ad-metrics")[0]
-    report = artifacts(demo, "musc-mvtec-ad-report")[0]
+    table = artifacts(demo, "musc-demo-mvtec-ad-metrics")[0]
+    report = artifacts(demo, "musc-demo-mvtec-ad-report")[0]
     assert table["flow_run_id"] == demo["run"] and report["flow_run_id"] == demo["run"]
     base = f"http://127.0.0.1:{httpx.URL(demo['api']).port}"
 
     tab = browser.open_flow_run_artifacts_tab(driver, base, demo["run"])
-    assert "musc-mvtec-ad-metrics" in tab and "musc-mvtec-ad-report" in tab
+    assert "musc-demo-mvtec-ad-metrics" in tab and "musc-demo-mvtec-ad-report" in tab
 
     browser.open_artifact(driver, base, table["id"])
     shown = browser.read_table(driver)
@@ -189,8 +189,8 @@ def test_the_run_the_user_started_shows_rounded_metrics_and_its_report(demo, dri
 def test_each_category_subflow_carries_its_table_and_gallery(demo, driver, tmp_path):
     base = f"http://127.0.0.1:{httpx.URL(demo['api']).port}"
     for category in ("fabric", "washer"):
-        table = artifacts(demo, f"musc-mvtec-ad-{category}-metrics")[0]
-        report = artifacts(demo, f"musc-mvtec-ad-{category}-report")[0]
+        table = artifacts(demo, f"musc-demo-mvtec-ad-{category}-metrics")[0]
+        report = artifacts(demo, f"musc-demo-mvtec-ad-{category}-report")[0]
         subflow = httpx.get(f"{demo['api']}/flow_runs/{report['flow_run_id']}").json()
         assert subflow["parent_task_run_id"] and table["flow_run_id"] == report["flow_run_id"] != demo["run"]
         rows = json.loads(table["data"]) if isinstance(table["data"], str) else table["data"]
@@ -255,7 +255,7 @@ def test_heat_map_thumbnails_in_the_ui_keep_the_colours_of_the_disk_thumbnails(d
     import numpy as np
     from PIL import Image
     base = f"http://127.0.0.1:{httpx.URL(demo['api']).port}"
-    report = artifacts(demo, "musc-mvtec-ad-fabric-report")[0]
+    report = artifacts(demo, "musc-demo-mvtec-ad-fabric-report")[0]
     browser.open_artifact(driver, base, report["id"], min_images=report["data"].count("data:image/png;base64,"))
     drawn = driver.execute_script(
         "const t = Array.from(document.querySelectorAll('.artifact-data-view table'))"
@@ -284,7 +284,7 @@ def test_heat_map_thumbnails_in_the_ui_keep_the_colours_of_the_disk_thumbnails(d
 def test_the_run_report_links_each_category_report_and_run(demo, driver):
     """From the run the user started, one click to each category's report (and its run) in the UI."""
     base = f"http://127.0.0.1:{httpx.URL(demo['api']).port}"
-    report = artifacts(demo, "musc-mvtec-ad-report")[0]
+    report = artifacts(demo, "musc-demo-mvtec-ad-report")[0]
     browser.open_artifact(driver, base, report["id"], min_images=report["data"].count("data:image/png;base64,"))
     links = driver.execute_script(
         "return Array.from(document.querySelectorAll('.artifact-data-view a'))"
@@ -293,9 +293,9 @@ def test_the_run_report_links_each_category_report_and_run(demo, driver):
     runs = [href for text, href in links if text == "its run"]
     assert len(reports) == 2 and len(runs) == 2, links
     for category, href in zip(("fabric", "washer"), reports):
-        assert href.endswith(f"/artifacts/key/musc-mvtec-ad-{category}-report")
+        assert href.endswith(f"/artifacts/key/musc-demo-mvtec-ad-{category}-report")
         driver.get(href)
-        browser.wait_for(driver, text=f"musc-mvtec-ad-{category}-report")
+        browser.wait_for(driver, text=f"musc-demo-mvtec-ad-{category}-report")
     for href in runs:
         run_id = href.rsplit("/", 1)[1]
         subflow = httpx.get(f"{demo['api']}/flow_runs/{run_id}").json()

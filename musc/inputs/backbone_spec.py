@@ -61,14 +61,14 @@ def backbone_settings(settings: ExtractSettings) -> dict:
 def model_files(settings: ExtractSettings, folder: str | Path) -> str:
     """Where the settings' local model files lie, named from ``folder`` (a JSON list, recorded beside
     an artifact's or a pool's key: a hint for ``model_file``, which trusts only the digest)."""
-    from ..store.catalog import named_from
+    from ..store.naming import named_from
     return json.dumps([named_from(os.path.abspath(getattr(settings, name)), folder) for name in LOCAL_FILES
                        if Path(getattr(settings, name)).is_file()])
 
 
 def recorded_model_files(value: str | None, folder: str | Path) -> list[Path]:
     """The files a ``model_files`` record names, from ``folder`` (none where nothing was recorded)."""
-    from ..store.catalog import named_in
+    from ..store.naming import named_in
     try:
         return [named_in(name, folder) for name in json.loads(value or "[]")]
     except (TypeError, ValueError):
@@ -95,7 +95,7 @@ def model_file(setting: str, recorded: str, sha256: str, places=(), made: str = 
     looked = ", ".join(dict.fromkeys(str(p) for p in [*places[:3], recorded, f"${MODELS_VARIABLE}"]))
     differing = f"; {others[0]} is another file" if others else ""
     raise ConfigError(f"{setting}: {made} was made with {name} (SHA-256 {sha256[:12]}), found in none of "
-                      f"{looked}{differing}; give the file (or a folder holding it) with --{setting} PATH, or "
+                      f"{looked}{differing}; give the file (or a folder holding it) with --backbone PATH, or "
                       f"name its folder in {MODELS_VARIABLE}")
 
 

@@ -32,7 +32,8 @@ import pandas as pd
 
 from ..outputs.evaluation import ANOMALOUS, decision_words
 from ..store import ArtifactError, atomic_output, atomic_write_text, open_artifact
-from ..store.catalog import DAY, derived_name, leftover_writes, named_from, named_in
+from ..store.catalog import DAY, derived_name, leftover_writes
+from ..store.naming import named_from, named_in
 from .errors import PoolError
 from .verdicts import standing, verdict_history_path
 

@@ -14,6 +14,7 @@ for people (``read_guard``) and checks a pool before any work (``check_reference
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from ..outputs.evaluation import ANOMALOUS, decision_words
 from ..outputs.guarding import GUARD_MARK, guard_warning
 from ..stages.key import Ref
 from ..store import open_artifact
+from ..store.naming import named_in, rebased
 from .pool import PoolError, check_compatible, open_pool
 from .runs import planned_settings
 
@@ -43,14 +45,18 @@ class Guard:
     pool_digest: str
     pool_size: int
     ref: Ref
+    pool_recorded: str = ""      # the pool as the guard artifact names it (``store.naming.named_from``)
 
     @property
     def warning(self) -> str | None:
         return guard_warning(self.marked)
 
-    def record(self) -> dict:
-        """What the report folder keeps (guard.json): the reports and the UI read the marks from it."""
-        return {"pool": self.pool, "pool_digest": self.pool_digest, "pool_size": self.pool_size,
+    def record(self, folder: str | Path | None = None) -> dict:
+        """What the report folder keeps (guard.json): the reports and the UI read the marks from it;
+        the pool named from ``folder`` (where given) as the guard artifact names it from its own."""
+        pool = rebased(self.pool_recorded, Path(self.ref["path"]).parent, folder) if folder and self.pool_recorded \
+            else self.pool
+        return {"pool": pool, "pool_digest": self.pool_digest, "pool_size": self.pool_size,
                 "threshold": self.threshold, "rule": self.rule, "artifact": self.ref["path"],
                 "images": {name: {"pool_score": float(score), "pool_decision": decision}
                            for name, score, decision in zip(self.names, self.pool_scores, self.pool_decisions)}}
@@ -76,10 +82,11 @@ def read_guard(ref: Ref, evaluate: Ref) -> Guard:
     pool_decided = decision_words(np.asarray(artifact.read("pool_decisions")) == 1)
     batch = np.asarray(evaluation.read("decisions")) == 1
     flagged = [(scores[i], names[i]) for i in range(len(names)) if pool_decided[i] == ANOMALOUS and not batch[i]]
-    pool_path = str(artifact.attrs["pool"])
+    recorded = str(artifact.attrs["pool"])  # relative to the artifact's folder (absolute: as a person gave it)
     return Guard(names, scores, [str(d) for d in pool_decided], [n for _, n in sorted(flagged, reverse=True)],
                  float(artifact.attrs["threshold"]), str(artifact.attrs["threshold_rule"]),
-                 str(Path(pool_path).resolve()), artifact.inputs["pool"], int(artifact.attrs["pool_size"]), ref)
+                 os.path.abspath(named_in(recorded, artifact.path.parent)), artifact.inputs["pool"],
+                 int(artifact.attrs["pool_size"]), ref, recorded)
 
 
 __all__ = ["GUARD_MARK", "Guard", "check_reference", "guard_warning", "read_guard"]

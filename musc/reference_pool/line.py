@@ -20,7 +20,8 @@ from typing import Any, Iterator, Sequence
 from ..stages import LineRun, Part, build_all
 from ..stages.building import built
 from ..store import ArtifactError, artifact_lock, file_digest, mark_artifacts_root
-from ..store.catalog import DAY, named_from
+from ..store.catalog import DAY
+from ..store.naming import named_from
 from .day import DAY_RECORD, DayError, DayRecord, DayView, view, write_views
 from .pool import PoolError, PoolFile, open_pool
 from .rule import DecisionRule

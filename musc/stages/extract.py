@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import store
 from ..store import naming
-from ..inputs.backbone_spec import backbone_settings, check_tile_size
+from ..inputs.backbone_spec import backbone_settings, check_tile_size, model_files
 from ..inputs.config import ExtractSettings
 from ..inputs.datasets import Category, DatasetError
 from ..inputs.images import UnreadableImage, load_image, load_mask
@@ -202,7 +202,8 @@ def build(path: Path, plan: Plan) -> None:
                 "defect_types": [s.defect_type for s in chosen], "labels": labels, "has_mask": has_mask,
                 "skipped": skipped or np.zeros(0, dtype=object)},
         attrs={"backbone": backbone.describe(), "mask_rule": category.mask_rule, "n_skipped": len(skipped),
-               "root": naming.as_given(category.root), "artifacts": naming.as_given(plan.needs.artifacts)},
+               "root": naming.as_given(category.root), "artifacts": naming.as_given(plan.needs.artifacts),
+               "model_files": model_files(settings, path.parent)},
         code_version=plan.key.code_version, fill=fill)
     store.clear_parts(path)
     for orphan in store.clear_orphan_parts(path):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import store
+from ..store import naming
 from .building import Plan
 from .key import Ref, StageKey
 
@@ -63,7 +64,7 @@ def build(path: Path, plan: Plan) -> None:
     store.write_artifact(path, "guard", plan.key.config, plan.key.inputs,
                          {"names": np.array(names, dtype=object), "pool_scores": scores.astype(np.float64),
                           "pool_decisions": decisions(scores, threshold).astype(np.int8)},
-                         attrs={"threshold": float(threshold), "threshold_rule": how, "pool": str(pool.path),
+                         attrs={"threshold": float(threshold), "threshold_rule": how, "pool": naming.named_from(pool.path, Path(path).parent),
                                 "pool_size": len(pool)},
                          code_version=plan.key.code_version)
     log.info(f"guard: {len(names)} images scored against the pool {pool.path} ({len(pool)} images)")

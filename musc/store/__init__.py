@@ -13,12 +13,12 @@ from .schema import SCHEMA_VERSION, STAGES, stage_schema
 from .verification import (Artifact, describe, forget, open_artifact, read_only, remove_artifact, valid_digest,
                            verify)
 from .writing import (NoSpaceError, ReadOnlyLocation, atomic_output, atomic_write_bytes, atomic_write_text,
-                      check_writable, mark_artifacts_root, refused, write_artifact, writing_in)
+                      check_writable, made_by, mark_artifacts_root, refused, write_artifact, writing_in)
 
 __all__ = ["catalog", "naming", "ARTIFACTS_MARKER", "Artifact", "ArtifactError", "NoSpaceError", "ReadOnlyLocation", "alone",
            "artifact_lock", "artifact_path", "atomic_output", "atomic_write_bytes", "atomic_write_text", "check_writable",
            "clear_orphan_parts", "clear_parts", "clear_temporary_files", "describe", "file_digest", "file_sha256",
-           "forget", "manifest_path", "mark_artifacts_root", "open_artifact", "part_path", "parts_dir", "read_only",
+           "forget", "made_by", "manifest_path", "mark_artifacts_root", "open_artifact", "part_path", "parts_dir", "read_only",
            "read_part", "refused", "remove_artifact", "running", "unless_running", "report_folder", "stable_hash",
            "valid_digest", "verification_record", "verify", "write_artifact", "write_part", "writing_in",
            "SCHEMA_VERSION", "STAGES", "stage_schema"]

@@ -293,22 +293,6 @@ def derived_name(name: str, suffix: str = ".png", identity: str | None = None) -
 
 # Input roles and lineage --------------------------------------------------------------------------
 
-def named_from(path: str | Path, base: str | Path) -> str:
-    """How an output names a file it refers to, so that outputs travel: relative to ``base`` (the
-    folder of the file that names it) when the file lies under it; else as the person gave it when
-    that was absolute; else relative to ``base`` all the same (``..`` included). ``named_in`` reads it
-    back. Never the worker's absolute path unless a person typed it."""
-    whole, top = os.path.abspath(path), os.path.abspath(base)
-    if Path(whole).is_relative_to(top) or not Path(path).is_absolute():
-        return Path(os.path.relpath(whole, top)).as_posix()
-    return str(path)
-
-
-def named_in(name: str | Path, base: str | Path) -> Path:
-    """The file an output names (``named_from``), found from the folder of the file naming it."""
-    return Path(base) / name
-
-
 def role_name(stage: str, index: int | None = None) -> str:
     """The name under which an artifact records an input of ``stage`` (the ``index``-th of several)."""
     return stage if index is None else f"{stage}_{index}"

@@ -11,6 +11,11 @@ that no person typed:
   to the folder of the file that names it, `..` included (`link`; read back with `linked`): a CSV's
   or a page's own folder (per_image.csv's `map_png`, `mask_png`, `thumb_png`; the links of report.md
   and report.html), and an HDF5 artifact's own folder for its attributes (the evaluate's `outputs`).
+- A path a person gave, recorded in a file beside others (a day's artifacts root, pool and images
+  folder in its `day.json`; the pool in a guard artifact; a part's file in a day's `scores.csv`):
+  relative to the folder of the file that records it when it lies under that folder or was given
+  relative, as given when it was given absolute and lies outside (`named_from`; read back with
+  `named_in`; carried to another recording folder by `rebased`).
 - The dataset root and the artifacts folder: as the person gave them, relative or absolute
   (`as_given`): the extract's `root` and `artifacts`. A relative dataset root is found again under
   the folder the run was started in, which the artifacts folder as given tells from where the
@@ -28,6 +33,29 @@ from pathlib import Path, PurePath
 def as_given(path: str | Path) -> str:
     """A folder a person gave (the dataset root, the artifacts folder), as it is recorded: as given."""
     return os.fspath(path)
+
+
+def named_from(path: str | Path, base: str | Path) -> str:
+    """A path a person gave (``path``: as given, relative to the working directory or absolute), as a
+    file in ``base`` records it: relative to ``base`` (``..`` included) unless given absolute and
+    outside ``base``, then as given."""
+    whole, top = os.path.abspath(path), os.path.abspath(base)
+    if Path(whole).is_relative_to(top) or not Path(path).is_absolute():
+        return Path(os.path.relpath(whole, top)).as_posix()
+    return os.fspath(path)
+
+
+def named_in(name: str | Path, base: str | Path) -> Path:
+    """The path a file in ``base`` records (``named_from``)."""
+    return Path(base) / name
+
+
+def rebased(name: str | Path, base: str | Path, to: str | Path) -> str:
+    """A path recorded in ``base`` (``named_from``) as a file in ``to`` records it: an absolute one as
+    it is, a relative one relative to ``to``."""
+    if Path(name).is_absolute():
+        return os.fspath(name)
+    return Path(os.path.relpath(os.path.abspath(named_in(name, base)), os.path.abspath(to))).as_posix()
 
 
 def image_name(path: str | Path, root: str | Path) -> str:

@@ -75,6 +75,9 @@ COMMON_ATTRS = (
     Field("inputs", "JSON", "", "digests (SHA-256) of the inputs: upstream artifacts or image files"),
     Field("code_version", "str", "", "package and stage code version (part of the cache key)"),
     Field("created", "str", "", "creation time, ISO 8601"),
+    Field("made_by", "JSON", "", "the run that made it: the Prefect flow run the user started (`flow_run`) and "
+                                 "its deployment (`deployment`, when it has one); absent outside a Prefect run",
+          required=False),
     Field("complete", "bool", "", "written last: a file without it is a partial write"),
 )
 
@@ -108,6 +111,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("artifacts", "str", "", "the artifacts folder as the person gave it: with it, a relative `root` is "
                                       "found again from where the artifacts root lies now (a record)",
               required=False),
+        Field("model_files", "JSON", "", "where the local model and checkpoint files lay, relative to this file's "
+                                         "folder: a hint (the key holds their names and SHA-256; a moved file is "
+                                         "found again by its digest)", required=False),
     )),
     Stage("aggregate", "1", "LNAMD features of one degree r", datasets=(
         Field("features", "float32", "(layers, N, L, C)", "LayerNorm, r x r neighbourhood mean, L2 normalisation"),
@@ -165,6 +171,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("self_scores", "float64", "(P,) or (0,)", "each pool image's score against the rest of the pool "
                                                         "(calibrates the threshold; empty below 2 images)"),
     ), attrs=(
+        Field("model_files", "JSON", "", "where the pool's model and checkpoint files lay, relative to the pool's "
+                                         "folder: a hint (they are found by their SHA-256: also beside the pool, in "
+                                         "$MUSC_MODELS, or given with --backbone)", required=False),
         Field("pool_id", "str", "", "the pool's identity: made when the pool is created, kept by every addition "
                                     "and removal (a moved, copied or symlinked pool is the same pool; a pool made "
                                     "anew at the same path is another); verdicts and learnt thresholds belong to it"),

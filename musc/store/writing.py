@@ -6,6 +6,7 @@ read-only or forbidden location (``ReadOnlyLocation``)."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import io
 import json
@@ -204,6 +205,20 @@ def write_artifact(path: str | Path, stage: str, config: Mapping[str, Any], inpu
     return digest
 
 
+_MADE_BY: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("musc_made_by", default={})
+
+
+@contextlib.contextmanager
+def made_by(values: Mapping[str, str]) -> Iterator[None]:
+    """Artifacts written in this context (this thread's) record who made them (attribute ``made_by``:
+    the orchestrator's run id and deployment; set by its thin face, tasks/stage.py)."""
+    token = _MADE_BY.set({key: str(value) for key, value in values.items() if value})
+    try:
+        yield
+    finally:
+        _MADE_BY.reset(token)
+
+
 def _fill_artifact(f: h5py.File, path: Path, stage: str, config: Mapping[str, Any], inputs: Mapping[str, str],
                    arrays: Mapping[str, Any], attrs: Mapping[str, Any] | None, code_version: str,
                    fill: Callable[[h5py.File], None] | None) -> None:
@@ -217,6 +232,8 @@ def _fill_artifact(f: h5py.File, path: Path, stage: str, config: Mapping[str, An
     f.attrs["stage"] = stage
     f.attrs["config"] = json.dumps(dict(config), sort_keys=True, default=str)
     f.attrs["inputs"] = json.dumps(dict(inputs), sort_keys=True)
+    if _MADE_BY.get():
+        f.attrs["made_by"] = json.dumps(_MADE_BY.get(), sort_keys=True)
     f.attrs["code_version"] = code_version
     f.attrs["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     for name, value in (attrs or {}).items():
