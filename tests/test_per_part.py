@@ -234,3 +234,13 @@ def test_the_daily_flow_records_its_day_for_review(prefect_harness, clean_pool, 
         (PoolFile(pool).id, "2026-12-01", Path(stained[0]).name, "defect")]  # named within its day's folder
     assert history["part"][0] == musc.store.file_digest(stained[0])
     assert "2026-12-01:" in reviewed.stdout and "flagged of 16 part(s)" in reviewed.stdout
+    # what the daily flow and the review wrote names no path of the worker but those a person gave
+    # absolute (the pool, the day's folder under the root): a grep of every file, HDF5 included
+    given = [str(pool), str(root / "2026-12-01"), str(root)]
+    for path in [*out.rglob("*"), *tmp_path.glob("line3.*.csv")]:
+        if path.is_file():
+            text = path.read_bytes()
+            for allowed in sorted(given, key=len, reverse=True):
+                text = text.replace(allowed.encode(), b"")
+            assert str(tmp_path).encode() not in text, f"{path} names {tmp_path}"
+            assert str(Path(__file__).parents[1]).encode() not in text, f"{path} names the checkout"
