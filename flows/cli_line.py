@@ -1,5 +1,5 @@
-"""The line's commands: ``musc pool add`` and ``musc pool info``, ``musc score-new`` (its decision
-options derived from ``DecisionRule``'s declaration) and ``musc review``."""
+"""The line's commands: ``musc pool add`` and ``musc pool info``, ``musc score-new`` and ``musc
+serve`` (their decision options derived from ``DecisionRule``'s declaration) and ``musc review``."""
 
 import json
 from pathlib import Path
@@ -155,7 +155,7 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
                   help="Where the parts' artifacts go (HDF5: features, scores, decisions; reused by reruns and "
                        "by musc pool add). Default: OUT/artifacts.")] = None,
               device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-              backbone: Annotated[List[Path], typer.Option(
+              backbone: Annotated[List[Path], typer.Option(metavar="<path>",
                   help="The pool's model or checkpoint file (or a folder holding it) when it moved since the pool "
                        "was made; found by its content (also looked for beside the pool and in $MUSC_MODELS). "
                        "Repeat for several.")] = [],  # noqa: B006 - typer's way for a repeated option
@@ -177,3 +177,48 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
         console.print(f"threshold {day.threshold:.6g} ({day.rule}); scores: {Path(out) / 'scores.csv'}")
     terminal.run_guarded(go)
 
+
+
+@options_of(DecisionRule, "Decision", flags={"rule": "--threshold-rule"})
+def serve(pool: Annotated[Path, typer.Option(help="The pool file (musc pool add).")],
+          watch: Annotated[Path, typer.Option(help="The folder new parts arrive in (its subfolders too).")],
+          out: Annotated[Path, typer.Option(help="Where each day's results go: OUT/<YYYY-MM-DD> (scores.csv, maps/, "
+                                                 "day.json, artifacts/), the day a part arrived (local time).")],
+          interval: Annotated[float, typer.Option(help="Seconds between looks at the folder.", min=0.05)] = 1.0,
+          device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+          backbone: Annotated[List[Path], typer.Option(metavar="<path>",
+              help="The pool's model or checkpoint file (or a folder holding it) when it moved since the pool was "
+                   "made (as for score-new).")] = [],  # noqa: B006 - typer's way for a repeated option
+          **decision) -> None:
+    """Keep the pool and its backbone loaded, watch a folder and score each new part as it arrives
+    (a file taken once it stopped changing; a changed file is a new part), as score-new would; one
+    line per part. Ctrl-C or SIGTERM stops it."""
+    def go():
+        import time as clock
+
+        from musc.reference_pool.serving import serve as serving
+        rule = DecisionRule(**{name: value for name, value in decision.items() if value is not None})
+        if not pool.is_file():
+            raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
+        console = Console(soft_wrap=True, markup=False, highlight=False)
+        started = clock.perf_counter()
+
+        def scored(look) -> None:
+            rows = look.rows()
+            if not rows:  # none of them could be scored: said by the warnings above
+                return
+            for row in rows:
+                console.print(f"{terminal.shown(row['file'])}: score {row['score']:.4f}  {row['decision']}  "
+                              f"map {terminal.shown(row['map_file'])}")
+            console.print(f"{len(rows)} part(s) in {look.seconds:.2f} s ({look.seconds / max(len(rows), 1):.2f} s "
+                          f"each); day {look.view.record.day}: {terminal.shown(look.view.record.folder / DAY.scores)}")
+
+        def failed(error, files) -> None:
+            console.print(f"not scored: {terminal.first_line(error)}")
+
+        with terminal.advice_when_read_only("give a writable --out folder"):
+            console.print(f"watching {terminal.shown(watch)} (every {interval:g} s), pool {pool.name}; "
+                          f"results in {terminal.shown(out)}/<day>; Ctrl-C stops")
+            serving(pool, watch, out, rule, device, [str(p) for p in backbone], interval, scored, failed)
+        console.print(f"stopped after {clock.perf_counter() - started:.0f} s")
+    terminal.run_guarded(go)

@@ -183,7 +183,8 @@ def view(record: DayRecord) -> DayView:
 def overlay_name(name: str, part: str) -> str:
     """The overlay of a part seen under a name: the one naming rule of derived files, with the part's
     identity (two parts seen at one path get two overlays)."""
-    return derived_name(name, identity=f"{name}\0{part}")
+    readable = "/".join(p for p in Path(name).parts if p not in ("..", "/"))  # the identity tells them apart
+    return derived_name(readable, identity=f"{name}\0{part}")
 
 
 def write_views(day: DayView) -> None:

@@ -109,8 +109,7 @@ def prepare(pool_path: str | Path, images: Sequence[str | Path], out: str | Path
         known.setdefault(seen["part"], Part(seen["part"], str(record.file_of(seen["name"])), (seen["name"],)))
     run = LineRun(tuple(known.values()), pool.ref(), pool.settings.category, rule, learnt, str(record.root), device,
                   tuple(str(m) for m in models))
-    record.not_scored = [{"name": record.name_of(name), "why": why.replace(name, record.name_of(name), 1)}
-                         for name, why in unreadable]
+    record.not_scored = [{"name": record.name_of(name), "why": why} for name, why in unreadable]
     return run, record
 
 
