@@ -219,7 +219,8 @@ def ask_review(day: DayView, folder: Path, wait_s: int):
         description=review_markdown(summary, asked, len(flagged), day.rule, folder, day.record.folder))
     logger.info(f"{day.record.day}: {len(asked)} flagged part(s) await review for {wait_s} s (Resume in the UI, "
                 f"or musc review {day.record.folder})")
-    try:
+    try:  # not suspend_flow_run: its process is gone when the wait ends and the server fails the run
+        # ("paused and never resumed"), so no "Not reviewed" (docs/OPERATIONS.md, Review in the UI)
         answer = pause_flow_run(wait_for_input=form, timeout=wait_s, key=key)
     except FlowPauseTimeout:
         resume_after_wait()

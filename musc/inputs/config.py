@@ -29,7 +29,8 @@ class MuscConfig:
     __pydantic_config__ = ConfigDict(extra="forbid")
 
     backbone: Annotated[str, about("The backbone: an open_clip model name, the path of an open_clip JSON model "
-                                   "config, or timm:<name> (DINO / DINOv2 ViTs).", min_length=1)] = "ViT-L-14-336"
+                                   "config, or timm:NAME (DINO / DINOv2 ViTs, e.g. timm:vit_small_patch14_dinov2).",
+                                   min_length=1)] = "ViT-L-14-336"
     pretrained: Annotated[str, about("The backbone's weights: an open_clip tag, a local checkpoint file "
                                      "(.pt/.bin/.safetensors), or none (seeded random weights, for tests only).",
                                      min_length=1)] = "openai"
@@ -52,7 +53,7 @@ class MuscConfig:
     batch_size: Annotated[int, about("The images per extraction batch; it changes no result.", ge=1, le=1024)] = 4
     block_size: Annotated[int, about("The images per side of an MSM tile; it changes no result.",
                                      ge=1, le=4096)] = 8
-    device: Annotated[str, about("Where to compute: auto, cpu, cuda or cuda:<n>.")] = "auto"
+    device: Annotated[str, about("Where to compute: auto, cpu, cuda or cuda:N (the GPU numbered N).")] = "auto"
     quick_gelu: Annotated[Literal["auto", "true", "false"], about(
         "Whether the backbone uses QuickGELU: auto (as its model config or tag says), true or false.")] = "auto"
     threshold: Annotated[float | None, about("A fixed image-score threshold for the decisions. Empty: F1-optimal "
