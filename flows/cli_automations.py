@@ -15,6 +15,7 @@ from . import terminal
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_FILES = (CONFIGS / "automation-crashed.yaml",)  # the daily one needs a notification block's id first
+FLOW_HOME = "MUSC_FLOW_HOME"  # a worker's checkout (prefect.yaml's pull step)
 PLACEHOLDER_ID = "00000000-0000-0000-0000-000000000000"  # configs/automation-daily.yaml's, to be replaced
 
 
@@ -28,10 +29,26 @@ def install(files: Annotated[Optional[List[Path]], typer.Argument(
     """Create the automations of the files on the Prefect server (PREFECT_API_URL), or update those of the same name."""
     def go():
         out = Console(soft_wrap=True, highlight=False, markup=False)
-        for line in install_automations(files or list(DEFAULT_FILES)):
+        for line in install_automations(files or default_files()):
             out.print(line)
     terminal.prefect_environment()
     terminal.run_guarded(go)
+
+
+def default_files() -> list[Path]:
+    """The default automation files: in the checkout musc runs from, else (musc installed from a wheel,
+    as in the Docker image or a git-clone worker, which holds no configs/) under $MUSC_FLOW_HOME or the
+    current folder (the image's and the clone's working directory); AutomationError naming where it
+    looked when none is there."""
+    import os
+    homes = [CONFIGS.parent, *([Path(os.environ[FLOW_HOME])] if os.environ.get(FLOW_HOME) else []), Path.cwd()]
+    for home in homes:
+        found = [home / "configs" / path.name for path in DEFAULT_FILES]
+        if all(path.is_file() for path in found):
+            return found
+    raise AutomationError(f"configs/{DEFAULT_FILES[0].name}: not found in {', '.join(str(h) for h in homes)} "
+                          f"(musc installed without its checkout): name the file, or run it in the checkout "
+                          f"or with {FLOW_HOME} set to it")
 
 
 def declared(path: Path) -> list:
@@ -43,6 +60,8 @@ def declared(path: Path) -> list:
         text = Path(path).read_text()
     except OSError as error:
         raise AutomationError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise AutomationError(f"{path}: not a text file (byte {error.start} is not UTF-8)") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -52,12 +71,15 @@ def declared(path: Path) -> list:
         raise AutomationError(f"{path}: no `automations:` list")
     if PLACEHOLDER_ID in text:
         raise AutomationError(f"{path}: put your notification block's id in place of {PLACEHOLDER_ID} first")
-    try:
-        return [AutomationCore.model_validate(item) for item in items]
-    except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise AutomationError(f"{path}: not a Prefect automation: {where}: {first['msg']}") from None
+    automations = []
+    for index, item in enumerate(items):
+        try:
+            automations.append(AutomationCore.model_validate(item))
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in (f"automations[{index}]", *first["loc"]))
+            raise AutomationError(f"{path}: not a Prefect automation: {where}: {first['msg']}") from None
+    return automations
 
 
 def install_automations(files: list[Path]) -> list[str]:

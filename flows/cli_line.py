@@ -147,6 +147,14 @@ def review(day: Annotated[Path, typer.Argument(help="A day's results folder (its
     terminal.run_guarded(go)
 
 
+def given_models(backbone: List[Path]) -> list[str]:
+    """The --backbone files or folders, each there: one that is not is said (a typo is not looked past)."""
+    for path in backbone:
+        if not path.exists():
+            raise ConfigError(f"--backbone: no such file or folder {path}")
+    return [str(p) for p in backbone]
+
+
 @options_of(DecisionRule, "Decision", flags={"rule": "--threshold-rule"})  # one option per field, from its declaration
 def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool add).")],
               images: Annotated[List[Path], typer.Argument(help="Image files to score.")],
@@ -169,7 +177,7 @@ def score_new(pool: Annotated[Path, typer.Option(help="The pool file (musc pool 
             raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
         with terminal.advice_when_read_only("give a writable --out folder (and --artifacts, if given)"):
             day = score_new_images(pool, images, out, rule, device, artifacts=artifacts,
-                                   models=[str(p) for p in backbone])
+                                   models=given_models(backbone))
         console = Console(soft_wrap=True, markup=False, highlight=False)
         for row in day.rows:
             console.print(f"{terminal.shown(row['file'])}: score {row['score']:.4f}  {row['decision']}  "
@@ -200,6 +208,7 @@ def serve(pool: Annotated[Path, typer.Option(help="The pool file (musc pool add)
         rule = DecisionRule(**{name: value for name, value in decision.items() if value is not None})
         if not pool.is_file():
             raise ArtifactError(f"{pool}: no such pool file (create it with musc pool add)")
+        models = given_models(backbone)
         console = Console(soft_wrap=True, markup=False, highlight=False)
         started = clock.perf_counter()
 
@@ -219,6 +228,6 @@ def serve(pool: Annotated[Path, typer.Option(help="The pool file (musc pool add)
         with terminal.advice_when_read_only("give a writable --out folder"):
             console.print(f"watching {terminal.shown(watch)} (every {interval:g} s), pool {pool.name}; "
                           f"results in {terminal.shown(out)}/<day>; Ctrl-C stops")
-            serving(pool, watch, out, rule, device, [str(p) for p in backbone], interval, scored, failed)
+            serving(pool, watch, out, rule, device, models, interval, scored, failed)
         console.print(f"stopped after {clock.perf_counter() - started:.0f} s")
     terminal.run_guarded(go)

@@ -62,7 +62,8 @@ def model_files(settings: ExtractSettings, folder: str | Path) -> str:
     """Where the settings' local model files lie, named from ``folder`` (a JSON list, recorded beside
     an artifact's or a pool's key: a hint for ``model_file``, which trusts only the digest)."""
     from ..store.naming import named_from
-    return json.dumps([named_from(os.path.abspath(getattr(settings, name)), folder) for name in LOCAL_FILES
+    # as given (a file typed relative is named relative; abspath first would name it absolute)
+    return json.dumps([named_from(getattr(settings, name), folder) for name in LOCAL_FILES
                        if Path(getattr(settings, name)).is_file()])
 
 
@@ -94,6 +95,8 @@ def model_file(setting: str, recorded: str, sha256: str, places=(), made: str = 
             others.append(str(candidate))
     looked = ", ".join(dict.fromkeys(str(p) for p in [*places[:3], recorded, f"${MODELS_VARIABLE}"]))
     differing = f"; {others[0]} is another file" if others else ""
+    missing = [str(p) for p in os.environ.get(MODELS_VARIABLE, "").split(os.pathsep) if p and not Path(p).is_dir()]
+    differing += f"; {MODELS_VARIABLE} names no such folder {missing[0]}" if missing else ""
     raise ConfigError(f"{setting}: {made} was made with {name} (SHA-256 {sha256[:12]}), found in none of "
                       f"{looked}{differing}; give the file (or a folder holding it) with --backbone PATH, or "
                       f"name its folder in {MODELS_VARIABLE}")
