@@ -20,6 +20,12 @@ from ..method.blocks import TILE_MIXINGS
 from .values import ConfigError, about, check_fields, shown
 
 MAX_TILES = 16  # tiles per side: beyond it a part is better cut into several images
+# Retrieval against a reference pool, declared once: a run's guard (MuscConfig) and the line's
+# decision (musc.reference_pool.rule.DecisionRule) take it from here.
+PoolTopK = Annotated[int | None, about(
+    "Score each image against only its k nearest reference-pool images by a global embedding (retrieval, "
+    "faster for large pools; the calibrated threshold is taken the same way). Empty: against every pool "
+    "image, exactly.", ge=1)]
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,7 @@ class MuscConfig:
         "per_image.csv and the report mark the images the pool flags while the batch calls them normal (a "
         "defect shared by many images of one batch hides from mutual scoring), with a warning when several "
         "are.", min_length=1)] = None
+    pool_top_k: PoolTopK = None
 
     def __post_init__(self) -> None:
         check_fields(self)  # each field from its declaration; below, what ties fields together
@@ -101,6 +108,9 @@ class MuscConfig:
             raise ConfigError(f"device: expected 'auto', 'cpu' or 'cuda[:n]', got {shown(self.device)}")
         if self.tiles is not None and not all(1 <= n <= MAX_TILES for n in self.tiles):
             raise ConfigError(f"tiles: rows and columns must be between 1 and {MAX_TILES}, got {list(self.tiles)}")
+        if self.pool_top_k is not None and self.reference is None:
+            raise ConfigError(f"pool_top_k: {self.pool_top_k} applies only with a reference pool; give "
+                              "--reference POOL or leave pool_top_k out")
         defaults = {f.name: f.default for f in fields(self)}
         for name in ("tile_overlap", "tile_mixing"):  # settings of a tiled run, which no untiled run reads
             if self.tiles is None and getattr(self, name) != defaults[name]:

@@ -188,10 +188,14 @@ class PoolFile:
         """What a stage's plan keeps of the pool (plain data): its path as given, identity and digest."""
         return {"path": str(self.path), "id": self.id, "digest": self.digest}
 
-    def score(self, new: torch.Tensor, r: int, layer: int) -> torch.Tensor:
+    def score(self, new: torch.Tensor, r: int, layer: int, chosen: Sequence[np.ndarray] | None = None) -> torch.Tensor:
         """MSM patch scores (rows, L) of new parts' features (rows, L, C) of one degree and layer,
         each part against the pool only (``part_scores``), set by set: a tiled pool scores a part's
-        tile against the pool's tiles of its position (``aligned``), or against all of them (``all``)."""
+        tile against the pool's tiles of its position (``aligned``), or against all of them (``all``).
+        ``chosen``: each part against those pool images only (``retrieval.nearest``, pool_top_k)."""
+        if chosen is not None:
+            from .retrieval import retrieved_scores
+            return retrieved_scores(self, new, r, layer, chosen)
         count = self.settings.tiles_per_image
         scores = torch.empty(new.shape[:2], dtype=torch.float64)
         for (new_rows, _), (pool_rows, _) in zip(self.settings.sets(new.shape[0] // count), self.settings.sets(len(self))):

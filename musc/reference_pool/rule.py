@@ -1,4 +1,4 @@
-"""How a new part is decided anomalous: a fixed threshold; one calibrated on the pool's own
+"""How a new part is decided anomalous (and, opt-in, scored: ``pool_top_k``): a fixed threshold; one calibrated on the pool's own
 leave-one-out scores at a false-alarm rate (the default); or, opt-in, one learnt from the
 inspectors' verdicts on earlier parts scored against the same pool (``reviewed``). The rule and
 what it learnt from (its evidence) decide the line's ``decide`` stage."""
@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 
+from ..inputs.config import MuscConfig, PoolTopK
 from ..inputs.values import ConfigError, about, check_fields
 from .errors import PoolError
 
@@ -59,6 +60,7 @@ class DecisionRule:
     rule: Annotated[Literal[THRESHOLD_RULES], about(
         "calibrated (on the pool, at the false-alarm rate) or reviewed (F1-optimal on the scores of the parts "
         "inspectors reviewed against this pool, once both verdicts are there).")] = "calibrated"
+    pool_top_k: PoolTopK = MuscConfig.pool_top_k  # how the parts (and the calibration) are scored: retrieval
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -77,7 +79,8 @@ class DecisionRule:
     def recorded(self) -> dict[str, Any]:
         """What decides the threshold given the pool and the evidence (the decide stage's settings)."""
         return {"threshold": None if self.threshold is None else float(self.threshold),
-                "false_alarm_rate": float(self.false_alarm_rate), "rule": self.rule}
+                "false_alarm_rate": float(self.false_alarm_rate), "rule": self.rule,
+                **({"pool_top_k": int(self.pool_top_k)} if self.pool_top_k is not None else {})}
 
     def apply(self, pool, evidence: Evidence | None = None) -> tuple[float, str]:
         """(threshold, how it was chosen) for the pool (a ``PoolFile``), with the reviewed rule's evidence."""
@@ -98,9 +101,11 @@ class DecisionRule:
         if not len(pool.self_scores):
             raise PoolError(f"{pool.path}: a calibrated threshold needs a pool of at least 2 images "
                             f"(it has {len(pool)}); add runs or give a fixed threshold")
-        return (calibrated_threshold(pool.self_scores, self.false_alarm_rate),
+        from .retrieval import calibration_scores
+        nearest = "" if self.pool_top_k is None else f", each against its {self.pool_top_k} nearest"
+        return (calibrated_threshold(calibration_scores(pool, self.pool_top_k), self.false_alarm_rate),
                 f"calibrated on the pool: at most {self.false_alarm_rate:g} of its {len(pool)} images' "
-                "leave-one-out scores reach it")
+                f"leave-one-out scores{nearest} reach it")
 
 
 def calibrated_threshold(self_scores, false_alarm_rate: float) -> float:

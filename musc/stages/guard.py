@@ -22,14 +22,16 @@ log = logging.getLogger("musc.stages")
 def plans(run, evaluate: Ref) -> list[Plan]:
     from ..reference_pool.pool import open_pool
     from ..reference_pool.rule import DecisionRule
-    return [plan(evaluate, open_pool(run.config.reference), DecisionRule())]
+    return [plan(evaluate, open_pool(run.config.reference), DecisionRule(pool_top_k=run.config.pool_top_k))]
 
 
 def plan(evaluate: Ref, pool, rule) -> Plan:
     from ..reference_pool.pool import PoolError
     if rule.rule != "calibrated":
         raise PoolError(f"threshold rule: the guard decides with a fixed or calibrated threshold, not {rule.rule!r}")
-    key = StageKey("guard", {"threshold": rule.threshold, "false_alarm_rate": float(rule.false_alarm_rate)},
+    top_k = getattr(rule, "pool_top_k", None)  # retrieval: in the key when set (exact keys as they were)
+    key = StageKey("guard", {"threshold": rule.threshold, "false_alarm_rate": float(rule.false_alarm_rate),
+                             **({"pool_top_k": int(top_k)} if top_k is not None else {})},
                    {"evaluate": evaluate["digest"], "pool": pool.digest})
     return Plan(key, str(key.beside(evaluate)), "guard", Needs(evaluate, pool.ref(), rule), build)
 
@@ -47,6 +49,7 @@ def build(path: Path, plan: Plan) -> None:
     from ..outputs.evaluation import decisions
     from ..reference_pool.pool import check_compatible, open_pool
     from ..reference_pool.lineage import run_lineage
+    from ..reference_pool.retrieval import EMBEDDING_DEGREE, EMBEDDING_LAYER, embedding, nearest
     from ..reference_pool.scoring import image_scores
     evaluate, reference, rule = plan.needs.evaluate, plan.needs.pool, plan.needs.rule
     pool = open_pool(reference["path"], reference["digest"])
@@ -58,7 +61,14 @@ def build(path: Path, plan: Plan) -> None:
     count, scores = pool.settings.tiles_per_image, np.empty(len(names))
     for start, stop in pool.settings.chunks(len(names)):  # a chunk of the run's images (their rows) at a time
         rows = slice(start * count, stop * count)
-        per_degree = [torch.stack([pool.score(torch.from_numpy(features[r].read("features", (layer, rows))), r, layer)
+        chosen = None
+        if rule.pool_top_k is not None:  # retrieval: each image against its k nearest pool images
+            layer = len(pool.settings.layers) + EMBEDDING_LAYER
+            mine = features[pool.settings.r_list[EMBEDDING_DEGREE]].read("features", (layer, rows))
+            chosen = nearest(pool, np.stack([embedding(mine[i * count:(i + 1) * count])
+                                             for i in range(stop - start)]), rule.pool_top_k)
+        per_degree = [torch.stack([pool.score(torch.from_numpy(features[r].read("features", (layer, rows))), r, layer,
+                                              chosen)
                                    for layer in range(len(pool.settings.layers))]) for r in pool.settings.r_list]
         scores[start:stop] = image_scores(per_degree, pool.settings.image_size, pool.settings.tiling)
     store.write_artifact(path, "guard", plan.key.config, plan.key.inputs,

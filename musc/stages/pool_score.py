@@ -25,13 +25,17 @@ from .key import Ref, StageKey
 def plans(run, features: list[Ref]) -> list[Plan]:
     from ..reference_pool.pool import open_pool
     pool = open_pool(run.pool["path"], run.pool["digest"])
-    return [plan(ref, pool) for ref in features if built(ref)]
+    top_k = getattr(run.rule, "pool_top_k", None)
+    return [plan(ref, pool, top_k) for ref in features if built(ref)]
 
 
-def plan(features: Ref, pool) -> Plan:
-    config = {**pool.settings.score.recorded(), "image_size": pool.settings.image_size}
+def plan(features: Ref, pool, top_k: int | None = None) -> Plan:
+    """``top_k``: the part against its k nearest pool images only (retrieval, ``pool_top_k``): it
+    enters the key when set, so exact and retrieved scores never share an artifact."""
+    config = {**pool.settings.score.recorded(), "image_size": pool.settings.image_size,
+              **({"pool_top_k": int(top_k)} if top_k is not None else {})}
     key = StageKey("pool_score", config, {"features": features["digest"], "pool": pool.digest})
-    return Plan(key, str(key.beside(features)), "pool score", Needs(features, pool.ref()), build, build_many,
+    return Plan(key, str(key.beside(features)), "pool score", Needs(features, pool.ref(), top_k), build, build_many,
                 subject=features["part"])
 
 
@@ -39,6 +43,7 @@ def plan(features: Ref, pool) -> Plan:
 class Needs:
     features: Ref
     pool: dict          # PoolFile.ref(): path, identity, digest
+    top_k: int | None = None  # pool_top_k: against the k nearest pool images only (None: all)
 
 
 def build(path: Path, plan: Plan) -> None:
@@ -51,8 +56,9 @@ def build_many(items: list[tuple[Path, Plan]]) -> dict[str, str]:
     import torch
 
     from ..reference_pool.pool import open_pool
+    from ..reference_pool.retrieval import embedding_of, nearest
     from ..reference_pool.scoring import part_maps
-    reference = items[0][1].needs.pool
+    reference, top_k = items[0][1].needs.pool, items[0][1].needs.top_k
     pool = open_pool(reference["path"], reference["digest"])
     settings = pool.settings
     per_part = settings.tiles_per_image
@@ -60,12 +66,14 @@ def build_many(items: list[tuple[Path, Plan]]) -> dict[str, str]:
     for start, stop in settings.chunks(len(items)):
         chunk = items[start:stop]
         features = [_features_of(plan.needs.features, settings.r_list) for _, plan in chunk]  # each file read once
+        chosen = nearest(pool, np.stack([embedding_of(part, settings) for part in features]), top_k) \
+            if top_k is not None else None
         per_degree = []
         for r in settings.r_list:
             layers = []
             for layer in range(len(settings.layers)):
                 rows = torch.from_numpy(np.concatenate([part[r][layer] for part in features]))
-                layers.append(pool.score(rows, r, layer))
+                layers.append(pool.score(rows, r, layer, chosen))
             per_degree.append(torch.stack(layers))  # (layers, rows, L)
         for index, (path, plan) in enumerate(chunk):
             mine = [degree[:, index * per_part:(index + 1) * per_part] for degree in per_degree]
