@@ -47,9 +47,6 @@ def write_pool_of(path: Path, model: Path) -> None:
                10, {}, model_files=[model])
 
 
-@pytest.mark.xfail(strict=True, reason="reported, not fixed here (musc/reference_pool/pool.py is another's): "
-                   "PoolFile reads model_files from self.path.parent; pool add writes them from the resolved "
-                   "path's folder (additions.py): read them from real.parent")
 def test_a_pool_reached_through_a_link_finds_its_model_file(tmp_path, monkeypatch):
     """A pool file linked from another folder (site/pool.h5 -> store/deep/pool.h5): its model_files hint
     is written from its real folder, and was read from the link's: score-new refused a model file that

@@ -174,7 +174,7 @@ class PoolFile:
                         if "sources" in handle else ["unrecorded"] * len(self.names))
         self.self_scores = handle["self_scores"][()]
         self.feature_shape = tuple(handle[f"features_r{self.settings.r_list[0]}"].shape[2:])
-        self.model_files = recorded_model_files(artifact.attrs.get("model_files"), self.path.parent)
+        self.model_files = recorded_model_files(artifact.attrs.get("model_files"), real.parent)  # the real file's folder: additions write them from there
 
     def __len__(self) -> int:
         return len(self.names)
