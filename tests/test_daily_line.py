@@ -95,8 +95,8 @@ def test_a_retry_of_a_reviewed_day_with_a_late_part_asks_only_about_it(line, tin
     assert state.name == "Reviewed" and len(asked) == 1
     assert sorted(asked[0][1]) == sorted(answers)  # the flagged parts, by identity
     table = pd.read_csv(folder / "musc/scores.csv", keep_default_na=False).set_index("path")
-    assert table.loc[str(folder / "hole_000.png"), "verdict"] == "defect"
-    assert table.loc[str(folder / "stain_001.png"), "verdict"] == "good"
+    assert table.loc["hole_000.png", "verdict"] == "defect"
+    assert table.loc["stain_001.png", "verdict"] == "good"
     history = pd.read_csv(pool.with_name("line3.verdicts.csv"), keep_default_na=False)
     assert len(history) == 2 and set(history["reviewer"]) == {"ana"}
     assert set(history["note"]) == {f"note on {hole[:16]}", f"note on {stain[:16]}"}  # a note per part
@@ -108,10 +108,10 @@ def test_a_retry_of_a_reviewed_day_with_a_late_part_asks_only_about_it(line, tin
     assert state.name == "Reviewed" and len(asked) == 2
     assert asked[-1][1] == [f"part_{late[:16]}"]  # only the new flagged part is asked about
     table = pd.read_csv(folder / "musc/scores.csv", keep_default_na=False).set_index("path")
-    assert table.loc[str(folder / "hole_000.png"), "verdict"] == "defect"  # every verdict on its own part
-    assert table.loc[str(folder / "stain_001.png"), "verdict"] == "good"
-    assert table.loc[str(folder / "late.png"), "verdict"] == "defect"
-    assert table.loc[str(folder / "good_000.png"), "verdict"] == ""
+    assert table.loc["hole_000.png", "verdict"] == "defect"  # every verdict on its own part
+    assert table.loc["stain_001.png", "verdict"] == "good"
+    assert table.loc["late.png", "verdict"] == "defect"
+    assert table.loc["good_000.png", "verdict"] == ""
     pauses = len(asked)
     state = flows.daily.daily_folder_flow(**common)  # unchanged: nothing to ask, nothing recorded twice
     assert state.name == "Reviewed" and len(asked) == pauses
