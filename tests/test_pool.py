@@ -221,7 +221,7 @@ def test_score_new_equals_the_batch_for_non_default_settings(prefect_harness, ti
                       for r in pool.settings.r_list]
         expected_maps, expected_scores = anomaly_maps(per_degree, pool.settings.image_size)
         assert row.score == pytest.approx(expected_scores[0], abs=1e-5)
-        assert os.path.getsize(row.map_png) > 1000
+        assert os.path.getsize(tmp_path / "new" / row.map_png) > 1000  # named from the results folder
         np.testing.assert_allclose(part_map(record, row.part), expected_maps[0], atol=1e-5)
     threshold = calibrated_threshold(pool.self_scores, 0.01)
     assert threshold > pool.self_scores.max()  # 10 pool images, 1%: no pool image would be flagged
