@@ -220,6 +220,19 @@ def server(tmp_path_factory):
         process.wait(timeout=30)
 
 
+@pytest.fixture(scope="module")
+def ui_server(tmp_path_factory):
+    """A server with its UI (headless-browser tests), in the shape of ``server`` and ``process_worker``."""
+    import browser
+    reason = browser.unavailable()
+    if reason:
+        pytest.skip(f"no headless browser: {reason}")
+    with browser.PrefectServer() as srv:
+        env = {**srv.client_env(), "MUSC_FLOW_HOME": str(ROOT), "PREFECT_WORKER_QUERY_SECONDS": "2",
+               "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
+        yield {"env": env, "api": srv.api_url, "home": Path(srv.home), "url": srv.url}
+
+
 def prefect(server, *args, timeout=180, env=None):
     """The ``prefect`` command against the server; its output, asserting it succeeded."""
     result = subprocess.run([PREFECT, "--no-prompt", *args], cwd=ROOT, env={**server["env"], **(env or {})},

@@ -26,18 +26,6 @@ FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 @pytest.fixture(scope="module")
-def ui_server(tmp_path_factory):
-    """A server with its UI, in the shape conftest's ``process_worker`` takes."""
-    reason = browser.unavailable()
-    if reason:
-        pytest.skip(f"no headless browser: {reason}")
-    with browser.PrefectServer() as srv:
-        env = {**srv.client_env(), "MUSC_FLOW_HOME": str(ROOT), "PREFECT_WORKER_QUERY_SECONDS": "2",
-               "PREFECT_WORKER_PREFETCH_SECONDS": "2"}
-        yield {"env": env, "api": srv.api_url, "home": Path(srv.home), "url": srv.url}
-
-
-@pytest.fixture(scope="module")
 def worker(ui_server, tmp_path_factory):
     with process_worker(ui_server, ["--name", "daily-folder"], "daily", tmp_path_factory.mktemp("fail")) as started:
         yield started

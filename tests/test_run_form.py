@@ -72,17 +72,13 @@ def expected(schema: dict) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def deployed(tmp_path_factory):
-    """A server with its UI and every deployment of prefect.yaml on it; their names and ids."""
-    reason = browser.unavailable()
-    if reason:
-        pytest.skip(f"no headless browser: {reason}")
-    with browser.PrefectServer() as srv:
-        server = {"env": {**srv.client_env(), "MUSC_FLOW_HOME": str(ROOT)}, "api": srv.api_url, "url": srv.url}
-        prefect(server, "work-pool", "create", "musc-pool", "--type", "process")
-        prefect(server, "deploy", "--all", timeout=400)
-        deployments = httpx.post(f"{srv.api_url}/deployments/filter", json={}).json()
-        yield server, {d["name"]: d for d in deployments}
+def deployed(ui_server):
+    """A server with its UI (conftest's ``ui_server``) and every deployment of prefect.yaml on it;
+    their names and ids."""
+    prefect(ui_server, "work-pool", "create", "musc-pool", "--type", "process")
+    prefect(ui_server, "deploy", "--all", timeout=400)
+    deployments = httpx.post(f"{ui_server['api']}/deployments/filter", json={}).json()
+    return ui_server, {d["name"]: d for d in deployments}
 
 
 def open_form(driver, url: str, deployment: dict, models: list[str]) -> list[dict]:
