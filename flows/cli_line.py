@@ -32,7 +32,7 @@ def pool_add(pool: Annotated[Path, typer.Option(help="The pool file (.h5); creat
              ) -> None:
     """Add the LNAMD features of a scored batch's good images to the pool (one category, one set of
     settings, each run once). Images labelled defective or decided anomalous are left out, each named.
-    From a day's results folder: the parts an inspector confirmed good (re-extracted with the pool's settings)."""
+    From a day's results folder: the parts an inspector confirmed good (their features as they were scored: no backbone)."""
     def go():
         from musc.reference_pool import add_day_to_pool, add_run_to_pool
         if max_images is not None and max_images < 1:

@@ -161,7 +161,7 @@ def test_the_stage_graph_is_walked_from_its_one_declaration():
     assert named and named <= set(graph.STAGE_SPECS), named - set(graph.STAGE_SPECS)
 
 
-@pytest.mark.parametrize("name", ["block_row", "block_scores", "tile_sets", "stitch", "forward",
+@pytest.mark.parametrize("name", ["block_row", "block_votes", "tile_sets", "stitch", "forward",
                                   "load_image", "load_mask", "layout", "check_fields"])
 def test_each_shared_step_is_defined_once_and_used_beyond_its_module(name):
     """The steps the batch and the line share (tiles' votes into rows, MSM's block scores, which rows

@@ -31,7 +31,7 @@ def _augmented(features: torch.Tensor, left: bool) -> torch.Tensor:
     return torch.cat([features, ones, squared_norm], dim=-1)
 
 
-__all__ = ["EXACT_PRECISIONS", "PRECISIONS", "Tile", "block_row", "block_scores", "check_precision", "image_blocks",
+__all__ = ["EXACT_PRECISIONS", "PRECISIONS", "Tile", "block_row", "block_votes", "check_precision", "image_blocks",
            "msm_rank_window", "mutual_scores", "set_tiles", "tile_bytes", "tile_minima", "tile_pairs"]
 
 
@@ -203,11 +203,11 @@ def reduce_votes(votes: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
     return smallest[..., k_min:k_max, :].double().mean(dim=-2)
 
 
-def block_scores(first: int, n_blocks: int, votes_of: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
-                 k_min: int, k_max: int) -> torch.Tensor:
-    """Scores (..., A, L) of the images of block ``first``: its row of tile votes (``block_row``)
-    against the whole set, reduced to the mean of ranks [k_min, k_max)."""
-    return reduce_votes(torch.cat(block_row(first, n_blocks, votes_of), dim=-2), k_min, k_max)
+def block_votes(first: int, n_blocks: int, votes_of: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
+                ) -> torch.Tensor:
+    """The votes (..., A, N, L) of the images of block ``first`` against the whole set: its row of
+    tile votes (``block_row``), joined along the image axis; ``reduce_votes`` makes them scores."""
+    return torch.cat(block_row(first, n_blocks, votes_of), dim=-2)
 
 
 def mutual_scores(Z, topmin_min: float = TOPMIN_MIN, topmin_max: float = TOPMIN_MAX, block_size: int | None = None,
@@ -237,7 +237,7 @@ def mutual_scores(Z, topmin_min: float = TOPMIN_MIN, topmin_max: float = TOPMIN_
         if progress is not None:
             progress(done, len(tiles))
     n_blocks = max(t.second for t in tiles) + 1
-    return torch.cat([block_scores(first, n_blocks, lambda i, j: votes[i, j], k_min, k_max)
+    return torch.cat([reduce_votes(block_votes(first, n_blocks, lambda i, j: votes[i, j]), k_min, k_max)
                       for first in range(n_blocks)])
 
 

@@ -75,7 +75,9 @@ def remove_from_pool(pool_path: str | Path, parts: Sequence[str], why: str) -> l
         every = pool.images()
         staying = Images([every.names[i] for i in keep], [every.digests[i] for i in keep], every.added[keep],
                          lambda r, layer, indices: every.read(r, layer, keep[np.sort(indices)]), every.shape,
-                         [every.sources[i] for i in keep])
+                         [every.sources[i] for i in keep],
+                         None if every.votes is None else
+                         lambda r, layer, set_index, indices: every.votes(r, layer, set_index, keep[np.sort(indices)]))
         gone = [name for name, digest in zip(pool.names, pool.digests) if digest in leaving]
         write_pool(pool_path, pool.settings, [staying], pool.max_images, {"removed": ",".join(sorted(leaving))},
                    pool_id=pool.id, model_files=pool.model_files)

@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..store import open_artifact, write_artifact
+from ..store import open_artifact, remove_artifact, write_artifact
 from ..store.naming import link
 from ..store.schema import stage_schema
 from ..inputs.backbone_spec import recorded_model_files
@@ -33,6 +33,7 @@ from ..method.blocks import image_blocks, tile_sets
 from ..method.tiling import ImageTiling
 from ..stages.faults import fault_point
 from .errors import PoolError
+from . import votes
 from .scoring import BlockReader, image_scores, part_scores, read_rows, rows_reader, set_scores
 
 DEFAULT_MAX_IMAGES = 200
@@ -129,6 +130,7 @@ class Images:
     read: Callable[[int, int, np.ndarray], np.ndarray]
     shape: tuple[int, int] = field(default=(0, 0))  # (L, C)
     sources: list[str] = field(default_factory=list)  # where each came from: "run <digest[:12]>", "day <name> (...)"
+    votes: Callable[[int, int, int, np.ndarray], np.ndarray | None] | None = None  # their kept votes (votes.py)
 
     def __post_init__(self) -> None:
         if not self.sources:  # images made without a record of their origin (tests, tools)
@@ -210,7 +212,8 @@ class PoolFile:
         def read(r: int, layer: int, indices: np.ndarray) -> np.ndarray:
             features = self._file[f"features_r{r}"]
             return read_rows(lambda selection: features[layer, selection], self.settings.rows(np.sort(indices)))
-        return Images(self.names, self.digests, self.added, read, self.feature_shape, self.sources)
+        from .votes import kept_votes
+        return Images(self.names, self.digests, self.added, read, self.feature_shape, self.sources, kept_votes(self))
 
     def info(self) -> dict[str, Any]:
         return {"path": str(self.path), "images": len(self), "max_images": self.max_images,
@@ -313,7 +316,14 @@ def write_pool(path: str | Path, settings: PoolSettings, parts: Sequence[Images]
 
         def reader(r: int, layer: int, rows: Sequence[int] | None = None) -> BlockReader:
             return rows_reader(lambda selection: f[f"features_r{r}"][layer, selection], rows)
-        f.create_dataset("self_scores", data=leave_one_out_scores(reader, len(owners) if calibrate else 0, settings))
+        if calibrate and votes.fits(settings, len(owners), n_patches):  # the votes kept reused, only new ones made
+            groups = [votes.Group(part.read, part.votes, np.array([i for p, i in owners if p is part], dtype=np.int64))
+                      for part in parts]
+            scores = votes.grown_calibration(settings, groups, n_patches, path, [p.digests[i] for p, i in owners])
+        else:
+            remove_artifact(votes.votes_path(path))  # it would describe the pool before this change
+            scores = leave_one_out_scores(reader, len(owners) if calibrate else 0, settings)
+        f.create_dataset("self_scores", data=scores)
 
     write_artifact(path, "pool", {"settings": settings.to_config(), "max_images": int(max_images)}, inputs,
                    {"names": np.array([p.names[i] for p, i in owners] or [], dtype=object),

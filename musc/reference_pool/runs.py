@@ -10,6 +10,7 @@ from ..store import open_artifact
 from .lineage import RUN_FIELDS, evaluation_in, run_lineage
 from .pool import Images, PoolError, PoolSettings, now
 from .scoring import read_rows
+from .votes import run_votes
 
 
 def planned_settings(run) -> PoolSettings:
@@ -40,7 +41,7 @@ def run_images(run: str | Path, include_flagged: bool = False
     1) and images the run decided anomalous are left out, unless ``include_flagged``."""
     evaluate_path = evaluation_in(run)
     evaluation = open_artifact(evaluate_path, "evaluate")
-    settings, aggregates, extract = run_lineage(evaluate_path)
+    settings, aggregates, extract, score_paths = run_lineage(evaluate_path)
     names = [str(n) for n in extract.read("names")]
     category = settings.category
     labelled = np.asarray(extract.read("labels")) == 1
@@ -60,5 +61,6 @@ def run_images(run: str | Path, include_flagged: bool = False
     shape = tuple(open_artifact(aggregates[settings.r_list[0]], "aggregate").shape("features")[2:])
     images = Images([f"{category}/{names[i]}" for i in chosen],
                     [str(d) for d in extract.read("digests")[chosen]], now(chosen.size), read, shape,
-                    [f"run {evaluation.digest[:12]}"] * int(chosen.size))
+                    [f"run {evaluation.digest[:12]}"] * int(chosen.size),
+                    run_votes(score_paths, settings, len(names), chosen))
     return settings, images, evaluation.digest, left_out

@@ -53,7 +53,7 @@ def build(path: Path, plan: Plan) -> None:
     from ..reference_pool.scoring import image_scores
     evaluate, reference, rule = plan.needs.evaluate, plan.needs.pool, plan.needs.rule
     pool = open_pool(reference["path"], reference["digest"])
-    settings, aggregates, extract = run_lineage(evaluate["path"])
+    settings, aggregates, extract, _ = run_lineage(evaluate["path"])
     check_compatible(pool, settings)
     threshold, how = rule.apply(pool)
     names = [str(n) for n in extract.read("names")]

@@ -5,7 +5,9 @@ directions (``musc.method.blocks``). Each tile writes its nearest-patch votes to
 so a crash loses at most one tile and finished tiles are never recomputed; tiles can run anywhere
 (Prefect's tile tasks: threads, or Dask workers). The build then reduces, block by block, each
 patch's votes to the mean of its smallest ones: it holds one block row of votes at a time, plus
-the final (layers, N, L) scores.
+the final (layers, N, L) scores. A run whose votes are small enough (``KEPT_VOTES_BYTES``) keeps
+them in the artifact (``votes``), so that a pool made from it (``musc pool add``) reuses the
+comparisons instead of making them again (musc/reference_pool/votes.py).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from .faults import fault_point
 from .key import Ref, StageKey
 
 log = logging.getLogger("musc.stages")
+KEPT_VOTES_BYTES = 1 << 30  # a degree's votes kept in its artifact up to this size (N = 500 at L = 256, 4 layers)
 
 
 def plans(run, aggregate: list[Ref], extract: Ref) -> list[Plan]:
@@ -124,7 +127,6 @@ def _compute_tile(plan: Plan, tile: Tile) -> None:
 
 
 def build(path: Path, plan: Plan) -> None:
-    from ..method.msm import block_scores
     settings: ScoreSettings = plan.needs.settings
     aggregate, extract = plan.needs.aggregate, plan.needs.extract
     n_layers, n_images, n_patches, _ = store.open_artifact(aggregate["path"], "aggregate",
@@ -150,20 +152,45 @@ def build(path: Path, plan: Plan) -> None:
         if opened:
             job.finish()
     by_position = {(t.subset, t.first, t.second): t for t in every}
-    for subset, (members, window) in enumerate(scoring_sets(extract, settings)):
-        k_min, k_max = msm_rank_window(window, settings.topmin_min, settings.topmin_max)
-        n_blocks = 1 + max(t.second for t in every if t.subset == subset)
+    sets = scoring_sets(extract, settings)
+    kept = kept_votes_shape(sets, n_layers, n_patches) if int(settings.divide_num) == 1 else None  # pools take whole runs
 
-        def votes_of(first: int, second: int, subset: int = subset) -> "_PartVotes":
-            return _PartVotes(path, by_position[subset, first, second].part_name(settings.block_size))
+    def fill(f: h5py.File) -> None:
+        from ..method.msm import block_votes, reduce_votes
+        votes = None if kept is None else f.create_dataset("votes", shape=kept, dtype="float32",
+                                                           chunks=(1, 1, 1, *kept[3:]))
+        for subset, (members, window) in enumerate(sets):
+            k_min, k_max = msm_rank_window(window, settings.topmin_min, settings.topmin_max)
+            n_blocks = 1 + max(t.second for t in every if t.subset == subset)
 
-        for first in range(n_blocks):
-            block = np.asarray(by_position[subset, first, first].images_a)
-            scores[:, block] = block_scores(first, n_blocks, votes_of, k_min, k_max).numpy()
-    store.write_artifact(path, "score", plan.key.config, plan.key.inputs, {"scores": scores},
+            def votes_of(first: int, second: int, subset: int = subset) -> "_PartVotes":
+                return _PartVotes(path, by_position[subset, first, second].part_name(settings.block_size))
+
+            start = 0
+            for first in range(n_blocks):
+                block = np.asarray(by_position[subset, first, first].images_a)
+                row = block_votes(first, n_blocks, votes_of)  # (layers, A, set, L)
+                scores[:, block] = reduce_votes(row, k_min, k_max).numpy()
+                if votes is not None:
+                    votes[:, subset, start:start + len(block)] = row.numpy()
+                start += len(block)
+        f.create_dataset("scores", data=scores)
+    store.write_artifact(path, "score", plan.key.config, plan.key.inputs, {}, fill=fill,
                          attrs={"msm_precision": settings.msm_precision},
                          code_version=plan.key.code_version)
     store.clear_parts(path)
+
+
+def kept_votes_shape(sets: list[tuple[list[int], int]], n_layers: int, n_patches: int) -> tuple[int, ...] | None:
+    """The shape (layers, sets, n, n, L) of the votes a score artifact keeps (sets of n rows each:
+    the images, or per tile position, or every tile), None when they would take more than
+    ``KEPT_VOTES_BYTES``."""
+    sizes = {len(members) for members, _ in sets}
+    if len(sizes) != 1:
+        return None
+    n = sizes.pop()
+    shape = (n_layers, len(sets), n, n, n_patches)
+    return shape if 4 * int(np.prod(shape, dtype=np.int64)) <= KEPT_VOTES_BYTES else None
 
 
 class _PartVotes:

@@ -122,6 +122,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("scores", "float64", "(layers, N, L)", "mean of each patch's smallest nearest-patch distances to "
                                                      "the other images (tiled runs: per tile row; config "
                                                      "`tile_mixing`: aligned or all)"),
+        Field("votes", "float32", "(layers, S, n, n, L)",
+              "each row's nearest-patch distance to each row of its set (S sets of n rows: per tile position, "
+              "or one; +inf against itself and, tile mixing all, its own image's tiles), kept when they are "
+              "small enough (musc.stages.score.KEPT_VOTES_BYTES) and divide_num is 1: a pool made from the "
+              "run reuses them", required=False),
     ), attrs=(
         Field("msm_precision", "str", "", "the precision the tiles ran in (the config records fp32 for the "
                                           "exact ones: fp32 and the bf16 screen give the same scores)"),
@@ -177,6 +182,15 @@ STAGES: dict[str, Stage] = {s.name: s for s in (
         Field("pool_id", "str", "", "the pool's identity: made when the pool is created, kept by every addition "
                                     "and removal (a moved, copied or symlinked pool is the same pool; a pool made "
                                     "anew at the same path is another); verdicts and learnt thresholds belong to it"),
+    )),
+    Stage("pool_votes", "1", "what a pool keeps to grow at the cost of its new comparisons (<pool>.votes.h5 "
+                             "beside it; config: settings, the pool's): the votes among its images, which the "
+                             "calibration reduces", datasets=(
+        Field("votes_r<r>", "float32", "(layers, S, n, n, L)",
+              "each row's nearest-patch distance to each row of its set (as the score stage's votes), the pool's "
+              "rows in the pool's order"),
+        Field("digests", "str", "(P,)", "the SHA-256 of the pool's images in order: the votes describe the pool "
+                                        "holding exactly these"),
     )),
     Stage("guard", "1", "the systematic-defect guard of a run (musc run --reference POOL): each image of the "
                         "run scored against a reference pool only and decided with the pool's rule (config: the "
