@@ -93,7 +93,7 @@ def main() -> None:
             results[name] = measure(tree, data, parts, args.max_images, scratch / f"{len(results)}.npy")
             print(f"{name}: {json.dumps({k: round(v, 2) for k, v in results[name].items()})}", flush=True)
         calibrations = [__import__("numpy").load(scratch / f"{i}.npy") for i in range(len(results))]
-    images = len(list((data / "fabric/test").rglob("*.png")))
+        images = len(list((data / "fabric/test").rglob("*.png")))
     print(f"\nrun of {images} images; pool of the run's good images, then {args.parts} parts of a day added")
     print("| code | musc run s | pool add RUN s (/ run) | pool add DAY s (/ run) | pool | disk after (GB) |")
     print("|---|---:|---:|---:|---:|---:|")

@@ -55,8 +55,9 @@ def test_msm_tiles_on_the_gpu_equal_the_cpu(precision):
             assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-5, rtol=0)
 
 
-def test_score_tile_task_runs_on_the_gpu(tmp_path):
+def test_score_tile_task_runs_on_the_gpu(tmp_path, monkeypatch):
     """The score stage's tile (musc/stages/score.py) with device cuda writes the CPU's votes."""
+    import types
     from musc import MuscConfig, store
     from musc.method.blocks import Tile
     from musc.stages import score
@@ -65,6 +66,7 @@ def test_score_tile_task_runs_on_the_gpu(tmp_path):
     aggregate = tmp_path / "aggregate" / "a.h5"
     digest = store.write_artifact(aggregate, "aggregate", {}, {}, {}, fill=lambda f: f.create_dataset("features", data=features))
     tile = Tile(0, 0, 1, (0, 1, 2), (3, 4, 5))
+    monkeypatch.setattr(score, "layout", lambda plan: types.SimpleNamespace(kept=()))  # a lone tile: no rows to reduce
     votes = {}
     for device in ("cpu", "cuda"):
         path = tmp_path / device / "score" / "s.h5"
@@ -72,9 +74,9 @@ def test_score_tile_task_runs_on_the_gpu(tmp_path):
                           MuscConfig(device=device, block_size=3).score, 1)
         plan = type(plan)(plan.stage, plan.key, str(path), plan.label, plan.needs)
         assert score.compute_tile(plan, tile)
-        votes[device] = store.read_part(path, tile.part_name(3))
-    for name in ("a_votes", "b_votes"):
-        np.testing.assert_allclose(votes["cuda"][name], votes["cpu"][name], atol=1e-5, rtol=0)
+        votes[device] = [store.read_part(path, score.half_name(plan, tile, side))["votes"] for side in (0, 1)]
+    for side in (0, 1):  # the tile's two halves: block A's votes against B, and B's against A
+        np.testing.assert_allclose(votes["cuda"][side], votes["cpu"][side], atol=1e-5, rtol=0)
 
 
 @pytest.mark.slow

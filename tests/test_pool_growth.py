@@ -151,7 +151,7 @@ def test_votes_too_large_are_not_kept_and_change_nothing(tmp_path, monkeypatch):
     kept = scored_run(data, tmp_path / "kept")
     from musc.stages import score
     monkeypatch.setattr(score, "KEPT_VOTES_BYTES", 1000)
-    monkeypatch.setattr(votes, "KEPT_VOTES_BYTES", 1000)
+    monkeypatch.setattr(votes, "SET_VOTES_BYTES", 1000)
     unkept = scored_run(data, tmp_path / "unkept")
     with h5py.File(unkept["score"][0]["path"]) as f, h5py.File(kept["score"][0]["path"]) as g:
         assert "votes" not in f and "votes" in g

@@ -16,6 +16,7 @@ import math
 import warnings
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .checks import EXACT_PRECISIONS, PRECISIONS, TOPMIN_MAX, TOPMIN_MIN, check_precision
@@ -198,9 +199,14 @@ def aligned_minima(block_a: torch.Tensor, block_b: torch.Tensor, radius: int) ->
 
 def reduce_votes(votes: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
     """(..., A, N, L) votes (self-votes +inf) -> (..., A, L) float64: mean of ranks [k_min, k_max)
-    along the image axis."""
-    smallest = torch.topk(votes, k_max, dim=-2, largest=False, sorted=True).values
-    return smallest[..., k_min:k_max, :].double().mean(dim=-2)
+    along the image axis. On the CPU the window is found by partial sorts (``np.partition``: the
+    votes of ranks k_min .. k_max - 1, in no order) and summed in float64, where sums of float32
+    votes are exact, so the order does not matter: the topk's mean, about twice as fast."""
+    if votes.device.type != "cpu":
+        smallest = torch.topk(votes, k_max, dim=-2, largest=False, sorted=True).values
+        return smallest[..., k_min:k_max, :].double().mean(dim=-2)
+    window = np.partition(votes.numpy(), (k_min, k_max - 1) if k_min else k_max - 1, axis=-2)[..., k_min:k_max, :]
+    return torch.from_numpy(window.sum(axis=-2, dtype=np.float64) / (k_max - k_min))
 
 
 def block_votes(first: int, n_blocks: int, votes_of: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]

@@ -16,11 +16,13 @@ new:
 * the size bound and a removal drop rows and columns.
 
 Scores and thresholds are those of computing every vote anew (tests/test_pool_growth.py). When
-a degree's votes would exceed ``KEPT_VOTES_BYTES`` (large tiled pools with tile mixing ``all``),
-the pool is calibrated without them, as before, and no votes file is kept.
+one set's votes of one layer (held in memory while assembled) would exceed ``SET_VOTES_BYTES``
+(very large pools, tiled pools with tile mixing ``all``), the pool is calibrated without them, as
+before, and no votes file is kept.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -33,7 +35,6 @@ from ..inputs.config import ScoreSettings
 from ..method.blocks import image_blocks, msm_rank_window, tile_sets
 from ..method.msm import reduce_votes, tile_bytes, tile_minima
 from ..method.threads import parallel_map
-from ..stages.score import KEPT_VOTES_BYTES
 from ..store import ArtifactError, open_artifact, write_artifact
 from ..store.schema import stage_schema
 from .scoring import BlockReader, contiguous_runs, image_scores, mutual_votes, pool_votes
@@ -41,6 +42,7 @@ from .scoring import BlockReader, contiguous_runs, image_scores, mutual_votes, p
 # votes(r, layer, set, images) -> (n, n, L) float32: the votes among those images' rows in that set
 # (images: indices into their group, increasing), or None when they were not kept
 VotesReader = Callable[[int, int, int, np.ndarray], "np.ndarray | None"]
+SET_VOTES_BYTES = 1 << 29  # a pool keeps its votes when one set's of one layer fit this (P = 724 at L = 256, 313 at 1369)
 
 
 def votes_path(pool_path: str | Path) -> Path:
@@ -65,7 +67,10 @@ def set_positions(settings, images: np.ndarray, set_index: int, group_size: int)
 def stored_votes(read_rows: Callable[[slice], np.ndarray], positions: np.ndarray) -> np.ndarray:
     """The votes among ``positions`` (increasing) of a stored (n, n, L) matrix read a run of rows at
     a time (``read_rows(slice) -> (k, n, L)``): (len, len, L)."""
-    return np.concatenate([read_rows(run)[:, positions] for run in contiguous_runs(positions)])
+    runs = contiguous_runs(positions)
+    if len(runs) == 1:  # every row from the first on: its columns are a slice too (no copy)
+        return read_rows(runs[0])[:, runs[0]]
+    return np.concatenate([read_rows(run)[:, positions] for run in runs])
 
 
 def run_votes(score_paths: dict[int, Path], settings, n_run: int, chosen: np.ndarray) -> VotesReader | None:
@@ -111,12 +116,6 @@ def kept_votes(pool) -> VotesReader | None:
     n_pool = len(pool)
     return lambda r, layer, set_index, images: kept.read(
         r, layer, set_index, set_positions(pool.settings, np.asarray(images), set_index, n_pool))
-
-
-def votes_bytes(settings, n_images: int, n_patches: int) -> int:
-    """What one degree's votes of a pool of ``n_images`` take."""
-    sets = settings.sets(n_images)
-    return 4 * len(settings.layers) * len(sets) * len(sets[0][0]) ** 2 * n_patches
 
 
 def _reader(read: Callable[[int, int, np.ndarray], np.ndarray], r: int, layer: int, rows: np.ndarray,
@@ -187,22 +186,26 @@ def grown_calibration(settings, groups: Sequence[Group], n_patches: int, path: s
     per_degree: dict[int, torch.Tensor] = {}
 
     def fill(f: h5py.File) -> None:
-        for r in settings.r_list:
-            target = f.create_dataset(f"votes_r{r}", shape=(len(settings.layers), len(sets), len(sets[0][0]),
-                                                            len(sets[0][0]), n_patches),
-                                      dtype="float32", chunks=(1, 1, 1, len(sets[0][0]), n_patches))
-            layers = []
-            for layer in range(len(settings.layers)):
-                scores = torch.empty((n_images * count, n_patches), dtype=torch.float64)
-                for set_index, (rows, window) in enumerate(sets):
-                    votes = _set_votes(settings, groups, r, layer, set_index, n_patches, several)
-                    k_min, k_max = msm_rank_window(window, score.topmin_min, score.topmin_max)
-                    scores[rows] = reduce_votes(votes, k_min, k_max)
-                    target[layer, set_index] = votes.numpy()
-                layers.append(scores)
-                if progress is not None:
-                    progress(f"calibration: degree {r}, layer {layer + 1}/{len(settings.layers)}")
-            per_degree[r] = torch.stack(layers)
+        side = n_images * count if several else n_images
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="musc-votes") as writer:
+            written = writer.submit(lambda: None)  # a set's votes are written while the next are made
+            for r in settings.r_list:
+                target = f.create_dataset(f"votes_r{r}", shape=(len(settings.layers), len(sets), side, side, n_patches),
+                                          dtype="float32", chunks=(1, 1, 1, side, n_patches))
+                layers = []
+                for layer in range(len(settings.layers)):
+                    scores = torch.empty((n_images * count, n_patches), dtype=torch.float64)
+                    for set_index, (rows, window) in enumerate(sets):
+                        votes = _set_votes(settings, groups, r, layer, set_index, n_patches, several)
+                        written.result()
+                        written = writer.submit(target.__setitem__, (layer, set_index), votes.numpy())
+                        k_min, k_max = msm_rank_window(window, score.topmin_min, score.topmin_max)
+                        scores[rows] = reduce_votes(votes, k_min, k_max)
+                    layers.append(scores)
+                    if progress is not None:
+                        progress(f"calibration: degree {r}, layer {layer + 1}/{len(settings.layers)}")
+                per_degree[r] = torch.stack(layers)
+            written.result()
         f.create_dataset("digests", data=np.array(list(digests), dtype=object))
 
     write_artifact(votes_path(path), "pool_votes", {"settings": settings.to_config()}, {}, {}, fill=fill,
@@ -241,5 +244,7 @@ def _set_votes(settings, groups: Sequence[Group], r: int, layer: int, set_index:
 
 
 def fits(settings, n_images: int, n_patches: int) -> bool:
-    """Whether a pool of ``n_images`` keeps its votes (``KEPT_VOTES_BYTES`` per degree)."""
-    return n_images >= 2 and votes_bytes(settings, n_images, n_patches) <= KEPT_VOTES_BYTES
+    """Whether a pool of ``n_images`` keeps its votes: one set's votes of one layer, held at once while
+    they are assembled, fit ``SET_VOTES_BYTES``."""
+    rows = len(settings.sets(n_images)[0][0]) if n_images else 0
+    return n_images >= 2 and 4 * rows * rows * n_patches <= SET_VOTES_BYTES

@@ -1,17 +1,25 @@
 """Stage 3, score (one per degree r): MSM patch scores of every layer, tile by tile.
 
 Within each subset (divide_num), image blocks (I, J) with I <= J are scored once for both
-directions (``musc.method.blocks``). Each tile writes its nearest-patch votes to a part of its own,
-so a crash loses at most one tile and finished tiles are never recomputed; tiles can run anywhere
-(Prefect's tile tasks: threads, or Dask workers). The build then reduces, block by block, each
-patch's votes to the mean of its smallest ones: it holds one block row of votes at a time, plus
-the final (layers, N, L) scores. A run whose votes are small enough (``KEPT_VOTES_BYTES``) keeps
-them in the artifact (``votes``), so that a pool made from it (``musc pool add``) reuses the
-comparisons instead of making them again (musc/reference_pool/votes.py).
+directions (``musc.method.blocks``). Each tile writes its nearest-patch votes as two parts (block
+I's against J, used by block row I; J's against I, used by row J), so a crash loses at most one
+tile and finished tiles are never recomputed; tiles can run anywhere (Prefect's tile tasks:
+threads, or Dask workers). A block row's votes reduce to each patch's mean of its smallest ones.
+
+* A run whose votes are small enough (``KEPT_VOTES_BYTES``) keeps them: the build reduces the rows
+  and writes the votes into the artifact (``votes``), so that a pool made from the run (``musc pool
+  add``) reuses the comparisons instead of making them again (musc/reference_pool/votes.py).
+* A larger run reduces each block row as soon as its tiles are written (``reduce_row``: the tile
+  that completes it does it, once) and removes the votes it used, so the votes on disk are those of
+  the rows begun and not yet complete (about a quarter of one degree's when tiles are computed row
+  by row, as the flow submits them), not every degree's; the build gathers the rows' scores.
+
+Either way the scores are the same numbers, bit for bit, and a killed run resumes from its parts.
 """
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +37,7 @@ from .faults import fault_point
 from .key import Ref, StageKey
 
 log = logging.getLogger("musc.stages")
-KEPT_VOTES_BYTES = 1 << 30  # a degree's votes kept in its artifact up to this size (N = 500 at L = 256, 4 layers)
+KEPT_VOTES_BYTES = 1 << 29  # a degree's votes kept in its artifact up to 512 MiB (N = 362 at L = 256, 4 layers)
 
 
 def plans(run, aggregate: list[Ref], extract: Ref) -> list[Plan]:
@@ -80,8 +88,100 @@ def _row_sources(plan: Plan):
     return artifact.read("tile_source") if artifact.config.get("tiles") is not None else None
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What a plan's tiles make up: every tile, each by (set, first, second), the sets, each set's
+    block count, and the shape of the votes its artifact keeps (None: none kept, so each block row
+    is reduced as soon as its tiles are done and their votes are removed: ``reduce_row``)."""
+    every: tuple[Tile, ...]
+    by_position: dict
+    sets: tuple
+    n_blocks: tuple[int, ...]
+    kept: tuple[int, ...] | None
+
+
+_LAYOUTS: dict[tuple, Layout] = {}
+
+
+def layout(plan: Plan) -> Layout:
+    key = (str(plan.path), plan.needs.aggregate["digest"], plan.needs.extract["digest"])
+    if key not in _LAYOUTS:
+        settings: ScoreSettings = plan.needs.settings
+        every = tuple(tiles(plan))
+        sets = tuple(scoring_sets(plan.needs.extract, settings))
+        n_layers, _, n_patches, _ = store.open_artifact(plan.needs.aggregate["path"], "aggregate",
+                                                        plan.needs.aggregate["digest"]).shape("features")
+        kept = kept_votes_shape(list(sets), n_layers, n_patches) if int(settings.divide_num) == 1 else None  # pools take whole runs
+        _LAYOUTS.clear()  # one plan's layout at a time (the stage builds its degrees one after another)
+        _LAYOUTS[key] = Layout(every, {(t.subset, t.first, t.second): t for t in every}, sets,
+                               tuple(1 + max(t.second for t in every if t.subset == s) for s in range(len(sets))), kept)
+    return _LAYOUTS[key]
+
+
+def half_name(plan: Plan, tile: Tile, side: int) -> str:
+    """A tile's votes are two parts: its first block's against the second (side 0, ``_a``), used by
+    the first block's row, and the second's against the first (side 1, ``_b``), used by the second's
+    row; a tile of one block against itself has one (``_a``)."""
+    return f"{tile.part_name(plan.needs.settings.block_size)}_{'ab'[0 if tile.same_block else side]}"
+
+
+def row_name(subset: int, first: int) -> str:
+    return f"row_s{subset}_{first:04d}"
+
+
+def row_done(plan: Plan, subset: int, first: int) -> bool:
+    return store.valid_digest(store.part_path(plan.path, row_name(subset, first))) is not None
+
+
+def _half_there(plan: Plan, tile: Tile, side: int) -> bool:
+    """A half written completely (its manifest, written last, is there)."""
+    return store.manifest_path(store.part_path(plan.path, half_name(plan, tile, side))).exists()
+
+
 def tile_done(plan: Plan, tile: Tile) -> bool:
-    return store.valid_digest(store.part_path(plan.path, tile.part_name(plan.needs.settings.block_size))) is not None
+    """Both halves written, or used up by their block row's reduction."""
+    return all(store.valid_digest(store.part_path(plan.path, half_name(plan, tile, side))) is not None
+               or row_done(plan, tile.subset, (tile.first, tile.second)[side])
+               for side in ((0,) if tile.same_block else (0, 1)))
+
+
+def row_tiles(plan: Plan, subset: int, first: int) -> list[tuple[Tile, int]]:
+    """The (tile, side) halves block row ``first`` of a set is made of, the last to be computed first
+    (tiles are computed row by row)."""
+    where = layout(plan)
+    return [(where.by_position[subset, first, second], 0) if first <= second
+            else (where.by_position[subset, second, first], 1)
+            for second in reversed(range(where.n_blocks[subset]))]
+
+
+def reduce_row(plan: Plan, subset: int, first: int) -> bool:
+    """Reduce block row ``first`` of a set as soon as all its halves are there, once (a claim file:
+    the first to see it complete does it), and remove the halves it used (no other row uses them):
+    the votes on disk stay a fraction of the stage's. True when this call reduced it."""
+    if not all(_half_there(plan, tile, side) for tile, side in row_tiles(plan, subset, first)):
+        return False
+    claim = store.part_path(plan.path, row_name(subset, first)).with_suffix(".claim")
+    try:
+        os.close(os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:  # reduced, or being reduced (a claim left by a killed process: build does it)
+        return False
+    store.write_part(plan.path, row_name(subset, first), {"scores": row_scores(plan, subset, first)[0].numpy()})
+    for tile, side in row_tiles(plan, subset, first):
+        store.remove_artifact(store.part_path(plan.path, half_name(plan, tile, side)))
+    return True
+
+
+def row_scores(plan: Plan, subset: int, first: int):
+    """The scores (layers, A, L) of block row ``first`` of a set, and its votes (layers, A, set, L)."""
+    from ..method.msm import block_votes, reduce_votes
+    settings: ScoreSettings = plan.needs.settings
+    where = layout(plan)
+    k_min, k_max = msm_rank_window(where.sets[subset][1], settings.topmin_min, settings.topmin_max)
+
+    def votes_of(first: int, second: int) -> "_PartVotes":
+        return _PartVotes(plan, where.by_position[subset, first, second])
+    row = block_votes(first, where.n_blocks[subset], votes_of)
+    return reduce_votes(row, k_min, k_max), row
 
 
 def tile_minima(*args, **kwargs):
@@ -100,7 +200,10 @@ def compute_tile(plan: Plan, tile: Tile) -> bool:
     from ..method.threads import one_thread
     with one_thread():
         _compute_tile(plan, tile)
-    fault_point("score", lambda: len(list(store.parts_dir(plan.path).glob("tile_*.json"))))  # manifests: complete parts
+        if layout(plan).kept is None:  # the rows this tile completes, reduced now, their votes removed
+            for first in dict.fromkeys((tile.first, tile.second)):
+                reduce_row(plan, tile.subset, first)
+    fault_point("score", lambda: sum(tile_done(plan, t) for t in layout(plan).every))  # tiles written (or used up)
     return True
 
 
@@ -121,20 +224,19 @@ def _compute_tile(plan: Plan, tile: Tile) -> None:
         same = same.to(target)
         votes = [(a.masked_fill(same[:, :, None], float("inf")), b.masked_fill(same.T[:, :, None], float("inf")))
                  for a, b in votes]
-    store.write_part(plan.path, tile.part_name(settings.block_size),
-                     {"a_votes": torch.stack([v[0] for v in votes]).cpu().numpy(),
-                      "b_votes": torch.stack([v[1] for v in votes]).cpu().numpy()})
+    for side in (0,) if tile.same_block else (1, 0):  # the first half last: its manifest says the tile is written
+        store.write_part(plan.path, half_name(plan, tile, side), {"votes": torch.stack([v[side] for v in votes]).cpu().numpy()})
 
 
 def build(path: Path, plan: Plan) -> None:
     settings: ScoreSettings = plan.needs.settings
-    aggregate, extract = plan.needs.aggregate, plan.needs.extract
-    n_layers, n_images, n_patches, _ = store.open_artifact(aggregate["path"], "aggregate",
-                                                           aggregate["digest"]).shape("features")
-    scores = np.full((n_layers, n_images, n_patches), np.nan)
-    every = tiles(plan)
+    extract = plan.needs.extract
+    where = layout(plan)
+    n_layers, n_rows, n_patches, _ = store.open_artifact(plan.needs.aggregate["path"], "aggregate",
+                                                         plan.needs.aggregate["digest"]).shape("features")
+    scores = np.full((n_layers, n_rows, n_patches), np.nan)
     started = time.perf_counter()
-    missing = [t for t in every if not tile_done(plan, t)]
+    missing = [t for t in where.every if not tile_done(plan, t)]
     if missing:  # the tiles that tile tasks did not do (this stage built alone, or a tile lost meanwhile)
         config = store.open_artifact(extract["path"], "extract", extract["digest"]).config
         opened = TRACKER.find(config["category"], "score") is None  # else the flow's job: it closes it
@@ -151,28 +253,22 @@ def build(path: Path, plan: Plan) -> None:
         parallel_map(one, missing, each_bytes=tile_bytes(size, size, n_patches))
         if opened:
             job.finish()
-    by_position = {(t.subset, t.first, t.second): t for t in every}
-    sets = scoring_sets(extract, settings)
-    kept = kept_votes_shape(sets, n_layers, n_patches) if int(settings.divide_num) == 1 else None  # pools take whole runs
 
     def fill(f: h5py.File) -> None:
-        from ..method.msm import block_votes, reduce_votes
-        votes = None if kept is None else f.create_dataset("votes", shape=kept, dtype="float32",
-                                                           chunks=(1, 1, 1, *kept[3:]))
-        for subset, (members, window) in enumerate(sets):
-            k_min, k_max = msm_rank_window(window, settings.topmin_min, settings.topmin_max)
-            n_blocks = 1 + max(t.second for t in every if t.subset == subset)
-
-            def votes_of(first: int, second: int, subset: int = subset) -> "_PartVotes":
-                return _PartVotes(path, by_position[subset, first, second].part_name(settings.block_size))
-
+        votes = None if where.kept is None else f.create_dataset("votes", shape=where.kept, dtype="float32",
+                                                                 chunks=(1, 1, 1, *where.kept[3:]))
+        for subset in range(len(where.sets)):
             start = 0
-            for first in range(n_blocks):
-                block = np.asarray(by_position[subset, first, first].images_a)
-                row = block_votes(first, n_blocks, votes_of)  # (layers, A, set, L)
-                scores[:, block] = reduce_votes(row, k_min, k_max).numpy()
-                if votes is not None:
-                    votes[:, subset, start:start + len(block)] = row.numpy()
+            for first in range(where.n_blocks[subset]):
+                block = np.asarray(where.by_position[subset, first, first].images_a)
+                reduced = store.read_part(path, row_name(subset, first), ("scores",))
+                if reduced is not None:  # reduced as its tiles finished
+                    scores[:, block] = reduced["scores"]
+                else:
+                    row_score, row = row_scores(plan, subset, first)
+                    scores[:, block] = row_score.numpy()
+                    if votes is not None:
+                        votes[:, subset, start:start + len(block)] = row.numpy()
                 start += len(block)
         f.create_dataset("scores", data=scores)
     store.write_artifact(path, "score", plan.key.config, plan.key.inputs, {}, fill=fill,
@@ -194,15 +290,15 @@ def kept_votes_shape(sets: list[tuple[list[int], int]], n_layers: int, n_patches
 
 
 class _PartVotes:
-    """A tile part's (a_votes, b_votes), each read only when asked for (a block row needs one of them)."""
+    """A tile's (a_votes, b_votes), each read only when asked for (a block row needs one of them)."""
 
-    def __init__(self, path: Path, name: str):
-        self.path, self.name = path, name
+    def __init__(self, plan: Plan, tile: Tile):
+        self.plan, self.tile = plan, tile
 
-    def __getitem__(self, which: int):
+    def __getitem__(self, side: int):
         import torch
-        field = ("a_votes", "b_votes")[which]
-        part = store.read_part(self.path, self.name, (field,))
+        name = half_name(self.plan, self.tile, side)
+        part = store.read_part(self.plan.path, name, ("votes",))
         if part is None:
-            raise store.ArtifactError(f"{store.part_path(self.path, self.name)}: a tile part vanished; rerun to redo it")
-        return torch.from_numpy(part[field])
+            raise store.ArtifactError(f"{store.part_path(self.plan.path, name)}: a tile part vanished; rerun to redo it")
+        return torch.from_numpy(part["votes"])
