@@ -74,7 +74,8 @@ def test_score_tile_task_runs_on_the_gpu(tmp_path, monkeypatch):
                           MuscConfig(device=device, block_size=3).score, 1)
         plan = type(plan)(plan.stage, plan.key, str(path), plan.label, plan.needs)
         assert score.compute_tile(plan, tile)
-        votes[device] = [store.read_part(path, score.half_name(plan, tile, side))["votes"] for side in (0, 1)]
+        votes[device] = [store.read_part(path, score.half_name(plan, tile, side))[field]
+                         for side, field in ((0, "votes_a"), (1, "votes_b"))]
     for side in (0, 1):  # the tile's two halves: block A's votes against B, and B's against A
         np.testing.assert_allclose(votes["cuda"][side], votes["cpu"][side], atol=1e-5, rtol=0)
 

@@ -18,6 +18,7 @@ from .pool import (DEFAULT_MAX_IMAGES, Images, PoolError, PoolFile, PoolSettings
                    write_pool)
 from .runs import run_images, run_model_files
 from .verdicts import standing, verdict_history_path
+from .votes import votes_path
 
 
 class Addition(NamedTuple):
@@ -49,7 +50,8 @@ def _append(pool_path: str | Path, settings: PoolSettings, images: Images, max_i
             inputs: dict[str, str], expected_id: str | None = None, model_files: Sequence[Path] = ()):
     pool_path = Path(pool_path).resolve()  # a pool reached through a symlink: its target is written
     with artifact_lock(pool_path):  # two additions at once: the second waits and adds to the first's pool
-        clear_temporary_files(pool_path)  # what a killed addition left
+        for leftover in (pool_path, votes_path(pool_path)):  # what a killed addition left
+            clear_temporary_files(leftover)
         pool = PoolFile(pool_path) if Path(pool_path).exists() else None
         if expected_id is not None and (pool is None or pool.id != expected_id):
             raise PoolError(f"{pool_path}: the pool changed identity meanwhile (made anew); nothing added")
@@ -66,7 +68,8 @@ def remove_from_pool(pool_path: str | Path, parts: Sequence[str], why: str) -> l
     rewritten without them and recalibrated, keeping its identity. Returns their names."""
     pool_path = Path(pool_path).resolve()
     with artifact_lock(pool_path):
-        clear_temporary_files(pool_path)
+        for leftover in (pool_path, votes_path(pool_path)):
+            clear_temporary_files(leftover)
         pool = PoolFile(pool_path)
         leaving = set(parts) & set(pool.digests)
         if not leaving:

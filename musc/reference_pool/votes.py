@@ -68,7 +68,7 @@ def stored_votes(read_rows: Callable[[slice], np.ndarray], positions: np.ndarray
     """The votes among ``positions`` (increasing) of a stored (n, n, L) matrix read a run of rows at
     a time (``read_rows(slice) -> (k, n, L)``): (len, len, L)."""
     runs = contiguous_runs(positions)
-    if len(runs) == 1:  # every row from the first on: its columns are a slice too (no copy)
+    if len(runs) == 1:  # consecutive rows: their columns are the same slice (no copy)
         return read_rows(runs[0])[:, runs[0]]
     return np.concatenate([read_rows(run)[:, positions] for run in runs])
 

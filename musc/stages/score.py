@@ -119,10 +119,17 @@ def layout(plan: Plan) -> Layout:
 
 
 def half_name(plan: Plan, tile: Tile, side: int) -> str:
-    """A tile's votes are two parts: its first block's against the second (side 0, ``_a``), used by
-    the first block's row, and the second's against the first (side 1, ``_b``), used by the second's
-    row; a tile of one block against itself has one (``_a``)."""
-    return f"{tile.part_name(plan.needs.settings.block_size)}_{'ab'[0 if tile.same_block else side]}"
+    """The part holding a tile's votes of one side: its first block's against the second (side 0),
+    used by the first block's row, or the second's against the first (side 1), used by the second's
+    row. A run that keeps its votes writes both in one part (``votes_a``, ``votes_b``); a run that
+    reduces rows as they finish writes each side as a part of its own (``_a``, ``_b``), removed once
+    its row is reduced. A tile of one block against itself has one side."""
+    name = tile.part_name(plan.needs.settings.block_size)
+    return name if layout(plan).kept is not None else f"{name}_{'ab'[0 if tile.same_block else side]}"
+
+
+def _field(tile: Tile, side: int) -> str:
+    return "votes_a" if tile.same_block or side == 0 else "votes_b"
 
 
 def row_name(subset: int, first: int) -> str:
@@ -224,8 +231,12 @@ def _compute_tile(plan: Plan, tile: Tile) -> None:
         same = same.to(target)
         votes = [(a.masked_fill(same[:, :, None], float("inf")), b.masked_fill(same.T[:, :, None], float("inf")))
                  for a, b in votes]
-    for side in (0,) if tile.same_block else (1, 0):  # the first half last: its manifest says the tile is written
-        store.write_part(plan.path, half_name(plan, tile, side), {"votes": torch.stack([v[side] for v in votes]).cpu().numpy()})
+    sides = {side: torch.stack([v[side] for v in votes]).cpu().numpy() for side in ((0,) if tile.same_block else (1, 0))}
+    if layout(plan).kept is not None:  # one part
+        store.write_part(plan.path, half_name(plan, tile, 0), {_field(tile, side): sides[side] for side in sides})
+        return
+    for side, values in sides.items():  # side 0 last: its manifest says the tile is written
+        store.write_part(plan.path, half_name(plan, tile, side), {_field(tile, side): values})
 
 
 def build(path: Path, plan: Plan) -> None:
@@ -297,8 +308,8 @@ class _PartVotes:
 
     def __getitem__(self, side: int):
         import torch
-        name = half_name(self.plan, self.tile, side)
-        part = store.read_part(self.plan.path, name, ("votes",))
+        name, field = half_name(self.plan, self.tile, side), _field(self.tile, side)
+        part = store.read_part(self.plan.path, name, (field,))
         if part is None:
             raise store.ArtifactError(f"{store.part_path(self.plan.path, name)}: a tile part vanished; rerun to redo it")
-        return torch.from_numpy(part["votes"])
+        return torch.from_numpy(part[field])
