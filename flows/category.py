@@ -1,5 +1,5 @@
 """The MuSc graph of one category as a Prefect flow: the stages of ``musc.stages.GRAPH`` in order,
-each a task (tiled stages: a task per tile), each stage one progress job."""
+each a task (tiled stages: a task per batch of tiles), each stage one progress job."""
 from __future__ import annotations
 
 import json
@@ -20,7 +20,7 @@ from tasks import parts_task, stage_task, tile_task
 from tasks.ui import artifact_key, publish, run_source
 
 from .names import category_run_name
-from .runners import in_flight, task_runner
+from .runners import batches, in_flight, task_runner
 
 
 @flow(name="musc-category", flow_run_name=category_run_name, log_prints=True, task_runner=task_runner())
@@ -95,23 +95,33 @@ def unguarded(evaluated: dict, outputs: Path) -> dict:
 
 def run_stage(spec: StageSpec, plans: list[Plan], name: str, dataset: str, count: int) -> list[dict]:
     """One stage as tasks, one progress job (``name`` and ``dataset`` name it; ``count``: the images
-    or parts the run has): the tiles of a tiled stage first (only those without a part, as tasks on
+    or parts the run has): the tiles of a tiled stage first (only those without a part, gathered a
+    block row at most and ``TASK_WORK`` at least into tasks on
     the flow's task runner: threads or Dask), then each plan's task, one at a time (a stage may need
     much memory); a per-part stage's plans a chunk at a time (``parts_task``). The job ends 'reused'
     when every artifact was reused."""
     # progress.TRACKER, not TRACKER: a Dask task runner pickles this function by value, with the
     # globals it names, and a module travels by reference (the tracker holds a lock)
     todo = []
-    if spec.tiled:
-        todo = [(plan, tile) for plan in plans if store.valid_digest(plan.path, plan.stage) is None
-                for tile in spec.module.tiles(plan) if not spec.module.tile_done(plan, tile)]
-        total = len(todo)
+    if spec.tiled:  # gathered into tasks of some work each (Prefect's cost per task stays small beside it)
+        def open_tiles(plan: Plan):
+            return ((plan, tile) for tile in spec.module.tiles(plan) if not spec.module.tile_done(plan, tile))
+        todo = [(plan, [tile for _, tile in batch]) for plan in plans if store.valid_digest(plan.path, plan.stage) is None
+                for batch in batches(open_tiles(plan), lambda item: spec.module.tile_work(*item),
+                                     lambda item: (item[1].subset, item[1].first))]  # one block row at most
+        total = sum(len(tiles) for _, tiles in todo)
     else:
         total = count if spec.unit in ("images", "parts") else len(plans)
     with progress.TRACKER.job(name, spec.name, total, spec.unit, dataset) as job:
-        for tile in in_flight(lambda work: tile_task.submit(*work), todo):  # submitted as they can run
-            tile.result()
-            job.advance()
+        sizes = {}
+
+        def submit(work):
+            future = tile_task.submit(*work)
+            sizes[id(future)] = len(work[1])
+            return future
+        for batch in in_flight(submit, todo):  # submitted as they can run
+            batch.result()
+            job.advance(sizes.pop(id(batch)))
         futures, refs = [], []
         step = PARTS_AT_ONCE if spec.per_part else 1
         for start in range(0, len(plans), step):

@@ -10,6 +10,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 LOCAL_THREADS = 2
 IN_FLIGHT = 64  # tile tasks submitted and not yet done, at most: enough to keep a Dask cluster's workers busy
+TASK_WORK = 30e9  # FLOP a tile task gathers at least (about 0.3 s here): Prefect's per-task cost (30-40 ms
+# on this 2-core machine) stays small beside the work; a tile that size or larger is a task alone
 T = TypeVar("T")
 
 
@@ -41,3 +43,18 @@ def in_flight(submit: Callable[[T], PrefectFuture], items: Iterable[T], at_most:
             submit(item).add_done_callback(finished.put)
             running += 1
         yield done
+
+
+def batches(items: Iterable[T], work: Callable[[T], float], group: Callable[[T], object],
+            at_least: float = TASK_WORK) -> Iterator[list[T]]:
+    """Consecutive ``items`` of one ``group`` gathered until their ``work`` reaches ``at_least``."""
+    batch, gathered, key = [], 0.0, None
+    for item in items:
+        if batch and (group(item) != key or gathered >= at_least):
+            yield batch
+            batch, gathered = [], 0.0
+        batch.append(item)
+        gathered += work(item)
+        key = group(item)
+    if batch:
+        yield batch

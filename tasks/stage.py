@@ -1,5 +1,5 @@
 """Prefect's face of the stages (musc.stages): one task runs a stage's plan, one task runs a chunk
-of a per-part stage's plans (the line's parts), one task computes a tile of a tiled stage. A reused artifact ends its task in the state Prefect calls Cached, so the UI
+of a per-part stage's plans (the line's parts), one task computes a batch of tiles of a tiled stage. A reused artifact ends its task in the state Prefect calls Cached, so the UI
 shows what was reused; Prefect's own result cache is off (task results are small references,
 never pickles): the artifact on disk is the one truth (musc/stages/building.py)."""
 from __future__ import annotations
@@ -54,14 +54,19 @@ def stage_task(plan: Plan):
 
 def _tile_run_name() -> str:
     from prefect.runtime import task_run
-    tile = task_run.parameters["tile"]
-    return f"{task_run.parameters['plan'].label} tile {tile.subset}:{tile.first}-{tile.second}"
+    tiles = task_run.parameters["tiles"]
+    first, last = tiles[0], tiles[-1]
+    return (f"{task_run.parameters['plan'].label} {len(tiles)} tile(s) {first.subset}:{first.first}-{first.second}"
+            + (f" to {last.subset}:{last.first}-{last.second}" if len(tiles) > 1 else ""))
 
 
 @task(name="tile", task_run_name=_tile_run_name, retries=1, cache_policy=NO_CACHE, persist_result=False)
-def tile_task(plan: Plan, tile: Tile) -> bool:
-    """One tile of a tiled stage, written as a part of the plan's artifact (False: already there)."""
-    return STAGE_SPECS[plan.stage].module.compute_tile(plan, tile)
+def tile_task(plan: Plan, tiles: list[Tile]) -> int:
+    """Tiles of a tiled stage, one after the other, each written as a part of the plan's artifact (a
+    killed task loses at most the tile it was computing). Returns how many were computed (not
+    already there)."""
+    compute = STAGE_SPECS[plan.stage].module.compute_tile
+    return sum(bool(compute(plan, tile)) for tile in tiles)
 
 
 def _parts_run_name() -> str:

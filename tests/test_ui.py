@@ -140,7 +140,7 @@ def test_demo_in_a_terminal_fits_one_screen_with_progress_bars(demo):
         assert f"fabric {stage}" in text and f"washer {stage}" in text
     assert "images/s" in text and "tiles/s" in text and "━" in text  # bars with their rates
     assert "MuSc metrics" in text and "report:" in text
-    assert " tile 0:" not in text and "Finished in state" not in text  # Prefect's per-task lines summarised
+    assert " tile(s) 0:" not in text and "Finished in state" not in text  # Prefect's per-task lines summarised
 
 
 def test_progress_artifacts_follow_extraction_and_scoring(demo):

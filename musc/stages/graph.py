@@ -89,7 +89,7 @@ class StageSpec:
     module: ModuleType                    # its plans(run, **inputs) (each plan names its build)
     inputs: tuple[str, ...]               # upstream stages or sources of a run, in the order plans() takes them
     fan: str = "one"                      # artifacts per run: "one", "degree" (per r) or "part" (per new part)
-    tiled: bool = False                   # its work is tiles (``module.tiles``, ``module.compute_tile``)
+    tiled: bool = False                   # its work is tiles (``module.tiles``, ``compute_tile``, ``tile_work``)
     unit: str = "step"                    # what its progress counts
 
     @property

@@ -98,6 +98,7 @@ class Layout:
     sets: tuple
     n_blocks: tuple[int, ...]
     kept: tuple[int, ...] | None
+    features: tuple[int, ...]  # the aggregate's (layers, rows, L, C)
 
 
 _LAYOUTS: dict[tuple, Layout] = {}
@@ -114,8 +115,18 @@ def layout(plan: Plan) -> Layout:
         kept = kept_votes_shape(list(sets), n_layers, n_patches) if int(settings.divide_num) == 1 else None  # pools take whole runs
         _LAYOUTS.clear()  # one plan's layout at a time (the stage builds its degrees one after another)
         _LAYOUTS[key] = Layout(every, {(t.subset, t.first, t.second): t for t in every}, sets,
-                               tuple(1 + max(t.second for t in every if t.subset == s) for s in range(len(sets))), kept)
+                               tuple(1 + max(t.second for t in every if t.subset == s) for s in range(len(sets))), kept,
+                               tuple(store.open_artifact(plan.needs.aggregate["path"], "aggregate",
+                                                         plan.needs.aggregate["digest"]).shape("features")))
     return _LAYOUTS[key]
+
+
+def tile_work(plan: Plan, tile: Tile) -> float:
+    """A tile's arithmetic (FLOP): the products of its blocks' patches, 2 (A L)(B L)(C + 2) per layer
+    (a block against itself: each pair once, about half)."""
+    n_layers, _, n_patches, channels = layout(plan).features
+    pairs = len(tile.images_a) * len(tile.images_b) / (2 if tile.same_block else 1)
+    return 2.0 * pairs * n_patches ** 2 * (channels + 2) * n_layers
 
 
 def half_name(plan: Plan, tile: Tile, side: int) -> str:
