@@ -66,7 +66,7 @@ def test_score_tile_task_runs_on_the_gpu(tmp_path, monkeypatch):
     aggregate = tmp_path / "aggregate" / "a.h5"
     digest = store.write_artifact(aggregate, "aggregate", {}, {}, {}, fill=lambda f: f.create_dataset("features", data=features))
     tile = Tile(0, 0, 1, (0, 1, 2), (3, 4, 5))
-    monkeypatch.setattr(score, "layout", lambda plan: types.SimpleNamespace(kept=()))  # a lone tile: no rows to reduce
+    monkeypatch.setattr(score, "tile_layout", lambda plan: types.SimpleNamespace(kept=()))  # a lone tile: no rows to reduce
     votes = {}
     for device in ("cpu", "cuda"):
         path = tmp_path / device / "score" / "s.h5"

@@ -89,7 +89,7 @@ def _row_sources(plan: Plan):
 
 
 @dataclass(frozen=True)
-class Layout:
+class TileLayout:
     """What a plan's tiles make up: every tile, each by (set, first, second), the sets, each set's
     block count, and the shape of the votes its artifact keeps (None: none kept, so each block row
     is reduced as soon as its tiles are done and their votes are removed: ``reduce_row``)."""
@@ -101,30 +101,33 @@ class Layout:
     features: tuple[int, ...]  # the aggregate's (layers, rows, L, C)
 
 
-_LAYOUTS: dict[tuple, Layout] = {}
+_LAYOUTS: dict[tuple, TileLayout] = {}
 
 
-def layout(plan: Plan) -> Layout:
+def tile_layout(plan: Plan) -> TileLayout:
+    """The plan's ``TileLayout``, made once per process (the tile tasks' threads share it)."""
     key = (str(plan.path), plan.needs.aggregate["digest"], plan.needs.extract["digest"])
-    if key not in _LAYOUTS:
+    found = _LAYOUTS.get(key)
+    if found is None:
         settings: ScoreSettings = plan.needs.settings
         every = tuple(tiles(plan))
         sets = tuple(scoring_sets(plan.needs.extract, settings))
-        n_layers, _, n_patches, _ = store.open_artifact(plan.needs.aggregate["path"], "aggregate",
-                                                        plan.needs.aggregate["digest"]).shape("features")
-        kept = kept_votes_shape(list(sets), n_layers, n_patches) if int(settings.divide_num) == 1 else None  # pools take whole runs
-        _LAYOUTS.clear()  # one plan's layout at a time (the stage builds its degrees one after another)
-        _LAYOUTS[key] = Layout(every, {(t.subset, t.first, t.second): t for t in every}, sets,
-                               tuple(1 + max(t.second for t in every if t.subset == s) for s in range(len(sets))), kept,
-                               tuple(store.open_artifact(plan.needs.aggregate["path"], "aggregate",
-                                                         plan.needs.aggregate["digest"]).shape("features")))
-    return _LAYOUTS[key]
+        features = tuple(store.open_artifact(plan.needs.aggregate["path"], "aggregate",
+                                             plan.needs.aggregate["digest"]).shape("features"))
+        kept = kept_votes_shape(list(sets), features[0], features[2]) if int(settings.divide_num) == 1 else None  # pools take whole runs
+        found = TileLayout(every, {(t.subset, t.first, t.second): t for t in every}, sets,
+                           tuple(1 + max(t.second for t in every if t.subset == s) for s in range(len(sets))), kept,
+                           features)
+        if len(_LAYOUTS) >= 8:  # a run's degrees (their tiles overlap in flight), not every plan ever seen
+            _LAYOUTS.clear()
+        _LAYOUTS[key] = found
+    return found
 
 
 def tile_work(plan: Plan, tile: Tile) -> float:
     """A tile's arithmetic (FLOP): the products of its blocks' patches, 2 (A L)(B L)(C + 2) per layer
     (a block against itself: each pair once, about half)."""
-    n_layers, _, n_patches, channels = layout(plan).features
+    n_layers, _, n_patches, channels = tile_layout(plan).features
     pairs = len(tile.images_a) * len(tile.images_b) / (2 if tile.same_block else 1)
     return 2.0 * pairs * n_patches ** 2 * (channels + 2) * n_layers
 
@@ -136,7 +139,7 @@ def half_name(plan: Plan, tile: Tile, side: int) -> str:
     reduces rows as they finish writes each side as a part of its own (``_a``, ``_b``), removed once
     its row is reduced. A tile of one block against itself has one side."""
     name = tile.part_name(plan.needs.settings.block_size)
-    return name if layout(plan).kept is not None else f"{name}_{'ab'[0 if tile.same_block else side]}"
+    return name if tile_layout(plan).kept is not None else f"{name}_{'ab'[0 if tile.same_block else side]}"
 
 
 def _field(tile: Tile, side: int) -> str:
@@ -166,7 +169,7 @@ def tile_done(plan: Plan, tile: Tile) -> bool:
 def row_tiles(plan: Plan, subset: int, first: int) -> list[tuple[Tile, int]]:
     """The (tile, side) halves block row ``first`` of a set is made of, the last to be computed first
     (tiles are computed row by row)."""
-    where = layout(plan)
+    where = tile_layout(plan)
     return [(where.by_position[subset, first, second], 0) if first <= second
             else (where.by_position[subset, second, first], 1)
             for second in reversed(range(where.n_blocks[subset]))]
@@ -193,7 +196,7 @@ def row_scores(plan: Plan, subset: int, first: int):
     """The scores (layers, A, L) of block row ``first`` of a set, and its votes (layers, A, set, L)."""
     from ..method.msm import block_votes, reduce_votes
     settings: ScoreSettings = plan.needs.settings
-    where = layout(plan)
+    where = tile_layout(plan)
     k_min, k_max = msm_rank_window(where.sets[subset][1], settings.topmin_min, settings.topmin_max)
 
     def votes_of(first: int, second: int) -> "_PartVotes":
@@ -218,10 +221,10 @@ def compute_tile(plan: Plan, tile: Tile) -> bool:
     from ..method.threads import one_thread
     with one_thread():
         _compute_tile(plan, tile)
-        if layout(plan).kept is None:  # the rows this tile completes, reduced now, their votes removed
+        if tile_layout(plan).kept is None:  # the rows this tile completes, reduced now, their votes removed
             for first in dict.fromkeys((tile.first, tile.second)):
                 reduce_row(plan, tile.subset, first)
-    fault_point("score", lambda: sum(tile_done(plan, t) for t in layout(plan).every))  # tiles written (or used up)
+    fault_point("score", lambda: sum(tile_done(plan, t) for t in tile_layout(plan).every))  # tiles written (or used up)
     return True
 
 
@@ -243,7 +246,7 @@ def _compute_tile(plan: Plan, tile: Tile) -> None:
         votes = [(a.masked_fill(same[:, :, None], float("inf")), b.masked_fill(same.T[:, :, None], float("inf")))
                  for a, b in votes]
     sides = {side: torch.stack([v[side] for v in votes]).cpu().numpy() for side in ((0,) if tile.same_block else (1, 0))}
-    if layout(plan).kept is not None:  # one part
+    if tile_layout(plan).kept is not None:  # one part
         store.write_part(plan.path, half_name(plan, tile, 0), {_field(tile, side): sides[side] for side in sides})
         return
     for side, values in sides.items():  # side 0 last: its manifest says the tile is written
@@ -253,7 +256,7 @@ def _compute_tile(plan: Plan, tile: Tile) -> None:
 def build(path: Path, plan: Plan) -> None:
     settings: ScoreSettings = plan.needs.settings
     extract = plan.needs.extract
-    where = layout(plan)
+    where = tile_layout(plan)
     n_layers, n_rows, n_patches, _ = store.open_artifact(plan.needs.aggregate["path"], "aggregate",
                                                          plan.needs.aggregate["digest"]).shape("features")
     scores = np.full((n_layers, n_rows, n_patches), np.nan)
