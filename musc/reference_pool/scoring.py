@@ -20,7 +20,7 @@ images' features of that layer, a pool block and a tile per core, and the votes 
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -132,17 +132,22 @@ def set_scores(rows: BlockReader, n_rows: int, window: int, settings: ScoreSetti
     """MSM patch scores (n_rows, L) of the rows of one set scored mutually, each against the others
     (``tiles.tile_sets``: ``window`` is the image count of its rank window). One row per image
     (``sources`` None): the set's votes at once, as a batch. Several rows per image (``sources``: the
-    image of each row; tile mixing ``all``): block by block, each block against every row, the votes
-    against its own image's rows left out (+inf), so at most ``block_size`` rows' votes are held."""
+    image of each row; tile mixing ``all``): block by block (``own_block_votes``), so at most
+    ``block_size`` rows' votes are held."""
     if sources is None:
         return patch_scores(mutual_votes(rows, n_rows, rows, 0, settings), settings)
     k_min, k_max = msm_rank_window(window, settings.topmin_min, settings.topmin_max)
-    scored = []
+    return torch.cat([reduce_votes(votes, k_min, k_max) for votes in own_block_votes(rows, n_rows, settings, sources)])
+
+
+def own_block_votes(rows: BlockReader, n_rows: int, settings: ScoreSettings, sources: np.ndarray
+                    ) -> Iterator[torch.Tensor]:
+    """The votes of a set's rows, ``block_size`` rows at a time, each block against every row of the
+    set, the votes against its own image's rows (``sources``: each row's image) left out (+inf)."""
     for start, stop in image_blocks(n_rows, settings.block_size):
         votes = pool_votes(lambda a, b: rows(start + a, start + b), stop - start, rows, n_rows, settings)
         own = torch.from_numpy(sources[start:stop, None] == sources[None, :])
-        scored.append(reduce_votes(votes.masked_fill(own[:, :, None], float("inf")), k_min, k_max))
-    return torch.cat(scored)
+        yield votes.masked_fill(own[:, :, None], float("inf"))
 
 
 def score_against_pool(new_layers: Sequence[torch.Tensor], pool_layers: Sequence[torch.Tensor],

@@ -37,7 +37,7 @@ from ..method.msm import reduce_votes, tile_bytes, tile_minima
 from ..method.threads import parallel_map
 from ..store import ArtifactError, open_artifact, write_artifact
 from ..store.schema import stage_schema
-from .scoring import BlockReader, contiguous_runs, image_scores, mutual_votes, pool_votes
+from .scoring import BlockReader, contiguous_runs, image_scores, mutual_votes, own_block_votes
 
 # votes(r, layer, set, images) -> (n, n, L) float32: the votes among those images' rows in that set
 # (images: indices into their group, increasing), or None when they were not kept
@@ -88,16 +88,6 @@ def run_votes(score_paths: dict[int, Path], settings, n_run: int, chosen: np.nda
     return read
 
 
-@dataclass
-class KeptVotes:
-    """A pool's votes file, checked to describe exactly that pool: its settings, its images in order."""
-    path: Path
-
-    def read(self, r: int, layer: int, set_index: int, positions: np.ndarray) -> np.ndarray:
-        artifact = open_artifact(self.path, "pool_votes")
-        return stored_votes(lambda rows: artifact.read(f"votes_r{r}", (layer, set_index, rows)), positions)
-
-
 def kept_votes(pool) -> VotesReader | None:
     """The votes kept beside ``pool`` (a ``PoolFile``) as a reader over its images, or None when there
     are none, or they describe another pool (other images, order or settings: a copy, a crash
@@ -112,10 +102,13 @@ def kept_votes(pool) -> VotesReader | None:
         return None
     if digests != list(pool.digests) or artifact.config.get("settings") != pool.settings.to_config():
         return None
-    kept = KeptVotes(path)
     n_pool = len(pool)
-    return lambda r, layer, set_index, images: kept.read(
-        r, layer, set_index, set_positions(pool.settings, np.asarray(images), set_index, n_pool))
+
+    def read(r: int, layer: int, set_index: int, images: np.ndarray) -> np.ndarray:
+        kept = open_artifact(path, "pool_votes")  # verified once per process while the file stays the same
+        positions = set_positions(pool.settings, np.asarray(images), set_index, n_pool)
+        return stored_votes(lambda rows: kept.read(f"votes_r{r}", (layer, set_index, rows)), positions)
+    return read
 
 
 def _reader(read: Callable[[int, int, np.ndarray], np.ndarray], r: int, layer: int, rows: np.ndarray,
@@ -157,12 +150,7 @@ def own_votes(rows: BlockReader, n_rows: int, settings: ScoreSettings, sources: 
     image, tile mixing ``all``), against its own image's rows."""
     if sources is None:
         return mutual_votes(rows, n_rows, rows, 0, settings)
-    scored = []
-    for start, stop in image_blocks(n_rows, settings.block_size):
-        votes = pool_votes(lambda a, b: rows(start + a, start + b), stop - start, rows, n_rows, settings)
-        own = torch.from_numpy(sources[start:stop, None] == sources[None, :])
-        scored.append(votes.masked_fill(own[:, :, None], float("inf")))
-    return torch.cat(scored)
+    return torch.cat(list(own_block_votes(rows, n_rows, settings, sources)))
 
 
 @dataclass

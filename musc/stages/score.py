@@ -1,9 +1,9 @@
 """Stage 3, score (one per degree r): MSM patch scores of every layer, tile by tile.
 
 Within each subset (divide_num), image blocks (I, J) with I <= J are scored once for both
-directions (``musc.method.blocks``). Each tile writes its nearest-patch votes as two parts (block
-I's against J, used by block row I; J's against I, used by row J), so a crash loses at most one
-tile and finished tiles are never recomputed; tiles can run anywhere (Prefect's tile tasks:
+directions (``musc.method.blocks``). Each tile writes its nearest-patch votes as parts (block I's
+against J, used by block row I; J's against I, used by row J: ``half_name``), so a crash loses at
+most one tile and finished tiles are never recomputed; tiles can run anywhere (Prefect's tile tasks:
 threads, or Dask workers). A block row's votes reduce to each patch's mean of its smallest ones.
 
 * A run whose votes are small enough (``KEPT_VOTES_BYTES``) keeps them: the build reduces the rows
@@ -257,8 +257,7 @@ def build(path: Path, plan: Plan) -> None:
     settings: ScoreSettings = plan.needs.settings
     extract = plan.needs.extract
     where = tile_layout(plan)
-    n_layers, n_rows, n_patches, _ = store.open_artifact(plan.needs.aggregate["path"], "aggregate",
-                                                         plan.needs.aggregate["digest"]).shape("features")
+    n_layers, n_rows, n_patches, _ = where.features
     scores = np.full((n_layers, n_rows, n_patches), np.nan)
     started = time.perf_counter()
     missing = [t for t in where.every if not tile_done(plan, t)]
