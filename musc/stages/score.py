@@ -187,6 +187,8 @@ def reduce_row(plan: Plan, subset: int, first: int) -> bool:
     except FileExistsError:  # reduced, or being reduced (a claim left by a killed process: build does it)
         return False
     store.write_part(plan.path, row_name(subset, first), {"scores": row_scores(plan, subset, first)[0].numpy()})
+    fault_point("score_row", lambda: sum(row_done(plan, s, r) for s, n in enumerate(tile_layout(plan).n_blocks)
+                                         for r in range(n)))  # a row written, its halves not yet removed
     for tile, side in row_tiles(plan, subset, first):
         store.remove_artifact(store.part_path(plan.path, half_name(plan, tile, side)))
     return True
