@@ -181,22 +181,6 @@ def test_the_commands_own_server_turns_heartbeats_off_and_a_given_server_keeps_t
     assert given.stdout.split() == ["http://127.0.0.1:9/api", "True", "180"]
 
 
-def test_curves_from_presorted_pixels_are_scikit_learns():
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
-    from musc.method.metrics import BinaryCurves, descending_order
-    rng = np.random.default_rng(3)
-    scores = np.round(rng.random(20000), 3)  # many ties, as in upsampled maps
-    labels = (rng.random(20000) < 0.1 + 0.5 * scores).astype(np.int32)
-    curves = BinaryCurves.of(labels, scores, descending_order(scores))
-    for ours, theirs in zip((curves.fpr, curves.tpr), roc_curve(labels, scores)[:2]):
-        np.testing.assert_array_equal(ours, theirs)
-    for ours, theirs in zip((curves.precision, curves.recall, curves.pr_thresholds),
-                            precision_recall_curve(labels, scores)):
-        np.testing.assert_array_equal(ours, theirs)
-    assert curves.auroc() == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    assert curves.average_precision() == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
-
-
 @pytest.mark.slow
 def test_drawing_threads_import_nothing_once_the_drawing_modules_are_loaded(tmp_path):
     """Pictures are drawn in threads while the metrics import scikit-learn: a thread that imported a

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..method.metrics import METRIC_NAMES, BinaryCurves, descending_order, image_metrics, pixel_metrics
+from ..method.metrics import METRIC_NAMES, BinaryCurves, PixelCurves, image_metrics, pixel_metrics
 
 MAD_SCALE = 1.4826  # makes the median absolute deviation estimate sigma for normal data
 ROBUST_Z = 3.5
@@ -69,7 +69,7 @@ def pixel_usable(labels, has_mask) -> np.ndarray:
 
 
 def evaluate_arrays(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray,
-                    has_mask: np.ndarray, curves: dict[str, BinaryCurves] | None = None
+                    has_mask: np.ndarray, curves: dict[str, BinaryCurves | PixelCurves] | None = None
                     ) -> tuple[dict[str, float], dict[str, str]]:
     """Metrics that can be computed, NaN for the others, and a note saying why each is missing.
 
@@ -92,15 +92,13 @@ def evaluate_arrays(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, m
         curves["image"] = BinaryCurves.of(labels, scores)
         metrics.update(image_metrics(labels, scores, curves["image"]))
     if "pixel" not in notes:
-        usable = pixel_usable(labels, has_mask)
-        gt_px, pr_px = masks[usable].astype(bool, copy=False), maps[usable].astype(np.float64, copy=False)
-        if gt_px.min() == gt_px.max():  # one kind of pixels: n/a, not the reference's zeros
-            kind = "no defect pixels: every mask is empty" if not gt_px.max() else "no normal pixels"
+        pixels = PixelCurves.of(masks, maps, np.flatnonzero(pixel_usable(labels, has_mask)))
+        if not pixels.n_positive or not pixels.n_negative:  # one kind of pixels: n/a, not the reference's zeros
+            kind = "no defect pixels: every mask is empty" if not pixels.n_positive else "no normal pixels"
             notes["pixel"] = f"only one class in the masks ({kind})"
         else:
-            order = descending_order(pr_px)
-            curves["pixel"] = BinaryCurves.of(gt_px, pr_px, order)
-            metrics.update(pixel_metrics(gt_px, pr_px, curves["pixel"], order))
+            curves["pixel"] = pixels
+            metrics.update(pixel_metrics(masks, maps, pixels))
     return metrics, notes
 
 
@@ -129,7 +127,7 @@ def choose_threshold(labels, scores, fixed: float | None = None) -> tuple[float,
 
 
 def choose_pixel_threshold(inputs: "EvaluationInputs", fixed: float | None = None,
-                           pixel_curves: BinaryCurves | None = None) -> tuple[float, str]:
+                           pixel_curves: PixelCurves | None = None) -> tuple[float, str]:
     """Pixel threshold for binary defect masks: fixed if given; F1-optimal on the pixels when masks
     exist (``pixel_curves``: their PR curve, if the metrics computed it already); else the robust
     outlier rule on the raw image scores (the maxima of the maps), so that only images flagged as
@@ -139,7 +137,7 @@ def choose_pixel_threshold(inputs: "EvaluationInputs", fixed: float | None = Non
         return float(fixed), "fixed (config)"
     usable = pixel_usable(labels, has_mask)
     if has_mask.any() and (labels >= 0).all() and usable.any():
-        curves = pixel_curves or BinaryCurves.of(np.asarray(inputs.masks)[usable], np.asarray(inputs.maps)[usable])
+        curves = pixel_curves or PixelCurves.of(inputs.masks, inputs.maps, np.flatnonzero(usable))
         return curves.f1_optimal_threshold(), "F1-optimal on the mask pixels"
     return robust_threshold(inputs.raw), f"median + {ROBUST_Z} x MAD of the raw image scores (unsupervised)"
 
@@ -174,7 +172,7 @@ class Evaluation:
     ranking: np.ndarray                # image indices, most anomalous first
     decisions: np.ndarray              # 1 anomalous, 0 normal
     per_image: pd.DataFrame
-    curves: dict[str, BinaryCurves]    # ROC/PR curves of the metrics computed ("image", "pixel")
+    curves: dict[str, BinaryCurves | PixelCurves]  # ROC/PR curves of the metrics computed ("image", "pixel")
 
     def summary(self) -> dict[str, Any]:
         return {"metrics": metrics_to_json(self.metrics), "notes": self.notes, "threshold": self.threshold,
@@ -288,7 +286,7 @@ def evaluate(inputs: EvaluationInputs, threshold: float | None = None,
              pixel_threshold: float | None = None) -> Evaluation:
     """Metrics, thresholds and decisions from what an extract and a classify artifact hold."""
     scores = inputs.scores
-    curves: dict[str, BinaryCurves] = {}
+    curves: dict[str, BinaryCurves | PixelCurves] = {}
     metrics, notes = evaluate_arrays(inputs.labels, scores, inputs.masks, inputs.maps, inputs.has_mask, curves)
     value, rule = choose_threshold(inputs.labels, scores, threshold)
     pixel_value, pixel_rule = choose_pixel_threshold(inputs, pixel_threshold, curves.get("pixel"))

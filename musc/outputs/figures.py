@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..inputs.images import UnreadableImage, load_image
-from ..method.metrics import METRIC_NAMES, BinaryCurves
+from ..method.metrics import METRIC_NAMES, BinaryCurves, PixelCurves
 from ..store.catalog import derived_name
 from .evaluation import ANOMALOUS, NORMAL, SHORT_NAMES, Evaluation, EvaluationInputs, metric_text
 
@@ -163,9 +163,9 @@ def save_overlay(image: np.ndarray, anomaly_map: np.ndarray, path: str | Path, m
     return str(path)
 
 
-def save_curves(curves: BinaryCurves, path: str | Path, title: str) -> str:
-    """ROC and PR curves side by side (the evaluation's scikit-learn curves); at most about 2000
-    points of each curve are drawn (millions of pixels make no visible difference)."""
+def save_curves(curves: BinaryCurves | PixelCurves, path: str | Path, title: str) -> str:
+    """ROC and PR curves side by side (the evaluation's curves); at most about 2000 points of each
+    curve are drawn (millions of pixels make no visible difference; the pixels' come thinned)."""
     best_f1 = curves.f1_max()
     fpr, tpr = _thinned(curves.fpr, curves.tpr)
     recall, precision = _thinned(curves.recall, curves.precision)
