@@ -163,32 +163,40 @@ def build(path: Path, plan: Plan) -> None:
         rate = done_images / max(time.perf_counter() - started, 1e-9)
         log.info(f"extract: batch {number + 1}/{len(batches)} ({rate:.1f} images/s)")
 
-    parts = [store.read_part(path, f"batch_{n:05d}") for n in range(len(batches))]
-    if any(p is None for p in parts):
+    # the batches' images (their tokens read one batch at a time below: memory is one batch's, not N images')
+    names = [f"batch_{n:05d}" for n in range(len(batches))]
+    listed = [store.read_part(path, name, only=("indices",)) for name in names]
+    if any(p is None for p in listed):
         raise store.ArtifactError(f"{path}: a batch part vanished while merging; rerun to redo it")
-    parts = [p for p in parts if p["indices"].size]
-    kept = np.concatenate([p["indices"] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+    names = [name for name, part in zip(names, listed) if part["indices"].size]
+    kept = (np.concatenate([p["indices"] for p in listed if p["indices"].size]) if names
+            else np.zeros(0, dtype=np.int64))
     if kept.size < MIN_IMAGES:
         raise DatasetError(f"category {category.name!r}: only {kept.size} readable image(s); "
                            f"MuSc needs at least {MIN_IMAGES}")
     chosen = [samples[i] for i in kept]
     has_mask = np.array([s.mask_path is not None for s in chosen])
-    mask_shape = parts[0]["masks"].shape[1:]  # (S, S), or the full resolution (H, W) when tiled
     per_image = 1 if tiling is None else tiling.count  # token rows per image
 
     def fill(f: h5py.File) -> None:
-        first = parts[0]["tokens"]
-        tokens = f.create_dataset("tokens", shape=(first.shape[0], kept.size * per_image, *first.shape[2:]),
-                                  dtype=first.dtype, chunks=(1, 1, *first.shape[2:]))
-        masks = f.create_dataset("masks", shape=(kept.size, *mask_shape), dtype=np.uint8,
-                                 chunks=(1, *mask_shape), compression="gzip")
-        start = 0
-        for part in parts:
+        tokens = masks = None
+        start, embeddings = 0, []
+        for name in names:
+            part = store.read_part(path, name, only=("indices", "tokens", "masks", "embeddings"))
+            if part is None:
+                raise store.ArtifactError(f"{path}: a batch part vanished while merging; rerun to redo it")
+            if tokens is None:
+                first, mask_shape = part["tokens"], part["masks"].shape[1:]  # masks: (S, S), or (H, W) when tiled
+                tokens = f.create_dataset("tokens", shape=(first.shape[0], kept.size * per_image, *first.shape[2:]),
+                                          dtype=first.dtype, chunks=(1, 1, *first.shape[2:]))
+                masks = f.create_dataset("masks", shape=(kept.size, *mask_shape), dtype=np.uint8,
+                                         chunks=(1, *mask_shape), compression="gzip")
             stop = start + part["indices"].size
             tokens[:, start * per_image:stop * per_image] = part["tokens"]
             masks[start:stop] = part["masks"]
+            embeddings.append(part["embeddings"])
             start = stop
-        f.create_dataset("embeddings", data=np.concatenate([p["embeddings"] for p in parts]))
+        f.create_dataset("embeddings", data=np.concatenate(embeddings))
         if tiling is not None:
             f.create_dataset("tile_source", data=np.repeat(np.arange(kept.size, dtype=np.int64), tiling.count))
             f.create_dataset("tile_boxes", data=np.tile(tiling.boxes, (kept.size, 1)))
