@@ -6,14 +6,16 @@ disk of its artifacts.
 
     python bench/time_split.py --images 100 500            # every way, N = 100 then 500
     python bench/time_split.py --images 1000 --ways prefect
+    python bench/time_split.py --images 500 --ways prefect --before 60831fa   # that commit beside this tree
 
 How: bench/time_split_hooks/sitecustomize.py is loaded by each process of the run (the folder first
 on PYTHONPATH); it times each thread's CPU inside the stages' ``build`` (and the score stage's
 ``compute_tile``, the evaluate stage's pictures), inside h5py's file, dataset and group calls, and
 inside ``file_sha256``, each call counted once (the innermost), and writes each process's totals and
 whole CPU time every second and at exit. Start-up is the main process's CPU before its first stage;
-orchestration is the rest of every process's CPU (Prefect's task and flow machinery, the temporary
-server, Dask's scheduler and workers outside the tiles, our flow code, Python itself). Data:
+orchestration the rest of the main process's (Prefect's task and flow machinery, our flow code,
+Python itself); other processes: the temporary Prefect server's CPU, or Dask's scheduler and
+workers' outside the tiles (their start-up included). Data:
 ``musc.inputs.synthetic.make_dataset`` (seed 3, N good ``fabric`` images of 128 px and one of each
 defect), the demo settings (seeded demo backbone at 128 px: L = 256, C = 96, layers 0-3, r 1, 3, 5),
 block size 8. Memory and disk are sampled every 0.25 s from outside (bench/batch_scale.py).
@@ -21,6 +23,7 @@ block size 8. Memory and disk are sampled every 0.25 s from outside (bench/batch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(HERE / "bench"))
 from batch_scale import BLOCK, watched  # noqa: E402 - bench/batch_scale.py, beside this file
+from trees import commit_tree  # noqa: E402 - bench/trees.py
 
 STAGES = ("extract", "aggregate", "score", "classify", "evaluate")
 WAYS = ("prefect", "plain", "dask")
@@ -52,22 +56,26 @@ def command(way: str, data: Path, artifacts: Path) -> list[str]:
              "fabric", "--artifacts", str(artifacts), *flags] + (["--dask", "local"] if way == "dask" else []))
 
 
-def measure(way: str, data: Path, scratch: Path) -> dict:
-    artifacts, split = scratch / f"artifacts_{way}", scratch / f"split_{way}"
+def measure(way: str, data: Path, scratch: Path, tree: Path = HERE) -> dict:
+    name = f"{way}_{len(list(scratch.glob('split_*')))}"
+    artifacts, split = scratch / f"artifacts_{name}", scratch / f"split_{name}"
     split.mkdir()
-    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(scratch / f"prefect_{way}"),
-           "PYTHONPATH": os.pathsep.join([str(HERE / "bench/time_split_hooks"), str(HERE)]),
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_HOME": str(scratch / f"prefect_{name}"),
+           "PYTHONPATH": os.pathsep.join([str(HERE / "bench/time_split_hooks"), str(tree)]),
            "MUSC_TIME_SPLIT": str(split)}
     env.pop("PREFECT_API_URL", None)
-    result = watched(command(way, data, artifacts), HERE, env, artifacts)
+    result = watched(command(way, data, artifacts), tree, env, artifacts)
     shutil.rmtree(artifacts, ignore_errors=True)
     records = [json.loads(p.read_text()) for p in split.glob("*.json")]
-    main = max(records, key=lambda r: r["cpu"] if r["before_first_stage"] is not None else -1)
+    pids = {r["pid"] for r in records}
+    main = next(r for r in records if r["ppid"] not in pids)  # the command's process: every other is its child
     totals = {"start-up": main["before_first_stage"] or 0.0}
     for record in records:
         for category, seconds in record["totals"].items():
             totals[category] = totals.get(category, 0.0) + seconds
     cpu = sum(r["cpu"] for r in records)
+    others = [r for r in records if r is not main]  # the temporary Prefect server, Dask's scheduler and workers
+    totals["other processes"] = sum(r["cpu"] - sum(r["totals"].values()) for r in others)
     totals["orchestration"] = cpu - sum(totals.values())
     return {**result, "cpu": cpu, "split": totals, "processes": len(records)}
 
@@ -76,23 +84,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, nargs="+", default=[100], help="good images (one of each defect is added)")
     parser.add_argument("--ways", nargs="+", choices=WAYS, default=list(WAYS))
+    parser.add_argument("--before", help="a commit to measure beside this tree, each way (a git worktree of it)")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     from musc.inputs.synthetic import make_dataset
     print(f"{os.cpu_count()} cores, load average at start {os.getloadavg()[0]:.2f}", flush=True)
-    columns = ["start-up", *(f"stage {s}" for s in STAGES), "hdf5", "hashing", "orchestration"]
+    columns = ["start-up", *(f"stage {s}" for s in STAGES), "hdf5", "hashing", "orchestration", "other processes"]
     rows = []
-    for n_good in args.images:
-        with tempfile.TemporaryDirectory() as folder:
-            scratch = Path(folder)
-            data = make_dataset(scratch / "data", n_good=n_good, n_per_defect=1, size=128, seed=3,
-                                categories=("fabric",))
-            n = len(list((data / "fabric/test").rglob("*.png")))
-            for way in args.ways:
-                r = measure(way, data, scratch)
-                print(f"N={n} {way}: {json.dumps({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items() if k != 'split'})}"
-                      f" split {json.dumps({k: round(v, 1) for k, v in r['split'].items()})}", flush=True)
-                rows.append((n, way, r))
+    with contextlib.ExitStack() as stack:
+        trees = {f"before {args.before}": stack.enter_context(commit_tree(args.before))} if args.before else {}
+        trees["this tree" if args.before else ""] = HERE
+        for n_good in args.images:
+            with tempfile.TemporaryDirectory() as folder:
+                scratch = Path(folder)
+                data = make_dataset(scratch / "data", n_good=n_good, n_per_defect=1, size=128, seed=3,
+                                    categories=("fabric",))
+                n = len(list((data / "fabric/test").rglob("*.png")))
+                for way in args.ways:
+                    for code, tree in trees.items():
+                        r = measure(way, data, scratch, tree)
+                        label = f"{way}, {code}" if code else way
+                        shown = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items() if k != "split"}
+                        print(f"N={n} {label}: {json.dumps(shown)} split "
+                              f"{json.dumps({k: round(v, 1) for k, v in r['split'].items()})}", flush=True)
+                        rows.append((n, label, r))
     print("\nCPU seconds of every process of the run (share of the run's CPU); wall seconds; the largest process's "
           "peak resident memory; the artifacts' peak disk")
     print("| N | way | wall s | CPU s | " + " | ".join(c.replace("stage ", "") for c in columns)

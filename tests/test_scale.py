@@ -45,3 +45,34 @@ def test_dask_cluster_run_equals_local_run(prefect_harness, tiny_dataset, refere
     for stage in ("extract", "classify"):
         assert_same_arrays(read_all(reference[stage]), read_all(result[stage]))
     assert result["metrics"] == reference["metrics"]
+
+
+def test_a_tile_row_reads_its_first_block_once(tiny_dataset, tmp_path, monkeypatch):
+    """Tiles are computed row by row and a tile task's tiles are one block row: the row's first block
+    is read once and kept for the next tile (musc/stages/score.py ``_block_features``), so a row of
+    n - first tiles opens the aggregate n - first times, not 2 (n - first) - 1."""
+    import h5py
+
+    from musc import store
+    from musc.inputs.config import MuscConfig
+    from musc.inputs.datasets import load_category
+    from musc.method import threads
+    from musc.stages import Run, build_all, score
+    monkeypatch.setattr(threads, "usable_cores", lambda: 1)  # one thread: the tiles in their order
+    opened = []
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(h5py, name)
+
+        @staticmethod
+        def File(path, *args, **kwargs):
+            opened.append(str(path))
+            return h5py.File(path, *args, **kwargs)
+    monkeypatch.setattr(score, "h5py", Counting())
+    refs = build_all(Run(load_category("mvtec_ad", tiny_dataset, "fabric"),
+                         MuscConfig(**{**TINY_CONFIG, "block_size": 2, "r_list": [1]}), str(tmp_path)))
+    n_images = len(store.open_artifact(refs["extract"]["path"]).read("names"))
+    blocks = -(-n_images // 2)
+    aggregate = refs["aggregate"][0]["path"]
+    assert opened.count(str(aggregate)) == blocks + blocks * (blocks - 1) // 2  # each row's first block, then each second

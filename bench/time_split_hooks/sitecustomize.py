@@ -48,7 +48,7 @@ if os.environ.get("MUSC_TIME_SPLIT"):
         return wrapper
 
     def _dump() -> None:
-        record = {"pid": os.getpid(), "argv": sys.argv[:3], "cpu": _cpu(), "before_first_stage": _FIRST.get("stage"),
+        record = {"pid": os.getpid(), "ppid": os.getppid(), "argv": sys.argv[:3], "cpu": _cpu(), "before_first_stage": _FIRST.get("stage"),
                   "totals": dict(_TOTALS)}
         path = os.path.join(_FOLDER, f"{os.getpid()}.json")
         with open(path + ".tmp", "w") as handle:

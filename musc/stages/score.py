@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,14 +231,33 @@ def compute_tile(plan: Plan, tile: Tile) -> bool:
     return True
 
 
+_LAST_BLOCK = threading.local()
+
+
+def _block_features(plan: Plan, images, keep: bool = False) -> np.ndarray:
+    """The aggregate's features (layers, images, L, C) of a block of images, read as one slice when
+    the images are consecutive; ``keep``: the block is kept for this thread's next tile, which reads
+    it again (a tile task's tiles are one block row: the same first block against each second)."""
+    key = (plan.needs.aggregate["path"], plan.needs.aggregate["digest"], tuple(images))
+    kept = getattr(_LAST_BLOCK, "block", None)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    images = np.asarray(images)
+    consecutive = images.size and np.array_equal(images, np.arange(images[0], images[0] + images.size))
+    with h5py.File(plan.needs.aggregate["path"], "r") as f:
+        features = f["features"][:, slice(int(images[0]), int(images[0]) + images.size) if consecutive else images]
+    if keep:
+        _LAST_BLOCK.block = (key, features)
+    return features
+
+
 def _compute_tile(plan: Plan, tile: Tile) -> None:
     settings: ScoreSettings = plan.needs.settings
     import torch
     from ..inputs.backbones import resolve_device
     target = resolve_device(settings.device)
-    with h5py.File(plan.needs.aggregate["path"], "r") as f:
-        block_a = torch.from_numpy(f["features"][:, np.asarray(tile.images_a)]).to(target)
-        block_b = block_a if tile.same_block else torch.from_numpy(f["features"][:, np.asarray(tile.images_b)]).to(target)
+    block_a = torch.from_numpy(_block_features(plan, tile.images_a, keep=True)).to(target)
+    block_b = block_a if tile.same_block else torch.from_numpy(_block_features(plan, tile.images_b)).to(target)
     votes = [tile_minima(block_a[layer], block_b[layer], same_block=tile.same_block, radius=settings.aligned_radius,
                          precision=settings.msm_precision)
              for layer in range(block_a.shape[0])]
