@@ -39,3 +39,91 @@ def test_extract_merges_its_batches_one_at_a_time(tmp_path, monkeypatch):
     tokens = store.open_artifact(ref["path"]).shape("tokens")
     every_image = int(np.prod(tokens)) * 4
     assert peak < every_image / 2, (peak, every_image)  # a batch and the hashing's 4 MB reads (all of them before)
+
+
+ROW_SCRIPT = """
+import resource, sys
+import numpy as np, torch
+from musc.method.msm import block_votes, reduce_votes
+n_images, block, shape = int(sys.argv[1]), 8, (4, 8, 256)  # a row of the demo grid: 4 layers, 8 images, L = 256
+n_blocks = n_images // block
+
+def votes_of(first, second):  # a tile's votes, made when asked for (as the score stage reads its parts)
+    rng = np.random.default_rng(first * n_blocks + second)
+    piece = lambda: torch.from_numpy(rng.random((shape[0], block, block, shape[2]), dtype=np.float32))
+    return piece(), piece()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+scores = reduce_votes(block_votes(0, n_blocks, votes_of, n_images=n_images), 10, 20, overwrite=True)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024, float(scores.sum()))
+"""
+
+
+def test_a_block_row_is_reduced_holding_its_votes_once():
+    """The score stage reduces each block row as its tiles finish; its votes (32 KB an image at the
+    demo grid, 65 MB at N = 2,000, two rows at once on two threads) are joined as they are read and
+    partially sorted in place: the row is held once, not three times (its pieces, their join and a
+    sorted copy)."""
+    import subprocess
+    import sys
+    n_images = 2000
+    out = subprocess.run([sys.executable, "-c", ROW_SCRIPT, str(n_images)], capture_output=True, text=True, check=True)
+    grown, total = out.stdout.split()
+    row = 4 * 8 * n_images * 256 * 4
+    assert np.isfinite(float(total))
+    assert int(grown) < 1.4 * row, (int(grown), row)
+
+
+def test_reducing_votes_in_place_gives_the_same_scores():
+    import torch
+    from musc.method.msm import block_votes, reduce_votes
+    rng = np.random.default_rng(5)
+    tiles = {(i, j): (torch.from_numpy(rng.random((3, 4, 4, 6), dtype=np.float32)),
+                      torch.from_numpy(rng.random((3, 4, 4, 6), dtype=np.float32))) for i in range(5) for j in range(i, 5)}
+    joined = block_votes(2, 5, lambda i, j: tiles[i, j])
+    filled = block_votes(2, 5, lambda i, j: tiles[i, j], n_images=20)
+    assert torch.equal(joined, filled)
+    copied = reduce_votes(joined, 3, 9)
+    assert torch.equal(joined, filled)  # left as it was
+    assert torch.equal(reduce_votes(filled, 3, 9, overwrite=True), copied)
+    assert not torch.equal(joined, filled)  # reordered in place
+    with pytest.raises(ValueError, match="n_images"):
+        block_votes(2, 5, lambda i, j: tiles[i, j], n_images=21)
+
+
+def test_evaluating_holds_one_map_at_a_time_and_gives_the_same_outputs(reference_run, tmp_path, monkeypatch):
+    """The evaluate stage reads the classify artifact's maps an image at a time (2,000 images at 128 px
+    are 262 MB of float64) for the metrics, the pictures, the binary masks and the defect pixel
+    counts; every output is what the maps held in memory give."""
+    import dataclasses
+    import weakref
+    from musc.outputs import evaluation, reports
+    result, _ = reference_run
+    extract = store.open_artifact(result["extract"]["path"])
+    classify = store.open_artifact(result["classify"]["path"])
+    settings = store.open_artifact(result["evaluate"]["path"]).config
+    alive, most = set(), [0]
+    read = evaluation.StoredMaps.__getitem__
+
+    def counted(self, index):
+        image = read(self, index)
+        alive.add(id(image))
+        weakref.finalize(image, alive.discard, id(image))
+        most[0] = max(most[0], len(alive))
+        return image
+    monkeypatch.setattr(evaluation.StoredMaps, "__getitem__", counted)
+    stored, _ = reports.evaluate_into(tmp_path / "stored", extract, classify, settings)
+    n_images = classify.shape("maps")[0]
+    assert n_images >= 12 and 1 <= most[0] <= 4, (most[0], n_images)  # the metrics' thread, the pictures' keys and two drawing threads
+    monkeypatch.undo()
+
+    held = evaluation.EvaluationInputs.read(extract, classify)
+    monkeypatch.setattr(evaluation.EvaluationInputs, "read", classmethod(
+        lambda cls, e, c: dataclasses.replace(held, maps=np.stack(list(held.maps)))))
+    in_memory, _ = reports.evaluate_into(tmp_path / "held", extract, classify, settings)
+    assert stored.metrics == in_memory.metrics and stored.pixel_threshold == in_memory.pixel_threshold
+    assert stored.per_image.equals(in_memory.per_image)
+    for name in ("binary_masks", "overlays", "thumbs"):
+        files = sorted(p.name for p in (tmp_path / "stored" / name).iterdir())
+        assert files and files == sorted(p.name for p in (tmp_path / "held" / name).iterdir())
+        assert all((tmp_path / "stored" / name / f).read_bytes() == (tmp_path / "held" / name / f).read_bytes()
+                   for f in files), name

@@ -72,13 +72,13 @@ def set_tiles(sets: Sequence[Sequence[int]], block_size: int) -> list[Tile]:
     return tiles
 
 
-def block_row(first: int, n_blocks: int, votes_of: Callable[[int, int], tuple[Any, Any]]) -> list[Any]:
+def block_row(first: int, n_blocks: int, votes_of: Callable[[int, int], tuple[Any, Any]]) -> Iterator[Any]:
     """The votes of block ``first`` against every block of its set, in block order: tile (first,
     second) holds them as its first block's votes when first <= second, else tile (second, first)
-    as its second block's. ``votes_of(first, second)`` -> (a_votes, b_votes) of a tile (I <= J);
-    the caller concatenates the row along the image axis."""
-    return [votes_of(first, second)[0] if first <= second else votes_of(second, first)[1]
-            for second in range(n_blocks)]
+    as its second block's. ``votes_of(first, second)`` -> (a_votes, b_votes) of a tile (I <= J),
+    asked for one at a time as the row is walked; the caller joins the row along the image axis."""
+    for second in range(n_blocks):
+        yield votes_of(first, second)[0] if first <= second else votes_of(second, first)[1]
 
 
 TILE_MIXINGS = ("aligned", "all")

@@ -103,10 +103,10 @@ class PixelCurves:
     @classmethod
     def of(cls, masks, maps, images=None, fpr_limit: float = PRO_FPR_LIMIT, chunk: int = PIXEL_CHUNK,
            points: int = 2000) -> "PixelCurves":
-        """``masks``, ``maps``: (N, [1,] S, S); ``images``: which of the N count (default all),
-        read one image at a time (no copy of the N maps is made)."""
-        masks, maps = np.asarray(masks), np.asarray(maps)
-        masks, maps = masks.reshape(-1, *masks.shape[-2:]), maps.reshape(-1, *maps.shape[-2:])
+        """``masks``, ``maps``: (N, [1,] S, S) arrays, or sequences that read an image per index and
+        say their ``shape`` and ``dtype`` (a stored artifact's maps); ``images``: which of the N count
+        (default all), read one image at a time (no copy of the N maps is made)."""
+        masks, maps = _per_image(masks), _per_image(maps)
         images = range(len(maps)) if images is None else images
         dtype = maps.dtype if maps.dtype in (np.float32, np.float64) else np.dtype(np.float64)
         pixels = _SplitPixels.of(masks, maps, images, dtype)
@@ -141,6 +141,15 @@ class PixelCurves:
         return float(auc(fpr, pro))
 
 
+def _per_image(stack):
+    """(N, [1,] S, S) values as N images of (S, S): an array reshaped, or a sequence that reads one
+    image per index (it has a ``shape``) as it is."""
+    if not isinstance(stack, np.ndarray) and hasattr(stack, "shape") and hasattr(stack, "__getitem__"):
+        return stack
+    stack = np.asarray(stack)
+    return stack.reshape(-1, *stack.shape[-2:])
+
+
 @dataclass(frozen=True)
 class _SplitPixels:
     """Each label's pixel scores sorted ascending, the defect pixels' PRO weights (1 / (their region's
@@ -160,8 +169,8 @@ class _SplitPixels:
         n_negative = sum(masks[i].size for i in images) - n_positive
         negative, positive = np.empty(n_negative, dtype), np.empty(n_positive, dtype)
         sizes = np.empty(n_positive, np.int64)  # each defect pixel's region size
-        low = min((float(maps[i].min()) for i in images), default=0.0)
-        high = max((float(maps[i].max()) for i in images), default=0.0)
+        extremes = [(float(values.min()), float(values.max())) for values in (maps[i] for i in images)]
+        low, high = min((e[0] for e in extremes), default=0.0), max((e[1] for e in extremes), default=0.0)
         thresholds = np.arange(low, high, (high - low) / PRO_THRESHOLDS) if n_positive and high > low else np.array([low])
         overlaps, at_negative, at_positive = [], 0, 0
         for i in images:
@@ -276,9 +285,8 @@ def image_metrics(gt_sp, pr_sp, curves: BinaryCurves | None = None) -> dict[str,
 def pixel_metrics(gt_px, pr_px, curves: "PixelCurves | None" = None) -> dict[str, float]:
     """Pixel AUROC, F1-max, AP, the reference AUPRO and the MVTec AUPRO (zeros with one class of
     pixels, as the reference). ``curves``: ``PixelCurves.of(gt_px, pr_px)`` if known."""
-    gt_px, pr_px = np.asarray(gt_px), np.asarray(pr_px)
-    if gt_px.shape != pr_px.shape:
-        raise ValueError(f"pr_px: shape {pr_px.shape} does not match gt_px {gt_px.shape}")
+    if np.shape(gt_px) != np.shape(pr_px):  # their shapes (a stored stack of maps is not read)
+        raise ValueError(f"pr_px: shape {np.shape(pr_px)} does not match gt_px {np.shape(gt_px)}")
     curves = curves or PixelCurves.of(gt_px, pr_px)
     if not curves.n_positive or not curves.n_negative:
         return dict.fromkeys(METRIC_NAMES[3:], 0.0)

@@ -197,23 +197,43 @@ def aligned_minima(block_a: torch.Tensor, block_b: torch.Tensor, radius: int) ->
     return best.clamp_min(0).sqrt()
 
 
-def reduce_votes(votes: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
+def reduce_votes(votes: torch.Tensor, k_min: int, k_max: int, overwrite: bool = False) -> torch.Tensor:
     """(..., A, N, L) votes (self-votes +inf) -> (..., A, L) float64: mean of ranks [k_min, k_max)
     along the image axis. On the CPU the window is found by partial sorts (``np.partition``: the
     votes of ranks k_min .. k_max - 1, in no order) and summed in float64, where sums of float32
-    votes are exact, so the order does not matter: the topk's mean, about twice as fast."""
+    votes are exact, so the order does not matter: the topk's mean, about twice as fast.
+    ``overwrite``: the votes are reordered in place instead of copied (the same result; for a
+    caller that has no further use for them: a block row's votes are 32 KB per image at the demo grid)."""
     if votes.device.type != "cpu":
         smallest = torch.topk(votes, k_max, dim=-2, largest=False, sorted=True).values
         return smallest[..., k_min:k_max, :].double().mean(dim=-2)
-    window = np.partition(votes.numpy(), (k_min, k_max - 1) if k_min else k_max - 1, axis=-2)[..., k_min:k_max, :]
-    return torch.from_numpy(window.sum(axis=-2, dtype=np.float64) / (k_max - k_min))
+    kth = (k_min, k_max - 1) if k_min else k_max - 1
+    array = votes.numpy()
+    if overwrite:
+        array.partition(kth, axis=-2)  # what np.partition does to its copy
+    else:
+        array = np.partition(array, kth, axis=-2)
+    return torch.from_numpy(array[..., k_min:k_max, :].sum(axis=-2, dtype=np.float64) / (k_max - k_min))
 
 
-def block_votes(first: int, n_blocks: int, votes_of: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]]
-                ) -> torch.Tensor:
+def block_votes(first: int, n_blocks: int, votes_of: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]],
+                n_images: int | None = None) -> torch.Tensor:
     """The votes (..., A, N, L) of the images of block ``first`` against the whole set: its row of
-    tile votes (``block_row``), joined along the image axis; ``reduce_votes`` makes them scores."""
-    return torch.cat(block_row(first, n_blocks, votes_of), dim=-2)
+    tile votes (``block_row``), joined along the image axis; ``reduce_votes`` makes them scores.
+    ``n_images``: the set's size N, when known: each tile's votes are copied into the row as they are
+    read, so the row is held once, not twice (its pieces and their join)."""
+    pieces = block_row(first, n_blocks, votes_of)
+    if n_images is None:
+        return torch.cat(list(pieces), dim=-2)
+    row, start = None, 0
+    for piece in pieces:
+        if row is None:
+            row = torch.empty((*piece.shape[:-2], int(n_images), piece.shape[-1]), dtype=piece.dtype)
+        row[..., start:start + piece.shape[-2], :] = piece
+        start += piece.shape[-2]
+    if start != n_images:
+        raise ValueError(f"n_images: the row's tiles hold {start} images, not {n_images}")
+    return row
 
 
 def mutual_scores(Z, topmin_min: float = TOPMIN_MIN, topmin_max: float = TOPMIN_MAX, block_size: int | None = None,

@@ -180,6 +180,42 @@ class Evaluation:
                 "pixel_threshold_rule": self.pixel_rule}
 
 
+class StoredMaps:
+    """An artifact's maps (N, H, W), read one image at a time where they are used (the metrics' walk,
+    the pictures, the binary masks, the defect pixel counts): evaluating holds an image of them at a
+    time, not N (2,000 images at 128 px: 262 MB of float64). Indexed by image, iterated in order;
+    ``min``/``max`` over every image (one pass, remembered)."""
+
+    def __init__(self, artifact, name: str = "maps"):
+        import h5py
+        self.artifact, self.name = artifact, name
+        with h5py.File(artifact.path, "r") as f:
+            self.shape, self.dtype = tuple(f[name].shape), f[name].dtype
+        self.ndim = len(self.shape)
+        self._range = None
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        return self.artifact.read(self.name, (int(index),))
+
+    def __iter__(self):
+        return (self[index] for index in range(len(self)))
+
+    def _extremes(self) -> tuple[float, float]:
+        if self._range is None:
+            lows, highs = zip(*((float(m.min()), float(m.max())) for m in self)) if len(self) else ((0.0,), (0.0,))
+            self._range = (min(lows), max(highs))
+        return self._range
+
+    def min(self) -> float:
+        return self._extremes()[0]
+
+    def max(self) -> float:
+        return self._extremes()[1]
+
+
 @dataclass(frozen=True)
 class EvaluationInputs:
     """What evaluating a category reads from its extract and classify artifacts, read once and
@@ -190,7 +226,7 @@ class EvaluationInputs:
     labels: np.ndarray      # 1 anomalous, 0 normal, -1 unknown
     has_mask: np.ndarray
     masks: np.ndarray       # (N, S, S)
-    maps: np.ndarray        # (N, S, S)
+    maps: np.ndarray        # (N, S, S), or ``StoredMaps`` (read one image at a time)
     raw: np.ndarray         # image scores before RsCIN (maxima of the maps)
     scores: np.ndarray      # final image scores
     files: Sequence[str] | None = None  # the image files where they are now (None: ``paths``)
@@ -205,7 +241,7 @@ class EvaluationInputs:
             return cls.read_tiled(extract, classify)
         return cls(*(extract.read(name) for name in ("names", "paths", "defect_types", "labels", "has_mask",
                                                       "masks")),
-                   *(classify.read(name) for name in ("maps", "image_scores_raw", "image_scores")),
+                   StoredMaps(classify), *(classify.read(name) for name in ("image_scores_raw", "image_scores")),
                    files=image_files(extract))
 
     @classmethod

@@ -308,11 +308,12 @@ def render_pictures(folder: Path, inputs: EvaluationInputs, overlay_normalisatio
         title = f"{name}  score {inputs.scores[index]:.4f}"
         key = picture_key(str(path), maps[index], mask, low, high, title, str(inputs.paths[index]))
         if drawn.get(file_name) != key or not (overlays / file_name).is_file() or not (thumbs / file_name).is_file():
-            todo.append((path, maps[index], file_name, mask, title))
+            todo.append((path, index, file_name, mask, title))  # its map read again when drawn: one held at a time
         keys[file_name] = key
 
     def draw(job) -> None:
-        path, anomaly_map, file_name, mask, title = job
+        path, index, file_name, mask, title = job
+        anomaly_map = maps[index]
         try:
             image = np.asarray(load_image(path).resize(size, reducing_gap=3.0))
         except UnreadableImage:

@@ -195,8 +195,9 @@ def reduce_row(plan: Plan, subset: int, first: int) -> bool:
     return True
 
 
-def row_scores(plan: Plan, subset: int, first: int):
-    """The scores (layers, A, L) of block row ``first`` of a set, and its votes (layers, A, set, L)."""
+def row_scores(plan: Plan, subset: int, first: int, keep_votes: bool = False):
+    """The scores (layers, A, L) of block row ``first`` of a set, and, with ``keep_votes``, its votes
+    (layers, A, set, L) (else None: they are reordered in place to find the scores, the row held once)."""
     from ..method.msm import block_votes, reduce_votes
     settings: ScoreSettings = plan.needs.settings
     where = tile_layout(plan)
@@ -204,8 +205,8 @@ def row_scores(plan: Plan, subset: int, first: int):
 
     def votes_of(first: int, second: int) -> "_PartVotes":
         return _PartVotes(plan, where.by_position[subset, first, second])
-    row = block_votes(first, where.n_blocks[subset], votes_of)
-    return reduce_votes(row, k_min, k_max), row
+    row = block_votes(first, where.n_blocks[subset], votes_of, n_images=len(where.sets[subset][0]))
+    return reduce_votes(row, k_min, k_max, overwrite=not keep_votes), row if keep_votes else None
 
 
 def tile_minima(*args, **kwargs):
@@ -311,7 +312,7 @@ def build(path: Path, plan: Plan) -> None:
                 if reduced is not None:  # reduced as its tiles finished
                     scores[:, block] = reduced["scores"]
                 else:
-                    row_score, row = row_scores(plan, subset, first)
+                    row_score, row = row_scores(plan, subset, first, keep_votes=votes is not None)
                     scores[:, block] = row_score.numpy()
                     if votes is not None:
                         votes[:, subset, start:start + len(block)] = row.numpy()
