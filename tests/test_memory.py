@@ -127,3 +127,23 @@ def test_evaluating_holds_one_map_at_a_time_and_gives_the_same_outputs(reference
         assert files and files == sorted(p.name for p in (tmp_path / "held" / name).iterdir())
         assert all((tmp_path / "stored" / name / f).read_bytes() == (tmp_path / "held" / name / f).read_bytes()
                    for f in files), name
+
+
+def test_a_removed_part_leaves_no_digest_behind(tmp_path, fresh_process_memory):
+    """The store remembers each digest it wrote or verified; the score stage writes and removes some
+    190,000 tile parts at N = 2,000, so a removed part (or a removed parts folder) is forgotten."""
+    from musc.store import verification
+    artifact = tmp_path / "score" / "0123456789abcdef.h5"
+    before = len(verification._verified)
+    for index in range(20):
+        store.write_part(artifact, f"tile_{index:02d}", {"votes": np.full(4, index, np.float32)})
+    assert store.read_part(artifact, "tile_03", ("votes",))["votes"][0] == 3
+    assert len(verification._verified) == before + 20  # written and read: remembered, hashed once
+    for index in range(10):
+        store.remove_artifact(store.part_path(artifact, f"tile_{index:02d}"))
+    assert len(verification._verified) == before + 10
+    store.write_part(artifact, "tile_00", {"votes": np.zeros(4, np.float32)})  # written again after removal
+    assert store.read_part(artifact, "tile_00", ("votes",))["votes"][0] == 0
+    store.clear_parts(artifact)
+    assert len(verification._verified) == before
+    assert store.read_part(artifact, "tile_15") is None

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import h5py
 
 from .catalog import lock_path, manifest_path, part_path, parts_dir, parts_folders, temporary_files
-from .verification import valid_digest
+from .verification import forget_under, valid_digest
 from .writing import write_artifact
 
 
@@ -35,6 +35,7 @@ def read_part(path: str | Path, name: str, only: tuple[str, ...] | None = None) 
 
 def clear_parts(path: str | Path) -> None:
     shutil.rmtree(parts_dir(path), ignore_errors=True)
+    forget_under(parts_dir(path))
 
 
 def clear_orphan_parts(path: str | Path) -> list[Path]:
@@ -55,6 +56,7 @@ def clear_orphan_parts(path: str | Path) -> list[Path]:
                 continue  # being built now
             try:
                 shutil.rmtree(folder, ignore_errors=True)
+                forget_under(folder)
                 removed.append(folder)
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)

@@ -192,6 +192,17 @@ def valid_digest(path: str | Path, stage: str | None = None) -> str | None:
 def remove_artifact(path: str | Path) -> None:
     for victim in (Path(path), manifest_path(path), verification_record(path)):
         victim.unlink(missing_ok=True)
+    with _verified_lock:  # a removed file's digest forgotten: a run's tile parts come and go by the
+        _verified.pop(str(path), None)  # hundred thousand (190,000 at N = 2,000), some 800 bytes each
+
+
+def forget_under(folder: str | Path) -> None:
+    """Forget the digests remembered of the files in a folder that was removed (``remove_artifact``
+    forgets a file's own)."""
+    prefix = str(folder).rstrip(os.sep) + os.sep
+    with _verified_lock:
+        for name in [name for name in _verified if name.startswith(prefix)]:
+            del _verified[name]
 
 
 # Parts: the unit of resumable progress inside a long stage -------------------------------------
