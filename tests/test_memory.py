@@ -1,6 +1,7 @@
 """What a run holds in memory does not grow with its images: the extract stage merges its batches
 one at a time (the pixel metrics' share: tests/test_pixel_metrics.py)."""
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,15 +103,17 @@ def test_evaluating_holds_one_map_at_a_time_and_gives_the_same_outputs(reference
     classify = store.open_artifact(result["classify"]["path"])
     settings = store.open_artifact(result["evaluate"]["path"]).config
     alive, most = set(), [0]
-    read = evaluation.StoredMaps.__getitem__
+    read = evaluation.StoredImages.__getitem__
 
     def counted(self, index):
         image = read(self, index)
+        if self.name != "maps":
+            return image
         alive.add(id(image))
         weakref.finalize(image, alive.discard, id(image))
         most[0] = max(most[0], len(alive))
         return image
-    monkeypatch.setattr(evaluation.StoredMaps, "__getitem__", counted)
+    monkeypatch.setattr(evaluation.StoredImages, "__getitem__", counted)
     stored, _ = reports.evaluate_into(tmp_path / "stored", extract, classify, settings)
     n_images = classify.shape("maps")[0]
     assert n_images >= 12 and 1 <= most[0] <= 4, (most[0], n_images)  # the metrics' thread, the pictures' keys and two drawing threads
@@ -118,7 +121,7 @@ def test_evaluating_holds_one_map_at_a_time_and_gives_the_same_outputs(reference
 
     held = evaluation.EvaluationInputs.read(extract, classify)
     monkeypatch.setattr(evaluation.EvaluationInputs, "read", classmethod(
-        lambda cls, e, c: dataclasses.replace(held, maps=np.stack(list(held.maps)))))
+        lambda cls, e, c: dataclasses.replace(held, maps=np.stack(list(held.maps)), masks=np.stack(list(held.masks)))))
     in_memory, _ = reports.evaluate_into(tmp_path / "held", extract, classify, settings)
     assert stored.metrics == in_memory.metrics and stored.pixel_threshold == in_memory.pixel_threshold
     assert stored.per_image.equals(in_memory.per_image)
@@ -147,3 +150,41 @@ def test_a_removed_part_leaves_no_digest_behind(tmp_path, fresh_process_memory):
     store.clear_parts(artifact)
     assert len(verification._verified) == before
     assert store.read_part(artifact, "tile_15") is None
+
+
+def test_large_stored_maps_are_walked_in_a_process_of_their_own(reference_run, monkeypatch):
+    """Above ``PIXELS_APART`` pixels, the pixel metrics' walk (8 bytes a pixel) runs in a child process
+    that imports neither torch nor Prefect and reads the maps and masks itself: the same curves and
+    metrics as the walk in this process; a child that fails is one line naming the maps' file."""
+    import json
+    import subprocess
+    import sys
+    from musc.method.metrics import pixel_metrics
+    from musc.outputs import evaluation
+    result, _ = reference_run
+    inputs = evaluation.EvaluationInputs.read(store.open_artifact(result["extract"]["path"]),
+                                              store.open_artifact(result["classify"]["path"]))
+    images = np.flatnonzero(evaluation.pixel_usable(inputs.labels, inputs.has_mask))
+    here = evaluation.pixel_curves_of(inputs.masks, inputs.maps, images)
+    started = []
+    real_run = subprocess.run
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: started.append(a[0]) or real_run(*a, **k))
+    monkeypatch.setattr(evaluation, "PIXELS_APART", 0)
+    apart = evaluation.pixel_curves_of(inputs.masks, inputs.maps, images)
+    assert started and started[0][-1] == "musc.outputs.pixel_walk"
+    assert apart.values == here.values and here.values["auroc"] > 0.5
+    for name in ("fpr", "tpr", "precision", "recall"):
+        np.testing.assert_array_equal(getattr(apart, name), getattr(here, name))
+    assert pixel_metrics(inputs.masks, inputs.maps, apart) == pixel_metrics(inputs.masks, inputs.maps, here)
+
+    request = json.dumps({"masks": [inputs.masks.path, "masks"], "maps": [inputs.maps.path, "maps"],
+                          "images": images.tolist()})
+    check = "import runpy, sys; runpy.run_module('musc.outputs.pixel_walk', run_name='__main__'); " \
+            "print(sorted({'torch', 'prefect'} & set(sys.modules)), file=sys.stderr)"
+    child = real_run([sys.executable, "-c", check], input=request.encode(), capture_output=True, check=True)
+    assert child.stderr.decode().strip().splitlines()[-1] == "[]"
+
+    missing = evaluation.StoredImages(inputs.maps.path, "maps")
+    missing.path = str(Path(inputs.maps.path).with_name("gone.h5"))
+    with pytest.raises(RuntimeError, match="gone.h5: the pixel metrics' process failed"):
+        evaluation.pixel_curves_of(inputs.masks, missing, images)

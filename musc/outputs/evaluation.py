@@ -92,7 +92,7 @@ def evaluate_arrays(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, m
         curves["image"] = BinaryCurves.of(labels, scores)
         metrics.update(image_metrics(labels, scores, curves["image"]))
     if "pixel" not in notes:
-        pixels = PixelCurves.of(masks, maps, np.flatnonzero(pixel_usable(labels, has_mask)))
+        pixels = pixel_curves_of(masks, maps, np.flatnonzero(pixel_usable(labels, has_mask)))
         if not pixels.n_positive or not pixels.n_negative:  # one kind of pixels: n/a, not the reference's zeros
             kind = "no defect pixels: every mask is empty" if not pixels.n_positive else "no normal pixels"
             notes["pixel"] = f"only one class in the masks ({kind})"
@@ -137,7 +137,7 @@ def choose_pixel_threshold(inputs: "EvaluationInputs", fixed: float | None = Non
         return float(fixed), "fixed (config)"
     usable = pixel_usable(labels, has_mask)
     if has_mask.any() and (labels >= 0).all() and usable.any():
-        curves = pixel_curves or PixelCurves.of(inputs.masks, inputs.maps, np.flatnonzero(usable))
+        curves = pixel_curves or pixel_curves_of(inputs.masks, inputs.maps, np.flatnonzero(usable))
         return curves.f1_optimal_threshold(), "F1-optimal on the mask pixels"
     return robust_threshold(inputs.raw), f"median + {ROBUST_Z} x MAD of the raw image scores (unsupervised)"
 
@@ -180,16 +180,17 @@ class Evaluation:
                 "pixel_threshold_rule": self.pixel_rule}
 
 
-class StoredMaps:
-    """An artifact's maps (N, H, W), read one image at a time where they are used (the metrics' walk,
-    the pictures, the binary masks, the defect pixel counts): evaluating holds an image of them at a
-    time, not N (2,000 images at 128 px: 262 MB of float64). Indexed by image, iterated in order;
-    ``min``/``max`` over every image (one pass, remembered)."""
+class StoredImages:
+    """A dataset of images (N, H, W) in an HDF5 file (an artifact's maps or masks), read one image at
+    a time where it is used (the metrics' walk, the pictures, the binary masks, the defect pixel
+    counts): evaluating holds an image of them at a time, not N (2,000 maps at 128 px are 262 MB of
+    float64). Indexed by image, iterated in order; ``min``/``max`` over every image (one pass,
+    remembered). Plain h5py on a path the caller has verified: a process of its own can open it too."""
 
-    def __init__(self, artifact, name: str = "maps"):
+    def __init__(self, path: str | Path, name: str):
         import h5py
-        self.artifact, self.name = artifact, name
-        with h5py.File(artifact.path, "r") as f:
+        self.path, self.name = str(path), name
+        with h5py.File(self.path, "r") as f:
             self.shape, self.dtype = tuple(f[name].shape), f[name].dtype
         self.ndim = len(self.shape)
         self._range = None
@@ -198,7 +199,9 @@ class StoredMaps:
         return self.shape[0]
 
     def __getitem__(self, index) -> np.ndarray:
-        return self.artifact.read(self.name, (int(index),))
+        import h5py
+        with h5py.File(self.path, "r") as f:
+            return f[self.name][int(index)]
 
     def __iter__(self):
         return (self[index] for index in range(len(self)))
@@ -216,6 +219,35 @@ class StoredMaps:
         return self._extremes()[1]
 
 
+PIXELS_APART = 1 << 22  # stored maps of more pixels than this (256 images at 128 px) are walked in a process of their own
+
+
+def pixel_curves_of(masks, maps, images) -> PixelCurves:
+    """``PixelCurves.of(masks, maps, images)``: here, or, for stored maps and masks of more than
+    ``PIXELS_APART`` pixels, in a process of its own (``python -m musc.outputs.pixel_walk``) that
+    reads them from their files: the walk's sorted pixels (8 bytes each, 262 MB at 2,000 images of
+    128 px) are then held beside numpy and h5py alone, not beside the run's torch, model and Prefect,
+    which keeps a run's largest process what its tiles need. The same values either way."""
+    images = np.asarray(images, dtype=np.int64)
+    stored = isinstance(masks, StoredImages) and isinstance(maps, StoredImages)
+    if not stored or images.size * int(np.prod(maps.shape[1:])) <= PIXELS_APART:
+        return PixelCurves.of(masks, maps, images)
+    import json
+    import os
+    import pickle
+    import subprocess
+    import sys
+    code_root = str(Path(__file__).resolve().parents[2])  # the folder musc is imported from
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [code_root, os.environ.get("PYTHONPATH")]))}
+    request = {"masks": [masks.path, masks.name], "maps": [maps.path, maps.name], "images": images.tolist()}
+    done = subprocess.run([sys.executable, "-m", "musc.outputs.pixel_walk"], input=json.dumps(request).encode(),
+                          capture_output=True, env=env)
+    if done.returncode != 0:
+        last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise RuntimeError(f"{maps.path}: the pixel metrics' process failed (exit {done.returncode}): {last}")
+    return pickle.loads(done.stdout)
+
+
 @dataclass(frozen=True)
 class EvaluationInputs:
     """What evaluating a category reads from its extract and classify artifacts, read once and
@@ -225,8 +257,8 @@ class EvaluationInputs:
     defect_types: np.ndarray
     labels: np.ndarray      # 1 anomalous, 0 normal, -1 unknown
     has_mask: np.ndarray
-    masks: np.ndarray       # (N, S, S)
-    maps: np.ndarray        # (N, S, S), or ``StoredMaps`` (read one image at a time)
+    masks: np.ndarray       # (N, S, S), or ``StoredImages``
+    maps: np.ndarray        # (N, S, S), or ``StoredImages`` (read one image at a time)
     raw: np.ndarray         # image scores before RsCIN (maxima of the maps)
     scores: np.ndarray      # final image scores
     files: Sequence[str] | None = None  # the image files where they are now (None: ``paths``)
@@ -239,9 +271,9 @@ class EvaluationInputs:
     def read(cls, extract, classify) -> "EvaluationInputs":
         if extract.config.get("tiles") is not None:
             return cls.read_tiled(extract, classify)
-        return cls(*(extract.read(name) for name in ("names", "paths", "defect_types", "labels", "has_mask",
-                                                      "masks")),
-                   StoredMaps(classify), *(classify.read(name) for name in ("image_scores_raw", "image_scores")),
+        return cls(*(extract.read(name) for name in ("names", "paths", "defect_types", "labels", "has_mask")),
+                   StoredImages(extract.path, "masks"), StoredImages(classify.path, "maps"),
+                   *(classify.read(name) for name in ("image_scores_raw", "image_scores")),
                    files=image_files(extract))
 
     @classmethod
