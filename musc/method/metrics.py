@@ -166,7 +166,7 @@ class _SplitPixels:
         from skimage.measure import label as label_components
         images = list(images)
         n_positive = sum(int(np.count_nonzero(masks[i])) for i in images)
-        n_negative = sum(masks[i].size for i in images) - n_positive
+        n_negative = len(images) * int(np.prod(masks.shape[1:])) - n_positive  # (stored masks: not read again)
         negative, positive = np.empty(n_negative, dtype), np.empty(n_positive, dtype)
         sizes = np.empty(n_positive, np.int64)  # each defect pixel's region size
         extremes = [(float(values.min()), float(values.max())) for values in (maps[i] for i in images)]

@@ -204,7 +204,10 @@ class StoredImages:
             return f[self.name][int(index)]
 
     def __iter__(self):
-        return (self[index] for index in range(len(self)))
+        import h5py
+        with h5py.File(self.path, "r") as f:  # one opening for the walk
+            for index in range(len(self)):
+                yield f[self.name][index]
 
     def _extremes(self) -> tuple[float, float]:
         if self._range is None:
