@@ -171,7 +171,7 @@ def test_large_stored_maps_are_walked_in_a_process_of_their_own(reference_run, m
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: started.append(a[0]) or real_run(*a, **k))
     monkeypatch.setattr(evaluation, "PIXELS_APART", 0)
     apart = evaluation.pixel_curves_of(inputs.masks, inputs.maps, images)
-    assert started and started[0][-1] == "musc.outputs.pixel_walk"
+    assert started and "musc.outputs.pixel_walk" in started[0][-1] and "-I" in started[0]
     assert apart.values == here.values and here.values["auroc"] > 0.5
     for name in ("fpr", "tpr", "precision", "recall"):
         np.testing.assert_array_equal(getattr(apart, name), getattr(here, name))

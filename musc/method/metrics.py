@@ -144,8 +144,8 @@ class PixelCurves:
 def _per_image(stack):
     """(N, [1,] S, S) values as N images of (S, S): an array reshaped, or a sequence that reads one
     image per index (it has a ``shape``) as it is."""
-    if not isinstance(stack, np.ndarray) and hasattr(stack, "shape") and hasattr(stack, "__getitem__"):
-        return stack
+    if hasattr(stack, "shape") and hasattr(stack, "__getitem__") and not hasattr(stack, "__array__"):
+        return stack  # a reader of stored images (arrays and tensors have __array__: made an array below)
     stack = np.asarray(stack)
     return stack.reshape(-1, *stack.shape[-2:])
 

@@ -228,7 +228,9 @@ def block_votes(first: int, n_blocks: int, votes_of: Callable[[int, int], tuple[
     row, start = None, 0
     for piece in pieces:
         if row is None:
-            row = torch.empty((*piece.shape[:-2], int(n_images), piece.shape[-1]), dtype=piece.dtype)
+            row = torch.empty((*piece.shape[:-2], int(n_images), piece.shape[-1]), dtype=piece.dtype, device=piece.device)
+        if piece.shape[:-2] != row.shape[:-2] or piece.shape[-1] != row.shape[-1]:
+            raise ValueError(f"votes_of: a tile's votes of shape {tuple(piece.shape)} do not join a row of {tuple(row.shape)}")
         row[..., start:start + piece.shape[-2], :] = piece
         start += piece.shape[-2]
     if start != n_images:

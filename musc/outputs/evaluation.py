@@ -185,13 +185,16 @@ class StoredImages:
     a time where it is used (the metrics' walk, the pictures, the binary masks, the defect pixel
     counts): evaluating holds an image of them at a time, not N (2,000 maps at 128 px are 262 MB of
     float64). Indexed by image, iterated in order; ``min``/``max`` over every image (one pass,
-    remembered). Plain h5py on a path the caller has verified: a process of its own can open it too."""
+    remembered). The file is opened once, when made (right after the caller verified it), and read
+    through that opening (a file replaced meanwhile is not mixed in); a process of its own can open
+    the same path."""
 
     def __init__(self, path: str | Path, name: str):
         import h5py
         self.path, self.name = str(path), name
-        with h5py.File(self.path, "r") as f:
-            self.shape, self.dtype = tuple(f[name].shape), f[name].dtype
+        self._file = h5py.File(self.path, "r")
+        self._data = self._file[name]
+        self.shape, self.dtype = tuple(self._data.shape), self._data.dtype
         self.ndim = len(self.shape)
         self._range = None
 
@@ -199,20 +202,15 @@ class StoredImages:
         return self.shape[0]
 
     def __getitem__(self, index) -> np.ndarray:
-        import h5py
-        with h5py.File(self.path, "r") as f:
-            return f[self.name][int(index)]
+        return self._data[int(index)]
 
     def __iter__(self):
-        import h5py
-        with h5py.File(self.path, "r") as f:  # one opening for the walk
-            for index in range(len(self)):
-                yield f[self.name][index]
+        return (self._data[index] for index in range(len(self)))
 
     def _extremes(self) -> tuple[float, float]:
         if self._range is None:
-            lows, highs = zip(*((float(m.min()), float(m.max())) for m in self)) if len(self) else ((0.0,), (0.0,))
-            self._range = (min(lows), max(highs))
+            extremes = np.array([(m.min(), m.max()) for m in self], dtype=np.float64).reshape(-1, 2)
+            self._range = (float(extremes[:, 0].min()), float(extremes[:, 1].max())) if len(extremes) else (0.0, 0.0)
         return self._range
 
     def min(self) -> float:
@@ -227,7 +225,7 @@ PIXELS_APART = 1 << 22  # stored maps of more pixels than this (256 images at 12
 
 def pixel_curves_of(masks, maps, images) -> PixelCurves:
     """``PixelCurves.of(masks, maps, images)``: here, or, for stored maps and masks of more than
-    ``PIXELS_APART`` pixels, in a process of its own (``python -m musc.outputs.pixel_walk``) that
+    ``PIXELS_APART`` pixels, in a process of its own (``musc.outputs.pixel_walk``) that
     reads them from their files: the walk's sorted pixels (8 bytes each, 262 MB at 2,000 images of
     128 px) are then held beside numpy and h5py alone, not beside the run's torch, model and Prefect,
     which keeps a run's largest process what its tiles need. The same values either way."""
@@ -236,15 +234,16 @@ def pixel_curves_of(masks, maps, images) -> PixelCurves:
     if not stored or images.size * int(np.prod(maps.shape[1:])) <= PIXELS_APART:
         return PixelCurves.of(masks, maps, images)
     import json
-    import os
     import pickle
     import subprocess
     import sys
-    code_root = str(Path(__file__).resolve().parents[2])  # the folder musc is imported from
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [code_root, os.environ.get("PYTHONPATH")]))}
-    request = {"masks": [masks.path, masks.name], "maps": [maps.path, maps.name], "images": images.tolist()}
-    done = subprocess.run([sys.executable, "-m", "musc.outputs.pixel_walk"], input=json.dumps(request).encode(),
-                          capture_output=True, env=env)
+    code_root = str(Path(__file__).resolve().parents[2])  # the folder this musc is imported from, first;
+    start = (f"import sys; sys.path.insert(0, {code_root!r}); "  # isolated (-I): no current folder, no
+             "from musc.outputs.pixel_walk import main; main()")  # PYTHONPATH, none of the user's site
+    request = {"masks": [str(Path(masks.path).resolve()), masks.name], "maps": [str(Path(maps.path).resolve()), maps.name],
+               "images": images.tolist()}
+    done = subprocess.run([sys.executable, "-I", "-c", start], input=json.dumps(request).encode(),
+                          capture_output=True)
     if done.returncode != 0:
         last = (done.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
         raise RuntimeError(f"{maps.path}: the pixel metrics' process failed (exit {done.returncode}): {last}")
@@ -253,8 +252,9 @@ def pixel_curves_of(masks, maps, images) -> PixelCurves:
 
 @dataclass(frozen=True)
 class EvaluationInputs:
-    """What evaluating a category reads from its extract and classify artifacts, read once and
-    shared by the metrics, the pictures and the written outputs."""
+    """What evaluating a category reads from its extract and classify artifacts, shared by the
+    metrics, the pictures and the written outputs (the maps and masks as ``StoredImages``, read an
+    image at a time; a tiled run's reduced ones in memory)."""
     names: np.ndarray
     paths: np.ndarray       # as the extract names them: relative to the dataset root (store.naming)
     defect_types: np.ndarray
