@@ -193,7 +193,7 @@ def remove_artifact(path: str | Path) -> None:
     for victim in (Path(path), manifest_path(path), verification_record(path)):
         victim.unlink(missing_ok=True)
     with _verified_lock:  # a removed file's digest forgotten: a run's tile parts come and go by the
-        _verified.pop(str(Path(path)), None)  # hundred thousand (190,000 at N = 2,000), some 800 bytes each
+        _verified.pop(str(Path(path)), None)  # hundred thousand (190,000 at N = 2,000), about 1.2 KB each
 
 
 def forget_under(folder: str | Path) -> None:
