@@ -251,13 +251,27 @@ def wait_for(server, flow_run_id, states, timeout=400):
     pytest.fail(f"flow run {flow_run_id} stayed {run['state']['type']}")
 
 
-def start_run(server, deployment, **parameters):
-    ids = httpx.post(f"{server['api']}/deployments/filter",
-                     json={"deployments": {"name": {"any_": [deployment]}}}).json()
-    assert ids, f"deployment {deployment} not found"
-    response = httpx.post(f"{server['api']}/deployments/{ids[0]['id']}/create_flow_run", json={"parameters": parameters})
+def api_post(api: str, route: str, body: dict, tries: int = 4):
+    """POST ``body`` to the server's ``route``, its JSON; a 503 (the server's database busy, as under a
+    loaded machine) is tried again after a pause, as Prefect's own client does, up to ``tries`` times."""
+    for attempt in range(tries):
+        response = httpx.post(f"{api}{route}", json=body, timeout=30)
+        if response.status_code != 503 or attempt == tries - 1:
+            break
+        time.sleep(2 * (attempt + 1))
     response.raise_for_status()
-    return response.json()["id"]
+    return response.json()
+
+
+def find_deployment(api: str, name: str) -> dict:
+    found = api_post(api, "/deployments/filter", {"deployments": {"name": {"any_": [name]}}})
+    assert found, f"deployment {name} not found"
+    return found[0]
+
+
+def start_run(server, deployment, **parameters):
+    found = find_deployment(server["api"], deployment)
+    return api_post(server["api"], f"/deployments/{found['id']}/create_flow_run", {"parameters": parameters})["id"]
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from conftest import ROOT, prefect, process_worker, wait_for
+from conftest import ROOT, api_post, find_deployment, prefect, process_worker, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -48,14 +48,11 @@ def test_a_retry_after_midnight_scores_the_scheduled_day_and_tells_people(server
     threshold = (good + worst) / 2
 
     worker["marker"].write_text("fail the first try")
-    deployment = httpx.post(f"{api}/deployments/filter",
-                            json={"deployments": {"name": {"any_": ["daily-folder"]}}}).json()[0]
-    created = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={
+    deployment = find_deployment(api, "daily-folder")
+    flow_run = api_post(api, f"/deployments/{deployment['id']}/create_flow_run", {
         "parameters": {"pool": str(pool_file), "root": str(root), "decision": {"threshold": threshold},
                        "review_wait_s": 0},  # no review form here (test_review_ui.py)
-        "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": scheduled.isoformat()}}})
-    created.raise_for_status()
-    flow_run = created.json()["id"]
+        "state": {"type": "SCHEDULED", "state_details": {"scheduled_time": scheduled.isoformat()}}})["id"]
     run = wait_for(server, flow_run, {"COMPLETED", "FAILED", "CRASHED"})
     assert run["state"]["type"] == "FAILED" and not worker["marker"].exists(), \
         (server["home"] / "worker.log").read_text()[-3000:]
@@ -147,13 +144,10 @@ def test_a_day_killed_mid_scoring_and_retried_recomputes_only_what_was_unfinishe
         (root / day / image.replace("/", "_")).write_bytes((tiny_dataset / "fabric/test" / image).read_bytes())
     worker["kill"].write_text("kill the first try")
     worker["work"].unlink(missing_ok=True)
-    deployment = httpx.post(f"{server['api']}/deployments/filter",
-                            json={"deployments": {"name": {"any_": ["daily-folder"]}}}).json()[0]
-    created = httpx.post(f"{server['api']}/deployments/{deployment['id']}/create_flow_run", json={
+    deployment = find_deployment(server["api"], "daily-folder")
+    flow_run = api_post(server["api"], f"/deployments/{deployment['id']}/create_flow_run", {
         "parameters": {"pool": str(pool), "root": str(root), "day": day, "decision": {"threshold": 0.55},
-                       "review_wait_s": 0}})
-    created.raise_for_status()
-    flow_run = created.json()["id"]
+                       "review_wait_s": 0}})["id"]
     run = wait_for(server, flow_run, {"COMPLETED", "FAILED", "CRASHED"})
     assert run["state"]["type"] == "CRASHED" and not worker["kill"].exists(), (server["home"] / "worker.log").read_text()[-3000:]
     killed = worker["work"].read_text().splitlines()
