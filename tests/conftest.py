@@ -16,10 +16,18 @@ import pytest
 from flows import PREFECT_STARTUP_SECONDS  # importing flows sets it for Prefect, before Prefect is imported
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# A suite started in the background by a non-interactive shell (`bash .ci/run &`, nohup) inherits SIGINT
+# ignored, and so would every server, worker and command the tests start: a Prefect worker stopped with
+# SIGTERM forwards SIGINT to its child and then waits for it forever. Ctrl-C's usual meaning restored
+# here reaches them all (an exec resets a handled signal to its default; only an ignored one stays).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 # Prefect's logging set up once here, on the session's stderr: set up first inside a CliRunner call, its
 # console log handler would keep that call's captured stream, closed once the call ends (a later flow
 # then fails writing its log lines). Its home is the session's own folder.
-os.environ.setdefault("PREFECT_HOME", __import__("tempfile").mkdtemp(prefix="musc-tests-prefect-"))
+if "PREFECT_HOME" not in os.environ:  # the session's own, removed when it ends
+    os.environ["PREFECT_HOME"] = __import__("tempfile").mkdtemp(prefix="musc-tests-prefect-")
+    __import__("atexit").register(__import__("shutil").rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 from prefect.logging.configuration import setup_logging  # noqa: E402
 
 setup_logging()
